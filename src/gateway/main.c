@@ -1,0 +1,121 @@
+/*
+ * kumo-gateway — main: flags, start-up, the memcached listener, signals.
+ * See gateway.h for the modules.
+ */
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon.h"
+#include "gateway.h"
+#include "log.h"
+
+static const opt_def gateway_opts[] = {
+    {"-m", "--manager1", OPT_STRING, offsetof(gateway_config, manager1), "<addr[:port]>", NULL, 0, 0, true,
+     "the manager (port 19700 if omitted)"},
+    {"-p", "--manager2", OPT_STRING, offsetof(gateway_config, manager2), "<addr[:port]>", NULL, 0, 0, false,
+     "the second manager, if there is one"},
+    {"-t", "--memproto-text", OPT_STRING, offsetof(gateway_config, text), "<[addr:]port>", NULL, 0, 0, true,
+     "serve the memcached text protocol here"},
+    {"-G", "--get-retry", OPT_INT, offsetof(gateway_config, get_retries), "<num>", "5", 1, 1000, false,
+     "rounds over a key's three servers before a get fails"},
+    {"-S", "--set-retry", OPT_INT, offsetof(gateway_config, set_retries), "<num>", "20", 0, 1000, false,
+     "retries of a set at the key's coordinator"},
+    {"-D", "--delete-retry", OPT_INT, offsetof(gateway_config, delete_retries), "<num>", "20", 0, 1000, false,
+     "retries of a delete at the key's coordinator"},
+    {"-As", "--async-replicate-set", OPT_FLAG, offsetof(gateway_config, async_set), NULL, NULL, 0, 0, false,
+     "answer a set once the coordinator has it, before the replicas do"},
+    {"-Ad", "--async-replicate-delete", OPT_FLAG, offsetof(gateway_config, async_delete), NULL, NULL, 0, 0, false,
+     "answer a delete once the coordinator has it, before the replicas do"},
+    {"-F", "--save-flag", OPT_FLAG, offsetof(gateway_config, keep_flags), NULL, NULL, 0, 0, false,
+     "store memcached flags (always done; accepted for compatibility)"},
+    {"-E", "--save-expire", OPT_FLAG, offsetof(gateway_config, keep_exptime), NULL, NULL, 0, 0, false,
+     "store expiration times (always done; accepted for compatibility)"},
+    {"-I", "--max-item-size", OPT_INT, offsetof(gateway_config, item_size_max), "<bytes>", "1048576", 1024,
+     64 * 1024 * 1024, false, "largest value accepted"},
+    DAEMON_COMMON_OPTS(gateway_config, common),
+};
+
+static const opts_spec gateway_spec = {
+    .prog = "kumo-gateway",
+    .synopsis = "-m <addr[:port]> [-p <addr[:port]>] -t <[addr:]port> [options]",
+    .defs = gateway_opts,
+    .ndefs = sizeof(gateway_opts) / sizeof(gateway_opts[0]),
+};
+
+static void on_text_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len, void *arg)
+{
+    text_accept(arg, fd);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    gateway *g = arg;
+    if (sig == SIGHUP) {
+        log_info("SIGHUP: reopening the log");
+        log_reopen();
+        return;
+    }
+    log_info("signal %d: shutting down", (int)sig);
+    daemon_notify("STOPPING=1");
+    event_base_loopexit(g->base, NULL);
+}
+
+int main(int argc, char **argv)
+{
+    gateway_config cfg;
+    gateway g;
+    char err[KUMO_ERRLEN];
+    memset(&cfg, 0, sizeof(cfg));
+    memset(&g, 0, sizeof(g));
+    daemon_init();
+    opts_parse(&gateway_spec, &cfg, argc, argv, NULL, 0, NULL);
+    net_addr text_addr;
+    if (net_parse_listen(cfg.text, 11211, &text_addr, err) < 0) opts_die(&gateway_spec, "-t: %s", err);
+    if (log_init(cfg.common.log_path, cfg.common.verbose, err) < 0) {
+        fprintf(stderr, "kumo-gateway: %s\n", err);
+        return 1;
+    }
+    if (cfg.common.pidfile && daemon_detach(cfg.common.pidfile, cfg.common.log_path != NULL, err) < 0) {
+        log_fatal("%s", err);
+        return 1;
+    }
+    g.cfg = &cfg;
+    g.started = time(NULL);
+    g.base = event_base_new();
+    g.rpc_self = (rpc_self){.role = RPC_ROLE_GATEWAY};
+    int fd = net_listen(&text_addr, err);
+    if (fd < 0) {
+        log_fatal("%s", err);
+        fprintf(stderr, "kumo-gateway: %s\n", err);
+        return 1;
+    }
+    g.text_listener = evconnlistener_new(g.base, on_text_accept, &g, LEV_OPT_CLOSE_ON_FREE, -1, fd);
+    if (router_start(&g, err) < 0) {
+        log_fatal("%s", err);
+        fprintf(stderr, "kumo-gateway: %s\n", err);
+        return 1;
+    }
+    struct event *sigs[3];
+    int signums[3] = {SIGINT, SIGTERM, SIGHUP};
+    for (int i = 0; i < 3; i++) {
+        sigs[i] = evsignal_new(g.base, signums[i], on_signal, &g);
+        event_add(sigs[i], NULL);
+    }
+    char buf[NET_ADDRSTRLEN];
+    log_info("start gateway, memcached text protocol on %s", net_format(&text_addr, buf, sizeof(buf)));
+
+    event_base_dispatch(g.base);
+
+    evconnlistener_free(g.text_listener);
+    router_stop(&g);
+    for (int i = 0; i < 3; i++) event_free(sigs[i]);
+    event_base_free(g.base);
+    log_info("end");
+    daemon_remove_pidfile();
+    log_close();
+    return 0;
+}

@@ -1,0 +1,423 @@
+/*
+ * router — where each request goes, and what happens when it fails.
+ *
+ * The gateway holds the managers' latest whs and rhs. A get goes to the
+ * first live owner of the key in rhs, and on an error to the next, then the
+ * next-next; after each full round it waits one tick and asks the managers
+ * for fresh hash spaces (-G rounds in all). A write goes only to the
+ * coordinator — the first live owner in whs — and is retried there after a
+ * tick, with fresh hash spaces, -S/-D times: writes never fall back to
+ * another node, because only the coordinator may order them.
+ * A "not found" is an answer, not an error, and is never retried.
+ *
+ * Calls: rpc, hashspace, record, ring, log, daemon. Thread rule: main loop.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "daemon.h"
+#include "gateway.h"
+#include "log.h"
+#include "proto.h"
+#include "record.h"
+
+#define GET_TIMEOUT 5.0
+#define WRITE_TIMEOUT 10.0
+#define HS_REQUEST_TIMEOUT 5.0
+
+static double now_mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static struct timeval tv_of(double sec)
+{
+    struct timeval tv = {(time_t)sec, (suseconds_t)((sec - (double)(time_t)sec) * 1e6)};
+    return tv;
+}
+
+/* ---- hash spaces ---- */
+
+static void notify_state(gateway *g)
+{
+    size_t active = 0;
+    for (size_t i = 0; i < g->whs->ring.nnodes; i++) active += g->whs->ring.nodes[i].active;
+    if (active > 0 && !g->ready_notified) {
+        daemon_notify("READY=1");
+        g->ready_notified = true;
+    }
+    daemon_notify("STATUS=%s, %zu active servers", active ? "serving" : "waiting for servers", active);
+}
+
+static void adopt(gateway *g, const msgpack_object *pair)
+{
+    char err[KUMO_ERRLEN];
+    if (pair->type != MSGPACK_OBJECT_ARRAY || pair->via.array.size < 2) return;
+    hashspace *w = hashspace_unpack(&pair->via.array.ptr[0], err);
+    hashspace *r = hashspace_unpack(&pair->via.array.ptr[1], err);
+    if (!w || !r) {
+        log_warn("bad hash space from manager: %s", err);
+    } else {
+        bool changed = false;
+        if (!hashspace_empty(w) && w->clocktime >= g->whs->clocktime) {
+            changed |= !hashspace_same_nodes(w, g->whs);
+            hashspace_unref(g->whs);
+            g->whs = hashspace_ref(w);
+        }
+        if (!hashspace_empty(r) && r->clocktime >= g->rhs->clocktime) {
+            changed |= !hashspace_same_nodes(r, g->rhs);
+            hashspace_unref(g->rhs);
+            g->rhs = hashspace_ref(r);
+        }
+        if (changed) {
+            log_info("new hash space: %zu servers", g->whs->ring.nnodes);
+            notify_state(g);
+        }
+    }
+    hashspace_unref(w);
+    hashspace_unref(r);
+}
+
+static void hs_reply(void *arg, rpc_status st, const msgpack_object *result)
+{
+    if (st == RPC_OK) adopt(arg, result);
+}
+
+/* Ask every connected manager for its hash spaces, at most once a tick. */
+static void refresh(gateway *g)
+{
+    double now = now_mono();
+    if (now - g->last_refresh < g->cfg->common.clock_interval) return;
+    g->last_refresh = now;
+    for (int i = 0; i < g->nmanagers; i++) {
+        rpc_conn *c = g->managers[i].conn;
+        if (!c || !rpc_hello_done(c)) continue;
+        msgpack_pack_array(rpc_call_begin(c, MGR_HS_REQUEST, HS_REQUEST_TIMEOUT, hs_reply, g), 0);
+        rpc_call_end(c);
+    }
+}
+
+/* ---- manager links ---- */
+
+static void manager_connect(gw_manager *m);
+
+static void manager_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
+{
+    gw_manager *m = arg;
+    if (method == GW_HS_PUSH) {
+        adopt(m->g, params);
+        rpc_reply_bool(c, msgid, true);
+        return;
+    }
+    rpc_reply_error(c, msgid, "unknown method %u", method);
+}
+
+static void manager_on_hello(void *arg, rpc_conn *c)
+{
+    gw_manager *m = arg;
+    char buf[NET_ADDRSTRLEN];
+    log_info("manager connected %s", net_format(&m->addr, buf, sizeof(buf)));
+}
+
+static void manager_on_close(void *arg, rpc_conn *c)
+{
+    gw_manager *m = arg;
+    char buf[NET_ADDRSTRLEN];
+    if (m->conn != c) return;
+    if (rpc_hello_done(c)) log_warn("lost manager %s", net_format(&m->addr, buf, sizeof(buf)));
+    m->conn = NULL;
+    struct timeval tv = tv_of(m->g->cfg->common.clock_interval);
+    evtimer_add(m->retry, &tv);
+}
+
+static void manager_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    gw_manager *m = arg;
+    if (!m->conn) manager_connect(m);
+}
+
+static void manager_connect(gw_manager *m)
+{
+    gateway *g = m->g;
+    rpc_handlers h = {.on_request = manager_on_request, .on_hello = manager_on_hello,
+                      .on_close = manager_on_close, .arg = m};
+    m->conn = rpc_connect(g->base, &m->addr, g->cfg->common.connect_timeout, &h, &g->rpc_self);
+}
+
+/* ---- server connections ---- */
+
+static void server_on_close(void *arg, rpc_conn *c)
+{
+    gateway *g = arg;
+    for (size_t i = 0; i < g->nservers; i++)
+        if (g->servers[i].conn == c) g->servers[i].conn = NULL;
+}
+
+static void server_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *p)
+{
+    rpc_reply_error(c, msgid, "a gateway serves no requests");
+}
+
+static rpc_conn *server_conn(gateway *g, const net_addr *addr)
+{
+    gw_server *s = NULL;
+    for (size_t i = 0; i < g->nservers; i++)
+        if (net_equal(&g->servers[i].addr, addr)) s = &g->servers[i];
+    if (!s) {
+        if (g->nservers == g->servers_cap) {
+            size_t ncap = g->servers_cap ? g->servers_cap * 2 : 8;
+            gw_server *ns = realloc(g->servers, ncap * sizeof(*ns));
+            if (!ns) return NULL;
+            g->servers = ns;
+            g->servers_cap = ncap;
+        }
+        s = &g->servers[g->nservers++];
+        s->addr = *addr;
+        s->conn = NULL;
+    }
+    if (!s->conn) {
+        rpc_handlers h = {.on_request = server_on_request, .on_close = server_on_close, .arg = g};
+        s->conn = rpc_connect(g->base, addr, g->cfg->common.connect_timeout, &h, &g->rpc_self);
+    }
+    return s->conn;
+}
+
+/* ---- operations ---- */
+
+enum { ROP_GET, ROP_SET, ROP_DELETE };
+
+typedef struct rop {
+    gateway *g;
+    int kind;
+    int op;
+    bool async;
+    uint64_t hash;
+    uint64_t cas;
+    int attempt;
+    int max_attempts;
+    uint8_t *val;
+    size_t vlen;
+    router_get_fn get_fn;
+    router_write_fn write_fn;
+    void *arg;
+    size_t dklen;
+    uint8_t dbkey[]; /* be64(hash) | key */
+} rop;
+
+static rop *rop_new(gateway *g, int kind, const char *key, size_t klen)
+{
+    rop *r = calloc(1, sizeof(*r) + RECORD_KEY_HEADER + klen);
+    if (!r) return NULL;
+    r->g = g;
+    r->kind = kind;
+    r->hash = ring_hash(key, klen);
+    r->dklen = RECORD_KEY_HEADER + klen;
+    record_key_write(r->dbkey, r->hash, key, klen);
+    return r;
+}
+
+static void rop_free(rop *r)
+{
+    free(r->val);
+    free(r);
+}
+
+static void attempt(rop *r);
+
+static void retry_cb(evutil_socket_t fd, short what, void *arg) { attempt(arg); }
+
+static void retry_later(rop *r)
+{
+    struct timeval tv = tv_of(r->g->cfg->common.clock_interval);
+    event_base_once(r->g->base, -1, EV_TIMEOUT, retry_cb, r, &tv);
+}
+
+static void finish_error(rop *r, const char *why)
+{
+    r->g->stats.errors++;
+    log_warn("%s of a key failed after %d attempts: %s",
+             r->kind == ROP_GET ? "get" : r->kind == ROP_SET ? "set" : "delete", r->attempt, why);
+    if (r->kind == ROP_GET) r->get_fn(r->arg, false, NULL, 0);
+    else r->write_fn(r->arg, false, 0, 0);
+    rop_free(r);
+}
+
+/* Decide what to do after a failed attempt. */
+static void failed(rop *r, rpc_status st, const msgpack_object *result)
+{
+    char why[KUMO_ERRLEN];
+    rpc_strerror(st, result, why, sizeof(why));
+    log_debug("attempt %d failed: %s", r->attempt, why);
+    refresh(r->g);
+    if (r->attempt >= r->max_attempts) {
+        finish_error(r, why);
+        return;
+    }
+    if (r->kind == ROP_GET && r->attempt % KUMO_REPLICAS != 0) attempt(r); /* next owner now */
+    else retry_later(r);
+}
+
+static void get_reply(void *arg, rpc_status st, const msgpack_object *result)
+{
+    rop *r = arg;
+    if (st != RPC_OK) {
+        failed(r, st, result);
+        return;
+    }
+    if (result->type == MSGPACK_OBJECT_BIN) r->get_fn(r->arg, true, result->via.bin.ptr, result->via.bin.size);
+    else r->get_fn(r->arg, true, NULL, 0);
+    rop_free(r);
+}
+
+static void write_reply(void *arg, rpc_status st, const msgpack_object *result)
+{
+    rop *r = arg;
+    uint64_t code, ct;
+    if (st == RPC_OK && (!rpc_arg_uint(result, 0, &code) || !rpc_arg_uint(result, 1, &ct))) {
+        st = RPC_ERR_REMOTE;
+        result = NULL;
+    }
+    if (st != RPC_OK) {
+        failed(r, st, result);
+        return;
+    }
+    r->write_fn(r->arg, true, (int)code, ct);
+    rop_free(r);
+}
+
+static void attempt(rop *r)
+{
+    gateway *g = r->g;
+    uint32_t owners[KUMO_REPLICAS];
+    hashspace *hs = r->kind == ROP_GET ? g->rhs : g->whs;
+    size_t n = hashspace_live_owners(hs, r->hash, owners);
+    int k = r->attempt++;
+    if (n == 0) {
+        failed(r, RPC_ERR_REMOTE, NULL);
+        return;
+    }
+    const net_addr *to = &hs->ring.nodes[owners[r->kind == ROP_GET ? (size_t)k % n : 0]].addr;
+    rpc_conn *c = server_conn(g, to);
+    if (!c) {
+        failed(r, RPC_ERR_LOST, NULL);
+        return;
+    }
+    msgpack_packer *pk;
+    switch (r->kind) {
+    case ROP_GET:
+        pk = rpc_call_begin(c, SRV_GET, GET_TIMEOUT, get_reply, r);
+        msgpack_pack_array(pk, 1);
+        rpc_pack_bytes(pk, r->dbkey, r->dklen);
+        break;
+    case ROP_SET:
+        pk = rpc_call_begin(c, SRV_SET, WRITE_TIMEOUT, write_reply, r);
+        msgpack_pack_array(pk, 5);
+        msgpack_pack_uint32(pk, (uint32_t)r->op);
+        msgpack_pack_uint32(pk, r->async ? WF_ASYNC : 0);
+        rpc_pack_bytes(pk, r->dbkey, r->dklen);
+        rpc_pack_bytes(pk, r->val, r->vlen);
+        msgpack_pack_uint64(pk, r->cas);
+        break;
+    default:
+        pk = rpc_call_begin(c, SRV_DELETE, WRITE_TIMEOUT, write_reply, r);
+        msgpack_pack_array(pk, 2);
+        msgpack_pack_uint32(pk, r->async ? WF_ASYNC : 0);
+        rpc_pack_bytes(pk, r->dbkey, r->dklen);
+        break;
+    }
+    rpc_call_end(c);
+}
+
+/* Defer the first attempt's failure path: callbacks never run inside the call. */
+static void start_cb(evutil_socket_t fd, short what, void *arg) { attempt(arg); }
+
+void router_get(gateway *g, const char *key, size_t klen, router_get_fn fn, void *arg)
+{
+    rop *r = rop_new(g, ROP_GET, key, klen);
+    if (!r) {
+        fn(arg, false, NULL, 0); /* out of memory: the one synchronous answer */
+        return;
+    }
+    r->get_fn = fn;
+    r->arg = arg;
+    r->max_attempts = KUMO_REPLICAS * g->cfg->get_retries;
+    if (hashspace_empty(g->rhs)) {
+        struct timeval zero = {0, 0};
+        event_base_once(g->base, -1, EV_TIMEOUT, start_cb, r, &zero);
+        return;
+    }
+    attempt(r);
+}
+
+static void write_start(gateway *g, rop *r, int retries, router_write_fn fn, void *arg)
+{
+    r->write_fn = fn;
+    r->arg = arg;
+    r->max_attempts = retries + 1;
+    attempt(r);
+}
+
+void router_set(gateway *g, int op, const char *key, size_t klen, uint8_t *val, size_t vlen, uint64_t cas,
+                bool async, router_write_fn fn, void *arg)
+{
+    rop *r = rop_new(g, ROP_SET, key, klen);
+    if (!r) {
+        free(val);
+        fn(arg, false, 0, 0);
+        return;
+    }
+    r->op = op;
+    r->val = val;
+    r->vlen = vlen;
+    r->cas = cas;
+    r->async = async;
+    write_start(g, r, g->cfg->set_retries, fn, arg);
+}
+
+void router_delete(gateway *g, const char *key, size_t klen, bool async, router_write_fn fn, void *arg)
+{
+    rop *r = rop_new(g, ROP_DELETE, key, klen);
+    if (!r) {
+        fn(arg, false, 0, 0);
+        return;
+    }
+    r->async = async;
+    write_start(g, r, g->cfg->delete_retries, fn, arg);
+}
+
+int router_start(gateway *g, char *err)
+{
+    const char *names[2] = {g->cfg->manager1, g->cfg->manager2};
+    g->whs = hashspace_new(NULL, 0, 0);
+    g->rhs = hashspace_ref(g->whs);
+    for (int i = 0; i < 2; i++) {
+        if (!names[i]) continue;
+        gw_manager *m = &g->managers[g->nmanagers];
+        if (net_parse(names[i], KUMO_MANAGER_PORT, &m->addr, err) < 0) return -1;
+        m->g = g;
+        m->retry = evtimer_new(g->base, manager_retry_cb, m);
+        g->nmanagers++;
+    }
+    for (int i = 0; i < g->nmanagers; i++) manager_connect(&g->managers[i]);
+    notify_state(g);
+    return 0;
+}
+
+void router_stop(gateway *g)
+{
+    for (int i = 0; i < g->nmanagers; i++) {
+        rpc_close(g->managers[i].conn);
+        g->managers[i].conn = NULL;
+        if (g->managers[i].retry) event_free(g->managers[i].retry);
+    }
+    for (size_t i = 0; i < g->nservers; i++) {
+        rpc_close(g->servers[i].conn);
+        g->servers[i].conn = NULL;
+    }
+    free(g->servers);
+    hashspace_unref(g->whs);
+    hashspace_unref(g->rhs);
+}

@@ -1,0 +1,165 @@
+/*
+ * daemon — detaching, the pid file, SIGPIPE and sd_notify (see daemon.h).
+ *
+ * Owns: the path and owner pid of the pid file written by daemon_detach
+ * (set once at start-up, read at exit).
+ * Calls: log (a failed sd_notify is worth a debug line), libsystemd when
+ * built with HAVE_LIBSYSTEMD.
+ * Thread rule: start-up only, except daemon_notify (any thread: it only
+ * formats into a stack buffer and calls sd_notify).
+ *
+ * daemon_detach does the classic fork / setsid / fork, but the original
+ * process does not exit at once: it waits on a pipe until the grandchild has
+ * written the pid file, so whoever ran "kumo-server -d pidfile" (an init
+ * script, a test) finds the file complete as soon as the command returns.
+ * The pid file is opened before forking, so a bad path is reported on the
+ * terminal with a normal error.
+ */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include "daemon.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifdef HAVE_LIBSYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
+
+#include "log.h"
+
+static struct {
+    char *path;  /* pid file written by daemon_detach, or NULL */
+    pid_t owner; /* the process that wrote it: only it removes it */
+} pidfile_state;
+
+void daemon_init(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = SIG_IGN;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGPIPE, &sa, NULL);
+}
+
+/* Point fd at /dev/null. */
+static void to_devnull(int fd, int flags)
+{
+    int n = open("/dev/null", flags | O_CLOEXEC);
+    if (n < 0) return;
+    if (n != fd) {
+        dup2(n, fd); /* dup2 clears O_CLOEXEC on fd */
+        close(n);
+    }
+}
+
+static int write_all(int fd, const char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t w = write(fd, buf, len);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        buf += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
+int daemon_detach(const char *pidfile, bool log_to_file, char *err)
+{
+    int fd = open(pidfile, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return kumo_err(err, "%s: %s", pidfile, strerror(errno));
+    char *path = strdup(pidfile);
+    int ready[2];
+    if (!path || pipe2(ready, O_CLOEXEC) < 0) {
+        int e = path ? errno : ENOMEM;
+        free(path);
+        close(fd);
+        return kumo_err(err, "%s: %s", pidfile, strerror(e));
+    }
+
+    fflush(NULL); /* buffered output must not be written twice */
+    pid_t pid = fork();
+    if (pid < 0) {
+        int e = errno;
+        free(path);
+        close(fd), close(ready[0]), close(ready[1]);
+        return kumo_err(err, "fork: %s", strerror(e));
+    }
+    if (pid > 0) {
+        /* The original process: wait for the grandchild's word, then leave. */
+        close(fd), close(ready[1]);
+        char c = 0;
+        ssize_t r;
+        do r = read(ready[0], &c, 1);
+        while (r < 0 && errno == EINTR);
+        waitpid(pid, NULL, 0);
+        if (r == 1) _exit(0);
+        close(ready[0]);
+        free(path);
+        return kumo_err(err, "%s: the daemon exited before writing its pid", pidfile);
+    }
+
+    close(ready[0]);
+    if (setsid() < 0) _exit(1);
+    pid = fork();
+    if (pid < 0) _exit(1);
+    if (pid > 0) _exit(0);
+
+    /* The daemon. */
+    char buf[32];
+    int n = snprintf(buf, sizeof(buf), "%ld\n", (long)getpid());
+    if (write_all(fd, buf, (size_t)n) < 0 || close(fd) < 0) {
+        int e = errno;
+        unlink(pidfile);
+        free(path);
+        close(ready[1]);
+        return kumo_err(err, "%s: %s", pidfile, strerror(e));
+    }
+    pidfile_state.path = path;
+    pidfile_state.owner = getpid();
+
+    to_devnull(STDIN_FILENO, O_RDONLY);
+    if (log_to_file) {
+        to_devnull(STDOUT_FILENO, O_WRONLY);
+        to_devnull(STDERR_FILENO, O_WRONLY);
+    }
+    write_all(ready[1], "1", 1);
+    close(ready[1]);
+    return 0;
+}
+
+void daemon_remove_pidfile(void)
+{
+    if (!pidfile_state.path) return;
+    if (pidfile_state.owner == getpid()) unlink(pidfile_state.path);
+    free(pidfile_state.path);
+    pidfile_state.path = NULL;
+}
+
+void daemon_notify(const char *fmt, ...)
+{
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+#ifdef HAVE_LIBSYSTEMD
+    int rc = sd_notify(0, buf);
+    if (rc < 0) log_debug("sd_notify: %s", strerror(-rc));
+#else
+    (void)buf;
+#endif
+}

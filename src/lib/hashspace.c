@@ -1,0 +1,197 @@
+/*
+ * hashspace — immutable, reference-counted ring snapshots and their seed
+ * wire form (see hashspace.h, reference/kumofs-0.4-spec.md §2.4–§2.6).
+ *
+ * Owns: each snapshot and its ring, freed by the last hashspace_unref.
+ * Calls: ring (placement), net (net_equal, net_from_id), msgpack-c.
+ * Thread rule: a snapshot is never written after hashspace_new/_unpack
+ * returns, so any thread may read one it holds a reference to. Refcounts
+ * are atomic: taking a ref is relaxed (the caller already holds one, which
+ * keeps the snapshot alive); dropping one is acq_rel so the thread that
+ * frees sees every other thread's reads finished.
+ *
+ * Fault nodes keep their ring slots and are skipped, never replaced by a
+ * 4th node, as in kumofs 0.4: with one fault owner a key has two copies.
+ */
+#include "hashspace.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+hashspace *hashspace_new(const ring_node *nodes, size_t n, uint64_t clocktime)
+{
+    hashspace *hs = malloc(sizeof(*hs));
+    if (!hs)
+        return NULL;
+    if (ring_build(&hs->ring, nodes, n) != 0) {
+        free(hs);
+        return NULL;
+    }
+    atomic_init(&hs->refs, 1);
+    hs->clocktime = clocktime;
+    return hs;
+}
+
+hashspace *hashspace_ref(hashspace *hs)
+{
+    if (hs)
+        atomic_fetch_add_explicit(&hs->refs, 1, memory_order_relaxed);
+    return hs;
+}
+
+void hashspace_unref(hashspace *hs)
+{
+    if (!hs)
+        return;
+    if (atomic_fetch_sub_explicit(&hs->refs, 1, memory_order_acq_rel) == 1) {
+        ring_free(&hs->ring);
+        free(hs);
+    }
+}
+
+bool hashspace_empty(const hashspace *hs)
+{
+    if (!hs)
+        return true;
+    for (size_t i = 0; i < hs->ring.nnodes; i++)
+        if (hs->ring.nodes[i].active)
+            return false;
+    return true;
+}
+
+bool hashspace_same_nodes(const hashspace *a, const hashspace *b)
+{
+    if (a == b)
+        return true;
+    if (!a || !b || a->ring.nnodes != b->ring.nnodes)
+        return false;
+    for (size_t i = 0; i < a->ring.nnodes; i++) {
+        const ring_node *x = &a->ring.nodes[i], *y = &b->ring.nodes[i];
+        if (x->active != y->active || !net_equal(&x->addr, &y->addr))
+            return false;
+    }
+    return true;
+}
+
+int hashspace_find(const hashspace *hs, const net_addr *addr)
+{
+    for (size_t i = 0; i < hs->ring.nnodes; i++)
+        if (net_equal(&hs->ring.nodes[i].addr, addr))
+            return (int)i;
+    return -1;
+}
+
+size_t hashspace_live_owners(const hashspace *hs, uint64_t hash, uint32_t out[KUMO_REPLICAS])
+{
+    uint32_t all[KUMO_REPLICAS];
+    size_t n = ring_owners(&hs->ring, hash, all), live = 0;
+    for (size_t i = 0; i < n; i++)
+        if (hs->ring.nodes[all[i]].active)
+            out[live++] = all[i];
+    return live;
+}
+
+bool hashspace_is_owner(const hashspace *hs, uint64_t hash, const net_addr *addr)
+{
+    uint32_t own[KUMO_REPLICAS];
+    size_t n = hashspace_live_owners(hs, hash, own);
+    for (size_t i = 0; i < n; i++)
+        if (net_equal(&hs->ring.nodes[own[i]].addr, addr))
+            return true;
+    return false;
+}
+
+bool hashspace_is_primary(const hashspace *hs, uint64_t hash, const net_addr *addr)
+{
+    uint32_t own[KUMO_REPLICAS];
+    return hashspace_live_owners(hs, hash, own) > 0 &&
+           net_equal(&hs->ring.nodes[own[0]].addr, addr);
+}
+
+int hashspace_pack(const hashspace *hs, msgpack_packer *pk)
+{
+    const ring *r = &hs->ring;
+    if (msgpack_pack_array(pk, 2) != 0 || msgpack_pack_array(pk, r->nnodes) != 0)
+        return -1;
+    for (size_t i = 0; i < r->nnodes; i++) {
+        const ring_node *nd = &r->nodes[i];
+        uint8_t buf[1 + NET_ID_MAX];
+        size_t len = nd->addr.len <= NET_ID_MAX ? nd->addr.len : NET_ID_MAX;
+        buf[0] = nd->active ? 1 : 0;
+        memcpy(buf + 1, nd->addr.id, len);
+        if (msgpack_pack_bin(pk, 1 + len) != 0 || msgpack_pack_bin_body(pk, buf, 1 + len) != 0)
+            return -1;
+    }
+    return msgpack_pack_uint64(pk, hs->clocktime) != 0 ? -1 : 0;
+}
+
+/* One node of a seed: bin (or str, from older encoders) of 1 + identity. */
+static int unpack_node(const msgpack_object *o, ring_node *out, size_t idx, char *err)
+{
+    const uint8_t *p;
+    size_t len;
+    if (o->type == MSGPACK_OBJECT_BIN) {
+        p = (const uint8_t *)o->via.bin.ptr;
+        len = o->via.bin.size;
+    } else if (o->type == MSGPACK_OBJECT_STR) {
+        p = (const uint8_t *)o->via.str.ptr;
+        len = o->via.str.size;
+    } else {
+        return kumo_err(err, "hash space seed: node %zu is not raw bytes", idx);
+    }
+    if (len < 1 || p[0] > 1)
+        return kumo_err(err, "hash space seed: node %zu has no valid active flag", idx);
+    memset(out, 0, sizeof(*out));
+    if (net_from_id(&out->addr, p + 1, len - 1) != 0)
+        return kumo_err(err, "hash space seed: node %zu has a %zu-byte address", idx, len - 1);
+    out->active = p[0] == 1;
+    return 0;
+}
+
+hashspace *hashspace_unpack(const msgpack_object *o, char *err)
+{
+    if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 2) {
+        kumo_err(err, "hash space seed: not an array of 2");
+        return NULL;
+    }
+    const msgpack_object *nodes = &o->via.array.ptr[0];
+    const msgpack_object *ct = &o->via.array.ptr[1];
+    if (nodes->type != MSGPACK_OBJECT_ARRAY) {
+        kumo_err(err, "hash space seed: node list is not an array");
+        return NULL;
+    }
+    if (ct->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
+        kumo_err(err, "hash space seed: clocktime is not an unsigned integer");
+        return NULL;
+    }
+
+    size_t n = nodes->via.array.size;
+    ring_node *list = NULL;
+    if (n > 0) {
+        list = calloc(n, sizeof(*list));
+        if (!list) {
+            kumo_err(err, "hash space seed: out of memory");
+            return NULL;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (unpack_node(&nodes->via.array.ptr[i], &list[i], i, err) != 0)
+            goto fail;
+        /* A node listed twice would own two slots of one key's replicas. */
+        for (size_t j = 0; j < i; j++) {
+            if (net_equal(&list[j].addr, &list[i].addr)) {
+                kumo_err(err, "hash space seed: node %zu repeats node %zu", i, j);
+                goto fail;
+            }
+        }
+    }
+
+    hashspace *hs = hashspace_new(list, n, ct->via.u64);
+    if (!hs)
+        kumo_err(err, "hash space seed: out of memory");
+    free(list);
+    return hs;
+fail:
+    free(list);
+    return NULL;
+}

@@ -1,0 +1,89 @@
+/*
+ * proto — the numbers of the node protocol: method ids, operation codes,
+ * status codes. docs/protocol.md describes each message; keep them in step.
+ * Header only; no code.
+ */
+#ifndef KUMO_PROTO_H
+#define KUMO_PROTO_H
+
+/* kumo-manager, cluster port (-l) */
+enum {
+    MGR_KEEPALIVE = 0,      /* [clock] -> nil */
+    MGR_HS_REQUEST = 1,     /* [] -> [whs, rhs] */
+    MGR_REPLACE_COPY_END = 10,   /* [replace_clocktime] -> true */
+    MGR_REPLACE_DELETE_END = 11, /* [replace_clocktime] -> true */
+};
+
+/* kumo-manager, control port (-c) — kumoctl */
+enum {
+    CTL_STATUS = 99,        /* [] -> [whs, [newcomer addr...], rhs, auto_replace, replace_state] */
+    CTL_ATTACH = 100,       /* [replace:bool] -> [attached addr...] */
+    CTL_DETACH = 101,       /* [replace:bool] -> [detached addr...] */
+    CTL_BACKUP = 102,       /* [suffix] -> nil */
+    CTL_AUTO_REPLACE = 103, /* [enable:bool] -> bool */
+    CTL_REPLACE = 104,      /* [full:bool] -> nil */
+};
+
+/* kumo-server, RPC port (-l) */
+enum {
+    SRV_KEEPALIVE = 0,       /* [clock] -> nil */
+    SRV_HS_SYNC = 2,         /* [whs, rhs] -> true (adopted) / false */
+    SRV_REPLACE_COPY = 8,    /* [whs, full:bool] -> true; later MGR_REPLACE_COPY_END */
+    SRV_REPLACE_DELETE = 9,  /* [whs] -> true; later MGR_REPLACE_DELETE_END */
+    SRV_REPLICATE = 32,      /* [flags, dbkey, dbvalue-or-tombstone] -> true stored / false older */
+    SRV_REPLICATE_BATCH = 33,/* [[dbkey, dbvalue]...] -> count stored (replace copy) */
+    SRV_GET = 34,            /* [dbkey] -> dbvalue | nil */
+    SRV_SET = 35,            /* [op, dbkey, dbvalue, cas] -> [code, clocktime] */
+    SRV_DELETE = 36,         /* [flags, dbkey] -> [code, clocktime] */
+    SRV_STATUS = 97,         /* [what] -> value */
+    SRV_SET_CONFIG = 98,     /* [what, arg] -> count */
+};
+
+/* kumo-gateway (as a manager's client) */
+enum {
+    GW_HS_PUSH = 3, /* [whs, rhs] -> true */
+};
+
+/* SRV_SET operations */
+enum {
+    OP_SET = 0,
+    OP_CAS = 2,
+    OP_ADD = 3,
+    OP_REPLACE = 4,
+    OP_APPEND = 5,
+    OP_PREPEND = 6,
+};
+
+/* SRV_SET / SRV_DELETE result codes (memcached's words) */
+enum {
+    CODE_STORED = 0, /* also DELETED */
+    CODE_NOT_STORED = 1,
+    CODE_EXISTS = 2,
+    CODE_NOT_FOUND = 3,
+};
+
+/* SRV_SET / SRV_DELETE / SRV_REPLICATE flags */
+enum {
+    WF_ASYNC = 0x01, /* answer after the primary's own write (-As/-Ad, noreply) */
+};
+
+/* SRV_STATUS what */
+enum {
+    ST_PID = 0,
+    ST_UPTIME = 1,
+    ST_TIME = 2,
+    ST_VERSION = 3,
+    ST_CMD_GET = 4,
+    ST_CMD_SET = 5,
+    ST_CMD_DELETE = 6,
+    ST_ITEMS = 7,
+    ST_CLOCKTIME = 8,
+    ST_RHS = 9,
+    ST_WHS = 10,
+    ST_REPLACE = 11,
+};
+
+/* Remote error text the gateway reacts to by refreshing its hash spaces. */
+#define ERR_OBSOLETE_HS "obsolete hash space"
+
+#endif

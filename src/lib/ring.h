@@ -1,0 +1,58 @@
+/*
+ * ring — consistent-hash placement, bit-compatible with kumofs 0.4
+ * (DESIGN.md §2; known answers in tests/unit/test_ring.c).
+ *
+ *   hash(key)   = first 8 bytes of SHA-1(key) read as a little-endian u64
+ *   vnode 0     = hash(node identity bytes)      (net.h: 6 bytes for IPv4)
+ *   vnode i     = hash(8 little-endian bytes of vnode i-1), 128 per node
+ *   the vnodes of all nodes, fault ones included, stable-sorted by hash
+ *   (ties keep node order); a key's owners are the first 3 distinct nodes
+ *   met clockwise from the first vnode >= its hash, wrapping.
+ *
+ * Fault nodes keep their slots; callers skip them (ring_owners reports
+ * them; hashspace.h picks the live ones).
+ *
+ * Thread rule: a built ring is immutable and may be read from any thread.
+ * Calls: net (identity bytes), libcrypto SHA1.
+ */
+#ifndef KUMO_RING_H
+#define KUMO_RING_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kumo.h"
+#include "net.h"
+
+#define RING_VNODES 128
+
+typedef struct ring_node {
+    net_addr addr;
+    bool active; /* false = fault */
+} ring_node;
+
+typedef struct ring_vnode {
+    uint64_t hash;
+    uint32_t node; /* index into ring.nodes */
+} ring_vnode;
+
+typedef struct ring {
+    size_t nnodes;
+    ring_node *nodes;   /* in the order given (whs order) */
+    size_t nvnodes;
+    ring_vnode *vnodes; /* sorted by hash */
+} ring;
+
+uint64_t ring_hash(const void *data, size_t len);
+
+/* Build from nodes[0..n) (copied). Returns 0, or -1 on allocation failure.
+ * n == 0 is allowed (an empty ring owns nothing). */
+int ring_build(ring *r, const ring_node *nodes, size_t n);
+void ring_free(ring *r);
+
+/* The up-to-3 distinct owners of `hash`, in clockwise order, fault ones
+ * included. Writes node indexes to out; returns how many (min(3, nnodes)). */
+size_t ring_owners(const ring *r, uint64_t hash, uint32_t out[KUMO_REPLICAS]);
+
+#endif

@@ -1,0 +1,570 @@
+/*
+ * rpc — node messaging over libevent bufferevents (see rpc.h).
+ *
+ * Pending calls live in a table indexed by `msgid & mask`. msgids are handed
+ * out sequentially, so two outstanding calls collide only when more than
+ * `cap` calls separate the oldest from the newest; then the table doubles.
+ * Lookup and insert are O(1) with no hashing and no per-call allocation.
+ * Timeouts are found by a sweep every RPC_SWEEP seconds over the table.
+ *
+ * A connection is freed only when no callback of ours is on the stack
+ * (c->busy == 0), so handlers may close it from inside a callback.
+ *
+ * Calls: net, clock, log, msgpack, libevent. Thread rule: see rpc.h.
+ */
+#include "rpc.h"
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "log.h"
+
+#define RPC_SWEEP 0.25
+#define RPC_READ_CHUNK (64 * 1024)
+
+typedef struct pending {
+    uint32_t msgid; /* 0 = free slot */
+    rpc_reply_fn fn;
+    void *arg;
+    double deadline;
+} pending;
+
+struct rpc_conn {
+    struct event_base *base;
+    struct bufferevent *bev;
+    struct event *sweep;
+    struct event *connect_timer;
+    rpc_handlers h;
+    rpc_self self;
+    msgpack_unpacker up;
+    msgpack_packer pk;       /* writes to the bufferevent's output */
+    msgpack_sbuffer scratch; /* target of packers on a dead connection */
+    msgpack_packer scratch_pk;
+    pending *slots;
+    uint32_t cap; /* power of two */
+    uint32_t npending;
+    uint32_t next_msgid;
+    bool hello_done;
+    bool dead;
+    int busy;
+    rpc_role peer_role;
+    net_addr peer_addr;
+    char name[NET_ADDRSTRLEN];
+    void *data;
+};
+
+static double now_mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int pk_write(void *data, const char *buf, size_t len)
+{
+    return evbuffer_add((struct evbuffer *)data, buf, len);
+}
+
+/* ---- deferred "lost" replies for calls made on a dead connection ---- */
+
+typedef struct deferred {
+    rpc_reply_fn fn;
+    void *arg;
+} deferred;
+
+static void deferred_cb(evutil_socket_t fd, short what, void *arg)
+{
+    deferred *d = arg;
+    d->fn(d->arg, RPC_ERR_LOST, NULL);
+    free(d);
+}
+
+static void defer_lost(struct event_base *base, rpc_reply_fn fn, void *arg)
+{
+    deferred *d = malloc(sizeof(*d));
+    struct timeval zero = {0, 0};
+    if (!d) abort(); /* out of memory while failing a call: nothing sane left */
+    d->fn = fn;
+    d->arg = arg;
+    event_base_once(base, -1, EV_TIMEOUT, deferred_cb, d, &zero);
+}
+
+/* ---- lifetime ---- */
+
+static void conn_free(rpc_conn *c)
+{
+    msgpack_unpacker_destroy(&c->up);
+    msgpack_sbuffer_destroy(&c->scratch);
+    free(c->slots);
+    free(c);
+}
+
+static void release(rpc_conn *c)
+{
+    if (--c->busy == 0 && c->dead) conn_free(c);
+}
+
+static void teardown(rpc_conn *c, bool notify)
+{
+    if (c->dead) return;
+    c->dead = true;
+    c->busy++;
+    if (c->bev) bufferevent_free(c->bev);
+    c->bev = NULL;
+    if (c->sweep) event_free(c->sweep);
+    c->sweep = NULL;
+    if (c->connect_timer) event_free(c->connect_timer);
+    c->connect_timer = NULL;
+    for (uint32_t i = 0; i < c->cap; i++) {
+        pending p = c->slots[i];
+        if (!p.msgid) continue;
+        c->slots[i].msgid = 0;
+        c->npending--;
+        p.fn(p.arg, RPC_ERR_LOST, NULL);
+    }
+    if (notify && c->h.on_close) c->h.on_close(c->h.arg, c);
+    release(c);
+}
+
+void rpc_close(rpc_conn *c)
+{
+    if (c) teardown(c, false);
+}
+
+/* ---- pending table ---- */
+
+static int table_grow(rpc_conn *c)
+{
+    for (uint32_t ncap = c->cap * 2;; ncap *= 2) {
+        pending *ns = calloc(ncap, sizeof(*ns));
+        if (!ns) return -1;
+        bool clash = false;
+        for (uint32_t i = 0; i < c->cap && !clash; i++) {
+            if (!c->slots[i].msgid) continue;
+            pending *dst = &ns[c->slots[i].msgid & (ncap - 1)];
+            if (dst->msgid) clash = true;
+            else *dst = c->slots[i];
+        }
+        if (!clash) {
+            free(c->slots);
+            c->slots = ns;
+            c->cap = ncap;
+            return 0;
+        }
+        free(ns);
+    }
+}
+
+static uint32_t alloc_msgid(rpc_conn *c)
+{
+    uint32_t id = c->next_msgid++;
+    if (id == 0) id = c->next_msgid++; /* 0 marks one-way messages and free slots */
+    return id;
+}
+
+static pending *table_take(rpc_conn *c, uint32_t msgid)
+{
+    pending *p = &c->slots[msgid & (c->cap - 1)];
+    if (msgid == 0 || p->msgid != msgid) return NULL;
+    return p;
+}
+
+static void sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+    rpc_conn *c = arg;
+    if (c->npending == 0) return;
+    double now = now_mono();
+    c->busy++;
+    for (uint32_t i = 0; i < c->cap && !c->dead; i++) {
+        pending p = c->slots[i];
+        if (!p.msgid || p.deadline > now) continue;
+        c->slots[i].msgid = 0;
+        c->npending--;
+        p.fn(p.arg, RPC_ERR_TIMEOUT, NULL);
+    }
+    release(c);
+}
+
+/* ---- sending ---- */
+
+static msgpack_packer *dead_packer(rpc_conn *c)
+{
+    msgpack_sbuffer_clear(&c->scratch);
+    return &c->scratch_pk;
+}
+
+static void send_hello(rpc_conn *c)
+{
+    msgpack_packer *pk = &c->pk;
+    msgpack_pack_array(pk, 5);
+    msgpack_pack_uint8(pk, 2);
+    msgpack_pack_uint8(pk, (uint8_t)c->self.role);
+    rpc_pack_bytes(pk, c->self.addr.id, c->self.addr.len);
+    msgpack_pack_uint32(pk, RPC_VERSION);
+    msgpack_pack_uint64(pk, c->self.clock ? clock_peek(c->self.clock) : 0);
+}
+
+msgpack_packer *rpc_call_begin(rpc_conn *c, uint32_t method, double timeout, rpc_reply_fn fn, void *arg)
+{
+    if (c->dead) {
+        defer_lost(c->base, fn, arg);
+        return dead_packer(c);
+    }
+    uint32_t id = alloc_msgid(c);
+    while (c->slots[id & (c->cap - 1)].msgid) {
+        if (table_grow(c) < 0) {
+            defer_lost(c->base, fn, arg);
+            return dead_packer(c);
+        }
+    }
+    pending *p = &c->slots[id & (c->cap - 1)];
+    p->msgid = id;
+    p->fn = fn;
+    p->arg = arg;
+    p->deadline = now_mono() + timeout;
+    c->npending++;
+    msgpack_pack_array(&c->pk, 4);
+    msgpack_pack_uint8(&c->pk, 0);
+    msgpack_pack_uint32(&c->pk, id);
+    msgpack_pack_uint32(&c->pk, method);
+    return &c->pk;
+}
+
+void rpc_call_end(rpc_conn *c) { (void)c; /* the bufferevent flushes on its own */ }
+
+msgpack_packer *rpc_notify_begin(rpc_conn *c, uint32_t method)
+{
+    if (c->dead) return dead_packer(c);
+    msgpack_pack_array(&c->pk, 4);
+    msgpack_pack_uint8(&c->pk, 0);
+    msgpack_pack_uint32(&c->pk, 0);
+    msgpack_pack_uint32(&c->pk, method);
+    return &c->pk;
+}
+
+msgpack_packer *rpc_reply_begin(rpc_conn *c, uint32_t msgid)
+{
+    if (c->dead || msgid == 0) return dead_packer(c);
+    msgpack_pack_array(&c->pk, 4);
+    msgpack_pack_uint8(&c->pk, 1);
+    msgpack_pack_uint32(&c->pk, msgid);
+    msgpack_pack_nil(&c->pk);
+    return &c->pk;
+}
+
+void rpc_reply_error(rpc_conn *c, uint32_t msgid, const char *fmt, ...)
+{
+    char msg[KUMO_ERRLEN];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (c->dead || msgid == 0) return;
+    msgpack_pack_array(&c->pk, 4);
+    msgpack_pack_uint8(&c->pk, 1);
+    msgpack_pack_uint32(&c->pk, msgid);
+    rpc_pack_str(&c->pk, msg);
+    msgpack_pack_nil(&c->pk);
+}
+
+void rpc_reply_nil(rpc_conn *c, uint32_t msgid) { msgpack_pack_nil(rpc_reply_begin(c, msgid)); }
+
+void rpc_reply_bool(rpc_conn *c, uint32_t msgid, bool v)
+{
+    msgpack_packer *pk = rpc_reply_begin(c, msgid);
+    if (v) msgpack_pack_true(pk);
+    else msgpack_pack_false(pk);
+}
+
+void rpc_reply_uint(rpc_conn *c, uint32_t msgid, uint64_t v)
+{
+    msgpack_pack_uint64(rpc_reply_begin(c, msgid), v);
+}
+
+/* ---- receiving ---- */
+
+static bool obj_uint(const msgpack_object *o, uint64_t *out)
+{
+    if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER) return false;
+    *out = o->via.u64;
+    return true;
+}
+
+static bool obj_bytes(const msgpack_object *o, const char **p, size_t *len)
+{
+    if (o->type == MSGPACK_OBJECT_BIN) {
+        *p = o->via.bin.ptr;
+        *len = o->via.bin.size;
+        return true;
+    }
+    if (o->type == MSGPACK_OBJECT_STR) {
+        *p = o->via.str.ptr;
+        *len = o->via.str.size;
+        return true;
+    }
+    return false;
+}
+
+/* Returns false if the peer broke the protocol (the caller closes). */
+static bool dispatch(rpc_conn *c, const msgpack_object *o)
+{
+    uint64_t type, msgid, v;
+    if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size < 1) return false;
+    const msgpack_object *a = o->via.array.ptr;
+    if (!obj_uint(&a[0], &type)) return false;
+
+    if (type == 2) {
+        const char *p;
+        size_t len;
+        uint64_t role, ct;
+        if (o->via.array.size < 5 || c->hello_done || !obj_uint(&a[1], &role) || role > RPC_ROLE_TOOL ||
+            !obj_bytes(&a[2], &p, &len) || !obj_uint(&a[3], &v) || !obj_uint(&a[4], &ct))
+            return false;
+        if (v != RPC_VERSION) {
+            log_warn("%s: protocol version %llu, expected %d", c->name, (unsigned long long)v, RPC_VERSION);
+            return false;
+        }
+        if (len > 0) {
+            if (net_from_id(&c->peer_addr, p, len) < 0) return false;
+            net_format(&c->peer_addr, c->name, sizeof(c->name));
+        }
+        c->peer_role = (rpc_role)role;
+        c->hello_done = true;
+        if (c->self.clock && ct) clock_update(c->self.clock, ct);
+        if (c->h.on_hello) c->h.on_hello(c->h.arg, c);
+        return true;
+    }
+    if (!c->hello_done || o->via.array.size != 4 || !obj_uint(&a[1], &msgid) || msgid > UINT32_MAX)
+        return false;
+    if (type == 0) {
+        if (!obj_uint(&a[2], &v) || v > UINT32_MAX || a[3].type != MSGPACK_OBJECT_ARRAY) return false;
+        if (c->h.on_request) c->h.on_request(c->h.arg, c, (uint32_t)msgid, (uint32_t)v, &a[3]);
+        return true;
+    }
+    if (type == 1) {
+        pending *slot = table_take(c, (uint32_t)msgid);
+        if (!slot) return true; /* late reply to a call that already timed out */
+        pending p = *slot;
+        slot->msgid = 0;
+        c->npending--;
+        if (a[2].type != MSGPACK_OBJECT_NIL) p.fn(p.arg, RPC_ERR_REMOTE, &a[2]);
+        else p.fn(p.arg, RPC_OK, &a[3]);
+        return true;
+    }
+    return false;
+}
+
+static void read_cb(struct bufferevent *bev, void *arg)
+{
+    rpc_conn *c = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    msgpack_unpacked result;
+    msgpack_unpacked_init(&result);
+    c->busy++;
+    while (!c->dead && evbuffer_get_length(in) > 0) {
+        size_t n = evbuffer_get_length(in);
+        if (n > RPC_READ_CHUNK) n = RPC_READ_CHUNK;
+        if (!msgpack_unpacker_reserve_buffer(&c->up, n)) {
+            log_error("%s: out of memory reading a frame", c->name);
+            teardown(c, true);
+            break;
+        }
+        int got = evbuffer_remove(in, msgpack_unpacker_buffer(&c->up), n);
+        if (got <= 0) break;
+        msgpack_unpacker_buffer_consumed(&c->up, (size_t)got);
+        for (;;) {
+            msgpack_unpack_return r = msgpack_unpacker_next(&c->up, &result);
+            if (r == MSGPACK_UNPACK_SUCCESS) {
+                if (!dispatch(c, &result.data)) {
+                    log_warn("%s: protocol error, closing", c->name);
+                    teardown(c, true);
+                }
+                if (c->dead) break;
+                continue;
+            }
+            if (r == MSGPACK_UNPACK_CONTINUE) {
+                if (msgpack_unpacker_message_size(&c->up) > RPC_MAX_FRAME) {
+                    log_warn("%s: frame larger than %u bytes, closing", c->name, RPC_MAX_FRAME);
+                    teardown(c, true);
+                }
+                break;
+            }
+            log_warn("%s: malformed frame, closing", c->name);
+            teardown(c, true);
+            break;
+        }
+    }
+    msgpack_unpacked_destroy(&result);
+    release(c);
+}
+
+static void event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    rpc_conn *c = arg;
+    if (what & BEV_EVENT_CONNECTED) {
+        if (c->connect_timer) event_del(c->connect_timer);
+        net_tune(bufferevent_getfd(bev));
+        return;
+    }
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+        log_debug("%s: connection %s", c->name, (what & BEV_EVENT_EOF) ? "closed" : "failed");
+        teardown(c, true);
+    }
+}
+
+static void connect_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    rpc_conn *c = arg;
+    log_debug("%s: connect timed out", c->name);
+    teardown(c, true);
+}
+
+static rpc_conn *conn_new(struct event_base *base, struct bufferevent *bev, const rpc_handlers *h,
+                          const rpc_self *self)
+{
+    rpc_conn *c = calloc(1, sizeof(*c));
+    if (!c) return NULL;
+    c->cap = 64;
+    c->slots = calloc(c->cap, sizeof(pending));
+    if (!c->slots || !msgpack_unpacker_init(&c->up, RPC_READ_CHUNK)) {
+        free(c->slots);
+        free(c);
+        return NULL;
+    }
+    c->base = base;
+    c->bev = bev;
+    c->h = *h;
+    c->self = *self;
+    c->next_msgid = 1;
+    c->peer_role = RPC_ROLE_TOOL;
+    msgpack_sbuffer_init(&c->scratch);
+    msgpack_packer_init(&c->scratch_pk, &c->scratch, msgpack_sbuffer_write);
+    msgpack_packer_init(&c->pk, bufferevent_get_output(bev), pk_write);
+    c->sweep = event_new(base, -1, EV_PERSIST, sweep_cb, c);
+    struct timeval tv = {0, (suseconds_t)(RPC_SWEEP * 1e6)};
+    event_add(c->sweep, &tv);
+    bufferevent_setcb(bev, read_cb, NULL, event_cb, c);
+    bufferevent_enable(bev, EV_READ | EV_WRITE);
+    send_hello(c);
+    return c;
+}
+
+rpc_conn *rpc_accept(struct event_base *base, int fd, const rpc_handlers *h, const rpc_self *self)
+{
+    net_tune(fd);
+    struct bufferevent *bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (!bev) return NULL;
+    rpc_conn *c = conn_new(base, bev, h, self);
+    if (!c) {
+        bufferevent_free(bev);
+        return NULL;
+    }
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    net_addr a;
+    if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0 && net_from_sockaddr(&a, (struct sockaddr *)&ss) == 0)
+        net_format(&a, c->name, sizeof(c->name));
+    return c;
+}
+
+rpc_conn *rpc_connect(struct event_base *base, const net_addr *peer, double connect_timeout,
+                      const rpc_handlers *h, const rpc_self *self)
+{
+    struct bufferevent *bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (!bev) return NULL;
+    rpc_conn *c = conn_new(base, bev, h, self);
+    if (!c) {
+        bufferevent_free(bev);
+        return NULL;
+    }
+    c->peer_addr = *peer;
+    net_format(peer, c->name, sizeof(c->name));
+    c->connect_timer = evtimer_new(base, connect_timeout_cb, c);
+    struct timeval tv = {(time_t)connect_timeout, (suseconds_t)((connect_timeout - (double)(time_t)connect_timeout) * 1e6)};
+    evtimer_add(c->connect_timer, &tv);
+    struct sockaddr_storage ss;
+    socklen_t sl = net_sockaddr(peer, &ss);
+    if (bufferevent_socket_connect(bev, (struct sockaddr *)&ss, (int)sl) < 0) {
+        /* Report the failure through on_close, never from inside rpc_connect. */
+        event_del(c->connect_timer);
+        struct timeval zero = {0, 0};
+        evtimer_add(c->connect_timer, &zero);
+    }
+    return c;
+}
+
+void rpc_hold(rpc_conn *c) { c->busy++; }
+void rpc_release(rpc_conn *c) { release(c); }
+bool rpc_is_closed(const rpc_conn *c) { return c->dead; }
+
+bool rpc_hello_done(const rpc_conn *c) { return c->hello_done; }
+rpc_role rpc_peer_role(const rpc_conn *c) { return c->peer_role; }
+const net_addr *rpc_peer_addr(const rpc_conn *c) { return &c->peer_addr; }
+const char *rpc_peer_name(const rpc_conn *c) { return c->name; }
+size_t rpc_pending(const rpc_conn *c) { return c->npending; }
+void *rpc_get_data(const rpc_conn *c) { return c->data; }
+void rpc_set_data(rpc_conn *c, void *data) { c->data = data; }
+
+/* ---- argument helpers ---- */
+
+const msgpack_object *rpc_arg(const msgpack_object *params, uint32_t i)
+{
+    if (params->type != MSGPACK_OBJECT_ARRAY || i >= params->via.array.size) return NULL;
+    return &params->via.array.ptr[i];
+}
+
+bool rpc_arg_uint(const msgpack_object *params, uint32_t i, uint64_t *out)
+{
+    const msgpack_object *o = rpc_arg(params, i);
+    return o && obj_uint(o, out);
+}
+
+bool rpc_arg_bool(const msgpack_object *params, uint32_t i, bool *out)
+{
+    const msgpack_object *o = rpc_arg(params, i);
+    if (!o || o->type != MSGPACK_OBJECT_BOOLEAN) return false;
+    *out = o->via.boolean;
+    return true;
+}
+
+bool rpc_arg_bytes(const msgpack_object *params, uint32_t i, const char **p, size_t *len)
+{
+    const msgpack_object *o = rpc_arg(params, i);
+    return o && obj_bytes(o, p, len);
+}
+
+void rpc_pack_bytes(msgpack_packer *pk, const void *p, size_t len)
+{
+    msgpack_pack_bin(pk, len);
+    msgpack_pack_bin_body(pk, p, len);
+}
+
+void rpc_pack_str(msgpack_packer *pk, const char *s)
+{
+    size_t len = strlen(s);
+    msgpack_pack_str(pk, len);
+    msgpack_pack_str_body(pk, s, len);
+}
+
+const char *rpc_strerror(rpc_status st, const msgpack_object *result, char *buf, size_t len)
+{
+    switch (st) {
+    case RPC_OK: snprintf(buf, len, "ok"); break;
+    case RPC_ERR_LOST: snprintf(buf, len, "connection lost"); break;
+    case RPC_ERR_TIMEOUT: snprintf(buf, len, "timed out"); break;
+    case RPC_ERR_REMOTE: {
+        const char *p;
+        size_t n;
+        if (result && obj_bytes(result, &p, &n)) snprintf(buf, len, "%.*s", (int)n, p);
+        else snprintf(buf, len, "remote error");
+        break;
+    }
+    }
+    return buf;
+}

@@ -1,0 +1,123 @@
+/*
+ * rpc — msgpack-rpc style messaging between kumofs nodes over libevent
+ * bufferevents (wire format in docs/protocol.md).
+ *
+ *   request  [0, msgid:uint, method:uint, params:array]
+ *   response [1, msgid:uint, error:nil|str, result]
+ *   hello    [2, role:uint, address:bin, version:uint, clock:uint]
+ *
+ * Both ends send hello first; requests may be queued before the peer's
+ * hello arrives. A connection is symmetric: either side may call the other
+ * (the manager pushes hash spaces down the connection a server opened).
+ * Frames are bounded by RPC_MAX_FRAME before they are buffered whole.
+ *
+ * Ownership: rpc_connect/rpc_accept return a connection owned by the
+ * caller until handlers->on_close runs (the connection broke or the peer
+ * misbehaved); after on_close returns, the pointer is dead. rpc_close()
+ * closes from the owner's side and does not call on_close. Either way every
+ * pending call's callback runs once with RPC_ERR_LOST.
+ *
+ * Thread rule: a connection belongs to the thread of its event_base; every
+ * function must be called from that thread.
+ * Calls: net, clock (hello carries the sender's clock), log.
+ */
+#ifndef KUMO_RPC_H
+#define KUMO_RPC_H
+
+#include <event2/event.h>
+#include <msgpack.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "clock.h"
+#include "kumo.h"
+#include "net.h"
+
+#define RPC_VERSION 1
+#define RPC_MAX_FRAME (64u * 1024 * 1024)
+
+typedef enum rpc_role {
+    RPC_ROLE_MANAGER = 0,
+    RPC_ROLE_SERVER = 1,
+    RPC_ROLE_GATEWAY = 2,
+    RPC_ROLE_TOOL = 3,
+} rpc_role;
+
+typedef enum rpc_status {
+    RPC_OK = 0,
+    RPC_ERR_LOST,    /* connection closed before the reply */
+    RPC_ERR_TIMEOUT, /* no reply in time */
+    RPC_ERR_REMOTE,  /* the peer answered with an error; result = the error */
+} rpc_status;
+
+typedef struct rpc_conn rpc_conn;
+
+/* A reply (or its failure). result is valid only during the call. */
+typedef void (*rpc_reply_fn)(void *arg, rpc_status st, const msgpack_object *result);
+
+typedef struct rpc_handlers {
+    /* A request arrived: answer it now or later with rpc_reply_*(c, msgid…)
+     * unless the method is one-way. params is valid only during the call. */
+    void (*on_request)(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method,
+                       const msgpack_object *params);
+    /* The peer's hello arrived (rpc_peer_role/addr are now valid). */
+    void (*on_hello)(void *arg, rpc_conn *c);
+    /* The connection is gone; drop every pointer to it. */
+    void (*on_close)(void *arg, rpc_conn *c);
+    void *arg;
+} rpc_handlers;
+
+typedef struct rpc_self {
+    rpc_role role;
+    net_addr addr;   /* what the peer should know us as (may be unset for tools) */
+    clock_hlc *clock; /* may be NULL (gateways have no clock) */
+} rpc_self;
+
+/* Take over an accepted socket. */
+rpc_conn *rpc_accept(struct event_base *base, int fd, const rpc_handlers *h, const rpc_self *self);
+/* Start connecting; fails (later, through on_close) after connect_timeout s.
+ * Returns NULL only if no socket could be made. */
+rpc_conn *rpc_connect(struct event_base *base, const net_addr *peer, double connect_timeout,
+                      const rpc_handlers *h, const rpc_self *self);
+void rpc_close(rpc_conn *c);
+/* Keep the struct (not the connection) alive past on_close, so a reply that
+ * completes later can find out the connection died: rpc_reply_* on a dead
+ * connection does nothing. Every rpc_hold needs one rpc_release. */
+void rpc_hold(rpc_conn *c);
+void rpc_release(rpc_conn *c);
+bool rpc_is_closed(const rpc_conn *c);
+
+bool rpc_hello_done(const rpc_conn *c);
+rpc_role rpc_peer_role(const rpc_conn *c);
+const net_addr *rpc_peer_addr(const rpc_conn *c); /* announced address */
+const char *rpc_peer_name(const rpc_conn *c);     /* "1.2.3.4:19800" or the socket peer */
+size_t rpc_pending(const rpc_conn *c);
+void *rpc_get_data(const rpc_conn *c);
+void rpc_set_data(rpc_conn *c, void *data);
+
+/* Send a request: pack exactly one object (the params array) into the
+ * returned packer, then call rpc_call_end. fn runs exactly once, never from
+ * inside rpc_call_begin/end. timeout in seconds. */
+msgpack_packer *rpc_call_begin(rpc_conn *c, uint32_t method, double timeout, rpc_reply_fn fn, void *arg);
+void rpc_call_end(rpc_conn *c);
+/* Send a one-way request (no reply expected; msgid 0). */
+msgpack_packer *rpc_notify_begin(rpc_conn *c, uint32_t method);
+
+/* Answer: pack exactly one result object, then rpc_call_end(c). */
+msgpack_packer *rpc_reply_begin(rpc_conn *c, uint32_t msgid);
+void rpc_reply_error(rpc_conn *c, uint32_t msgid, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void rpc_reply_nil(rpc_conn *c, uint32_t msgid);
+void rpc_reply_bool(rpc_conn *c, uint32_t msgid, bool v);
+void rpc_reply_uint(rpc_conn *c, uint32_t msgid, uint64_t v);
+
+/* Small helpers for reading params. */
+const msgpack_object *rpc_arg(const msgpack_object *params, uint32_t i); /* NULL if absent */
+bool rpc_arg_uint(const msgpack_object *params, uint32_t i, uint64_t *out);
+bool rpc_arg_bool(const msgpack_object *params, uint32_t i, bool *out);
+bool rpc_arg_bytes(const msgpack_object *params, uint32_t i, const char **p, size_t *len);
+void rpc_pack_bytes(msgpack_packer *pk, const void *p, size_t len);
+void rpc_pack_str(msgpack_packer *pk, const char *s);
+/* Human text for a failed call (includes a remote error's message). */
+const char *rpc_strerror(rpc_status st, const msgpack_object *result, char *buf, size_t len);
+
+#endif

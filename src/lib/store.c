@@ -1,0 +1,429 @@
+/*
+ * store — the Tokyo Cabinet hash database of a kumo-server (see store.h).
+ *
+ * Owns: one TCHDB handle opened HDBOWRITER|HDBOCREAT|HDBOLCKNB with
+ * tchdbsetmutex, 64 lock stripes, one walk lock, and (after the first
+ * backup) a descriptor holding the file lock.
+ * Calls: record (clocktime of stored bytes), Tokyo Cabinet.
+ * Thread rule: every function may be called from any thread.
+ *
+ * Locking, and why it looks like this:
+ *  - TC's own mutex makes each single call atomic, but a read-compare-write
+ *    is two calls. Every write to a key (store_put and everything built on
+ *    store_modify) therefore runs under the key's stripe: a mutex chosen by
+ *    FNV-1a of the key bytes. Reads take no stripe; TC gives them a whole
+ *    record.
+ *  - tchdbforeach holds every TC record lock for reading while it calls
+ *    back, so a callback that writes would deadlock. store_iterate instead
+ *    steps TC's iterator with tchdbiternext3 into private copies and calls fn
+ *    with no TC lock held. TC has one iterator per handle, so whole walks are
+ *    serialized by `walk_mu`: fn may call any store function except
+ *    store_iterate itself. The iterator walks file offsets, so removing the
+ *    record just visited is safe; a record rewritten during the walk may move
+ *    behind the cursor and be seen twice (callers apply update semantics, so
+ *    a second visit is harmless).
+ *  - TC locks the file with fcntl(2), and POSIX drops a process's fcntl
+ *    locks on a file when *any* descriptor of it is closed. tchdbcopy reads
+ *    the file through its own descriptor and closes it, so after every
+ *    backup the database would be open to a second kumo-server. store_backup
+ *    re-takes the same whole-file write lock through `lock_fd`, kept open
+ *    until store_close (tested: test_store "still locked after a backup").
+ *  - A TC error other than "no record"/"exists" makes TC mark the handle
+ *    fatal and freeze its error code. store_backup therefore checks that the
+ *    destination can be created before handing it to tchdbcopy, so a typo'd
+ *    backup path does not poison the live database handle.
+ */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include "store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <tchdb.h>
+
+#include "record.h"
+
+#define STORE_STRIPES 64
+/* Buckets for a database store_open creates (TC rounds up to a prime).
+ * A file made beforehand with tchmgr keeps its own tuning (user guide 5.1). */
+#define STORE_NEW_BUCKETS 1048576
+
+struct store {
+    TCHDB *hdb;
+    char *path; /* the file, without "#name=value" options */
+    int lock_fd; /* see "fcntl" above; -1 until the first backup */
+    pthread_mutex_t walk_mu;
+    pthread_mutex_t stripes[STORE_STRIPES];
+};
+
+/* ---- spec parsing ---- */
+
+/* Parse "123", "600m", "4K": decimal digits and an optional k/m/g suffix
+ * (powers of 1024, as tcatoix). 0 / -1 on garbage or overflow. */
+static int parse_size(const char *s, size_t len, int64_t max, int64_t *out)
+{
+    if (len == 0) return -1;
+    int64_t mult = 1;
+    switch (s[len - 1]) {
+    case 'k': case 'K': mult = INT64_C(1) << 10; len--; break;
+    case 'm': case 'M': mult = INT64_C(1) << 20; len--; break;
+    case 'g': case 'G': mult = INT64_C(1) << 30; len--; break;
+    default: break;
+    }
+    if (len == 0) return -1;
+    int64_t v = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9') return -1;
+        if (v > (max - (s[i] - '0')) / 10) return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    if (v > max / mult) return -1;
+    *out = v * mult;
+    return 0;
+}
+
+/* "path.tch#xmsiz=600m#rcnum=4k" → path (malloc'd), xmsiz, rcnum (-1 = not
+ * given). The path ends at the first '#'. */
+static int parse_spec(const char *spec, char **path, int64_t *xmsiz, int64_t *rcnum, char *err)
+{
+    const char *hash = strchr(spec, '#');
+    size_t plen = hash ? (size_t)(hash - spec) : strlen(spec);
+    if (plen == 0) return kumo_err(err, "%s: no database file name", spec);
+    *xmsiz = -1;
+    *rcnum = -1;
+    while (hash) {
+        const char *opt = hash + 1;
+        const char *next = strchr(opt, '#');
+        size_t olen = next ? (size_t)(next - opt) : strlen(opt);
+        const char *eq = memchr(opt, '=', olen);
+        size_t nlen = eq ? (size_t)(eq - opt) : olen;
+        const char *val = eq ? eq + 1 : NULL;
+        size_t vlen = eq ? olen - nlen - 1 : 0;
+        int64_t *dst = NULL, max = 0;
+        if (nlen == 5 && memcmp(opt, "xmsiz", 5) == 0) {
+            dst = xmsiz;
+            max = INT64_MAX;
+        } else if (nlen == 5 && memcmp(opt, "rcnum", 5) == 0) {
+            dst = rcnum;
+            max = INT32_MAX;
+        }
+        if (!dst)
+            return kumo_err(err, "%s: unknown database option '#%.*s' (expected #xmsiz=SIZE or #rcnum=N)",
+                            spec, (int)olen, opt);
+        if (!val || parse_size(val, vlen, max, dst) < 0)
+            return kumo_err(err, "%s: invalid value in '#%.*s' (a number with an optional k, m or g suffix)",
+                            spec, (int)olen, opt);
+        hash = next;
+    }
+    *path = strndup(spec, plen);
+    if (!*path) return kumo_err(err, "%s: out of memory", spec);
+    return 0;
+}
+
+/* ---- helpers ---- */
+
+static pthread_mutex_t *stripe(store *s, const void *key, size_t klen)
+{
+    const unsigned char *p = key;
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < klen; i++) h = (h ^ p[i]) * 16777619u;
+    return &s->stripes[h % STORE_STRIPES];
+}
+
+static int tc_err(store *s, const char *path, char *err)
+{
+    return kumo_err(err, "%s: %s", path, tchdberrmsg(tchdbecode(s->hdb)));
+}
+
+static int check_sizes(store *s, size_t klen, size_t vlen, char *err)
+{
+    if (klen > INT_MAX || vlen > INT_MAX) return kumo_err(err, "%s: record too large", s->path);
+    return 0;
+}
+
+static void store_free(store *s)
+{
+    if (s->hdb) tchdbdel(s->hdb);
+    if (s->lock_fd >= 0) close(s->lock_fd); /* after TC has closed and unlocked */
+    for (int i = 0; i < STORE_STRIPES; i++) pthread_mutex_destroy(&s->stripes[i]);
+    pthread_mutex_destroy(&s->walk_mu);
+    free(s->path);
+    free(s);
+}
+
+/* fsync the directory holding `path`, so a rename into it is durable. */
+static void sync_dir(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+    if (!dir) return;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd); /* best effort: the copy itself is already on disk */
+        close(fd);
+    }
+    free(dir);
+}
+
+/* ---- open / close ---- */
+
+store *store_open(const char *spec, char *err)
+{
+    char *path;
+    int64_t xmsiz, rcnum;
+    if (parse_spec(spec, &path, &xmsiz, &rcnum, err) < 0) return NULL;
+
+    store *s = calloc(1, sizeof(*s));
+    if (!s) {
+        free(path);
+        kumo_err(err, "%s: out of memory", spec);
+        return NULL;
+    }
+    s->path = path;
+    s->lock_fd = -1;
+    pthread_mutex_init(&s->walk_mu, NULL);
+    for (int i = 0; i < STORE_STRIPES; i++) pthread_mutex_init(&s->stripes[i], NULL);
+
+    s->hdb = tchdbnew();
+    if (!s->hdb || !tchdbsetmutex(s->hdb)) {
+        kumo_err(err, "%s: cannot set up Tokyo Cabinet", path);
+        store_free(s);
+        return NULL;
+    }
+    if (xmsiz >= 0) tchdbsetxmsiz(s->hdb, xmsiz);
+    if (rcnum >= 0) tchdbsetcache(s->hdb, (int32_t)rcnum);
+    struct stat st;
+    if (stat(path, &st) < 0 && errno == ENOENT)
+        tchdbtune(s->hdb, STORE_NEW_BUCKETS, -1, -1, HDBTLARGE);
+
+    if (!tchdbopen(s->hdb, path, HDBOWRITER | HDBOCREAT | HDBOLCKNB)) {
+        int ec = tchdbecode(s->hdb);
+        kumo_err(err, "%s: %s%s", path, tchdberrmsg(ec),
+                 ec == TCELOCK ? " (is another process using it?)" : "");
+        store_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void store_close(store *s)
+{
+    if (!s) return;
+    tchdbclose(s->hdb); /* syncs; on failure there is nobody left to tell */
+    store_free(s);
+}
+
+const char *store_path(const store *s)
+{
+    return s->path;
+}
+
+/* ---- single records ---- */
+
+void *store_get(store *s, const void *key, size_t klen, size_t *vlen)
+{
+    int sz = 0;
+    *vlen = 0;
+    if (klen > INT_MAX) return NULL;
+    void *v = tchdbget(s->hdb, key, (int)klen, &sz);
+    if (v) *vlen = (size_t)sz;
+    return v;
+}
+
+int store_put(store *s, const void *key, size_t klen, const void *val, size_t vlen, char *err)
+{
+    if (check_sizes(s, klen, vlen, err) < 0) return -1;
+    pthread_mutex_t *mu = stripe(s, key, klen);
+    pthread_mutex_lock(mu);
+    bool ok = tchdbput(s->hdb, key, (int)klen, val, (int)vlen);
+    int rc = ok ? 0 : tc_err(s, s->path, err);
+    pthread_mutex_unlock(mu);
+    return rc;
+}
+
+int store_modify(store *s, const void *key, size_t klen, store_modify_fn fn, void *arg, char *err)
+{
+    if (check_sizes(s, klen, 0, err) < 0) return -1;
+    pthread_mutex_t *mu = stripe(s, key, klen);
+    pthread_mutex_lock(mu);
+
+    int oldsz = 0;
+    void *old = tchdbget(s->hdb, key, (int)klen, &oldsz);
+    if (!old && tchdbecode(s->hdb) != TCENOREC) {
+        int rc = tc_err(s, s->path, err);
+        pthread_mutex_unlock(mu);
+        return rc;
+    }
+
+    const void *out = NULL;
+    size_t outlen = 0;
+    store_verdict v = fn(arg, old, old ? (size_t)oldsz : 0, &out, &outlen);
+    int rc = (int)v;
+    switch (v) {
+    case STORE_KEEP:
+        break;
+    case STORE_WRITE:
+        if (check_sizes(s, 0, outlen, err) < 0)
+            rc = -1;
+        else if (!tchdbput(s->hdb, key, (int)klen, out, (int)outlen))
+            rc = tc_err(s, s->path, err);
+        break;
+    case STORE_REMOVE:
+        if (old && !tchdbout(s->hdb, key, (int)klen) && tchdbecode(s->hdb) != TCENOREC)
+            rc = tc_err(s, s->path, err);
+        break;
+    default:
+        rc = kumo_err(err, "%s: bad verdict %d from a modify callback", s->path, (int)v);
+        break;
+    }
+    pthread_mutex_unlock(mu);
+    free(old);
+    return rc;
+}
+
+typedef struct update_arg {
+    const void *val;
+    size_t vlen;
+    uint64_t ct;
+} update_arg;
+
+static store_verdict update_fn(void *arg, const void *old, size_t oldlen, const void **out, size_t *outlen)
+{
+    update_arg *u = arg;
+    if (old && record_clocktime(old, oldlen) >= u->ct) return STORE_KEEP;
+    *out = u->val;
+    *outlen = u->vlen;
+    return STORE_WRITE;
+}
+
+int store_update(store *s, const void *key, size_t klen, const void *val, size_t vlen, char *err)
+{
+    if (vlen < RECORD_TOMBSTONE)
+        return kumo_err(err, "%s: update with a %zu-byte value (need a clocktime)", s->path, vlen);
+    update_arg u = {val, vlen, record_clocktime(val, vlen)};
+    int rc = store_modify(s, key, klen, update_fn, &u, err);
+    return rc < 0 ? -1 : rc == STORE_WRITE;
+}
+
+static store_verdict remove_older_fn(void *arg, const void *old, size_t oldlen, const void **out,
+                                     size_t *outlen)
+{
+    (void)out;
+    (void)outlen;
+    uint64_t ct = *(const uint64_t *)arg;
+    if (old && record_clocktime(old, oldlen) <= ct) return STORE_REMOVE;
+    return STORE_KEEP;
+}
+
+int store_remove_if_older(store *s, const void *key, size_t klen, uint64_t ct, char *err)
+{
+    int rc = store_modify(s, key, klen, remove_older_fn, &ct, err);
+    return rc < 0 ? -1 : rc == STORE_REMOVE;
+}
+
+/* ---- whole database ---- */
+
+int store_iterate(store *s, store_iter_fn fn, void *arg, char *err)
+{
+    TCXSTR *k = tcxstrnew(), *v = tcxstrnew();
+    int rc = 0;
+    pthread_mutex_lock(&s->walk_mu);
+    if (!tchdbiterinit(s->hdb)) {
+        rc = tc_err(s, s->path, err);
+        goto out;
+    }
+    for (;;) {
+        tcxstrclear(k);
+        tcxstrclear(v);
+        if (!tchdbiternext3(s->hdb, k, v)) {
+            if (tchdbecode(s->hdb) != TCENOREC) rc = tc_err(s, s->path, err);
+            break;
+        }
+        if (fn(arg, tcxstrptr(k), (size_t)tcxstrsize(k), tcxstrptr(v), (size_t)tcxstrsize(v)) != 0)
+            break;
+    }
+out:
+    pthread_mutex_unlock(&s->walk_mu);
+    tcxstrdel(k);
+    tcxstrdel(v);
+    return rc;
+}
+
+uint64_t store_count(store *s)
+{
+    return tchdbrnum(s->hdb);
+}
+
+uint64_t store_file_size(store *s)
+{
+    return tchdbfsiz(s->hdb);
+}
+
+/* Take again the lock tchdbopen took (tclock: F_WRLCK over the whole file). */
+static int relock(store *s, char *err)
+{
+    if (s->lock_fd < 0) s->lock_fd = open(s->path, O_RDWR | O_CLOEXEC);
+    if (s->lock_fd < 0) return kumo_err(err, "%s: cannot re-take the file lock: %s", s->path, strerror(errno));
+    struct flock fl;
+    memset(&fl, 0, sizeof(fl));
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    if (fcntl(s->lock_fd, F_SETLK, &fl) < 0)
+        return kumo_err(err, "%s: cannot re-take the file lock: %s", s->path, strerror(errno));
+    return 0;
+}
+
+int store_backup(store *s, const char *dst, char *err)
+{
+    if (strcmp(dst, s->path) == 0) return kumo_err(err, "%s: cannot back up a database onto itself", dst);
+    size_t n = strlen(dst) + sizeof(".tmp");
+    char *tmp = malloc(n);
+    if (!tmp) return kumo_err(err, "%s: out of memory", dst);
+    snprintf(tmp, n, "%s.tmp", dst);
+
+    int rc = -1;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        kumo_err(err, "%s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    close(fd);
+    bool copied = tchdbcopy(s->hdb, tmp);
+    if (relock(s, err) < 0) {
+        unlink(tmp);
+        goto out;
+    }
+    if (!copied) {
+        tc_err(s, tmp, err);
+        goto fail;
+    }
+    fd = open(tmp, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || fsync(fd) < 0) {
+        kumo_err(err, "%s: %s", tmp, strerror(errno));
+        if (fd >= 0) close(fd);
+        goto fail;
+    }
+    close(fd);
+    if (rename(tmp, dst) < 0) {
+        kumo_err(err, "%s: %s", dst, strerror(errno));
+        goto fail;
+    }
+    sync_dir(dst);
+    rc = 0;
+    goto out;
+fail:
+    unlink(tmp);
+out:
+    free(tmp);
+    return rc;
+}

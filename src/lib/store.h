@@ -1,0 +1,77 @@
+/*
+ * store — the Tokyo Cabinet hash database of a kumo-server.
+ *
+ * Keys and values are record.h bytes. Every conditional write is a
+ * read-compare-write under a lock stripe chosen by the key, so two writes
+ * to one key never interleave while writes to different keys proceed in
+ * parallel (TC itself is opened with tchdbsetmutex).
+ *
+ * Spec string (user guide 5.1): "path.tch[#xmsiz=SIZE][#rcnum=N]" with k/m/g
+ * suffixes; other "#name=value" parts are rejected with an error naming them.
+ *
+ * Thread rule: every function may be called from any thread.
+ * Calls: record, Tokyo Cabinet.
+ */
+#ifndef KUMO_STORE_H
+#define KUMO_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kumo.h"
+
+typedef struct store store;
+
+/* Open (creating if missing) for writing. NULL + err naming the file and
+ * TC's reason on failure (missing directory, corrupt file, bad spec). */
+store *store_open(const char *spec, char *err);
+/* Sync and close; the handle is freed. NULL is a no-op. */
+void store_close(store *s);
+const char *store_path(const store *s);
+
+/* The stored bytes (value or tombstone) as a malloc'd buffer the caller
+ * frees, or NULL if absent (*vlen = 0) or on error. */
+void *store_get(store *s, const void *key, size_t klen, size_t *vlen);
+
+/* Unconditional write. 0 / -1 + err. */
+int store_put(store *s, const void *key, size_t klen, const void *val, size_t vlen, char *err);
+
+/* The general read-modify-write. fn sees the current bytes (NULL, 0 when
+ * absent) and decides; it runs with the key's stripe locked and must not
+ * call back into the store. */
+typedef enum store_verdict {
+    STORE_KEEP = 0, /* leave the record as it is */
+    STORE_WRITE,    /* write out/outlen (fn-owned buffer, valid until return) */
+    STORE_REMOVE,   /* remove the record */
+} store_verdict;
+typedef store_verdict (*store_modify_fn)(void *arg, const void *old, size_t oldlen,
+                                         const void **out, size_t *outlen);
+/* Returns the verdict applied (>= 0) or -1 + err on a database error. */
+int store_modify(store *s, const void *key, size_t klen, store_modify_fn fn, void *arg, char *err);
+
+/* Replica/rebalance rule: write val (a value or a tombstone) only if there is
+ * no record or the stored clocktime is strictly older.
+ * Returns 1 written, 0 ignored (stored one is as new or newer), -1 + err. */
+int store_update(store *s, const void *key, size_t klen, const void *val, size_t vlen, char *err);
+
+/* Remove only if the stored clocktime is <= ct (tombstone collection).
+ * Returns 1 removed, 0 kept, -1 + err. */
+int store_remove_if_older(store *s, const void *key, size_t klen, uint64_t ct, char *err);
+
+/* Visit every record (values and tombstones). fn returns 0 to go on, 1 to
+ * stop. Records added during the walk may or may not be seen. The walk
+ * copies each record, so fn may call any other store function.
+ * Returns 0, or -1 + err. */
+typedef int (*store_iter_fn)(void *arg, const void *key, size_t klen, const void *val, size_t vlen);
+int store_iterate(store *s, store_iter_fn fn, void *arg, char *err);
+
+/* Number of records (tombstones included) and file size in bytes. */
+uint64_t store_count(store *s);
+uint64_t store_file_size(store *s);
+
+/* Consistent copy of the database to `dst` (TC's tchdbcopy, then fsync and
+ * rename from dst.tmp). 0 / -1 + err. */
+int store_backup(store *s, const char *dst, char *err);
+
+#endif

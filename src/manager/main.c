@@ -1,0 +1,135 @@
+/*
+ * kumo-manager — main: flags, start-up, the cluster and control listeners,
+ * the control commands of kumoctl, signals. See manager.h.
+ */
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon.h"
+#include "log.h"
+#include "manager.h"
+#include "proto.h"
+
+static const opt_def manager_opts[] = {
+    {"-l", "--listen", OPT_STRING, offsetof(manager_config, listen), "<addr[:port]>", NULL, 0, 0, true,
+     "address other nodes reach this manager at (port 19700 if omitted)"},
+    {"-p", "--partner", OPT_STRING, offsetof(manager_config, partner), "<addr[:port]>", NULL, 0, 0, false,
+     "the other manager, if there are two"},
+    {"-c", "--control-port", OPT_INT, offsetof(manager_config, control_port), "<port>", "19799", 1, 65535, false,
+     "port kumoctl connects to"},
+    {"-a", "--auto-replace", OPT_FLAG, offsetof(manager_config, auto_replace), NULL, NULL, 0, 0, false,
+     "attach new servers and detach lost ones without an operator"},
+    {"-Rs", "--replace-delay", OPT_DOUBLE, offsetof(manager_config, replace_delay), "<sec>", "4", 0, 3600, false,
+     "with -a, wait this long after a change before replacing"},
+    DAEMON_COMMON_OPTS(manager_config, common),
+};
+
+static const opts_spec manager_spec = {
+    .prog = "kumo-manager",
+    .synopsis = "-l <addr[:port]> [-p <partner>] [options]",
+    .defs = manager_opts,
+    .ndefs = sizeof(manager_opts) / sizeof(manager_opts[0]),
+};
+
+static void ctl_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
+{
+    if (!membership_control(arg, c, msgid, method, params)) rpc_reply_error(c, msgid, "unknown command %u", method);
+}
+
+static void on_cluster_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len, void *arg)
+{
+    membership_accept(arg, fd);
+}
+
+static void on_control_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len, void *arg)
+{
+    manager *m = arg;
+    rpc_handlers h = {.on_request = ctl_on_request, .arg = m};
+    if (!rpc_accept(m->base, fd, &h, &m->rpc_self)) evutil_closesocket(fd);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    manager *m = arg;
+    if (sig == SIGHUP) {
+        log_info("SIGHUP: reopening the log");
+        log_reopen();
+        return;
+    }
+    log_info("signal %d: shutting down", (int)sig);
+    daemon_notify("STOPPING=1");
+    event_base_loopexit(m->base, NULL);
+}
+
+static struct evconnlistener *listen_on(manager *m, const net_addr *a, evconnlistener_cb cb, char *err)
+{
+    int fd = net_listen(a, err);
+    if (fd < 0) return NULL;
+    return evconnlistener_new(m->base, cb, m, LEV_OPT_CLOSE_ON_FREE, -1, fd);
+}
+
+int main(int argc, char **argv)
+{
+    manager_config cfg;
+    manager m;
+    char err[KUMO_ERRLEN];
+    memset(&cfg, 0, sizeof(cfg));
+    memset(&m, 0, sizeof(m));
+    daemon_init();
+    opts_parse(&manager_spec, &cfg, argc, argv, NULL, 0, NULL);
+    if (net_parse(cfg.listen, KUMO_MANAGER_PORT, &m.self, err) < 0) opts_die(&manager_spec, "-l: %s", err);
+    if (log_init(cfg.common.log_path, cfg.common.verbose, err) < 0) {
+        fprintf(stderr, "kumo-manager: %s\n", err);
+        return 1;
+    }
+    if (cfg.common.pidfile && daemon_detach(cfg.common.pidfile, cfg.common.log_path != NULL, err) < 0) {
+        log_fatal("%s", err);
+        return 1;
+    }
+    m.cfg = &cfg;
+    clock_init(&m.clock);
+    m.whs = hashspace_new(NULL, 0, 0);
+    m.rhs = hashspace_ref(m.whs);
+    m.base = event_base_new();
+    m.rpc_self = (rpc_self){.role = RPC_ROLE_MANAGER, .addr = m.self, .clock = &m.clock};
+
+    net_addr cluster_addr = m.self, control_addr = m.self;
+    memset(cluster_addr.id + 2, 0, cluster_addr.len - 2); /* every interface, the port of -l */
+    memset(control_addr.id + 2, 0, control_addr.len - 2);
+    net_set_port(&control_addr, (uint16_t)cfg.control_port);
+    m.cluster_listener = listen_on(&m, &cluster_addr, on_cluster_accept, err);
+    if (m.cluster_listener) m.control_listener = listen_on(&m, &control_addr, on_control_accept, err);
+    if (!m.cluster_listener || !m.control_listener) {
+        log_fatal("%s", err);
+        fprintf(stderr, "kumo-manager: %s\n", err);
+        return 1;
+    }
+    struct event *sigs[3];
+    int signums[3] = {SIGINT, SIGTERM, SIGHUP};
+    for (int i = 0; i < 3; i++) {
+        sigs[i] = evsignal_new(m.base, signums[i], on_signal, &m);
+        event_add(sigs[i], NULL);
+    }
+    membership_start(&m);
+    char buf[NET_ADDRSTRLEN];
+    log_info("start manager %s control port %d", net_format(&m.self, buf, sizeof(buf)), cfg.control_port);
+    daemon_notify("READY=1");
+
+    event_base_dispatch(m.base);
+
+    membership_stop(&m);
+    evconnlistener_free(m.cluster_listener);
+    evconnlistener_free(m.control_listener);
+    for (int i = 0; i < 3; i++) event_free(sigs[i]);
+    hashspace_unref(m.whs);
+    hashspace_unref(m.rhs);
+    event_base_free(m.base);
+    log_info("end");
+    daemon_remove_pidfile();
+    log_close();
+    return 0;
+}

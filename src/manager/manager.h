@@ -1,0 +1,67 @@
+/*
+ * kumo-manager — the state of one manager, shared by its modules:
+ *   main.c        flags, start-up, listeners, signals, the control port
+ *   membership.c  servers and gateways, keepalive and fault detection,
+ *                 attach/detach, the hash spaces and their distribution
+ *
+ * Thread rule: one event loop; the manager's work is small and rare.
+ */
+#ifndef KUMO_MANAGER_H
+#define KUMO_MANAGER_H
+
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "clock.h"
+#include "cmdline.h"
+#include "hashspace.h"
+#include "net.h"
+#include "rpc.h"
+
+typedef struct manager_config {
+    daemon_common common;
+    const char *listen;   /* -l */
+    const char *partner;  /* -p */
+    int control_port;     /* -c */
+    bool auto_replace;    /* -a */
+    double replace_delay; /* -Rs */
+} manager_config;
+
+/* A server the manager has heard from. */
+typedef struct mserver {
+    net_addr addr;
+    rpc_conn *conn;       /* the live link, NULL while down */
+    rpc_conn *probe;      /* our reconnect attempt after a loss */
+    int probes_left;      /* reconnect attempts before it is declared lost */
+    int keepalive_misses; /* consecutive unanswered keepalives */
+    bool keepalive_out;
+    bool newcomer;        /* shown under "not attached node" */
+    struct event *probe_timer;
+    struct manager *m;
+} mserver;
+
+typedef struct manager {
+    struct event_base *base;
+    const manager_config *cfg;
+    clock_hlc clock;
+    net_addr self;
+    rpc_self rpc_self;
+    struct evconnlistener *cluster_listener, *control_listener;
+    hashspace *whs, *rhs; /* never NULL */
+    mserver **servers;
+    size_t nservers, servers_cap;
+    rpc_conn **gateways;
+    size_t ngateways, gateways_cap;
+    struct event *tick;
+} manager;
+
+/* membership.c */
+void membership_start(manager *m);
+void membership_stop(manager *m);
+/* A new connection on the cluster port (servers and gateways). */
+void membership_accept(manager *m, int fd);
+/* Control commands (kumoctl, and kumostat -m): answers and returns true if
+ * `method` is one. Served on the control port and, for tools, the cluster port. */
+bool membership_control(manager *m, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
+
+#endif

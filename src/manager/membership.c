@@ -1,0 +1,478 @@
+/*
+ * membership — who is in the cluster, and the hash spaces that say so.
+ *
+ * Servers connect to the manager and say hello with their -l address. One
+ * that is not an active member of whs is a newcomer ("not attached node")
+ * until an operator attaches it. Liveness: every tick the manager sends a
+ * keepalive down each server's link; when the link closes, or keepalives go
+ * unanswered for KEEPALIVE_LIMIT seconds, the manager itself tries to reach
+ * the server -Yn times (each attempt must complete a hello within -Ys); if
+ * none succeeds the server is lost: marked fault in whs and rhs — keeping its
+ * ring slots, so no key moves — and the new hash spaces are pushed to every
+ * server and gateway. A server that comes back is a newcomer again.
+ *
+ * Calls: rpc, hashspace, clock, log. Thread rule: main loop.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon.h"
+#include "log.h"
+#include "manager.h"
+#include "proto.h"
+
+#define KEEPALIVE_LIMIT 4.0 /* seconds without an answer before probing */
+#define KEEPALIVE_TIMEOUT 2.0
+#define PUSH_TIMEOUT 10.0
+
+static struct timeval tv_of(double sec)
+{
+    struct timeval tv = {(time_t)sec, (suseconds_t)((sec - (double)(time_t)sec) * 1e6)};
+    return tv;
+}
+
+static void mgr_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
+static void mgr_on_hello(void *arg, rpc_conn *c);
+static void mgr_on_close(void *arg, rpc_conn *c);
+
+static rpc_handlers handlers_for(manager *m)
+{
+    rpc_handlers h = {.on_request = mgr_on_request, .on_hello = mgr_on_hello, .on_close = mgr_on_close, .arg = m};
+    return h;
+}
+
+static const char *fmt(const net_addr *a, char buf[NET_ADDRSTRLEN])
+{
+    return net_format(a, buf, NET_ADDRSTRLEN);
+}
+
+/* ---- hash spaces ---- */
+
+static void ignore_reply(void *arg, rpc_status st, const msgpack_object *r) {}
+
+static void pack_pair(manager *m, msgpack_packer *pk)
+{
+    msgpack_pack_array(pk, 2);
+    hashspace_pack(m->whs, pk);
+    hashspace_pack(m->rhs, pk);
+}
+
+static void push_to_server(manager *m, mserver *ms)
+{
+    if (!ms->conn) return;
+    pack_pair(m, rpc_call_begin(ms->conn, SRV_HS_SYNC, PUSH_TIMEOUT, ignore_reply, NULL));
+    rpc_call_end(ms->conn);
+}
+
+static void push_to_gateway(manager *m, rpc_conn *c)
+{
+    pack_pair(m, rpc_call_begin(c, GW_HS_PUSH, PUSH_TIMEOUT, ignore_reply, NULL));
+    rpc_call_end(c);
+}
+
+static void notify_status(manager *m)
+{
+    size_t active = 0;
+    for (size_t i = 0; i < m->whs->ring.nnodes; i++) active += m->whs->ring.nodes[i].active;
+    daemon_notify("STATUS=serving, %zu servers attached (%zu active), %zu gateways", m->whs->ring.nnodes, active,
+                  m->ngateways);
+}
+
+/* Replace both hash spaces (taking ownership) and tell everyone. */
+static void set_hashspaces(manager *m, hashspace *whs, hashspace *rhs)
+{
+    hashspace_unref(m->whs);
+    hashspace_unref(m->rhs);
+    m->whs = whs;
+    m->rhs = rhs;
+    for (size_t i = 0; i < m->nservers; i++) push_to_server(m, m->servers[i]);
+    for (size_t i = 0; i < m->ngateways; i++) push_to_gateway(m, m->gateways[i]);
+    notify_status(m);
+}
+
+/* A copy of hs's nodes with `addr` set active/fault; NULL if unchanged. */
+static hashspace *with_state(manager *m, hashspace *hs, const net_addr *addr, bool active, uint64_t ct)
+{
+    int i = hashspace_find(hs, addr);
+    if (i < 0 || hs->ring.nodes[i].active == active) return NULL;
+    ring_node *nodes = malloc((hs->ring.nnodes + 1) * sizeof(*nodes));
+    if (!nodes) return NULL;
+    memcpy(nodes, hs->ring.nodes, hs->ring.nnodes * sizeof(*nodes));
+    nodes[i].active = active;
+    hashspace *n = hashspace_new(nodes, hs->ring.nnodes, ct);
+    free(nodes);
+    return n;
+}
+
+/* ---- servers ---- */
+
+static mserver *find_server(manager *m, const net_addr *a)
+{
+    for (size_t i = 0; i < m->nservers; i++)
+        if (net_equal(&m->servers[i]->addr, a)) return m->servers[i];
+    return NULL;
+}
+
+static void probe_timer_cb(evutil_socket_t fd, short what, void *arg);
+
+static mserver *add_server(manager *m, const net_addr *a)
+{
+    if (m->nservers == m->servers_cap) {
+        size_t ncap = m->servers_cap ? m->servers_cap * 2 : 8;
+        mserver **ns = realloc(m->servers, ncap * sizeof(*ns));
+        if (!ns) return NULL;
+        m->servers = ns;
+        m->servers_cap = ncap;
+    }
+    mserver *ms = calloc(1, sizeof(*ms));
+    if (!ms) return NULL;
+    ms->addr = *a;
+    ms->m = m;
+    ms->probe_timer = evtimer_new(m->base, probe_timer_cb, ms);
+    m->servers[m->nservers++] = ms;
+    return ms;
+}
+
+static bool is_active_member(manager *m, const net_addr *a)
+{
+    int i = hashspace_find(m->whs, a);
+    return i >= 0 && m->whs->ring.nodes[i].active;
+}
+
+static void server_lost(manager *m, mserver *ms)
+{
+    char buf[NET_ADDRSTRLEN];
+    log_warn("lost node server %s", fmt(&ms->addr, buf));
+    ms->newcomer = false;
+    uint64_t ct = clock_next(&m->clock);
+    hashspace *w = with_state(m, m->whs, &ms->addr, false, ct);
+    hashspace *r = with_state(m, m->rhs, &ms->addr, false, ct);
+    if (!w && !r) {
+        notify_status(m);
+        return;
+    }
+    set_hashspaces(m, w ? w : hashspace_ref(m->whs), r ? r : hashspace_ref(m->rhs));
+}
+
+static void probe_next(mserver *ms)
+{
+    manager *m = ms->m;
+    if (ms->conn) return;
+    if (ms->probes_left <= 0) {
+        server_lost(m, ms);
+        return;
+    }
+    ms->probes_left--;
+    rpc_handlers h = handlers_for(m);
+    ms->probe = rpc_connect(m->base, &ms->addr, m->cfg->common.connect_timeout, &h, &m->rpc_self);
+    if (ms->probe) rpc_set_data(ms->probe, ms);
+    struct timeval tv = tv_of(m->cfg->common.connect_timeout);
+    evtimer_add(ms->probe_timer, &tv); /* the hello must arrive by then */
+}
+
+static void probe_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    mserver *ms = arg;
+    if (ms->probe) { /* connected (perhaps) but no hello: a hung process */
+        rpc_conn *p = ms->probe;
+        ms->probe = NULL;
+        rpc_close(p);
+    }
+    probe_next(ms);
+}
+
+static void start_probing(manager *m, mserver *ms)
+{
+    char buf[NET_ADDRSTRLEN];
+    if (ms->probe || evtimer_pending(ms->probe_timer, NULL)) return;
+    log_info("link to %s lost, checking it", fmt(&ms->addr, buf));
+    ms->probes_left = m->cfg->common.connect_retries;
+    ms->keepalive_misses = 0;
+    ms->keepalive_out = false;
+    probe_next(ms);
+}
+
+static void keepalive_done(void *arg, rpc_status st, const msgpack_object *r)
+{
+    mserver *ms = arg;
+    ms->keepalive_out = false;
+    if (st == RPC_OK) ms->keepalive_misses = 0;
+}
+
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    manager *m = arg;
+    double tick = m->cfg->common.clock_interval;
+    int limit = (int)(KEEPALIVE_LIMIT / tick) + 1;
+    for (size_t i = 0; i < m->nservers; i++) {
+        mserver *ms = m->servers[i];
+        if (!ms->conn) continue;
+        if (ms->keepalive_out && ++ms->keepalive_misses >= limit) {
+            char buf[NET_ADDRSTRLEN];
+            log_warn("server %s does not answer keepalives", fmt(&ms->addr, buf));
+            rpc_conn *c = ms->conn;
+            ms->conn = NULL;
+            rpc_close(c);
+            start_probing(m, ms);
+            continue;
+        }
+        if (ms->keepalive_out) continue;
+        ms->keepalive_out = true;
+        msgpack_packer *pk = rpc_call_begin(ms->conn, SRV_KEEPALIVE, KEEPALIVE_TIMEOUT, keepalive_done, ms);
+        msgpack_pack_array(pk, 1);
+        msgpack_pack_uint64(pk, clock_peek(&m->clock));
+        rpc_call_end(ms->conn);
+    }
+}
+
+static void server_hello(manager *m, rpc_conn *c)
+{
+    char buf[NET_ADDRSTRLEN];
+    const net_addr *a = rpc_peer_addr(c);
+    if (a->len == 0) {
+        log_warn("%s: server without an address, closing", rpc_peer_name(c));
+        rpc_close(c);
+        return;
+    }
+    mserver *ms = find_server(m, a);
+    if (!ms && !(ms = add_server(m, a))) {
+        rpc_close(c);
+        return;
+    }
+    rpc_set_data(c, ms);
+    if (ms->probe == c) {
+        ms->probe = NULL;
+        evtimer_del(ms->probe_timer);
+    }
+    ms->conn = c; /* the newest link wins; an older one is ignored until it closes */
+    ms->keepalive_misses = 0;
+    ms->keepalive_out = false;
+    if (!is_active_member(m, a) && !ms->newcomer) {
+        ms->newcomer = true;
+        log_info("new node server %s", fmt(a, buf));
+    }
+    push_to_server(m, ms);
+}
+
+/* ---- gateways ---- */
+
+static void gateway_hello(manager *m, rpc_conn *c)
+{
+    if (m->ngateways == m->gateways_cap) {
+        size_t ncap = m->gateways_cap ? m->gateways_cap * 2 : 8;
+        rpc_conn **ng = realloc(m->gateways, ncap * sizeof(*ng));
+        if (!ng) {
+            rpc_close(c);
+            return;
+        }
+        m->gateways = ng;
+        m->gateways_cap = ncap;
+    }
+    m->gateways[m->ngateways++] = c;
+    push_to_gateway(m, c);
+    notify_status(m);
+}
+
+/* ---- connection events ---- */
+
+static void mgr_on_hello(void *arg, rpc_conn *c)
+{
+    manager *m = arg;
+    switch (rpc_peer_role(c)) {
+    case RPC_ROLE_SERVER: server_hello(m, c); break;
+    case RPC_ROLE_GATEWAY: gateway_hello(m, c); break;
+    default: break; /* tools and partners need no bookkeeping */
+    }
+}
+
+static void mgr_on_close(void *arg, rpc_conn *c)
+{
+    manager *m = arg;
+    if (!rpc_hello_done(c) || rpc_peer_role(c) != RPC_ROLE_SERVER) {
+        for (size_t i = 0; i < m->ngateways; i++) {
+            if (m->gateways[i] != c) continue;
+            m->gateways[i] = m->gateways[--m->ngateways];
+            break;
+        }
+        mserver *ms = rpc_get_data(c);
+        if (ms && ms->probe == c) { /* a probe that failed before its hello */
+            ms->probe = NULL;
+            evtimer_del(ms->probe_timer);
+            struct timeval tv = tv_of(m->cfg->common.clock_interval);
+            evtimer_add(ms->probe_timer, &tv);
+        }
+        return;
+    }
+    mserver *ms = rpc_get_data(c);
+    if (!ms) return;
+    if (ms->conn == c) {
+        ms->conn = NULL;
+        start_probing(m, ms);
+    } else if (ms->probe == c) {
+        ms->probe = NULL;
+        evtimer_del(ms->probe_timer);
+        struct timeval tv = tv_of(m->cfg->common.clock_interval);
+        evtimer_add(ms->probe_timer, &tv);
+    }
+}
+
+static void mgr_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
+{
+    manager *m = arg;
+    switch (method) {
+    case MGR_KEEPALIVE: {
+        uint64_t ct;
+        if (rpc_arg_uint(params, 0, &ct)) clock_update(&m->clock, ct);
+        rpc_reply_nil(c, msgid);
+        break;
+    }
+    case MGR_HS_REQUEST:
+        pack_pair(m, rpc_reply_begin(c, msgid));
+        rpc_call_end(c);
+        break;
+    default:
+        if (rpc_peer_role(c) == RPC_ROLE_TOOL && membership_control(m, c, msgid, method, params)) break;
+        rpc_reply_error(c, msgid, "unknown method %u", method);
+        break;
+    }
+}
+
+void membership_accept(manager *m, int fd)
+{
+    rpc_handlers h = handlers_for(m);
+    if (!rpc_accept(m->base, fd, &h, &m->rpc_self)) evutil_closesocket(fd);
+}
+
+/* ---- control commands ---- */
+
+static void membership_status(manager *m, rpc_conn *c, uint32_t msgid)
+{
+    msgpack_packer *pk = rpc_reply_begin(c, msgid);
+    size_t n = 0;
+    for (size_t i = 0; i < m->nservers; i++) n += m->servers[i]->newcomer && m->servers[i]->conn;
+    msgpack_pack_array(pk, 3);
+    hashspace_pack(m->whs, pk);
+    msgpack_pack_array(pk, (uint32_t)n);
+    for (size_t i = 0; i < m->nservers; i++) {
+        mserver *ms = m->servers[i];
+        if (ms->newcomer && ms->conn) rpc_pack_bytes(pk, ms->addr.id, ms->addr.len);
+    }
+    hashspace_pack(m->rhs, pk);
+    rpc_call_end(c);
+}
+
+static void reply_addrs(rpc_conn *c, uint32_t msgid, const net_addr *addrs, size_t n)
+{
+    msgpack_packer *pk = rpc_reply_begin(c, msgid);
+    msgpack_pack_array(pk, (uint32_t)n);
+    for (size_t i = 0; i < n; i++) rpc_pack_bytes(pk, addrs[i].id, addrs[i].len);
+    rpc_call_end(c);
+}
+
+static void membership_attach(manager *m, rpc_conn *c, uint32_t msgid, bool replace)
+{
+    size_t n = m->whs->ring.nnodes;
+    ring_node *nodes = malloc((n + m->nservers) * sizeof(*nodes));
+    net_addr *added = malloc((m->nservers + 1) * sizeof(*added));
+    size_t nadded = 0;
+    char buf[NET_ADDRSTRLEN];
+    if (!nodes || !added) {
+        free(nodes);
+        free(added);
+        rpc_reply_error(c, msgid, "out of memory");
+        return;
+    }
+    memcpy(nodes, m->whs->ring.nodes, n * sizeof(*nodes));
+    for (size_t i = 0; i < m->nservers; i++) {
+        mserver *ms = m->servers[i];
+        if (!ms->newcomer || !ms->conn) continue;
+        int at = hashspace_find(m->whs, &ms->addr);
+        if (at >= 0) nodes[at].active = true;
+        else nodes[n++] = (ring_node){.addr = ms->addr, .active = true};
+        ms->newcomer = false;
+        added[nadded++] = ms->addr;
+        log_info("attach %s", fmt(&ms->addr, buf));
+    }
+    if (nadded > 0) {
+        hashspace *w = hashspace_new(nodes, n, clock_next(&m->clock));
+        if (w) set_hashspaces(m, w, hashspace_ref(w));
+    }
+    (void)replace;
+    reply_addrs(c, msgid, added, nadded);
+    free(nodes);
+    free(added);
+}
+
+static void membership_detach(manager *m, rpc_conn *c, uint32_t msgid, bool replace)
+{
+    size_t n = 0;
+    ring_node *nodes = malloc((m->whs->ring.nnodes + 1) * sizeof(*nodes));
+    net_addr *gone = malloc((m->whs->ring.nnodes + 1) * sizeof(*gone));
+    size_t ngone = 0;
+    char buf[NET_ADDRSTRLEN];
+    if (!nodes || !gone) {
+        free(nodes);
+        free(gone);
+        rpc_reply_error(c, msgid, "out of memory");
+        return;
+    }
+    for (size_t i = 0; i < m->whs->ring.nnodes; i++) {
+        const ring_node *rn = &m->whs->ring.nodes[i];
+        if (rn->active) {
+            nodes[n++] = *rn;
+            continue;
+        }
+        gone[ngone++] = rn->addr;
+        log_info("detach %s", fmt(&rn->addr, buf));
+        mserver *ms = find_server(m, &rn->addr);
+        if (ms && ms->conn) ms->newcomer = true;
+    }
+    if (ngone > 0) {
+        hashspace *w = hashspace_new(nodes, n, clock_next(&m->clock));
+        if (w) set_hashspaces(m, w, hashspace_ref(w));
+    }
+    (void)replace;
+    reply_addrs(c, msgid, gone, ngone);
+    free(nodes);
+    free(gone);
+}
+
+bool membership_control(manager *m, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
+{
+    bool flag = true;
+    switch (method) {
+    case CTL_STATUS: membership_status(m, c, msgid); return true;
+    case CTL_ATTACH:
+        rpc_arg_bool(params, 0, &flag);
+        membership_attach(m, c, msgid, flag);
+        return true;
+    case CTL_DETACH:
+        rpc_arg_bool(params, 0, &flag);
+        membership_detach(m, c, msgid, flag);
+        return true;
+    default: return false;
+    }
+}
+
+void membership_start(manager *m)
+{
+    m->tick = event_new(m->base, -1, EV_PERSIST, tick_cb, m);
+    struct timeval tv = tv_of(m->cfg->common.clock_interval);
+    event_add(m->tick, &tv);
+    notify_status(m);
+}
+
+void membership_stop(manager *m)
+{
+    if (m->tick) event_free(m->tick);
+    for (size_t i = 0; i < m->nservers; i++) {
+        mserver *ms = m->servers[i];
+        rpc_close(ms->conn);
+        rpc_close(ms->probe);
+        event_free(ms->probe_timer);
+        free(ms);
+    }
+    for (size_t i = 0; i < m->ngateways; i++) rpc_close(m->gateways[i]);
+    free(m->servers);
+    free(m->gateways);
+}

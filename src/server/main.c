@@ -1,0 +1,155 @@
+/*
+ * kumo-server — main: flags, start-up, the RPC listener, signals.
+ * See server.h for the modules and docs/architecture.md for the design.
+ */
+#include <errno.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon.h"
+#include "log.h"
+#include "server.h"
+
+static const opt_def server_opts[] = {
+    {"-l", "--listen", OPT_STRING, offsetof(server_config, listen), "<addr[:port]>", NULL, 0, 0, true,
+     "address other nodes reach this server at (port 19800 if omitted)"},
+    {"-L", "--stream-port", OPT_INT, offsetof(server_config, stream_port), "<port>", "19900", 1, 65535, false,
+     "port of the bulk stream used by replace"},
+    {"-m", "--manager1", OPT_STRING, offsetof(server_config, manager1), "<addr[:port]>", NULL, 0, 0, true,
+     "the manager (port 19700 if omitted)"},
+    {"-p", "--manager2", OPT_STRING, offsetof(server_config, manager2), "<addr[:port]>", NULL, 0, 0, false,
+     "the second manager, if there is one"},
+    {"-s", "--store", OPT_STRING, offsetof(server_config, db_spec), "<path.tch[#xmsiz=SIZE][#rcnum=N]>", NULL, 0,
+     0, true, "Tokyo Cabinet hash database file, with optional tuning"},
+    {"-f", "--offer-tmp", OPT_STRING, offsetof(server_config, tmpdir), "<dir>", "/tmp", 0, 0, false,
+     "directory for the temporary files of replace"},
+    {"-S", "--replicate-set-retry", OPT_INT, offsetof(server_config, set_retries), "<num>", "20", 0, 1000, false,
+     "retries of a replicated set"},
+    {"-D", "--replicate-delete-retry", OPT_INT, offsetof(server_config, delete_retries), "<num>", "20", 0, 1000,
+     false, "retries of a replicated delete"},
+    {"-gS", "--garbage-mem-limit", OPT_INT, offsetof(server_config, gc_mem_kib), "<kb>", "2048", 1, 1 << 30, false,
+     "memory for remembered deletes (tombstones), KiB"},
+    {"-gN", "--garbage-min-time", OPT_INT, offsetof(server_config, gc_min_sec), "<sec>", "60", 0, 1 << 30, false,
+     "keep a tombstone at least this long"},
+    {"-gX", "--garbage-max-time", OPT_INT, offsetof(server_config, gc_max_sec), "<sec>", "3600", 0, 1 << 30, false,
+     "keep a tombstone at most this long"},
+    DAEMON_COMMON_OPTS(server_config, common),
+};
+
+static const opts_spec server_spec = {
+    .prog = "kumo-server",
+    .synopsis = "-l <addr[:port]> -m <addr[:port]> -s <path.tch> [options]",
+    .defs = server_opts,
+    .ndefs = sizeof(server_opts) / sizeof(server_opts[0]),
+};
+
+static void on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
+{
+    server *s = arg;
+    if (cluster_handle(s, c, msgid, method, params)) return;
+    if (data_handle(s, c, msgid, method, params)) return;
+    rpc_reply_error(c, msgid, "unknown method %u", method);
+}
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len, void *arg)
+{
+    server *s = arg;
+    rpc_handlers h = {.on_request = on_request, .arg = s};
+    if (!rpc_accept(s->base, fd, &h, &s->rpc_self)) evutil_closesocket(fd);
+    /* Accepted connections are owned by nobody: they live until the peer
+     * closes them (or until exit), and rpc frees them then. */
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    server *s = arg;
+    if (sig == SIGHUP) {
+        log_info("SIGHUP: reopening the log");
+        log_reopen();
+        return;
+    }
+    log_info("signal %d: shutting down", (int)sig);
+    daemon_notify("STOPPING=1");
+    event_base_loopexit(s->base, NULL);
+}
+
+int main(int argc, char **argv)
+{
+    server_config cfg;
+    server s;
+    char err[KUMO_ERRLEN];
+    memset(&cfg, 0, sizeof(cfg));
+    memset(&s, 0, sizeof(s));
+    daemon_init();
+    opts_parse(&server_spec, &cfg, argc, argv, NULL, 0, NULL);
+    if (cfg.gc_min_sec > cfg.gc_max_sec) cfg.gc_min_sec = cfg.gc_max_sec;
+    if (net_parse(cfg.listen, KUMO_SERVER_PORT, &s.self, err) < 0) opts_die(&server_spec, "-l: %s", err);
+    if (cfg.manager2 && strcmp(cfg.manager1, cfg.manager2) == 0)
+        opts_die(&server_spec, "-p must name a different manager than -m");
+
+    if (log_init(cfg.common.log_path, cfg.common.verbose, err) < 0) {
+        fprintf(stderr, "kumo-server: %s\n", err);
+        return 1;
+    }
+    if (cfg.common.pidfile && daemon_detach(cfg.common.pidfile, cfg.common.log_path != NULL, err) < 0) {
+        log_fatal("%s", err);
+        return 1;
+    }
+    s.cfg = &cfg;
+    s.started = time(NULL);
+    clock_init(&s.clock);
+    s.whs = hashspace_new(NULL, 0, 0);
+    s.rhs = hashspace_new(NULL, 0, 0);
+    s.db = store_open(cfg.db_spec, err);
+    if (!s.db) {
+        log_fatal("cannot open database: %s", err);
+        fprintf(stderr, "kumo-server: cannot open database: %s\n", err);
+        return 1;
+    }
+    s.base = event_base_new();
+    s.rpc_self = (rpc_self){.role = RPC_ROLE_SERVER, .addr = s.self, .clock = &s.clock};
+
+    net_addr bind_addr = s.self;
+    memset(bind_addr.id + 2, 0, bind_addr.len - 2); /* every interface, the port of -l */
+    int fd = net_listen(&bind_addr, err);
+    if (fd < 0) {
+        log_fatal("%s", err);
+        fprintf(stderr, "kumo-server: %s\n", err);
+        store_close(s.db);
+        return 1;
+    }
+    s.listener = evconnlistener_new(s.base, on_accept, &s, LEV_OPT_CLOSE_ON_FREE, -1, fd);
+    if (cluster_start(&s, err) < 0) {
+        log_fatal("%s", err);
+        fprintf(stderr, "kumo-server: %s\n", err);
+        store_close(s.db);
+        return 1;
+    }
+    struct event *sigs[3];
+    int signums[3] = {SIGINT, SIGTERM, SIGHUP};
+    for (int i = 0; i < 3; i++) {
+        sigs[i] = evsignal_new(s.base, signums[i], on_signal, &s);
+        event_add(sigs[i], NULL);
+    }
+    char buf[NET_ADDRSTRLEN];
+    log_info("start server %s db %s", net_format(&s.self, buf, sizeof(buf)), store_path(s.db));
+
+    event_base_dispatch(s.base);
+
+    evconnlistener_free(s.listener);
+    cluster_stop(&s);
+    store_close(s.db);
+    log_info("end");
+    for (int i = 0; i < 3; i++) event_free(sigs[i]);
+    hashspace_unref(s.whs);
+    hashspace_unref(s.rhs);
+    free(s.peers);
+    event_base_free(s.base);
+    daemon_remove_pidfile();
+    log_close();
+    return 0;
+}

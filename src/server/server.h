@@ -1,0 +1,86 @@
+/*
+ * kumo-server — the state of one storage server, shared by its modules:
+ *   main.c     flags, start-up, listeners, signals
+ *   cluster.c  the manager links, hash spaces, peer connections, keepalive
+ *   data.c     Get/Set/Delete from gateways, replication to the other owners
+ *
+ * Thread rule: everything runs on the main event loop (one thread; -TR
+ * workers are the subject of the performance work, see docs/architecture.md).
+ */
+#ifndef KUMO_SERVER_H
+#define KUMO_SERVER_H
+
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "clock.h"
+#include "cmdline.h"
+#include "hashspace.h"
+#include "net.h"
+#include "rpc.h"
+#include "store.h"
+
+typedef struct server_config {
+    daemon_common common;
+    const char *listen;     /* -l */
+    int stream_port;        /* -L */
+    const char *manager1;   /* -m */
+    const char *manager2;   /* -p */
+    const char *db_spec;    /* -s */
+    const char *tmpdir;     /* -f */
+    int set_retries;        /* -S */
+    int delete_retries;     /* -D */
+    int gc_mem_kib;         /* -gS */
+    int gc_min_sec;         /* -gN */
+    int gc_max_sec;         /* -gX */
+} server_config;
+
+typedef struct peer {
+    net_addr addr;
+    rpc_conn *conn; /* NULL when not connected */
+} peer;
+
+typedef struct manager_link {
+    net_addr addr;
+    rpc_conn *conn;
+    struct event *retry;
+} manager_link;
+
+typedef struct server {
+    struct event_base *base;
+    const server_config *cfg;
+    clock_hlc clock;
+    store *db;
+    net_addr self;
+    rpc_self rpc_self;
+    rpc_handlers handlers;
+    struct evconnlistener *listener;
+    manager_link managers[2];
+    int nmanagers;
+    hashspace *whs; /* never NULL: empty until a manager sends one */
+    hashspace *rhs;
+    peer *peers;
+    size_t npeers, peers_cap;
+    time_t started;
+    uint64_t cmd_get, cmd_set, cmd_delete;
+    bool ready_notified;
+    bool stopping;
+} server;
+
+/* cluster.c */
+int cluster_start(server *s, char *err);
+void cluster_stop(server *s);
+/* The connection to a peer server, connecting if needed (never NULL unless
+ * out of memory). */
+rpc_conn *cluster_peer(server *s, const net_addr *addr);
+/* Requests from managers (keepalive, hash spaces). Returns false if the
+ * method is not one of cluster.c's. */
+bool cluster_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
+void cluster_set_hashspaces(server *s, hashspace *whs, hashspace *rhs);
+
+/* data.c */
+bool data_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
+
+#endif

@@ -1,0 +1,173 @@
+/*
+ * tool — blocking RPC for the admin tools (see tool.h).
+ */
+#include "tool.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "rpc.h"
+
+static double now_mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int wait_fd(int fd, short ev, double deadline)
+{
+    for (;;) {
+        double left = deadline - now_mono();
+        if (left <= 0) return 0;
+        struct pollfd p = {.fd = fd, .events = ev};
+        int rc = poll(&p, 1, (int)(left * 1000) + 1);
+        if (rc < 0 && errno == EINTR) continue;
+        return rc;
+    }
+}
+
+static int send_all(tool_conn *t, const char *p, size_t n, double deadline, char *err)
+{
+    while (n > 0) {
+        ssize_t w = send(t->fd, p, n, MSG_NOSIGNAL);
+        if (w > 0) {
+            p += w;
+            n -= (size_t)w;
+            continue;
+        }
+        if (w < 0 && errno != EAGAIN && errno != EINTR)
+            return kumo_err(err, "%s: %s", t->name, strerror(errno));
+        if (wait_fd(t->fd, POLLOUT, deadline) <= 0) return kumo_err(err, "%s: timed out", t->name);
+    }
+    return 0;
+}
+
+static int send_hello(tool_conn *t, double deadline, char *err)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 5);
+    msgpack_pack_uint8(&pk, 2);
+    msgpack_pack_uint8(&pk, RPC_ROLE_TOOL);
+    msgpack_pack_bin(&pk, 0);
+    msgpack_pack_uint32(&pk, RPC_VERSION);
+    msgpack_pack_uint64(&pk, 0);
+    int rc = send_all(t, sb.data, sb.size, deadline, err);
+    msgpack_sbuffer_destroy(&sb);
+    return rc;
+}
+
+int tool_connect_addr(tool_conn *t, const net_addr *addr, double timeout, char *err)
+{
+    memset(t, 0, sizeof(*t));
+    t->fd = -1;
+    t->addr = *addr;
+    t->timeout = timeout;
+    t->next_msgid = 1;
+    net_format(addr, t->name, sizeof(t->name));
+    if (!msgpack_unpacker_init(&t->up, 64 * 1024)) return kumo_err(err, "out of memory");
+    t->up_ready = true;
+    double deadline = now_mono() + timeout;
+    t->fd = net_connect(addr, err);
+    if (t->fd < 0) return -1;
+    if (wait_fd(t->fd, POLLOUT, deadline) <= 0) return kumo_err(err, "%s: connect timed out", t->name);
+    int soerr = 0;
+    socklen_t sl = sizeof(soerr);
+    getsockopt(t->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
+    if (soerr) return kumo_err(err, "%s: %s", t->name, strerror(soerr));
+    return send_hello(t, deadline, err);
+}
+
+int tool_connect(tool_conn *t, const char *addr, uint16_t default_port, double timeout, char *err)
+{
+    net_addr a;
+    memset(t, 0, sizeof(*t));
+    t->fd = -1;
+    if (net_parse(addr, default_port, &a, err) < 0) return -1;
+    return tool_connect_addr(t, &a, timeout, err);
+}
+
+void tool_close(tool_conn *t)
+{
+    if (t->fd >= 0) close(t->fd);
+    t->fd = -1;
+    if (t->up_ready) msgpack_unpacker_destroy(&t->up);
+    t->up_ready = false;
+}
+
+int tool_call(tool_conn *t, uint32_t method, const msgpack_sbuffer *params, msgpack_unpacked *out, char *err)
+{
+    double deadline = now_mono() + t->timeout;
+    uint32_t id = t->next_msgid++;
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 4);
+    msgpack_pack_uint8(&pk, 0);
+    msgpack_pack_uint32(&pk, id);
+    msgpack_pack_uint32(&pk, method);
+    msgpack_sbuffer_write(&sb, params->data, params->size);
+    int rc = send_all(t, sb.data, sb.size, deadline, err);
+    msgpack_sbuffer_destroy(&sb);
+    if (rc < 0) return -1;
+    for (;;) {
+        msgpack_unpack_return r;
+        while ((r = msgpack_unpacker_next(&t->up, out)) == MSGPACK_UNPACK_SUCCESS) {
+            const msgpack_object *o = &out->data;
+            if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size < 1) return kumo_err(err, "%s: garbage reply", t->name);
+            const msgpack_object *a = o->via.array.ptr;
+            if (a[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER) return kumo_err(err, "%s: garbage reply", t->name);
+            if (a[0].via.u64 != 1) continue; /* the peer's hello, or a push meant for others */
+            if (o->via.array.size != 4 || a[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+                return kumo_err(err, "%s: garbage reply", t->name);
+            if (a[1].via.u64 != id) continue;
+            if (a[2].type != MSGPACK_OBJECT_NIL) {
+                char buf[KUMO_ERRLEN];
+                return kumo_err(err, "%s: %s", t->name, rpc_strerror(RPC_ERR_REMOTE, &a[2], buf, sizeof(buf)));
+            }
+            out->data = a[3];
+            return 0;
+        }
+        if (r != MSGPACK_UNPACK_CONTINUE) return kumo_err(err, "%s: malformed reply", t->name);
+        if (msgpack_unpacker_message_size(&t->up) > RPC_MAX_FRAME) return kumo_err(err, "%s: reply too large", t->name);
+        if (!msgpack_unpacker_reserve_buffer(&t->up, 64 * 1024)) return kumo_err(err, "out of memory");
+        ssize_t n = recv(t->fd, msgpack_unpacker_buffer(&t->up), msgpack_unpacker_buffer_capacity(&t->up), 0);
+        if (n == 0) return kumo_err(err, "%s: connection closed", t->name);
+        if (n < 0) {
+            if (errno != EAGAIN && errno != EINTR) return kumo_err(err, "%s: %s", t->name, strerror(errno));
+            if (wait_fd(t->fd, POLLIN, deadline) <= 0) return kumo_err(err, "%s: timed out", t->name);
+            continue;
+        }
+        msgpack_unpacker_buffer_consumed(&t->up, (size_t)n);
+    }
+}
+
+void tool_print_clocktime(FILE *out, uint64_t ct)
+{
+    time_t sec = (time_t)clock_seconds(ct);
+    struct tm tm;
+    char buf[64];
+    localtime_r(&sec, &tm);
+    strftime(buf, sizeof(buf), "%a %b %d %H:%M:%S %z %Y", &tm);
+    fprintf(out, "  %s clock %u", buf, clock_counter(ct));
+}
+
+void tool_print_hashspace(FILE *out, const hashspace *hs, const char *nodes_title)
+{
+    char buf[NET_ADDRSTRLEN];
+    fprintf(out, "hash space timestamp:\n");
+    tool_print_clocktime(out, hs->clocktime);
+    fprintf(out, "\n%s:\n", nodes_title);
+    for (size_t i = 0; i < hs->ring.nnodes; i++)
+        fprintf(out, "  %s (%s)\n", net_format(&hs->ring.nodes[i].addr, buf, sizeof(buf)),
+                hs->ring.nodes[i].active ? "active" : "fault");
+}

@@ -1,0 +1,47 @@
+/*
+ * tool — what the admin tools share: a blocking, time-bounded RPC call to
+ * a manager or server (the same framing as rpc.h, role "tool"), and the
+ * printing of hash spaces in the user guide's format.
+ *
+ * Thread rule: single-threaded tools. Calls: net, hashspace, msgpack.
+ */
+#ifndef KUMO_TOOL_H
+#define KUMO_TOOL_H
+
+#include <msgpack.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "hashspace.h"
+#include "kumo.h"
+#include "net.h"
+
+#define TOOL_TIMEOUT 10.0
+#define TOOL_EX_USAGE 64
+
+typedef struct tool_conn {
+    int fd;
+    net_addr addr;
+    char name[NET_ADDRSTRLEN];
+    msgpack_unpacker up;
+    bool up_ready;
+    uint32_t next_msgid;
+    double timeout;
+} tool_conn;
+
+/* Resolve and connect (timeout seconds for connect and for each call). */
+int tool_connect(tool_conn *t, const char *addr, uint16_t default_port, double timeout, char *err);
+int tool_connect_addr(tool_conn *t, const net_addr *addr, double timeout, char *err);
+void tool_close(tool_conn *t);
+/* Call `method` with the params array packed in `params`; on success the
+ * result is out->data (valid until the next call or msgpack_unpacked_destroy).
+ * -1 + err for transport errors, timeouts and remote errors. */
+int tool_call(tool_conn *t, uint32_t method, const msgpack_sbuffer *params, msgpack_unpacked *out, char *err);
+
+/* "  Wed Dec 03 22:15:45 +0900 2008 clock 58" (no newline). */
+void tool_print_clocktime(FILE *out, uint64_t ct);
+/* The guide's block: "hash space timestamp:" … node list with (active)/(fault). */
+void tool_print_hashspace(FILE *out, const hashspace *hs, const char *nodes_title);
+
+#endif

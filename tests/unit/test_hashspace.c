@@ -1,0 +1,316 @@
+/*
+ * test_hashspace — seed round trip through real msgpack-c, rejection of
+ * malformed seeds, live owners, primary, refcounting.
+ */
+#include "hashspace.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "tap.h"
+
+static ring_node node4(uint8_t last, bool active)
+{
+    ring_node n;
+    memset(&n, 0, sizeof(n));
+    n.addr.len = NET_ID_V4;
+    n.addr.id[0] = 19800 >> 8;
+    n.addr.id[1] = 19800 & 0xff;
+    n.addr.id[2] = 192;
+    n.addr.id[3] = 168;
+    n.addr.id[4] = 0;
+    n.addr.id[5] = last;
+    n.active = active;
+    return n;
+}
+
+/* Unpack the whole buffer as one object and parse it as a seed. */
+static hashspace *parse(const msgpack_sbuffer *sb, char *err)
+{
+    msgpack_unpacked u;
+    size_t off = 0;
+    msgpack_unpacked_init(&u);
+    hashspace *hs = NULL;
+    if (msgpack_unpack_next(&u, sb->data, sb->size, &off) == MSGPACK_UNPACK_SUCCESS &&
+        off == sb->size)
+        hs = hashspace_unpack(&u.data, err);
+    else
+        snprintf(err, KUMO_ERRLEN, "test: msgpack did not unpack");
+    msgpack_unpacked_destroy(&u);
+    return hs;
+}
+
+static void pack_raw_node(msgpack_packer *pk, uint8_t flag, const uint8_t *id, size_t len)
+{
+    uint8_t buf[32];
+    buf[0] = flag;
+    memcpy(buf + 1, id, len);
+    msgpack_pack_bin(pk, 1 + len);
+    msgpack_pack_bin_body(pk, buf, 1 + len);
+}
+
+static void test_round_trip(void)
+{
+    ring_node nodes[4] = { node4(101, true), node4(102, false), node4(103, true),
+                           node4(104, true) };
+    /* An IPv6 identity too: port then 16 address bytes (::1). */
+    ring_node v6;
+    memset(&v6, 0, sizeof(v6));
+    v6.addr.len = NET_ID_V6;
+    v6.addr.id[0] = 19800 >> 8;
+    v6.addr.id[1] = 19800 & 0xff;
+    v6.addr.id[17] = 1;
+    v6.active = true;
+    ring_node all[5] = { nodes[0], nodes[1], nodes[2], nodes[3], v6 };
+
+    hashspace *hs = hashspace_new(all, 5, 0x1234567800000009ull);
+    ok(hs != NULL, "new");
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    is_int(hashspace_pack(hs, &pk), 0, "pack");
+
+    /* The exact bytes of the first node: bin8 of 7 = c4 07, flag, id. */
+    const uint8_t head[] = { 0x92, 0x95, 0xc4, 0x07, 0x01, 0x4d, 0x58, 192, 168, 0, 101 };
+    ok(sb.size > sizeof(head) && memcmp(sb.data, head, sizeof(head)) == 0,
+       "wire form starts [ [ bin(1 active | port BE | ip) ...");
+    const uint8_t tail[] = { 0xcf, 0x12, 0x34, 0x56, 0x78, 0, 0, 0, 9 };
+    ok(memcmp(sb.data + sb.size - sizeof(tail), tail, sizeof(tail)) == 0,
+       "... and ends with clocktime as uint64");
+
+    char err[KUMO_ERRLEN] = "";
+    hashspace *back = parse(&sb, err);
+    ok(back != NULL, "unpack what we packed (%s)", err);
+    if (back) {
+        ok(hashspace_same_nodes(hs, back), "same nodes, order, flags");
+        is_int(back->clocktime == 0x1234567800000009ull, 1, "same clocktime");
+        is_int(back->ring.nnodes, 5, "5 nodes");
+        is_int(back->ring.nodes[4].addr.len, NET_ID_V6, "IPv6 identity kept");
+        ok(!back->ring.nodes[1].active, "fault flag kept");
+        ok(back->ring.nvnodes == hs->ring.nvnodes &&
+               memcmp(back->ring.vnodes, hs->ring.vnodes,
+                      hs->ring.nvnodes * sizeof(ring_vnode)) == 0,
+           "same ring");
+        hashspace_unref(back);
+    }
+    msgpack_sbuffer_destroy(&sb);
+
+    /* Empty seed round trip. */
+    hashspace *empty = hashspace_new(NULL, 0, 7);
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    hashspace_pack(empty, &pk);
+    back = parse(&sb, err);
+    ok(back && back->ring.nnodes == 0 && back->clocktime == 7, "empty seed round trip");
+    ok(back && hashspace_empty(back), "  ... and it is empty");
+    hashspace_unref(back);
+    hashspace_unref(empty);
+    msgpack_sbuffer_destroy(&sb);
+
+    /* Only fault nodes: empty too. */
+    ring_node faults[2] = { node4(101, false), node4(102, false) };
+    hashspace *f = hashspace_new(faults, 2, 1);
+    ok(hashspace_empty(f), "all-fault hash space is empty");
+    ok(!hashspace_empty(hs), "one active node: not empty");
+    ok(!hashspace_same_nodes(f, hs), "different node lists differ");
+    hashspace_unref(f);
+
+    ring_node flipped[5] = { all[0], all[1], all[2], all[3], all[4] };
+    flipped[1].active = true;
+    f = hashspace_new(flipped, 5, 0x1234567800000009ull);
+    ok(!hashspace_same_nodes(f, hs), "an active flag differs: not the same");
+    hashspace_unref(f);
+    ring_node reordered[5] = { all[1], all[0], all[2], all[3], all[4] };
+    f = hashspace_new(reordered, 5, 0x1234567800000009ull);
+    ok(!hashspace_same_nodes(f, hs), "order differs: not the same");
+    hashspace_unref(f);
+    f = hashspace_new(all, 5, 1);
+    ok(hashspace_same_nodes(f, hs), "clocktime is ignored by same_nodes");
+    hashspace_unref(f);
+
+    is_int(hashspace_find(hs, &nodes[2].addr), 2, "find node 2");
+    ring_node stranger = node4(200, true);
+    is_int(hashspace_find(hs, &stranger.addr), -1, "find a stranger: -1");
+    hashspace_unref(hs);
+}
+
+/* Accepted variants: STR node bytes (older encoders), small positive ints. */
+static void test_accept(void)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    char err[KUMO_ERRLEN] = "";
+    ring_node n = node4(101, true);
+    uint8_t buf[7] = { 1 };
+    memcpy(buf + 1, n.addr.id, 6);
+
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 2);
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_str(&pk, 7);
+    msgpack_pack_str_body(&pk, buf, 7);
+    msgpack_pack_uint8(&pk, 5);
+    hashspace *hs = parse(&sb, err);
+    ok(hs && hs->ring.nnodes == 1 && hs->ring.nodes[0].active && hs->clocktime == 5,
+       "STR node bytes and a fixint clocktime are accepted (%s)", hs ? "" : err);
+    hashspace_unref(hs);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+enum bad { BAD_NOT_ARRAY, BAD_ARRAY1, BAD_ARRAY3, BAD_NODES_MAP, BAD_NODE_INT, BAD_LEN0,
+           BAD_LEN5, BAD_LEN8, BAD_FLAG2, BAD_CT_STR, BAD_CT_NEG, BAD_CT_FLOAT, BAD_CT_NIL,
+           BAD_DUP, BAD_COUNT };
+
+static const char *bad_name[BAD_COUNT] = {
+    "not an array",         "array of 1",       "array of 3",
+    "node list is a map",   "node is an int",   "node bytes of length 0",
+    "node bytes of length 5", "node bytes of length 8", "active flag 2",
+    "clocktime is a string", "clocktime negative", "clocktime is a float",
+    "clocktime is nil",     "a node listed twice",
+};
+
+static void pack_bad(msgpack_packer *pk, enum bad b)
+{
+    ring_node n = node4(101, true), m = node4(102, true);
+    const uint8_t zeros[8] = { 0 };
+    if (b == BAD_NOT_ARRAY) {
+        msgpack_pack_map(pk, 0);
+        return;
+    }
+    msgpack_pack_array(pk, b == BAD_ARRAY1 ? 1 : b == BAD_ARRAY3 ? 3 : 2);
+    if (b == BAD_NODES_MAP) {
+        msgpack_pack_map(pk, 0);
+    } else {
+        msgpack_pack_array(pk, 2);
+        pack_raw_node(pk, 1, m.addr.id, 6);
+        switch (b) {
+        case BAD_NODE_INT: msgpack_pack_int(pk, 7); break;
+        case BAD_LEN0:
+            msgpack_pack_bin(pk, 0);
+            msgpack_pack_bin_body(pk, zeros, 0);
+            break;
+        case BAD_LEN5: pack_raw_node(pk, 1, zeros, 4); break;
+        case BAD_LEN8: pack_raw_node(pk, 1, zeros, 7); break;
+        case BAD_FLAG2: pack_raw_node(pk, 2, n.addr.id, 6); break;
+        case BAD_DUP: pack_raw_node(pk, 0, m.addr.id, 6); break;
+        default: pack_raw_node(pk, 1, n.addr.id, 6); break;
+        }
+    }
+    if (b == BAD_ARRAY1)
+        return;
+    switch (b) {
+    case BAD_CT_STR:
+        msgpack_pack_str(pk, 1);
+        msgpack_pack_str_body(pk, "1", 1);
+        break;
+    case BAD_CT_NEG: msgpack_pack_int64(pk, -1); break;
+    case BAD_CT_FLOAT: msgpack_pack_double(pk, 1.0); break;
+    case BAD_CT_NIL: msgpack_pack_nil(pk); break;
+    default: msgpack_pack_uint64(pk, 42); break;
+    }
+    if (b == BAD_ARRAY3)
+        msgpack_pack_nil(pk);
+}
+
+static void test_reject(void)
+{
+    for (int b = 0; b < BAD_COUNT; b++) {
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        char err[KUMO_ERRLEN] = "";
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        pack_bad(&pk, (enum bad)b);
+        hashspace *hs = parse(&sb, err);
+        ok(hs == NULL && err[0] && strncmp(err, "test:", 5) != 0, "rejects %s: %s",
+           bad_name[b], err);
+        hashspace_unref(hs);
+        msgpack_sbuffer_destroy(&sb);
+    }
+    /* NULL err is allowed. */
+    msgpack_object nil;
+    nil.type = MSGPACK_OBJECT_NIL;
+    ok(hashspace_unpack(&nil, NULL) == NULL, "rejects with err == NULL");
+}
+
+static void test_owners(void)
+{
+    ring_node all[4], some[4];
+    for (int i = 0; i < 4; i++) {
+        all[i] = node4((uint8_t)(101 + i), true);
+        some[i] = node4((uint8_t)(101 + i), i != 1);
+    }
+    hashspace *a = hashspace_new(all, 4, 1), *s = hashspace_new(some, 4, 2);
+    int skipped = 0, primary = 0, owner = 0, twos = 0, keys = 500;
+    for (int k = 0; k < keys; k++) {
+        char key[16];
+        int len = snprintf(key, sizeof(key), "key-%d", k);
+        uint64_t h = ring_hash(key, (size_t)len);
+        uint32_t full[3], live[3], exp[3];
+        size_t nf = hashspace_live_owners(a, h, full);
+        size_t nl = hashspace_live_owners(s, h, live);
+        /* Expected: the full owners minus node 1, order kept, no substitute. */
+        size_t ne = 0;
+        for (size_t i = 0; i < nf; i++)
+            if (full[i] != 1)
+                exp[ne++] = full[i];
+        skipped += nf == 3 && nl == ne && memcmp(live, exp, ne * sizeof(uint32_t)) == 0;
+        twos += nl == 2;
+        primary += hashspace_is_primary(s, h, &s->ring.nodes[live[0]].addr) &&
+                   (nl < 2 || !hashspace_is_primary(s, h, &s->ring.nodes[live[1]].addr));
+        bool ok1 = !hashspace_is_owner(s, h, &s->ring.nodes[1].addr);
+        for (size_t i = 0; i < nl; i++)
+            ok1 = ok1 && hashspace_is_owner(s, h, &s->ring.nodes[live[i]].addr);
+        owner += ok1;
+    }
+    is_int(skipped, keys, "live owners = all owners minus the fault node, in order");
+    ok(twos > 0, "a fault owner is not substituted (%d keys have 2 live owners)", twos);
+    is_int(primary, keys, "primary = first live owner only");
+    is_int(owner, keys, "is_owner: live owners yes, fault node never");
+
+    ring_node stranger = node4(200, true);
+    ok(!hashspace_is_owner(s, 1, &stranger.addr) && !hashspace_is_primary(s, 1, &stranger.addr),
+       "a node outside the ring owns nothing");
+
+    ring_node dead[3] = { node4(101, false), node4(102, false), node4(103, false) };
+    hashspace *d = hashspace_new(dead, 3, 3);
+    uint32_t out[3];
+    is_int(hashspace_live_owners(d, 99, out), 0, "all three owners fault: 0 live owners");
+    ok(!hashspace_is_primary(d, 99, &dead[0].addr), "  ... and no primary");
+    hashspace *e = hashspace_new(NULL, 0, 0);
+    is_int(hashspace_live_owners(e, 99, out), 0, "empty ring: 0 live owners");
+    ok(!hashspace_is_primary(e, 99, &dead[0].addr), "  ... and no primary");
+    hashspace_unref(d);
+    hashspace_unref(e);
+    hashspace_unref(a);
+    hashspace_unref(s);
+}
+
+static void test_refs(void)
+{
+    ring_node n = node4(101, true);
+    hashspace *hs = hashspace_new(&n, 1, 1);
+    is_int(atomic_load(&hs->refs), 1, "new: refcount 1");
+    ok(hashspace_ref(hs) == hs, "ref returns the same snapshot");
+    hashspace_ref(hs);
+    is_int(atomic_load(&hs->refs), 3, "two refs: 3");
+    hashspace_unref(hs);
+    hashspace_unref(hs);
+    is_int(atomic_load(&hs->refs), 1, "two unrefs: 1");
+    ok(hashspace_ref(NULL) == NULL, "ref(NULL) is NULL");
+    hashspace_unref(NULL);
+    ok(1, "unref(NULL) is a no-op");
+    hashspace_unref(hs); /* freed here; ASan/valgrind would catch a leak or double free */
+}
+
+int main(void)
+{
+    test_round_trip();
+    test_accept();
+    test_reject();
+    test_owners();
+    test_refs();
+    return done_testing();
+}

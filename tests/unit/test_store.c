@@ -1,0 +1,544 @@
+/*
+ * test_store — store.c against real Tokyo Cabinet files in a mkdtemp dir:
+ * spec parsing and open errors, put/get, the newer-clocktime-wins update
+ * rule with values and tombstones, modify verdicts, remove_if_older,
+ * iteration that writes from its callback, backup, and two threads racing
+ * store_update on the same keys.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "record.h"
+#include "store.h"
+#include "tap.h"
+
+static char dir[] = "/tmp/kumo-test-store-XXXXXX";
+
+static void put_be64(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
+}
+
+/* be64(ct) | be16(0) | data; returns the length. */
+static size_t mkval(uint8_t *buf, uint64_t ct, const char *data)
+{
+    put_be64(buf, ct);
+    buf[8] = buf[9] = 0;
+    size_t n = strlen(data);
+    memcpy(buf + RECORD_VALUE_HEADER, data, n);
+    return RECORD_VALUE_HEADER + n;
+}
+
+static char *path_in(const char *name)
+{
+    static char buf[4][512];
+    static int slot;
+    char *p = buf[slot++ % 4];
+    snprintf(p, 512, "%s/%s", dir, name);
+    return p;
+}
+
+/* The stored clocktime of key (0 if absent); *len gets the stored length. */
+static uint64_t stored_ct(store *s, const char *key, size_t *len)
+{
+    size_t vlen;
+    void *v = store_get(s, key, strlen(key), &vlen);
+    uint64_t ct = v ? record_clocktime(v, vlen) : 0;
+    if (len) *len = v ? vlen : 0;
+    free(v);
+    return ct;
+}
+
+static void rm_rf(const char *d)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", d);
+    if (system(cmd) != 0) diag("could not remove %s", d);
+}
+
+static void test_open_errors(void)
+{
+    char err[KUMO_ERRLEN];
+    char spec[600];
+
+    snprintf(spec, sizeof(spec), "%s#xmsiz=600m#rcnum=4k", path_in("tuned.tch"));
+    store *s = store_open(spec, err);
+    ok(s != NULL, "open with #xmsiz=600m#rcnum=4k");
+    if (!s) diag("%s", err);
+    if (s) {
+        is_str(store_path(s), path_in("tuned.tch"), "store_path drops the options");
+        store_close(s);
+    }
+
+    snprintf(spec, sizeof(spec), "%s#XMSIZ=1g", path_in("tuned.tch"));
+    err[0] = 0;
+    s = store_open(spec, err);
+    ok(s == NULL && strstr(err, "XMSIZ"), "option names are exact: %s", err);
+    store_close(s);
+
+    snprintf(spec, sizeof(spec), "%s#xmsiz=64M#rcnum=1000", path_in("tuned.tch"));
+    s = store_open(spec, err);
+    ok(s != NULL, "suffixes are case-insensitive, plain numbers accepted");
+    store_close(s);
+
+    snprintf(spec, sizeof(spec), "%s#bogus=1", path_in("a.tch"));
+    err[0] = 0;
+    s = store_open(spec, err);
+    ok(s == NULL, "#bogus=1 is rejected");
+    ok(strstr(err, "bogus") != NULL, "error names the option: %s", err);
+    store_close(s);
+
+    snprintf(spec, sizeof(spec), "%s#xmsiz=12q", path_in("a.tch"));
+    err[0] = 0;
+    s = store_open(spec, err);
+    ok(s == NULL && strstr(err, "xmsiz=12q"), "bad size rejected: %s", err);
+
+    snprintf(spec, sizeof(spec), "%s#rcnum=99999999999", path_in("a.tch"));
+    err[0] = 0;
+    s = store_open(spec, err);
+    ok(s == NULL && strstr(err, "rcnum"), "rcnum beyond int32 rejected: %s", err);
+
+    snprintf(spec, sizeof(spec), "%s#xmsiz", path_in("a.tch"));
+    err[0] = 0;
+    s = store_open(spec, err);
+    ok(s == NULL && strstr(err, "xmsiz"), "option without a value rejected: %s", err);
+
+    err[0] = 0;
+    s = store_open("#xmsiz=1m", err);
+    ok(s == NULL && err[0], "spec without a file name rejected: %s", err);
+
+    const char *missing = path_in("no-such-dir/db.tch");
+    err[0] = 0;
+    s = store_open(missing, err);
+    ok(s == NULL, "missing directory fails");
+    ok(strstr(err, missing) != NULL, "error names the file: %s", err);
+
+    const char *bad = path_in("corrupt.tch");
+    FILE *f = fopen(bad, "w");
+    for (int i = 0; i < 4096; i++) fputc((i * 131 + 7) & 0xff, f);
+    fclose(f);
+    err[0] = 0;
+    s = store_open(bad, err);
+    ok(s == NULL, "corrupt file fails");
+    ok(strstr(err, bad) != NULL, "error names the file: %s", err);
+    store_close(s);
+}
+
+/* Open `path` from a fresh process (this binary, re-executed: a fork()ed
+ * child would share TC's in-process table of open files). Returns the
+ * child's exit status: 0 = the open failed; msg gets its error. */
+static int open_elsewhere(const char *path, char *msg, size_t cap)
+{
+    int p[2];
+    if (pipe(p) < 0) return -1;
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(p[1], STDOUT_FILENO);
+        close(p[0]), close(p[1]);
+        execl("/proc/self/exe", "test_store", "--try-open", path, (char *)NULL);
+        _exit(127);
+    }
+    close(p[1]);
+    size_t n = 0;
+    ssize_t r;
+    while (n + 1 < cap && (r = read(p[0], msg + n, cap - 1 - n)) > 0) n += (size_t)r;
+    msg[n] = 0;
+    close(p[0]);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int try_open_main(const char *path)
+{
+    char err[KUMO_ERRLEN];
+    store *s = store_open(path, err);
+    if (s) {
+        store_close(s);
+        return 1;
+    }
+    printf("%s", err);
+    return 0;
+}
+
+static void test_lock(void)
+{
+    char err[KUMO_ERRLEN], msg[KUMO_ERRLEN * 2];
+    const char *path = path_in("locked.tch");
+    store *s = store_open(path, err);
+    ok(s != NULL, "open for the lock test");
+    if (!s) return;
+    is_int(open_elsewhere(path, msg, sizeof(msg)), 0, "another process cannot open a database in use");
+    ok(strstr(msg, path) && strstr(msg, "lock"), "its error names the file and the lock: %s", msg);
+    is_int(store_backup(s, path_in("locked-backup.tch"), err), 0, "backup while locked");
+    is_int(open_elsewhere(path, msg, sizeof(msg)), 0, "the database is still locked after a backup");
+    store_close(s);
+    is_int(open_elsewhere(path, msg, sizeof(msg)), 1, "after store_close another process can open it");
+}
+
+static void test_put_get(store *s)
+{
+    char err[KUMO_ERRLEN];
+    uint8_t v[64];
+    size_t n = mkval(v, 100, "hello");
+    is_int(store_put(s, "k1", 2, v, n, err), 0, "put");
+    size_t vlen = 0;
+    void *got = store_get(s, "k1", 2, &vlen);
+    ok(got && vlen == n && memcmp(got, v, n) == 0, "get returns the bytes put");
+    free(got);
+    vlen = 99;
+    got = store_get(s, "nope", 4, &vlen);
+    ok(got == NULL && vlen == 0, "get of a missing key: NULL, length 0");
+
+    is_int(store_put(s, "empty", 5, "", 0, err), 0, "put of a zero-length value");
+    got = store_get(s, "empty", 5, &vlen);
+    ok(got != NULL && vlen == 0, "a zero-length record is present, not absent");
+    free(got);
+}
+
+static void test_update(store *s)
+{
+    char err[KUMO_ERRLEN];
+    uint8_t v[64];
+    size_t n;
+
+    n = mkval(v, 1000, "first");
+    is_int(store_update(s, "u", 1, v, n, err), 1, "update of a missing key writes");
+    n = mkval(v, 2000, "newer");
+    is_int(store_update(s, "u", 1, v, n, err), 1, "newer clocktime is written");
+    is_int(stored_ct(s, "u", NULL), 2000, "stored clocktime is the newer");
+    n = mkval(v, 1500, "older");
+    is_int(store_update(s, "u", 1, v, n, err), 0, "older clocktime is ignored");
+    n = mkval(v, 2000, "equal");
+    is_int(store_update(s, "u", 1, v, n, err), 0, "equal clocktime is ignored");
+    size_t vlen;
+    uint8_t *got = store_get(s, "u", 1, &vlen);
+    ok(got && vlen == RECORD_VALUE_HEADER + 5 && memcmp(got + RECORD_VALUE_HEADER, "newer", 5) == 0,
+       "the newer value is intact");
+    free(got);
+
+    uint8_t tomb[RECORD_TOMBSTONE];
+    record_tombstone(tomb, 3000);
+    is_int(store_update(s, "u", 1, tomb, sizeof(tomb), err), 1, "a newer tombstone beats a value");
+    size_t len;
+    is_int(stored_ct(s, "u", &len), 3000, "tombstone clocktime stored");
+    is_int(len, RECORD_TOMBSTONE, "stored record is the 8-byte tombstone");
+    n = mkval(v, 2500, "zombie");
+    is_int(store_update(s, "u", 1, v, n, err), 0, "an older value does not resurrect a deleted key");
+    stored_ct(s, "u", &len);
+    is_int(len, RECORD_TOMBSTONE, "still a tombstone");
+    n = mkval(v, 3001, "reborn");
+    is_int(store_update(s, "u", 1, v, n, err), 1, "a value newer than the tombstone is written");
+
+    record_tombstone(tomb, 10);
+    is_int(store_update(s, "t", 1, tomb, sizeof(tomb), err), 1, "tombstone for a missing key is stored");
+    err[0] = 0;
+    is_int(store_update(s, "t", 1, "abc", 3, err), -1, "update with fewer than 8 bytes is an error");
+    ok(err[0] != 0, "with a message: %s", err);
+}
+
+typedef struct modify_case {
+    store_verdict verdict;
+    const char *write;
+    int calls;
+    size_t seen_len;
+    bool seen_null;
+} modify_case;
+
+static store_verdict modify_fn(void *arg, const void *old, size_t oldlen, const void **out, size_t *outlen)
+{
+    modify_case *m = arg;
+    m->calls++;
+    m->seen_null = old == NULL;
+    m->seen_len = oldlen;
+    if (m->verdict == STORE_WRITE) {
+        *out = m->write;
+        *outlen = strlen(m->write);
+    }
+    return m->verdict;
+}
+
+static void test_modify(store *s)
+{
+    char err[KUMO_ERRLEN];
+    modify_case m = {STORE_WRITE, "0123456789abc", 0, 0, false};
+    is_int(store_modify(s, "m", 1, modify_fn, &m, err), STORE_WRITE, "modify WRITE on a missing key");
+    ok(m.calls == 1 && m.seen_null && m.seen_len == 0, "fn saw NULL, 0 for a missing key");
+    size_t vlen;
+    void *got = store_get(s, "m", 1, &vlen);
+    ok(got && vlen == 13 && memcmp(got, "0123456789abc", 13) == 0, "WRITE stored fn's bytes");
+    free(got);
+
+    m = (modify_case){STORE_KEEP, NULL, 0, 0, false};
+    is_int(store_modify(s, "m", 1, modify_fn, &m, err), STORE_KEEP, "modify KEEP");
+    ok(!m.seen_null && m.seen_len == 13, "fn saw the current bytes");
+    got = store_get(s, "m", 1, &vlen);
+    ok(got && vlen == 13, "KEEP left the record");
+    free(got);
+
+    m = (modify_case){STORE_REMOVE, NULL, 0, 0, false};
+    is_int(store_modify(s, "m", 1, modify_fn, &m, err), STORE_REMOVE, "modify REMOVE");
+    got = store_get(s, "m", 1, &vlen);
+    ok(got == NULL, "REMOVE removed the record");
+    m = (modify_case){STORE_REMOVE, NULL, 0, 0, false};
+    is_int(store_modify(s, "m", 1, modify_fn, &m, err), STORE_REMOVE, "REMOVE of a missing key is fine");
+}
+
+static void test_remove_if_older(store *s)
+{
+    char err[KUMO_ERRLEN];
+    uint8_t tomb[RECORD_TOMBSTONE];
+    record_tombstone(tomb, 500);
+    store_put(s, "r", 1, tomb, sizeof(tomb), err);
+    is_int(store_remove_if_older(s, "r", 1, 499, err), 0, "newer record kept");
+    ok(stored_ct(s, "r", NULL) == 500, "still there");
+    is_int(store_remove_if_older(s, "r", 1, 500, err), 1, "record with clocktime == ct removed");
+    size_t len;
+    stored_ct(s, "r", &len);
+    is_int(len, 0, "gone");
+    is_int(store_remove_if_older(s, "r", 1, 9999, err), 0, "missing key: nothing removed");
+    store_put(s, "r", 1, tomb, sizeof(tomb), err);
+    is_int(store_remove_if_older(s, "r", 1, 501, err), 1, "older record removed");
+}
+
+typedef struct walk {
+    store *s;
+    int seen, seen_w;
+    int tombstones;
+    bool put_failed;
+} walk;
+
+static int walk_fn(void *arg, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    walk *w = arg;
+    char err[KUMO_ERRLEN];
+    (void)val;
+    if (klen > 1 && ((const char *)key)[0] == 'w') {
+        w->seen_w++;
+        /* Write from inside the walk: rewrite this record and add another. */
+        uint8_t v[64];
+        size_t n = mkval(v, 7, "rewritten-by-walk");
+        if (store_put(w->s, key, klen, v, n, err) < 0) w->put_failed = true;
+        char nk[32];
+        int nl = snprintf(nk, sizeof(nk), "x%.*s", (int)klen, (const char *)key);
+        if (store_put(w->s, nk, (size_t)nl, v, n, err) < 0) w->put_failed = true;
+        uint8_t tomb[RECORD_TOMBSTONE];
+        record_tombstone(tomb, 1);
+        if (store_update(w->s, key, klen, tomb, sizeof(tomb), err) < 0) w->put_failed = true;
+    }
+    if (vlen == RECORD_TOMBSTONE) w->tombstones++;
+    w->seen++;
+    return 0;
+}
+
+static int stop_fn(void *arg, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    (void)key, (void)klen, (void)val, (void)vlen;
+    return ++*(int *)arg == 3;
+}
+
+static int remove_fn(void *arg, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    (void)val, (void)vlen;
+    store *s = arg;
+    char err[KUMO_ERRLEN];
+    return store_remove_if_older(s, key, klen, UINT64_MAX, err) < 0;
+}
+
+static void test_iterate(void)
+{
+    char err[KUMO_ERRLEN];
+    store *s = store_open(path_in("walk.tch"), err);
+    ok(s != NULL, "open walk.tch");
+    if (!s) return;
+    uint8_t v[64];
+    size_t n = mkval(v, 5, "v");
+    for (int i = 0; i < 200; i++) {
+        char k[16];
+        int kl = snprintf(k, sizeof(k), "w%03d", i);
+        store_put(s, k, (size_t)kl, v, n, err);
+    }
+    uint8_t tomb[RECORD_TOMBSTONE];
+    record_tombstone(tomb, 9);
+    store_put(s, "dead", 4, tomb, sizeof(tomb), err);
+    is_int(store_count(s), 201, "count includes the tombstone");
+    ok(store_file_size(s) > 0, "file size is known");
+
+    walk w = {s, 0, 0, 0, false};
+    is_int(store_iterate(s, walk_fn, &w, err), 0, "iterate with writes from the callback");
+    ok(!w.put_failed, "store_put/store_update from inside the callback work");
+    ok(w.seen_w >= 200, "every original record seen (%d)", w.seen_w);
+    ok(w.tombstones >= 1, "tombstones are visited too");
+    is_int(store_count(s), 401, "records added by the callback are there");
+
+    int count = 0;
+    is_int(store_iterate(s, stop_fn, &count, err), 0, "iterate stops when fn returns 1");
+    is_int(count, 3, "after three records");
+
+    is_int(store_iterate(s, remove_fn, s, err), 0, "iterate removing every record it visits");
+    is_int(store_count(s), 0, "removing the visited record does not derail the walk");
+    store_close(s);
+}
+
+typedef struct compare {
+    store *other;
+    int records, differ;
+} compare;
+
+static int compare_fn(void *arg, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    compare *c = arg;
+    size_t olen;
+    void *o = store_get(c->other, key, klen, &olen);
+    if (!o || olen != vlen || memcmp(o, val, vlen) != 0) c->differ++;
+    free(o);
+    c->records++;
+    return 0;
+}
+
+static void test_backup(store *s)
+{
+    char err[KUMO_ERRLEN];
+    const char *dst = path_in("backup.tch");
+    is_int(store_backup(s, dst, err), 0, "backup");
+    char tmp[600];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", dst);
+    ok(access(tmp, F_OK) < 0, "no .tmp left behind");
+    store *b = store_open(dst, err);
+    ok(b != NULL, "backup opens");
+    if (!b) return;
+    is_int(store_count(b), store_count(s), "backup has as many records");
+    compare fwd = {s, 0, 0}, back = {b, 0, 0};
+    is_int(store_iterate(b, compare_fn, &fwd, err), 0, "walk the backup");
+    is_int(store_iterate(s, compare_fn, &back, err), 0, "walk the original");
+    ok(fwd.records > 0 && fwd.records == back.records, "both walks saw %d records", fwd.records);
+    is_int(fwd.differ + back.differ, 0, "every record is the same in both");
+    store_close(b);
+
+    err[0] = 0;
+    is_int(store_backup(s, path_in("no-such-dir/backup.tch"), err), -1, "backup into a missing directory fails");
+    ok(strstr(err, "no-such-dir") != NULL, "error names the file: %s", err);
+    uint8_t v[64];
+    size_t vn = mkval(v, 1, "after");
+    is_int(store_put(s, "after-failed-backup", 19, v, vn, err), 0, "the database still works after it");
+    uint8_t tomb[RECORD_TOMBSTONE];
+    record_tombstone(tomb, 2);
+    is_int(store_update(s, "brand-new-key", 13, tomb, sizeof(tomb), err), 1, "and updates of missing keys still work");
+}
+
+/* Counts records. */
+static int count_fn(void *arg, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    (void)key, (void)klen, (void)val, (void)vlen;
+    ++*(int *)arg;
+    return 0;
+}
+
+#define RACE_KEYS 16
+#define RACE_ROUNDS 20000
+
+typedef struct racer {
+    store *s;
+    unsigned seed;
+    uint64_t max[RACE_KEYS];
+    int errors;
+} racer;
+
+static void *race(void *arg)
+{
+    racer *r = arg;
+    char err[KUMO_ERRLEN];
+    for (int i = 0; i < RACE_ROUNDS; i++) {
+        int k = rand_r(&r->seed) % RACE_KEYS;
+        uint64_t ct = (uint64_t)rand_r(&r->seed) << 16 | (uint64_t)(rand_r(&r->seed) & 0xffff);
+        uint8_t v[64];
+        size_t n;
+        if (rand_r(&r->seed) % 4 == 0) {
+            record_tombstone(v, ct);
+            n = RECORD_TOMBSTONE;
+        } else {
+            n = mkval(v, ct, "race");
+        }
+        char key[16];
+        int kl = snprintf(key, sizeof(key), "race%d", k);
+        if (store_update(r->s, key, (size_t)kl, v, n, err) < 0) r->errors++;
+        if (ct > r->max[k]) r->max[k] = ct;
+    }
+    return NULL;
+}
+
+static void test_threads(store *s)
+{
+    unsigned seed = (unsigned)getpid();
+    const char *env = getenv("KUMO_TEST_SEED");
+    if (env) seed = (unsigned)strtoul(env, NULL, 10);
+    diag("race seed %u (set KUMO_TEST_SEED to repeat)", seed);
+    racer a = {s, seed, {0}, 0}, b = {s, seed * 2654435761u + 1, {0}, 0};
+    pthread_t ta, tb;
+    pthread_create(&ta, NULL, race, &a);
+    pthread_create(&tb, NULL, race, &b);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    is_int(a.errors + b.errors, 0, "no errors while racing");
+    int bad = 0;
+    for (int k = 0; k < RACE_KEYS; k++) {
+        char key[16];
+        snprintf(key, sizeof(key), "race%d", k);
+        uint64_t want = a.max[k] > b.max[k] ? a.max[k] : b.max[k];
+        if (stored_ct(s, key, NULL) != want) bad++;
+    }
+    is_int(bad, 0, "every key holds the max clocktime written by either thread");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 3 && strcmp(argv[1], "--try-open") == 0) return try_open_main(argv[2]);
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    char err[KUMO_ERRLEN];
+
+    test_open_errors();
+    test_lock();
+
+    store *s = store_open(path_in("main.tch"), err);
+    ok(s != NULL, "open main.tch");
+    if (!s) {
+        diag("%s", err);
+        rm_rf(dir);
+        return done_testing();
+    }
+    test_put_get(s);
+    test_update(s);
+    test_modify(s);
+    test_remove_if_older(s);
+    test_iterate();
+    test_threads(s);
+    test_backup(s);
+
+    uint64_t before = store_count(s);
+    store_close(s);
+    s = store_open(path_in("main.tch"), err);
+    ok(s != NULL, "reopen after close");
+    if (s) {
+        is_int(store_count(s), before, "records survive close and reopen");
+        int seen = 0;
+        store_iterate(s, count_fn, &seen, err);
+        is_int(seen, before, "iteration sees every record after reopen");
+        store_close(s);
+    }
+    store_close(NULL);
+    ok(1, "store_close(NULL) is a no-op");
+
+    rm_rf(dir);
+    return done_testing();
+}
