@@ -25,7 +25,7 @@
 #include <stdint.h>
 
 #define MEMTEXT_MAX_KEYS 256       /* keys in one get line */
-#define MEMTEXT_MAX_LINE 16384     /* a command line longer than this is an error */
+#define MEMTEXT_MAX_LINE 65536     /* a command line longer than this is an error */
 #define MEMTEXT_MAX_TOKENS 24      /* meta-command flags */
 #define MEMTEXT_MAX_KEY 250        /* bytes in a key (memcached KEY_MAX_LENGTH) */
 #define MEMTEXT_MAX_DATA (1u << 30) /* data block bytes the parser will wait for at

@@ -58,6 +58,7 @@ struct tconn {
     bool closed;
     bool close_after_flush;
     bool paused; /* reading stopped: too many requests in flight */
+    size_t discard; /* bytes of a refused data block still to drop */
     memtext_request req; /* parse scratch (large: 256 keys) */
 };
 
@@ -363,6 +364,12 @@ static void read_cb(struct bufferevent *bev, void *arg)
     struct evbuffer *in = bufferevent_get_input(bev);
     while (!c->closed && !c->close_after_flush) {
         size_t len = evbuffer_get_length(in);
+        if (c->discard > 0 && len > 0) {
+            size_t n = len < c->discard ? len : c->discard;
+            evbuffer_drain(in, n);
+            c->discard -= n;
+            continue;
+        }
         if (len == 0) break;
         if (c->queued >= MAX_QUEUED) {
             c->paused = true;
@@ -373,8 +380,16 @@ static void read_cb(struct bufferevent *bev, void *arg)
         size_t consumed = 0;
         const char *errmsg = NULL;
         memtext_status st = memtext_parse(buf, len, &c->req, &consumed, &errmsg);
-        if (st == MEMTEXT_NEED_MORE) break;
         treq *r;
+        if (st == MEMTEXT_NEED_MORE) {
+            /* Refuse an oversized value before buffering it, as memcached does. */
+            if (c->req.need > 0 && c->req.data_len > (size_t)c->g->cfg->item_size_max) {
+                if ((r = req_new(c, 0, c->req.noreply))) reply(r, "SERVER_ERROR object too large for cache\r\n");
+                c->discard = c->req.need;
+                continue;
+            }
+            break;
+        }
         switch (st) {
         case MEMTEXT_OK: dispatch(c, &c->req); break;
         case MEMTEXT_ERROR:
@@ -382,11 +397,12 @@ static void read_cb(struct bufferevent *bev, void *arg)
             break;
         case MEMTEXT_CLIENT_ERROR:
         case MEMTEXT_CLOSE:
-            if ((r = req_new(c, 0, false))) {
+            if ((r = req_new(c, 0, st == MEMTEXT_CLIENT_ERROR && c->req.noreply))) {
                 evbuffer_add_printf(r->out, "CLIENT_ERROR %s\r\n", errmsg ? errmsg : "bad command line format");
                 r->done = true;
             }
             if (st == MEMTEXT_CLOSE) c->close_after_flush = true;
+            c->discard = c->req.swallow;
             break;
         default: break;
         }

@@ -413,7 +413,8 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
         return;
     }
     if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
-        log_debug("%s: connection %s", c->name, (what & BEV_EVENT_EOF) ? "closed" : "failed");
+        if (what & BEV_EVENT_EOF) log_debug("%s: connection closed", c->name);
+        else log_debug("%s: connection failed: %s", c->name, evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
         teardown(c, true);
     }
 }

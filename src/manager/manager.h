@@ -3,6 +3,8 @@
  *   main.c        flags, start-up, listeners, signals, the control port
  *   membership.c  servers and gateways, keepalive and fault detection,
  *                 attach/detach, the hash spaces and their distribution
+ *   replace.c     moving data after a membership change: copy to the new
+ *                 owners, switch rhs to whs, delete from the old owners
  *
  * Thread rule: one event loop; the manager's work is small and rare.
  */
@@ -36,6 +38,8 @@ typedef struct mserver {
     int keepalive_misses; /* consecutive unanswered keepalives */
     bool keepalive_out;
     bool newcomer;        /* shown under "not attached node" */
+    bool copying;         /* replace: its copy phase has not ended */
+    bool deleting;        /* replace: its delete phase has not ended */
     struct event *probe_timer;
     struct manager *m;
 } mserver;
@@ -53,6 +57,10 @@ typedef struct manager {
     rpc_conn **gateways;
     size_t ngateways, gateways_cap;
     struct event *tick;
+    /* replace (replace.c) */
+    bool replacing;
+    uint64_t replace_ct; /* whs clocktime the running replace moves data to */
+    size_t copy_pending, delete_pending;
 } manager;
 
 /* membership.c */
@@ -63,5 +71,17 @@ void membership_accept(manager *m, int fd);
 /* Control commands (kumoctl, and kumostat -m): answers and returns true if
  * `method` is one. Served on the control port and, for tools, the cluster port. */
 bool membership_control(manager *m, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
+
+/* Replace both hash spaces (taking ownership of the refs) and push them to
+ * every server and gateway. */
+void membership_set_hashspaces(manager *m, hashspace *whs, hashspace *rhs);
+
+/* replace.c */
+/* Start (or restart) a replace towards the current whs. */
+void replace_start(manager *m, bool full);
+/* A server reported the end of a phase (MGR_REPLACE_COPY_END/DELETE_END). */
+void replace_phase_end(manager *m, rpc_conn *c, uint32_t method, uint64_t replace_ct);
+/* A server was lost: it no longer holds up the replace. */
+void replace_server_lost(manager *m, mserver *ms);
 
 #endif

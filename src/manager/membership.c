@@ -79,7 +79,7 @@ static void notify_status(manager *m)
 }
 
 /* Replace both hash spaces (taking ownership) and tell everyone. */
-static void set_hashspaces(manager *m, hashspace *whs, hashspace *rhs)
+void membership_set_hashspaces(manager *m, hashspace *whs, hashspace *rhs)
 {
     hashspace_unref(m->whs);
     hashspace_unref(m->rhs);
@@ -148,10 +148,12 @@ static void server_lost(manager *m, mserver *ms)
     hashspace *w = with_state(m, m->whs, &ms->addr, false, ct);
     hashspace *r = with_state(m, m->rhs, &ms->addr, false, ct);
     if (!w && !r) {
+        replace_server_lost(m, ms);
         notify_status(m);
         return;
     }
-    set_hashspaces(m, w ? w : hashspace_ref(m->whs), r ? r : hashspace_ref(m->rhs));
+    membership_set_hashspaces(m, w ? w : hashspace_ref(m->whs), r ? r : hashspace_ref(m->rhs));
+    replace_server_lost(m, ms);
 }
 
 static void probe_next(mserver *ms)
@@ -326,6 +328,17 @@ static void mgr_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t meth
         rpc_reply_nil(c, msgid);
         break;
     }
+    case MGR_REPLACE_COPY_END:
+    case MGR_REPLACE_DELETE_END: {
+        uint64_t ct;
+        if (!rpc_arg_uint(params, 0, &ct)) {
+            rpc_reply_error(c, msgid, "bad params");
+            break;
+        }
+        replace_phase_end(m, c, method, ct);
+        rpc_reply_bool(c, msgid, true);
+        break;
+    }
     case MGR_HS_REQUEST:
         pack_pair(m, rpc_reply_begin(c, msgid));
         rpc_call_end(c);
@@ -361,6 +374,25 @@ static void membership_status(manager *m, rpc_conn *c, uint32_t msgid)
     rpc_call_end(c);
 }
 
+/* A new whs of these nodes. With replace, servers and gateways get it and
+ * data moves; without (the -noreplace commands), only the manager's whs
+ * changes until `kumoctl replace` (guide 6.7.2). */
+static void change_whs(manager *m, const ring_node *nodes, size_t n, bool replace)
+{
+    hashspace *w = hashspace_new(nodes, n, clock_next(&m->clock));
+    if (!w) {
+        log_error("out of memory building a hash space");
+        return;
+    }
+    if (replace) {
+        membership_set_hashspaces(m, w, hashspace_ref(m->rhs));
+        replace_start(m, false);
+    } else {
+        hashspace_unref(m->whs);
+        m->whs = w;
+    }
+}
+
 static void reply_addrs(rpc_conn *c, uint32_t msgid, const net_addr *addrs, size_t n)
 {
     msgpack_packer *pk = rpc_reply_begin(c, msgid);
@@ -393,11 +425,7 @@ static void membership_attach(manager *m, rpc_conn *c, uint32_t msgid, bool repl
         added[nadded++] = ms->addr;
         log_info("attach %s", fmt(&ms->addr, buf));
     }
-    if (nadded > 0) {
-        hashspace *w = hashspace_new(nodes, n, clock_next(&m->clock));
-        if (w) set_hashspaces(m, w, hashspace_ref(w));
-    }
-    (void)replace;
+    if (nadded > 0) change_whs(m, nodes, n, replace);
     reply_addrs(c, msgid, added, nadded);
     free(nodes);
     free(added);
@@ -427,11 +455,7 @@ static void membership_detach(manager *m, rpc_conn *c, uint32_t msgid, bool repl
         mserver *ms = find_server(m, &rn->addr);
         if (ms && ms->conn) ms->newcomer = true;
     }
-    if (ngone > 0) {
-        hashspace *w = hashspace_new(nodes, n, clock_next(&m->clock));
-        if (w) set_hashspaces(m, w, hashspace_ref(w));
-    }
-    (void)replace;
+    if (ngone > 0) change_whs(m, nodes, n, replace);
     reply_addrs(c, msgid, gone, ngone);
     free(nodes);
     free(gone);
@@ -449,6 +473,12 @@ bool membership_control(manager *m, rpc_conn *c, uint32_t msgid, uint32_t method
     case CTL_DETACH:
         rpc_arg_bool(params, 0, &flag);
         membership_detach(m, c, msgid, flag);
+        return true;
+    case CTL_REPLACE:
+        flag = false;
+        rpc_arg_bool(params, 0, &flag);
+        replace_start(m, flag);
+        rpc_reply_nil(c, msgid);
         return true;
     default: return false;
     }

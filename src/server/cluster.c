@@ -157,6 +157,7 @@ static void server_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t m
     server *s = rpc_get_data(c);
     if (cluster_handle(s, c, msgid, method, params)) return;
     if (data_handle(s, c, msgid, method, params)) return;
+    if (replace_handle(s, c, msgid, method, params)) return;
     rpc_reply_error(c, msgid, "unknown method %u", method);
 }
 
@@ -211,6 +212,7 @@ static void peer_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t met
 {
     server *s = arg;
     if (data_handle(s, c, msgid, method, params)) return;
+    if (replace_handle(s, c, msgid, method, params)) return;
     rpc_reply_error(c, msgid, "unknown method %u", method);
 }
 

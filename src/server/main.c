@@ -52,6 +52,7 @@ static void on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, 
     server *s = arg;
     if (cluster_handle(s, c, msgid, method, params)) return;
     if (data_handle(s, c, msgid, method, params)) return;
+    if (replace_handle(s, c, msgid, method, params)) return;
     rpc_reply_error(c, msgid, "unknown method %u", method);
 }
 

@@ -3,6 +3,7 @@
  *   main.c     flags, start-up, listeners, signals
  *   cluster.c  the manager links, hash spaces, peer connections, keepalive
  *   data.c     Get/Set/Delete from gateways, replication to the other owners
+ *   replace.c  the server's part of moving data after membership changes
  *
  * Thread rule: everything runs on the main event loop (one thread; -TR
  * workers are the subject of the performance work, see docs/architecture.md).
@@ -79,6 +80,9 @@ rpc_conn *cluster_peer(server *s, const net_addr *addr);
  * method is not one of cluster.c's. */
 bool cluster_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
 void cluster_set_hashspaces(server *s, hashspace *whs, hashspace *rhs);
+
+/* replace.c: copy and delete phases, and the batches they send. */
+bool replace_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
 
 /* data.c */
 bool data_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);

@@ -471,19 +471,19 @@ static void test_line_too_long(void)
     is_int(used, MEMTEXT_MAX_LINE + 2, "close: consumed everything");
     free(s);
 
-    /* "get kkk…k" of exactly MAX_LINE bytes, then CRLF. */
+    /* "get kkk…k" of exactly MAX_LINE bytes (the most keys, the longest
+     * keys, padded with the trailing spaces libmemcached sends), then CRLF. */
     s = malloc(MEMTEXT_MAX_LINE + 4);
     size_t n = 0;
     memcpy(s, "get", 3);
     n = 3;
-    while (n < MEMTEXT_MAX_LINE) {
-        size_t k = MEMTEXT_MAX_LINE - n - 1;
-        if (k > 200)
-            k = 200;
+    for (int keys = 0; keys < MEMTEXT_MAX_KEYS && n + 1 + MEMTEXT_MAX_KEY <= MEMTEXT_MAX_LINE; keys++) {
         s[n++] = ' ';
-        memset(s + n, 'k', k);
-        n += k;
+        memset(s + n, 'k', MEMTEXT_MAX_KEY);
+        n += MEMTEXT_MAX_KEY;
     }
+    memset(s + n, ' ', MEMTEXT_MAX_LINE - n);
+    n = MEMTEXT_MAX_LINE;
     memcpy(s + n, "\r\n", 2);
     is_int(parse_n(s, n + 2), MEMTEXT_OK, "line of exactly MAX_LINE bytes");
     is_int(used, MEMTEXT_MAX_LINE + 2, "MAX_LINE line: consumed");

@@ -1,0 +1,298 @@
+/*
+ * replace — kumo-server's part of a replace (see src/manager/replace.c).
+ *
+ * Copy phase: adopt the new whs, walk the database, and for every record
+ * (tombstones included) of which this server is the first surviving old
+ * owner, queue it for each new owner that was not an old one; full-replace
+ * sends every record to every other new owner. Records travel in batches
+ * of about BATCH_BYTES over the ordinary RPC connections and are applied
+ * with the newer-ClockTime-wins rule. When every batch is acknowledged the
+ * manager hears MGR_REPLACE_COPY_END.
+ *
+ * Delete phase: rhs := whs, then remove every record this server no longer
+ * owns, and report MGR_REPLACE_DELETE_END.
+ *
+ * The walk runs on the main loop in one go; a streaming, rate-limited copy
+ * over the -L port is the subject of the rebalancing work (docs/architecture.md).
+ *
+ * Calls: store, record, hashspace, rpc, cluster.c. Thread rule: main loop.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "proto.h"
+#include "record.h"
+#include "server.h"
+
+#define BATCH_BYTES (512 * 1024)
+#define BATCH_TIMEOUT 30.0
+#define END_TIMEOUT 10.0
+
+typedef struct dest {
+    net_addr addr;
+    msgpack_sbuffer buf;
+    msgpack_packer pk;
+    uint32_t count;
+} dest;
+
+typedef struct copy_job {
+    server *s;
+    rpc_conn *manager; /* held */
+    uint64_t replace_ct;
+    bool full;
+    hashspace *old_rhs, *new_whs;
+    dest *dests;
+    size_t ndests;
+    int outstanding;
+    uint64_t sent, failed;
+} copy_job;
+
+static void end_reply(void *arg, rpc_status st, const msgpack_object *r)
+{
+    char why[KUMO_ERRLEN];
+    if (st != RPC_OK) log_warn("replace: manager did not take the end of a phase: %s", rpc_strerror(st, r, why, sizeof(why)));
+}
+
+static void report_end(server *s, rpc_conn *manager, uint32_t method, uint64_t replace_ct)
+{
+    rpc_conn *c = manager && !rpc_is_closed(manager) ? manager : NULL;
+    for (int i = 0; !c && i < s->nmanagers; i++) c = s->managers[i].conn;
+    if (!c) {
+        log_warn("replace: no manager to report to");
+        return;
+    }
+    msgpack_packer *pk = rpc_call_begin(c, method, END_TIMEOUT, end_reply, NULL);
+    msgpack_pack_array(pk, 1);
+    msgpack_pack_uint64(pk, replace_ct);
+    rpc_call_end(c);
+}
+
+static void job_release(copy_job *j)
+{
+    if (--j->outstanding > 0) return;
+    log_info("replace copy done: %llu records sent, %llu failed", (unsigned long long)j->sent,
+             (unsigned long long)j->failed);
+    report_end(j->s, j->manager, MGR_REPLACE_COPY_END, j->replace_ct);
+    if (j->manager) rpc_release(j->manager);
+    hashspace_unref(j->old_rhs);
+    hashspace_unref(j->new_whs);
+    free(j->dests);
+    free(j);
+}
+
+typedef struct batch {
+    copy_job *j;
+    uint32_t count;
+} batch;
+
+static void batch_reply(void *arg, rpc_status st, const msgpack_object *r)
+{
+    batch *b = arg;
+    char why[KUMO_ERRLEN];
+    if (st != RPC_OK) {
+        b->j->failed += b->count;
+        log_warn("replace: a batch of %u records failed: %s", b->count, rpc_strerror(st, r, why, sizeof(why)));
+    }
+    copy_job *j = b->j;
+    free(b);
+    job_release(j);
+}
+
+static void flush_dest(copy_job *j, dest *d)
+{
+    if (d->count == 0) return;
+    batch *b = malloc(sizeof(*b));
+    rpc_conn *c = cluster_peer(j->s, &d->addr);
+    if (!b || !c) {
+        free(b);
+        j->failed += d->count;
+    } else {
+        b->j = j;
+        b->count = d->count;
+        j->outstanding++;
+        j->sent += d->count;
+        msgpack_packer *pk = rpc_call_begin(c, SRV_REPLICATE_BATCH, BATCH_TIMEOUT, batch_reply, b);
+        msgpack_pack_array(pk, 1);
+        msgpack_pack_array(pk, d->count);
+        pk->callback(pk->data, d->buf.data, d->buf.size);
+        rpc_call_end(c);
+    }
+    msgpack_sbuffer_clear(&d->buf);
+    d->count = 0;
+}
+
+static dest *dest_for(copy_job *j, const net_addr *a)
+{
+    for (size_t i = 0; i < j->ndests; i++)
+        if (net_equal(&j->dests[i].addr, a)) return &j->dests[i];
+    return NULL;
+}
+
+static bool contains(const hashspace *hs, const uint32_t *idx, size_t n, const net_addr *a)
+{
+    for (size_t i = 0; i < n; i++)
+        if (net_equal(&hs->ring.nodes[idx[i]].addr, a)) return true;
+    return false;
+}
+
+static int copy_record(void *arg, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    copy_job *j = arg;
+    server *s = j->s;
+    if (klen <= RECORD_KEY_HEADER || vlen < RECORD_TOMBSTONE) return 0;
+    uint64_t h = record_key_hash(key, klen);
+    uint32_t old[KUMO_REPLICAS], nw[KUMO_REPLICAS];
+    size_t nold = hashspace_live_owners(j->old_rhs, h, old);
+    size_t nnew = hashspace_live_owners(j->new_whs, h, nw);
+    if (!j->full) {
+        /* Exactly one surviving old owner sends each key: the first one that
+         * is still live in the new layout. */
+        const net_addr *sender = NULL;
+        for (size_t i = 0; i < nold && !sender; i++) {
+            const net_addr *a = &j->old_rhs->ring.nodes[old[i]].addr;
+            int at = hashspace_find(j->new_whs, a);
+            if (at >= 0 && j->new_whs->ring.nodes[at].active) sender = a;
+        }
+        if (!sender || !net_equal(sender, &s->self)) return 0;
+    }
+    for (size_t i = 0; i < nnew; i++) {
+        const net_addr *to = &j->new_whs->ring.nodes[nw[i]].addr;
+        if (net_equal(to, &s->self)) continue;
+        if (!j->full && contains(j->old_rhs, old, nold, to)) continue;
+        dest *d = dest_for(j, to);
+        if (!d) continue;
+        msgpack_pack_array(&d->pk, 2);
+        rpc_pack_bytes(&d->pk, key, klen);
+        rpc_pack_bytes(&d->pk, val, vlen);
+        d->count++;
+        if (d->buf.size >= BATCH_BYTES) flush_dest(j, d);
+    }
+    return 0;
+}
+
+static void copy_phase(server *s, rpc_conn *c, uint64_t replace_ct, bool full)
+{
+    char err[KUMO_ERRLEN];
+    copy_job *j = calloc(1, sizeof(*j));
+    hashspace *w = s->whs;
+    if (!j || !(j->dests = calloc(w->ring.nnodes + 1, sizeof(dest)))) {
+        free(j);
+        log_error("replace: out of memory");
+        return;
+    }
+    j->s = s;
+    j->manager = c;
+    rpc_hold(c);
+    j->replace_ct = replace_ct;
+    j->full = full;
+    j->old_rhs = hashspace_ref(s->rhs);
+    j->new_whs = hashspace_ref(w);
+    for (size_t i = 0; i < w->ring.nnodes; i++) {
+        dest *d = &j->dests[j->ndests++];
+        d->addr = w->ring.nodes[i].addr;
+        msgpack_sbuffer_init(&d->buf);
+        msgpack_packer_init(&d->pk, &d->buf, msgpack_sbuffer_write);
+    }
+    j->outstanding = 1; /* the walk itself */
+    log_info("replace copy start%s", full ? " (full)" : "");
+    if (store_iterate(s->db, copy_record, j, err) < 0) log_error("replace copy: %s", err);
+    for (size_t i = 0; i < j->ndests; i++) {
+        flush_dest(j, &j->dests[i]);
+        msgpack_sbuffer_destroy(&j->dests[i].buf);
+    }
+    job_release(j);
+}
+
+typedef struct delete_ctx {
+    server *s;
+    uint64_t removed;
+} delete_ctx;
+
+static int delete_record(void *arg, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    delete_ctx *x = arg;
+    char err[KUMO_ERRLEN];
+    if (klen > RECORD_KEY_HEADER && hashspace_is_owner(x->s->whs, record_key_hash(key, klen), &x->s->self))
+        return 0;
+    /* Not ours any more (or malformed): remove, unless a newer write arrived meanwhile. */
+    if (store_remove_if_older(x->s->db, key, klen, record_clocktime(val, vlen), err) == 1) x->removed++;
+    return 0;
+}
+
+static void delete_phase(server *s, rpc_conn *c, uint64_t replace_ct)
+{
+    char err[KUMO_ERRLEN];
+    delete_ctx x = {.s = s};
+    cluster_set_hashspaces(s, NULL, hashspace_ref(s->whs));
+    int at = hashspace_find(s->whs, &s->self);
+    if (at < 0 || !s->whs->ring.nodes[at].active) {
+        /* Not an attached, live member: our data is nobody's copy now, but it
+         * may be the only one left after a disaster, so keep it. */
+        log_info("replace delete skipped: this server is not attached");
+        report_end(s, c, MGR_REPLACE_DELETE_END, replace_ct);
+        return;
+    }
+    if (store_iterate(s->db, delete_record, &x, err) < 0) log_error("replace delete: %s", err);
+    log_info("replace delete done: %llu records removed", (unsigned long long)x.removed);
+    report_end(s, c, MGR_REPLACE_DELETE_END, replace_ct);
+}
+
+static bool adopt_whs(server *s, const msgpack_object *params)
+{
+    char err[KUMO_ERRLEN];
+    const msgpack_object *o = rpc_arg(params, 0);
+    hashspace *w = o ? hashspace_unpack(o, err) : NULL;
+    if (!w) return false;
+    if (w->clocktime >= s->whs->clocktime) cluster_set_hashspaces(s, w, NULL);
+    else hashspace_unref(w);
+    return true;
+}
+
+static void handle_batch(server *s, rpc_conn *c, uint32_t msgid, const msgpack_object *params)
+{
+    char err[KUMO_ERRLEN];
+    const msgpack_object *list = rpc_arg(params, 0);
+    if (!list || list->type != MSGPACK_OBJECT_ARRAY) {
+        rpc_reply_error(c, msgid, "bad params");
+        return;
+    }
+    uint64_t stored = 0;
+    for (uint32_t i = 0; i < list->via.array.size; i++) {
+        const msgpack_object *pair = &list->via.array.ptr[i];
+        const char *k, *v;
+        size_t kl, vl;
+        if (!rpc_arg_bytes(pair, 0, &k, &kl) || !rpc_arg_bytes(pair, 1, &v, &vl) || kl <= RECORD_KEY_HEADER ||
+            vl < RECORD_TOMBSTONE)
+            continue;
+        clock_update(&s->clock, record_clocktime(v, vl));
+        int rc = store_update(s->db, k, kl, v, vl, err);
+        if (rc < 0) {
+            rpc_reply_error(c, msgid, "store failed: %s", err);
+            return;
+        }
+        stored += (uint64_t)rc;
+    }
+    rpc_reply_uint(c, msgid, stored);
+}
+
+bool replace_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
+{
+    uint64_t ct;
+    bool full = false;
+    switch (method) {
+    case SRV_REPLICATE_BATCH: handle_batch(s, c, msgid, params); return true;
+    case SRV_REPLACE_COPY:
+    case SRV_REPLACE_DELETE:
+        if (!rpc_arg_uint(params, 1, &ct) || !adopt_whs(s, params)) {
+            rpc_reply_error(c, msgid, "bad params");
+            return true;
+        }
+        rpc_arg_bool(params, 2, &full);
+        rpc_reply_bool(c, msgid, true);
+        if (method == SRV_REPLACE_COPY) copy_phase(s, c, ct, full);
+        else delete_phase(s, c, ct);
+        return true;
+    default: return false;
+    }
+}

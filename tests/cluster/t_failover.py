@@ -1,0 +1,261 @@
+#!/usr/bin/python3
+"""t_failover — kill -9 one of three servers under load, then bring it back.
+
+  1. 500 keys (never changed afterwards) and 100 keys the client overwrites.
+  2. A client thread keeps setting new keys, overwriting the 100, and reading
+     random keys back (each op retried for up to 30 s: the gateway retries
+     internally and may take a few seconds to route around the dead server).
+  3. kill -9 a server chosen by the seed; `kumoctl status` must show it
+     (fault) within ~10 s; every key stays readable meanwhile.
+  4. Restart it on the same database and ports: it shows under "not attached
+     node"; `kumoctl attach`; wait until it is (active) in every server's
+     whs (`kumostat <server> whs`) and then until `kumostat
+     <server> hsccheck` is true on every server.
+  5. Every key, including those written while it was down, reads back with
+     its last acknowledged value; every server holds every key (3 servers,
+     3 replicas); the restarted server serves gets again.
+"""
+import os
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import kumotest as kt  # noqa: E402
+
+tap = kt.tap
+NBASE = 500
+NUPD = 100
+OP_DEADLINE = 30.0
+FAULT_WITHIN = 10.0
+
+
+class Client(threading.Thread):
+    """Sets new keys, overwrites the upd: keys, reads back; records what was acknowledged."""
+
+    def __init__(self, port, base, upd, rng):
+        super().__init__(daemon=True)
+        self.port = port
+        self.base = base
+        self.upd = dict(upd)            # key -> last acknowledged value
+        self.live = {}                  # new keys written by this thread
+        self.rng = rng
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.errors = []                # hard failures (op never succeeded, wrong value)
+        self.retries = 0
+        self.sets = 0
+        self.gets = 0
+        self.max_stall = 0.0
+        self.c = None
+
+    def _op(self, what, fn):
+        """fn() until it gives a usable result or OP_DEADLINE passes: (done, result)."""
+        t0 = time.time()
+        last = None
+        while True:
+            try:
+                if self.c is None:
+                    self.c = kt.mc_client(self.port, timeout=OP_DEADLINE)
+                ok, res = fn()
+                if ok:
+                    self.max_stall = max(self.max_stall, time.time() - t0)
+                    return True, res
+                last = "answer %r" % (res,)
+            except Exception as e:          # timeouts, SERVER_ERROR, closed connection
+                last = "%s: %s" % (type(e).__name__, e)
+                try:
+                    self.c.close()
+                except Exception:
+                    pass
+                self.c = None
+            self.retries += 1
+            if time.time() - t0 > OP_DEADLINE:
+                self.errors.append("%s: no success within %.0f s (last: %s)" % (what, OP_DEADLINE, last))
+                return False, None
+            time.sleep(0.2)
+
+    def _set(self, k, v):
+        done, _ = self._op("set %s" % k, lambda: (self.c.set(k, v) is True, None))
+        self.sets += done
+        return done
+
+    def _get_check(self, k, want):
+        done, got = self._op("get %s" % k, lambda: (True, self.c.get(k)))
+        self.gets += done
+        if done and got != want:
+            self.errors.append("get %s returned %s, want %s" % (k, kt.short(got, 60), kt.short(want, 60)))
+
+    def run(self):
+        n = 0
+        while not self.stopping.is_set() and len(self.errors) < 20:
+            k = "live:%d" % n
+            v = ("live value %d " % n).encode() + self.rng.randbytes(self.rng.randrange(0, 100))
+            if self._set(k, v):
+                with self.lock:
+                    self.live[k] = v
+                self._get_check(k, v)
+            uk = self.rng.choice(sorted(self.upd))
+            uv = ("upd %s v%d" % (uk, n)).encode()
+            if self._set(uk, uv):
+                with self.lock:
+                    self.upd[uk] = uv
+                self._get_check(uk, uv)
+            bk = self.rng.choice(self.base_keys)
+            self._get_check(bk, self.base[bk])
+            n += 1
+            time.sleep(0.01)
+
+    def start(self):
+        self.base_keys = sorted(self.base)
+        super().start()
+
+
+def read_all(port, want):
+    """Individual gets of every key; returns a list of mismatches."""
+    c = kt.mc_client(port, timeout=OP_DEADLINE)
+    bad = []
+    for k, v in want.items():
+        try:
+            got = c.get(k)
+        except Exception as e:
+            got = "%s: %s" % (type(e).__name__, e)
+            c.close()
+            c = kt.mc_client(port, timeout=OP_DEADLINE)
+        if got != v:
+            bad.append("%s: got %s" % (k, kt.short(got, 60)))
+    c.close()
+    return bad
+
+
+def body():
+    kt.require_module("pymemcache")
+    kt.require_binaries()
+    rng = kt.make_rng()
+
+    with kt.Cluster(nservers=3) as c:
+        port = c.gateway_port
+        base = {"base:%d" % i: ("base value %d " % i).encode() + rng.randbytes(rng.randrange(0, 200))
+                for i in range(NBASE)}
+        upd = {"upd:%d" % i: b"initial %d" % i for i in range(NUPD)}
+        tap.note("writing %d + %d keys" % (NBASE, NUPD))
+        mc = kt.mc_client(port, timeout=OP_DEADLINE)
+        failed = [k for k, v in list(base.items()) + list(upd.items()) if mc.set(k, v) is not True]
+        mc.close()
+        tap.ok(not failed, "%d keys written" % (NBASE + NUPD), "failed: %s" % failed[:10])
+
+        victim = rng.choice(c.servers)
+        tap.note("victim: %s (pid %d)" % (victim.addr, victim.daemon.pid))
+        client = Client(port, base, upd, rng)
+        client.start()
+        time.sleep(1.0)
+        sets0 = client.sets
+
+        tap.note("kill -9 %s while the client runs" % victim.addr)
+        victim.daemon.kill9()
+        t_kill = time.time()
+
+        def fault():
+            return c.status().state(victim.addr) == "fault"
+        try:
+            kt.wait_until(fault, 60, "%s shown (fault)" % victim.addr, interval=0.25,
+                          daemons=[c.manager, c.gateway])
+            took = time.time() - t_kill
+            tap.ok(took <= FAULT_WITHIN, "kumoctl status shows %s (fault) within %.0f s (took %.1f s)"
+                   % (victim.addr, FAULT_WITHIN, took))
+        except TimeoutError as e:
+            tap.ok(False, "kumoctl status shows %s (fault)" % victim.addr, str(e))
+
+        time.sleep(3.0)
+        tap.ok(client.sets > sets0 and not client.errors,
+               "client keeps writing and reading while the server is down (%d sets, %d gets, %d retries, longest stall %.1f s)"
+               % (client.sets, client.gets, client.retries, client.max_stall),
+               "\n".join(client.errors[:10]))
+
+        tap.note("reading all %d base keys with one server down" % NBASE)
+        bad = read_all(port, base)
+        tap.ok(not bad, "every base key readable while %s is down" % victim.addr,
+               "%d unreadable, e.g.\n%s" % (len(bad), "\n".join(bad[:10])))
+        mc = kt.mc_client(port, timeout=OP_DEADLINE)
+        got = {}
+        keys = sorted(base)
+        for i in range(0, len(keys), 100):
+            got.update(mc.get_many(keys[i:i + 100]))
+        mc.close()
+        bad = [k for k in base if got.get(k) != base[k]]
+        tap.ok(not bad, "multi-gets of the base keys complete while %s is down" % victim.addr,
+               "%d missing or wrong, e.g. %s" % (len(bad), bad[:10]))
+
+        tap.note("restarting %s on the same database and ports" % victim.addr)
+        c.start_server(victim)
+        try:
+            c.wait_not_attached([victim], timeout=30)
+            tap.ok(True, "restarted %s shows under 'not attached node'" % victim.addr)
+        except (TimeoutError, kt.DaemonDied) as e:
+            tap.ok(False, "restarted %s shows under 'not attached node'" % victim.addr, str(e))
+
+        try:
+            c.attach([victim], timeout=30)
+            tap.ok(True, "kumoctl attach: %s (active) again" % victim.addr)
+        except (TimeoutError, OSError, kt.DaemonDied) as e:
+            tap.ok(False, "kumoctl attach: %s (active) again" % victim.addr, str(e))
+
+        def all_hsc():
+            return all(c.hsccheck(s) for s in c.servers)
+        try:
+            # first every server must have the new whs (else hsccheck is trivially true)
+            kt.wait_until(lambda: all(c.hash_space(s, "whs").state(victim.addr) == "active"
+                                      for s in c.servers),
+                          30, "every server's whs to show %s (active)" % victim.addr,
+                          interval=0.2, daemons=c.daemons())
+            kt.wait_until(all_hsc, 60, "kumostat hsccheck true on every server", interval=0.5,
+                          daemons=c.daemons())
+            time.sleep(1.0)
+            kt.wait_until(all_hsc, 30, "kumostat hsccheck true on every server (again)", interval=0.5,
+                          daemons=c.daemons())
+            tap.ok(True, "kumostat hsccheck is true on all three servers (rebalancing done)")
+        except (TimeoutError, kt.DaemonDied) as e:
+            tap.ok(False, "kumostat hsccheck is true on all three servers", str(e))
+
+        client.stopping.set()
+        client.join(OP_DEADLINE * 3 + 10)
+        tap.ok(not client.is_alive() and not client.errors,
+               "client saw no failure over the whole run (%d sets, %d gets, %d retries, longest stall %.1f s)"
+               % (client.sets, client.gets, client.retries, client.max_stall),
+               "\n".join(client.errors[:10]))
+
+        want = dict(base)
+        want.update(client.upd)
+        want.update(client.live)
+        tap.note("verifying %d keys (%d written by the client)" % (len(want), len(client.live)))
+        bad = read_all(port, want)
+        tap.ok(not bad, "every key reads back its last acknowledged value",
+               "%d wrong, e.g.\n%s" % (len(bad), "\n".join(bad[:10])))
+
+        for s in c.servers:
+            try:
+                n = c.items(s)
+            except (OSError, ValueError) as e:
+                n = "error: %s" % e
+            tap.eq(n, len(want), "kumostat %s items = %d (3 servers: every server holds every key)"
+                   % (s.addr, len(want)))
+
+        st = c.status()
+        ring = kt.Ring(st.attached_addrs())
+        mine = [k for k in want if ring.owners(k)[0] == victim.addr]
+        try:
+            cmd_get_before = int(c.kumostat(victim, "cmd_get").split()[-1])
+            bad = read_all(port, {k: want[k] for k in mine})
+            cmd_get_after = int(c.kumostat(victim, "cmd_get").split()[-1])
+            tap.ok(not bad and cmd_get_after > cmd_get_before,
+                   "restarted %s serves gets (cmd_get %d -> %d after %d gets of keys it is primary for)"
+                   % (victim.addr, cmd_get_before, cmd_get_after, len(mine)),
+                   "\n".join(bad[:10]))
+        except (OSError, ValueError) as e:
+            tap.ok(False, "restarted %s serves gets" % victim.addr, str(e))
+
+        c.check_running()
+
+
+if __name__ == "__main__":
+    kt.main(body)
