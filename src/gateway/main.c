@@ -4,7 +4,6 @@
  */
 #include <event2/event.h>
 #include <event2/listener.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,16 +50,9 @@ static void on_text_accept(struct evconnlistener *l, evutil_socket_t fd, struct 
     text_accept(arg, fd);
 }
 
-static void on_signal(evutil_socket_t sig, short what, void *arg)
+static void stop(void *arg)
 {
     gateway *g = arg;
-    if (sig == SIGHUP) {
-        log_info("SIGHUP: reopening the log");
-        log_reopen();
-        return;
-    }
-    log_info("signal %d: shutting down", (int)sig);
-    daemon_notify("STOPPING=1");
     event_base_loopexit(g->base, NULL);
 }
 
@@ -75,14 +67,7 @@ int main(int argc, char **argv)
     opts_parse(&gateway_spec, &cfg, argc, argv, NULL, 0, NULL);
     net_addr text_addr;
     if (net_parse_listen(cfg.text, 11211, &text_addr, err) < 0) opts_die(&gateway_spec, "-t: %s", err);
-    if (log_init(cfg.common.log_path, cfg.common.verbose, err) < 0) {
-        fprintf(stderr, "kumo-gateway: %s\n", err);
-        return 1;
-    }
-    if (cfg.common.pidfile && daemon_detach(cfg.common.pidfile, cfg.common.log_path != NULL, err) < 0) {
-        log_fatal("%s", err);
-        return 1;
-    }
+    if (daemon_start("kumo-gateway", &cfg.common) < 0) return 1;
     g.cfg = &cfg;
     g.started = time(NULL);
     g.base = event_base_new();
@@ -99,12 +84,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "kumo-gateway: %s\n", err);
         return 1;
     }
-    struct event *sigs[3];
-    int signums[3] = {SIGINT, SIGTERM, SIGHUP};
-    for (int i = 0; i < 3; i++) {
-        sigs[i] = evsignal_new(g.base, signums[i], on_signal, &g);
-        event_add(sigs[i], NULL);
-    }
+    daemon_signals sigs;
+    daemon_signals_init(&sigs, g.base, stop, &g);
     char buf[NET_ADDRSTRLEN];
     log_info("start gateway, memcached text protocol on %s", net_format(&text_addr, buf, sizeof(buf)));
 
@@ -112,7 +93,7 @@ int main(int argc, char **argv)
 
     evconnlistener_free(g.text_listener);
     router_stop(&g);
-    for (int i = 0; i < 3; i++) event_free(sigs[i]);
+    daemon_signals_free(&sigs);
     event_base_free(g.base);
     log_info("end");
     daemon_remove_pidfile();

@@ -22,7 +22,7 @@
 #include "proto.h"
 #include "record.h"
 
-#define GET_TIMEOUT 5.0
+#define GET_TIMEOUT 2.0 /* then the next owner: reads see latency, not errors */
 #define WRITE_TIMEOUT 10.0
 #define HS_REQUEST_TIMEOUT 5.0
 

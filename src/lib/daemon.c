@@ -149,6 +149,53 @@ void daemon_remove_pidfile(void)
     pidfile_state.path = NULL;
 }
 
+int daemon_start(const char *prog, const daemon_common *c)
+{
+    char err[KUMO_ERRLEN];
+    if (log_init(c->log_path, c->verbose, err) < 0) {
+        fprintf(stderr, "%s: %s\n", prog, err);
+        return -1;
+    }
+    if (c->pidfile && daemon_detach(c->pidfile, c->log_path != NULL, err) < 0) {
+        log_fatal("%s", err);
+        fprintf(stderr, "%s: %s\n", prog, err);
+        return -1;
+    }
+    return 0;
+}
+
+static void signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+    daemon_signals *ds = arg;
+    if (sig == SIGHUP) {
+        log_info("SIGHUP: reopening the log");
+        log_reopen();
+        return;
+    }
+    log_info("signal %d: shutting down", (int)sig);
+    daemon_notify("STOPPING=1");
+    ds->stop(ds->arg);
+}
+
+void daemon_signals_init(daemon_signals *ds, struct event_base *base, void (*stop)(void *arg), void *arg)
+{
+    static const int signums[3] = {SIGINT, SIGTERM, SIGHUP};
+    ds->stop = stop;
+    ds->arg = arg;
+    for (int i = 0; i < 3; i++) {
+        ds->ev[i] = evsignal_new(base, signums[i], signal_cb, ds);
+        event_add(ds->ev[i], NULL);
+    }
+}
+
+void daemon_signals_free(daemon_signals *ds)
+{
+    for (int i = 0; i < 3; i++) {
+        if (ds->ev[i]) event_free(ds->ev[i]);
+        ds->ev[i] = NULL;
+    }
+}
+
 void daemon_notify(const char *fmt, ...)
 {
     char buf[1024];

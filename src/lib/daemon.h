@@ -1,8 +1,8 @@
 /*
  * daemon — the boring parts of being a daemon: -d pidfile (detach and
  * write the pid), readiness and status for systemd (sd_notify when built
- * with libsystemd, otherwise no-ops), and ignoring SIGPIPE.
- * Signal handling itself is done with libevent in each daemon's loop.
+ * with libsystemd, otherwise no-ops), ignoring SIGPIPE, and the signals of
+ * a daemon's event loop (SIGTERM/SIGINT stop it, SIGHUP reopens the log).
  *
  * Thread rule: start-up only, except daemon_notify (any thread).
  * Calls: log.
@@ -10,8 +10,10 @@
 #ifndef KUMO_DAEMON_H
 #define KUMO_DAEMON_H
 
+#include <event2/event.h>
 #include <stdbool.h>
 
+#include "cmdline.h"
 #include "kumo.h"
 
 /* Ignore SIGPIPE; call first thing in main(). */
@@ -22,6 +24,20 @@ void daemon_init(void);
 int daemon_detach(const char *pidfile, bool log_to_file, char *err);
 /* Remove the pid file written by daemon_detach (at exit). */
 void daemon_remove_pidfile(void);
+/* Apply the common flags at start-up: open the text log (-o, -v) and
+ * detach (-d). On failure prints "prog: reason" to stderr and returns -1. */
+int daemon_start(const char *prog, const daemon_common *c);
+
+/* SIGINT and SIGTERM: log, send STOPPING=1 and call stop(arg) (which should
+ * end the loop); SIGHUP: reopen the log file. Events live on `base`. */
+typedef struct daemon_signals {
+    struct event *ev[3];
+    void (*stop)(void *arg);
+    void *arg;
+} daemon_signals;
+void daemon_signals_init(daemon_signals *ds, struct event_base *base, void (*stop)(void *arg), void *arg);
+void daemon_signals_free(daemon_signals *ds);
+
 /* sd_notify(0, text), e.g. "READY=1\nSTATUS=serving". */
 void daemon_notify(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

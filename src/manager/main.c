@@ -4,7 +4,6 @@
  */
 #include <event2/event.h>
 #include <event2/listener.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,16 +51,9 @@ static void on_control_accept(struct evconnlistener *l, evutil_socket_t fd, stru
     if (!rpc_accept(m->base, fd, &h, &m->rpc_self)) evutil_closesocket(fd);
 }
 
-static void on_signal(evutil_socket_t sig, short what, void *arg)
+static void stop(void *arg)
 {
     manager *m = arg;
-    if (sig == SIGHUP) {
-        log_info("SIGHUP: reopening the log");
-        log_reopen();
-        return;
-    }
-    log_info("signal %d: shutting down", (int)sig);
-    daemon_notify("STOPPING=1");
     event_base_loopexit(m->base, NULL);
 }
 
@@ -82,14 +74,7 @@ int main(int argc, char **argv)
     daemon_init();
     opts_parse(&manager_spec, &cfg, argc, argv, NULL, 0, NULL);
     if (net_parse(cfg.listen, KUMO_MANAGER_PORT, &m.self, err) < 0) opts_die(&manager_spec, "-l: %s", err);
-    if (log_init(cfg.common.log_path, cfg.common.verbose, err) < 0) {
-        fprintf(stderr, "kumo-manager: %s\n", err);
-        return 1;
-    }
-    if (cfg.common.pidfile && daemon_detach(cfg.common.pidfile, cfg.common.log_path != NULL, err) < 0) {
-        log_fatal("%s", err);
-        return 1;
-    }
+    if (daemon_start("kumo-manager", &cfg.common) < 0) return 1;
     m.cfg = &cfg;
     clock_init(&m.clock);
     m.whs = hashspace_new(NULL, 0, 0);
@@ -108,12 +93,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "kumo-manager: %s\n", err);
         return 1;
     }
-    struct event *sigs[3];
-    int signums[3] = {SIGINT, SIGTERM, SIGHUP};
-    for (int i = 0; i < 3; i++) {
-        sigs[i] = evsignal_new(m.base, signums[i], on_signal, &m);
-        event_add(sigs[i], NULL);
-    }
+    daemon_signals sigs;
+    daemon_signals_init(&sigs, m.base, stop, &m);
     membership_start(&m);
     char buf[NET_ADDRSTRLEN];
     log_info("start manager %s control port %d", net_format(&m.self, buf, sizeof(buf)), cfg.control_port);
@@ -124,7 +105,7 @@ int main(int argc, char **argv)
     membership_stop(&m);
     evconnlistener_free(m.cluster_listener);
     evconnlistener_free(m.control_listener);
-    for (int i = 0; i < 3; i++) event_free(sigs[i]);
+    daemon_signals_free(&sigs);
     hashspace_unref(m.whs);
     hashspace_unref(m.rhs);
     event_base_free(m.base);

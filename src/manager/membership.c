@@ -4,12 +4,14 @@
  * Servers connect to the manager and say hello with their -l address. One
  * that is not an active member of whs is a newcomer ("not attached node")
  * until an operator attaches it. Liveness: every tick the manager sends a
- * keepalive down each server's link; when the link closes, or keepalives go
- * unanswered for KEEPALIVE_LIMIT seconds, the manager itself tries to reach
- * the server -Yn times (each attempt must complete a hello within -Ys); if
- * none succeeds the server is lost: marked fault in whs and rhs — keeping its
+ * keepalive down each server's link; when the link closes, the manager
+ * itself tries to reach the server -Yn times (each attempt must complete a
+ * hello within -Ys); if none succeeds the server is lost: marked fault in whs and rhs — keeping its
  * ring slots, so no key moves — and the new hash spaces are pushed to every
- * server and gateway. A server that comes back is a newcomer again.
+ * server and gateway. Keepalives unanswered for KEEPALIVE_LIMIT seconds mean
+ * the server is lost at once (a stopped process still completes TCP
+ * handshakes, so probing it proves nothing). A server that comes back is a
+ * newcomer again.
  *
  * Calls: rpc, hashspace, clock, log. Thread rule: main loop.
  */
@@ -211,11 +213,14 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         if (!ms->conn) continue;
         if (ms->keepalive_out && ++ms->keepalive_misses >= limit) {
             char buf[NET_ADDRSTRLEN];
+            /* Alive enough to keep its sockets open but not answering (hung,
+             * stopped, cut off): probing would only find the same, so it is
+             * lost now and reads stop waiting for it. */
             log_warn("server %s does not answer keepalives", fmt(&ms->addr, buf));
             rpc_conn *c = ms->conn;
             ms->conn = NULL;
             rpc_close(c);
-            start_probing(m, ms);
+            server_lost(m, ms);
             continue;
         }
         if (ms->keepalive_out) continue;

@@ -5,7 +5,6 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <event2/listener.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,16 +64,9 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
      * closes them (or until exit), and rpc frees them then. */
 }
 
-static void on_signal(evutil_socket_t sig, short what, void *arg)
+static void stop(void *arg)
 {
     server *s = arg;
-    if (sig == SIGHUP) {
-        log_info("SIGHUP: reopening the log");
-        log_reopen();
-        return;
-    }
-    log_info("signal %d: shutting down", (int)sig);
-    daemon_notify("STOPPING=1");
     event_base_loopexit(s->base, NULL);
 }
 
@@ -92,14 +84,7 @@ int main(int argc, char **argv)
     if (cfg.manager2 && strcmp(cfg.manager1, cfg.manager2) == 0)
         opts_die(&server_spec, "-p must name a different manager than -m");
 
-    if (log_init(cfg.common.log_path, cfg.common.verbose, err) < 0) {
-        fprintf(stderr, "kumo-server: %s\n", err);
-        return 1;
-    }
-    if (cfg.common.pidfile && daemon_detach(cfg.common.pidfile, cfg.common.log_path != NULL, err) < 0) {
-        log_fatal("%s", err);
-        return 1;
-    }
+    if (daemon_start("kumo-server", &cfg.common) < 0) return 1;
     s.cfg = &cfg;
     s.started = time(NULL);
     clock_init(&s.clock);
@@ -130,12 +115,8 @@ int main(int argc, char **argv)
         store_close(s.db);
         return 1;
     }
-    struct event *sigs[3];
-    int signums[3] = {SIGINT, SIGTERM, SIGHUP};
-    for (int i = 0; i < 3; i++) {
-        sigs[i] = evsignal_new(s.base, signums[i], on_signal, &s);
-        event_add(sigs[i], NULL);
-    }
+    daemon_signals sigs;
+    daemon_signals_init(&sigs, s.base, stop, &s);
     char buf[NET_ADDRSTRLEN];
     log_info("start server %s db %s", net_format(&s.self, buf, sizeof(buf)), store_path(s.db));
 
@@ -145,7 +126,7 @@ int main(int argc, char **argv)
     cluster_stop(&s);
     store_close(s.db);
     log_info("end");
-    for (int i = 0; i < 3; i++) event_free(sigs[i]);
+    daemon_signals_free(&sigs);
     hashspace_unref(s.whs);
     hashspace_unref(s.rhs);
     free(s.peers);
