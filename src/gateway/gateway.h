@@ -3,7 +3,9 @@
  *   main.c    flags, start-up, listeners, signals
  *   router.c  hash spaces from the managers, connections to the servers,
  *             routing of each get/set/delete with its retries
- *   text.c    memcached text-protocol connections (parser: memtext.rl)
+ *   client.c  a memcached client connection and its in-order reply queue
+ *   text.c    the text protocol, classic and meta commands (parser: memtext.rl)
+ *   binary.c  the binary protocol (parser: memproto.c)
  *
  * Thread rule: one event loop (see docs/architecture.md).
  */
@@ -26,6 +28,7 @@ typedef struct gateway_config {
     const char *manager1;  /* -m */
     const char *manager2;  /* -p */
     const char *text;      /* -t [addr:]port */
+    const char *binary;    /* -b [addr:]port */
     int get_retries;       /* -G: rounds over the three owners */
     int set_retries;       /* -S */
     int delete_retries;    /* -D */
@@ -48,8 +51,14 @@ typedef struct gw_server {
     rpc_conn *conn;
 } gw_server;
 
+/* memcached's counters, under memcached's names (stats, metrics). */
 typedef struct gateway_stats {
-    uint64_t cmd_get, get_hits, get_misses, cmd_set, cmd_delete, cmd_touch;
+    uint64_t cmd_get, cmd_set, cmd_flush, cmd_touch, cmd_meta;
+    uint64_t get_hits, get_misses, get_expired;
+    uint64_t delete_hits, delete_misses, incr_hits, incr_misses, decr_hits, decr_misses;
+    uint64_t cas_hits, cas_misses, cas_badval, touch_hits, touch_misses;
+    uint64_t store_too_large;
+    uint64_t bytes_read, bytes_written;
     uint64_t curr_connections, total_connections;
     uint64_t errors;
 } gateway_stats;
@@ -63,10 +72,12 @@ typedef struct gateway {
     hashspace *whs, *rhs; /* never NULL */
     gw_server *servers;
     size_t nservers, servers_cap;
-    struct evconnlistener *text_listener;
+    struct evconnlistener *text_listener, *binary_listener;
     double last_refresh;
     bool ready_notified;
     time_t started;
+    long max_connections; /* RLIMIT_NOFILE, shown by stats */
+    unsigned text_port;
     gateway_stats stats;
 } gateway;
 
@@ -79,15 +90,39 @@ void router_stop(gateway *g);
 typedef void (*router_get_fn)(void *arg, bool ok, const void *value, size_t vlen);
 void router_get(gateway *g, const char *key, size_t klen, router_get_fn fn, void *arg);
 
-/* A write's outcome: ok + the server's result code (proto.h CODE_*) and the
- * new ClockTime, or !ok after every retry. */
-typedef void (*router_write_fn)(void *arg, bool ok, int code, uint64_t ct);
-/* val: a record value (record.h) the router takes ownership of. */
-void router_set(gateway *g, int op, const char *key, size_t klen, uint8_t *val, size_t vlen, uint64_t cas,
-                bool async, router_write_fn fn, void *arg);
-void router_delete(gateway *g, const char *key, size_t klen, bool async, router_write_fn fn, void *arg);
+/* A write: one of proto.h's OP_* (or OP_DELETE here) with its arguments. */
+#define OP_DELETE 100
+typedef struct router_write {
+    int op;
+    uint32_t flags;   /* WF_ASYNC, WF_VIVIFY */
+    uint64_t cas;     /* 0 = unconditional (except OP_CAS) */
+    uint64_t delta;   /* incr/decr */
+    uint64_t initial; /* incr/decr with WF_VIVIFY */
+} router_write;
 
-/* text.c */
+/* A write's outcome: ok + the server's code (proto.h CODE_*), the new
+ * ClockTime, the incr/decr result, and for OP_GAT the record (valid during
+ * the callback); or !ok after every retry. */
+typedef struct router_result {
+    bool ok;
+    int code;
+    uint64_t ct;
+    uint64_t number;
+    const void *value;
+    size_t vlen;
+} router_result;
+typedef void (*router_write_fn)(void *arg, const router_result *res);
+
+/* val: a record value (record.h) the router takes ownership of; NULL for
+ * OP_DELETE. */
+void router_write_op(gateway *g, const router_write *w, const char *key, size_t klen, uint8_t *val, size_t vlen,
+                     router_write_fn fn, void *arg);
+/* flush_all on every server; fn gets ok = all of them did it. */
+void router_flush(gateway *g, uint64_t delay, router_write_fn fn, void *arg);
+
+/* text.c: the text protocol, classic and meta commands */
 void text_accept(gateway *g, int fd);
+/* binary.c: the binary protocol */
+void binary_accept(gateway *g, int fd);
 
 #endif

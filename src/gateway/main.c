@@ -5,6 +5,7 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -70,6 +71,9 @@ int main(int argc, char **argv)
     if (daemon_start("kumo-gateway", &cfg.common) < 0) return 1;
     g.cfg = &cfg;
     g.started = time(NULL);
+    struct rlimit rl;
+    g.max_connections = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? (long)rl.rlim_cur : 1024;
+    g.text_port = net_port(&text_addr);
     g.base = event_base_new();
     g.rpc_self = (rpc_self){.role = RPC_ROLE_GATEWAY};
     int fd = net_listen(&text_addr, err);

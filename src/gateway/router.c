@@ -192,10 +192,8 @@ enum { ROP_GET, ROP_SET, ROP_DELETE };
 typedef struct rop {
     gateway *g;
     int kind;
-    int op;
-    bool async;
+    router_write w;
     uint64_t hash;
-    uint64_t cas;
     int attempt;
     int max_attempts;
     uint8_t *val;
@@ -210,7 +208,12 @@ typedef struct rop {
 static rop *rop_new(gateway *g, int kind, const char *key, size_t klen)
 {
     rop *r = calloc(1, sizeof(*r) + RECORD_KEY_HEADER + klen);
-    if (!r) return NULL;
+    if (!r) {
+        /* Callers rely on callbacks never running inside the call; with no
+         * memory for a few dozen bytes there is no sane way on. */
+        log_fatal("out of memory");
+        abort();
+    }
     r->g = g;
     r->kind = kind;
     r->hash = ring_hash(key, klen);
@@ -235,14 +238,26 @@ static void retry_later(rop *r)
     event_base_once(r->g->base, -1, EV_TIMEOUT, retry_cb, r, &tv);
 }
 
+static void finish_error_cb(evutil_socket_t fd, short what, void *arg)
+{
+    rop *r = arg;
+    if (r->kind == ROP_GET) {
+        r->get_fn(r->arg, false, NULL, 0);
+    } else {
+        router_result res = {.ok = false};
+        r->write_fn(r->arg, &res);
+    }
+    rop_free(r);
+}
+
+/* Give up; the callback runs from the loop, never inside a router_* call. */
 static void finish_error(rop *r, const char *why)
 {
+    struct timeval zero = {0, 0};
     r->g->stats.errors++;
     log_warn("%s of a key failed after %d attempts: %s",
-             r->kind == ROP_GET ? "get" : r->kind == ROP_SET ? "set" : "delete", r->attempt, why);
-    if (r->kind == ROP_GET) r->get_fn(r->arg, false, NULL, 0);
-    else r->write_fn(r->arg, false, 0, 0);
-    rop_free(r);
+             r->kind == ROP_GET ? "get" : r->kind == ROP_SET ? "write" : "delete", r->attempt, why);
+    event_base_once(r->g->base, -1, EV_TIMEOUT, finish_error_cb, r, &zero);
 }
 
 /* Decide what to do after a failed attempt. */
@@ -276,6 +291,7 @@ static void write_reply(void *arg, rpc_status st, const msgpack_object *result)
 {
     rop *r = arg;
     uint64_t code, ct;
+    router_result res = {.ok = true};
     if (st == RPC_OK && (!rpc_arg_uint(result, 0, &code) || !rpc_arg_uint(result, 1, &ct))) {
         st = RPC_ERR_REMOTE;
         result = NULL;
@@ -284,7 +300,12 @@ static void write_reply(void *arg, rpc_status st, const msgpack_object *result)
         failed(r, st, result);
         return;
     }
-    r->write_fn(r->arg, true, (int)code, ct);
+    res.code = (int)code;
+    res.ct = ct;
+    rpc_arg_uint(result, 2, &res.number);
+    const char *v;
+    if (rpc_arg_bytes(result, 3, &v, &res.vlen)) res.value = v;
+    r->write_fn(r->arg, &res);
     rop_free(r);
 }
 
@@ -314,18 +335,21 @@ static void attempt(rop *r)
         break;
     case ROP_SET:
         pk = rpc_call_begin(c, SRV_SET, WRITE_TIMEOUT, write_reply, r);
-        msgpack_pack_array(pk, 5);
-        msgpack_pack_uint32(pk, (uint32_t)r->op);
-        msgpack_pack_uint32(pk, r->async ? WF_ASYNC : 0);
+        msgpack_pack_array(pk, 7);
+        msgpack_pack_uint32(pk, (uint32_t)r->w.op);
+        msgpack_pack_uint32(pk, r->w.flags);
         rpc_pack_bytes(pk, r->dbkey, r->dklen);
         rpc_pack_bytes(pk, r->val, r->vlen);
-        msgpack_pack_uint64(pk, r->cas);
+        msgpack_pack_uint64(pk, r->w.cas);
+        msgpack_pack_uint64(pk, r->w.delta);
+        msgpack_pack_uint64(pk, r->w.initial);
         break;
     default:
         pk = rpc_call_begin(c, SRV_DELETE, WRITE_TIMEOUT, write_reply, r);
-        msgpack_pack_array(pk, 2);
-        msgpack_pack_uint32(pk, r->async ? WF_ASYNC : 0);
+        msgpack_pack_array(pk, 3);
+        msgpack_pack_uint32(pk, r->w.flags);
         rpc_pack_bytes(pk, r->dbkey, r->dklen);
+        msgpack_pack_uint64(pk, r->w.cas);
         break;
     }
     rpc_call_end(c);
@@ -337,10 +361,6 @@ static void start_cb(evutil_socket_t fd, short what, void *arg) { attempt(arg); 
 void router_get(gateway *g, const char *key, size_t klen, router_get_fn fn, void *arg)
 {
     rop *r = rop_new(g, ROP_GET, key, klen);
-    if (!r) {
-        fn(arg, false, NULL, 0); /* out of memory: the one synchronous answer */
-        return;
-    }
     r->get_fn = fn;
     r->arg = arg;
     r->max_attempts = KUMO_REPLICAS * g->cfg->get_retries;
@@ -352,40 +372,76 @@ void router_get(gateway *g, const char *key, size_t klen, router_get_fn fn, void
     attempt(r);
 }
 
-static void write_start(gateway *g, rop *r, int retries, router_write_fn fn, void *arg)
+void router_write_op(gateway *g, const router_write *w, const char *key, size_t klen, uint8_t *val, size_t vlen,
+                     router_write_fn fn, void *arg)
 {
+    bool del = w->op == OP_DELETE;
+    rop *r = rop_new(g, del ? ROP_DELETE : ROP_SET, key, klen);
+    r->w = *w;
+    r->val = val;
+    r->vlen = vlen;
     r->write_fn = fn;
     r->arg = arg;
-    r->max_attempts = retries + 1;
+    r->max_attempts = (del ? g->cfg->delete_retries : g->cfg->set_retries) + 1;
     attempt(r);
 }
 
-void router_set(gateway *g, int op, const char *key, size_t klen, uint8_t *val, size_t vlen, uint64_t cas,
-                bool async, router_write_fn fn, void *arg)
+/* ---- flush_all: every server in either hash space ---- */
+
+typedef struct flush_op {
+    int waiting;
+    bool failed;
+    router_write_fn fn;
+    void *arg;
+} flush_op;
+
+static void flush_done(flush_op *f)
 {
-    rop *r = rop_new(g, ROP_SET, key, klen);
-    if (!r) {
-        free(val);
-        fn(arg, false, 0, 0);
-        return;
-    }
-    r->op = op;
-    r->val = val;
-    r->vlen = vlen;
-    r->cas = cas;
-    r->async = async;
-    write_start(g, r, g->cfg->set_retries, fn, arg);
+    if (--f->waiting > 0) return;
+    router_result res = {.ok = !f->failed};
+    f->fn(f->arg, &res);
+    free(f);
 }
 
-void router_delete(gateway *g, const char *key, size_t klen, bool async, router_write_fn fn, void *arg)
+static void flush_reply(void *arg, rpc_status st, const msgpack_object *result)
 {
-    rop *r = rop_new(g, ROP_DELETE, key, klen);
-    if (!r) {
-        fn(arg, false, 0, 0);
-        return;
+    flush_op *f = arg;
+    if (st != RPC_OK) f->failed = true;
+    flush_done(f);
+}
+
+static void flush_start_cb(evutil_socket_t fd, short what, void *arg) { flush_done(arg); }
+
+void router_flush(gateway *g, uint64_t delay, router_write_fn fn, void *arg)
+{
+    flush_op *f = calloc(1, sizeof(*f));
+    if (!f) {
+        log_fatal("out of memory");
+        abort();
     }
-    r->async = async;
-    write_start(g, r, g->cfg->delete_retries, fn, arg);
+    f->fn = fn;
+    f->arg = arg;
+    f->waiting = 1; /* released from the loop, so fn never runs inside this call */
+    hashspace *spaces[2] = {g->whs, g->rhs};
+    for (int k = 0; k < 2; k++) {
+        const ring *rg = &spaces[k]->ring;
+        for (size_t i = 0; i < rg->nnodes; i++) {
+            if (!rg->nodes[i].active) continue;
+            if (k == 1 && hashspace_find(g->whs, &rg->nodes[i].addr) >= 0) continue;
+            rpc_conn *c = server_conn(g, &rg->nodes[i].addr);
+            if (!c) {
+                f->failed = true;
+                continue;
+            }
+            f->waiting++;
+            msgpack_packer *pk = rpc_call_begin(c, SRV_FLUSH, WRITE_TIMEOUT, flush_reply, f);
+            msgpack_pack_array(pk, 1);
+            msgpack_pack_uint64(pk, delay);
+            rpc_call_end(c);
+        }
+    }
+    struct timeval zero = {0, 0};
+    event_base_once(g->base, -1, EV_TIMEOUT, flush_start_cb, f, &zero);
 }
 
 int router_start(gateway *g, char *err)

@@ -1,258 +1,357 @@
 /*
- * text — memcached text-protocol connections.
+ * text — the memcached text protocol: the classic commands and the meta
+ * commands (mg ms md ma mn me), as memcached 1.6's protocol.txt defines
+ * them, over the in-order reply queue of client.c.
  *
- * Each parsed request becomes an entry in the connection's queue with its
- * own output buffer. Requests run concurrently (a pipelined client gets its
- * gets and sets fanned out to the servers at once), but output leaves in
- * request order: after any request completes, the finished prefix of the
- * queue is moved to the socket. A connection that closes while requests are
- * in flight is freed when the last of them completes.
+ * Retrievals fan out one router call per key and answer when the last one
+ * is back. Every write and read-modify-write (set … cas, incr/decr, touch,
+ * gat, ms, md, ma, mg with T) is one router_write_op: it runs atomically at
+ * the key's coordinator, which answers with memcached's result word.
+ * Meta return flags are echoed in the order the client asked for them.
+ * Not supported, answered with CLIENT_ERROR: base64 keys (b) and the
+ * stale-while-revalidate flags (mg N/R, md I, ms I) — see docs/protocol.md.
  *
- * Calls: memtext (parser), router, record, log. Thread rule: main loop.
+ * Calls: memtext (parser), client, router, record, log. Thread rule: main loop.
  */
-#include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "client.h"
 #include "config.h"
-#include "gateway.h"
 #include "log.h"
 #include "memtext.h"
 #include "proto.h"
 #include "record.h"
 
-#define MAX_QUEUED 1024 /* requests in flight per connection before reading pauses */
+/* ---- meta flags ---- */
 
-typedef struct tconn tconn;
+#define META_MAX_OPAQUE 32
 
-typedef struct key_slot {
+typedef struct meta {
+    char ret[MEMTEXT_MAX_TOKENS]; /* return flags, in request order */
+    size_t nret;
+    bool v, q, has_cas, has_ttl, has_flags, vivify;
+    uint64_t cas;
+    int64_t ttl, vivify_ttl;
+    uint32_t flags;
+    char mode;
+    uint64_t delta, initial;
+    char opaque[META_MAX_OPAQUE + 1];
+} meta;
+
+static bool parse_u64(const char *p, size_t n, uint64_t *out)
+{
+    uint64_t v = 0;
+    if (n == 0 || n > 20) return false;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9') return false;
+        uint64_t d = (uint64_t)(p[i] - '0');
+        if (v > (UINT64_MAX - d) / 10) return false;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return true;
+}
+
+static bool parse_i64(const char *p, size_t n, int64_t *out)
+{
+    uint64_t v;
+    bool neg = n > 0 && p[0] == '-';
+    if (!parse_u64(p + neg, n - neg, &v) || v > INT64_MAX) return false;
+    *out = neg ? -(int64_t)v : (int64_t)v;
+    return true;
+}
+
+/* Parse the flag tokens of a meta command; NULL or a CLIENT_ERROR text. */
+static const char *parse_meta(const memtext_request *q, meta *m)
+{
+    memset(m, 0, sizeof(*m));
+    m->delta = 1;
+    for (size_t i = 0; i < q->ntokens; i++) {
+        const char *t = q->tokens[i].p, *a = t + 1;
+        size_t n = q->tokens[i].len - 1;
+        uint64_t u;
+        switch (t[0]) {
+        case 'v': m->v = true; break;
+        case 'q': m->q = true; break;
+        case 'c': case 'f': case 'k': case 's': case 't': case 'h': case 'l':
+            m->ret[m->nret++] = t[0];
+            break;
+        case 'O':
+            if (n > META_MAX_OPAQUE) return "opaque token too long";
+            memcpy(m->opaque, a, n);
+            m->opaque[n] = '\0';
+            m->ret[m->nret++] = 'O';
+            break;
+        case 'C':
+            if (!parse_u64(a, n, &m->cas)) return "bad token in command line format";
+            m->has_cas = true;
+            break;
+        case 'T':
+            if (!parse_i64(a, n, &m->ttl)) return "bad token in command line format";
+            m->has_ttl = true;
+            break;
+        case 'N':
+            if (!parse_i64(a, n, &m->vivify_ttl)) return "bad token in command line format";
+            m->vivify = true;
+            break;
+        case 'F':
+            if (!parse_u64(a, n, &u) || u > UINT32_MAX) return "bad token in command line format";
+            m->flags = (uint32_t)u;
+            m->has_flags = true;
+            break;
+        case 'D':
+            if (!parse_u64(a, n, &m->delta)) return "bad token in command line format";
+            break;
+        case 'J':
+            if (!parse_u64(a, n, &m->initial)) return "bad token in command line format";
+            break;
+        case 'M':
+            if (n != 1) return "bad token in command line format";
+            m->mode = a[0];
+            break;
+        case 'b': return "base64 keys are not supported";
+        case 'E': case 'I': case 'R': case 'S': case 'u': case 'x': case 'P': case 'L':
+            /* cache-control flags with no meaning in a replicated store */
+            return "unsupported flag";
+        default: return "invalid flag";
+        }
+    }
+    return NULL;
+}
+
+/* Append " c123 f0 kfoo …" for the requested return flags. */
+static void meta_ret(struct evbuffer *out, const meta *m, const char *key, size_t klen, const record_value *v,
+                     uint64_t ct, uint32_t now)
+{
+    for (size_t i = 0; i < m->nret; i++) {
+        switch (m->ret[i]) {
+        case 'c': evbuffer_add_printf(out, " c%" PRIu64, v ? v->clocktime : ct); break;
+        case 'f': evbuffer_add_printf(out, " f%" PRIu32, v ? v->flags : 0); break;
+        case 'k': evbuffer_add_printf(out, " k%.*s", (int)klen, key); break;
+        case 'O': evbuffer_add_printf(out, " O%s", m->opaque); break;
+        case 's': evbuffer_add_printf(out, " s%zu", v ? v->payload_len : 0); break;
+        case 't':
+            if (!v || v->exptime == 0) evbuffer_add_printf(out, " t-1");
+            else evbuffer_add_printf(out, " t%lld", (long long)v->exptime - (long long)now);
+            break;
+        case 'h': evbuffer_add(out, " h0", 3); break;
+        case 'l': evbuffer_add(out, " l0", 3); break;
+        default: break;
+        }
+    }
+}
+
+/* ---- per-request state ---- */
+
+typedef struct kslot {
     char *key;
     size_t klen;
-    uint8_t *value; /* the stored record, NULL on a miss */
-    size_t vlen;
-} key_slot;
+    uint8_t *rec; /* the stored record on a hit */
+    size_t rlen;
+    bool error;
+} kslot;
 
-typedef struct treq {
-    struct treq *next;
-    tconn *c;
-    struct evbuffer *out;
-    bool done;
-    bool noreply;
+typedef struct kctx {
+    creq *r;
+    size_t i;
+} kctx;
+
+typedef struct tstate {
     int cmd;
-    int waiting;
     size_t nkeys;
-    key_slot *keys;
-} treq;
+    kslot *keys;
+    kctx *ctx;
+    meta m;
+} tstate;
 
-struct tconn {
-    gateway *g;
-    struct bufferevent *bev;
-    treq *head, *tail;
-    size_t queued;
-    int inflight; /* router callbacks still to come */
-    bool closed;
-    bool close_after_flush;
-    bool paused; /* reading stopped: too many requests in flight */
-    size_t discard; /* bytes of a refused data block still to drop */
-    memtext_request req; /* parse scratch (large: 256 keys) */
-};
-
-static void conn_free(tconn *c)
+static void tstate_free(void *p)
 {
-    while (c->head) {
-        treq *r = c->head;
-        c->head = r->next;
-        evbuffer_free(r->out);
-        free(r->keys);
-        free(r);
+    tstate *t = p;
+    if (!t) return;
+    for (size_t i = 0; i < t->nkeys; i++) {
+        free(t->keys[i].key);
+        free(t->keys[i].rec);
     }
-    free(c);
+    free(t->keys);
+    free(t->ctx);
+    free(t);
 }
 
-static void conn_close(tconn *c)
+/* A request with state for `nkeys` keys copied from q (keys[0] for writes). */
+static creq *req_with_state(client *c, const memtext_request *q, size_t nkeys, bool quiet)
 {
-    if (c->closed) return;
-    c->closed = true;
-    c->g->stats.curr_connections--;
-    bufferevent_free(c->bev);
-    c->bev = NULL;
-    if (c->inflight == 0) conn_free(c);
-}
-
-static treq *req_new(tconn *c, int cmd, bool noreply)
-{
-    treq *r = calloc(1, sizeof(*r));
+    creq *r = client_req(c, quiet);
     if (!r) return NULL;
-    r->out = evbuffer_new();
-    if (!r->out) {
-        free(r);
+    tstate *t = calloc(1, sizeof(*t));
+    if (t) {
+        t->cmd = q->cmd;
+        t->keys = calloc(nkeys ? nkeys : 1, sizeof(kslot));
+        t->ctx = calloc(nkeys ? nkeys : 1, sizeof(kctx));
+    }
+    r->state = t;
+    r->free_state = tstate_free;
+    if (!t || !t->keys || !t->ctx) {
+        client_reply(r, "SERVER_ERROR out of memory\r\n");
         return NULL;
     }
-    r->c = c;
-    r->cmd = cmd;
-    r->noreply = noreply;
-    if (c->tail) c->tail->next = r;
-    else c->head = r;
-    c->tail = r;
-    c->queued++;
+    for (size_t i = 0; i < nkeys; i++) {
+        kslot *k = &t->keys[i];
+        k->klen = q->keys[i].len;
+        k->key = malloc(k->klen ? k->klen : 1);
+        if (!k->key) {
+            client_reply(r, "SERVER_ERROR out of memory\r\n");
+            return NULL;
+        }
+        memcpy(k->key, q->keys[i].p, k->klen);
+        t->ctx[i] = (kctx){r, i};
+        t->nkeys++;
+    }
     return r;
 }
 
-/* Move the finished prefix of the queue to the socket. */
-static void flush(tconn *c)
+static void keep_record(kslot *k, const void *rec, size_t len)
 {
-    if (c->closed) return;
-    struct evbuffer *out = bufferevent_get_output(c->bev);
-    while (c->head && c->head->done) {
-        treq *r = c->head;
-        c->head = r->next;
-        if (!c->head) c->tail = NULL;
-        c->queued--;
-        if (!r->noreply) evbuffer_add_buffer(out, r->out);
-        evbuffer_free(r->out);
-        for (size_t i = 0; i < r->nkeys; i++) {
-            free(r->keys[i].key);
-            free(r->keys[i].value);
-        }
-        free(r->keys);
-        free(r);
-    }
-    if (c->paused && c->queued < MAX_QUEUED / 2) {
-        /* Input may already be buffered: run the parser again, later. */
-        c->paused = false;
-        bufferevent_enable(c->bev, EV_READ);
-        bufferevent_trigger(c->bev, EV_READ, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
-    }
-    if (c->close_after_flush && !c->head && evbuffer_get_length(out) == 0) conn_close(c);
-}
-
-static void reply(treq *r, const char *text)
-{
-    evbuffer_add(r->out, text, strlen(text));
-    r->done = true;
-}
-
-/* A router callback arrived for r: account for it, flush, maybe free the conn. */
-static void complete(treq *r)
-{
-    tconn *c = r->c;
-    c->inflight--;
-    if (c->closed) {
-        if (c->inflight == 0) conn_free(c);
+    if (!rec) return;
+    k->rec = malloc(len ? len : 1);
+    if (!k->rec) {
+        k->error = true;
         return;
     }
-    flush(c);
+    memcpy(k->rec, rec, len);
+    k->rlen = len;
 }
 
-/* ---- get / gets ---- */
-
-static void get_done(void *arg, bool ok, const void *value, size_t vlen);
-
-typedef struct get_ctx {
-    treq *r;
-    size_t i;
-} get_ctx;
-
-static void format_gets(treq *r)
+/* A value record for a write: header (flags, exptime) and payload. */
+static uint8_t *make_value(uint32_t flags, int64_t exptime, const void *data, size_t len, size_t *vlen)
 {
+    uint8_t *v = malloc(record_mc_size(len));
+    if (!v) return NULL;
+    record_mc_header(v, 0, flags, record_exptime(exptime, (uint32_t)time(NULL)));
+    if (len) memcpy(v + record_mc_size(0), data, len);
+    *vlen = record_mc_size(len);
+    return v;
+}
+
+/* ---- get gets gat gats ---- */
+
+static bool hit(gateway *g, const kslot *k, record_value *v, uint32_t now)
+{
+    if (!k->rec || record_value_parse(k->rec, k->rlen, v) < 0 || v->tombstone) return false;
+    if (record_expired(v, now)) {
+        g->stats.get_expired++;
+        return false;
+    }
+    return true;
+}
+
+static void format_values(creq *r)
+{
+    tstate *t = r->state;
     gateway *g = r->c->g;
     uint32_t now = (uint32_t)time(NULL);
-    bool failed = false;
-    for (size_t i = 0; i < r->nkeys; i++) {
-        key_slot *k = &r->keys[i];
+    bool failed = false, with_cas = t->cmd == MEMTEXT_GETS || t->cmd == MEMTEXT_GATS;
+    for (size_t i = 0; i < t->nkeys; i++) {
+        kslot *k = &t->keys[i];
         record_value v;
-        if (k->vlen == SIZE_MAX) {
+        if (k->error) {
             failed = true;
             continue;
         }
-        if (!k->value || record_value_parse(k->value, k->vlen, &v) < 0 || v.tombstone || record_expired(&v, now)) {
+        if (!hit(g, k, &v, now)) {
             g->stats.get_misses++;
+            if (t->cmd == MEMTEXT_GAT || t->cmd == MEMTEXT_GATS) g->stats.touch_misses++;
             continue;
         }
         g->stats.get_hits++;
+        if (t->cmd == MEMTEXT_GAT || t->cmd == MEMTEXT_GATS) g->stats.touch_hits++;
         evbuffer_add_printf(r->out, "VALUE %.*s %" PRIu32 " %zu", (int)k->klen, k->key, v.flags, v.payload_len);
-        if (r->cmd == MEMTEXT_GETS) evbuffer_add_printf(r->out, " %" PRIu64, v.clocktime);
+        if (with_cas) evbuffer_add_printf(r->out, " %" PRIu64, v.clocktime);
         evbuffer_add(r->out, "\r\n", 2);
         evbuffer_add(r->out, v.payload, v.payload_len);
         evbuffer_add(r->out, "\r\n", 2);
     }
-    if (failed && evbuffer_get_length(r->out) == 0) {
-        /* Nothing could be read at all: say so instead of a silent miss. */
-        evbuffer_add_printf(r->out, "SERVER_ERROR get failed\r\n");
-    } else {
-        evbuffer_add(r->out, "END\r\n", 5);
-    }
-    r->done = true;
+    if (failed && evbuffer_get_length(r->out) == 0) evbuffer_add_printf(r->out, "SERVER_ERROR get failed\r\n");
+    else evbuffer_add(r->out, "END\r\n", 5);
+    client_done(r);
 }
 
 static void get_done(void *arg, bool ok, const void *value, size_t vlen)
 {
-    get_ctx *x = arg;
-    treq *r = x->r;
-    key_slot *k = &r->keys[x->i];
-    free(x);
-    if (!ok) {
-        k->vlen = SIZE_MAX; /* marks an error */
-    } else if (value) {
-        k->value = malloc(vlen ? vlen : 1);
-        if (k->value) {
-            memcpy(k->value, value, vlen);
-            k->vlen = vlen;
-        } else {
-            k->vlen = SIZE_MAX;
-        }
-    }
-    if (--r->waiting == 0) format_gets(r);
-    complete(r);
+    kctx *x = arg;
+    creq *r = x->r;
+    tstate *t = r->state;
+    if (!ok) t->keys[x->i].error = true;
+    else keep_record(&t->keys[x->i], value, vlen);
+    if (--r->waiting == 0) format_values(r);
+    client_call_end(r);
 }
 
-static void do_get(tconn *c, const memtext_request *q)
+static void gat_done(void *arg, const router_result *res)
 {
-    treq *r = req_new(c, q->cmd, false);
+    kctx *x = arg;
+    creq *r = x->r;
+    tstate *t = r->state;
+    if (!res->ok) t->keys[x->i].error = true;
+    else if (res->code == CODE_STORED) keep_record(&t->keys[x->i], res->value, res->vlen);
+    if (--r->waiting == 0) format_values(r);
+    client_call_end(r);
+}
+
+static void do_retrieve(client *c, const memtext_request *q)
+{
+    gateway *g = c->g;
+    bool touch = q->cmd == MEMTEXT_GAT || q->cmd == MEMTEXT_GATS;
+    creq *r = req_with_state(c, q, q->nkeys, false);
     if (!r) return;
-    r->keys = calloc(q->nkeys, sizeof(key_slot));
-    if (!r->keys) {
-        reply(r, "SERVER_ERROR out of memory\r\n");
+    tstate *t = r->state;
+    g->stats.cmd_get += q->nkeys;
+    if (touch) g->stats.cmd_touch += q->nkeys;
+    if (q->nkeys == 0) {
+        format_values(r);
         return;
     }
-    r->nkeys = q->nkeys;
     r->waiting = (int)q->nkeys;
-    c->g->stats.cmd_get += q->nkeys;
     for (size_t i = 0; i < q->nkeys; i++) {
-        key_slot *k = &r->keys[i];
-        k->klen = q->keys[i].len;
-        k->key = malloc(k->klen);
-        get_ctx *x = malloc(sizeof(*x));
-        if (!k->key || !x) {
-            free(x);
-            k->vlen = SIZE_MAX;
-            if (--r->waiting == 0) format_gets(r);
+        kslot *k = &t->keys[i];
+        client_call_begin(r);
+        if (!touch) {
+            router_get(g, k->key, k->klen, get_done, &t->ctx[i]);
             continue;
         }
-        memcpy(k->key, q->keys[i].p, k->klen);
-        x->r = r;
-        x->i = i;
-        c->inflight++;
-        router_get(c->g, k->key, k->klen, get_done, x);
+        size_t vlen;
+        uint8_t *val = make_value(0, q->exptime, NULL, 0, &vlen);
+        router_write w = {.op = OP_GAT};
+        router_write_op(g, &w, k->key, k->klen, val, val ? vlen : 0, gat_done, &t->ctx[i]);
     }
 }
 
-/* ---- storage commands ---- */
+/* ---- classic writes ---- */
 
-static void store_done(void *arg, bool ok, int code, uint64_t ct)
+static void store_done(void *arg, const router_result *res)
 {
-    treq *r = arg;
-    if (!ok) reply(r, "SERVER_ERROR store failed\r\n");
-    else if (code == CODE_STORED) reply(r, "STORED\r\n");
-    else if (code == CODE_NOT_STORED) reply(r, "NOT_STORED\r\n");
-    else if (code == CODE_EXISTS) reply(r, "EXISTS\r\n");
-    else reply(r, "NOT_FOUND\r\n");
-    complete(r);
+    creq *r = arg;
+    tstate *t = r->state;
+    gateway_stats *st = &r->c->g->stats;
+    bool cas = t->cmd == MEMTEXT_CAS;
+    if (!res->ok) client_reply(r, "SERVER_ERROR store failed\r\n");
+    else if (res->code == CODE_STORED) {
+        if (cas) st->cas_hits++;
+        client_reply(r, "STORED\r\n");
+    } else if (res->code == CODE_NOT_STORED) client_reply(r, "NOT_STORED\r\n");
+    else if (res->code == CODE_EXISTS) {
+        if (cas) st->cas_badval++;
+        client_reply(r, "EXISTS\r\n");
+    } else {
+        if (cas) st->cas_misses++;
+        client_reply(r, "NOT_FOUND\r\n");
+    }
+    client_call_end(r);
 }
 
 static int store_op(int cmd)
@@ -267,179 +366,503 @@ static int store_op(int cmd)
     }
 }
 
-static void do_store(tconn *c, const memtext_request *q)
+static bool too_large(creq *r, size_t len)
+{
+    gateway *g = r->c->g;
+    if (len <= (size_t)g->cfg->item_size_max) return false;
+    g->stats.store_too_large++;
+    client_reply(r, "SERVER_ERROR object too large for cache\r\n");
+    return true;
+}
+
+static void do_store(client *c, const memtext_request *q)
 {
     gateway *g = c->g;
-    treq *r = req_new(c, q->cmd, q->noreply);
-    if (!r) return;
-    if (q->data_len > (size_t)g->cfg->item_size_max) {
-        reply(r, "SERVER_ERROR object too large for cache\r\n");
-        return;
-    }
-    size_t vlen = record_mc_size(q->data_len);
-    uint8_t *val = malloc(vlen);
+    creq *r = req_with_state(c, q, 1, q->noreply);
+    if (!r || too_large(r, q->data_len)) return;
+    size_t vlen;
+    uint8_t *val = make_value(q->flags, q->exptime, q->data, q->data_len, &vlen);
     if (!val) {
-        reply(r, "SERVER_ERROR out of memory\r\n");
+        client_reply(r, "SERVER_ERROR out of memory\r\n");
         return;
     }
-    record_mc_header(val, 0, q->flags, record_exptime(q->exptime, (uint32_t)time(NULL)));
-    memcpy(val + record_mc_size(0), q->data, q->data_len);
     g->stats.cmd_set++;
-    c->inflight++;
-    bool async = g->cfg->async_set || q->noreply;
-    router_set(g, store_op(q->cmd), q->keys[0].p, q->keys[0].len, val, vlen, q->cas, async, store_done, r);
+    router_write w = {.op = store_op(q->cmd), .cas = q->cmd == MEMTEXT_CAS ? q->cas : 0,
+                      .flags = (g->cfg->async_set || q->noreply) ? WF_ASYNC : 0};
+    client_call_begin(r);
+    router_write_op(g, &w, q->keys[0].p, q->keys[0].len, val, vlen, store_done, r);
 }
 
-static void delete_done(void *arg, bool ok, int code, uint64_t ct)
+static void delete_done(void *arg, const router_result *res)
 {
-    treq *r = arg;
-    if (!ok) reply(r, "SERVER_ERROR delete failed\r\n");
-    else if (code == CODE_STORED) reply(r, "DELETED\r\n");
-    else reply(r, "NOT_FOUND\r\n");
-    complete(r);
+    creq *r = arg;
+    gateway_stats *st = &r->c->g->stats;
+    if (!res->ok) client_reply(r, "SERVER_ERROR delete failed\r\n");
+    else if (res->code == CODE_STORED) {
+        st->delete_hits++;
+        client_reply(r, "DELETED\r\n");
+    } else {
+        st->delete_misses++;
+        client_reply(r, "NOT_FOUND\r\n");
+    }
+    client_call_end(r);
 }
 
-static void do_delete(tconn *c, const memtext_request *q)
+static void arith_done(void *arg, const router_result *res)
 {
-    treq *r = req_new(c, q->cmd, q->noreply);
-    if (!r) return;
-    c->g->stats.cmd_delete++;
-    c->inflight++;
-    router_delete(c->g, q->keys[0].p, q->keys[0].len, c->g->cfg->async_delete || q->noreply, delete_done, r);
+    creq *r = arg;
+    tstate *t = r->state;
+    gateway_stats *st = &r->c->g->stats;
+    bool incr = t->cmd == MEMTEXT_INCR;
+    if (!res->ok) client_reply(r, "SERVER_ERROR store failed\r\n");
+    else if (res->code == CODE_STORED) {
+        if (incr) st->incr_hits++;
+        else st->decr_hits++;
+        evbuffer_add_printf(r->out, "%" PRIu64 "\r\n", res->number);
+        client_done(r);
+    } else if (res->code == CODE_NON_NUMERIC) {
+        client_reply(r, "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n");
+    } else {
+        if (incr) st->incr_misses++;
+        else st->decr_misses++;
+        client_reply(r, "NOT_FOUND\r\n");
+    }
+    client_call_end(r);
 }
 
-/* ---- everything else ---- */
+static void touch_done(void *arg, const router_result *res)
+{
+    creq *r = arg;
+    gateway_stats *st = &r->c->g->stats;
+    if (!res->ok) client_reply(r, "SERVER_ERROR store failed\r\n");
+    else if (res->code == CODE_STORED) {
+        st->touch_hits++;
+        client_reply(r, "TOUCHED\r\n");
+    } else {
+        st->touch_misses++;
+        client_reply(r, "NOT_FOUND\r\n");
+    }
+    client_call_end(r);
+}
 
-static void do_stats(tconn *c, const memtext_request *q)
+static void do_keyed_write(client *c, const memtext_request *q)
 {
     gateway *g = c->g;
-    treq *r = req_new(c, q->cmd, false);
+    creq *r = req_with_state(c, q, 1, q->noreply);
     if (!r) return;
-    if (q->arg.len > 0) {
-        reply(r, "END\r\n"); /* sub-statistics are not kept yet */
-        return;
+    router_write w = {.op = OP_DELETE};
+    router_write_fn fn = delete_done;
+    size_t vlen = 0;
+    uint8_t *val = NULL;
+    if (q->cmd == MEMTEXT_DELETE) {
+        if (g->cfg->async_delete || q->noreply) w.flags = WF_ASYNC;
+    } else {
+        val = make_value(0, q->cmd == MEMTEXT_TOUCH ? q->exptime : 0, NULL, 0, &vlen);
+        if (!val) {
+            client_reply(r, "SERVER_ERROR out of memory\r\n");
+            return;
+        }
+        if (q->noreply) w.flags = WF_ASYNC;
+        if (q->cmd == MEMTEXT_TOUCH) {
+            g->stats.cmd_touch++;
+            w.op = OP_TOUCH;
+            fn = touch_done;
+        } else {
+            w.op = q->cmd == MEMTEXT_INCR ? OP_INCR : OP_DECR;
+            w.delta = q->delta;
+            fn = arith_done;
+        }
     }
-    time_t now = time(NULL);
-    evbuffer_add_printf(r->out,
-                        "STAT pid %ld\r\nSTAT uptime %ld\r\nSTAT time %ld\r\nSTAT version %s\r\n"
-                        "STAT curr_connections %" PRIu64 "\r\nSTAT total_connections %" PRIu64 "\r\n"
-                        "STAT cmd_get %" PRIu64 "\r\nSTAT cmd_set %" PRIu64 "\r\nSTAT get_hits %" PRIu64
-                        "\r\nSTAT get_misses %" PRIu64 "\r\nSTAT cmd_delete %" PRIu64 "\r\nEND\r\n",
-                        (long)getpid(), (long)(now - g->started), (long)now, PACKAGE_VERSION,
-                        g->stats.curr_connections, g->stats.total_connections, g->stats.cmd_get, g->stats.cmd_set,
-                        g->stats.get_hits, g->stats.get_misses, g->stats.cmd_delete);
-    r->done = true;
+    client_call_begin(r);
+    router_write_op(g, &w, q->keys[0].p, q->keys[0].len, val, vlen, fn, r);
 }
 
-static void dispatch(tconn *c, const memtext_request *q)
+static void flush_done(void *arg, const router_result *res)
 {
-    treq *r;
+    creq *r = arg;
+    client_reply(r, res->ok ? "OK\r\n" : "SERVER_ERROR flush failed\r\n");
+    client_call_end(r);
+}
+
+static void do_flush(client *c, const memtext_request *q)
+{
+    creq *r = client_req(c, q->noreply);
+    if (!r) return;
+    c->g->stats.cmd_flush++;
+    client_call_begin(r);
+    router_flush(c->g, q->delay > 0 ? (uint64_t)q->delay : 0, flush_done, r);
+}
+
+/* ---- stats ---- */
+
+static void stats_general(gateway *g, struct evbuffer *out)
+{
+    const gateway_stats *s = &g->stats;
+    struct rusage ru;
+    time_t now = time(NULL);
+    getrusage(RUSAGE_SELF, &ru);
+    evbuffer_add_printf(out,
+        "STAT pid %ld\r\nSTAT uptime %ld\r\nSTAT time %ld\r\nSTAT version %s\r\n"
+        "STAT libevent %s\r\nSTAT pointer_size %d\r\n"
+        "STAT rusage_user %ld.%06ld\r\nSTAT rusage_system %ld.%06ld\r\n"
+        "STAT max_connections %ld\r\nSTAT curr_connections %" PRIu64 "\r\nSTAT total_connections %" PRIu64 "\r\n"
+        "STAT rejected_connections 0\r\nSTAT connection_structures %" PRIu64 "\r\n",
+        (long)getpid(), (long)(now - g->started), (long)now, PACKAGE_VERSION, event_get_version(),
+        (int)(8 * sizeof(void *)), (long)ru.ru_utime.tv_sec, (long)ru.ru_utime.tv_usec, (long)ru.ru_stime.tv_sec,
+        (long)ru.ru_stime.tv_usec, (long)g->max_connections, s->curr_connections, s->total_connections,
+        s->curr_connections);
+    evbuffer_add_printf(out,
+        "STAT cmd_get %" PRIu64 "\r\nSTAT cmd_set %" PRIu64 "\r\nSTAT cmd_flush %" PRIu64 "\r\n"
+        "STAT cmd_touch %" PRIu64 "\r\nSTAT cmd_meta %" PRIu64 "\r\n"
+        "STAT get_hits %" PRIu64 "\r\nSTAT get_misses %" PRIu64 "\r\nSTAT get_expired %" PRIu64 "\r\n"
+        "STAT get_flushed 0\r\n"
+        "STAT delete_misses %" PRIu64 "\r\nSTAT delete_hits %" PRIu64 "\r\n"
+        "STAT incr_misses %" PRIu64 "\r\nSTAT incr_hits %" PRIu64 "\r\n"
+        "STAT decr_misses %" PRIu64 "\r\nSTAT decr_hits %" PRIu64 "\r\n"
+        "STAT cas_misses %" PRIu64 "\r\nSTAT cas_hits %" PRIu64 "\r\nSTAT cas_badval %" PRIu64 "\r\n"
+        "STAT touch_hits %" PRIu64 "\r\nSTAT touch_misses %" PRIu64 "\r\n"
+        "STAT store_too_large %" PRIu64 "\r\nSTAT store_no_memory 0\r\n"
+        "STAT auth_cmds 0\r\nSTAT auth_errors 0\r\n"
+        "STAT bytes_read %" PRIu64 "\r\nSTAT bytes_written %" PRIu64 "\r\n"
+        "STAT limit_maxbytes 0\r\nSTAT accepting_conns 1\r\nSTAT listen_disabled_num 0\r\n"
+        "STAT threads 1\r\nSTAT conn_yields 0\r\n"
+        "STAT curr_items 0\r\nSTAT total_items 0\r\nSTAT bytes 0\r\nSTAT evictions 0\r\nSTAT reclaimed 0\r\n"
+        "END\r\n",
+        s->cmd_get, s->cmd_set, s->cmd_flush, s->cmd_touch, s->cmd_meta, s->get_hits, s->get_misses, s->get_expired,
+        s->delete_misses, s->delete_hits, s->incr_misses, s->incr_hits, s->decr_misses, s->decr_hits,
+        s->cas_misses, s->cas_hits, s->cas_badval, s->touch_hits, s->touch_misses, s->store_too_large,
+        s->bytes_read, s->bytes_written);
+}
+
+static void stats_settings(gateway *g, struct evbuffer *out)
+{
+    const gateway_config *cfg = g->cfg;
+    evbuffer_add_printf(out,
+        "STAT maxbytes 0\r\nSTAT maxconns %ld\r\nSTAT tcpport %u\r\nSTAT udpport 0\r\n"
+        "STAT verbosity %d\r\nSTAT num_threads 1\r\nSTAT cas_enabled yes\r\nSTAT evictions off\r\n"
+        "STAT item_size_max %d\r\nSTAT binding_protocol %s\r\nSTAT tcp_backlog 1024\r\n"
+        "STAT kumofs_get_retry %d\r\nSTAT kumofs_set_retry %d\r\nSTAT kumofs_delete_retry %d\r\n"
+        "STAT kumofs_async_set %s\r\nSTAT kumofs_async_delete %s\r\nEND\r\n",
+        (long)g->max_connections, g->text_port, cfg->common.verbose ? 1 : 0, cfg->item_size_max,
+        cfg->binary ? "auto-negotiate" : "ascii", cfg->get_retries, cfg->set_retries, cfg->delete_retries,
+        cfg->async_set ? "yes" : "no", cfg->async_delete ? "yes" : "no");
+}
+
+static void do_stats(client *c, const memtext_request *q)
+{
+    creq *r = client_req(c, false);
+    if (!r) return;
+    if (q->arg.len == 0) stats_general(c->g, r->out);
+    else if (q->arg.len == 8 && memcmp(q->arg.p, "settings", 8) == 0) stats_settings(c->g, r->out);
+    else if ((q->arg.len == 5 && memcmp(q->arg.p, "items", 5) == 0) ||
+             (q->arg.len == 5 && memcmp(q->arg.p, "slabs", 5) == 0) ||
+             (q->arg.len == 5 && memcmp(q->arg.p, "sizes", 5) == 0) ||
+             (q->arg.len == 5 && memcmp(q->arg.p, "conns", 5) == 0))
+        evbuffer_add(r->out, "END\r\n", 5); /* no slabs in a replicated store */
+    else evbuffer_add_printf(r->out, "ERROR\r\n");
+    client_done(r);
+}
+
+/* ---- meta commands ---- */
+
+static creq *meta_req(client *c, const memtext_request *q, meta *m)
+{
+    const char *bad = parse_meta(q, m);
+    c->g->stats.cmd_meta++;
+    if (bad) {
+        creq *r = client_req(c, false);
+        if (r) {
+            evbuffer_add_printf(r->out, "CLIENT_ERROR %s\r\n", bad);
+            client_done(r);
+        }
+        return NULL;
+    }
+    creq *r = req_with_state(c, q, q->cmd == MEMTEXT_MN ? 0 : 1, false);
+    if (r) ((tstate *)r->state)->m = *m;
+    return r;
+}
+
+/* "HD"/"VA" + return flags, or a miss word; honours q. */
+static void meta_answer(creq *r, const char *word, const record_value *v, uint64_t ct, bool quiet_ok)
+{
+    tstate *t = r->state;
+    if (t->m.q && quiet_ok) {
+        r->quiet = true;
+        client_done(r);
+        return;
+    }
+    evbuffer_add(r->out, word, 2);
+    if (word[0] == 'H' || word[0] == 'V' || word[0] == 'N' || word[0] == 'E')
+        meta_ret(r->out, &t->m, t->keys[0].key, t->keys[0].klen, v, ct, (uint32_t)time(NULL));
+    evbuffer_add(r->out, "\r\n", 2);
+    client_done(r);
+}
+
+static void mg_finish(creq *r, bool ok, const void *rec, size_t len)
+{
+    tstate *t = r->state;
+    gateway *g = r->c->g;
+    record_value v;
+    if (!ok) {
+        client_reply(r, "SERVER_ERROR get failed\r\n");
+        return;
+    }
+    keep_record(&t->keys[0], rec, len);
+    if (!hit(g, &t->keys[0], &v, (uint32_t)time(NULL))) {
+        g->stats.get_misses++;
+        if (t->m.q) {
+            r->quiet = true;
+            client_done(r);
+        } else {
+            client_reply(r, "EN\r\n");
+        }
+        return;
+    }
+    g->stats.get_hits++;
+    if (!t->m.v) {
+        meta_answer(r, "HD", &v, v.clocktime, false);
+        return;
+    }
+    evbuffer_add_printf(r->out, "VA %zu", v.payload_len);
+    meta_ret(r->out, &t->m, t->keys[0].key, t->keys[0].klen, &v, v.clocktime, (uint32_t)time(NULL));
+    evbuffer_add(r->out, "\r\n", 2);
+    evbuffer_add(r->out, v.payload, v.payload_len);
+    evbuffer_add(r->out, "\r\n", 2);
+    client_done(r);
+}
+
+static void mg_get_done(void *arg, bool ok, const void *value, size_t vlen)
+{
+    creq *r = arg;
+    mg_finish(r, ok, value, vlen);
+    client_call_end(r);
+}
+
+static void mg_gat_done(void *arg, const router_result *res)
+{
+    creq *r = arg;
+    mg_finish(r, res->ok, res->ok && res->code == CODE_STORED ? res->value : NULL, res->vlen);
+    client_call_end(r);
+}
+
+static void me_done(void *arg, bool ok, const void *rec, size_t len)
+{
+    creq *r = arg;
+    tstate *t = r->state;
+    record_value v;
+    uint32_t now = (uint32_t)time(NULL);
+    if (!ok) {
+        client_reply(r, "SERVER_ERROR get failed\r\n");
+    } else {
+        keep_record(&t->keys[0], rec, len);
+        if (!hit(r->c->g, &t->keys[0], &v, now)) {
+            client_reply(r, "EN\r\n");
+        } else {
+            evbuffer_add_printf(r->out, "ME %.*s exp=%lld la=0 cas=%" PRIu64 " fetch=no cls=1 size=%zu\r\n",
+                                (int)t->keys[0].klen, t->keys[0].key,
+                                v.exptime ? (long long)v.exptime - now : -1LL, v.clocktime, v.payload_len);
+            client_done(r);
+        }
+    }
+    client_call_end(r);
+}
+
+static void ms_done(void *arg, const router_result *res)
+{
+    creq *r = arg;
+    if (!res->ok) client_reply(r, "SERVER_ERROR store failed\r\n");
+    else if (res->code == CODE_STORED) meta_answer(r, "HD", NULL, res->ct, true);
+    else if (res->code == CODE_NOT_STORED) meta_answer(r, "NS", NULL, 0, false);
+    else if (res->code == CODE_EXISTS) meta_answer(r, "EX", NULL, 0, false);
+    else meta_answer(r, "NF", NULL, 0, false);
+    client_call_end(r);
+}
+
+static void md_done(void *arg, const router_result *res)
+{
+    creq *r = arg;
+    gateway_stats *st = &r->c->g->stats;
+    if (!res->ok) client_reply(r, "SERVER_ERROR delete failed\r\n");
+    else if (res->code == CODE_STORED) {
+        st->delete_hits++;
+        meta_answer(r, "HD", NULL, 0, true);
+    } else if (res->code == CODE_EXISTS) meta_answer(r, "EX", NULL, 0, false);
+    else {
+        st->delete_misses++;
+        meta_answer(r, "NF", NULL, 0, true);
+    }
+    client_call_end(r);
+}
+
+static void ma_done(void *arg, const router_result *res)
+{
+    creq *r = arg;
+    tstate *t = r->state;
+    if (!res->ok) client_reply(r, "SERVER_ERROR store failed\r\n");
+    else if (res->code == CODE_STORED) {
+        if (t->m.v) {
+            char num[24];
+            int n = snprintf(num, sizeof(num), "%" PRIu64, res->number);
+            evbuffer_add_printf(r->out, "VA %d", n);
+            meta_ret(r->out, &t->m, t->keys[0].key, t->keys[0].klen, NULL, res->ct, (uint32_t)time(NULL));
+            evbuffer_add_printf(r->out, "\r\n%s\r\n", num);
+            client_done(r);
+        } else {
+            meta_answer(r, "HD", NULL, res->ct, true);
+        }
+    } else if (res->code == CODE_NON_NUMERIC) {
+        client_reply(r, "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n");
+    } else if (res->code == CODE_EXISTS) meta_answer(r, "EX", NULL, 0, false);
+    else meta_answer(r, "NF", NULL, 0, true);
+    client_call_end(r);
+}
+
+static void do_meta(client *c, const memtext_request *q)
+{
+    gateway *g = c->g;
+    meta m;
+    creq *r;
+    if (q->cmd == MEMTEXT_MN) {
+        if ((r = client_req(c, false))) client_reply(r, "MN\r\n");
+        return;
+    }
+    if (!(r = meta_req(c, q, &m))) return;
+    tstate *t = r->state;
+    const char *key = t->keys[0].key;
+    size_t klen = t->keys[0].klen, vlen = 0;
+    uint8_t *val = NULL;
+    router_write w = {.cas = m.has_cas ? m.cas : 0};
+    switch (q->cmd) {
+    case MEMTEXT_ME:
+        client_call_begin(r);
+        router_get(g, key, klen, me_done, r);
+        return;
+    case MEMTEXT_MG:
+        g->stats.cmd_get++;
+        client_call_begin(r);
+        if (!m.has_ttl) {
+            router_get(g, key, klen, mg_get_done, r);
+            return;
+        }
+        g->stats.cmd_touch++;
+        val = make_value(0, m.ttl, NULL, 0, &vlen);
+        w.op = OP_GAT;
+        w.cas = 0;
+        router_write_op(g, &w, key, klen, val, val ? vlen : 0, mg_gat_done, r);
+        return;
+    case MEMTEXT_MS:
+        if (too_large(r, q->data_len)) return;
+        switch (m.mode ? m.mode : 'S') {
+        case 'S': case 's': w.op = OP_SET; break;
+        case 'E': case 'e': w.op = OP_ADD; break;
+        case 'A': case 'a': w.op = OP_APPEND; break;
+        case 'P': case 'p': w.op = OP_PREPEND; break;
+        case 'R': case 'r': w.op = OP_REPLACE; break;
+        default: client_reply(r, "CLIENT_ERROR invalid mode for ms STORE\r\n"); return;
+        }
+        g->stats.cmd_set++;
+        val = make_value(m.flags, m.has_ttl ? m.ttl : 0, q->data, q->data_len, &vlen);
+        if (m.q) w.flags = WF_ASYNC;
+        client_call_begin(r);
+        router_write_op(g, &w, key, klen, val, val ? vlen : 0, ms_done, r);
+        return;
+    case MEMTEXT_MD:
+        w.op = OP_DELETE;
+        client_call_begin(r);
+        router_write_op(g, &w, key, klen, NULL, 0, md_done, r);
+        return;
+    case MEMTEXT_MA:
+        switch (m.mode ? m.mode : 'I') {
+        case 'I': case 'i': case '+': w.op = OP_INCR; break;
+        case 'D': case 'd': case '-': w.op = OP_DECR; break;
+        default: client_reply(r, "CLIENT_ERROR invalid mode for ma\r\n"); return;
+        }
+        w.delta = m.delta;
+        w.initial = m.initial;
+        if (m.vivify) w.flags |= WF_VIVIFY;
+        val = make_value(0, m.vivify ? m.vivify_ttl : 0, NULL, 0, &vlen);
+        client_call_begin(r);
+        router_write_op(g, &w, key, klen, val, val ? vlen : 0, ma_done, r);
+        return;
+    default: client_reply(r, "ERROR\r\n"); return;
+    }
+}
+
+/* ---- dispatch ---- */
+
+static void dispatch(client *c, const memtext_request *q)
+{
+    creq *r;
     switch (q->cmd) {
     case MEMTEXT_GET:
-    case MEMTEXT_GETS: do_get(c, q); break;
+    case MEMTEXT_GETS:
+    case MEMTEXT_GAT:
+    case MEMTEXT_GATS: do_retrieve(c, q); break;
     case MEMTEXT_SET:
     case MEMTEXT_ADD:
     case MEMTEXT_REPLACE:
     case MEMTEXT_APPEND:
     case MEMTEXT_PREPEND:
     case MEMTEXT_CAS: do_store(c, q); break;
-    case MEMTEXT_DELETE: do_delete(c, q); break;
+    case MEMTEXT_DELETE:
+    case MEMTEXT_INCR:
+    case MEMTEXT_DECR:
+    case MEMTEXT_TOUCH: do_keyed_write(c, q); break;
+    case MEMTEXT_FLUSH_ALL: do_flush(c, q); break;
     case MEMTEXT_STATS: do_stats(c, q); break;
     case MEMTEXT_VERSION:
-        if ((r = req_new(c, q->cmd, false))) reply(r, "VERSION " PACKAGE_VERSION "\r\n");
+        if ((r = client_req(c, false))) client_reply(r, "VERSION " PACKAGE_VERSION "\r\n");
         break;
     case MEMTEXT_VERBOSITY:
-        if ((r = req_new(c, q->cmd, q->noreply))) reply(r, "OK\r\n");
+        if ((r = client_req(c, q->noreply))) client_reply(r, "OK\r\n");
         break;
     case MEMTEXT_QUIT: c->close_after_flush = true; break;
-    default:
-        if ((r = req_new(c, q->cmd, q->noreply))) reply(r, "SERVER_ERROR not supported\r\n");
+    default: do_meta(c, q); break;
+    }
+}
+
+static size_t text_parse(client *c, const char *buf, size_t len)
+{
+    memtext_request *q = c->proto;
+    size_t consumed = 0;
+    const char *errmsg = NULL;
+    creq *r;
+    memtext_status st = memtext_parse(buf, len, q, &consumed, &errmsg);
+    switch (st) {
+    case MEMTEXT_NEED_MORE:
+        /* Refuse an oversized value before buffering it, as memcached does. */
+        if (q->need > 0 && q->data_len > (size_t)c->g->cfg->item_size_max) {
+            if ((r = client_req(c, q->noreply))) {
+                c->g->stats.store_too_large++;
+                client_reply(r, "SERVER_ERROR object too large for cache\r\n");
+            }
+            c->discard = q->need;
+        }
+        return 0;
+    case MEMTEXT_OK: dispatch(c, q); break;
+    case MEMTEXT_ERROR:
+        if ((r = client_req(c, false))) client_reply(r, "ERROR\r\n");
+        break;
+    case MEMTEXT_CLIENT_ERROR:
+    case MEMTEXT_CLOSE:
+        if ((r = client_req(c, st == MEMTEXT_CLIENT_ERROR && q->noreply))) {
+            evbuffer_add_printf(r->out, "CLIENT_ERROR %s\r\n", errmsg ? errmsg : "bad command line format");
+            client_done(r);
+        }
+        if (st == MEMTEXT_CLOSE) c->close_after_flush = true;
+        c->discard = q->swallow;
         break;
     }
-}
-
-static void read_cb(struct bufferevent *bev, void *arg)
-{
-    tconn *c = arg;
-    struct evbuffer *in = bufferevent_get_input(bev);
-    while (!c->closed && !c->close_after_flush) {
-        size_t len = evbuffer_get_length(in);
-        if (c->discard > 0 && len > 0) {
-            size_t n = len < c->discard ? len : c->discard;
-            evbuffer_drain(in, n);
-            c->discard -= n;
-            continue;
-        }
-        if (len == 0) break;
-        if (c->queued >= MAX_QUEUED) {
-            c->paused = true;
-            bufferevent_disable(bev, EV_READ);
-            break;
-        }
-        const char *buf = (const char *)evbuffer_pullup(in, -1);
-        size_t consumed = 0;
-        const char *errmsg = NULL;
-        memtext_status st = memtext_parse(buf, len, &c->req, &consumed, &errmsg);
-        treq *r;
-        if (st == MEMTEXT_NEED_MORE) {
-            /* Refuse an oversized value before buffering it, as memcached does. */
-            if (c->req.need > 0 && c->req.data_len > (size_t)c->g->cfg->item_size_max) {
-                if ((r = req_new(c, 0, c->req.noreply))) reply(r, "SERVER_ERROR object too large for cache\r\n");
-                c->discard = c->req.need;
-                continue;
-            }
-            break;
-        }
-        switch (st) {
-        case MEMTEXT_OK: dispatch(c, &c->req); break;
-        case MEMTEXT_ERROR:
-            if ((r = req_new(c, 0, false))) reply(r, "ERROR\r\n");
-            break;
-        case MEMTEXT_CLIENT_ERROR:
-        case MEMTEXT_CLOSE:
-            if ((r = req_new(c, 0, st == MEMTEXT_CLIENT_ERROR && c->req.noreply))) {
-                evbuffer_add_printf(r->out, "CLIENT_ERROR %s\r\n", errmsg ? errmsg : "bad command line format");
-                r->done = true;
-            }
-            if (st == MEMTEXT_CLOSE) c->close_after_flush = true;
-            c->discard = c->req.swallow;
-            break;
-        default: break;
-        }
-        evbuffer_drain(in, consumed);
-    }
-    if (!c->closed) flush(c);
-}
-
-static void event_cb(struct bufferevent *bev, short what, void *arg)
-{
-    tconn *c = arg;
-    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) conn_close(c);
-}
-
-static void write_cb(struct bufferevent *bev, void *arg)
-{
-    tconn *c = arg;
-    if (c->close_after_flush && !c->head) conn_close(c);
+    c->g->stats.bytes_read += consumed;
+    return consumed;
 }
 
 void text_accept(gateway *g, int fd)
 {
-    tconn *c = calloc(1, sizeof(*c));
-    if (!c) {
+    memtext_request *q = calloc(1, sizeof(*q));
+    if (!q) {
         close(fd);
         return;
     }
-    net_tune(fd);
-    c->g = g;
-    c->bev = bufferevent_socket_new(g->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    if (!c->bev) {
-        close(fd);
-        free(c);
-        return;
-    }
-    g->stats.curr_connections++;
-    g->stats.total_connections++;
-    bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    client_new(g, fd, text_parse, q);
 }

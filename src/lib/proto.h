@@ -33,8 +33,10 @@ enum {
     SRV_REPLICATE = 32,      /* [flags, dbkey, dbvalue-or-tombstone] -> true stored / false older */
     SRV_REPLICATE_BATCH = 33,/* [[dbkey, dbvalue]...] -> count stored (replace copy) */
     SRV_GET = 34,            /* [dbkey] -> dbvalue | nil */
-    SRV_SET = 35,            /* [op, dbkey, dbvalue, cas] -> [code, clocktime] */
-    SRV_DELETE = 36,         /* [flags, dbkey] -> [code, clocktime] */
+    SRV_SET = 35,            /* [op, flags, dbkey, dbvalue, cas, delta, initial]
+                                -> [code, clocktime, number, value] */
+    SRV_DELETE = 36,         /* [flags, dbkey, cas] -> [code, clocktime] */
+    SRV_FLUSH = 37,          /* [delay_seconds] -> true */
     SRV_STATUS = 97,         /* [what] -> value */
     SRV_SET_CONFIG = 98,     /* [what, arg] -> count */
 };
@@ -44,14 +46,20 @@ enum {
     GW_HS_PUSH = 3, /* [whs, rhs] -> true */
 };
 
-/* SRV_SET operations */
+/* SRV_SET operations. dbvalue always carries the memcached header (flags,
+ * exptime) and, where the operation has one, the payload. A non-zero cas
+ * makes any operation but OP_ADD conditional on the stored ClockTime. */
 enum {
     OP_SET = 0,
-    OP_CAS = 2,
+    OP_CAS = 2,     /* OP_SET whose cas must match (also when cas is 0) */
     OP_ADD = 3,
     OP_REPLACE = 4,
     OP_APPEND = 5,
     OP_PREPEND = 6,
+    OP_INCR = 7,    /* by delta; result `number` is the new value */
+    OP_DECR = 8,    /* by delta, not below 0 */
+    OP_TOUCH = 9,   /* new exptime from dbvalue's header */
+    OP_GAT = 10,    /* OP_TOUCH that also returns the stored value */
 };
 
 /* SRV_SET / SRV_DELETE result codes (memcached's words) */
@@ -60,11 +68,13 @@ enum {
     CODE_NOT_STORED = 1,
     CODE_EXISTS = 2,
     CODE_NOT_FOUND = 3,
+    CODE_NON_NUMERIC = 4, /* incr/decr of a value that is not a number */
 };
 
 /* SRV_SET / SRV_DELETE / SRV_REPLICATE flags */
 enum {
-    WF_ASYNC = 0x01, /* answer after the primary's own write (-As/-Ad, noreply) */
+    WF_ASYNC = 0x01,  /* answer after the primary's own write (-As/-Ad, noreply) */
+    WF_VIVIFY = 0x02, /* incr/decr of a missing key creates it with `initial` */
 };
 
 /* SRV_STATUS what */

@@ -13,6 +13,8 @@
  *
  * Calls: store, record, hashspace, rpc, cluster.c. Thread rule: main loop.
  */
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -29,69 +31,151 @@
 
 typedef struct write_ctx {
     int op;
+    uint32_t wflags;
     uint64_t cas;
+    uint64_t delta;
+    uint64_t initial;
     uint64_t ct;
+    uint64_t floor; /* flush_all: records older than this are gone */
     uint32_t now;
     const uint8_t *val; /* incoming value (ct already set), or NULL for delete */
     size_t vlen;
-    uint8_t *buf; /* built value (append/prepend), freed by the caller */
+    uint8_t *buf; /* built value (append, incr, touch…), freed by the caller */
     int code;
+    uint64_t number; /* incr/decr result */
     bool written;
     const void *out;
     size_t outlen;
     uint8_t tomb[RECORD_TOMBSTONE];
 } write_ctx;
 
-static bool live(const void *old, size_t oldlen, uint32_t now, record_value *v)
+bool data_live(const void *old, size_t oldlen, uint32_t now, uint64_t floor, record_value *v)
 {
     if (!old || record_value_parse(old, oldlen, v) < 0 || v->tombstone) return false;
+    if (v->clocktime < floor && now >= clock_seconds(floor)) return false;
     return !record_expired(v, now);
+}
+
+/* memcached's safe_strtoull: digits, optionally followed by whitespace. */
+static bool parse_number(const uint8_t *p, size_t n, uint64_t *out)
+{
+    uint64_t v = 0;
+    size_t i = 0;
+    if (n == 0 || p[0] < '0' || p[0] > '9') return false;
+    for (; i < n && p[i] >= '0' && p[i] <= '9'; i++) {
+        uint64_t d = (uint64_t)(p[i] - '0');
+        if (v > (UINT64_MAX - d) / 10) return false;
+        v = v * 10 + d;
+    }
+    for (; i < n; i++)
+        if (p[i] != ' ' && p[i] != '\t' && p[i] != '\r' && p[i] != '\n') return false;
+    *out = v;
+    return true;
+}
+
+static store_verdict write_new(write_ctx *w, uint32_t flags, uint32_t exptime, const uint8_t *a, size_t alen,
+                               const uint8_t *b, size_t blen, const void **out, size_t *outlen)
+{
+    w->buf = malloc(record_mc_size(alen + blen));
+    if (!w->buf) {
+        w->code = CODE_NOT_STORED;
+        return STORE_KEEP;
+    }
+    record_mc_header(w->buf, w->ct, flags, exptime);
+    if (alen) memcpy(w->buf + record_mc_size(0), a, alen);
+    if (blen) memcpy(w->buf + record_mc_size(alen), b, blen);
+    *out = w->out = w->buf;
+    *outlen = w->outlen = record_mc_size(alen + blen);
+    w->written = true;
+    return STORE_WRITE;
+}
+
+static store_verdict apply_arith(write_ctx *w, bool exists, const record_value *ov, const record_value *nv,
+                                 const void **out, size_t *outlen)
+{
+    char num[24];
+    uint64_t v;
+    if (!exists) {
+        if (!(w->wflags & WF_VIVIFY)) {
+            w->code = CODE_NOT_FOUND;
+            return STORE_KEEP;
+        }
+        w->number = w->initial;
+        int n = snprintf(num, sizeof(num), "%llu", (unsigned long long)w->initial);
+        return write_new(w, nv->flags, nv->exptime, (const uint8_t *)num, (size_t)n, NULL, 0, out, outlen);
+    }
+    if (!parse_number(ov->payload, ov->payload_len, &v)) {
+        w->code = CODE_NON_NUMERIC;
+        return STORE_KEEP;
+    }
+    if (w->op == OP_INCR) v += w->delta; /* wraps at 2^64, as memcached */
+    else v = v > w->delta ? v - w->delta : 0;
+    w->number = v;
+    size_t n = (size_t)snprintf(num, sizeof(num), "%llu", (unsigned long long)v);
+    /* memcached rewrites a shorter number in place, padded with spaces. */
+    size_t len = n < ov->payload_len ? ov->payload_len : n;
+    char padded[64];
+    if (len > sizeof(padded)) len = n;
+    memcpy(padded, num, n);
+    memset(padded + n, ' ', len - n);
+    return write_new(w, ov->flags, ov->exptime, (const uint8_t *)padded, len, NULL, 0, out, outlen);
 }
 
 static store_verdict apply_set(void *arg, const void *old, size_t oldlen, const void **out, size_t *outlen)
 {
     write_ctx *w = arg;
     record_value ov, nv;
-    bool exists = live(old, oldlen, w->now, &ov);
+    bool exists = data_live(old, oldlen, w->now, w->floor, &ov);
+    record_value_parse(w->val, w->vlen, &nv); /* checked by the caller */
     w->code = CODE_STORED;
+    if (w->op == OP_ADD) {
+        if (exists) {
+            w->code = CODE_NOT_STORED;
+            return STORE_KEEP;
+        }
+    } else if (w->cas != 0 || w->op == OP_CAS) {
+        if (!exists) {
+            w->code = CODE_NOT_FOUND;
+            return STORE_KEEP;
+        }
+        if (ov.clocktime != w->cas) {
+            w->code = CODE_EXISTS;
+            return STORE_KEEP;
+        }
+    }
     switch (w->op) {
-    case OP_SET: break;
+    case OP_SET:
     case OP_CAS:
-        if (!exists) { w->code = CODE_NOT_FOUND; return STORE_KEEP; }
-        if (ov.clocktime != w->cas) { w->code = CODE_EXISTS; return STORE_KEEP; }
-        break;
-    case OP_ADD:
-        if (exists) { w->code = CODE_NOT_STORED; return STORE_KEEP; }
-        break;
+    case OP_ADD: break;
     case OP_REPLACE:
-        if (!exists) { w->code = CODE_NOT_STORED; return STORE_KEEP; }
+        if (!exists) {
+            w->code = CODE_NOT_STORED;
+            return STORE_KEEP;
+        }
         break;
     case OP_APPEND:
-    case OP_PREPEND: {
-        if (!exists) { w->code = CODE_NOT_STORED; return STORE_KEEP; }
-        if (record_value_parse(w->val, w->vlen, &nv) < 0) { w->code = CODE_NOT_STORED; return STORE_KEEP; }
-        size_t n = ov.payload_len + nv.payload_len;
-        w->buf = malloc(record_mc_size(n));
-        if (!w->buf) { w->code = CODE_NOT_STORED; return STORE_KEEP; }
-        record_mc_header(w->buf, w->ct, ov.flags, ov.exptime);
-        uint8_t *p = w->buf + record_mc_size(0);
-        const record_value *first = w->op == OP_APPEND ? &ov : &nv;
-        const record_value *second = w->op == OP_APPEND ? &nv : &ov;
-        memcpy(p, first->payload, first->payload_len);
-        memcpy(p + first->payload_len, second->payload, second->payload_len);
-        *out = w->buf;
-        *outlen = record_mc_size(n);
-        w->out = *out;
-        w->outlen = *outlen;
-        w->written = true;
-        return STORE_WRITE;
-    }
+    case OP_PREPEND:
+        if (!exists) {
+            w->code = CODE_NOT_STORED;
+            return STORE_KEEP;
+        }
+        if (w->op == OP_APPEND)
+            return write_new(w, ov.flags, ov.exptime, ov.payload, ov.payload_len, nv.payload, nv.payload_len, out,
+                             outlen);
+        return write_new(w, ov.flags, ov.exptime, nv.payload, nv.payload_len, ov.payload, ov.payload_len, out, outlen);
+    case OP_INCR:
+    case OP_DECR: return apply_arith(w, exists, &ov, &nv, out, outlen);
+    case OP_TOUCH:
+    case OP_GAT:
+        if (!exists) {
+            w->code = CODE_NOT_FOUND;
+            return STORE_KEEP;
+        }
+        return write_new(w, ov.flags, nv.exptime, ov.payload, ov.payload_len, NULL, 0, out, outlen);
     default: w->code = CODE_NOT_STORED; return STORE_KEEP;
     }
-    *out = w->val;
-    *outlen = w->vlen;
-    w->out = w->val;
-    w->outlen = w->vlen;
+    *out = w->out = w->val;
+    *outlen = w->outlen = w->vlen;
     w->written = true;
     return STORE_WRITE;
 }
@@ -100,7 +184,12 @@ static store_verdict apply_delete(void *arg, const void *old, size_t oldlen, con
 {
     write_ctx *w = arg;
     record_value ov;
-    w->code = live(old, oldlen, w->now, &ov) ? CODE_STORED : CODE_NOT_FOUND;
+    bool exists = data_live(old, oldlen, w->now, w->floor, &ov);
+    w->code = exists ? CODE_STORED : CODE_NOT_FOUND;
+    if (exists && w->cas != 0 && ov.clocktime != w->cas) {
+        w->code = CODE_EXISTS;
+        return STORE_KEEP;
+    }
     if (old && oldlen == RECORD_TOMBSTONE) return STORE_KEEP; /* already deleted */
     record_tombstone(w->tomb, w->ct);
     *out = w->out = w->tomb;
@@ -119,19 +208,31 @@ typedef struct repl {
     bool failed;
     int code;
     uint64_t ct;
+    uint64_t number;
+    uint8_t *value; /* OP_GAT: the record to return */
+    size_t vlen;
     char why[96];
 } repl;
+
+static void pack_result(rpc_conn *c, uint32_t msgid, int code, uint64_t ct, uint64_t number, const void *value,
+                        size_t vlen)
+{
+    msgpack_packer *pk = rpc_reply_begin(c, msgid);
+    msgpack_pack_array(pk, 4);
+    msgpack_pack_uint32(pk, (uint32_t)code);
+    msgpack_pack_uint64(pk, ct);
+    msgpack_pack_uint64(pk, number);
+    if (value) rpc_pack_bytes(pk, value, vlen);
+    else msgpack_pack_nil(pk);
+    rpc_call_end(c);
+}
 
 static void reply_write(repl *r)
 {
     if (r->failed) {
         rpc_reply_error(r->client, r->msgid, "replication failed: %s", r->why);
     } else {
-        msgpack_packer *pk = rpc_reply_begin(r->client, r->msgid);
-        msgpack_pack_array(pk, 2);
-        msgpack_pack_uint32(pk, (uint32_t)r->code);
-        msgpack_pack_uint64(pk, r->ct);
-        rpc_call_end(r->client);
+        pack_result(r->client, r->msgid, r->code, r->ct, r->number, r->value, r->vlen);
     }
 }
 
@@ -147,6 +248,7 @@ static void repl_done(void *arg, rpc_status st, const msgpack_object *result)
         reply_write(r);
         rpc_release(r->client);
     }
+    free(r->value);
     free(r);
 }
 
@@ -175,18 +277,27 @@ static size_t replicas(server *s, uint64_t hash, net_addr out[2 * KUMO_REPLICAS]
 /* Send `val` to every replica; answer the client when all are done (or
  * now if async). Takes care of the reply in every case. */
 static void replicate(server *s, rpc_conn *client, uint32_t msgid, uint64_t hash, const char *key,
-                      size_t klen, const void *val, size_t vlen, int code, uint64_t ct, bool async)
+                      size_t klen, const write_ctx *w)
 {
     net_addr to[2 * KUMO_REPLICAS];
     size_t n = replicas(s, hash, to);
+    const void *val = w->out;
+    size_t vlen = w->outlen;
+    bool async = w->wflags & WF_ASYNC;
     repl *r = calloc(1, sizeof(*r));
-    if (!r) {
+    if (!r || (w->op == OP_GAT && !(r->value = malloc(vlen)))) {
+        free(r);
         rpc_reply_error(client, msgid, "out of memory");
         return;
     }
     r->s = s;
-    r->code = code;
-    r->ct = ct;
+    r->code = w->code;
+    r->ct = w->ct;
+    r->number = w->number;
+    if (r->value) {
+        memcpy(r->value, val, vlen);
+        r->vlen = vlen;
+    }
     r->waiting = (int)n + 1; /* +1: our own reference, dropped below */
     if (!async) {
         r->client = client;
@@ -232,7 +343,6 @@ static void handle_get(server *s, rpc_conn *c, uint32_t msgid, const msgpack_obj
 {
     const char *key;
     size_t klen;
-    char err[KUMO_ERRLEN];
     if (!rpc_arg_bytes(params, 0, &key, &klen)) {
         rpc_reply_error(c, msgid, "bad params");
         return;
@@ -246,19 +356,19 @@ static void handle_get(server *s, rpc_conn *c, uint32_t msgid, const msgpack_obj
     s->cmd_get++;
     size_t vlen;
     void *v = store_get(s->db, key, klen, &vlen);
-    if (!v || vlen < RECORD_VALUE_HEADER) {
+    record_value rv;
+    if (!v || !data_live(v, vlen, (uint32_t)time(NULL), s->flush_floor, &rv)) {
         rpc_reply_nil(c, msgid);
     } else {
         rpc_pack_bytes(rpc_reply_begin(c, msgid), v, vlen);
         rpc_call_end(c);
     }
-    (void)err;
     free(v);
 }
 
 static void handle_set(server *s, rpc_conn *c, uint32_t msgid, const msgpack_object *params)
 {
-    uint64_t op, flags, cas;
+    uint64_t op, flags, cas, delta = 0, initial = 0;
     const char *key, *val;
     size_t klen, vlen;
     char err[KUMO_ERRLEN];
@@ -268,6 +378,8 @@ static void handle_set(server *s, rpc_conn *c, uint32_t msgid, const msgpack_obj
         rpc_reply_error(c, msgid, "bad params");
         return;
     }
+    rpc_arg_uint(params, 5, &delta);
+    rpc_arg_uint(params, 6, &initial);
     record_value parsed;
     if (!check_key(c, msgid, key, klen)) return;
     if (record_value_parse(val, vlen, &parsed) < 0 || parsed.tombstone) {
@@ -286,20 +398,17 @@ static void handle_set(server *s, rpc_conn *c, uint32_t msgid, const msgpack_obj
         return;
     }
     memcpy(copy, val, vlen);
-    write_ctx w = {.op = (int)op, .cas = cas, .ct = clock_next(&s->clock), .now = (uint32_t)time(NULL),
+    write_ctx w = {.op = (int)op, .wflags = (uint32_t)flags, .cas = cas, .delta = delta, .initial = initial,
+                   .ct = clock_next(&s->clock), .floor = s->flush_floor, .now = (uint32_t)time(NULL),
                    .val = copy, .vlen = vlen};
     record_set_clocktime(copy, w.ct);
     if (store_modify(s->db, key, klen, apply_set, &w, err) < 0) {
         log_error("set: %s", err);
         rpc_reply_error(c, msgid, "store failed: %s", err);
     } else if (!w.written) {
-        msgpack_packer *pk = rpc_reply_begin(c, msgid);
-        msgpack_pack_array(pk, 2);
-        msgpack_pack_uint32(pk, (uint32_t)w.code);
-        msgpack_pack_uint64(pk, 0);
-        rpc_call_end(c);
+        pack_result(c, msgid, w.code, 0, 0, NULL, 0);
     } else {
-        replicate(s, c, msgid, hash, key, klen, w.out, w.outlen, w.code, w.ct, flags & WF_ASYNC);
+        replicate(s, c, msgid, hash, key, klen, &w);
     }
     free(w.buf);
     free(copy);
@@ -307,7 +416,7 @@ static void handle_set(server *s, rpc_conn *c, uint32_t msgid, const msgpack_obj
 
 static void handle_delete(server *s, rpc_conn *c, uint32_t msgid, const msgpack_object *params)
 {
-    uint64_t flags;
+    uint64_t flags, cas = 0;
     const char *key;
     size_t klen;
     char err[KUMO_ERRLEN];
@@ -315,6 +424,7 @@ static void handle_delete(server *s, rpc_conn *c, uint32_t msgid, const msgpack_
         rpc_reply_error(c, msgid, "bad params");
         return;
     }
+    rpc_arg_uint(params, 2, &cas);
     if (!check_key(c, msgid, key, klen)) return;
     uint64_t hash = record_key_hash(key, klen);
     if (!hashspace_is_primary(s->whs, hash, &s->self)) {
@@ -322,22 +432,19 @@ static void handle_delete(server *s, rpc_conn *c, uint32_t msgid, const msgpack_
         return;
     }
     s->cmd_delete++;
-    write_ctx w = {.ct = clock_next(&s->clock), .now = (uint32_t)time(NULL)};
+    write_ctx w = {.wflags = (uint32_t)flags, .cas = cas, .ct = clock_next(&s->clock), .floor = s->flush_floor,
+                   .now = (uint32_t)time(NULL)};
     if (store_modify(s->db, key, klen, apply_delete, &w, err) < 0) {
         log_error("delete: %s", err);
         rpc_reply_error(c, msgid, "store failed: %s", err);
         return;
     }
     if (!w.written) {
-        /* Already a tombstone here: nothing newer to tell the replicas. */
-        msgpack_packer *pk = rpc_reply_begin(c, msgid);
-        msgpack_pack_array(pk, 2);
-        msgpack_pack_uint32(pk, (uint32_t)w.code);
-        msgpack_pack_uint64(pk, 0);
-        rpc_call_end(c);
+        /* Already a tombstone here, or a cas mismatch: nothing to replicate. */
+        pack_result(c, msgid, w.code, 0, 0, NULL, 0);
         return;
     }
-    replicate(s, c, msgid, hash, key, klen, w.tomb, RECORD_TOMBSTONE, w.code, w.ct, flags & WF_ASYNC);
+    replicate(s, c, msgid, hash, key, klen, &w);
 }
 
 static void handle_replicate(server *s, rpc_conn *c, uint32_t msgid, const msgpack_object *params)
@@ -393,12 +500,110 @@ static void handle_status(server *s, rpc_conn *c, uint32_t msgid, const msgpack_
     }
 }
 
+/* ---- flush_all ---- */
+
+static char *flush_path(server *s)
+{
+    char *p = NULL;
+    if (asprintf(&p, "%s.flush", store_path(s->db)) < 0) return NULL;
+    return p;
+}
+
+void data_load_flush(server *s)
+{
+    char *path = flush_path(s);
+    FILE *f = path ? fopen(path, "r") : NULL;
+    unsigned long long v;
+    if (f && fscanf(f, "%llu", &v) == 1) {
+        s->flush_floor = v;
+        log_info("flush_all floor %llu from %s", v, path);
+    }
+    if (f) fclose(f);
+    free(path);
+}
+
+static int save_flush(server *s, char *err)
+{
+    char *path = flush_path(s), *tmp = NULL;
+    int rc = -1;
+    if (!path || asprintf(&tmp, "%s.tmp", path) < 0) {
+        free(path);
+        return kumo_err(err, "out of memory");
+    }
+    FILE *f = fopen(tmp, "w");
+    if (!f) {
+        kumo_err(err, "%s: %s", tmp, strerror(errno));
+    } else {
+        fprintf(f, "%llu\n", (unsigned long long)s->flush_floor);
+        if (fflush(f) != 0 || fsync(fileno(f)) != 0) kumo_err(err, "%s: %s", tmp, strerror(errno));
+        else if (rename(tmp, path) != 0) kumo_err(err, "%s: %s", path, strerror(errno));
+        else rc = 0;
+        fclose(f);
+    }
+    free(tmp);
+    free(path);
+    return rc;
+}
+
+typedef struct sweep_ctx {
+    server *s;
+    uint64_t removed;
+} sweep_ctx;
+
+static int sweep_record(void *arg, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    sweep_ctx *x = arg;
+    char err[KUMO_ERRLEN];
+    if (record_clocktime(val, vlen) < x->s->flush_floor &&
+        store_remove_if_older(x->s->db, key, klen, x->s->flush_floor - 1, err) == 1)
+        x->removed++;
+    return 0;
+}
+
+/* The flush time has come: free the space of what it invalidated. */
+static void flush_sweep(evutil_socket_t fd, short what, void *arg)
+{
+    server *s = arg;
+    char err[KUMO_ERRLEN];
+    sweep_ctx x = {.s = s};
+    if (store_iterate(s->db, sweep_record, &x, err) < 0) log_error("flush_all: %s", err);
+    log_info("flush_all: %llu records removed", (unsigned long long)x.removed);
+}
+
+static void handle_flush(server *s, rpc_conn *c, uint32_t msgid, const msgpack_object *params)
+{
+    uint64_t delay = 0;
+    char err[KUMO_ERRLEN];
+    rpc_arg_uint(params, 0, &delay);
+    if (delay > 60u * 60 * 24 * 365) delay = 60u * 60 * 24 * 365;
+    /* Everything written before the flush moment goes; the moment is a
+     * ClockTime so a write in the same second after a plain flush_all stays. */
+    uint64_t floor = delay == 0 ? clock_next(&s->clock) : ((uint64_t)time(NULL) + delay) << 32;
+    if (floor > s->flush_floor) s->flush_floor = floor;
+    if (save_flush(s, err) < 0) {
+        log_error("flush_all: %s", err);
+        rpc_reply_error(c, msgid, "%s", err);
+        return;
+    }
+    if (!s->flush_timer) s->flush_timer = evtimer_new(s->base, flush_sweep, s);
+    struct timeval tv = {(time_t)delay, 0};
+    evtimer_add(s->flush_timer, &tv);
+    rpc_reply_bool(c, msgid, true);
+}
+
+void data_stop(server *s)
+{
+    if (s->flush_timer) event_free(s->flush_timer);
+    s->flush_timer = NULL;
+}
+
 bool data_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
 {
     switch (method) {
     case SRV_GET: handle_get(s, c, msgid, params); return true;
     case SRV_SET: handle_set(s, c, msgid, params); return true;
     case SRV_DELETE: handle_delete(s, c, msgid, params); return true;
+    case SRV_FLUSH: handle_flush(s, c, msgid, params); return true;
     case SRV_REPLICATE: handle_replicate(s, c, msgid, params); return true;
     case SRV_STATUS: handle_status(s, c, msgid, params); return true;
     default: return false;

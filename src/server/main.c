@@ -96,6 +96,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "kumo-server: cannot open database: %s\n", err);
         return 1;
     }
+    data_load_flush(&s);
     s.base = event_base_new();
     s.rpc_self = (rpc_self){.role = RPC_ROLE_SERVER, .addr = s.self, .clock = &s.clock};
 
@@ -124,6 +125,7 @@ int main(int argc, char **argv)
 
     evconnlistener_free(s.listener);
     cluster_stop(&s);
+    data_stop(&s);
     store_close(s.db);
     log_info("end");
     daemon_signals_free(&sigs);

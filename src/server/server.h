@@ -20,6 +20,7 @@
 #include "cmdline.h"
 #include "hashspace.h"
 #include "net.h"
+#include "record.h"
 #include "rpc.h"
 #include "store.h"
 
@@ -68,6 +69,10 @@ typedef struct server {
     uint64_t cmd_get, cmd_set, cmd_delete;
     bool ready_notified;
     bool stopping;
+    /* flush_all: records older than this ClockTime are gone once its second
+     * has come (kept in <db>.flush so a restart does not bring them back) */
+    uint64_t flush_floor;
+    struct event *flush_timer;
 } server;
 
 /* cluster.c */
@@ -85,6 +90,12 @@ void cluster_set_hashspaces(server *s, hashspace *whs, hashspace *rhs);
 bool replace_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
 
 /* data.c */
+/* A stored record that is a live value (not a tombstone, not expired, not
+ * flushed); fills *v. */
+bool data_live(const void *rec, size_t len, uint32_t now, uint64_t floor, record_value *v);
+/* Read the flush floor kept beside the database (start-up). */
+void data_load_flush(server *s);
+void data_stop(server *s);
 bool data_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
 
 #endif

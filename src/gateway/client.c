@@ -1,0 +1,159 @@
+/*
+ * client — memcached client connections and their in-order reply queue
+ * (see client.h).
+ */
+#include "client.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void req_free(creq *r)
+{
+    evbuffer_free(r->out);
+    if (r->free_state) r->free_state(r->state);
+    free(r);
+}
+
+static void conn_free(client *c)
+{
+    while (c->head) {
+        creq *r = c->head;
+        c->head = r->next;
+        req_free(r);
+    }
+    free(c->proto);
+    free(c);
+}
+
+static void conn_close(client *c)
+{
+    if (c->closed) return;
+    c->closed = true;
+    c->g->stats.curr_connections--;
+    bufferevent_free(c->bev);
+    c->bev = NULL;
+    if (c->inflight == 0) conn_free(c);
+}
+
+creq *client_req(client *c, bool quiet)
+{
+    creq *r = calloc(1, sizeof(*r));
+    if (!r) return NULL;
+    r->out = evbuffer_new();
+    if (!r->out) {
+        free(r);
+        return NULL;
+    }
+    r->c = c;
+    r->quiet = quiet;
+    if (c->tail) c->tail->next = r;
+    else c->head = r;
+    c->tail = r;
+    c->queued++;
+    return r;
+}
+
+/* Move the finished prefix of the queue to the socket. */
+static void flush(client *c)
+{
+    if (c->closed) return;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    while (c->head && c->head->done) {
+        creq *r = c->head;
+        c->head = r->next;
+        if (!c->head) c->tail = NULL;
+        c->queued--;
+        if (!r->quiet) evbuffer_add_buffer(out, r->out);
+        req_free(r);
+    }
+    if (c->paused && c->queued < CLIENT_MAX_QUEUED / 2) {
+        /* Input may already be buffered: run the parser again, later. */
+        c->paused = false;
+        bufferevent_enable(c->bev, EV_READ);
+        bufferevent_trigger(c->bev, EV_READ, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
+    }
+    if (c->close_after_flush && !c->head && evbuffer_get_length(out) == 0) conn_close(c);
+}
+
+void client_done(creq *r) { r->done = true; }
+
+void client_reply(creq *r, const char *text)
+{
+    evbuffer_add(r->out, text, strlen(text));
+    client_done(r);
+}
+
+void client_call_begin(creq *r) { r->c->inflight++; }
+
+void client_call_end(creq *r)
+{
+    client *c = r->c; /* r may be freed by the flush */
+    flush(c);
+    if (--c->inflight == 0 && c->closed) conn_free(c);
+}
+
+static void read_cb(struct bufferevent *bev, void *arg)
+{
+    client *c = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    /* Hold the connection: a parse may complete requests and close it. */
+    c->inflight++;
+    while (!c->closed && !c->close_after_flush) {
+        size_t len = evbuffer_get_length(in);
+        if (len == 0) break;
+        if (c->discard > 0) {
+            size_t n = len < c->discard ? len : c->discard;
+            evbuffer_drain(in, n);
+            c->discard -= n;
+            continue;
+        }
+        if (c->queued >= CLIENT_MAX_QUEUED) {
+            c->paused = true;
+            bufferevent_disable(bev, EV_READ);
+            break;
+        }
+        size_t used = c->parse(c, (const char *)evbuffer_pullup(in, -1), len);
+        if (used == 0 && c->discard == 0) break;
+        if (!c->closed) evbuffer_drain(in, used);
+    }
+    flush(c);
+    if (--c->inflight == 0 && c->closed) conn_free(c);
+}
+
+static void event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) conn_close(arg);
+}
+
+static void write_cb(struct bufferevent *bev, void *arg)
+{
+    client *c = arg;
+    if (c->close_after_flush && !c->head) conn_close(c);
+}
+
+client *client_new(gateway *g, int fd, client_parse_fn parse, void *proto_state)
+{
+    client *c = calloc(1, sizeof(*c));
+    if (!c) {
+        close(fd);
+        free(proto_state);
+        return NULL;
+    }
+    net_tune(fd);
+    c->g = g;
+    c->parse = parse;
+    c->proto = proto_state;
+    c->bev = bufferevent_socket_new(g->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (!c->bev) {
+        close(fd);
+        free(proto_state);
+        free(c);
+        return NULL;
+    }
+    g->stats.curr_connections++;
+    g->stats.total_connections++;
+    bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    return c;
+}
