@@ -64,7 +64,10 @@ static void flush(client *c)
         c->head = r->next;
         if (!c->head) c->tail = NULL;
         c->queued--;
-        if (!r->quiet) evbuffer_add_buffer(out, r->out);
+        if (!r->quiet) {
+            c->g->stats.bytes_written += evbuffer_get_length(r->out);
+            evbuffer_add_buffer(out, r->out);
+        }
         req_free(r);
     }
     if (c->paused && c->queued < CLIENT_MAX_QUEUED / 2) {

@@ -120,6 +120,16 @@ void router_write_op(gateway *g, const router_write *w, const char *key, size_t 
 /* flush_all on every server; fn gets ok = all of them did it. */
 void router_flush(gateway *g, uint64_t delay, router_write_fn fn, void *arg);
 
+/* The cluster's size as memcached's stats report it: records and database
+ * bytes summed over the live servers, divided by the copies kept of each
+ * key (so approximate: tombstones count as records). */
+typedef struct router_sizes {
+    bool ok;
+    uint64_t items, bytes;
+} router_sizes;
+typedef void (*router_sizes_fn)(void *arg, const router_sizes *sizes);
+void router_sizes_get(gateway *g, router_sizes_fn fn, void *arg);
+
 /* text.c: the text protocol, classic and meta commands */
 void text_accept(gateway *g, int fd);
 /* binary.c: the binary protocol */

@@ -444,6 +444,73 @@ void router_flush(gateway *g, uint64_t delay, router_write_fn fn, void *arg)
     event_base_once(g->base, -1, EV_TIMEOUT, flush_start_cb, f, &zero);
 }
 
+/* ---- cluster size for stats ---- */
+
+typedef struct sizes_op {
+    int waiting;
+    size_t servers;
+    router_sizes sum;
+    router_sizes_fn fn;
+    void *arg;
+} sizes_op;
+
+static void sizes_done(sizes_op *op)
+{
+    if (--op->waiting > 0) return;
+    size_t copies = op->servers < KUMO_REPLICAS ? op->servers : KUMO_REPLICAS;
+    if (copies > 0) {
+        op->sum.items /= copies;
+        op->sum.bytes /= copies;
+    }
+    op->fn(op->arg, &op->sum);
+    free(op);
+}
+
+static void sizes_reply(void *arg, rpc_status st, const msgpack_object *result, bool bytes)
+{
+    sizes_op *op = arg;
+    if (st == RPC_OK && result->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+        if (bytes) op->sum.bytes += result->via.u64;
+        else op->sum.items += result->via.u64;
+    } else {
+        op->sum.ok = false;
+    }
+    sizes_done(op);
+}
+
+static void items_reply(void *arg, rpc_status st, const msgpack_object *r) { sizes_reply(arg, st, r, false); }
+static void bytes_reply(void *arg, rpc_status st, const msgpack_object *r) { sizes_reply(arg, st, r, true); }
+static void sizes_start_cb(evutil_socket_t fd, short what, void *arg) { sizes_done(arg); }
+
+void router_sizes_get(gateway *g, router_sizes_fn fn, void *arg)
+{
+    sizes_op *op = calloc(1, sizeof(*op));
+    if (!op) {
+        log_fatal("out of memory");
+        abort();
+    }
+    op->fn = fn;
+    op->arg = arg;
+    op->sum.ok = true;
+    op->waiting = 1;
+    const ring *rg = &g->whs->ring;
+    for (size_t i = 0; i < rg->nnodes; i++) {
+        if (!rg->nodes[i].active) continue;
+        rpc_conn *c = server_conn(g, &rg->nodes[i].addr);
+        if (!c) continue;
+        op->servers++;
+        for (int k = 0; k < 2; k++) {
+            op->waiting++;
+            msgpack_packer *pk = rpc_call_begin(c, SRV_STATUS, GET_TIMEOUT, k ? bytes_reply : items_reply, op);
+            msgpack_pack_array(pk, 1);
+            msgpack_pack_uint32(pk, k ? ST_DB_BYTES : ST_ITEMS);
+            rpc_call_end(c);
+        }
+    }
+    struct timeval zero = {0, 0};
+    event_base_once(g->base, -1, EV_TIMEOUT, sizes_start_cb, op, &zero);
+}
+
 int router_start(gateway *g, char *err)
 {
     const char *names[2] = {g->cfg->manager1, g->cfg->manager2};

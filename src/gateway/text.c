@@ -495,7 +495,7 @@ static void do_flush(client *c, const memtext_request *q)
 
 /* ---- stats ---- */
 
-static void stats_general(gateway *g, struct evbuffer *out)
+static void stats_general(gateway *g, struct evbuffer *out, const router_sizes *sz)
 {
     const gateway_stats *s = &g->stats;
     struct rusage ru;
@@ -526,12 +526,12 @@ static void stats_general(gateway *g, struct evbuffer *out)
         "STAT bytes_read %" PRIu64 "\r\nSTAT bytes_written %" PRIu64 "\r\n"
         "STAT limit_maxbytes 0\r\nSTAT accepting_conns 1\r\nSTAT listen_disabled_num 0\r\n"
         "STAT threads 1\r\nSTAT conn_yields 0\r\n"
-        "STAT curr_items 0\r\nSTAT total_items 0\r\nSTAT bytes 0\r\nSTAT evictions 0\r\nSTAT reclaimed 0\r\n"
-        "END\r\n",
+        "STAT curr_items %" PRIu64 "\r\nSTAT total_items %" PRIu64 "\r\nSTAT bytes %" PRIu64 "\r\n"
+        "STAT evictions 0\r\nSTAT reclaimed 0\r\nEND\r\n",
         s->cmd_get, s->cmd_set, s->cmd_flush, s->cmd_touch, s->cmd_meta, s->get_hits, s->get_misses, s->get_expired,
         s->delete_misses, s->delete_hits, s->incr_misses, s->incr_hits, s->decr_misses, s->decr_hits,
         s->cas_misses, s->cas_hits, s->cas_badval, s->touch_hits, s->touch_misses, s->store_too_large,
-        s->bytes_read, s->bytes_written);
+        s->bytes_read, s->bytes_written, sz->items, s->cmd_set, sz->bytes);
 }
 
 static void stats_settings(gateway *g, struct evbuffer *out)
@@ -548,12 +548,24 @@ static void stats_settings(gateway *g, struct evbuffer *out)
         cfg->async_set ? "yes" : "no", cfg->async_delete ? "yes" : "no");
 }
 
+static void sizes_done(void *arg, const router_sizes *sz)
+{
+    creq *r = arg;
+    stats_general(r->c->g, r->out, sz);
+    client_done(r);
+    client_call_end(r);
+}
+
 static void do_stats(client *c, const memtext_request *q)
 {
     creq *r = client_req(c, false);
     if (!r) return;
-    if (q->arg.len == 0) stats_general(c->g, r->out);
-    else if (q->arg.len == 8 && memcmp(q->arg.p, "settings", 8) == 0) stats_settings(c->g, r->out);
+    if (q->arg.len == 0) {
+        client_call_begin(r);
+        router_sizes_get(c->g, sizes_done, r);
+        return;
+    }
+    if (q->arg.len == 8 && memcmp(q->arg.p, "settings", 8) == 0) stats_settings(c->g, r->out);
     else if ((q->arg.len == 5 && memcmp(q->arg.p, "items", 5) == 0) ||
              (q->arg.len == 5 && memcmp(q->arg.p, "slabs", 5) == 0) ||
              (q->arg.len == 5 && memcmp(q->arg.p, "sizes", 5) == 0) ||

@@ -91,6 +91,7 @@ enum {
     ST_RHS = 9,
     ST_WHS = 10,
     ST_REPLACE = 11,
+    ST_DB_BYTES = 12, /* size of the database file */
 };
 
 /* Remote error text the gateway reacts to by refreshing its hash spaces. */

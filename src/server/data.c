@@ -489,6 +489,7 @@ static void handle_status(server *s, rpc_conn *c, uint32_t msgid, const msgpack_
     case ST_CLOCKTIME: rpc_reply_uint(c, msgid, clock_peek(&s->clock)); break;
     case ST_RHS: hashspace_pack(s->rhs, rpc_reply_begin(c, msgid)); break;
     case ST_WHS: hashspace_pack(s->whs, rpc_reply_begin(c, msgid)); break;
+    case ST_DB_BYTES: rpc_reply_uint(c, msgid, store_file_size(s->db)); break;
     case ST_REPLACE: {
         uint64_t flags = 0;
         if (!hashspace_is_owner(s->whs, 0, &s->self) && hashspace_find(s->whs, &s->self) < 0) flags |= 0x01;
