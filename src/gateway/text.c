@@ -70,12 +70,20 @@ static bool parse_i64(const char *p, size_t n, int64_t *out)
 /* Parse the flag tokens of a meta command; NULL or a CLIENT_ERROR text. */
 static const char *parse_meta(const memtext_request *q, meta *m)
 {
+    bool seen[128] = {false};
+    bool arith = q->cmd == MEMTEXT_MA;
+    /* memcached words a bad number differently for ma than for the others */
+    const char *bad_num = arith ? "invalid or duplicate flag" : "bad token in command line format";
     memset(m, 0, sizeof(*m));
     m->delta = 1;
     for (size_t i = 0; i < q->ntokens; i++) {
         const char *t = q->tokens[i].p, *a = t + 1;
         size_t n = q->tokens[i].len - 1;
         uint64_t u;
+        if ((unsigned char)t[0] < 128) {
+            if (seen[(unsigned char)t[0]]) return arith ? "invalid or duplicate flag" : "duplicate flag";
+            seen[(unsigned char)t[0]] = true;
+        }
         switch (t[0]) {
         case 'v': m->v = true; break;
         case 'q': m->q = true; break;
@@ -89,27 +97,27 @@ static const char *parse_meta(const memtext_request *q, meta *m)
             m->ret[m->nret++] = 'O';
             break;
         case 'C':
-            if (!parse_u64(a, n, &m->cas)) return "bad token in command line format";
+            if (!parse_u64(a, n, &m->cas)) return bad_num;
             m->has_cas = true;
             break;
         case 'T':
-            if (!parse_i64(a, n, &m->ttl)) return "bad token in command line format";
+            if (!parse_i64(a, n, &m->ttl)) return bad_num;
             m->has_ttl = true;
             break;
         case 'N':
-            if (!parse_i64(a, n, &m->vivify_ttl)) return "bad token in command line format";
+            if (!parse_i64(a, n, &m->vivify_ttl)) return bad_num;
             m->vivify = true;
             break;
         case 'F':
-            if (!parse_u64(a, n, &u) || u > UINT32_MAX) return "bad token in command line format";
+            if (!parse_u64(a, n, &u) || u > UINT32_MAX) return bad_num;
             m->flags = (uint32_t)u;
             m->has_flags = true;
             break;
         case 'D':
-            if (!parse_u64(a, n, &m->delta)) return "bad token in command line format";
+            if (!parse_u64(a, n, &m->delta)) return bad_num;
             break;
         case 'J':
-            if (!parse_u64(a, n, &m->initial)) return "bad token in command line format";
+            if (!parse_u64(a, n, &m->initial)) return bad_num;
             break;
         case 'M':
             if (n != 1) return "bad token in command line format";
@@ -625,9 +633,16 @@ static void mg_finish(creq *r, bool ok, const void *rec, size_t len)
         if (t->m.q) {
             r->quiet = true;
             client_done(r);
-        } else {
-            client_reply(r, "EN\r\n");
+            return;
         }
+        /* a miss echoes only the key and the opaque */
+        evbuffer_add(r->out, "EN", 2);
+        for (size_t i = 0; i < t->m.nret; i++) {
+            if (t->m.ret[i] == 'k') evbuffer_add_printf(r->out, " k%.*s", (int)t->keys[0].klen, t->keys[0].key);
+            else if (t->m.ret[i] == 'O') evbuffer_add_printf(r->out, " O%s", t->m.opaque);
+        }
+        evbuffer_add(r->out, "\r\n", 2);
+        client_done(r);
         return;
     }
     g->stats.get_hits++;
@@ -701,7 +716,7 @@ static void md_done(void *arg, const router_result *res)
     } else if (res->code == CODE_EXISTS) meta_answer(r, "EX", NULL, 0, false);
     else {
         st->delete_misses++;
-        meta_answer(r, "NF", NULL, 0, true);
+        meta_answer(r, "NF", NULL, 0, false);
     }
     client_call_end(r);
 }
@@ -712,20 +727,25 @@ static void ma_done(void *arg, const router_result *res)
     tstate *t = r->state;
     if (!res->ok) client_reply(r, "SERVER_ERROR store failed\r\n");
     else if (res->code == CODE_STORED) {
-        if (t->m.v) {
+        record_value v, *vp = NULL;
+        if (res->value && record_value_parse(res->value, res->vlen, &v) == 0) vp = &v;
+        if (t->m.q) {
+            r->quiet = true;
+            client_done(r);
+        } else if (t->m.v) {
             char num[24];
             int n = snprintf(num, sizeof(num), "%" PRIu64, res->number);
             evbuffer_add_printf(r->out, "VA %d", n);
-            meta_ret(r->out, &t->m, t->keys[0].key, t->keys[0].klen, NULL, res->ct, (uint32_t)time(NULL));
+            meta_ret(r->out, &t->m, t->keys[0].key, t->keys[0].klen, vp, res->ct, (uint32_t)time(NULL));
             evbuffer_add_printf(r->out, "\r\n%s\r\n", num);
             client_done(r);
         } else {
-            meta_answer(r, "HD", NULL, res->ct, true);
+            meta_answer(r, "HD", vp, res->ct, true);
         }
     } else if (res->code == CODE_NON_NUMERIC) {
         client_reply(r, "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n");
     } else if (res->code == CODE_EXISTS) meta_answer(r, "EX", NULL, 0, false);
-    else meta_answer(r, "NF", NULL, 0, true);
+    else meta_answer(r, "NF", NULL, 0, false);
     client_call_end(r);
 }
 
@@ -770,7 +790,7 @@ static void do_meta(client *c, const memtext_request *q)
         case 'A': case 'a': w.op = OP_APPEND; break;
         case 'P': case 'p': w.op = OP_PREPEND; break;
         case 'R': case 'r': w.op = OP_REPLACE; break;
-        default: client_reply(r, "CLIENT_ERROR invalid mode for ms STORE\r\n"); return;
+        default: client_reply(r, "CLIENT_ERROR invalid mode for ms M token\r\n"); return;
         }
         g->stats.cmd_set++;
         val = make_value(m.flags, m.has_ttl ? m.ttl : 0, q->data, q->data_len, &vlen);
@@ -787,12 +807,13 @@ static void do_meta(client *c, const memtext_request *q)
         switch (m.mode ? m.mode : 'I') {
         case 'I': case 'i': case '+': w.op = OP_INCR; break;
         case 'D': case 'd': case '-': w.op = OP_DECR; break;
-        default: client_reply(r, "CLIENT_ERROR invalid mode for ma\r\n"); return;
+        default: client_reply(r, "CLIENT_ERROR invalid mode for ma M token\r\n"); return;
         }
         w.delta = m.delta;
         w.initial = m.initial;
         if (m.vivify) w.flags |= WF_VIVIFY;
-        val = make_value(0, m.vivify ? m.vivify_ttl : 0, NULL, 0, &vlen);
+        if (m.has_ttl) w.flags |= WF_TOUCH;
+        val = make_value(0, m.has_ttl ? m.ttl : m.vivify ? m.vivify_ttl : 0, NULL, 0, &vlen);
         client_call_begin(r);
         router_write_op(g, &w, key, klen, val, val ? vlen : 0, ma_done, r);
         return;

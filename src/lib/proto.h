@@ -19,7 +19,7 @@ enum {
     CTL_STATUS = 99,        /* [] -> [whs, [newcomer addr...], rhs, auto_replace, replace_state] */
     CTL_ATTACH = 100,       /* [replace:bool] -> [attached addr...] */
     CTL_DETACH = 101,       /* [replace:bool] -> [detached addr...] */
-    CTL_BACKUP = 102,       /* [suffix] -> nil */
+    CTL_BACKUP = 102,       /* [suffix] -> [[addr, path-or-nil, error-or-nil]...] */
     CTL_AUTO_REPLACE = 103, /* [enable:bool] -> bool */
     CTL_REPLACE = 104,      /* [full:bool] -> nil */
 };
@@ -37,6 +37,7 @@ enum {
                                 -> [code, clocktime, number, value] */
     SRV_DELETE = 36,         /* [flags, dbkey, cas] -> [code, clocktime] */
     SRV_FLUSH = 37,          /* [delay_seconds] -> true */
+    SRV_BACKUP = 96,         /* [suffix] -> path written */
     SRV_STATUS = 97,         /* [what] -> value */
     SRV_SET_CONFIG = 98,     /* [what, arg] -> count */
 };
@@ -60,6 +61,7 @@ enum {
     OP_DECR = 8,    /* by delta, not below 0 */
     OP_TOUCH = 9,   /* new exptime from dbvalue's header */
     OP_GAT = 10,    /* OP_TOUCH that also returns the stored value */
+    /* OP_INCR, OP_DECR and OP_GAT return the record they wrote as `value` */
 };
 
 /* SRV_SET / SRV_DELETE result codes (memcached's words) */
@@ -75,6 +77,7 @@ enum {
 enum {
     WF_ASYNC = 0x01,  /* answer after the primary's own write (-As/-Ad, noreply) */
     WF_VIVIFY = 0x02, /* incr/decr of a missing key creates it with `initial` */
+    WF_TOUCH = 0x04,  /* incr/decr also sets the exptime of dbvalue's header */
 };
 
 /* SRV_STATUS what */

@@ -36,7 +36,7 @@ static const opts_spec manager_spec = {
 
 static void ctl_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
 {
-    if (!membership_control(arg, c, msgid, method, params)) rpc_reply_error(c, msgid, "unknown command %u", method);
+    if (!control_handle(arg, c, msgid, method, params)) rpc_reply_error(c, msgid, "unknown command %u", method);
 }
 
 static void on_cluster_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len, void *arg)

@@ -3,6 +3,7 @@
  *   main.c        flags, start-up, listeners, signals, the control port
  *   membership.c  servers and gateways, keepalive and fault detection,
  *                 attach/detach, the hash spaces and their distribution
+ *   control.c     the commands of kumoctl
  *   replace.c     moving data after a membership change: copy to the new
  *                 owners, switch rhs to whs, delete from the old owners
  *
@@ -57,10 +58,14 @@ typedef struct manager {
     rpc_conn **gateways;
     size_t ngateways, gateways_cap;
     struct event *tick;
+    struct event *auto_timer;
+    bool auto_replace; /* -a, or kumoctl enable-auto-replace */
     /* replace (replace.c) */
     bool replacing;
     uint64_t replace_ct; /* whs clocktime the running replace moves data to */
     size_t copy_pending, delete_pending;
+    bool copy_failed;          /* some server could not copy everything */
+    struct event *retry_timer; /* restarts a replace whose copy failed */
 } manager;
 
 /* membership.c */
@@ -68,9 +73,16 @@ void membership_start(manager *m);
 void membership_stop(manager *m);
 /* A new connection on the cluster port (servers and gateways). */
 void membership_accept(manager *m, int fd);
-/* Control commands (kumoctl, and kumostat -m): answers and returns true if
- * `method` is one. Served on the control port and, for tools, the cluster port. */
-bool membership_control(manager *m, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
+mserver *membership_find_server(manager *m, const net_addr *a);
+/* With auto-replace on: attach newcomers, detach lost servers and replace,
+ * -Rs seconds after the last change. */
+void membership_schedule_auto_replace(manager *m);
+
+/* control.c: kumoctl's commands (and kumostat -m's status). Answers and
+ * returns true if `method` is one. */
+bool control_handle(manager *m, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
+/* Auto-replace: attach, detach and replace in one step (if enabled). */
+void control_auto_replace(manager *m);
 
 /* Replace both hash spaces (taking ownership of the refs) and push them to
  * every server and gateway. */
@@ -80,8 +92,9 @@ void membership_set_hashspaces(manager *m, hashspace *whs, hashspace *rhs);
 /* Start (or restart) a replace towards the current whs. */
 void replace_start(manager *m, bool full);
 /* A server reported the end of a phase (MGR_REPLACE_COPY_END/DELETE_END). */
-void replace_phase_end(manager *m, rpc_conn *c, uint32_t method, uint64_t replace_ct);
+void replace_phase_end(manager *m, rpc_conn *c, uint32_t method, uint64_t replace_ct, bool ok);
 /* A server was lost: it no longer holds up the replace. */
 void replace_server_lost(manager *m, mserver *ms);
+void replace_stop(manager *m);
 
 #endif

@@ -108,7 +108,7 @@ static hashspace *with_state(manager *m, hashspace *hs, const net_addr *addr, bo
 
 /* ---- servers ---- */
 
-static mserver *find_server(manager *m, const net_addr *a)
+mserver *membership_find_server(manager *m, const net_addr *a)
 {
     for (size_t i = 0; i < m->nservers; i++)
         if (net_equal(&m->servers[i]->addr, a)) return m->servers[i];
@@ -146,6 +146,7 @@ static void server_lost(manager *m, mserver *ms)
     char buf[NET_ADDRSTRLEN];
     log_warn("lost node server %s", fmt(&ms->addr, buf));
     ms->newcomer = false;
+    membership_schedule_auto_replace(m);
     uint64_t ct = clock_next(&m->clock);
     hashspace *w = with_state(m, m->whs, &ms->addr, false, ct);
     hashspace *r = with_state(m, m->rhs, &ms->addr, false, ct);
@@ -241,7 +242,7 @@ static void server_hello(manager *m, rpc_conn *c)
         rpc_close(c);
         return;
     }
-    mserver *ms = find_server(m, a);
+    mserver *ms = membership_find_server(m, a);
     if (!ms && !(ms = add_server(m, a))) {
         rpc_close(c);
         return;
@@ -257,6 +258,7 @@ static void server_hello(manager *m, rpc_conn *c)
     if (!is_active_member(m, a) && !ms->newcomer) {
         ms->newcomer = true;
         log_info("new node server %s", fmt(a, buf));
+        membership_schedule_auto_replace(m);
     }
     push_to_server(m, ms);
 }
@@ -336,11 +338,13 @@ static void mgr_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t meth
     case MGR_REPLACE_COPY_END:
     case MGR_REPLACE_DELETE_END: {
         uint64_t ct;
+        bool ok = true;
         if (!rpc_arg_uint(params, 0, &ct)) {
             rpc_reply_error(c, msgid, "bad params");
             break;
         }
-        replace_phase_end(m, c, method, ct);
+        rpc_arg_bool(params, 1, &ok);
+        replace_phase_end(m, c, method, ct, ok);
         rpc_reply_bool(c, msgid, true);
         break;
     }
@@ -349,7 +353,7 @@ static void mgr_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t meth
         rpc_call_end(c);
         break;
     default:
-        if (rpc_peer_role(c) == RPC_ROLE_TOOL && membership_control(m, c, msgid, method, params)) break;
+        if (rpc_peer_role(c) == RPC_ROLE_TOOL && control_handle(m, c, msgid, method, params)) break;
         rpc_reply_error(c, msgid, "unknown method %u", method);
         break;
     }
@@ -361,136 +365,19 @@ void membership_accept(manager *m, int fd)
     if (!rpc_accept(m->base, fd, &h, &m->rpc_self)) evutil_closesocket(fd);
 }
 
-/* ---- control commands ---- */
+static void auto_cb(evutil_socket_t fd, short what, void *arg) { control_auto_replace(arg); }
 
-static void membership_status(manager *m, rpc_conn *c, uint32_t msgid)
+void membership_schedule_auto_replace(manager *m)
 {
-    msgpack_packer *pk = rpc_reply_begin(c, msgid);
-    size_t n = 0;
-    for (size_t i = 0; i < m->nservers; i++) n += m->servers[i]->newcomer && m->servers[i]->conn;
-    msgpack_pack_array(pk, 3);
-    hashspace_pack(m->whs, pk);
-    msgpack_pack_array(pk, (uint32_t)n);
-    for (size_t i = 0; i < m->nservers; i++) {
-        mserver *ms = m->servers[i];
-        if (ms->newcomer && ms->conn) rpc_pack_bytes(pk, ms->addr.id, ms->addr.len);
-    }
-    hashspace_pack(m->rhs, pk);
-    rpc_call_end(c);
-}
-
-/* A new whs of these nodes. With replace, servers and gateways get it and
- * data moves; without (the -noreplace commands), only the manager's whs
- * changes until `kumoctl replace` (guide 6.7.2). */
-static void change_whs(manager *m, const ring_node *nodes, size_t n, bool replace)
-{
-    hashspace *w = hashspace_new(nodes, n, clock_next(&m->clock));
-    if (!w) {
-        log_error("out of memory building a hash space");
-        return;
-    }
-    if (replace) {
-        membership_set_hashspaces(m, w, hashspace_ref(m->rhs));
-        replace_start(m, false);
-    } else {
-        hashspace_unref(m->whs);
-        m->whs = w;
-    }
-}
-
-static void reply_addrs(rpc_conn *c, uint32_t msgid, const net_addr *addrs, size_t n)
-{
-    msgpack_packer *pk = rpc_reply_begin(c, msgid);
-    msgpack_pack_array(pk, (uint32_t)n);
-    for (size_t i = 0; i < n; i++) rpc_pack_bytes(pk, addrs[i].id, addrs[i].len);
-    rpc_call_end(c);
-}
-
-static void membership_attach(manager *m, rpc_conn *c, uint32_t msgid, bool replace)
-{
-    size_t n = m->whs->ring.nnodes;
-    ring_node *nodes = malloc((n + m->nservers) * sizeof(*nodes));
-    net_addr *added = malloc((m->nservers + 1) * sizeof(*added));
-    size_t nadded = 0;
-    char buf[NET_ADDRSTRLEN];
-    if (!nodes || !added) {
-        free(nodes);
-        free(added);
-        rpc_reply_error(c, msgid, "out of memory");
-        return;
-    }
-    memcpy(nodes, m->whs->ring.nodes, n * sizeof(*nodes));
-    for (size_t i = 0; i < m->nservers; i++) {
-        mserver *ms = m->servers[i];
-        if (!ms->newcomer || !ms->conn) continue;
-        int at = hashspace_find(m->whs, &ms->addr);
-        if (at >= 0) nodes[at].active = true;
-        else nodes[n++] = (ring_node){.addr = ms->addr, .active = true};
-        ms->newcomer = false;
-        added[nadded++] = ms->addr;
-        log_info("attach %s", fmt(&ms->addr, buf));
-    }
-    if (nadded > 0) change_whs(m, nodes, n, replace);
-    reply_addrs(c, msgid, added, nadded);
-    free(nodes);
-    free(added);
-}
-
-static void membership_detach(manager *m, rpc_conn *c, uint32_t msgid, bool replace)
-{
-    size_t n = 0;
-    ring_node *nodes = malloc((m->whs->ring.nnodes + 1) * sizeof(*nodes));
-    net_addr *gone = malloc((m->whs->ring.nnodes + 1) * sizeof(*gone));
-    size_t ngone = 0;
-    char buf[NET_ADDRSTRLEN];
-    if (!nodes || !gone) {
-        free(nodes);
-        free(gone);
-        rpc_reply_error(c, msgid, "out of memory");
-        return;
-    }
-    for (size_t i = 0; i < m->whs->ring.nnodes; i++) {
-        const ring_node *rn = &m->whs->ring.nodes[i];
-        if (rn->active) {
-            nodes[n++] = *rn;
-            continue;
-        }
-        gone[ngone++] = rn->addr;
-        log_info("detach %s", fmt(&rn->addr, buf));
-        mserver *ms = find_server(m, &rn->addr);
-        if (ms && ms->conn) ms->newcomer = true;
-    }
-    if (ngone > 0) change_whs(m, nodes, n, replace);
-    reply_addrs(c, msgid, gone, ngone);
-    free(nodes);
-    free(gone);
-}
-
-bool membership_control(manager *m, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
-{
-    bool flag = true;
-    switch (method) {
-    case CTL_STATUS: membership_status(m, c, msgid); return true;
-    case CTL_ATTACH:
-        rpc_arg_bool(params, 0, &flag);
-        membership_attach(m, c, msgid, flag);
-        return true;
-    case CTL_DETACH:
-        rpc_arg_bool(params, 0, &flag);
-        membership_detach(m, c, msgid, flag);
-        return true;
-    case CTL_REPLACE:
-        flag = false;
-        rpc_arg_bool(params, 0, &flag);
-        replace_start(m, flag);
-        rpc_reply_nil(c, msgid);
-        return true;
-    default: return false;
-    }
+    if (!m->auto_replace) return;
+    struct timeval tv = tv_of(m->cfg->replace_delay);
+    evtimer_add(m->auto_timer, &tv); /* re-arming restarts the wait: the last change counts */
 }
 
 void membership_start(manager *m)
 {
+    m->auto_replace = m->cfg->auto_replace;
+    m->auto_timer = evtimer_new(m->base, auto_cb, m);
     m->tick = event_new(m->base, -1, EV_PERSIST, tick_cb, m);
     struct timeval tv = tv_of(m->cfg->common.clock_interval);
     event_add(m->tick, &tv);
@@ -500,6 +387,8 @@ void membership_start(manager *m)
 void membership_stop(manager *m)
 {
     if (m->tick) event_free(m->tick);
+    if (m->auto_timer) event_free(m->auto_timer);
+    replace_stop(m);
     for (size_t i = 0; i < m->nservers; i++) {
         mserver *ms = m->servers[i];
         rpc_close(ms->conn);

@@ -40,6 +40,17 @@ static void finish(manager *m)
     log_info("replace finished time(%s)", buf);
 }
 
+#define REPLACE_RETRY_DELAY 3
+
+static void retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    manager *m = arg;
+    log_info("replace: retrying the copy");
+    replace_start(m, false);
+}
+
+static void copy_done(manager *m);
+
 static void start_delete(manager *m)
 {
     /* Every copy is done: reads may now go to the new owners. */
@@ -56,8 +67,30 @@ static void start_delete(manager *m)
     if (m->delete_pending == 0) finish(m);
 }
 
+/* Every copy has ended: switch reads over, or, if a copy fell short, keep
+ * rhs where the data surely is and try again shortly. */
+static void copy_done(manager *m)
+{
+    if (!m->copy_failed) {
+        start_delete(m);
+        return;
+    }
+    log_warn("replace: some copies failed; reads stay on the old owners, retrying in %d s", REPLACE_RETRY_DELAY);
+    if (!m->retry_timer) m->retry_timer = evtimer_new(m->base, retry_cb, m);
+    struct timeval tv = {REPLACE_RETRY_DELAY, 0};
+    evtimer_add(m->retry_timer, &tv);
+}
+
+void replace_stop(manager *m)
+{
+    if (m->retry_timer) event_free(m->retry_timer);
+    m->retry_timer = NULL;
+}
+
 void replace_start(manager *m, bool full)
 {
+    if (m->retry_timer) evtimer_del(m->retry_timer);
+    m->copy_failed = false;
     m->replacing = true;
     m->replace_ct = m->whs->clocktime;
     m->copy_pending = 0;
@@ -71,16 +104,17 @@ void replace_start(manager *m, bool full)
         send_phase(m, ms, SRV_REPLACE_COPY, full);
     }
     log_info("start replace%s: %zu servers copying", full ? " (full)" : "", m->copy_pending);
-    if (m->copy_pending == 0) start_delete(m);
+    if (m->copy_pending == 0) copy_done(m);
 }
 
-void replace_phase_end(manager *m, rpc_conn *c, uint32_t method, uint64_t replace_ct)
+void replace_phase_end(manager *m, rpc_conn *c, uint32_t method, uint64_t replace_ct, bool ok)
 {
     mserver *ms = rpc_get_data(c);
     if (!m->replacing || replace_ct != m->replace_ct || !ms) return;
     if (method == MGR_REPLACE_COPY_END && ms->copying) {
         ms->copying = false;
-        if (--m->copy_pending == 0) start_delete(m);
+        if (!ok) m->copy_failed = true;
+        if (--m->copy_pending == 0) copy_done(m);
     } else if (method == MGR_REPLACE_DELETE_END && ms->deleting) {
         ms->deleting = false;
         if (--m->delete_pending == 0) finish(m);
@@ -91,8 +125,11 @@ void replace_server_lost(manager *m, mserver *ms)
 {
     if (!m->replacing) return;
     if (ms->copying) {
+        /* What it was to send never arrived: the copy must be redone
+         * without it once the others are done. */
         ms->copying = false;
-        if (--m->copy_pending == 0) start_delete(m);
+        m->copy_failed = true;
+        if (--m->copy_pending == 0) copy_done(m);
     } else if (ms->deleting) {
         ms->deleting = false;
         if (--m->delete_pending == 0) finish(m);

@@ -118,7 +118,8 @@ static store_verdict apply_arith(write_ctx *w, bool exists, const record_value *
     if (len > sizeof(padded)) len = n;
     memcpy(padded, num, n);
     memset(padded + n, ' ', len - n);
-    return write_new(w, ov->flags, ov->exptime, (const uint8_t *)padded, len, NULL, 0, out, outlen);
+    uint32_t exptime = (w->wflags & WF_TOUCH) ? nv->exptime : ov->exptime;
+    return write_new(w, ov->flags, exptime, (const uint8_t *)padded, len, NULL, 0, out, outlen);
 }
 
 static store_verdict apply_set(void *arg, const void *old, size_t oldlen, const void **out, size_t *outlen)
@@ -285,7 +286,8 @@ static void replicate(server *s, rpc_conn *client, uint32_t msgid, uint64_t hash
     size_t vlen = w->outlen;
     bool async = w->wflags & WF_ASYNC;
     repl *r = calloc(1, sizeof(*r));
-    if (!r || (w->op == OP_GAT && !(r->value = malloc(vlen)))) {
+    bool with_value = w->op == OP_GAT || w->op == OP_INCR || w->op == OP_DECR;
+    if (!r || (with_value && !(r->value = malloc(vlen)))) {
         free(r);
         rpc_reply_error(client, msgid, "out of memory");
         return;
@@ -494,6 +496,7 @@ static void handle_status(server *s, rpc_conn *c, uint32_t msgid, const msgpack_
         uint64_t flags = 0;
         if (!hashspace_is_owner(s->whs, 0, &s->self) && hashspace_find(s->whs, &s->self) < 0) flags |= 0x01;
         if (s->whs->clocktime != s->rhs->clocktime) flags |= 0x02;
+        if (s->replace_copying) flags |= 0x04;
         rpc_reply_uint(c, msgid, flags);
         break;
     }
@@ -592,6 +595,34 @@ static void handle_flush(server *s, rpc_conn *c, uint32_t msgid, const msgpack_o
     rpc_reply_bool(c, msgid, true);
 }
 
+/* ---- backup ---- */
+
+static void handle_backup(server *s, rpc_conn *c, uint32_t msgid, const msgpack_object *params)
+{
+    const char *sfx;
+    size_t n;
+    char err[KUMO_ERRLEN];
+    if (!rpc_arg_bytes(params, 0, &sfx, &n) || n == 0 || n > 64 || memchr(sfx, '/', n) || memchr(sfx, '\0', n) ||
+        (n == 2 && memcmp(sfx, "..", 2) == 0)) {
+        rpc_reply_error(c, msgid, "bad backup suffix (1 to 64 bytes, no '/')");
+        return;
+    }
+    char *dst = NULL;
+    if (asprintf(&dst, "%s-%.*s", store_path(s->db), (int)n, sfx) < 0) {
+        rpc_reply_error(c, msgid, "out of memory");
+        return;
+    }
+    if (store_backup(s->db, dst, err) < 0) {
+        log_error("backup: %s", err);
+        rpc_reply_error(c, msgid, "%s", err);
+    } else {
+        log_info("backup written to %s", dst);
+        rpc_pack_str(rpc_reply_begin(c, msgid), dst);
+        rpc_call_end(c);
+    }
+    free(dst);
+}
+
 void data_stop(server *s)
 {
     if (s->flush_timer) event_free(s->flush_timer);
@@ -605,6 +636,7 @@ bool data_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const 
     case SRV_SET: handle_set(s, c, msgid, params); return true;
     case SRV_DELETE: handle_delete(s, c, msgid, params); return true;
     case SRV_FLUSH: handle_flush(s, c, msgid, params); return true;
+    case SRV_BACKUP: handle_backup(s, c, msgid, params); return true;
     case SRV_REPLICATE: handle_replicate(s, c, msgid, params); return true;
     case SRV_STATUS: handle_status(s, c, msgid, params); return true;
     default: return false;

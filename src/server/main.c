@@ -8,9 +8,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 
 #include "daemon.h"
 #include "log.h"
+#include "proto.h"
 #include "server.h"
 
 static const opt_def server_opts[] = {
@@ -46,9 +51,45 @@ static const opts_spec server_spec = {
     .ndefs = sizeof(server_opts) / sizeof(server_opts[0]),
 };
 
+/* SRV_SET_CONFIG ["tcp_nodelay", bool] (kumostat set_delay/unset_delay):
+ * set TCP_NODELAY on every TCP connection this process has open now and
+ * answer how many. Connections made later take the default (no delay). */
+static void set_config(rpc_conn *c, uint32_t msgid, const msgpack_object *params)
+{
+    const char *name;
+    size_t n;
+    bool on;
+    if (!rpc_arg_bytes(params, 0, &name, &n) || n != 11 || memcmp(name, "tcp_nodelay", 11) != 0 ||
+        !rpc_arg_bool(params, 1, &on)) {
+        rpc_reply_error(c, msgid, "bad params");
+        return;
+    }
+    struct rlimit rl;
+    int maxfd = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 65536 ? (int)rl.rlim_cur : 65536;
+    uint64_t count = 0;
+    for (int fd = 0; fd < maxfd; fd++) {
+        int type = 0, listening = 1, v = on;
+        socklen_t sl = sizeof(type);
+        struct sockaddr_storage ss;
+        socklen_t al = sizeof(ss);
+        if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &sl) < 0 || type != SOCK_STREAM) continue;
+        sl = sizeof(listening);
+        if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &sl) < 0 || listening) continue;
+        if (getsockname(fd, (struct sockaddr *)&ss, &al) < 0 || (ss.ss_family != AF_INET && ss.ss_family != AF_INET6))
+            continue;
+        if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &v, sizeof(v)) == 0) count++;
+    }
+    log_info("TCP_NODELAY %s on %llu connections", on ? "set" : "cleared", (unsigned long long)count);
+    rpc_reply_uint(c, msgid, count);
+}
+
 static void on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
 {
     server *s = arg;
+    if (method == SRV_SET_CONFIG) {
+        set_config(c, msgid, params);
+        return;
+    }
     if (cluster_handle(s, c, msgid, method, params)) return;
     if (data_handle(s, c, msgid, method, params)) return;
     if (replace_handle(s, c, msgid, method, params)) return;

@@ -28,6 +28,7 @@
 #define BATCH_BYTES (512 * 1024)
 #define BATCH_TIMEOUT 30.0
 #define END_TIMEOUT 10.0
+#define END_TRIES 60
 
 typedef struct dest {
     net_addr addr;
@@ -48,24 +49,72 @@ typedef struct copy_job {
     uint64_t sent, failed;
 } copy_job;
 
-static void end_reply(void *arg, rpc_status st, const msgpack_object *r)
+/* The end of a phase must reach a manager: it is retried every second for
+ * END_TRIES seconds, over the link the request came on or any other. */
+typedef struct end_report {
+    server *s;
+    rpc_conn *manager; /* held, may be NULL */
+    uint32_t method;
+    uint64_t replace_ct;
+    bool ok;
+    int tries;
+} end_report;
+
+static void end_send(end_report *e);
+
+static void end_free(end_report *e)
 {
-    char why[KUMO_ERRLEN];
-    if (st != RPC_OK) log_warn("replace: manager did not take the end of a phase: %s", rpc_strerror(st, r, why, sizeof(why)));
+    if (e->manager) rpc_release(e->manager);
+    free(e);
 }
 
-static void report_end(server *s, rpc_conn *manager, uint32_t method, uint64_t replace_ct)
+static void end_retry_cb(evutil_socket_t fd, short what, void *arg) { end_send(arg); }
+
+static void end_reply(void *arg, rpc_status st, const msgpack_object *r)
 {
-    rpc_conn *c = manager && !rpc_is_closed(manager) ? manager : NULL;
-    for (int i = 0; !c && i < s->nmanagers; i++) c = s->managers[i].conn;
-    if (!c) {
-        log_warn("replace: no manager to report to");
+    end_report *e = arg;
+    char why[KUMO_ERRLEN];
+    if (st == RPC_OK) {
+        end_free(e);
         return;
     }
-    msgpack_packer *pk = rpc_call_begin(c, method, END_TIMEOUT, end_reply, NULL);
-    msgpack_pack_array(pk, 1);
-    msgpack_pack_uint64(pk, replace_ct);
+    log_warn("replace: manager did not take the end of a phase: %s", rpc_strerror(st, r, why, sizeof(why)));
+    struct timeval tv = {1, 0};
+    event_base_once(e->s->base, -1, EV_TIMEOUT, end_retry_cb, e, &tv);
+}
+
+static void end_send(end_report *e)
+{
+    server *s = e->s;
+    rpc_conn *c = e->manager && !rpc_is_closed(e->manager) ? e->manager : NULL;
+    for (int i = 0; !c && i < s->nmanagers; i++) c = s->managers[i].conn;
+    if (!c || ++e->tries > END_TRIES || s->stopping) {
+        log_warn("replace: could not report the end of a phase to a manager");
+        end_free(e);
+        return;
+    }
+    msgpack_packer *pk = rpc_call_begin(c, e->method, END_TIMEOUT, end_reply, e);
+    msgpack_pack_array(pk, 2);
+    msgpack_pack_uint64(pk, e->replace_ct);
+    if (e->ok) msgpack_pack_true(pk);
+    else msgpack_pack_false(pk);
     rpc_call_end(c);
+}
+
+static void report_end(server *s, rpc_conn *manager, uint32_t method, uint64_t replace_ct, bool ok)
+{
+    end_report *e = calloc(1, sizeof(*e));
+    if (!e) {
+        log_error("replace: out of memory");
+        return;
+    }
+    e->s = s;
+    e->manager = manager;
+    if (manager) rpc_hold(manager);
+    e->method = method;
+    e->replace_ct = replace_ct;
+    e->ok = ok;
+    end_send(e);
 }
 
 static void job_release(copy_job *j)
@@ -73,7 +122,8 @@ static void job_release(copy_job *j)
     if (--j->outstanding > 0) return;
     log_info("replace copy done: %llu records sent, %llu failed", (unsigned long long)j->sent,
              (unsigned long long)j->failed);
-    report_end(j->s, j->manager, MGR_REPLACE_COPY_END, j->replace_ct);
+    j->s->replace_copying = false;
+    report_end(j->s, j->manager, MGR_REPLACE_COPY_END, j->replace_ct, j->failed == 0);
     if (j->manager) rpc_release(j->manager);
     hashspace_unref(j->old_rhs);
     hashspace_unref(j->new_whs);
@@ -195,6 +245,7 @@ static void copy_phase(server *s, rpc_conn *c, uint64_t replace_ct, bool full)
         msgpack_packer_init(&d->pk, &d->buf, msgpack_sbuffer_write);
     }
     j->outstanding = 1; /* the walk itself */
+    s->replace_copying = true;
     log_info("replace copy start%s", full ? " (full)" : "");
     if (store_iterate(s->db, copy_record, j, err) < 0) log_error("replace copy: %s", err);
     for (size_t i = 0; i < j->ndests; i++) {
@@ -230,12 +281,12 @@ static void delete_phase(server *s, rpc_conn *c, uint64_t replace_ct)
         /* Not an attached, live member: our data is nobody's copy now, but it
          * may be the only one left after a disaster, so keep it. */
         log_info("replace delete skipped: this server is not attached");
-        report_end(s, c, MGR_REPLACE_DELETE_END, replace_ct);
+        report_end(s, c, MGR_REPLACE_DELETE_END, replace_ct, true);
         return;
     }
     if (store_iterate(s->db, delete_record, &x, err) < 0) log_error("replace delete: %s", err);
     log_info("replace delete done: %llu records removed", (unsigned long long)x.removed);
-    report_end(s, c, MGR_REPLACE_DELETE_END, replace_ct);
+    report_end(s, c, MGR_REPLACE_DELETE_END, replace_ct, true);
 }
 
 static bool adopt_whs(server *s, const msgpack_object *params)

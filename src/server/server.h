@@ -72,6 +72,7 @@ typedef struct server {
     /* flush_all: records older than this ClockTime are gone once its second
      * has come (kept in <db>.flush so a restart does not bring them back) */
     uint64_t flush_floor;
+    bool replace_copying; /* a copy phase has batches in flight */
     struct event *flush_timer;
 } server;
 

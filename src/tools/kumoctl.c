@@ -68,8 +68,47 @@ static int print_status(const msgpack_object *r)
         if (o->type == MSGPACK_OBJECT_BIN && net_from_id(&a, o->via.bin.ptr, o->via.bin.size) == 0)
             printf("  %s\n", net_format(&a, buf, sizeof(buf)));
     }
+    /* A replace in progress is shown after the guide's lines. */
+    const msgpack_object *rp = r->via.array.size > 3 ? &r->via.array.ptr[3] : NULL;
+    if (rp && rp->type == MSGPACK_OBJECT_ARRAY && rp->via.array.size == 3 &&
+        rp->via.array.ptr[0].type == MSGPACK_OBJECT_BOOLEAN && rp->via.array.ptr[0].via.boolean &&
+        rp->via.array.ptr[1].type == MSGPACK_OBJECT_STR && rp->via.array.ptr[2].type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+        printf("replace:\n  %.*s, %llu servers working\n", (int)rp->via.array.ptr[1].via.str.size,
+               rp->via.array.ptr[1].via.str.ptr, (unsigned long long)rp->via.array.ptr[2].via.u64);
+    }
     hashspace_unref(whs);
     return 0;
+}
+
+static int print_backup(const msgpack_object *r)
+{
+    char buf[NET_ADDRSTRLEN];
+    int rc = 0;
+    if (r->type != MSGPACK_OBJECT_ARRAY) {
+        fprintf(stderr, "kumoctl: unexpected answer from the manager\n");
+        return 1;
+    }
+    if (r->via.array.size == 0) {
+        fprintf(stderr, "kumoctl: no server is connected to the manager\n");
+        return 1;
+    }
+    for (uint32_t i = 0; i < r->via.array.size; i++) {
+        const msgpack_object *e = &r->via.array.ptr[i];
+        net_addr a;
+        if (e->type != MSGPACK_OBJECT_ARRAY || e->via.array.size != 3 || e->via.array.ptr[0].type != MSGPACK_OBJECT_BIN ||
+            net_from_id(&a, e->via.array.ptr[0].via.bin.ptr, e->via.array.ptr[0].via.bin.size) < 0)
+            continue;
+        const msgpack_object *path = &e->via.array.ptr[1], *why = &e->via.array.ptr[2];
+        if (path->type == MSGPACK_OBJECT_STR) {
+            printf("%s  %.*s\n", net_format(&a, buf, sizeof(buf)), (int)path->via.str.size, path->via.str.ptr);
+        } else {
+            rc = 1;
+            fprintf(stderr, "kumoctl: %s: backup failed: %.*s\n", net_format(&a, buf, sizeof(buf)),
+                    why->type == MSGPACK_OBJECT_STR ? (int)why->via.str.size : 7,
+                    why->type == MSGPACK_OBJECT_STR ? why->via.str.ptr : "unknown");
+        }
+    }
+    return rc;
 }
 
 int main(int argc, char **argv)
@@ -137,6 +176,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "kumoctl: %s\n", err);
     } else if (method == CTL_STATUS) {
         rc = print_status(&res.data);
+    } else if (method == CTL_BACKUP) {
+        rc = print_backup(&res.data);
+    } else if (method == CTL_AUTO_REPLACE) {
+        printf("auto replace %s\n", res.data.type == MSGPACK_OBJECT_BOOLEAN && res.data.via.boolean ? "enabled" : "disabled");
+        rc = 0;
     } else {
         rc = 0;
     }

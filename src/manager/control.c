@@ -1,0 +1,258 @@
+/*
+ * control — the commands of kumoctl (user guide 6.7), served on the control
+ * port and, for tools, on the cluster port: status, attach, detach (each
+ * with or without replace), replace, full-replace, backup, and the
+ * auto-replace switch.
+ *
+ * Calls: membership.c (servers, hash spaces), replace.c, rpc, log.
+ * Thread rule: main loop.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "manager.h"
+#include "proto.h"
+
+static const char *fmt(const net_addr *a, char buf[NET_ADDRSTRLEN])
+{
+    return net_format(a, buf, NET_ADDRSTRLEN);
+}
+
+static void ctl_status(manager *m, rpc_conn *c, uint32_t msgid)
+{
+    msgpack_packer *pk = rpc_reply_begin(c, msgid);
+    size_t n = 0;
+    for (size_t i = 0; i < m->nservers; i++) n += m->servers[i]->newcomer && m->servers[i]->conn;
+    msgpack_pack_array(pk, 5);
+    hashspace_pack(m->whs, pk);
+    msgpack_pack_array(pk, (uint32_t)n);
+    for (size_t i = 0; i < m->nservers; i++) {
+        mserver *ms = m->servers[i];
+        if (ms->newcomer && ms->conn) rpc_pack_bytes(pk, ms->addr.id, ms->addr.len);
+    }
+    hashspace_pack(m->rhs, pk);
+    /* [replacing, phase ("copy"/"delete"/""), servers still working] */
+    msgpack_pack_array(pk, 3);
+    if (m->replacing) msgpack_pack_true(pk);
+    else msgpack_pack_false(pk);
+    rpc_pack_str(pk, !m->replacing ? "" : m->copy_pending ? "copy" : m->copy_failed ? "retry" : "delete");
+    msgpack_pack_uint64(pk, m->replacing ? (m->copy_pending ? m->copy_pending : m->delete_pending) : 0);
+    if (m->auto_replace) msgpack_pack_true(pk);
+    else msgpack_pack_false(pk);
+    rpc_call_end(c);
+}
+
+/* Attach the connected newcomers and/or detach the fault servers, in one
+ * new whs. With replace, servers and gateways get it and data moves;
+ * without (the -noreplace commands), only the manager's whs changes until
+ * `kumoctl replace` (guide 6.7.2). The changed addresses go to *changed
+ * (caller frees); returns how many, or -1 when out of memory. */
+static long reconfigure(manager *m, bool attach, bool detach, bool replace, net_addr **changed)
+{
+    size_t n = 0, nchanged = 0;
+    ring_node *nodes = malloc((m->whs->ring.nnodes + m->nservers + 1) * sizeof(*nodes));
+    net_addr *list = malloc((m->whs->ring.nnodes + m->nservers + 1) * sizeof(*list));
+    char buf[NET_ADDRSTRLEN];
+    if (!nodes || !list) {
+        free(nodes);
+        free(list);
+        return -1;
+    }
+    for (size_t i = 0; i < m->whs->ring.nnodes; i++) {
+        const ring_node *rn = &m->whs->ring.nodes[i];
+        mserver *ms = membership_find_server(m, &rn->addr);
+        if (!rn->active && attach && ms && ms->newcomer && ms->conn) {
+            nodes[n++] = (ring_node){.addr = rn->addr, .active = true}; /* recovered, same slots */
+            ms->newcomer = false;
+            list[nchanged++] = rn->addr;
+            log_info("attach %s", fmt(&rn->addr, buf));
+        } else if (!rn->active && detach) {
+            list[nchanged++] = rn->addr;
+            log_info("detach %s", fmt(&rn->addr, buf));
+            if (ms && ms->conn) ms->newcomer = true;
+        } else {
+            nodes[n++] = *rn;
+        }
+    }
+    for (size_t i = 0; attach && i < m->nservers; i++) {
+        mserver *ms = m->servers[i];
+        if (!ms->newcomer || !ms->conn || hashspace_find(m->whs, &ms->addr) >= 0) continue;
+        nodes[n++] = (ring_node){.addr = ms->addr, .active = true};
+        ms->newcomer = false;
+        list[nchanged++] = ms->addr;
+        log_info("attach %s", fmt(&ms->addr, buf));
+    }
+    if (nchanged > 0) {
+        hashspace *w = hashspace_new(nodes, n, clock_next(&m->clock));
+        if (!w) {
+            log_error("out of memory building a hash space");
+        } else if (replace) {
+            membership_set_hashspaces(m, w, hashspace_ref(m->rhs));
+            replace_start(m, false);
+        } else {
+            hashspace_unref(m->whs);
+            m->whs = w;
+        }
+    }
+    free(nodes);
+    if (changed) *changed = list;
+    else free(list);
+    return (long)nchanged;
+}
+
+static void reply_addrs(rpc_conn *c, uint32_t msgid, const net_addr *addrs, size_t n)
+{
+    msgpack_packer *pk = rpc_reply_begin(c, msgid);
+    msgpack_pack_array(pk, (uint32_t)n);
+    for (size_t i = 0; i < n; i++) rpc_pack_bytes(pk, addrs[i].id, addrs[i].len);
+    rpc_call_end(c);
+}
+
+static void ctl_change(manager *m, rpc_conn *c, uint32_t msgid, bool attach, bool replace)
+{
+    net_addr *list = NULL;
+    long n = reconfigure(m, attach, !attach, replace, &list);
+    if (n < 0) rpc_reply_error(c, msgid, "out of memory");
+    else reply_addrs(c, msgid, list, (size_t)n);
+    free(list);
+}
+
+void control_auto_replace(manager *m)
+{
+    if (!m->auto_replace) return;
+    long n = reconfigure(m, true, true, true, NULL);
+    /* Nothing joined or left, but a replace may have been cut short. */
+    if (n == 0 && !m->replacing && m->whs->clocktime != m->rhs->clocktime) replace_start(m, false);
+}
+
+/* ---- backup: every connected server copies its database ---- */
+
+typedef struct backup_op {
+    rpc_conn *client; /* held */
+    uint32_t msgid;
+    size_t n, waiting;
+    net_addr *addrs;
+    char **paths, **errors;
+} backup_op;
+
+typedef struct backup_ctx {
+    backup_op *op;
+    size_t i;
+} backup_ctx;
+
+static void backup_finish(backup_op *op)
+{
+    msgpack_packer *pk = rpc_reply_begin(op->client, op->msgid);
+    msgpack_pack_array(pk, (uint32_t)op->n);
+    for (size_t i = 0; i < op->n; i++) {
+        msgpack_pack_array(pk, 3);
+        rpc_pack_bytes(pk, op->addrs[i].id, op->addrs[i].len);
+        if (op->paths[i]) rpc_pack_str(pk, op->paths[i]);
+        else msgpack_pack_nil(pk);
+        if (op->errors[i]) rpc_pack_str(pk, op->errors[i]);
+        else msgpack_pack_nil(pk);
+        free(op->paths[i]);
+        free(op->errors[i]);
+    }
+    rpc_call_end(op->client);
+    rpc_release(op->client);
+    free(op->addrs);
+    free(op->paths);
+    free(op->errors);
+    free(op);
+}
+
+static void backup_reply(void *arg, rpc_status st, const msgpack_object *result)
+{
+    backup_ctx *x = arg;
+    backup_op *op = x->op;
+    char buf[KUMO_ERRLEN];
+    if (st == RPC_OK && result->type == MSGPACK_OBJECT_STR)
+        op->paths[x->i] = strndup(result->via.str.ptr, result->via.str.size);
+    else op->errors[x->i] = strdup(rpc_strerror(st == RPC_OK ? RPC_ERR_REMOTE : st, result, buf, sizeof(buf)));
+    free(x);
+    if (--op->waiting == 0) backup_finish(op);
+}
+
+static void ctl_backup(manager *m, rpc_conn *c, uint32_t msgid, const msgpack_object *params)
+{
+    const char *sfx;
+    size_t len;
+    if (!rpc_arg_bytes(params, 0, &sfx, &len) || len == 0) {
+        rpc_reply_error(c, msgid, "empty suffix");
+        return;
+    }
+    backup_op *op = calloc(1, sizeof(*op));
+    if (op) {
+        op->addrs = calloc(m->nservers + 1, sizeof(net_addr));
+        op->paths = calloc(m->nservers + 1, sizeof(char *));
+        op->errors = calloc(m->nservers + 1, sizeof(char *));
+    }
+    if (!op || !op->addrs || !op->paths || !op->errors) {
+        if (op) {
+            free(op->addrs);
+            free(op->paths);
+            free(op->errors);
+        }
+        free(op);
+        rpc_reply_error(c, msgid, "out of memory");
+        return;
+    }
+    op->client = c;
+    op->msgid = msgid;
+    rpc_hold(c);
+    op->waiting = 1;
+    for (size_t i = 0; i < m->nservers; i++) {
+        mserver *ms = m->servers[i];
+        if (!ms->conn) continue;
+        backup_ctx *x = malloc(sizeof(*x));
+        if (!x) continue;
+        x->op = op;
+        x->i = op->n;
+        op->addrs[op->n++] = ms->addr;
+        op->waiting++;
+        msgpack_packer *pk = rpc_call_begin(ms->conn, SRV_BACKUP, 600.0, backup_reply, x);
+        msgpack_pack_array(pk, 1);
+        msgpack_pack_str(pk, len);
+        msgpack_pack_str_body(pk, sfx, len);
+        rpc_call_end(ms->conn);
+    }
+    log_info("backup: %zu servers", op->n);
+    if (--op->waiting == 0) backup_finish(op);
+}
+
+bool control_handle(manager *m, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
+{
+    bool flag = true;
+    switch (method) {
+    case CTL_STATUS: ctl_status(m, c, msgid); return true;
+    case CTL_ATTACH:
+        rpc_arg_bool(params, 0, &flag);
+        ctl_change(m, c, msgid, true, flag);
+        return true;
+    case CTL_DETACH:
+        rpc_arg_bool(params, 0, &flag);
+        ctl_change(m, c, msgid, false, flag);
+        return true;
+    case CTL_REPLACE:
+        flag = false;
+        rpc_arg_bool(params, 0, &flag);
+        replace_start(m, flag);
+        rpc_reply_nil(c, msgid);
+        return true;
+    case CTL_BACKUP: ctl_backup(m, c, msgid, params); return true;
+    case CTL_AUTO_REPLACE:
+        if (!rpc_arg_bool(params, 0, &flag)) {
+            rpc_reply_error(c, msgid, "bad params");
+            return true;
+        }
+        m->auto_replace = flag;
+        log_info("auto-replace %s", flag ? "enabled" : "disabled");
+        if (flag) membership_schedule_auto_replace(m);
+        rpc_reply_bool(c, msgid, flag);
+        return true;
+    default: return false;
+    }
+}
+
