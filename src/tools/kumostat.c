@@ -5,7 +5,17 @@
  *   kumostat server-address[:port=19800] command
  *   kumostat -m manager-address[:port=19700] command
  *
- * Exit status: 0, 1 when a node could not be reached, 64 usage error.
+ * Each command is one or a few SRV_STATUS calls (protocol.md §5.3); the
+ * answer is printed raw, as the guide shows: a number, the version string,
+ * a hash space block, true/false. With -m the command runs on every server
+ * that is attached and active in the manager's whs, each answer preceded by
+ * "host:port:  " (block answers get the prefix on a line of their own).
+ *
+ * Every connect and call has a timeout (TOOL_TIMEOUT); an unreachable node,
+ * a refusal or a garbage answer is reported on stderr as "kumostat: why".
+ *
+ * Exit status: 0, 1 when a node could not be reached or answered wrongly
+ * (with -m: when any of them did), 64 usage error.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -15,9 +25,18 @@
 #include "proto.h"
 #include "tool.h"
 
+/* Commands that are not one plain SRV_STATUS. */
+enum {
+    CMD_HSCCHECK = -1,
+    CMD_SET_DELAY = -2,
+    CMD_UNSET_DELAY = -3,
+    CMD_STATS = -4,
+    CMD_UNKNOWN = -100,
+};
+
 static const struct {
     const char *name;
-    int what; /* ST_*, or -1 for hsccheck */
+    int what; /* ST_*, or one of the CMD_* above */
     const char *help;
 } commands[] = {
     {"pid", ST_PID, "get pid of server process"},
@@ -30,8 +49,20 @@ static const struct {
     {"items", ST_ITEMS, "get number of stored items"},
     {"rhs", ST_RHS, "get rhs (routing table for Get)"},
     {"whs", ST_WHS, "get whs (routing table for Set/Delete)"},
-    {"hsccheck", -1, "check if rhs == whs"},
+    {"hsccheck", CMD_HSCCHECK, "check if rhs == whs"},
+    {"set_delay", CMD_SET_DELAY, "maximize throughput at the expense of latency"},
+    {"unset_delay", CMD_UNSET_DELAY, "minimize latency at the expense of throughput"},
+    {"replace", ST_REPLACE, "get replace state: ready, WAIT, Copying, Deleting or inactive"},
+    {"clocktime", ST_CLOCKTIME, "get the server's clock (ClockTime: seconds << 32 | counter)"},
+    {"bytes", ST_DB_BYTES, "get size of the database file in bytes"},
+    {"stats", CMD_STATS, "get memcached-style STAT lines"},
 };
+#define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+/* Aliases of kumofs 0.4's Ruby tool. */
+static const struct {
+    const char *alias, *name;
+} aliases[] = {{"hscheck", "hsccheck"}, {"replstat", "replace"}};
 
 static void usage(FILE *out)
 {
@@ -39,8 +70,24 @@ static void usage(FILE *out)
             "Usage: kumostat server-address[:port=%d] command\n"
             "       kumostat -m manager-address[:port=%d] command\ncommand:\n",
             KUMO_SERVER_PORT, KUMO_MANAGER_PORT);
-    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-        fprintf(out, "  %-12s %s\n", commands[i].name, commands[i].help);
+    for (size_t i = 0; i < NCOMMANDS; i++) fprintf(out, "  %-12s %s\n", commands[i].name, commands[i].help);
+    fprintf(out,
+            "options:\n"
+            "  -m <addr[:port]>  run the command on every attached, active server of this manager,\n"
+            "                    each answer prefixed with \"host:port:  \"\n"
+            "  --help            show this help\n"
+            "Each connect and call times out after %.0f s.\n"
+            "Exit status: 0 ok, 1 a node could not be reached or answered wrongly, 64 usage.\n",
+            TOOL_TIMEOUT);
+}
+
+static int lookup(const char *cmd)
+{
+    for (size_t i = 0; i < sizeof(aliases) / sizeof(aliases[0]); i++)
+        if (strcmp(cmd, aliases[i].alias) == 0) cmd = aliases[i].name;
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        if (strcmp(cmd, commands[i].name) == 0) return commands[i].what;
+    return CMD_UNKNOWN;
 }
 
 static int status_call(tool_conn *t, int what, msgpack_unpacked *res, char *err)
@@ -56,7 +103,90 @@ static int status_call(tool_conn *t, int what, msgpack_unpacked *res, char *err)
     return rc;
 }
 
-/* Print one server's answer; returns 0 or 1. */
+/* One SRV_STATUS answer that must be an unsigned integer. */
+static int status_uint(tool_conn *t, int what, uint64_t *out, char *err)
+{
+    msgpack_unpacked res;
+    msgpack_unpacked_init(&res);
+    int rc = status_call(t, what, &res, err);
+    if (rc == 0 && res.data.type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        rc = kumo_err(err, "%s: unexpected answer (not a number)", t->name);
+    if (rc == 0) *out = res.data.via.u64;
+    msgpack_unpacked_destroy(&res);
+    return rc;
+}
+
+static int status_hs(tool_conn *t, int what, hashspace **out, char *err)
+{
+    msgpack_unpacked res;
+    char why[KUMO_ERRLEN];
+    msgpack_unpacked_init(&res);
+    int rc = status_call(t, what, &res, err);
+    if (rc == 0 && !(*out = hashspace_unpack(&res.data, why)))
+        rc = kumo_err(err, "%s: unexpected answer: %s", t->name, why);
+    msgpack_unpacked_destroy(&res);
+    return rc;
+}
+
+/* The guide's words for the ST_REPLACE flags (kumofs 0.4's replstat). */
+static const char *replace_word(uint64_t flags)
+{
+    if (flags & 0x01) return "inactive";
+    if (flags & 0x04) return "Copying";
+    if (flags & 0x08) return "Deleting";
+    if (flags & 0x02) return "WAIT";
+    return "ready";
+}
+
+/* SRV_SET_CONFIG ["tcp_nodelay", bool] -> number of sockets changed. */
+static int set_nodelay(tool_conn *t, bool nodelay, uint64_t *count, char *err)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_unpacked res;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_unpacked_init(&res);
+    msgpack_pack_array(&pk, 2);
+    msgpack_pack_str(&pk, 11);
+    msgpack_pack_str_body(&pk, "tcp_nodelay", 11);
+    if (nodelay) msgpack_pack_true(&pk);
+    else msgpack_pack_false(&pk);
+    int rc = tool_call(t, SRV_SET_CONFIG, &sb, &res, err);
+    if (rc == 0 && res.data.type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        rc = kumo_err(err, "%s: unexpected answer (not a number)", t->name);
+    if (rc == 0) *count = res.data.via.u64;
+    msgpack_unpacked_destroy(&res);
+    msgpack_sbuffer_destroy(&sb);
+    return rc;
+}
+
+/* With -m, a block answer (hash space, stats) gets "host:port:" on its own line. */
+static void print_block_head(const char *prefix)
+{
+    size_t n = strlen(prefix);
+    while (n > 0 && prefix[n - 1] == ' ') n--;
+    if (n > 0) printf("%.*s\n", (int)n, prefix);
+}
+
+static int print_stats(tool_conn *t, const char *prefix, char *err)
+{
+    static const struct {
+        const char *name;
+        int what;
+    } rows[] = {{"pid", ST_PID},         {"uptime", ST_UPTIME},         {"time", ST_TIME},
+                {"cmd_get", ST_CMD_GET}, {"cmd_set", ST_CMD_SET},       {"cmd_delete", ST_CMD_DELETE},
+                {"curr_items", ST_ITEMS}};
+    uint64_t v[sizeof(rows) / sizeof(rows[0])];
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++)
+        if (status_uint(t, rows[i].what, &v[i], err) < 0) return -1;
+    print_block_head(prefix);
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) printf("STAT %s %" PRIu64 "\n", rows[i].name, v[i]);
+    printf("END\n");
+    return 0;
+}
+
+/* Run one command on one server and print its answer; returns 0 or 1. */
 static int query(const net_addr *addr, int what, const char *prefix)
 {
     char err[KUMO_ERRLEN];
@@ -64,37 +194,53 @@ static int query(const net_addr *addr, int what, const char *prefix)
     msgpack_unpacked res;
     msgpack_unpacked_init(&res);
     int rc = 1;
+    uint64_t u = 0;
     if (tool_connect_addr(&t, addr, TOOL_TIMEOUT, err) < 0) goto fail;
-    if (what == -1) {
-        uint64_t wct = 0, rct = 0;
+    switch (what) {
+    case CMD_HSCCHECK: {
         hashspace *w = NULL, *r = NULL;
-        if (status_call(&t, ST_WHS, &res, err) < 0 || !(w = hashspace_unpack(&res.data, err))) goto fail;
-        wct = w->clocktime;
-        if (status_call(&t, ST_RHS, &res, err) < 0 || !(r = hashspace_unpack(&res.data, err))) {
+        if (status_hs(&t, ST_WHS, &w, err) < 0) goto fail;
+        if (status_hs(&t, ST_RHS, &r, err) < 0) {
             hashspace_unref(w);
             goto fail;
         }
-        rct = r->clocktime;
-        printf("%s%s\n", prefix, (wct == rct && hashspace_same_nodes(w, r)) ? "true" : "false");
+        printf("%s%s\n", prefix, (w->clocktime == r->clocktime && hashspace_same_nodes(w, r)) ? "true" : "false");
         hashspace_unref(w);
         hashspace_unref(r);
-    } else {
+        break;
+    }
+    case CMD_SET_DELAY:
+    case CMD_UNSET_DELAY:
+        if (set_nodelay(&t, what == CMD_UNSET_DELAY, &u, err) < 0) goto fail;
+        printf("%s%" PRIu64 "\n", prefix, u);
+        break;
+    case CMD_STATS:
+        if (print_stats(&t, prefix, err) < 0) goto fail;
+        break;
+    case ST_RHS:
+    case ST_WHS: {
+        hashspace *hs = NULL;
+        if (status_hs(&t, what, &hs, err) < 0) goto fail;
+        print_block_head(prefix);
+        tool_print_hashspace(stdout, hs, "node");
+        hashspace_unref(hs);
+        break;
+    }
+    case ST_REPLACE:
+        if (status_uint(&t, what, &u, err) < 0) goto fail;
+        printf("%s%s\n", prefix, replace_word(u));
+        break;
+    default:
         if (status_call(&t, what, &res, err) < 0) goto fail;
-        const msgpack_object *o = &res.data;
-        if (what == ST_RHS || what == ST_WHS) {
-            hashspace *hs = hashspace_unpack(o, err);
-            if (!hs) goto fail;
-            if (*prefix) printf("%s\n", prefix);
-            tool_print_hashspace(stdout, hs, "node");
-            hashspace_unref(hs);
-        } else if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
-            printf("%s%" PRIu64 "\n", prefix, o->via.u64);
-        } else if (o->type == MSGPACK_OBJECT_STR) {
-            printf("%s%.*s\n", prefix, (int)o->via.str.size, o->via.str.ptr);
+        if (res.data.type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+            printf("%s%" PRIu64 "\n", prefix, res.data.via.u64);
+        } else if (res.data.type == MSGPACK_OBJECT_STR) {
+            printf("%s%.*s\n", prefix, (int)res.data.via.str.size, res.data.via.str.ptr);
         } else {
-            snprintf(err, KUMO_ERRLEN, "unexpected answer");
+            kumo_err(err, "%s: unexpected answer", t.name);
             goto fail;
         }
+        break;
     }
     rc = 0;
 fail:
@@ -104,64 +250,89 @@ fail:
     return rc;
 }
 
+/* Every attached, active server in the manager's whs. */
+static int via_manager(const char *manager, int what)
+{
+    char err[KUMO_ERRLEN];
+    tool_conn t;
+    msgpack_unpacked res;
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    hashspace *whs = NULL;
+    int rc = 1;
+    msgpack_unpacked_init(&res);
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 0);
+    if (tool_connect(&t, manager, KUMO_MANAGER_PORT, TOOL_TIMEOUT, err) < 0 ||
+        tool_call(&t, CTL_STATUS, &sb, &res, err) < 0) {
+        fprintf(stderr, "kumostat: %s\n", err);
+    } else if (res.data.type != MSGPACK_OBJECT_ARRAY || res.data.via.array.size < 1) {
+        fprintf(stderr, "kumostat: %s: unexpected answer to the status request\n", t.name);
+    } else if (!(whs = hashspace_unpack(&res.data.via.array.ptr[0], err))) {
+        fprintf(stderr, "kumostat: %s: bad hash space: %s\n", t.name, err);
+    }
+    tool_close(&t);
+    msgpack_unpacked_destroy(&res);
+    msgpack_sbuffer_destroy(&sb);
+    if (!whs) return 1;
+    size_t n = 0;
+    rc = 0;
+    for (size_t i = 0; i < whs->ring.nnodes; i++) {
+        if (!whs->ring.nodes[i].active) continue;
+        char buf[NET_ADDRSTRLEN], prefix[NET_ADDRSTRLEN + 4];
+        snprintf(prefix, sizeof(prefix), "%s:  ", net_format(&whs->ring.nodes[i].addr, buf, sizeof(buf)));
+        rc |= query(&whs->ring.nodes[i].addr, what, prefix);
+        n++;
+    }
+    if (n == 0) {
+        fprintf(stderr, "kumostat: %s has no attached, active server\n", manager);
+        rc = 1;
+    }
+    hashspace_unref(whs);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     char err[KUMO_ERRLEN];
-    if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
-        usage(stdout);
-        return 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            return 0;
+        }
     }
-    bool via_manager = argc >= 2 && strcmp(argv[1], "-m") == 0;
-    int base = via_manager ? 2 : 1;
+    bool manager = argc >= 2 && strcmp(argv[1], "-m") == 0;
+    int base = manager ? 2 : 1;
+    if (argc >= 2 && argv[1][0] == '-' && !manager) {
+        fprintf(stderr, "kumostat: unknown option '%s'\n", argv[1]);
+        usage(stderr);
+        return TOOL_EX_USAGE;
+    }
     if (argc != base + 2) {
-        fprintf(stderr, "kumostat: %s\n", argc <= base ? "missing address" : argc == base + 1 ? "missing command" : "too many arguments");
+        fprintf(stderr, "kumostat: %s\n",
+                argc <= base ? "missing address" : argc == base + 1 ? "missing command" : "too many arguments");
         usage(stderr);
         return TOOL_EX_USAGE;
     }
     const char *cmd = argv[base + 1];
-    int what = -2;
-    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-        if (strcmp(cmd, commands[i].name) == 0) what = commands[i].what;
-    if (what == -2) {
+    int what = lookup(cmd);
+    if (what == CMD_UNKNOWN) {
         fprintf(stderr, "kumostat: unknown command '%s'\n", cmd);
         usage(stderr);
         return TOOL_EX_USAGE;
     }
-    if (!via_manager) {
+    int rc;
+    if (manager) {
+        rc = via_manager(argv[2], what);
+    } else {
         net_addr a;
         if (net_parse(argv[1], KUMO_SERVER_PORT, &a, err) < 0) {
             fprintf(stderr, "kumostat: %s\n", err);
             return 1;
         }
-        return query(&a, what, "");
+        rc = query(&a, what, "");
     }
-    /* Every attached, active server in the manager's whs. */
-    tool_conn t;
-    msgpack_unpacked res;
-    msgpack_unpacked_init(&res);
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_array(&pk, 0);
-    hashspace *whs = NULL;
-    int rc = 1;
-    if (tool_connect(&t, argv[2], KUMO_MANAGER_PORT, TOOL_TIMEOUT, err) < 0 ||
-        tool_call(&t, CTL_STATUS, &sb, &res, err) < 0 || res.data.type != MSGPACK_OBJECT_ARRAY ||
-        res.data.via.array.size < 1 || !(whs = hashspace_unpack(&res.data.via.array.ptr[0], err))) {
-        fprintf(stderr, "kumostat: %s\n", err);
-    } else {
-        rc = 0;
-        for (size_t i = 0; i < whs->ring.nnodes; i++) {
-            if (!whs->ring.nodes[i].active) continue;
-            char buf[NET_ADDRSTRLEN], prefix[NET_ADDRSTRLEN + 4];
-            snprintf(prefix, sizeof(prefix), "%s:  ", net_format(&whs->ring.nodes[i].addr, buf, sizeof(buf)));
-            rc |= query(&whs->ring.nodes[i].addr, what, prefix);
-        }
-        hashspace_unref(whs);
-    }
-    tool_close(&t);
-    msgpack_unpacked_destroy(&res);
-    msgpack_sbuffer_destroy(&sb);
+    if (fflush(stdout) != 0 && rc == 0) rc = 1;
     return rc;
 }
