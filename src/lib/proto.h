@@ -10,6 +10,7 @@
 enum {
     MGR_KEEPALIVE = 0,      /* [clock] -> nil */
     MGR_HS_REQUEST = 1,     /* [] -> [whs, rhs] */
+    MGR_HS_SYNC = 2,        /* partner only: [whs, rhs] -> true adopted / false */
     MGR_REPLACE_COPY_END = 10,   /* [replace_clocktime] -> true */
     MGR_REPLACE_DELETE_END = 11, /* [replace_clocktime] -> true */
 };

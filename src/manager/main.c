@@ -74,6 +74,11 @@ int main(int argc, char **argv)
     daemon_init();
     opts_parse(&manager_spec, &cfg, argc, argv, NULL, 0, NULL);
     if (net_parse(cfg.listen, KUMO_MANAGER_PORT, &m.self, err) < 0) opts_die(&manager_spec, "-l: %s", err);
+    if (cfg.partner) {
+        if (net_parse(cfg.partner, KUMO_MANAGER_PORT, &m.partner, err) < 0) opts_die(&manager_spec, "-p: %s", err);
+        if (net_equal(&m.partner, &m.self)) opts_die(&manager_spec, "-p must name the other manager, not this one");
+        m.has_partner = true;
+    }
     if (daemon_start("kumo-manager", &cfg.common) < 0) return 1;
     m.cfg = &cfg;
     clock_init(&m.clock);
@@ -96,12 +101,15 @@ int main(int argc, char **argv)
     daemon_signals sigs;
     daemon_signals_init(&sigs, m.base, stop, &m);
     membership_start(&m);
+    partner_start(&m);
     char buf[NET_ADDRSTRLEN];
     log_info("start manager %s control port %d", net_format(&m.self, buf, sizeof(buf)), cfg.control_port);
     daemon_notify("READY=1");
 
     event_base_dispatch(m.base);
 
+    m.stopping = true;
+    partner_stop(&m);
     membership_stop(&m);
     evconnlistener_free(m.cluster_listener);
     evconnlistener_free(m.control_listener);

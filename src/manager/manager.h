@@ -4,6 +4,7 @@
  *   membership.c  servers and gateways, keepalive and fault detection,
  *                 attach/detach, the hash spaces and their distribution
  *   control.c     the commands of kumoctl
+ *   partner.c     the second manager: hash-space sync, who drives a replace
  *   replace.c     moving data after a membership change: copy to the new
  *                 owners, switch rhs to whs, delete from the old owners
  *
@@ -59,6 +60,13 @@ typedef struct manager {
     size_t ngateways, gateways_cap;
     struct event *tick;
     struct event *auto_timer;
+    /* the second manager (partner.c) */
+    bool has_partner;
+    net_addr partner;
+    rpc_conn *partner_conn;   /* the link in use */
+    rpc_conn *partner_dialed; /* our own connection attempt */
+    struct event *partner_retry;
+    bool stopping;
     bool auto_replace; /* -a, or kumoctl enable-auto-replace */
     /* replace (replace.c) */
     bool replacing;
@@ -74,6 +82,10 @@ void membership_stop(manager *m);
 /* A new connection on the cluster port (servers and gateways). */
 void membership_accept(manager *m, int fd);
 mserver *membership_find_server(manager *m, const net_addr *a);
+/* The handlers of every manager connection (cluster port). */
+rpc_handlers membership_handlers(manager *m);
+/* Take hash spaces that came from the partner (refs owned): no sync back. */
+void membership_adopted(manager *m, hashspace *whs, hashspace *rhs);
 /* With auto-replace on: attach newcomers, detach lost servers and replace,
  * -Rs seconds after the last change. */
 void membership_schedule_auto_replace(manager *m);
@@ -96,5 +108,17 @@ void replace_phase_end(manager *m, rpc_conn *c, uint32_t method, uint64_t replac
 /* A server was lost: it no longer holds up the replace. */
 void replace_server_lost(manager *m, mserver *ms);
 void replace_stop(manager *m);
+
+/* partner.c */
+void partner_start(manager *m);
+void partner_stop(manager *m);
+void partner_sync(manager *m);
+void partner_hello(manager *m, rpc_conn *c);
+void partner_closed(manager *m, rpc_conn *c);
+bool partner_handle(manager *m, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
+bool partner_up(const manager *m);
+/* Whether this manager runs automatic replaces (the smaller address does
+ * while both are up). */
+bool partner_drives_auto(const manager *m);
 
 #endif

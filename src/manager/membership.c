@@ -37,7 +37,7 @@ static void mgr_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t meth
 static void mgr_on_hello(void *arg, rpc_conn *c);
 static void mgr_on_close(void *arg, rpc_conn *c);
 
-static rpc_handlers handlers_for(manager *m)
+rpc_handlers membership_handlers(manager *m)
 {
     rpc_handlers h = {.on_request = mgr_on_request, .on_hello = mgr_on_hello, .on_close = mgr_on_close, .arg = m};
     return h;
@@ -81,7 +81,9 @@ static void notify_status(manager *m)
 }
 
 /* Replace both hash spaces (taking ownership) and tell everyone. */
-void membership_set_hashspaces(manager *m, hashspace *whs, hashspace *rhs)
+static bool is_active_member(manager *m, const net_addr *a);
+
+static void install(manager *m, hashspace *whs, hashspace *rhs)
 {
     hashspace_unref(m->whs);
     hashspace_unref(m->rhs);
@@ -90,6 +92,20 @@ void membership_set_hashspaces(manager *m, hashspace *whs, hashspace *rhs)
     for (size_t i = 0; i < m->nservers; i++) push_to_server(m, m->servers[i]);
     for (size_t i = 0; i < m->ngateways; i++) push_to_gateway(m, m->gateways[i]);
     notify_status(m);
+}
+
+void membership_set_hashspaces(manager *m, hashspace *whs, hashspace *rhs)
+{
+    install(m, whs, rhs);
+    partner_sync(m);
+}
+
+void membership_adopted(manager *m, hashspace *whs, hashspace *rhs)
+{
+    install(m, whs, rhs);
+    /* Servers the partner attached are no longer newcomers here. */
+    for (size_t i = 0; i < m->nservers; i++)
+        if (m->servers[i]->newcomer && is_active_member(m, &m->servers[i]->addr)) m->servers[i]->newcomer = false;
 }
 
 /* A copy of hs's nodes with `addr` set active/fault; NULL if unchanged. */
@@ -168,7 +184,7 @@ static void probe_next(mserver *ms)
         return;
     }
     ms->probes_left--;
-    rpc_handlers h = handlers_for(m);
+    rpc_handlers h = membership_handlers(m);
     ms->probe = rpc_connect(m->base, &ms->addr, m->cfg->common.connect_timeout, &h, &m->rpc_self);
     if (ms->probe) rpc_set_data(ms->probe, ms);
     struct timeval tv = tv_of(m->cfg->common.connect_timeout);
@@ -290,13 +306,18 @@ static void mgr_on_hello(void *arg, rpc_conn *c)
     switch (rpc_peer_role(c)) {
     case RPC_ROLE_SERVER: server_hello(m, c); break;
     case RPC_ROLE_GATEWAY: gateway_hello(m, c); break;
-    default: break; /* tools and partners need no bookkeeping */
+    case RPC_ROLE_MANAGER: partner_hello(m, c); break;
+    default: break; /* tools need no bookkeeping */
     }
 }
 
 static void mgr_on_close(void *arg, rpc_conn *c)
 {
     manager *m = arg;
+    if (rpc_hello_done(c) && rpc_peer_role(c) == RPC_ROLE_MANAGER) {
+        partner_closed(m, c);
+        return;
+    }
     if (!rpc_hello_done(c) || rpc_peer_role(c) != RPC_ROLE_SERVER) {
         for (size_t i = 0; i < m->ngateways; i++) {
             if (m->gateways[i] != c) continue;
@@ -328,6 +349,7 @@ static void mgr_on_close(void *arg, rpc_conn *c)
 static void mgr_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
 {
     manager *m = arg;
+    if (partner_handle(m, c, msgid, method, params)) return;
     switch (method) {
     case MGR_KEEPALIVE: {
         uint64_t ct;
@@ -361,11 +383,15 @@ static void mgr_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t meth
 
 void membership_accept(manager *m, int fd)
 {
-    rpc_handlers h = handlers_for(m);
+    rpc_handlers h = membership_handlers(m);
     if (!rpc_accept(m->base, fd, &h, &m->rpc_self)) evutil_closesocket(fd);
 }
 
-static void auto_cb(evutil_socket_t fd, short what, void *arg) { control_auto_replace(arg); }
+static void auto_cb(evutil_socket_t fd, short what, void *arg)
+{
+    manager *m = arg;
+    if (partner_drives_auto(m)) control_auto_replace(m);
+}
 
 void membership_schedule_auto_replace(manager *m)
 {

@@ -1,0 +1,200 @@
+/*
+ * partner — the second manager (user guide 3, 4.2).
+ *
+ * Each manager keeps a link to the other (-p), reconnected every tick while
+ * down, and sends it its hash spaces whenever they change and when the link
+ * comes up. A pushed pair is adopted piece by piece when it is not empty and
+ * not older than what is held (a restarted manager starts empty and must not
+ * wipe the cluster's routing), then passed on to this manager's servers and
+ * gateways. Only a hello from the configured partner is accepted.
+ *
+ * Exactly one manager drives a replace: the one an operator asked, or, for
+ * automatic replaces, the one with the smaller address while both are up.
+ * When the partner is lost in the middle of a replace, this manager finishes
+ * it (restarting the copy, which is idempotent).
+ *
+ * Calls: membership.c, replace.c, rpc, hashspace, log. Thread rule: main loop.
+ */
+#include <string.h>
+
+#include "log.h"
+#include "manager.h"
+#include "proto.h"
+
+#define SYNC_TIMEOUT 10.0
+
+static struct timeval tv_of(double sec)
+{
+    struct timeval tv = {(time_t)sec, (suseconds_t)((sec - (double)(time_t)sec) * 1e6)};
+    return tv;
+}
+
+static void ignore_reply(void *arg, rpc_status st, const msgpack_object *r) {}
+
+void partner_sync(manager *m)
+{
+    rpc_conn *c = m->partner_conn;
+    if (!c || !rpc_hello_done(c)) return;
+    msgpack_packer *pk = rpc_call_begin(c, MGR_HS_SYNC, SYNC_TIMEOUT, ignore_reply, NULL);
+    msgpack_pack_array(pk, 2);
+    hashspace_pack(m->whs, pk);
+    hashspace_pack(m->rhs, pk);
+    rpc_call_end(c);
+}
+
+static bool is_partner(manager *m, rpc_conn *c)
+{
+    return m->has_partner && rpc_hello_done(c) && net_equal(rpc_peer_addr(c), &m->partner);
+}
+
+bool partner_up(const manager *m) { return m->partner_conn && rpc_hello_done(m->partner_conn); }
+
+bool partner_drives_auto(const manager *m)
+{
+    return !partner_up(m) || net_compare(&m->self, &m->partner) < 0;
+}
+
+/* Adopt the partner's pair (params [whs, rhs]); true if anything changed. */
+static bool adopt(manager *m, const msgpack_object *params)
+{
+    char err[KUMO_ERRLEN];
+    const msgpack_object *ow = rpc_arg(params, 0), *orh = rpc_arg(params, 1);
+    hashspace *w = ow ? hashspace_unpack(ow, err) : NULL, *r = orh ? hashspace_unpack(orh, err) : NULL;
+    bool changed = false;
+    if (w && r) {
+        hashspace *nw = hashspace_ref(m->whs), *nr = hashspace_ref(m->rhs);
+        clock_update(&m->clock, w->clocktime > r->clocktime ? w->clocktime : r->clocktime);
+        if (!hashspace_empty(w) && (hashspace_empty(nw) || nw->clocktime < w->clocktime)) {
+            hashspace_unref(nw);
+            nw = hashspace_ref(w);
+            changed = true;
+        }
+        if (!hashspace_empty(r) && (hashspace_empty(nr) || nr->clocktime < r->clocktime)) {
+            hashspace_unref(nr);
+            nr = hashspace_ref(r);
+            changed = true;
+        }
+        if (changed) {
+            log_info("hash spaces from partner adopted");
+            membership_adopted(m, nw, nr);
+        } else {
+            hashspace_unref(nw);
+            hashspace_unref(nr);
+        }
+    } else {
+        log_warn("bad hash space from partner: %s", err);
+    }
+    hashspace_unref(w);
+    hashspace_unref(r);
+    return changed;
+}
+
+bool partner_handle(manager *m, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
+{
+    if (method != MGR_HS_SYNC) return false;
+    if (!is_partner(m, c)) {
+        char buf[NET_ADDRSTRLEN];
+        log_warn("hash spaces from %s, which is not the partner (-p)", net_format(rpc_peer_addr(c), buf, sizeof(buf)));
+        rpc_reply_error(c, msgid, "unknown partner node");
+        return true;
+    }
+    rpc_reply_bool(c, msgid, adopt(m, params));
+    return true;
+}
+
+/* ---- the link ---- */
+
+static void partner_connect(manager *m);
+
+static void on_close(void *arg, rpc_conn *c)
+{
+    manager *m = arg;
+    char buf[NET_ADDRSTRLEN];
+    if (c == m->partner_dialed) m->partner_dialed = NULL;
+    if (m->partner_conn != c) {
+        if (!m->partner_conn && !m->partner_dialed && !m->stopping) {
+            struct timeval tv = tv_of(m->cfg->common.clock_interval);
+            evtimer_add(m->partner_retry, &tv);
+        }
+        return;
+    }
+    m->partner_conn = NULL;
+    if (rpc_hello_done(c)) {
+        log_warn("lost partner %s", net_format(&m->partner, buf, sizeof(buf)));
+        /* A replace the partner was driving must not stay half done. */
+        if (!m->replacing && m->whs->clocktime != m->rhs->clocktime && !hashspace_empty(m->whs)) {
+            log_info("taking over the partner's replace");
+            replace_start(m, false);
+        }
+    }
+    if (!m->stopping) {
+        struct timeval tv = tv_of(m->cfg->common.clock_interval);
+        evtimer_add(m->partner_retry, &tv);
+    }
+}
+
+void partner_hello(manager *m, rpc_conn *c)
+{
+    char buf[NET_ADDRSTRLEN];
+    if (!is_partner(m, c)) {
+        log_warn("manager %s is not the partner (-p): closing", net_format(rpc_peer_addr(c), buf, sizeof(buf)));
+        rpc_close(c);
+        return;
+    }
+    if (m->partner_conn && m->partner_conn != c) {
+        /* Both sides dialled at once: both keep the link dialled by the
+         * smaller address, so they agree without talking. */
+        bool self_smaller = net_compare(&m->self, &m->partner) < 0;
+        bool c_ours = c == m->partner_dialed;
+        if (c_ours != self_smaller) {
+            rpc_close(c);
+            if (c_ours) m->partner_dialed = NULL;
+            return;
+        }
+        rpc_conn *old = m->partner_conn;
+        if (old == m->partner_dialed) m->partner_dialed = NULL;
+        m->partner_conn = NULL;
+        rpc_close(old);
+    }
+    m->partner_conn = c;
+    log_info("partner connected %s", net_format(&m->partner, buf, sizeof(buf)));
+    partner_sync(m);
+}
+
+static void on_hello(void *arg, rpc_conn *c) { partner_hello(arg, c); }
+
+static void retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    manager *m = arg;
+    if (!m->partner_conn && !m->partner_dialed) partner_connect(m);
+}
+
+static void partner_connect(manager *m)
+{
+    rpc_handlers h = membership_handlers(m);
+    h.on_hello = on_hello;
+    h.on_close = on_close;
+    m->partner_dialed = rpc_connect(m->base, &m->partner, m->cfg->common.connect_timeout, &h, &m->rpc_self);
+}
+
+void partner_closed(manager *m, rpc_conn *c)
+{
+    on_close(m, c);
+}
+
+void partner_start(manager *m)
+{
+    if (!m->has_partner) return;
+    m->partner_retry = evtimer_new(m->base, retry_cb, m);
+    partner_connect(m);
+}
+
+void partner_stop(manager *m)
+{
+    if (!m->has_partner) return;
+    if (m->partner_dialed != m->partner_conn) rpc_close(m->partner_dialed);
+    rpc_close(m->partner_conn);
+    m->partner_conn = m->partner_dialed = NULL;
+    if (m->partner_retry) event_free(m->partner_retry);
+    m->partner_retry = NULL;
+}
