@@ -19,9 +19,14 @@
 #include <time.h>
 
 #include "cmdline.h"
+#include "config.h"
 #include "hashspace.h"
 #include "net.h"
 #include "rpc.h"
+
+/* What `version` answers: the memcached release whose protocol the gateway
+ * speaks (clients such as libmemcached pick features by it), then ours. */
+#define GATEWAY_VERSION "1.6.21-kumofs-" PACKAGE_VERSION
 
 typedef struct gateway_config {
     daemon_common common;

@@ -8,7 +8,10 @@
 #include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "binlog.h"
+#include "config.h"
 #include "daemon.h"
 #include "gateway.h"
 #include "log.h"
@@ -68,6 +71,7 @@ int main(int argc, char **argv)
     opts_parse(&gateway_spec, &cfg, argc, argv, NULL, 0, NULL);
     net_addr text_addr;
     if (net_parse_listen(cfg.text, 11211, &text_addr, err) < 0) opts_die(&gateway_spec, "-t: %s", err);
+    binlog_set_node_addr("gateway", &text_addr);
     if (daemon_start("kumo-gateway", &cfg.common) < 0) return 1;
     g.cfg = &cfg;
     g.started = time(NULL);
@@ -92,6 +96,9 @@ int main(int argc, char **argv)
     daemon_signals_init(&sigs, g.base, stop, &g);
     char buf[NET_ADDRSTRLEN];
     log_info("start gateway, memcached text protocol on %s", net_format(&text_addr, buf, sizeof(buf)));
+    binlog_event(LOG_LVL_INFO, "start", BL_STR("role", "gateway"), BL_ADDR("text", &text_addr),
+                 BL_STR("manager1", cfg.manager1), BL_STR("manager2", cfg.manager2), BL_UINT("pid", getpid()),
+                 BL_STR("version", PACKAGE_VERSION));
 
     event_base_dispatch(g.base);
 
@@ -100,6 +107,8 @@ int main(int argc, char **argv)
     daemon_signals_free(&sigs);
     event_base_free(g.base);
     log_info("end");
+    binlog_event(LOG_LVL_INFO, "stop");
+    binlog_close();
     daemon_remove_pidfile();
     log_close();
     return 0;

@@ -515,7 +515,7 @@ static void stats_general(gateway *g, struct evbuffer *out, const router_sizes *
         "STAT rusage_user %ld.%06ld\r\nSTAT rusage_system %ld.%06ld\r\n"
         "STAT max_connections %ld\r\nSTAT curr_connections %" PRIu64 "\r\nSTAT total_connections %" PRIu64 "\r\n"
         "STAT rejected_connections 0\r\nSTAT connection_structures %" PRIu64 "\r\n",
-        (long)getpid(), (long)(now - g->started), (long)now, PACKAGE_VERSION, event_get_version(),
+        (long)getpid(), (long)(now - g->started), (long)now, GATEWAY_VERSION, event_get_version(),
         (int)(8 * sizeof(void *)), (long)ru.ru_utime.tv_sec, (long)ru.ru_utime.tv_usec, (long)ru.ru_stime.tv_sec,
         (long)ru.ru_stime.tv_usec, (long)g->max_connections, s->curr_connections, s->total_connections,
         s->curr_connections);
@@ -844,7 +844,7 @@ static void dispatch(client *c, const memtext_request *q)
     case MEMTEXT_FLUSH_ALL: do_flush(c, q); break;
     case MEMTEXT_STATS: do_stats(c, q); break;
     case MEMTEXT_VERSION:
-        if ((r = client_req(c, false))) client_reply(r, "VERSION " PACKAGE_VERSION "\r\n");
+        if ((r = client_req(c, false))) client_reply(r, "VERSION " GATEWAY_VERSION "\r\n");
         break;
     case MEMTEXT_VERBOSITY:
         if ((r = client_req(c, q->noreply))) client_reply(r, "OK\r\n");

@@ -3,7 +3,8 @@
  *
  * Owns: the path and owner pid of the pid file written by daemon_detach
  * (set once at start-up, read at exit).
- * Calls: log (a failed sd_notify is worth a debug line), libsystemd when
+ * Calls: log (a failed sd_notify is worth a debug line), binlog (opened
+ * with the text log, reopened with it on SIGHUP), libsystemd when
  * built with HAVE_LIBSYSTEMD.
  * Thread rule: start-up only, except daemon_notify (any thread: it only
  * formats into a stack buffer and calls sd_notify).
@@ -36,6 +37,7 @@
 #include <systemd/sd-daemon.h>
 #endif
 
+#include "binlog.h"
 #include "log.h"
 
 static struct {
@@ -156,6 +158,12 @@ int daemon_start(const char *prog, const daemon_common *c)
         fprintf(stderr, "%s: %s\n", prog, err);
         return -1;
     }
+    /* Opened before detaching, so a bad -g path is reported on the terminal. */
+    if (c->binlog_path && binlog_open(c->binlog_path, err) < 0) {
+        log_fatal("binary log: %s", err);
+        fprintf(stderr, "%s: binary log: %s\n", prog, err);
+        return -1;
+    }
     if (c->pidfile && daemon_detach(c->pidfile, c->log_path != NULL, err) < 0) {
         log_fatal("%s", err);
         fprintf(stderr, "%s: %s\n", prog, err);
@@ -170,6 +178,7 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     if (sig == SIGHUP) {
         log_info("SIGHUP: reopening the log");
         log_reopen();
+        if (binlog_reopen() < 0) log_error("SIGHUP: cannot reopen the binary log");
         return;
     }
     log_info("signal %d: shutting down", (int)sig);

@@ -24,12 +24,14 @@ void daemon_init(void);
 int daemon_detach(const char *pidfile, bool log_to_file, char *err);
 /* Remove the pid file written by daemon_detach (at exit). */
 void daemon_remove_pidfile(void);
-/* Apply the common flags at start-up: open the text log (-o, -v) and
- * detach (-d). On failure prints "prog: reason" to stderr and returns -1. */
+/* Apply the common flags at start-up: open the text log (-o, -v), the
+ * binary log (-g; call binlog_set_node first) and detach (-d). On failure
+ * prints "prog: reason" to stderr and returns -1. */
 int daemon_start(const char *prog, const daemon_common *c);
 
 /* SIGINT and SIGTERM: log, send STOPPING=1 and call stop(arg) (which should
- * end the loop); SIGHUP: reopen the log file. Events live on `base`. */
+ * end the loop); SIGHUP: reopen the log file and the binary log. Events
+ * live on `base`. */
 typedef struct daemon_signals {
     struct event *ev[3];
     void (*stop)(void *arg);

@@ -31,8 +31,9 @@ enum {
     SRV_HS_SYNC = 2,         /* [whs, rhs] -> true (adopted) / false */
     SRV_REPLACE_COPY = 8,    /* [whs, full:bool] -> true; later MGR_REPLACE_COPY_END */
     SRV_REPLACE_DELETE = 9,  /* [whs] -> true; later MGR_REPLACE_DELETE_END */
+    SRV_REPLACE_OFFER = 16,  /* [stream_port, token, size] -> records applied, once
+                                pulled from the sender's stream port */
     SRV_REPLICATE = 32,      /* [flags, dbkey, dbvalue-or-tombstone] -> true stored / false older */
-    SRV_REPLICATE_BATCH = 33,/* [[dbkey, dbvalue]...] -> count stored (replace copy) */
     SRV_GET = 34,            /* [dbkey] -> dbvalue | nil */
     SRV_SET = 35,            /* [op, flags, dbkey, dbvalue, cas, delta, initial]
                                 -> [code, clocktime, number, value] */

@@ -7,7 +7,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "binlog.h"
+#include "config.h"
 #include "daemon.h"
 #include "log.h"
 #include "manager.h"
@@ -79,6 +82,7 @@ int main(int argc, char **argv)
         if (net_equal(&m.partner, &m.self)) opts_die(&manager_spec, "-p must name the other manager, not this one");
         m.has_partner = true;
     }
+    binlog_set_node_addr("manager", &m.self);
     if (daemon_start("kumo-manager", &cfg.common) < 0) return 1;
     m.cfg = &cfg;
     clock_init(&m.clock);
@@ -104,6 +108,9 @@ int main(int argc, char **argv)
     partner_start(&m);
     char buf[NET_ADDRSTRLEN];
     log_info("start manager %s control port %d", net_format(&m.self, buf, sizeof(buf)), cfg.control_port);
+    binlog_event(LOG_LVL_INFO, "start", BL_STR("role", "manager"), BL_ADDR("addr", &m.self),
+                 BL_UINT("control_port", cfg.control_port), BL_STR("partner", cfg.partner), BL_UINT("pid", getpid()),
+                 BL_STR("version", PACKAGE_VERSION));
     daemon_notify("READY=1");
 
     event_base_dispatch(m.base);
@@ -118,6 +125,8 @@ int main(int argc, char **argv)
     hashspace_unref(m.rhs);
     event_base_free(m.base);
     log_info("end");
+    binlog_event(LOG_LVL_INFO, "stop");
+    binlog_close();
     daemon_remove_pidfile();
     log_close();
     return 0;

@@ -150,15 +150,19 @@ static void retry_cb(evutil_socket_t fd, short what, void *arg)
     if (!r->m->conn && !r->s->stopping) manager_connect(r->s, r->m);
 }
 
-/* Requests arriving on the manager links: managers talk cluster.c, but a
- * link is an ordinary connection, so route everything through one place. */
+void cluster_dispatch(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
+{
+    if (data_handle(s, c, msgid, method, params)) return;
+    if (cluster_handle(s, c, msgid, method, params)) return;
+    if (replace_handle(s, c, msgid, method, params)) return;
+    if (stream_handle(s, c, msgid, method, params)) return;
+    rpc_reply_error(c, msgid, "unknown method %u", method);
+}
+
+/* Requests on the manager links: a link is an ordinary connection. */
 static void server_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
 {
-    server *s = rpc_get_data(c);
-    if (cluster_handle(s, c, msgid, method, params)) return;
-    if (data_handle(s, c, msgid, method, params)) return;
-    if (replace_handle(s, c, msgid, method, params)) return;
-    rpc_reply_error(c, msgid, "unknown method %u", method);
+    cluster_dispatch(rpc_get_data(c), c, msgid, method, params);
 }
 
 int cluster_start(server *s, char *err)
@@ -210,10 +214,7 @@ static void peer_on_close(void *arg, rpc_conn *c)
 
 static void peer_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
 {
-    server *s = arg;
-    if (data_handle(s, c, msgid, method, params)) return;
-    if (replace_handle(s, c, msgid, method, params)) return;
-    rpc_reply_error(c, msgid, "unknown method %u", method);
+    cluster_dispatch(arg, c, msgid, method, params);
 }
 
 rpc_conn *cluster_peer(server *s, const net_addr *addr)

@@ -8,11 +8,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 
+#include "binlog.h"
+#include "config.h"
 #include "daemon.h"
 #include "log.h"
 #include "proto.h"
@@ -35,6 +38,8 @@ static const opt_def server_opts[] = {
      "retries of a replicated set"},
     {"-D", "--replicate-delete-retry", OPT_INT, offsetof(server_config, delete_retries), "<num>", "20", 0, 1000,
      false, "retries of a replicated delete"},
+    {"-Rr", "--replace-rate", OPT_DOUBLE, offsetof(server_config, replace_rate), "<MiB/s>", "0", 0, 100000, false,
+     "limit the bulk copy of a replace to this rate (0 = no limit)"},
     {"-gS", "--garbage-mem-limit", OPT_INT, offsetof(server_config, gc_mem_kib), "<kb>", "2048", 1, 1 << 30, false,
      "memory for remembered deletes (tombstones), KiB"},
     {"-gN", "--garbage-min-time", OPT_INT, offsetof(server_config, gc_min_sec), "<sec>", "60", 0, 1 << 30, false,
@@ -90,10 +95,7 @@ static void on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, 
         set_config(c, msgid, params);
         return;
     }
-    if (cluster_handle(s, c, msgid, method, params)) return;
-    if (data_handle(s, c, msgid, method, params)) return;
-    if (replace_handle(s, c, msgid, method, params)) return;
-    rpc_reply_error(c, msgid, "unknown method %u", method);
+    cluster_dispatch(s, c, msgid, method, params);
 }
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len, void *arg)
@@ -125,6 +127,7 @@ int main(int argc, char **argv)
     if (cfg.manager2 && strcmp(cfg.manager1, cfg.manager2) == 0)
         opts_die(&server_spec, "-p must name a different manager than -m");
 
+    binlog_set_node_addr("server", &s.self);
     if (daemon_start("kumo-server", &cfg.common) < 0) return 1;
     s.cfg = &cfg;
     s.started = time(NULL);
@@ -151,7 +154,7 @@ int main(int argc, char **argv)
         return 1;
     }
     s.listener = evconnlistener_new(s.base, on_accept, &s, LEV_OPT_CLOSE_ON_FREE, -1, fd);
-    if (cluster_start(&s, err) < 0) {
+    if (stream_start(&s, err) < 0 || cluster_start(&s, err) < 0) {
         log_fatal("%s", err);
         fprintf(stderr, "kumo-server: %s\n", err);
         store_close(s.db);
@@ -161,14 +164,20 @@ int main(int argc, char **argv)
     daemon_signals_init(&sigs, s.base, stop, &s);
     char buf[NET_ADDRSTRLEN];
     log_info("start server %s db %s", net_format(&s.self, buf, sizeof(buf)), store_path(s.db));
+    binlog_event(LOG_LVL_INFO, "start", BL_STR("role", "server"), BL_ADDR("addr", &s.self), BL_STR("db", store_path(s.db)),
+                 BL_STR("manager1", cfg.manager1), BL_STR("manager2", cfg.manager2), BL_UINT("pid", getpid()),
+                 BL_STR("version", PACKAGE_VERSION));
 
     event_base_dispatch(s.base);
 
     evconnlistener_free(s.listener);
     cluster_stop(&s);
+    stream_stop(&s);
     data_stop(&s);
     store_close(s.db);
     log_info("end");
+    binlog_event(LOG_LVL_INFO, "stop");
+    binlog_close();
     daemon_signals_free(&sigs);
     hashspace_unref(s.whs);
     hashspace_unref(s.rhs);

@@ -4,16 +4,17 @@
  * Copy phase: adopt the new whs, walk the database, and for every record
  * (tombstones included) of which this server is the first surviving old
  * owner, queue it for each new owner that was not an old one; full-replace
- * sends every record to every other new owner. Records travel in batches
- * of about BATCH_BYTES over the ordinary RPC connections and are applied
- * with the newer-ClockTime-wins rule. When every batch is acknowledged the
- * manager hears MGR_REPLACE_COPY_END.
+ * sends every record to every other new owner. Each destination's records
+ * go through a compressed stream file (stream.c) and are applied there with
+ * the newer-ClockTime-wins rule. When every transfer is acknowledged the
+ * manager hears MGR_REPLACE_COPY_END (with ok = false if any failed, and the
+ * manager then keeps reads where they were and retries).
  *
  * Delete phase: rhs := whs, then remove every record this server no longer
  * owns, and report MGR_REPLACE_DELETE_END.
  *
- * The walk runs on the main loop in one go; a streaming, rate-limited copy
- * over the -L port is the subject of the rebalancing work (docs/architecture.md).
+ * The walk runs on the main loop in one go (it only reads and compresses);
+ * the transfers that follow are event-driven and rate-limited.
  *
  * Calls: store, record, hashspace, rpc, cluster.c. Thread rule: main loop.
  */
@@ -25,16 +26,12 @@
 #include "record.h"
 #include "server.h"
 
-#define BATCH_BYTES (512 * 1024)
-#define BATCH_TIMEOUT 30.0
 #define END_TIMEOUT 10.0
 #define END_TRIES 60
 
 typedef struct dest {
     net_addr addr;
-    msgpack_sbuffer buf;
-    msgpack_packer pk;
-    uint32_t count;
+    stream_file *file; /* created on the first record for this destination */
 } dest;
 
 typedef struct copy_job {
@@ -131,45 +128,41 @@ static void job_release(copy_job *j)
     free(j);
 }
 
-typedef struct batch {
+typedef struct transfer {
     copy_job *j;
-    uint32_t count;
-} batch;
+    uint64_t count;
+} transfer;
 
-static void batch_reply(void *arg, rpc_status st, const msgpack_object *r)
+static void transfer_done(void *arg, bool ok, uint64_t applied)
 {
-    batch *b = arg;
-    char why[KUMO_ERRLEN];
-    if (st != RPC_OK) {
-        b->j->failed += b->count;
-        log_warn("replace: a batch of %u records failed: %s", b->count, rpc_strerror(st, r, why, sizeof(why)));
+    transfer *t = arg;
+    copy_job *j = t->j;
+    if (!ok) {
+        j->failed += t->count;
+        log_warn("replace: a transfer of %llu records failed", (unsigned long long)t->count);
     }
-    copy_job *j = b->j;
-    free(b);
+    free(t);
     job_release(j);
 }
 
-static void flush_dest(copy_job *j, dest *d)
+/* The walk is over: hand each destination its file. */
+static void offer_dest(copy_job *j, dest *d)
 {
-    if (d->count == 0) return;
-    batch *b = malloc(sizeof(*b));
-    rpc_conn *c = cluster_peer(j->s, &d->addr);
-    if (!b || !c) {
-        free(b);
-        j->failed += d->count;
-    } else {
-        b->j = j;
-        b->count = d->count;
-        j->outstanding++;
-        j->sent += d->count;
-        msgpack_packer *pk = rpc_call_begin(c, SRV_REPLICATE_BATCH, BATCH_TIMEOUT, batch_reply, b);
-        msgpack_pack_array(pk, 1);
-        msgpack_pack_array(pk, d->count);
-        pk->callback(pk->data, d->buf.data, d->buf.size);
-        rpc_call_end(c);
+    if (!d->file) return;
+    uint64_t n = stream_file_count(d->file);
+    transfer *t = n ? malloc(sizeof(*t)) : NULL;
+    if (!t) {
+        if (n) j->failed += n;
+        stream_file_abandon(d->file);
+        d->file = NULL;
+        return;
     }
-    msgpack_sbuffer_clear(&d->buf);
-    d->count = 0;
+    t->j = j;
+    t->count = n;
+    j->outstanding++;
+    j->sent += n;
+    stream_file_offer(j->s, d->file, &d->addr, transfer_done, t);
+    d->file = NULL;
 }
 
 static dest *dest_for(copy_job *j, const net_addr *a)
@@ -212,11 +205,15 @@ static int copy_record(void *arg, const void *key, size_t klen, const void *val,
         if (!j->full && contains(j->old_rhs, old, nold, to)) continue;
         dest *d = dest_for(j, to);
         if (!d) continue;
-        msgpack_pack_array(&d->pk, 2);
-        rpc_pack_bytes(&d->pk, key, klen);
-        rpc_pack_bytes(&d->pk, val, vlen);
-        d->count++;
-        if (d->buf.size >= BATCH_BYTES) flush_dest(j, d);
+        if (!d->file) {
+            char err[KUMO_ERRLEN];
+            if (!(d->file = stream_file_new(s, err))) {
+                log_error("replace: %s", err);
+                j->failed++;
+                continue;
+            }
+        }
+        stream_file_add(d->file, key, klen, val, vlen);
     }
     return 0;
 }
@@ -238,20 +235,12 @@ static void copy_phase(server *s, rpc_conn *c, uint64_t replace_ct, bool full)
     j->full = full;
     j->old_rhs = hashspace_ref(s->rhs);
     j->new_whs = hashspace_ref(w);
-    for (size_t i = 0; i < w->ring.nnodes; i++) {
-        dest *d = &j->dests[j->ndests++];
-        d->addr = w->ring.nodes[i].addr;
-        msgpack_sbuffer_init(&d->buf);
-        msgpack_packer_init(&d->pk, &d->buf, msgpack_sbuffer_write);
-    }
+    for (size_t i = 0; i < w->ring.nnodes; i++) j->dests[j->ndests++].addr = w->ring.nodes[i].addr;
     j->outstanding = 1; /* the walk itself */
     s->replace_copying = true;
     log_info("replace copy start%s", full ? " (full)" : "");
     if (store_iterate(s->db, copy_record, j, err) < 0) log_error("replace copy: %s", err);
-    for (size_t i = 0; i < j->ndests; i++) {
-        flush_dest(j, &j->dests[i]);
-        msgpack_sbuffer_destroy(&j->dests[i].buf);
-    }
+    for (size_t i = 0; i < j->ndests; i++) offer_dest(j, &j->dests[i]);
     job_release(j);
 }
 
@@ -300,39 +289,11 @@ static bool adopt_whs(server *s, const msgpack_object *params)
     return true;
 }
 
-static void handle_batch(server *s, rpc_conn *c, uint32_t msgid, const msgpack_object *params)
-{
-    char err[KUMO_ERRLEN];
-    const msgpack_object *list = rpc_arg(params, 0);
-    if (!list || list->type != MSGPACK_OBJECT_ARRAY) {
-        rpc_reply_error(c, msgid, "bad params");
-        return;
-    }
-    uint64_t stored = 0;
-    for (uint32_t i = 0; i < list->via.array.size; i++) {
-        const msgpack_object *pair = &list->via.array.ptr[i];
-        const char *k, *v;
-        size_t kl, vl;
-        if (!rpc_arg_bytes(pair, 0, &k, &kl) || !rpc_arg_bytes(pair, 1, &v, &vl) || kl <= RECORD_KEY_HEADER ||
-            vl < RECORD_TOMBSTONE)
-            continue;
-        clock_update(&s->clock, record_clocktime(v, vl));
-        int rc = store_update(s->db, k, kl, v, vl, err);
-        if (rc < 0) {
-            rpc_reply_error(c, msgid, "store failed: %s", err);
-            return;
-        }
-        stored += (uint64_t)rc;
-    }
-    rpc_reply_uint(c, msgid, stored);
-}
-
 bool replace_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
 {
     uint64_t ct;
     bool full = false;
     switch (method) {
-    case SRV_REPLICATE_BATCH: handle_batch(s, c, msgid, params); return true;
     case SRV_REPLACE_COPY:
     case SRV_REPLACE_DELETE:
         if (!rpc_arg_uint(params, 1, &ct) || !adopt_whs(s, params)) {

@@ -4,6 +4,7 @@
  *   cluster.c  the manager links, hash spaces, peer connections, keepalive
  *   data.c     Get/Set/Delete from gateways, replication to the other owners
  *   replace.c  the server's part of moving data after membership changes
+ *   stream.c   the bulk copy of a replace over the stream port (-L)
  *
  * Thread rule: everything runs on the main event loop (one thread; -TR
  * workers are the subject of the performance work, see docs/architecture.md).
@@ -37,6 +38,7 @@ typedef struct server_config {
     int gc_mem_kib;         /* -gS */
     int gc_min_sec;         /* -gN */
     int gc_max_sec;         /* -gX */
+    double replace_rate;    /* --replace-rate, MiB/s; 0 = unlimited */
 } server_config;
 
 typedef struct peer {
@@ -72,7 +74,10 @@ typedef struct server {
     /* flush_all: records older than this ClockTime are gone once its second
      * has come (kept in <db>.flush so a restart does not bring them back) */
     uint64_t flush_floor;
-    bool replace_copying; /* a copy phase has batches in flight */
+    bool replace_copying; /* a copy phase has transfers in flight */
+    struct evconnlistener *stream_listener; /* -L */
+    struct offer *offers;                   /* stream files waiting to be collected */
+    struct ev_token_bucket_cfg *rate;       /* --replace-rate */
     struct event *flush_timer;
 } server;
 
@@ -86,9 +91,26 @@ rpc_conn *cluster_peer(server *s, const net_addr *addr);
  * method is not one of cluster.c's. */
 bool cluster_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
 void cluster_set_hashspaces(server *s, hashspace *whs, hashspace *rhs);
+/* Every request a server answers, whichever connection it came on. */
+void cluster_dispatch(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
 
 /* replace.c: copy and delete phases, and the batches they send. */
 bool replace_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
+
+/* stream.c: the bulk copy of a replace over the stream port. A stream file
+ * collects [key, value] records, compressed, in an unlinked file under -f;
+ * offering it hands it to a destination, which pulls and applies it. */
+typedef struct stream_file stream_file;
+typedef void (*stream_done_fn)(void *arg, bool ok, uint64_t applied);
+int stream_start(server *s, char *err);
+void stream_stop(server *s);
+stream_file *stream_file_new(server *s, char *err);
+void stream_file_add(stream_file *f, const void *key, size_t klen, const void *val, size_t vlen);
+uint64_t stream_file_count(const stream_file *f);
+/* Takes f; fn runs exactly once, later. */
+void stream_file_offer(server *s, stream_file *f, const net_addr *to, stream_done_fn fn, void *arg);
+void stream_file_abandon(stream_file *f);
+bool stream_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
 
 /* data.c */
 /* A stored record that is a live value (not a tombstone, not expired, not
