@@ -21,8 +21,10 @@ static const opt_def gateway_opts[] = {
      "the manager (port 19700 if omitted)"},
     {"-p", "--manager2", OPT_STRING, offsetof(gateway_config, manager2), "<addr[:port]>", NULL, 0, 0, false,
      "the second manager, if there is one"},
-    {"-t", "--memproto-text", OPT_STRING, offsetof(gateway_config, text), "<[addr:]port>", NULL, 0, 0, true,
+    {"-t", "--memproto-text", OPT_STRING, offsetof(gateway_config, text), "<[addr:]port>", NULL, 0, 0, false,
      "serve the memcached text protocol here"},
+    {"-b", "--memproto-binary", OPT_STRING, offsetof(gateway_config, binary), "<[addr:]port>", NULL, 0, 0, false,
+     "serve the memcached binary protocol here"},
     {"-G", "--get-retry", OPT_INT, offsetof(gateway_config, get_retries), "<num>", "5", 1, 1000, false,
      "rounds over a key's three servers before a get fails"},
     {"-S", "--set-retry", OPT_INT, offsetof(gateway_config, set_retries), "<num>", "20", 0, 1000, false,
@@ -44,7 +46,7 @@ static const opt_def gateway_opts[] = {
 
 static const opts_spec gateway_spec = {
     .prog = "kumo-gateway",
-    .synopsis = "-m <addr[:port]> [-p <addr[:port]>] -t <[addr:]port> [options]",
+    .synopsis = "-m <addr[:port]> [-p <addr[:port]>] -t <[addr:]port> | -b <[addr:]port> [options]",
     .defs = gateway_opts,
     .ndefs = sizeof(gateway_opts) / sizeof(gateway_opts[0]),
 };
@@ -52,6 +54,11 @@ static const opts_spec gateway_spec = {
 static void on_text_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len, void *arg)
 {
     text_accept(arg, fd);
+}
+
+static void on_binary_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len, void *arg)
+{
+    binary_accept(arg, fd);
 }
 
 static void stop(void *arg)
@@ -69,24 +76,30 @@ int main(int argc, char **argv)
     memset(&g, 0, sizeof(g));
     daemon_init();
     opts_parse(&gateway_spec, &cfg, argc, argv, NULL, 0, NULL);
-    net_addr text_addr;
-    if (net_parse_listen(cfg.text, 11211, &text_addr, err) < 0) opts_die(&gateway_spec, "-t: %s", err);
-    binlog_set_node_addr("gateway", &text_addr);
+    net_addr text_addr, binary_addr;
+    if (!cfg.text && !cfg.binary) opts_die(&gateway_spec, "-t or -b is required");
+    if (cfg.text && net_parse_listen(cfg.text, 11211, &text_addr, err) < 0) opts_die(&gateway_spec, "-t: %s", err);
+    if (cfg.binary && net_parse_listen(cfg.binary, 11211, &binary_addr, err) < 0)
+        opts_die(&gateway_spec, "-b: %s", err);
+    binlog_set_node_addr("gateway", cfg.text ? &text_addr : &binary_addr);
     if (daemon_start("kumo-gateway", &cfg.common) < 0) return 1;
     g.cfg = &cfg;
     g.started = time(NULL);
     struct rlimit rl;
     g.max_connections = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? (long)rl.rlim_cur : 1024;
-    g.text_port = net_port(&text_addr);
+    g.text_port = cfg.text ? net_port(&text_addr) : 0;
     g.base = event_base_new();
     g.rpc_self = (rpc_self){.role = RPC_ROLE_GATEWAY};
-    int fd = net_listen(&text_addr, err);
-    if (fd < 0) {
+    int tfd = cfg.text ? net_listen(&text_addr, err) : -2;
+    int bfd = tfd != -1 && cfg.binary ? net_listen(&binary_addr, err) : -2;
+    if (tfd == -1 || bfd == -1) {
         log_fatal("%s", err);
         fprintf(stderr, "kumo-gateway: %s\n", err);
         return 1;
     }
-    g.text_listener = evconnlistener_new(g.base, on_text_accept, &g, LEV_OPT_CLOSE_ON_FREE, -1, fd);
+    if (tfd >= 0) g.text_listener = evconnlistener_new(g.base, on_text_accept, &g, LEV_OPT_CLOSE_ON_FREE, -1, tfd);
+    if (bfd >= 0)
+        g.binary_listener = evconnlistener_new(g.base, on_binary_accept, &g, LEV_OPT_CLOSE_ON_FREE, -1, bfd);
     if (router_start(&g, err) < 0) {
         log_fatal("%s", err);
         fprintf(stderr, "kumo-gateway: %s\n", err);
@@ -95,14 +108,16 @@ int main(int argc, char **argv)
     daemon_signals sigs;
     daemon_signals_init(&sigs, g.base, stop, &g);
     char buf[NET_ADDRSTRLEN];
-    log_info("start gateway, memcached text protocol on %s", net_format(&text_addr, buf, sizeof(buf)));
-    binlog_event(LOG_LVL_INFO, "start", BL_STR("role", "gateway"), BL_ADDR("text", &text_addr),
+    if (cfg.text) log_info("start gateway, memcached text protocol on %s", net_format(&text_addr, buf, sizeof(buf)));
+    if (cfg.binary) log_info("start gateway, memcached binary protocol on %s", net_format(&binary_addr, buf, sizeof(buf)));
+    binlog_event(LOG_LVL_INFO, "start", BL_STR("role", "gateway"), BL_ADDR("listen", cfg.text ? &text_addr : &binary_addr),
                  BL_STR("manager1", cfg.manager1), BL_STR("manager2", cfg.manager2), BL_UINT("pid", getpid()),
                  BL_STR("version", PACKAGE_VERSION));
 
     event_base_dispatch(g.base);
 
-    evconnlistener_free(g.text_listener);
+    if (g.text_listener) evconnlistener_free(g.text_listener);
+    if (g.binary_listener) evconnlistener_free(g.binary_listener);
     router_stop(&g);
     daemon_signals_free(&sigs);
     event_base_free(g.base);
