@@ -513,7 +513,7 @@ class Cluster:
     """
 
     def __init__(self, nservers=3, gateway=True, manager_args=(), server_args=(),
-                 gateway_args=(), start=True):
+                 gateway_args=(), start=True, gateway_binary=False):
         self.dir = new_tmpdir()
         self.logdir = os.path.join(self.dir, "logs")
         os.makedirs(self.logdir)
@@ -530,6 +530,8 @@ class Cluster:
             self.servers.append(Server(i, free_port(), free_port(),
                                        os.path.join(self.dir, "server%d.tch" % i), tmp))
         self.gateway_port = free_port() if gateway else None
+        # gateway_binary=True: also serve the memcached binary protocol (-b)
+        self.gateway_binary_port = free_port() if gateway and gateway_binary else None
         self.manager = None
         self.gateway = None
         self._start = start
@@ -564,8 +566,10 @@ class Cluster:
             "-s", s.db, "-f", s.tmpdir] + self.server_args
 
     def gateway_argv(self):
+        bin_args = ["-b", "127.0.0.1:%d" % self.gateway_binary_port] if self.gateway_binary_port else []
         return [binary("kumo-gateway")] + self._v() + [
-            "-o", "-", "-m", self.mgr_addr, "-t", "127.0.0.1:%d" % self.gateway_port] + self.gateway_args
+            "-o", "-", "-m", self.mgr_addr, "-t", "127.0.0.1:%d" % self.gateway_port] + bin_args + \
+            self.gateway_args
 
     # -- tools
     def kumoctl(self, *args, timeout=20):
@@ -711,6 +715,7 @@ class PlainMemcached:
             tap.skip_all("memcached not installed")
         self.dir = new_tmpdir()
         self.gateway_port = free_port()
+        self.gateway_binary_port = self.gateway_port   # memcached auto-negotiates text/binary
         argv = [exe, "-l", "127.0.0.1", "-p", self.gateway_port, "-U", "0", "-m", "64"]
         if os.geteuid() == 0:
             argv += ["-u", "root"]
@@ -728,6 +733,21 @@ class PlainMemcached:
 
     def check_running(self, name="every daemon is still running"):
         return tap.ok(self.daemon.alive(), name)
+
+
+def against_memcached():
+    """True when KUMO_TEST_AGAINST=memcached: run a test's checks against a plain memcached."""
+    return os.environ.get("KUMO_TEST_AGAINST") == "memcached"
+
+
+def target(**cluster_kwargs):
+    """The server under test: a PlainMemcached with KUMO_TEST_AGAINST=memcached, else a
+    Cluster(**cluster_kwargs) (binaries required). Use as a context manager; both have
+    gateway_port, gateway_binary_port (None unless asked for) and check_running()."""
+    if against_memcached():
+        return PlainMemcached()
+    require_binaries()
+    return Cluster(**cluster_kwargs)
 
 
 def main(fn):
@@ -842,6 +862,34 @@ def raw_roundtrip(port, data, timeout=2.0):
 def raw_version(port):
     line = raw_roundtrip(port, b"version\r\n")
     return line is not None and line.startswith(b"VERSION ")
+
+
+def bin_packet(opcode, key=b"", value=b"", extras=b"", opaque=0, cas=0, magic=0x80, vbucket=0):
+    """One memcached binary-protocol packet (request by default)."""
+    body = extras + key + value
+    return struct.pack(">BBHBBHIIQ", magic, opcode, len(key), len(extras), 0, vbucket,
+                       len(body), opaque, cas) + body
+
+
+def bin_read(sock_or_raw):
+    """Read one binary-protocol packet from a Raw; returns a dict (magic, opcode, status,
+    opaque, cas, extras, key, value)."""
+    hdr = sock_or_raw.read_exact(24)
+    magic, opcode, klen, elen, _dtype, status, blen, opaque, cas = struct.unpack(">BBHBBHIIQ", hdr)
+    body = sock_or_raw.read_exact(blen)
+    return {"magic": magic, "opcode": opcode, "status": status, "opaque": opaque, "cas": cas,
+            "extras": body[:elen], "key": body[elen:elen + klen], "value": body[elen + klen:]}
+
+
+def bin_version(port, timeout=2.0):
+    """True if a binary-protocol VERSION request on port gets a binary response."""
+    try:
+        with Raw(port, timeout) as r:
+            r.send(bin_packet(0x0b))
+            p = bin_read(r)
+            return p["magic"] == 0x81 and p["opcode"] == 0x0b and p["status"] == 0
+    except (OSError, ConnectionError, struct.error):
+        return False
 
 
 # --------------------------------------------------------------------------
