@@ -4,6 +4,7 @@
  */
 #include <event2/event.h>
 #include <event2/listener.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <sys/resource.h>
 #include <stdlib.h>
@@ -15,6 +16,7 @@
 #include "daemon.h"
 #include "gateway.h"
 #include "log.h"
+#include "metrics.h"
 
 static const opt_def gateway_opts[] = {
     {"-m", "--manager1", OPT_STRING, offsetof(gateway_config, manager1), "<addr[:port]>", NULL, 0, 0, true,
@@ -40,7 +42,7 @@ static const opt_def gateway_opts[] = {
     {"-E", "--save-expire", OPT_FLAG, offsetof(gateway_config, keep_exptime), NULL, NULL, 0, 0, false,
      "store expiration times (always done; accepted for compatibility)"},
     {"-I", "--max-item-size", OPT_INT, offsetof(gateway_config, item_size_max), "<bytes>", "1048576", 1024,
-     64 * 1024 * 1024, false, "largest value accepted"},
+     32 * 1024 * 1024, false, "largest value accepted (at most 32 MiB: a value travels in one node message)"},
     DAEMON_COMMON_OPTS(gateway_config, common),
 };
 
@@ -59,6 +61,42 @@ static void on_text_accept(struct evconnlistener *l, evutil_socket_t fd, struct 
 static void on_binary_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len, void *arg)
 {
     binary_accept(arg, fd);
+}
+
+/* --metrics: what a scrape shows (metrics.h); the counters are the ones
+ * memcached's `stats` shows, under memcached's names. */
+static void collect_metrics(void *arg, metrics_out *o)
+{
+    gateway *g = arg;
+    const gateway_stats *st = &g->stats;
+    static const struct {
+        const char *name, *help;
+        size_t off;
+    } counters[] = {
+#define C(f, h) {"kumo_gateway_" #f, h, offsetof(gateway_stats, f)}
+        C(cmd_get, "keys asked for by get, gets, gat, gats and mg"), C(cmd_set, "storage commands"),
+        C(cmd_flush, "flush_all commands"), C(cmd_touch, "touch, gat and gats keys"), C(cmd_meta, "meta commands"),
+        C(get_hits, "keys found"), C(get_misses, "keys not found"), C(get_expired, "keys found expired"),
+        C(delete_hits, "deletes of a present key"), C(delete_misses, "deletes of a missing key"),
+        C(incr_hits, "incr of a present key"), C(incr_misses, "incr of a missing key"),
+        C(decr_hits, "decr of a present key"), C(decr_misses, "decr of a missing key"),
+        C(cas_hits, "cas that stored"), C(cas_misses, "cas of a missing key"), C(cas_badval, "cas with a stale unique"),
+        C(touch_hits, "touch of a present key"), C(touch_misses, "touch of a missing key"),
+        C(store_too_large, "values refused as larger than -I"), C(bytes_read, "bytes read from clients"),
+        C(bytes_written, "bytes written to clients"), C(errors, "operations that failed after every retry"),
+#undef C
+    };
+    for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++)
+        metrics_counter(o, counters[i].name, counters[i].help,
+                        *(const uint64_t *)(const void *)((const char *)st + counters[i].off));
+    metrics_counter(o, "kumo_gateway_total_connections", "client connections accepted", st->total_connections);
+    metrics_gauge(o, "kumo_gateway_curr_connections", "client connections open", (double)st->curr_connections);
+    size_t servers = 0, managers = 0;
+    for (size_t i = 0; i < g->nservers; i++) servers += g->servers[i].conn != NULL;
+    for (int i = 0; i < g->nmanagers; i++) managers += g->managers[i].conn && rpc_hello_done(g->managers[i].conn);
+    metrics_gauge(o, "kumo_gateway_server_connections", "open connections to servers", (double)servers);
+    metrics_gauge(o, "kumo_gateway_manager_connections", "managers connected", (double)managers);
+    metrics_hash_spaces(o, "kumo_gateway", g->whs, g->rhs);
 }
 
 static void stop(void *arg)
@@ -105,6 +143,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "kumo-gateway: %s\n", err);
         return 1;
     }
+    metrics_server *metrics = NULL;
+    if (cfg.common.metrics &&
+        !(metrics = metrics_start(g.base, cfg.common.metrics, "gateway", g.started, collect_metrics, &g, err))) {
+        log_fatal("%s", err);
+        fprintf(stderr, "kumo-gateway: %s\n", err);
+        return 1;
+    }
     daemon_signals sigs;
     daemon_signals_init(&sigs, g.base, stop, &g);
     char buf[NET_ADDRSTRLEN];
@@ -116,6 +161,7 @@ int main(int argc, char **argv)
 
     event_base_dispatch(g.base);
 
+    metrics_stop(metrics);
     if (g.text_listener) evconnlistener_free(g.text_listener);
     if (g.binary_listener) evconnlistener_free(g.binary_listener);
     router_stop(&g);

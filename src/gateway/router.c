@@ -260,6 +260,13 @@ static void finish_error(rop *r, const char *why)
     event_base_once(r->g->base, -1, EV_TIMEOUT, finish_error_cb, r, &zero);
 }
 
+/* Whether repeating the write gives the same result as doing it once. */
+static bool idempotent(const rop *r)
+{
+    if (r->kind == ROP_GET || r->kind == ROP_DELETE) return true;
+    return (r->w.op == OP_SET || r->w.op == OP_TOUCH || r->w.op == OP_GAT) && r->w.cas == 0;
+}
+
 /* Decide what to do after a failed attempt. */
 static void failed(rop *r, rpc_status st, const msgpack_object *result)
 {
@@ -267,6 +274,15 @@ static void failed(rop *r, rpc_status st, const msgpack_object *result)
     rpc_strerror(st, result, why, sizeof(why));
     log_debug("attempt %d failed: %s", r->attempt, why);
     refresh(r->g);
+    /* A write refused as "not mine" was not applied and is safe to repeat;
+     * after any other failure (timeout, lost connection, a replica that did
+     * not answer) it may have been applied, and an append or incr must not
+     * be applied twice: the client hears the error instead. */
+    bool not_applied = st == RPC_ERR_UNSENT || (st == RPC_ERR_REMOTE && (!result || strcmp(why, ERR_OBSOLETE_HS) == 0));
+    if (!idempotent(r) && !not_applied) {
+        finish_error(r, why);
+        return;
+    }
     if (r->attempt >= r->max_attempts) {
         finish_error(r, why);
         return;
@@ -323,7 +339,7 @@ static void attempt(rop *r)
     const net_addr *to = &hs->ring.nodes[owners[r->kind == ROP_GET ? (size_t)k % n : 0]].addr;
     rpc_conn *c = server_conn(g, to);
     if (!c) {
-        failed(r, RPC_ERR_LOST, NULL);
+        failed(r, RPC_ERR_UNSENT, NULL);
         return;
     }
     msgpack_packer *pk;

@@ -1,6 +1,7 @@
 /*
- * cmdline — the flags every daemon shares (user guide 6.3), as opts.h table
- * rows, so each daemon's table is its own flags plus DAEMON_COMMON_OPTS.
+ * cmdline — the flags every daemon shares (user guide 6.3, plus --metrics),
+ * as opts.h table rows, so each daemon's table is its own flags plus
+ * DAEMON_COMMON_OPTS.
  * Header only.
  */
 #ifndef KUMO_CMDLINE_H
@@ -21,6 +22,7 @@ typedef struct daemon_common {
     int connect_retries;    /* -Yn */
     int read_threads;       /* -TR */
     int write_threads;      /* -TW */
+    const char *metrics;    /* --metrics [addr:]port: serve /metrics (metrics.h) */
 } daemon_common;
 
 /* T = the daemon's config struct, F = its daemon_common member. */
@@ -42,6 +44,8 @@ typedef struct daemon_common {
     {"-TR", "--read-threads", OPT_INT, offsetof(T, F.read_threads), "<num>", "4", 1, 256, false,     \
      "worker threads"},                                                                             \
     {"-TW", "--write-threads", OPT_INT, offsetof(T, F.write_threads), "<num>", "2", 1, 256, false,   \
-     "sender threads (accepted for compatibility; writes are done by the workers)"}
+     "sender threads (accepted for compatibility; writes are done by the workers)"},                 \
+    {"--metrics", NULL, OPT_STRING, offsetof(T, F.metrics), "<[addr:]port>", NULL, 0, 0, false,      \
+     "serve Prometheus/OpenMetrics text at http://addr:port/metrics"}
 
 #endif

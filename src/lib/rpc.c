@@ -51,6 +51,7 @@ struct rpc_conn {
     uint32_t npending;
     uint32_t next_msgid;
     bool hello_done;
+    bool connected; /* the TCP connection was established */
     bool dead;
     int busy;
     rpc_role peer_role;
@@ -81,11 +82,11 @@ typedef struct deferred {
 static void deferred_cb(evutil_socket_t fd, short what, void *arg)
 {
     deferred *d = arg;
-    d->fn(d->arg, RPC_ERR_LOST, NULL);
+    d->fn(d->arg, RPC_ERR_UNSENT, NULL);
     free(d);
 }
 
-static void defer_lost(struct event_base *base, rpc_reply_fn fn, void *arg)
+static void defer_unsent(struct event_base *base, rpc_reply_fn fn, void *arg)
 {
     deferred *d = malloc(sizeof(*d));
     struct timeval zero = {0, 0};
@@ -126,7 +127,7 @@ static void teardown(rpc_conn *c, bool notify)
         if (!p.msgid) continue;
         c->slots[i].msgid = 0;
         c->npending--;
-        p.fn(p.arg, RPC_ERR_LOST, NULL);
+        p.fn(p.arg, c->connected ? RPC_ERR_LOST : RPC_ERR_UNSENT, NULL);
     }
     if (notify && c->h.on_close) c->h.on_close(c->h.arg, c);
     release(c);
@@ -213,13 +214,13 @@ static void send_hello(rpc_conn *c)
 msgpack_packer *rpc_call_begin(rpc_conn *c, uint32_t method, double timeout, rpc_reply_fn fn, void *arg)
 {
     if (c->dead) {
-        defer_lost(c->base, fn, arg);
+        defer_unsent(c->base, fn, arg);
         return dead_packer(c);
     }
     uint32_t id = alloc_msgid(c);
     while (c->slots[id & (c->cap - 1)].msgid) {
         if (table_grow(c) < 0) {
-            defer_lost(c->base, fn, arg);
+            defer_unsent(c->base, fn, arg);
             return dead_packer(c);
         }
     }
@@ -408,6 +409,7 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 {
     rpc_conn *c = arg;
     if (what & BEV_EVENT_CONNECTED) {
+        c->connected = true;
         if (c->connect_timer) event_del(c->connect_timer);
         net_tune(bufferevent_getfd(bev));
         return;
@@ -466,6 +468,7 @@ rpc_conn *rpc_accept(struct event_base *base, int fd, const rpc_handlers *h, con
         bufferevent_free(bev);
         return NULL;
     }
+    c->connected = true;
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
     net_addr a;
@@ -558,6 +561,7 @@ const char *rpc_strerror(rpc_status st, const msgpack_object *result, char *buf,
     switch (st) {
     case RPC_OK: snprintf(buf, len, "ok"); break;
     case RPC_ERR_LOST: snprintf(buf, len, "connection lost"); break;
+    case RPC_ERR_UNSENT: snprintf(buf, len, "cannot connect"); break;
     case RPC_ERR_TIMEOUT: snprintf(buf, len, "timed out"); break;
     case RPC_ERR_REMOTE: {
         const char *p;

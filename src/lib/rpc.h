@@ -45,7 +45,8 @@ typedef enum rpc_role {
 
 typedef enum rpc_status {
     RPC_OK = 0,
-    RPC_ERR_LOST,    /* connection closed before the reply */
+    RPC_ERR_LOST,    /* connection closed before the reply (the request may have been served) */
+    RPC_ERR_UNSENT,  /* the request never left: no connection was ever made */
     RPC_ERR_TIMEOUT, /* no reply in time */
     RPC_ERR_REMOTE,  /* the peer answered with an error; result = the error */
 } rpc_status;

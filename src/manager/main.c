@@ -14,6 +14,7 @@
 #include "daemon.h"
 #include "log.h"
 #include "manager.h"
+#include "metrics.h"
 #include "proto.h"
 
 static const opt_def manager_opts[] = {
@@ -60,6 +61,30 @@ static void stop(void *arg)
     event_base_loopexit(m->base, NULL);
 }
 
+/* --metrics: what a scrape shows (metrics.h). */
+static void collect_metrics(void *arg, metrics_out *o)
+{
+    manager *m = arg;
+    size_t connected = 0, newcomers = 0;
+    for (size_t i = 0; i < m->nservers; i++) {
+        connected += m->servers[i]->conn != NULL;
+        newcomers += m->servers[i]->conn && m->servers[i]->newcomer;
+    }
+    metrics_hash_spaces(o, "kumo_manager", m->whs, m->rhs);
+    metrics_gauge(o, "kumo_manager_server_connections", "servers with a live link to this manager", (double)connected);
+    metrics_gauge(o, "kumo_manager_newcomers", "connected servers not attached (kumoctl: not attached node)",
+                  (double)newcomers);
+    metrics_gauge(o, "kumo_manager_gateway_connections", "gateways connected", (double)m->ngateways);
+    metrics_gauge(o, "kumo_manager_partner_connected", "1 when the other manager (-p) is connected",
+                  m->partner_conn != NULL);
+    metrics_gauge(o, "kumo_manager_replace_running", "1 while a replace runs", m->replacing);
+    metrics_gauge(o, "kumo_manager_replace_copy_pending", "servers still copying in the running replace",
+                  (double)m->copy_pending);
+    metrics_gauge(o, "kumo_manager_replace_delete_pending", "servers still deleting in the running replace",
+                  (double)m->delete_pending);
+    metrics_gauge(o, "kumo_manager_auto_replace", "1 when auto-replace is on", m->auto_replace);
+}
+
 static struct evconnlistener *listen_on(manager *m, const net_addr *a, evconnlistener_cb cb, char *err)
 {
     int fd = net_listen(a, err);
@@ -85,6 +110,7 @@ int main(int argc, char **argv)
     binlog_set_node_addr("manager", &m.self);
     if (daemon_start("kumo-manager", &cfg.common) < 0) return 1;
     m.cfg = &cfg;
+    time_t started = time(NULL);
     clock_init(&m.clock);
     m.whs = hashspace_new(NULL, 0, 0);
     m.rhs = hashspace_ref(m.whs);
@@ -98,6 +124,13 @@ int main(int argc, char **argv)
     m.cluster_listener = listen_on(&m, &cluster_addr, on_cluster_accept, err);
     if (m.cluster_listener) m.control_listener = listen_on(&m, &control_addr, on_control_accept, err);
     if (!m.cluster_listener || !m.control_listener) {
+        log_fatal("%s", err);
+        fprintf(stderr, "kumo-manager: %s\n", err);
+        return 1;
+    }
+    metrics_server *metrics = NULL;
+    if (cfg.common.metrics &&
+        !(metrics = metrics_start(m.base, cfg.common.metrics, "manager", started, collect_metrics, &m, err))) {
         log_fatal("%s", err);
         fprintf(stderr, "kumo-manager: %s\n", err);
         return 1;
@@ -116,6 +149,7 @@ int main(int argc, char **argv)
     event_base_dispatch(m.base);
 
     m.stopping = true;
+    metrics_stop(metrics);
     partner_stop(&m);
     membership_stop(&m);
     evconnlistener_free(m.cluster_listener);

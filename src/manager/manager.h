@@ -37,7 +37,7 @@ typedef struct mserver {
     rpc_conn *conn;       /* the live link, NULL while down */
     rpc_conn *probe;      /* our reconnect attempt after a loss */
     int probes_left;      /* reconnect attempts before it is declared lost */
-    int keepalive_misses; /* consecutive unanswered keepalives */
+    double last_answer;   /* monotonic time of the last keepalive answer */
     bool keepalive_out;
     bool newcomer;        /* shown under "not attached node" */
     bool copying;         /* replace: its copy phase has not ended */
@@ -108,6 +108,8 @@ void replace_phase_end(manager *m, rpc_conn *c, uint32_t method, uint64_t replac
 /* A server was lost: it no longer holds up the replace. */
 void replace_server_lost(manager *m, mserver *ms);
 void replace_stop(manager *m);
+/* A server's link came (back) up: resend its phase if it owes one. */
+void replace_resend(manager *m, mserver *ms);
 
 /* partner.c */
 void partner_start(manager *m);

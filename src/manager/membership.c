@@ -17,6 +17,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "daemon.h"
 #include "log.h"
@@ -208,27 +209,32 @@ static void start_probing(manager *m, mserver *ms)
     if (ms->probe || evtimer_pending(ms->probe_timer, NULL)) return;
     log_info("link to %s lost, checking it", fmt(&ms->addr, buf));
     ms->probes_left = m->cfg->common.connect_retries;
-    ms->keepalive_misses = 0;
     ms->keepalive_out = false;
     probe_next(ms);
+}
+
+static double now_mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 static void keepalive_done(void *arg, rpc_status st, const msgpack_object *r)
 {
     mserver *ms = arg;
     ms->keepalive_out = false;
-    if (st == RPC_OK) ms->keepalive_misses = 0;
+    if (st == RPC_OK) ms->last_answer = now_mono();
 }
 
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     manager *m = arg;
-    double tick = m->cfg->common.clock_interval;
-    int limit = (int)(KEEPALIVE_LIMIT / tick) + 1;
+    double now = now_mono();
     for (size_t i = 0; i < m->nservers; i++) {
         mserver *ms = m->servers[i];
         if (!ms->conn) continue;
-        if (ms->keepalive_out && ++ms->keepalive_misses >= limit) {
+        if (now - ms->last_answer > KEEPALIVE_LIMIT) {
             char buf[NET_ADDRSTRLEN];
             /* Alive enough to keep its sockets open but not answering (hung,
              * stopped, cut off): probing would only find the same, so it is
@@ -269,8 +275,9 @@ static void server_hello(manager *m, rpc_conn *c)
         evtimer_del(ms->probe_timer);
     }
     ms->conn = c; /* the newest link wins; an older one is ignored until it closes */
-    ms->keepalive_misses = 0;
+    ms->last_answer = now_mono();
     ms->keepalive_out = false;
+    replace_resend(m, ms); /* a server that came back mid-replace lost its task */
     if (!is_active_member(m, a) && !ms->newcomer) {
         ms->newcomer = true;
         log_info("new node server %s", fmt(a, buf));

@@ -121,6 +121,13 @@ void replace_phase_end(manager *m, rpc_conn *c, uint32_t method, uint64_t replac
     }
 }
 
+void replace_resend(manager *m, mserver *ms)
+{
+    if (!m->replacing || !ms->conn) return;
+    if (ms->copying) send_phase(m, ms, SRV_REPLACE_COPY, false);
+    else if (ms->deleting) send_phase(m, ms, SRV_REPLACE_DELETE, false);
+}
+
 void replace_server_lost(manager *m, mserver *ms)
 {
     if (!m->replacing) return;

@@ -26,6 +26,8 @@
 #include "server.h"
 
 #define REPLICATE_TIMEOUT 5.0
+#define REPLICATE_RETRY_USEC 200000
+#define OP_DELETE_INTERNAL (-1) /* write_ctx.op of a delete */
 
 /* ---- the operation applied under the key's lock ---- */
 
@@ -44,6 +46,7 @@ typedef struct write_ctx {
     int code;
     uint64_t number; /* incr/decr result */
     bool written;
+    bool resend; /* nothing written, but w->out goes to the replicas again */
     const void *out;
     size_t outlen;
     uint8_t tomb[RECORD_TOMBSTONE];
@@ -191,7 +194,15 @@ static store_verdict apply_delete(void *arg, const void *old, size_t oldlen, con
         w->code = CODE_EXISTS;
         return STORE_KEEP;
     }
-    if (old && oldlen == RECORD_TOMBSTONE) return STORE_KEEP; /* already deleted */
+    if (old && oldlen == RECORD_TOMBSTONE) {
+        /* Already deleted here. A client repeating a delete that failed may
+         * be repairing a replica that missed it: send our tombstone again. */
+        memcpy(w->tomb, old, RECORD_TOMBSTONE);
+        w->out = w->tomb;
+        w->outlen = RECORD_TOMBSTONE;
+        w->resend = true;
+        return STORE_KEEP;
+    }
     record_tombstone(w->tomb, w->ct);
     *out = w->out = w->tomb;
     *outlen = w->outlen = RECORD_TOMBSTONE;
@@ -210,10 +221,21 @@ typedef struct repl {
     int code;
     uint64_t ct;
     uint64_t number;
-    uint8_t *value; /* OP_GAT: the record to return */
+    uint8_t *value; /* OP_GAT, OP_INCR, OP_DECR: the record to return */
     size_t vlen;
+    uint64_t hash;
+    uint8_t *rec; /* dbkey | record, resent on a retry */
+    size_t klen, rlen;
+    int max_tries;
     char why[96];
 } repl;
+
+/* One replica of a write: retried -S/-D times while it is still an owner. */
+typedef struct repl_to {
+    repl *r;
+    net_addr to;
+    int tries;
+} repl_to;
 
 static void pack_result(rpc_conn *c, uint32_t msgid, int code, uint64_t ct, uint64_t number, const void *value,
                         size_t vlen)
@@ -237,20 +259,62 @@ static void reply_write(repl *r)
     }
 }
 
-static void repl_done(void *arg, rpc_status st, const msgpack_object *result)
+static void repl_finish(repl *r)
 {
-    repl *r = arg;
-    if (st != RPC_OK && !r->failed) {
-        r->failed = true;
-        rpc_strerror(st, result, r->why, sizeof(r->why));
-    }
     if (--r->waiting > 0) return;
     if (r->client) {
         reply_write(r);
         rpc_release(r->client);
     }
     free(r->value);
+    free(r->rec);
     free(r);
+}
+
+static void repl_send(repl_to *t);
+
+static void repl_retry_cb(evutil_socket_t fd, short what, void *arg) { repl_send(arg); }
+
+static void repl_done(void *arg, rpc_status st, const msgpack_object *result)
+{
+    repl_to *t = arg;
+    repl *r = t->r;
+    server *s = r->s;
+    if (st != RPC_OK) {
+        /* A replica that is no longer an owner (the manager marked it fault
+         * meanwhile) owes us nothing; one that still is gets another try. */
+        bool owner = hashspace_is_owner(s->whs, r->hash, &t->to) || hashspace_is_owner(s->rhs, r->hash, &t->to);
+        if (owner && ++t->tries <= r->max_tries && !s->stopping) {
+            struct timeval tv = {0, REPLICATE_RETRY_USEC};
+            event_base_once(s->base, -1, EV_TIMEOUT, repl_retry_cb, t, &tv);
+            return;
+        }
+        if (owner && !r->failed) {
+            char buf[NET_ADDRSTRLEN], why[KUMO_ERRLEN];
+            r->failed = true;
+            snprintf(r->why, sizeof(r->why), "%s: %s", net_format(&t->to, buf, sizeof(buf)),
+                     rpc_strerror(st, result, why, sizeof(why)));
+            log_warn("replication failed: %s", r->why);
+        }
+    }
+    free(t);
+    repl_finish(r);
+}
+
+static void repl_send(repl_to *t)
+{
+    repl *r = t->r;
+    rpc_conn *pc = cluster_peer(r->s, &t->to);
+    if (!pc) {
+        repl_done(t, RPC_ERR_LOST, NULL);
+        return;
+    }
+    msgpack_packer *pk = rpc_call_begin(pc, SRV_REPLICATE, REPLICATE_TIMEOUT, repl_done, t);
+    msgpack_pack_array(pk, 3);
+    msgpack_pack_uint32(pk, 0);
+    rpc_pack_bytes(pk, r->rec, r->klen);
+    rpc_pack_bytes(pk, r->rec + r->klen, r->rlen);
+    rpc_call_end(pc);
 }
 
 /* Collect the nodes that must receive a write of `hash` besides this one:
@@ -312,22 +376,31 @@ static void replicate(server *s, rpc_conn *client, uint32_t msgid, uint64_t hash
         tmp.msgid = msgid;
         reply_write(&tmp);
     }
+    r->hash = hash;
+    r->max_tries = w->op == OP_DELETE_INTERNAL ? s->cfg->delete_retries : s->cfg->set_retries;
+    r->klen = klen;
+    r->rlen = vlen;
+    if (n > 0 && !(r->rec = malloc(klen + vlen))) {
+        r->failed = true;
+        snprintf(r->why, sizeof(r->why), "out of memory");
+        n = 0;
+    } else if (n > 0) {
+        memcpy(r->rec, key, klen);
+        memcpy(r->rec + klen, val, vlen);
+    }
     for (size_t i = 0; i < n; i++) {
-        rpc_conn *pc = cluster_peer(s, &to[i]);
-        if (!pc) {
+        repl_to *t = calloc(1, sizeof(*t));
+        if (!t) {
             r->failed = true;
             snprintf(r->why, sizeof(r->why), "out of memory");
             r->waiting--;
             continue;
         }
-        msgpack_packer *pk = rpc_call_begin(pc, SRV_REPLICATE, REPLICATE_TIMEOUT, repl_done, r);
-        msgpack_pack_array(pk, 3);
-        msgpack_pack_uint32(pk, 0);
-        rpc_pack_bytes(pk, key, klen);
-        rpc_pack_bytes(pk, val, vlen);
-        rpc_call_end(pc);
+        t->r = r;
+        t->to = to[i];
+        repl_send(t);
     }
-    repl_done(r, RPC_OK, NULL);
+    repl_finish(r);
 }
 
 /* ---- handlers ---- */
@@ -434,18 +507,19 @@ static void handle_delete(server *s, rpc_conn *c, uint32_t msgid, const msgpack_
         return;
     }
     s->cmd_delete++;
-    write_ctx w = {.wflags = (uint32_t)flags, .cas = cas, .ct = clock_next(&s->clock), .floor = s->flush_floor,
+    write_ctx w = {.op = OP_DELETE_INTERNAL, .wflags = (uint32_t)flags, .cas = cas, .ct = clock_next(&s->clock),
+                   .floor = s->flush_floor,
                    .now = (uint32_t)time(NULL)};
     if (store_modify(s->db, key, klen, apply_delete, &w, err) < 0) {
         log_error("delete: %s", err);
         rpc_reply_error(c, msgid, "store failed: %s", err);
         return;
     }
-    if (!w.written) {
-        /* Already a tombstone here, or a cas mismatch: nothing to replicate. */
+    if (!w.written && !w.resend) { /* a cas mismatch */
         pack_result(c, msgid, w.code, 0, 0, NULL, 0);
         return;
     }
+    gc_tombstone(s, key, klen, w.out, w.outlen);
     replicate(s, c, msgid, hash, key, klen, &w);
 }
 
@@ -469,6 +543,7 @@ static void handle_replicate(server *s, rpc_conn *c, uint32_t msgid, const msgpa
         rpc_reply_error(c, msgid, "store failed: %s", err);
         return;
     }
+    if (rc == 1) gc_tombstone(s, key, klen, val, vlen);
     rpc_reply_bool(c, msgid, rc == 1);
 }
 
@@ -494,7 +569,8 @@ static void handle_status(server *s, rpc_conn *c, uint32_t msgid, const msgpack_
     case ST_DB_BYTES: rpc_reply_uint(c, msgid, store_file_size(s->db)); break;
     case ST_REPLACE: {
         uint64_t flags = 0;
-        if (!hashspace_is_owner(s->whs, 0, &s->self) && hashspace_find(s->whs, &s->self) < 0) flags |= 0x01;
+        int at = hashspace_find(s->whs, &s->self);
+        if (at < 0 || !s->whs->ring.nodes[at].active) flags |= 0x01; /* not an attached, live member */
         if (s->whs->clocktime != s->rhs->clocktime) flags |= 0x02;
         if (s->replace_copying) flags |= 0x04;
         rpc_reply_uint(c, msgid, flags);

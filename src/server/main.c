@@ -18,6 +18,7 @@
 #include "config.h"
 #include "daemon.h"
 #include "log.h"
+#include "metrics.h"
 #include "proto.h"
 #include "server.h"
 
@@ -98,6 +99,32 @@ static void on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, 
     cluster_dispatch(s, c, msgid, method, params);
 }
 
+/* --metrics: what a scrape shows (metrics.h). */
+static void collect_metrics(void *arg, metrics_out *o)
+{
+    server *s = arg;
+    gc_stats g;
+    size_t peers = 0, managers = 0;
+    gc_get_stats(s, &g);
+    for (size_t i = 0; i < s->npeers; i++) peers += s->peers[i].conn != NULL;
+    for (int i = 0; i < s->nmanagers; i++) managers += s->managers[i].conn && rpc_hello_done(s->managers[i].conn);
+    metrics_counter(o, "kumo_server_cmd_get", "gets served (kumostat cmd_get)", s->cmd_get);
+    metrics_counter(o, "kumo_server_cmd_set", "writes coordinated (kumostat cmd_set)", s->cmd_set);
+    metrics_counter(o, "kumo_server_cmd_delete", "deletes coordinated (kumostat cmd_delete)", s->cmd_delete);
+    metrics_gauge(o, "kumo_server_items", "records in the database, tombstones included", (double)store_count(s->db));
+    metrics_gauge(o, "kumo_server_db_bytes", "size of the database file", (double)store_file_size(s->db));
+    metrics_hash_spaces(o, "kumo_server", s->whs, s->rhs);
+    metrics_gauge(o, "kumo_server_replace_copying", "1 while a replace copy is in flight", s->replace_copying);
+    metrics_gauge(o, "kumo_server_tombstones_remembered", "tombstones waiting for collection (-gX/-gN)",
+                  (double)g.entries);
+    metrics_gauge(o, "kumo_server_tombstones_memory_bytes", "memory they take, as -gS counts it", (double)g.bytes);
+    metrics_counter(o, "kumo_server_tombstones_collected", "tombstones removed from the database", g.collected);
+    metrics_counter(o, "kumo_server_tombstones_forgotten",
+                    "tombstones dropped from memory under -gS before -gN (left in the database)", g.forgotten);
+    metrics_gauge(o, "kumo_server_peer_connections", "open connections to other servers", (double)peers);
+    metrics_gauge(o, "kumo_server_manager_connections", "managers connected", (double)managers);
+}
+
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len, void *arg)
 {
     server *s = arg;
@@ -154,7 +181,15 @@ int main(int argc, char **argv)
         return 1;
     }
     s.listener = evconnlistener_new(s.base, on_accept, &s, LEV_OPT_CLOSE_ON_FREE, -1, fd);
-    if (stream_start(&s, err) < 0 || cluster_start(&s, err) < 0) {
+    if (gc_start(&s, err) < 0 || stream_start(&s, err) < 0 || cluster_start(&s, err) < 0) {
+        log_fatal("%s", err);
+        fprintf(stderr, "kumo-server: %s\n", err);
+        store_close(s.db);
+        return 1;
+    }
+    metrics_server *metrics = NULL;
+    if (cfg.common.metrics &&
+        !(metrics = metrics_start(s.base, cfg.common.metrics, "server", s.started, collect_metrics, &s, err))) {
         log_fatal("%s", err);
         fprintf(stderr, "kumo-server: %s\n", err);
         store_close(s.db);
@@ -164,16 +199,18 @@ int main(int argc, char **argv)
     daemon_signals_init(&sigs, s.base, stop, &s);
     char buf[NET_ADDRSTRLEN];
     log_info("start server %s db %s", net_format(&s.self, buf, sizeof(buf)), store_path(s.db));
-    binlog_event(LOG_LVL_INFO, "start", BL_STR("role", "server"), BL_ADDR("addr", &s.self), BL_STR("db", store_path(s.db)),
-                 BL_STR("manager1", cfg.manager1), BL_STR("manager2", cfg.manager2), BL_UINT("pid", getpid()),
-                 BL_STR("version", PACKAGE_VERSION));
+    binlog_event(LOG_LVL_INFO, "start", BL_STR("role", "server"), BL_ADDR("addr", &s.self),
+                 BL_STR("db", store_path(s.db)), BL_STR("manager1", cfg.manager1), BL_STR("manager2", cfg.manager2),
+                 BL_UINT("pid", getpid()), BL_STR("version", PACKAGE_VERSION));
 
     event_base_dispatch(s.base);
 
+    metrics_stop(metrics);
     evconnlistener_free(s.listener);
     cluster_stop(&s);
     stream_stop(&s);
     data_stop(&s);
+    gc_stop(&s);
     store_close(s.db);
     log_info("end");
     binlog_event(LOG_LVL_INFO, "stop");

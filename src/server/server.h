@@ -79,6 +79,7 @@ typedef struct server {
     struct offer *offers;                   /* stream files waiting to be collected */
     struct ev_token_bucket_cfg *rate;       /* --replace-rate */
     struct event *flush_timer;
+    struct gc *gc; /* gc.c: remembered tombstones */
 } server;
 
 /* cluster.c */
@@ -111,6 +112,19 @@ uint64_t stream_file_count(const stream_file *f);
 void stream_file_offer(server *s, stream_file *f, const net_addr *to, stream_done_fn fn, void *arg);
 void stream_file_abandon(stream_file *f);
 bool stream_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
+
+/* gc.c: tombstone collection (-gS, -gN, -gX; user guide 6.1.2). */
+typedef struct gc_stats {
+    uint64_t entries, bytes;        /* remembered now */
+    uint64_t pushed, collected;     /* tombstones remembered / removed from the database, since start */
+    uint64_t forgotten, errors;     /* dropped under -gS before -gN (left in the database); store errors */
+} gc_stats;
+int gc_start(server *s, char *err);
+void gc_stop(server *s);
+/* A record was written: if it is a tombstone, remember it for collection
+ * (and collect what is due). Call after every tombstone this server writes. */
+void gc_tombstone(server *s, const void *key, size_t klen, const void *val, size_t vlen);
+void gc_get_stats(const server *s, gc_stats *out);
 
 /* data.c */
 /* A stored record that is a live value (not a tombstone, not expired, not

@@ -22,7 +22,9 @@
 #include <event2/listener.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -209,7 +211,9 @@ void stream_file_offer(server *s, stream_file *f, const net_addr *to, stream_don
         return;
     }
     o->s = s;
-    o->token = ((uint64_t)random() << 32) ^ (uint64_t)random() ^ (uint64_t)(uintptr_t)o;
+    /* The token is what lets a connection collect the file: unguessable. */
+    if (getrandom(&o->token, sizeof(o->token), 0) != sizeof(o->token))
+        o->token = ((uint64_t)time(NULL) << 32) ^ (uint64_t)(uintptr_t)o ^ (uint64_t)getpid();
     o->fd = f->fd;
     f->fd = -1;
     o->size = f->bytes;
