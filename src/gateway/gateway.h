@@ -44,13 +44,6 @@ typedef struct gateway_config {
     int item_size_max;     /* -I, bytes */
 } gateway_config;
 
-typedef struct gw_manager {
-    net_addr addr;
-    rpc_conn *conn;
-    struct event *retry;
-    struct gateway *g;
-} gw_manager;
-
 typedef struct gw_server {
     net_addr addr;
     rpc_conn *conn;
@@ -72,13 +65,15 @@ typedef struct gateway {
     struct event_base *base;
     const gateway_config *cfg;
     rpc_self rpc_self;
-    gw_manager managers[2];
-    int nmanagers;
+    struct links *managers; /* links.h: -m and -p, found by name */
     hashspace *whs, *rhs; /* never NULL */
     gw_server *servers;
     size_t nservers, servers_cap;
     struct evconnlistener *text_listener, *binary_listener;
     double last_refresh;
+    int ops_inflight;    /* router operations not yet answered */
+    struct event *drain; /* SIGTERM: waiting for them */
+    int drain_ticks;
     bool ready_notified;
     time_t started;
     long max_connections; /* RLIMIT_NOFILE, shown by stats */

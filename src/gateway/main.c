@@ -15,6 +15,7 @@
 #include "config.h"
 #include "daemon.h"
 #include "gateway.h"
+#include "links.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -93,16 +94,35 @@ static void collect_metrics(void *arg, metrics_out *o)
     metrics_gauge(o, "kumo_gateway_curr_connections", "client connections open", (double)st->curr_connections);
     size_t servers = 0, managers = 0;
     for (size_t i = 0; i < g->nservers; i++) servers += g->servers[i].conn != NULL;
-    for (int i = 0; i < g->nmanagers; i++) managers += g->managers[i].conn && rpc_hello_done(g->managers[i].conn);
+    if (g->managers) managers = links_up(g->managers);
     metrics_gauge(o, "kumo_gateway_server_connections", "open connections to servers", (double)servers);
     metrics_gauge(o, "kumo_gateway_manager_connections", "managers connected", (double)managers);
     metrics_hash_spaces(o, "kumo_gateway", g->whs, g->rhs);
 }
 
+#define DRAIN_SECONDS 5.0
+
+static void drain_cb(evutil_socket_t fd, short what, void *arg)
+{
+    gateway *g = arg;
+    if (g->ops_inflight == 0 || --g->drain_ticks <= 0) {
+        if (g->ops_inflight) log_warn("shutting down with %d requests unfinished", g->ops_inflight);
+        event_base_loopexit(g->base, NULL);
+    }
+}
+
+/* SIGTERM: take no new connections, let the requests in flight finish
+ * (bounded), then leave the loop. */
 static void stop(void *arg)
 {
     gateway *g = arg;
-    event_base_loopexit(g->base, NULL);
+    if (g->text_listener) evconnlistener_disable(g->text_listener);
+    if (g->binary_listener) evconnlistener_disable(g->binary_listener);
+    g->drain_ticks = (int)(DRAIN_SECONDS / 0.1);
+    g->drain = event_new(g->base, -1, EV_PERSIST, drain_cb, g);
+    struct timeval tv = {0, 100000};
+    event_add(g->drain, &tv);
+    drain_cb(-1, 0, g);
 }
 
 int main(int argc, char **argv)
@@ -120,6 +140,9 @@ int main(int argc, char **argv)
     if (cfg.binary && net_parse_listen(cfg.binary, 11211, &binary_addr, err) < 0)
         opts_die(&gateway_spec, "-b: %s", err);
     binlog_set_node_addr("gateway", cfg.text ? &text_addr : &binary_addr);
+    if (links_check_name(cfg.manager1, KUMO_MANAGER_PORT, err) < 0) opts_die(&gateway_spec, "-m: %s", err);
+    if (cfg.manager2 && links_check_name(cfg.manager2, KUMO_MANAGER_PORT, err) < 0)
+        opts_die(&gateway_spec, "-p: %s", err);
     if (daemon_start("kumo-gateway", &cfg.common) < 0) return 1;
     g.cfg = &cfg;
     g.started = time(NULL);
@@ -162,6 +185,7 @@ int main(int argc, char **argv)
     event_base_dispatch(g.base);
 
     metrics_stop(metrics);
+    if (g.drain) event_free(g.drain);
     if (g.text_listener) evconnlistener_free(g.text_listener);
     if (g.binary_listener) evconnlistener_free(g.binary_listener);
     router_stop(&g);

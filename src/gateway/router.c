@@ -18,6 +18,7 @@
 
 #include "daemon.h"
 #include "gateway.h"
+#include "links.h"
 #include "log.h"
 #include "proto.h"
 #include "record.h"
@@ -92,59 +93,25 @@ static void refresh(gateway *g)
     double now = now_mono();
     if (now - g->last_refresh < g->cfg->common.clock_interval) return;
     g->last_refresh = now;
-    for (int i = 0; i < g->nmanagers; i++) {
-        rpc_conn *c = g->managers[i].conn;
-        if (!c || !rpc_hello_done(c)) continue;
+    for (size_t i = 0; g->managers && i < links_count(g->managers); i++) {
+        rpc_conn *c = links_conn(g->managers, i);
+        if (!c) continue;
         msgpack_pack_array(rpc_call_begin(c, MGR_HS_REQUEST, HS_REQUEST_TIMEOUT, hs_reply, g), 0);
         rpc_call_end(c);
     }
 }
 
-/* ---- manager links ---- */
-
-static void manager_connect(gw_manager *m);
+/* ---- manager links (links.h) ---- */
 
 static void manager_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
 {
-    gw_manager *m = arg;
+    gateway *g = arg;
     if (method == GW_HS_PUSH) {
-        adopt(m->g, params);
+        adopt(g, params);
         rpc_reply_bool(c, msgid, true);
         return;
     }
     rpc_reply_error(c, msgid, "unknown method %u", method);
-}
-
-static void manager_on_hello(void *arg, rpc_conn *c)
-{
-    gw_manager *m = arg;
-    char buf[NET_ADDRSTRLEN];
-    log_info("manager connected %s", net_format(&m->addr, buf, sizeof(buf)));
-}
-
-static void manager_on_close(void *arg, rpc_conn *c)
-{
-    gw_manager *m = arg;
-    char buf[NET_ADDRSTRLEN];
-    if (m->conn != c) return;
-    if (rpc_hello_done(c)) log_warn("lost manager %s", net_format(&m->addr, buf, sizeof(buf)));
-    m->conn = NULL;
-    struct timeval tv = tv_of(m->g->cfg->common.clock_interval);
-    evtimer_add(m->retry, &tv);
-}
-
-static void manager_retry_cb(evutil_socket_t fd, short what, void *arg)
-{
-    gw_manager *m = arg;
-    if (!m->conn) manager_connect(m);
-}
-
-static void manager_connect(gw_manager *m)
-{
-    gateway *g = m->g;
-    rpc_handlers h = {.on_request = manager_on_request, .on_hello = manager_on_hello,
-                      .on_close = manager_on_close, .arg = m};
-    m->conn = rpc_connect(g->base, &m->addr, g->cfg->common.connect_timeout, &h, &g->rpc_self);
 }
 
 /* ---- server connections ---- */
@@ -215,6 +182,7 @@ static rop *rop_new(gateway *g, int kind, const char *key, size_t klen)
         abort();
     }
     r->g = g;
+    g->ops_inflight++;
     r->kind = kind;
     r->hash = ring_hash(key, klen);
     r->dklen = RECORD_KEY_HEADER + klen;
@@ -224,6 +192,7 @@ static rop *rop_new(gateway *g, int kind, const char *key, size_t klen)
 
 static void rop_free(rop *r)
 {
+    r->g->ops_inflight--;
     free(r->val);
     free(r);
 }
@@ -529,29 +498,22 @@ void router_sizes_get(gateway *g, router_sizes_fn fn, void *arg)
 
 int router_start(gateway *g, char *err)
 {
-    const char *names[2] = {g->cfg->manager1, g->cfg->manager2};
+    const char *names[3] = {g->cfg->manager1, g->cfg->manager2, NULL};
     g->whs = hashspace_new(NULL, 0, 0);
     g->rhs = hashspace_ref(g->whs);
-    for (int i = 0; i < 2; i++) {
-        if (!names[i]) continue;
-        gw_manager *m = &g->managers[g->nmanagers];
-        if (net_parse(names[i], KUMO_MANAGER_PORT, &m->addr, err) < 0) return -1;
-        m->g = g;
-        m->retry = evtimer_new(g->base, manager_retry_cb, m);
-        g->nmanagers++;
-    }
-    for (int i = 0; i < g->nmanagers; i++) manager_connect(&g->managers[i]);
+    links_config lc = {.names = names, .default_port = KUMO_MANAGER_PORT, .retry = g->cfg->common.clock_interval,
+                       .connect_timeout = g->cfg->common.connect_timeout};
+    rpc_handlers h = {.on_request = manager_on_request, .arg = g};
+    g->managers = links_new(g->base, &lc, &h, &g->rpc_self);
+    if (!g->managers) return kumo_err(err, "out of memory");
     notify_state(g);
     return 0;
 }
 
 void router_stop(gateway *g)
 {
-    for (int i = 0; i < g->nmanagers; i++) {
-        rpc_close(g->managers[i].conn);
-        g->managers[i].conn = NULL;
-        if (g->managers[i].retry) event_free(g->managers[i].retry);
-    }
+    links_free(g->managers);
+    g->managers = NULL;
     for (size_t i = 0; i < g->nservers; i++) {
         rpc_close(g->servers[i].conn);
         g->servers[i].conn = NULL;

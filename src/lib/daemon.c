@@ -181,24 +181,45 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
         if (binlog_reopen() < 0) log_error("SIGHUP: cannot reopen the binary log");
         return;
     }
+    if (ds->stops++ > 0) {
+        log_warn("signal %d again: exiting now", (int)sig);
+        _exit(1);
+    }
     log_info("signal %d: shutting down", (int)sig);
     daemon_notify("STOPPING=1");
     ds->stop(ds->arg);
 }
+
+static void watchdog_cb(evutil_socket_t fd, short what, void *arg) { daemon_notify("WATCHDOG=1"); }
 
 void daemon_signals_init(daemon_signals *ds, struct event_base *base, void (*stop)(void *arg), void *arg)
 {
     static const int signums[3] = {SIGINT, SIGTERM, SIGHUP};
     ds->stop = stop;
     ds->arg = arg;
+    ds->stops = 0;
+    ds->watchdog = NULL;
     for (int i = 0; i < 3; i++) {
         ds->ev[i] = evsignal_new(base, signums[i], signal_cb, ds);
         event_add(ds->ev[i], NULL);
     }
+#ifdef HAVE_LIBSYSTEMD
+    uint64_t usec = 0;
+    if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
+        ds->watchdog = event_new(base, -1, EV_PERSIST, watchdog_cb, NULL);
+        struct timeval tv = {(time_t)(usec / 2 / 1000000), (suseconds_t)(usec / 2 % 1000000)};
+        event_add(ds->watchdog, &tv);
+        daemon_notify("WATCHDOG=1");
+    }
+#else
+    (void)watchdog_cb;
+#endif
 }
 
 void daemon_signals_free(daemon_signals *ds)
 {
+    if (ds->watchdog) event_free(ds->watchdog);
+    ds->watchdog = NULL;
     for (int i = 0; i < 3; i++) {
         if (ds->ev[i]) event_free(ds->ev[i]);
         ds->ev[i] = NULL;

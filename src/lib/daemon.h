@@ -34,8 +34,10 @@ int daemon_start(const char *prog, const daemon_common *c);
  * live on `base`. */
 typedef struct daemon_signals {
     struct event *ev[3];
+    struct event *watchdog; /* WATCHDOG=1 every WATCHDOG_USEC/2, when systemd asks */
     void (*stop)(void *arg);
     void *arg;
+    int stops; /* a second SIGTERM/SIGINT exits at once */
 } daemon_signals;
 void daemon_signals_init(daemon_signals *ds, struct event_base *base, void (*stop)(void *arg), void *arg);
 void daemon_signals_free(daemon_signals *ds);

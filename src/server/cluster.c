@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "daemon.h"
+#include "links.h"
 #include "log.h"
 #include "proto.h"
 #include "server.h"
@@ -24,8 +25,7 @@ static void notify_state(server *s)
     size_t active = 0;
     for (size_t i = 0; i < s->whs->ring.nnodes; i++) active += s->whs->ring.nodes[i].active;
     bool attached = hashspace_find(s->whs, &s->self) >= 0;
-    bool known = false;
-    for (int i = 0; i < s->nmanagers; i++) known = known || (s->managers[i].conn && rpc_hello_done(s->managers[i].conn));
+    bool known = s->managers && links_up(s->managers) > 0;
     if (known && !s->ready_notified) {
         daemon_notify("READY=1");
         s->ready_notified = true;
@@ -98,56 +98,15 @@ bool cluster_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, con
     }
 }
 
-/* ---- manager links ---- */
+/* ---- manager links (links.h) ---- */
 
-static void manager_connect(server *s, manager_link *m);
+static void manager_on_hello(void *arg, rpc_conn *c) { notify_state(arg); }
 
-static void manager_on_close(void *arg, rpc_conn *c)
+static void manager_on_close(void *arg, rpc_conn *c) { notify_state(arg); }
+
+static void manager_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
 {
-    server *s = rpc_get_data(c);
-    manager_link *m = arg;
-    char buf[NET_ADDRSTRLEN];
-    if (m->conn == c) {
-        if (rpc_hello_done(c)) log_warn("lost manager %s", net_format(&m->addr, buf, sizeof(buf)));
-        m->conn = NULL;
-    }
-    if (!s->stopping) {
-        struct timeval tv = {(time_t)tick(s), (suseconds_t)((tick(s) - (double)(time_t)tick(s)) * 1e6)};
-        if (tv.tv_sec == 0 && tv.tv_usec < 100000) tv.tv_usec = 100000;
-        evtimer_add(m->retry, &tv);
-    }
-    notify_state(s);
-}
-
-static void manager_on_hello(void *arg, rpc_conn *c)
-{
-    server *s = rpc_get_data(c);
-    manager_link *m = arg;
-    char buf[NET_ADDRSTRLEN];
-    log_info("manager connected %s", net_format(&m->addr, buf, sizeof(buf)));
-    notify_state(s);
-}
-
-static void server_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
-
-static void manager_connect(server *s, manager_link *m)
-{
-    rpc_handlers h = {.on_request = server_on_request, .on_hello = manager_on_hello,
-                      .on_close = manager_on_close, .arg = m};
-    m->conn = rpc_connect(s->base, &m->addr, s->cfg->common.connect_timeout, &h, &s->rpc_self);
-    if (m->conn) rpc_set_data(m->conn, s);
-}
-
-/* The retry timer needs both the server and the link; keep a small context. */
-typedef struct retry_ctx {
-    server *s;
-    manager_link *m;
-} retry_ctx;
-
-static void retry_cb(evutil_socket_t fd, short what, void *arg)
-{
-    retry_ctx *r = arg;
-    if (!r->m->conn && !r->s->stopping) manager_connect(r->s, r->m);
+    cluster_dispatch(arg, c, msgid, method, params);
 }
 
 void cluster_dispatch(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
@@ -159,44 +118,23 @@ void cluster_dispatch(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, c
     rpc_reply_error(c, msgid, "unknown method %u", method);
 }
 
-/* Requests on the manager links: a link is an ordinary connection. */
-static void server_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
-{
-    cluster_dispatch(rpc_get_data(c), c, msgid, method, params);
-}
-
 int cluster_start(server *s, char *err)
 {
-    const char *names[2] = {s->cfg->manager1, s->cfg->manager2};
-    for (int i = 0; i < 2; i++) {
-        if (!names[i]) continue;
-        manager_link *m = &s->managers[s->nmanagers];
-        if (net_parse(names[i], KUMO_MANAGER_PORT, &m->addr, err) < 0) return -1;
-        retry_ctx *r = malloc(sizeof(*r));
-        if (!r) return kumo_err(err, "out of memory");
-        r->s = s;
-        r->m = m;
-        m->retry = evtimer_new(s->base, retry_cb, r);
-        s->nmanagers++;
-    }
-    for (int i = 0; i < s->nmanagers; i++) manager_connect(s, &s->managers[i]);
+    const char *names[3] = {s->cfg->manager1, s->cfg->manager2, NULL};
+    links_config lc = {.names = names, .default_port = KUMO_MANAGER_PORT, .retry = tick(s),
+                       .connect_timeout = s->cfg->common.connect_timeout};
+    rpc_handlers h = {.on_request = manager_on_request, .on_hello = manager_on_hello, .on_close = manager_on_close,
+                      .arg = s};
+    s->managers = links_new(s->base, &lc, &h, &s->rpc_self);
+    if (!s->managers) return kumo_err(err, "out of memory");
     return 0;
 }
 
 void cluster_stop(server *s)
 {
     s->stopping = true;
-    for (int i = 0; i < s->nmanagers; i++) {
-        manager_link *m = &s->managers[i];
-        rpc_close(m->conn);
-        m->conn = NULL;
-        if (m->retry) {
-            retry_ctx *r = event_get_callback_arg(m->retry);
-            event_free(m->retry);
-            free(r);
-            m->retry = NULL;
-        }
-    }
+    links_free(s->managers);
+    s->managers = NULL;
     for (size_t i = 0; i < s->npeers; i++) {
         rpc_close(s->peers[i].conn);
         s->peers[i].conn = NULL;

@@ -262,6 +262,7 @@ static void reply_write(repl *r)
 static void repl_finish(repl *r)
 {
     if (--r->waiting > 0) return;
+    r->s->writes_inflight--;
     if (r->client) {
         reply_write(r);
         rpc_release(r->client);
@@ -357,6 +358,7 @@ static void replicate(server *s, rpc_conn *client, uint32_t msgid, uint64_t hash
         return;
     }
     r->s = s;
+    s->writes_inflight++;
     r->code = w->code;
     r->ct = w->ct;
     r->number = w->number;

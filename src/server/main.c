@@ -17,6 +17,7 @@
 #include "binlog.h"
 #include "config.h"
 #include "daemon.h"
+#include "links.h"
 #include "log.h"
 #include "metrics.h"
 #include "proto.h"
@@ -107,7 +108,7 @@ static void collect_metrics(void *arg, metrics_out *o)
     size_t peers = 0, managers = 0;
     gc_get_stats(s, &g);
     for (size_t i = 0; i < s->npeers; i++) peers += s->peers[i].conn != NULL;
-    for (int i = 0; i < s->nmanagers; i++) managers += s->managers[i].conn && rpc_hello_done(s->managers[i].conn);
+    if (s->managers) managers = links_up(s->managers);
     metrics_counter(o, "kumo_server_cmd_get", "gets served (kumostat cmd_get)", s->cmd_get);
     metrics_counter(o, "kumo_server_cmd_set", "writes coordinated (kumostat cmd_set)", s->cmd_set);
     metrics_counter(o, "kumo_server_cmd_delete", "deletes coordinated (kumostat cmd_delete)", s->cmd_delete);
@@ -134,10 +135,28 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
      * closes them (or until exit), and rpc frees them then. */
 }
 
+#define DRAIN_SECONDS 5.0
+
+static void drain_cb(evutil_socket_t fd, short what, void *arg)
+{
+    server *s = arg;
+    if (s->writes_inflight == 0 || --s->drain_ticks <= 0) {
+        if (s->writes_inflight) log_warn("shutting down with %d writes unfinished", s->writes_inflight);
+        event_base_loopexit(s->base, NULL);
+    }
+}
+
+/* SIGTERM: take no new connections, let the writes in flight finish
+ * (bounded), then leave the loop; main() closes the database. */
 static void stop(void *arg)
 {
     server *s = arg;
-    event_base_loopexit(s->base, NULL);
+    evconnlistener_disable(s->listener);
+    s->drain_ticks = (int)(DRAIN_SECONDS / 0.1);
+    s->drain = event_new(s->base, -1, EV_PERSIST, drain_cb, s);
+    struct timeval tv = {0, 100000};
+    event_add(s->drain, &tv);
+    drain_cb(-1, 0, s);
 }
 
 int main(int argc, char **argv)
@@ -155,6 +174,9 @@ int main(int argc, char **argv)
         opts_die(&server_spec, "-p must name a different manager than -m");
 
     binlog_set_node_addr("server", &s.self);
+    if (links_check_name(cfg.manager1, KUMO_MANAGER_PORT, err) < 0) opts_die(&server_spec, "-m: %s", err);
+    if (cfg.manager2 && links_check_name(cfg.manager2, KUMO_MANAGER_PORT, err) < 0)
+        opts_die(&server_spec, "-p: %s", err);
     if (daemon_start("kumo-server", &cfg.common) < 0) return 1;
     s.cfg = &cfg;
     s.started = time(NULL);
@@ -206,6 +228,7 @@ int main(int argc, char **argv)
     event_base_dispatch(s.base);
 
     metrics_stop(metrics);
+    if (s.drain) event_free(s.drain);
     evconnlistener_free(s.listener);
     cluster_stop(&s);
     stream_stop(&s);

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "links.h"
 #include "log.h"
 #include "proto.h"
 #include "record.h"
@@ -84,7 +85,7 @@ static void end_send(end_report *e)
 {
     server *s = e->s;
     rpc_conn *c = e->manager && !rpc_is_closed(e->manager) ? e->manager : NULL;
-    for (int i = 0; !c && i < s->nmanagers; i++) c = s->managers[i].conn;
+    if (!c && s->managers) c = links_any(s->managers);
     if (!c || ++e->tries > END_TRIES || s->stopping) {
         log_warn("replace: could not report the end of a phase to a manager");
         end_free(e);

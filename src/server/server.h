@@ -46,12 +46,6 @@ typedef struct peer {
     rpc_conn *conn; /* NULL when not connected */
 } peer;
 
-typedef struct manager_link {
-    net_addr addr;
-    rpc_conn *conn;
-    struct event *retry;
-} manager_link;
-
 typedef struct server {
     struct event_base *base;
     const server_config *cfg;
@@ -61,8 +55,7 @@ typedef struct server {
     rpc_self rpc_self;
     rpc_handlers handlers;
     struct evconnlistener *listener;
-    manager_link managers[2];
-    int nmanagers;
+    struct links *managers; /* links.h: -m and -p, found by name */
     hashspace *whs; /* never NULL: empty until a manager sends one */
     hashspace *rhs;
     peer *peers;
@@ -74,6 +67,9 @@ typedef struct server {
     /* flush_all: records older than this ClockTime are gone once its second
      * has come (kept in <db>.flush so a restart does not bring them back) */
     uint64_t flush_floor;
+    int writes_inflight; /* coordinated writes not yet answered */
+    struct event *drain; /* SIGTERM: waiting for them */
+    int drain_ticks;
     bool replace_copying; /* a copy phase has transfers in flight */
     struct evconnlistener *stream_listener; /* -L */
     struct offer *offers;                   /* stream files waiting to be collected */

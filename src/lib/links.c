@@ -1,0 +1,310 @@
+/*
+ * links — managers found by name (see links.h).
+ */
+#include "links.h"
+
+#include <arpa/inet.h>
+#include <arpa/nameser.h>
+#include <netdb.h>
+#include <resolv.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+
+#define REFRESH 30.0      /* re-resolve every this many seconds */
+#define DOWN_RESOLVE 5.0  /* and when a link has been down this long */
+#define BACKOFF_MAX 30.0  /* longest wait after a failed resolution */
+#define SRV_PREFIX "dnssrv+"
+
+typedef struct mlink {
+    links *owner;
+    net_addr addr;
+    rpc_conn *conn;
+    bool wanted; /* still named by the last resolution */
+    double down_since;
+} mlink;
+
+struct links {
+    struct event_base *base;
+    links_config cfg; /* cfg.names points at `names` below */
+    char *names_copy[LINKS_MAX + 1];
+    rpc_handlers user;
+    rpc_self self;
+    mlink *items[LINKS_MAX];
+    size_t n;
+    struct event *tick;
+    double next_resolve, last_resolve;
+    double backoff;
+    bool resolved_once;
+};
+
+static double now_mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- resolution ---- */
+
+static size_t add_unique(net_addr *out, size_t n, size_t max, const net_addr *a)
+{
+    for (size_t i = 0; i < n; i++)
+        if (net_equal(&out[i], a)) return n;
+    if (n < max) out[n++] = *a;
+    return n;
+}
+
+/* Every A/AAAA address of host, with port. */
+static int resolve_host(const char *text, const char *host, uint16_t port, net_addr *out, size_t n, size_t max,
+                        char *err)
+{
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_socktype = SOCK_STREAM;
+    int rc = getaddrinfo(host, NULL, &hints, &res);
+    if (rc != 0) return kumo_err(err, "'%s': cannot resolve: %s", text, gai_strerror(rc));
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        net_addr a;
+        if (net_from_sockaddr(&a, ai->ai_addr) < 0) continue;
+        net_set_port(&a, port);
+        n = add_unique(out, n, max, &a);
+    }
+    freeaddrinfo(res);
+    return (int)n;
+}
+
+static int resolve_srv(const char *text, const char *name, net_addr *out, size_t n, size_t max, char *err)
+{
+    unsigned char ans[4096];
+    int len = res_query(name, ns_c_in, ns_t_srv, ans, sizeof(ans));
+    if (len < 0) return kumo_err(err, "'%s': no SRV records", text);
+    ns_msg msg;
+    if (ns_initparse(ans, len, &msg) < 0) return kumo_err(err, "'%s': malformed DNS answer", text);
+    int count = ns_msg_count(msg, ns_s_an);
+    size_t before = n;
+    for (int i = 0; i < count; i++) {
+        ns_rr rr;
+        char target[NS_MAXDNAME];
+        if (ns_parserr(&msg, ns_s_an, i, &rr) < 0 || ns_rr_type(rr) != ns_t_srv || ns_rr_rdlen(rr) < 7) continue;
+        const unsigned char *rd = ns_rr_rdata(rr);
+        uint16_t port = (uint16_t)(rd[4] << 8 | rd[5]);
+        if (port == 0) {
+            log_warn("'%s': an SRV record without a port, skipped", text);
+            continue;
+        }
+        if (dn_expand(ns_msg_base(msg), ns_msg_end(msg), rd + 6, target, sizeof(target)) < 0) continue;
+        char e2[KUMO_ERRLEN];
+        int r = resolve_host(text, target, port, out, n, max, e2);
+        if (r < 0) log_warn("%s", e2);
+        else n = (size_t)r;
+    }
+    if (n == before) return kumo_err(err, "'%s': SRV records name no usable address", text);
+    return (int)n;
+}
+
+/* Resolve one name into out[n..]; returns the new count or -1 + err. */
+static int resolve_name(const char *text, uint16_t default_port, net_addr *out, size_t n, size_t max, char *err)
+{
+    if (strncmp(text, SRV_PREFIX, strlen(SRV_PREFIX)) == 0)
+        return resolve_srv(text, text + strlen(SRV_PREFIX), out, n, max, err);
+    net_addr one;
+    if (text[0] == '[' || strspn(text, "0123456789.:") == strlen(text)) {
+        if (net_parse(text, default_port, &one, err) < 0) return -1;
+        return (int)add_unique(out, n, max, &one);
+    }
+    char host[256];
+    const char *colon = strrchr(text, ':');
+    uint16_t port = default_port;
+    size_t hl = colon ? (size_t)(colon - text) : strlen(text);
+    if (hl == 0 || hl >= sizeof(host)) return kumo_err(err, "'%s': bad host name", text);
+    memcpy(host, text, hl);
+    host[hl] = '\0';
+    if (colon) {
+        char *end;
+        long p = strtol(colon + 1, &end, 10);
+        if (*end || p < 1 || p > 65535) return kumo_err(err, "'%s': invalid port", text);
+        port = (uint16_t)p;
+    }
+    return resolve_host(text, host, port, out, n, max, err);
+}
+
+/* ---- links ---- */
+
+static void link_dial(mlink *k);
+
+static void on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
+{
+    mlink *k = arg;
+    k->owner->user.on_request(k->owner->user.arg, c, msgid, method, params);
+}
+
+static void on_hello(void *arg, rpc_conn *c)
+{
+    mlink *k = arg;
+    char buf[NET_ADDRSTRLEN];
+    k->down_since = 0;
+    log_info("manager connected %s", net_format(&k->addr, buf, sizeof(buf)));
+    if (k->owner->user.on_hello) k->owner->user.on_hello(k->owner->user.arg, c);
+}
+
+static void on_close(void *arg, rpc_conn *c)
+{
+    mlink *k = arg;
+    char buf[NET_ADDRSTRLEN];
+    if (k->conn != c) return;
+    k->conn = NULL;
+    if (rpc_hello_done(c)) log_warn("lost manager %s", net_format(&k->addr, buf, sizeof(buf)));
+    if (k->down_since == 0) k->down_since = now_mono();
+    if (k->owner->user.on_close) k->owner->user.on_close(k->owner->user.arg, c);
+}
+
+static void link_dial(mlink *k)
+{
+    links *l = k->owner;
+    rpc_handlers h = {.on_request = on_request, .on_hello = on_hello, .on_close = on_close, .arg = k};
+    k->conn = rpc_connect(l->base, &k->addr, l->cfg.connect_timeout, &h, &l->self);
+}
+
+static void link_drop(links *l, size_t i)
+{
+    mlink *k = l->items[i];
+    char buf[NET_ADDRSTRLEN];
+    log_info("manager %s is no longer named, dropping it", net_format(&k->addr, buf, sizeof(buf)));
+    rpc_close(k->conn);
+    free(k);
+    l->items[i] = l->items[--l->n];
+}
+
+static void resolve(links *l)
+{
+    net_addr found[LINKS_MAX];
+    size_t n = 0;
+    bool ok = true;
+    char err[KUMO_ERRLEN];
+    for (const char *const *name = l->cfg.names; *name; name++) {
+        int r = resolve_name(*name, l->cfg.default_port, found, n, LINKS_MAX, err);
+        if (r < 0) {
+            log_warn("%s (will retry)", err);
+            ok = false;
+        } else {
+            n = (size_t)r;
+        }
+    }
+    double now = now_mono();
+    l->last_resolve = now;
+    l->backoff = ok ? 0 : (l->backoff ? l->backoff * 2 : 1);
+    if (l->backoff > BACKOFF_MAX) l->backoff = BACKOFF_MAX;
+    l->next_resolve = now + (ok ? REFRESH : l->backoff);
+    if (!ok && n == 0) return; /* keep what we have rather than nothing */
+    for (size_t i = 0; i < l->n; i++) l->items[i]->wanted = false;
+    for (size_t j = 0; j < n; j++) {
+        if (l->cfg.ignore && net_equal(&found[j], l->cfg.ignore)) continue;
+        mlink *k = NULL;
+        for (size_t i = 0; i < l->n && !k; i++)
+            if (net_equal(&l->items[i]->addr, &found[j])) k = l->items[i];
+        if (!k && l->n < LINKS_MAX && (k = calloc(1, sizeof(*k)))) {
+            k->owner = l;
+            k->addr = found[j];
+            k->down_since = now;
+            l->items[l->n++] = k;
+        }
+        if (k) k->wanted = true;
+    }
+    /* A partial failure keeps the links it could not confirm. */
+    for (size_t i = 0; ok && i < l->n;)
+        if (!l->items[i]->wanted) link_drop(l, i);
+        else i++;
+    l->resolved_once = true;
+}
+
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    links *l = arg;
+    double now = now_mono();
+    bool long_down = false;
+    for (size_t i = 0; i < l->n; i++)
+        if (!l->items[i]->conn && l->items[i]->down_since && now - l->items[i]->down_since > DOWN_RESOLVE)
+            long_down = true;
+    if (now >= l->next_resolve || (long_down && now - l->last_resolve >= DOWN_RESOLVE)) resolve(l);
+    for (size_t i = 0; i < l->n; i++)
+        if (!l->items[i]->conn) link_dial(l->items[i]);
+}
+
+links *links_new(struct event_base *base, const links_config *cfg, const rpc_handlers *handlers, const rpc_self *self)
+{
+    links *l = calloc(1, sizeof(*l));
+    if (!l) return NULL;
+    l->base = base;
+    l->cfg = *cfg;
+    size_t n = 0;
+    for (const char *const *name = cfg->names; *name && n < LINKS_MAX; name++)
+        if (!(l->names_copy[n++] = strdup(*name))) {
+            links_free(l);
+            return NULL;
+        }
+    l->cfg.names = (const char *const *)l->names_copy;
+    l->user = *handlers;
+    l->self = *self;
+    resolve(l);
+    for (size_t i = 0; i < l->n; i++) link_dial(l->items[i]);
+    l->tick = event_new(base, -1, EV_PERSIST, tick_cb, l);
+    double t = cfg->retry > 0.1 ? cfg->retry : 0.1;
+    struct timeval tv = {(time_t)t, (suseconds_t)((t - (double)(time_t)t) * 1e6)};
+    event_add(l->tick, &tv);
+    return l;
+}
+
+void links_free(links *l)
+{
+    if (!l) return;
+    if (l->tick) event_free(l->tick);
+    for (size_t i = 0; l->names_copy[i]; i++) free(l->names_copy[i]);
+    for (size_t i = 0; i < l->n; i++) {
+        rpc_close(l->items[i]->conn);
+        free(l->items[i]);
+    }
+    free(l);
+}
+
+int links_check_name(const char *name, uint16_t default_port, char *err)
+{
+    if (strncmp(name, SRV_PREFIX, strlen(SRV_PREFIX)) == 0)
+        return name[strlen(SRV_PREFIX)] ? 0 : kumo_err(err, "'%s': missing SRV name", name);
+    net_addr a;
+    if (name[0] == '[' || strspn(name, "0123456789.:") == strlen(name)) return net_parse(name, default_port, &a, err);
+    const char *colon = strrchr(name, ':');
+    if (colon == name) return kumo_err(err, "'%s': missing host", name);
+    if (colon) {
+        char *end;
+        long p = strtol(colon + 1, &end, 10);
+        if (colon[1] == '\0' || *end || p < 1 || p > 65535) return kumo_err(err, "'%s': invalid port", name);
+    }
+    return 0;
+}
+
+size_t links_count(const links *l) { return l->n; }
+
+rpc_conn *links_conn(const links *l, size_t i)
+{
+    rpc_conn *c = i < l->n ? l->items[i]->conn : NULL;
+    return c && rpc_hello_done(c) ? c : NULL;
+}
+
+const net_addr *links_addr(const links *l, size_t i) { return &l->items[i]->addr; }
+
+size_t links_up(const links *l)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < l->n; i++) n += links_conn(l, i) != NULL;
+    return n;
+}
+
+rpc_conn *links_any(const links *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        if (links_conn(l, i)) return links_conn(l, i);
+    return NULL;
+}

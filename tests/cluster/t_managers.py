@@ -1,0 +1,560 @@
+#!/usr/bin/python3
+"""t_managers — two managers (user guide 3, 4.2, 6.4; issue 3).
+
+Managers A (`-l A -p B -c ctlA`) and B (`-l B -p A -c ctlB`); every server
+and the gateway get `-m A -p B`.
+
+  1. Both managers list new servers under "not attached node"; `kumoctl A
+     attach`; the two `kumoctl status` outputs become identical (timestamp,
+     attached and not-attached lists); a 4th server attached through B;
+     identical again, every server's whs is the managers' and hsccheck true.
+  2. A client thread keeps setting and reading (each op retried up to 20 s:
+     a killed server makes the gateway retry). kill -9 A: B still detects a
+     killed server (fault), a 5th server is attached through B and the dead
+     one detached through B (replaces finish); reads and writes continue;
+     restart A on the same address: it rejoins and shows B's status.
+  3. Both managers killed: the cluster keeps serving gets and sets; both
+     restarted: the servers show under "not attached node", `kumoctl attach`
+     restores control (status lists the servers (active) on both managers,
+     hsccheck true everywhere), and every key reads back.
+  4. A new cluster with `-a -Rs 1` on both managers: the first servers are
+     attached without kumoctl; a new server is attached alone, and exactly
+     one manager's log has "start replace" for it; a killed server is
+     detached alone, again by exactly one manager.
+
+Environment: KUMO_TEST_SEED (printed) and kumotest's usual variables.
+"""
+import os
+import random
+import sys
+import threading
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import kumotest as kt  # noqa: E402
+
+tap = kt.tap
+OP_DEADLINE = 20.0
+REPLACE_TIMEOUT = 60.0
+
+
+class Cluster2(kt.Cluster):
+    """kt.Cluster with a second manager B (`-p` everywhere). self.manager is A."""
+
+    def __init__(self, nservers=3, manager_args=(), **kw):
+        super().__init__(nservers=nservers, manager_args=manager_args, start=False, **kw)
+        self.mgr2_port = kt.free_port()
+        self.ctl2_port = kt.free_port()
+        self.manager2 = None
+
+    @property
+    def mgr2_addr(self):
+        return "127.0.0.1:%d" % self.mgr2_port
+
+    def ctl(self, which):
+        return "127.0.0.1:%d" % (self.ctl_port if which == "A" else self.ctl2_port)
+
+    def mgr_daemon(self, which):
+        return self.manager if which == "A" else self.manager2
+
+    def argv_of(self, which):
+        me, other, ctl = ((self.mgr_addr, self.mgr2_addr, self.ctl_port) if which == "A"
+                          else (self.mgr2_addr, self.mgr_addr, self.ctl2_port))
+        return [kt.binary("kumo-manager")] + self._v() + ["-o", "-", "-l", me, "-p", other, "-c", ctl] + \
+            self.manager_args
+
+    def server_argv(self, s):
+        return super().server_argv(s) + ["-p", self.mgr2_addr]
+
+    def gateway_argv(self):
+        return super().gateway_argv() + ["-p", self.mgr2_addr]
+
+    def daemons(self):
+        ds = [self.manager, self.manager2] + [s.daemon for s in self.servers] + [self.gateway]
+        return [d for d in ds if d is not None]
+
+    def live_daemons(self):
+        return [d for d in self.daemons() if not d.expected_exit]
+
+    def start_mgr(self, which):
+        d = kt.Daemon("kumo-manager-%s" % which, self.argv_of(which), self.log("manager%s" % which)).start()
+        if which == "A":
+            self.manager = d
+        else:
+            self.manager2 = d
+        kt.wait_until(lambda: self.kumoctl_on(which, "status", timeout=5).returncode == 0, 20,
+                      "manager %s to answer kumoctl status" % which, interval=0.2, daemons=[d])
+        return d
+
+    def kumoctl_on(self, which, *args, timeout=20):
+        return kt.run_tool([kt.binary("kumoctl"), self.ctl(which)] + list(args), timeout=timeout)
+
+    def status_text(self, which):
+        r = self.kumoctl_on(which, "status")
+        if r.returncode != 0:
+            raise OSError("kumoctl %s status: exit %s: %s" % (which, r.returncode, (r.stderr or r.stdout).strip()))
+        return r.stdout
+
+    def status_on(self, which):
+        return kt.Status(self.status_text(which))
+
+    def add_server(self):
+        i = len(self.servers) + 1
+        tmp = os.path.join(self.dir, "tmp%d" % i)
+        os.makedirs(tmp, exist_ok=True)
+        s = kt.Server(i, kt.free_port(), kt.free_port(), os.path.join(self.dir, "server%d.tch" % i), tmp)
+        self.servers.append(s)
+        return s
+
+
+def wait_not_attached_on(c, which, servers, timeout=30):
+    def cond():
+        st = c.status_on(which)
+        return all(s.addr in st.not_attached for s in servers) and st
+    return kt.wait_until(cond, timeout, "%s under 'not attached node' on manager %s" % (
+        " ".join(s.addr for s in servers), which), interval=0.2, daemons=c.live_daemons())
+
+
+def wait_same_status(c, timeout=15, what="the two managers' status"):
+    """Until `kumoctl A status` and `kumoctl B status` print the same text."""
+    last = {}
+
+    def cond():
+        a, b = c.status_text("A"), c.status_text("B")
+        last["A"], last["B"] = a, b
+        return a == b and a
+    try:
+        kt.wait_until(cond, timeout, what + " to be identical", interval=0.3, daemons=c.live_daemons())
+        return True, last["A"]
+    except TimeoutError as e:
+        return False, "%s\n--- A:\n%s--- B:\n%s" % (e, last.get("A"), last.get("B"))
+
+
+def wait_replaced(c, which, live, timeout=REPLACE_TIMEOUT, what="the replace"):
+    """Until neither reachable manager shows "replace:", every live server's whs
+    equals `which`'s (timestamp and nodes) and hsccheck is true; twice."""
+    others = [w for w in ("A", "B") if w != which and c.mgr_daemon(w) and c.mgr_daemon(w).alive()]
+
+    def cond():
+        text = c.status_text(which)
+        if "replace:" in text:
+            return False
+        for w in others:
+            if "replace:" in c.status_text(w):
+                return False
+        st = kt.Status(text)
+        for s in live:
+            hs = c.hash_space(s, "whs")
+            if hs.timestamp != st.timestamp or hs.attached != st.attached or not c.hsccheck(s):
+                return False
+        return st
+    t0 = time.time()
+    kt.wait_until(cond, timeout, what + " to finish (per manager %s)" % which, interval=0.3,
+                  daemons=c.live_daemons())
+    time.sleep(0.5)
+    st = kt.wait_until(cond, 10, what + " to stay finished", interval=0.3)
+    tap.note("%s finished in %.1f s" % (what, time.time() - t0))
+    return st
+
+
+class Client(threading.Thread):
+    """Sets its own keys and reads them and the known keys back; each op is
+    retried for up to OP_DEADLINE s. Records hard failures and wrong values."""
+
+    def __init__(self, port, known, rng, prefix="mgrload"):
+        super().__init__(daemon=True)
+        self.prefix = prefix
+        self.port = port
+        self.known = dict(known)
+        self.keys = sorted(known)
+        self.rng = random.Random(rng.randrange(1 << 32))
+        self.own = {}
+        self.stopping = threading.Event()
+        self.errors = []
+        self.retries = self.sets = self.gets = 0
+        self.max_stall = 0.0
+        self.c = None
+        self.t0 = time.time()
+        self.lock = threading.Lock()
+
+    def _op(self, what, fn):
+        t0 = time.time()
+        last = None
+        while True:
+            try:
+                if self.c is None:
+                    self.c = kt.mc_client(self.port, timeout=5.0)
+                ok, res = fn()
+                if ok:
+                    self.max_stall = max(self.max_stall, time.time() - t0)
+                    return True, res
+                last = "answer %r" % (res,)
+            except Exception as e:
+                last = "%s: %s" % (type(e).__name__, e)
+                try:
+                    self.c.close()
+                except Exception:
+                    pass
+                self.c = None
+            self.retries += 1
+            if time.time() - t0 > OP_DEADLINE:
+                self.errors.append("t+%.1fs %s: no success within %.0f s (last: %s)" % (
+                    t0 - self.t0, what, OP_DEADLINE, last))
+                return False, None
+            time.sleep(0.2)
+
+    def _get(self, k, want):
+        done, got = self._op("get %s" % k, lambda: (True, self.c.get(k)))
+        self.gets += done
+        if done and got != want:
+            self.errors.append("t+%.1fs get %s returned %s, want %s" % (
+                time.time() - self.t0, k, kt.short(got, 50), kt.short(want, 50)))
+
+    def run(self):
+        n = 0
+        while not self.stopping.is_set() and len(self.errors) < 30:
+            k = ("%s:%d" % (self.prefix, n % 300)).encode()
+            v = ("load value %d " % n).encode() + self.rng.randbytes(self.rng.randrange(0, 80))
+            done, _ = self._op("set %s" % k, lambda: (self.c.set(k, v, noreply=False) is True, None))
+            if done:
+                self.sets += 1
+                with self.lock:
+                    self.own[k] = v
+                self._get(k, v)
+            else:
+                with self.lock:
+                    self.own.pop(k, None)
+            kk = self.rng.choice(self.keys)
+            self._get(kk, self.known[kk])
+            n += 1
+            time.sleep(0.005)
+
+    def snapshot(self):
+        with self.lock:
+            return self.sets, self.gets, len(self.errors)
+
+    def stop(self):
+        self.stopping.set()
+        self.join(OP_DEADLINE * 3)
+
+    def summary(self):
+        return "%d sets, %d gets, %d retries, longest stall %.1f s" % (
+            self.sets, self.gets, self.retries, self.max_stall)
+
+
+def read_check(port, want):
+    mc = kt.mc_client(port, timeout=10)
+    bad = []
+    for k, v in want.items():
+        got = None
+        for _ in range(3):
+            try:
+                got = mc.get(k)
+                break
+            except Exception as e:
+                got = "%s: %s" % (type(e).__name__, e)
+                mc.close()
+                mc = kt.mc_client(port, timeout=10)
+                time.sleep(0.5)
+        if got != v:
+            bad.append("%s: got %s" % (k, kt.short(got, 50)))
+    mc.close()
+    return bad
+
+
+def write_all(port, items):
+    mc = kt.mc_client(port, timeout=10)
+    bad = [k for k, v in items.items() if mc.set(k, v, noreply=False) is not True]
+    mc.close()
+    return bad
+
+
+def log_size(path):
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def log_since(path, offset):
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read().decode("utf-8", "replace")
+
+
+def check_ok(name, fn):
+    """Run a step that raises TimeoutError/OSError on failure: ok/not ok."""
+    try:
+        r = fn()
+        tap.ok(True, name)
+        return r if r is not None else True
+    except (TimeoutError, OSError) as e:
+        tap.ok(False, name, str(e))
+        return None
+
+
+# --------------------------------------------------------------------------
+
+def part1(c, rng):
+    tap.note("== 1. two managers: status identical on both, attach through either")
+    c.start_mgr("A")
+    c.start_mgr("B")
+    first = c.servers[:3]
+    for s in first:
+        c.start_server(s)
+    for w in ("A", "B"):
+        check_ok("manager %s lists the 3 servers under 'not attached node'" % w,
+                 lambda: wait_not_attached_on(c, w, first))
+    r = c.kumoctl_on("A", "attach")
+    tap.ok(r.returncode == 0, "kumoctl A attach exits 0", r.stdout + r.stderr)
+    st = check_ok("the attach's replace finishes", lambda: wait_replaced(c, "A", first, what="attach through A"))
+    same, text = wait_same_status(c)
+    tap.ok(same, "kumoctl status is identical on A and B after attach through A", text)
+    sta = c.status_on("A")
+    tap.eq(sorted(sta.attached), sorted((s.addr, "active") for s in first), "the 3 servers attached and (active)")
+    c.start_gateway()
+    base = {("mgr:%d:%d" % (i, rng.randrange(1 << 30))).encode(): ("value %d " % i).encode() + rng.randbytes(
+        rng.randrange(0, 100)) for i in range(300)}
+    bad = write_all(c.gateway_port, base)
+    tap.ok(not bad, "300 keys written", "failed: %s" % bad[:10])
+
+    s4 = c.add_server()
+    c.start_server(s4)
+    for w in ("A", "B"):
+        check_ok("manager %s lists the new %s under 'not attached node'" % (w, s4.addr),
+                 lambda: wait_not_attached_on(c, w, [s4]))
+    r = c.kumoctl_on("B", "attach")
+    tap.ok(r.returncode == 0, "kumoctl B attach exits 0", r.stdout + r.stderr)
+    check_ok("the replace after attach through B finishes",
+             lambda: wait_replaced(c, "B", c.servers, what="attach through B"))
+    same, text = wait_same_status(c)
+    tap.ok(same, "kumoctl status is identical on A and B after attach through B", text)
+    stb = c.status_on("B")
+    tap.eq(sorted(stb.attached), sorted((s.addr, "active") for s in c.servers), "the 4 servers attached and (active)")
+    bad = read_check(c.gateway_port, base)
+    tap.ok(not bad, "all 300 keys read back", "%d wrong, e.g. %s" % (len(bad), bad[:10]))
+    return base
+
+
+def part2(c, rng, base):
+    tap.note("== 2. manager A killed: B detects faults, attaches, detaches; A restarts and rejoins")
+    client = Client(c.gateway_port, base, rng)
+    client.start()
+    time.sleep(1.0)
+    tap.note("kill -9 manager A (pid %d)" % c.manager.pid)
+    c.manager.kill9()
+    time.sleep(1.0)
+    victim = rng.choice(c.servers)
+    tap.note("kill -9 server %s" % victim.addr)
+    victim.daemon.kill9()
+    t0 = time.time()
+    ok = check_ok("manager B shows %s (fault)" % victim.addr,
+                  lambda: kt.wait_until(lambda: c.status_on("B").state(victim.addr) == "fault", 30,
+                                        "%s (fault) on B" % victim.addr, interval=0.25, daemons=c.live_daemons()))
+    if ok:
+        tap.note("B showed the fault after %.1f s" % (time.time() - t0))
+    s5 = c.add_server()
+    c.start_server(s5)
+    check_ok("manager B lists the new %s under 'not attached node'" % s5.addr,
+             lambda: wait_not_attached_on(c, "B", [s5]))
+    r = c.kumoctl_on("B", "attach")
+    tap.ok(r.returncode == 0, "kumoctl B attach exits 0 (A is down)", r.stdout + r.stderr)
+    live = [s for s in c.servers if s is not victim]
+    st = check_ok("the replace after attach through B finishes (A down)",
+                  lambda: wait_replaced(c, "B", live, what="attach through B with A down"))
+    if st:
+        tap.eq(st.state(s5.addr), "active", "%s (active) on B" % s5.addr)
+        tap.eq(st.state(victim.addr), "fault", "%s still (fault) on B" % victim.addr)
+    r = c.kumoctl_on("B", "detach")
+    tap.ok(r.returncode == 0, "kumoctl B detach exits 0 (A is down)", r.stdout + r.stderr)
+    st = check_ok("the replace after detach through B finishes (A down)",
+                  lambda: wait_replaced(c, "B", live, what="detach through B with A down"))
+    if st:
+        tap.eq(sorted(st.attached), sorted((s.addr, "active") for s in live),
+               "B: the 4 live servers attached and (active), %s detached" % victim.addr)
+    sets0, gets0, _ = client.snapshot()
+    time.sleep(1.5)
+    sets1, gets1, nerr = client.snapshot()
+    tap.ok(sets1 > sets0 and gets1 > gets0 and nerr == 0,
+           "reads and writes continue with A down (%s)" % client.summary(), "\n".join(client.errors[:10]))
+
+    tap.note("restarting manager A on the same address")
+    c.start_mgr("A")
+    same, text = wait_same_status(c, timeout=20, what="restarted A's status and B's")
+    tap.ok(same, "restarted A shows the same status as B", text)
+    try:
+        sta = c.status_on("A")
+        tap.eq(sorted(sta.attached), sorted((s.addr, "active") for s in live),
+               "restarted A lists the 4 live servers (active)")
+        tap.eq(sta.not_attached, [], "restarted A lists nothing under 'not attached node'")
+    except OSError as e:
+        tap.ok(False, "kumoctl A status after restart", str(e))
+    time.sleep(1.0)
+    client.stop()
+    tap.ok(not client.errors, "the client saw no failure through part 2 (%s)" % client.summary(),
+           "\n".join(client.errors[:10]))
+    want = dict(base)
+    want.update(client.own)
+    bad = read_check(c.gateway_port, want)
+    tap.ok(not bad, "all %d keys read back after part 2" % len(want), "%d wrong, e.g. %s" % (len(bad), bad[:10]))
+    return want, live
+
+
+def part3(c, rng, want, live):
+    tap.note("== 3. both managers down: the cluster keeps serving; attach restores control")
+    client = Client(c.gateway_port, want, rng, prefix="part3load")
+    client.start()
+    time.sleep(0.5)
+    tap.note("kill -9 both managers")
+    c.manager.kill9()
+    c.manager2.kill9()
+    time.sleep(1.0)
+    sets0, gets0, _ = client.snapshot()
+    extra = {("nomgr:%d" % i).encode(): b"written without managers %d" % i for i in range(100)}
+    bad = write_all(c.gateway_port, extra)
+    tap.ok(not bad, "100 sets with both managers down", "failed: %s" % bad[:10])
+    bad = read_check(c.gateway_port, extra)
+    tap.ok(not bad, "...and read back", "%s" % bad[:10])
+    time.sleep(3.0)
+    sets1, gets1, nerr = client.snapshot()
+    tap.ok(sets1 > sets0 and gets1 > gets0 and nerr == 0,
+           "the client keeps getting and setting with both managers down (%d sets, %d gets in 4 s)"
+           % (sets1 - sets0, gets1 - gets0), "\n".join(client.errors[:10]))
+    c.check_running("servers and gateway still running with both managers down")
+
+    tap.note("restarting both managers")
+    c.start_mgr("A")
+    c.start_mgr("B")
+    for w in ("A", "B"):
+        check_ok("restarted manager %s lists the 4 servers under 'not attached node'" % w,
+                 lambda: wait_not_attached_on(c, w, live))
+    r = c.kumoctl_on("A", "attach")
+    tap.ok(r.returncode == 0, "kumoctl A attach exits 0", r.stdout + r.stderr)
+    st = check_ok("the replace after the managers' return finishes",
+                  lambda: wait_replaced(c, "A", live, what="attach after both managers restarted"))
+    same, text = wait_same_status(c)
+    tap.ok(same, "status identical on A and B after the attach", text)
+    for w in ("A", "B"):
+        try:
+            stw = c.status_on(w)
+            tap.eq(sorted(stw.attached), sorted((s.addr, "active") for s in live),
+                   "manager %s lists the 4 servers (active)" % w)
+            tap.eq(stw.not_attached, [], "manager %s: nothing under 'not attached node'" % w)
+        except OSError as e:
+            tap.ok(False, "kumoctl %s status" % w, str(e))
+    hsc = {s.addr: c.hsccheck(s) for s in live}
+    tap.ok(all(hsc.values()), "kumostat hsccheck true on every server", "%s" % hsc)
+    time.sleep(1.0)
+    client.stop()
+    tap.ok(not client.errors, "the client saw no failure through part 3 (%s)" % client.summary(),
+           "\n".join(client.errors[:10]))
+    allk = dict(want)
+    allk.update(client.own)
+    allk.update(extra)
+    bad = read_check(c.gateway_port, allk)
+    tap.ok(not bad, "all %d keys read back after part 3" % len(allk), "%d wrong, e.g. %s" % (len(bad), bad[:10]))
+    c.check_running()
+
+
+def count_start_replace(c, marks):
+    out = {}
+    for w in ("A", "B"):
+        text = log_since(c.log("manager%s" % w), marks[w])
+        out[w] = sum(1 for line in text.splitlines() if "start replace" in line)
+    return out
+
+
+def part4(rng):
+    tap.note("== 4. auto-replace (-a -Rs 1 on both managers)")
+    c = Cluster2(nservers=3, manager_args=["-a", "-Rs", "1"])
+    try:
+        c.start_mgr("A")
+        c.start_mgr("B")
+        for s in c.servers:
+            c.start_server(s)
+
+        def all_active():
+            sa, sb = c.status_on("A"), c.status_on("B")
+            want = sorted((s.addr, "active") for s in c.servers if s.daemon and not s.daemon.expected_exit)
+            return sorted(sa.attached) == want and sorted(sb.attached) == want
+        check_ok("the first 3 servers are attached without kumoctl",
+                 lambda: kt.wait_until(all_active, 30, "auto-attach of the first servers", interval=0.3,
+                                       daemons=c.live_daemons()))
+        check_ok("the first replace finishes", lambda: wait_replaced(c, "A", c.servers, what="first auto-replace"))
+        c.start_gateway()
+        base = {("auto:%d" % i).encode(): b"auto value %d" % i for i in range(200)}
+        bad = write_all(c.gateway_port, base)
+        tap.ok(not bad, "200 keys written", "failed: %s" % bad[:10])
+
+        marks = {w: log_size(c.log("manager%s" % w)) for w in ("A", "B")}
+        s4 = c.add_server()
+        t0 = time.time()
+        c.start_server(s4)
+        ok = check_ok("new server %s is attached on both managers without kumoctl" % s4.addr,
+                      lambda: kt.wait_until(all_active, 30, "auto-attach of %s" % s4.addr, interval=0.3,
+                                            daemons=c.live_daemons()))
+        if ok:
+            tap.note("attached %.1f s after it started" % (time.time() - t0))
+        check_ok("its replace finishes", lambda: wait_replaced(c, "A", c.servers, what="auto-attach replace"))
+        n = count_start_replace(c, marks)
+        tap.ok(sorted(n.values())[0] == 0 and sorted(n.values())[1] >= 1,
+               "exactly one manager ran the replace for the new server ('start replace' lines: A %d, B %d)"
+               % (n["A"], n["B"]))
+        driver = "A" if c.mgr_port < c.mgr2_port else "B"
+        tap.note("(A is %s, B is %s: the smaller address, %s, is expected to drive)" % (c.mgr_addr, c.mgr2_addr, driver))
+        same, text = wait_same_status(c)
+        tap.ok(same, "status identical on A and B", text)
+
+        marks = {w: log_size(c.log("manager%s" % w)) for w in ("A", "B")}
+        victim = rng.choice(c.servers)
+        tap.note("kill -9 server %s" % victim.addr)
+        victim.daemon.kill9()
+        live = [s for s in c.servers if s is not victim]
+        ok = check_ok("killed %s is detached on both managers without kumoctl" % victim.addr,
+                      lambda: kt.wait_until(all_active, 40, "auto-detach of %s" % victim.addr, interval=0.3,
+                                            daemons=c.live_daemons()))
+        check_ok("its replace finishes", lambda: wait_replaced(c, "A", live, what="auto-detach replace"))
+        n = count_start_replace(c, marks)
+        tap.ok(sorted(n.values())[0] == 0 and sorted(n.values())[1] >= 1,
+               "exactly one manager ran the replace for the lost server ('start replace' lines: A %d, B %d)"
+               % (n["A"], n["B"]))
+        bad = read_check(c.gateway_port, base)
+        tap.ok(not bad, "all 200 keys read back", "%d wrong, e.g. %s" % (len(bad), bad[:10]))
+        c.check_running()
+    finally:
+        for d in c.daemons():
+            if d.alive():
+                d.stop()
+
+
+def body():
+    kt.require_module("pymemcache")
+    kt.require_binaries()
+    rng = kt.make_rng()
+    seeds = [rng.randrange(1 << 32) for _ in range(4)]
+    c = Cluster2(nservers=3)
+    tap.note("managers A %s (control %d), B %s (control %d); logs in %s" % (
+        c.mgr_addr, c.ctl_port, c.mgr2_addr, c.ctl2_port, c.logdir))
+    try:
+        base = part1(c, random.Random(seeds[0]))
+        want, live = part2(c, random.Random(seeds[1]), base)
+        part3(c, random.Random(seeds[2]), want, live)
+    except kt.DaemonDied as e:
+        tap.ok(False, "daemons stay up", str(e))
+    except Exception:
+        tap.ok(False, "parts 1-3 raised no exception", traceback.format_exc())
+    finally:
+        for d in c.daemons():
+            if d.alive():
+                d.stop()
+    try:
+        part4(random.Random(seeds[3]))
+    except kt.DaemonDied as e:
+        tap.ok(False, "part 4: daemons stay up", str(e))
+    except Exception:
+        tap.ok(False, "part 4 raised no exception", traceback.format_exc())
+
+
+if __name__ == "__main__":
+    kt.main(body)
