@@ -177,7 +177,7 @@ static void sync_dir(const char *path)
 
 /* ---- open / close ---- */
 
-store *store_open(const char *spec, char *err)
+static store *open_mode(const char *spec, bool readonly, char *err)
 {
     char *path;
     int64_t xmsiz, rcnum;
@@ -203,10 +203,11 @@ store *store_open(const char *spec, char *err)
     if (xmsiz >= 0) tchdbsetxmsiz(s->hdb, xmsiz);
     if (rcnum >= 0) tchdbsetcache(s->hdb, (int32_t)rcnum);
     struct stat st;
-    if (stat(path, &st) < 0 && errno == ENOENT)
+    if (!readonly && stat(path, &st) < 0 && errno == ENOENT)
         tchdbtune(s->hdb, STORE_NEW_BUCKETS, -1, -1, HDBTLARGE);
 
-    if (!tchdbopen(s->hdb, path, HDBOWRITER | HDBOCREAT | HDBOLCKNB)) {
+    int mode = readonly ? HDBOREADER | HDBOLCKNB : HDBOWRITER | HDBOCREAT | HDBOLCKNB;
+    if (!tchdbopen(s->hdb, path, mode)) {
         int ec = tchdbecode(s->hdb);
         kumo_err(err, "%s: %s%s", path, tchdberrmsg(ec),
                  ec == TCELOCK ? " (is another process using it?)" : "");
@@ -215,6 +216,10 @@ store *store_open(const char *spec, char *err)
     }
     return s;
 }
+
+store *store_open(const char *spec, char *err) { return open_mode(spec, false, err); }
+
+store *store_open_readonly(const char *path, char *err) { return open_mode(path, true, err); }
 
 void store_close(store *s)
 {

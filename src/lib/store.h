@@ -26,6 +26,9 @@ typedef struct store store;
 /* Open (creating if missing) for writing. NULL + err naming the file and
  * TC's reason on failure (missing directory, corrupt file, bad spec). */
 store *store_open(const char *spec, char *err);
+/* Open an existing file for reading only (kumomergedb's sources): it is
+ * never created, repaired or otherwise written. Writes fail. */
+store *store_open_readonly(const char *path, char *err);
 /* Sync and close; the handle is freed. NULL is a no-op. */
 void store_close(store *s);
 const char *store_path(const store *s);

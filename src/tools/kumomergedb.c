@@ -3,8 +3,10 @@
  *
  *   kumomergedb <dst.tch> <src.tch> [src.tch...]
  *
- * For every key the newest write wins (the ClockTime rule replicas use);
- * tombstones are skipped, so a merged file holds live values only. Reads
+ * For every key the newest write wins (the ClockTime rule replicas use),
+ * deletes included: a tombstone in one backup beats an older value in
+ * another. When every source is merged the tombstones are removed, so the
+ * merged file holds live values only. Sources are opened read-only. Reads
  * files written by kumofs 0.4 as well (meta = 0 values). A source that is
  * missing, corrupt, or not a kumofs database is reported and nothing of it
  * is merged; the exit status is then 1.
@@ -46,7 +48,7 @@ static int merge_record(void *arg, const void *key, size_t klen, const void *val
 {
     merge *m = arg;
     record_value v;
-    if (!kumofs_record(key, klen, val, vlen) || record_value_parse(val, vlen, &v) < 0 || v.tombstone) {
+    if (!kumofs_record(key, klen, val, vlen) || record_value_parse(val, vlen, &v) < 0) {
         m->skipped++;
         return 0;
     }
@@ -55,7 +57,26 @@ static int merge_record(void *arg, const void *key, size_t klen, const void *val
         m->failed = true;
         return 1;
     }
-    m->merged += (uint64_t)rc;
+    if (!v.tombstone) m->merged += (uint64_t)rc;
+    return 0;
+}
+
+typedef struct purge {
+    store *dst;
+    uint64_t removed;
+    char err[KUMO_ERRLEN];
+    bool failed;
+} purge;
+
+static int purge_tombstone(void *arg, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    purge *p = arg;
+    if (vlen != RECORD_TOMBSTONE) return 0;
+    if (store_remove_if_older(p->dst, key, klen, record_clocktime(val, vlen), p->err) < 0) {
+        p->failed = true;
+        return 1;
+    }
+    p->removed++;
     return 0;
 }
 
@@ -94,7 +115,7 @@ int main(int argc, char **argv)
     for (int i = 2; i < argc; i++) {
         printf("merging %s...", argv[i]);
         fflush(stdout);
-        store *src = store_open(argv[i], err);
+        store *src = store_open_readonly(argv[i], err);
         if (!src) {
             printf("  failed\n");
             fprintf(stderr, "kumomergedb: %s\n", err);
@@ -105,6 +126,10 @@ int main(int argc, char **argv)
         if (store_iterate(src, count_foreign, &m, err) < 0) {
             printf("  failed\n");
             fprintf(stderr, "kumomergedb: %s\n", err);
+            rc = 1;
+        } else if (m.total == 0 && store_file_size(src) == 0) {
+            printf("  failed\n");
+            fprintf(stderr, "kumomergedb: %s: empty file, not a database\n", argv[i]);
             rc = 1;
         } else if (m.total > 0 && m.foreign == m.total) {
             printf("  failed\n");
@@ -120,6 +145,11 @@ int main(int argc, char **argv)
             printf("  merged %llu records of %llu records\n", (unsigned long long)merged, (unsigned long long)total);
         }
         store_close(src);
+    }
+    purge p = {.dst = m.dst};
+    if (store_iterate(m.dst, purge_tombstone, &p, err) < 0 || p.failed) {
+        fprintf(stderr, "kumomergedb: %s\n", p.failed ? p.err : err);
+        rc = 1;
     }
     store_close(m.dst);
     return rc;
