@@ -30,6 +30,9 @@ static void conn_close(client *c)
 {
     if (c->closed) return;
     c->closed = true;
+    if (c->prev) c->prev->next = c->next;
+    else c->g->clients = c->next;
+    if (c->next) c->next->prev = c->prev;
     c->g->stats.curr_connections--;
     bufferevent_free(c->bev);
     c->bev = NULL;
@@ -135,6 +138,16 @@ static void write_cb(struct bufferevent *bev, void *arg)
     if (c->close_after_flush && !c->head) conn_close(c);
 }
 
+void client_close_all(gateway *g)
+{
+    while (g->clients) {
+        client *c = g->clients;
+        bool busy = c->inflight > 0;
+        conn_close(c);              /* frees c unless requests are in flight */
+        if (busy) conn_free(c);     /* their callbacks will not come any more */
+    }
+}
+
 client *client_new(gateway *g, int fd, client_parse_fn parse, void *proto_state)
 {
     client *c = calloc(1, sizeof(*c));
@@ -156,6 +169,9 @@ client *client_new(gateway *g, int fd, client_parse_fn parse, void *proto_state)
     }
     g->stats.curr_connections++;
     g->stats.total_connections++;
+    c->next = g->clients;
+    if (c->next) c->next->prev = c;
+    g->clients = c;
     bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     return c;

@@ -43,6 +43,7 @@ typedef size_t (*client_parse_fn)(client *c, const char *buf, size_t len);
 
 struct client {
     gateway *g;
+    client *prev, *next; /* the gateway's open connections (g->clients) */
     struct bufferevent *bev;
     client_parse_fn parse;
     creq *head, *tail;
@@ -55,6 +56,8 @@ struct client {
     void *proto;    /* the protocol's per-connection scratch, freed at close */
 };
 
+/* Close and free every connection (at exit). */
+void client_close_all(gateway *g);
 /* Take over an accepted socket; proto_state is freed with free() at the end. */
 client *client_new(gateway *g, int fd, client_parse_fn parse, void *proto_state);
 /* A new request at the tail of the queue (NULL when out of memory). */

@@ -70,7 +70,9 @@ typedef struct gateway {
     gw_server *servers;
     size_t nservers, servers_cap;
     struct evconnlistener *text_listener, *binary_listener;
+    struct client *clients; /* open memcached connections (client.c) */
     double last_refresh;
+    bool stopping;       /* router_stop ran: fail, do not retry */
     int ops_inflight;    /* router operations not yet answered */
     struct event *drain; /* SIGTERM: waiting for them */
     int drain_ticks;

@@ -14,6 +14,7 @@
 #include "binlog.h"
 #include "config.h"
 #include "daemon.h"
+#include "client.h"
 #include "gateway.h"
 #include "links.h"
 #include "log.h"
@@ -189,6 +190,7 @@ int main(int argc, char **argv)
     if (g.text_listener) evconnlistener_free(g.text_listener);
     if (g.binary_listener) evconnlistener_free(g.binary_listener);
     router_stop(&g);
+    client_close_all(&g);
     daemon_signals_free(&sigs);
     event_base_free(g.base);
     log_info("end");

@@ -247,6 +247,10 @@ static void failed(rop *r, rpc_status st, const msgpack_object *result)
      * after any other failure (timeout, lost connection, a replica that did
      * not answer) it may have been applied, and an append or incr must not
      * be applied twice: the client hears the error instead. */
+    if (r->g->stopping) {
+        finish_error(r, why);
+        return;
+    }
     bool not_applied = st == RPC_ERR_UNSENT || (st == RPC_ERR_REMOTE && (!result || strcmp(why, ERR_OBSOLETE_HS) == 0));
     if (!idempotent(r) && !not_applied) {
         finish_error(r, why);
@@ -512,6 +516,7 @@ int router_start(gateway *g, char *err)
 
 void router_stop(gateway *g)
 {
+    g->stopping = true;
     links_free(g->managers);
     g->managers = NULL;
     for (size_t i = 0; i < g->nservers; i++) {

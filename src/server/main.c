@@ -126,13 +126,35 @@ static void collect_metrics(void *arg, metrics_out *o)
     metrics_gauge(o, "kumo_server_manager_connections", "managers connected", (double)managers);
 }
 
+/* Accepted connections live until the peer closes them; the list lets
+ * main() close the rest at exit. */
+static void on_accepted_close(void *arg, rpc_conn *c)
+{
+    server *s = arg;
+    for (size_t i = 0; i < s->naccepted; i++)
+        if (s->accepted[i] == c) {
+            s->accepted[i] = s->accepted[--s->naccepted];
+            break;
+        }
+}
+
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len, void *arg)
 {
     server *s = arg;
-    rpc_handlers h = {.on_request = on_request, .arg = s};
-    if (!rpc_accept(s->base, fd, &h, &s->rpc_self)) evutil_closesocket(fd);
-    /* Accepted connections are owned by nobody: they live until the peer
-     * closes them (or until exit), and rpc frees them then. */
+    if (s->naccepted == s->accepted_cap) {
+        size_t ncap = s->accepted_cap ? s->accepted_cap * 2 : 16;
+        rpc_conn **na = realloc(s->accepted, ncap * sizeof(*na));
+        if (!na) {
+            evutil_closesocket(fd);
+            return;
+        }
+        s->accepted = na;
+        s->accepted_cap = ncap;
+    }
+    rpc_handlers h = {.on_request = on_request, .on_close = on_accepted_close, .arg = s};
+    rpc_conn *c = rpc_accept(s->base, fd, &h, &s->rpc_self);
+    if (!c) evutil_closesocket(fd);
+    else s->accepted[s->naccepted++] = c;
 }
 
 #define DRAIN_SECONDS 5.0
@@ -229,6 +251,8 @@ int main(int argc, char **argv)
 
     metrics_stop(metrics);
     if (s.drain) event_free(s.drain);
+    while (s.naccepted > 0) rpc_close(s.accepted[--s.naccepted]);
+    free(s.accepted);
     evconnlistener_free(s.listener);
     cluster_stop(&s);
     stream_stop(&s);

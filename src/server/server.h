@@ -55,6 +55,8 @@ typedef struct server {
     rpc_self rpc_self;
     rpc_handlers handlers;
     struct evconnlistener *listener;
+    rpc_conn **accepted; /* connections others opened to us */
+    size_t naccepted, accepted_cap;
     struct links *managers; /* links.h: -m and -p, found by name */
     hashspace *whs; /* never NULL: empty until a manager sends one */
     hashspace *rhs;
