@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "log.h"
 
@@ -283,6 +284,29 @@ int links_check_name(const char *name, uint16_t default_port, char *err)
         if (colon[1] == '\0' || *end || p < 1 || p > 65535) return kumo_err(err, "'%s': invalid port", name);
     }
     return 0;
+}
+
+int links_local_address(const char *const *names, uint16_t default_port, net_addr *out, char *err)
+{
+    net_addr found[LINKS_MAX];
+    size_t n = 0;
+    for (const char *const *name = names; *name; name++) {
+        int r = resolve_name(*name, default_port, found, n, LINKS_MAX, err);
+        if (r > 0) n = (size_t)r;
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct sockaddr_storage ss, local;
+        socklen_t sl = net_sockaddr(&found[i], &ss), ll = sizeof(local);
+        int fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) continue;
+        /* A UDP "connect" sends nothing; it only picks the route and so the
+         * local address the manager would see us from. */
+        int ok = connect(fd, (struct sockaddr *)&ss, sl) == 0 && getsockname(fd, (struct sockaddr *)&local, &ll) == 0 &&
+                 net_from_sockaddr(out, (struct sockaddr *)&local) == 0;
+        close(fd);
+        if (ok) return 0;
+    }
+    return n ? kumo_err(err, "no route to any manager") : -1;
 }
 
 size_t links_count(const links *l) { return l->n; }

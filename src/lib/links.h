@@ -49,6 +49,11 @@ void links_free(links *l);
  * address is a usage error; an unresolvable one is retried). */
 int links_check_name(const char *name, uint16_t default_port, char *err);
 
+/* The local address this host reaches the first reachable named manager
+ * from (a server started without -l announces it). Port left 0.
+ * -1 + err when no name resolves yet. */
+int links_local_address(const char *const *names, uint16_t default_port, net_addr *out, char *err);
+
 size_t links_count(const links *l);
 /* The i-th link's connection when its hello is done, else NULL. */
 rpc_conn *links_conn(const links *l, size_t i);

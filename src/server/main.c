@@ -24,8 +24,9 @@
 #include "server.h"
 
 static const opt_def server_opts[] = {
-    {"-l", "--listen", OPT_STRING, offsetof(server_config, listen), "<addr[:port]>", NULL, 0, 0, true,
-     "address other nodes reach this server at (port 19800 if omitted)"},
+    {"-l", "--listen", OPT_STRING, offsetof(server_config, listen), "<addr[:port]>", NULL, 0, 0, false,
+     "address other nodes reach this server at (port 19800 if omitted); default: the address this host reaches "
+     "its manager from"},
     {"-L", "--stream-port", OPT_INT, offsetof(server_config, stream_port), "<port>", "19900", 1, 65535, false,
      "port of the bulk stream used by replace"},
     {"-m", "--manager1", OPT_STRING, offsetof(server_config, manager1), "<addr[:port]>", NULL, 0, 0, true,
@@ -181,6 +182,22 @@ static void stop(void *arg)
     drain_cb(-1, 0, s);
 }
 
+/* No -l: announce the address this host reaches its manager from, so one
+ * container image needs no per-container flags. Waits (with back-off) until
+ * a manager name resolves. */
+static void find_self(server *s)
+{
+    const char *names[3] = {s->cfg->manager1, s->cfg->manager2, NULL};
+    char err[KUMO_ERRLEN], buf[NET_ADDRSTRLEN];
+    for (unsigned wait = 1;; wait = wait < 8 ? wait * 2 : 10) {
+        if (links_local_address(names, KUMO_MANAGER_PORT, &s->self, err) == 0) break;
+        log_warn("cannot find this server's address yet: %s (retrying in %u s)", err, wait);
+        sleep(wait);
+    }
+    net_set_port(&s->self, KUMO_SERVER_PORT);
+    log_info("no -l given: this server is %s", net_format(&s->self, buf, sizeof(buf)));
+}
+
 int main(int argc, char **argv)
 {
     server_config cfg;
@@ -191,7 +208,7 @@ int main(int argc, char **argv)
     daemon_init();
     opts_parse(&server_spec, &cfg, argc, argv, NULL, 0, NULL);
     if (cfg.gc_min_sec > cfg.gc_max_sec) cfg.gc_min_sec = cfg.gc_max_sec;
-    if (net_parse(cfg.listen, KUMO_SERVER_PORT, &s.self, err) < 0) opts_die(&server_spec, "-l: %s", err);
+    if (cfg.listen && net_parse(cfg.listen, KUMO_SERVER_PORT, &s.self, err) < 0) opts_die(&server_spec, "-l: %s", err);
     if (cfg.manager2 && strcmp(cfg.manager1, cfg.manager2) == 0)
         opts_die(&server_spec, "-p must name a different manager than -m");
 
@@ -201,6 +218,7 @@ int main(int argc, char **argv)
         opts_die(&server_spec, "-p: %s", err);
     if (daemon_start("kumo-server", &cfg.common) < 0) return 1;
     s.cfg = &cfg;
+    if (!cfg.listen) find_self(&s);
     s.started = time(NULL);
     clock_init(&s.clock);
     s.whs = hashspace_new(NULL, 0, 0);
