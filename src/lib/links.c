@@ -270,6 +270,11 @@ void links_free(links *l)
     free(l);
 }
 
+int links_resolve(const char *name, uint16_t default_port, net_addr *out, size_t max, char *err)
+{
+    return resolve_name(name, default_port, out, 0, max, err);
+}
+
 int links_check_name(const char *name, uint16_t default_port, char *err)
 {
     if (strncmp(name, SRV_PREFIX, strlen(SRV_PREFIX)) == 0)

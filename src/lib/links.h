@@ -45,6 +45,9 @@ typedef struct links_config {
 links *links_new(struct event_base *base, const links_config *cfg, const rpc_handlers *handlers, const rpc_self *self);
 void links_free(links *l);
 
+/* Every address a name stands for (as the links resolve it): count, or -1 + err. */
+int links_resolve(const char *name, uint16_t default_port, net_addr *out, size_t max, char *err);
+
 /* Check a name's form without resolving it (for start-up: a malformed
  * address is a usage error; an unresolvable one is retried). */
 int links_check_name(const char *name, uint16_t default_port, char *err);

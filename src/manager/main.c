@@ -12,6 +12,7 @@
 #include "binlog.h"
 #include "config.h"
 #include "daemon.h"
+#include "links.h"
 #include "log.h"
 #include "manager.h"
 #include "metrics.h"
@@ -103,9 +104,8 @@ int main(int argc, char **argv)
     opts_parse(&manager_spec, &cfg, argc, argv, NULL, 0, NULL);
     if (net_parse(cfg.listen, KUMO_MANAGER_PORT, &m.self, err) < 0) opts_die(&manager_spec, "-l: %s", err);
     if (cfg.partner) {
-        if (net_parse(cfg.partner, KUMO_MANAGER_PORT, &m.partner, err) < 0) opts_die(&manager_spec, "-p: %s", err);
-        if (net_equal(&m.partner, &m.self)) opts_die(&manager_spec, "-p must name the other manager, not this one");
-        m.has_partner = true;
+        if (links_check_name(cfg.partner, KUMO_MANAGER_PORT, err) < 0) opts_die(&manager_spec, "-p: %s", err);
+        m.has_partner = true; /* resolved by partner.c, again whenever the link is down */
     }
     binlog_set_node_addr("manager", &m.self);
     if (daemon_start("kumo-manager", &cfg.common) < 0) return 1;

@@ -62,7 +62,8 @@ typedef struct manager {
     struct event *auto_timer;
     /* the second manager (partner.c) */
     bool has_partner;
-    net_addr partner;
+    net_addr partner;         /* len 0 until the -p name resolves */
+    double partner_resolved;  /* monotonic time of the last lookup */
     rpc_conn *partner_conn;   /* the link in use */
     rpc_conn *partner_dialed; /* our own connection attempt */
     struct event *partner_retry;

@@ -2,7 +2,11 @@
  * partner — the second manager (user guide 3, 4.2).
  *
  * Each manager keeps a link to the other (-p), reconnected every tick while
- * down, and sends it its hash spaces whenever they change and when the link
+ * down. The partner's name is resolved at start and again every few seconds
+ * while the link is down (a partner may come back under a new address); of
+ * the addresses it stands for, the first that is not this manager's own is
+ * the partner, so both managers may be given one name. It sends the partner
+ * its hash spaces whenever they change and when the link
  * comes up. A pushed pair is adopted piece by piece when it is not empty and
  * not older than what is held (a restarted manager starts empty and must not
  * wipe the cluster's routing), then passed on to this manager's servers and
@@ -16,7 +20,9 @@
  * Calls: membership.c, replace.c, rpc, hashspace, log. Thread rule: main loop.
  */
 #include <string.h>
+#include <time.h>
 
+#include "links.h"
 #include "log.h"
 #include "manager.h"
 #include "proto.h"
@@ -42,9 +48,13 @@ void partner_sync(manager *m)
     rpc_call_end(c);
 }
 
+static bool resolve_partner(manager *m);
+
 static bool is_partner(manager *m, rpc_conn *c)
 {
-    return m->has_partner && rpc_hello_done(c) && net_equal(rpc_peer_addr(c), &m->partner);
+    if (!m->has_partner || !rpc_hello_done(c)) return false;
+    if (!net_equal(rpc_peer_addr(c), &m->partner) && resolve_partner(m)) m->partner_resolved = 0;
+    return net_equal(rpc_peer_addr(c), &m->partner);
 }
 
 bool partner_up(const manager *m) { return m->partner_conn && rpc_hello_done(m->partner_conn); }
@@ -163,10 +173,45 @@ void partner_hello(manager *m, rpc_conn *c)
 
 static void on_hello(void *arg, rpc_conn *c) { partner_hello(arg, c); }
 
+#define RESOLVE_EVERY 5.0
+
+/* Look the partner's name up; true if it names some other manager. */
+static bool resolve_partner(manager *m)
+{
+    char err[KUMO_ERRLEN], buf[NET_ADDRSTRLEN];
+    net_addr found[LINKS_MAX];
+    int n = links_resolve(m->cfg->partner, KUMO_MANAGER_PORT, found, LINKS_MAX, err);
+    if (n < 0) {
+        log_warn("partner: %s (will retry)", err);
+        return m->partner.len != 0;
+    }
+    for (int i = 0; i < n; i++) {
+        if (net_equal(&found[i], &m->self)) continue;
+        if (!net_equal(&found[i], &m->partner))
+            log_info("partner %s is %s", m->cfg->partner, net_format(&found[i], buf, sizeof(buf)));
+        m->partner = found[i];
+        return true;
+    }
+    log_warn("partner: '%s' names only this manager (will retry)", m->cfg->partner);
+    return m->partner.len != 0;
+}
+
 static void retry_cb(evutil_socket_t fd, short what, void *arg)
 {
     manager *m = arg;
-    if (!m->partner_conn && !m->partner_dialed) partner_connect(m);
+    if (m->partner_conn || m->partner_dialed) return;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double now = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    if (m->partner.len == 0 || now - m->partner_resolved > RESOLVE_EVERY) {
+        m->partner_resolved = now;
+        if (!resolve_partner(m)) {
+            struct timeval tv = tv_of(m->cfg->common.clock_interval);
+            evtimer_add(m->partner_retry, &tv);
+            return;
+        }
+    }
+    partner_connect(m);
 }
 
 static void partner_connect(manager *m)
@@ -186,7 +231,7 @@ void partner_start(manager *m)
 {
     if (!m->has_partner) return;
     m->partner_retry = evtimer_new(m->base, retry_cb, m);
-    partner_connect(m);
+    retry_cb(-1, 0, m);
 }
 
 void partner_stop(manager *m)

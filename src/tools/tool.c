@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "links.h"
 #include "rpc.h"
 
 static double now_mono(void)
@@ -88,11 +89,18 @@ int tool_connect_addr(tool_conn *t, const net_addr *addr, double timeout, char *
 
 int tool_connect(tool_conn *t, const char *addr, uint16_t default_port, double timeout, char *err)
 {
-    net_addr a;
+    net_addr a[LINKS_MAX];
     memset(t, 0, sizeof(*t));
     t->fd = -1;
-    if (net_parse(addr, default_port, &a, err) < 0) return -1;
-    return tool_connect_addr(t, &a, timeout, err);
+    /* A name may stand for several managers (A records, SRV): the first
+     * that answers will do. */
+    int n = links_resolve(addr, default_port, a, LINKS_MAX, err);
+    if (n <= 0) return n == 0 ? kumo_err(err, "'%s': no address", addr) : -1;
+    for (int i = 0; i < n; i++) {
+        if (i > 0) tool_close(t);
+        if (tool_connect_addr(t, &a[i], timeout, err) == 0) return 0;
+    }
+    return -1;
 }
 
 void tool_close(tool_conn *t)
