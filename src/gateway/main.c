@@ -179,9 +179,9 @@ int main(int argc, char **argv)
     char buf[NET_ADDRSTRLEN];
     if (cfg.text) log_info("start gateway, memcached text protocol on %s", net_format(&text_addr, buf, sizeof(buf)));
     if (cfg.binary) log_info("start gateway, memcached binary protocol on %s", net_format(&binary_addr, buf, sizeof(buf)));
-    binlog_event(LOG_LVL_INFO, "start", BL_STR("role", "gateway"), BL_ADDR("listen", cfg.text ? &text_addr : &binary_addr),
-                 BL_STR("manager1", cfg.manager1), BL_STR("manager2", cfg.manager2), BL_UINT("pid", getpid()),
-                 BL_STR("version", PACKAGE_VERSION));
+    binlog_event(LOG_LVL_INFO, "start", BL_STR("role", "gateway"),
+                 BL_ADDR("listen", cfg.text ? &text_addr : &binary_addr), BL_STR("manager1", cfg.manager1),
+                 BL_STR("manager2", cfg.manager2), BL_UINT("pid", getpid()), BL_STR("version", PACKAGE_VERSION));
 
     event_base_dispatch(g.base);
 

@@ -19,6 +19,7 @@
 #include "daemon.h"
 #include "gateway.h"
 #include "links.h"
+#include "binlog.h"
 #include "log.h"
 #include "proto.h"
 #include "record.h"
@@ -63,18 +64,19 @@ static void adopt(gateway *g, const msgpack_object *pair)
         log_warn("bad hash space from manager: %s", err);
     } else {
         bool changed = false;
-        if (!hashspace_empty(w) && w->clocktime >= g->whs->clocktime) {
+        if (!hashspace_blank(w) && w->clocktime >= g->whs->clocktime) {
             changed |= !hashspace_same_nodes(w, g->whs);
             hashspace_unref(g->whs);
             g->whs = hashspace_ref(w);
         }
-        if (!hashspace_empty(r) && r->clocktime >= g->rhs->clocktime) {
+        if (!hashspace_blank(r) && r->clocktime >= g->rhs->clocktime) {
             changed |= !hashspace_same_nodes(r, g->rhs);
             hashspace_unref(g->rhs);
             g->rhs = hashspace_ref(r);
         }
         if (changed) {
             log_info("new hash space: %zu servers", g->whs->ring.nnodes);
+            binlog_event(LOG_LVL_INFO, "hash_space", BL_UINT("whs_ct", g->whs->clocktime), BL_UINT("rhs_ct", g->rhs->clocktime), BL_UINT("servers", g->whs->ring.nnodes));
             notify_state(g);
         }
     }
@@ -226,6 +228,7 @@ static void finish_error(rop *r, const char *why)
     r->g->stats.errors++;
     log_warn("%s of a key failed after %d attempts: %s",
              r->kind == ROP_GET ? "get" : r->kind == ROP_SET ? "write" : "delete", r->attempt, why);
+    binlog_event(LOG_LVL_WARN, r->kind == ROP_GET ? "get_failed" : r->kind == ROP_SET ? "set_failed" : "delete_failed", BL_BYTES("key", r->dbkey + 8, r->dklen - 8), BL_UINT("attempts", r->attempt), BL_STR("error", why));
     event_base_once(r->g->base, -1, EV_TIMEOUT, finish_error_cb, r, &zero);
 }
 

@@ -12,9 +12,10 @@
  * values to BINLOG_MAX_VALUE bytes so that every record fits.
  *
  * The writer is process-wide state like the text log (log.h): set up once
- * in main() before threads start (binlog_set_node, then daemon_start opens
- * the file), reopened by SIGHUP (daemon.c calls binlog_reopen), so
- * logrotate can move the file away. Each record is written with a single
+ * in main() before threads start (daemon_start opens the file, and
+ * binlog_set_node names the node before the first record), reopened on
+ * SIGHUP (daemon.c calls binlog_reopen), so logrotate can move the file
+ * away. Each record is written with a single
  * write(2) on an O_APPEND descriptor under a mutex: records from different
  * threads never interleave, and a reader never sees half of one unless the
  * disk filled up.
@@ -78,7 +79,8 @@ typedef struct binlog_field {
 /* ---- the writer ---- */
 
 /* The node name written in every record ("server@127.0.0.1:19800");
- * copied. Call before binlog_open (daemon_start) so the first record has it. */
+ * copied. Call at start-up, before the first record is written (before or
+ * after binlog_open), while the process has one thread. */
 void binlog_set_node(const char *node);
 /* The same from a role and an address: "server@127.0.0.1:19800". */
 void binlog_set_node_addr(const char *role, const net_addr *addr);

@@ -36,8 +36,12 @@ hashspace *hashspace_new(const ring_node *nodes, size_t n, uint64_t clocktime);
 hashspace *hashspace_ref(hashspace *hs);
 void hashspace_unref(hashspace *hs);
 
-/* true when no node is active (a seed that must not replace a good one). */
+/* true when no node is active (nothing can be routed). */
 bool hashspace_empty(const hashspace *hs);
+/* true when the snapshot lists no node at all: what a freshly started
+ * manager holds, which must never replace a real one. (All nodes fault is
+ * not blank: it is news that must reach every router.) */
+static inline bool hashspace_blank(const hashspace *hs) { return !hs || hs->ring.nnodes == 0; }
 /* Same nodes, same order, same active flags (clocktime ignored). */
 bool hashspace_same_nodes(const hashspace *a, const hashspace *b);
 /* Index of `addr` in hs->ring.nodes, or -1. */

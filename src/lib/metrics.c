@@ -93,12 +93,59 @@ static void put_label_value(struct evbuffer *b, const char *s)
 
 void metrics_family(metrics_out *o, const char *name, metrics_type type, const char *help)
 {
+    static const char *const type_name[] = {"counter", "gauge", "histogram"};
     snprintf(o->family, sizeof(o->family), "%s", name);
     o->type = type;
     const char *suffix = type == METRICS_COUNTER && !o->om ? "_total" : "";
     evbuffer_add_printf(o->buf, "# HELP %s%s ", name, suffix);
     put_help(o->buf, help);
-    evbuffer_add_printf(o->buf, "\n# TYPE %s%s %s\n", name, suffix, type == METRICS_COUNTER ? "counter" : "gauge");
+    evbuffer_add_printf(o->buf, "\n# TYPE %s%s %s\n", name, suffix, type_name[type]);
+}
+
+static const double hist_bounds[METRICS_HIST_BUCKETS] = METRICS_HIST_BOUNDS;
+
+void metrics_hist_observe(metrics_hist *h, double seconds)
+{
+    if (seconds < 0) seconds = 0;
+    h->count++;
+    h->sum += seconds;
+    for (int i = 0; i < METRICS_HIST_BUCKETS; i++) {
+        if (seconds <= hist_bounds[i]) {
+            h->bucket[i]++;
+            return;
+        }
+    }
+}
+
+void metrics_histogram(metrics_out *o, const char *name, const char *help, const char *label,
+                       const char *const *values, const metrics_hist *hists, size_t n)
+{
+    metrics_family(o, name, METRICS_HISTOGRAM, help);
+    for (size_t k = 0; k < n; k++) {
+        const metrics_hist *h = &hists[k];
+        uint64_t cum = 0;
+        for (int i = 0; i <= METRICS_HIST_BUCKETS; i++) {
+            char le[32];
+            if (i < METRICS_HIST_BUCKETS) {
+                cum += h->bucket[i];
+                snprintf(le, sizeof(le), "%g", hist_bounds[i]);
+                if (!strpbrk(le, ".e")) strcat(le, ".0"); /* OpenMetrics: le="1.0", not "1" */
+            } else {
+                cum = h->count;
+                snprintf(le, sizeof(le), "+Inf");
+            }
+            evbuffer_add_printf(o->buf, "%s_bucket{%s=\"", name, label);
+            put_label_value(o->buf, values[k]);
+            evbuffer_add_printf(o->buf, "\",le=\"%s\"} %llu\n", le, (unsigned long long)cum);
+        }
+        evbuffer_add_printf(o->buf, "%s_sum{%s=\"", name, label);
+        put_label_value(o->buf, values[k]);
+        evbuffer_add(o->buf, "\"} ", 3);
+        put_value(o->buf, h->sum);
+        evbuffer_add_printf(o->buf, "\n%s_count{%s=\"", name, label);
+        put_label_value(o->buf, values[k]);
+        evbuffer_add_printf(o->buf, "\"} %llu\n", (unsigned long long)h->count);
+    }
 }
 
 static void vsample(metrics_out *o, double value, va_list ap)

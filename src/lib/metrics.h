@@ -35,7 +35,21 @@ typedef struct metrics_out metrics_out;
 typedef enum metrics_type {
     METRICS_COUNTER,
     METRICS_GAUGE,
+    METRICS_HISTOGRAM,
 } metrics_type;
+
+/* A latency histogram the daemon fills (metrics_hist_observe) and a scrape
+ * shows. Upper bounds in seconds: METRICS_HIST_BOUNDS; not cumulative here,
+ * the writer sums them. Zero-initialise. Same thread rule as the rest. */
+#define METRICS_HIST_BUCKETS 14
+#define METRICS_HIST_BOUNDS \
+    {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 10}
+typedef struct metrics_hist {
+    uint64_t count;
+    double sum;
+    uint64_t bucket[METRICS_HIST_BUCKETS];
+} metrics_hist;
+void metrics_hist_observe(metrics_hist *h, double seconds);
 
 /* Describe the daemon's metrics into out (called once per scrape). */
 typedef void (*metrics_collect_fn)(void *arg, metrics_out *out);
@@ -56,6 +70,9 @@ void metrics_sample(metrics_out *o, double value, ...) __attribute__((sentinel))
 /* A family with one unlabelled sample. */
 void metrics_counter(metrics_out *o, const char *name, const char *help, uint64_t value);
 void metrics_gauge(metrics_out *o, const char *name, const char *help, double value);
+/* A histogram family: n series labelled label=values[i], each hists[i]. */
+void metrics_histogram(metrics_out *o, const char *name, const char *help, const char *label,
+                       const char *const *values, const metrics_hist *hists, size_t n);
 /* The hash spaces a daemon holds, as <prefix>_hash_space_timestamp_seconds,
  * <prefix>_hash_space_clock (the ClockTime's counter) and
  * <prefix>_hash_space_servers{state}, each labelled space="whs"/"rhs". */

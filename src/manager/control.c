@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "binlog.h"
 #include "log.h"
 #include "manager.h"
 #include "proto.h"
@@ -67,9 +68,11 @@ static long reconfigure(manager *m, bool attach, bool detach, bool replace, net_
             ms->newcomer = false;
             list[nchanged++] = rn->addr;
             log_info("attach %s", fmt(&rn->addr, buf));
+            binlog_event(LOG_LVL_INFO, "server_attached", BL_ADDR("addr", &rn->addr));
         } else if (!rn->active && detach) {
             list[nchanged++] = rn->addr;
             log_info("detach %s", fmt(&rn->addr, buf));
+            binlog_event(LOG_LVL_INFO, "server_detached", BL_ADDR("addr", &rn->addr));
             if (ms && ms->conn) ms->newcomer = true;
         } else {
             nodes[n++] = *rn;
@@ -82,6 +85,7 @@ static long reconfigure(manager *m, bool attach, bool detach, bool replace, net_
         ms->newcomer = false;
         list[nchanged++] = ms->addr;
         log_info("attach %s", fmt(&ms->addr, buf));
+        binlog_event(LOG_LVL_INFO, "server_attached", BL_ADDR("addr", &ms->addr));
     }
     if (nchanged > 0) {
         hashspace *w = hashspace_new(nodes, n, clock_next(&m->clock));

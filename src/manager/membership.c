@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "daemon.h"
+#include "binlog.h"
 #include "log.h"
 #include "manager.h"
 #include "proto.h"
@@ -90,6 +91,7 @@ static void install(manager *m, hashspace *whs, hashspace *rhs)
     hashspace_unref(m->rhs);
     m->whs = whs;
     m->rhs = rhs;
+    binlog_event(LOG_LVL_INFO, "hash_space", BL_UINT("whs_ct", whs->clocktime), BL_UINT("rhs_ct", rhs->clocktime), BL_UINT("servers", whs->ring.nnodes));
     for (size_t i = 0; i < m->nservers; i++) push_to_server(m, m->servers[i]);
     for (size_t i = 0; i < m->ngateways; i++) push_to_gateway(m, m->gateways[i]);
     notify_status(m);
@@ -162,6 +164,7 @@ static void server_lost(manager *m, mserver *ms)
 {
     char buf[NET_ADDRSTRLEN];
     log_warn("lost node server %s", fmt(&ms->addr, buf));
+    binlog_event(LOG_LVL_WARN, "server_lost", BL_ADDR("addr", &ms->addr));
     ms->newcomer = false;
     membership_schedule_auto_replace(m);
     uint64_t ct = clock_next(&m->clock);
@@ -281,6 +284,7 @@ static void server_hello(manager *m, rpc_conn *c)
     if (!is_active_member(m, a) && !ms->newcomer) {
         ms->newcomer = true;
         log_info("new node server %s", fmt(a, buf));
+        binlog_event(LOG_LVL_INFO, "server_new", BL_ADDR("addr", a));
         membership_schedule_auto_replace(m);
     }
     push_to_server(m, ms);

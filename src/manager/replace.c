@@ -13,6 +13,7 @@
  *
  * Calls: membership.c, rpc, hashspace, log. Thread rule: main loop.
  */
+#include "binlog.h"
 #include "log.h"
 #include "manager.h"
 #include "proto.h"
@@ -38,6 +39,7 @@ static void finish(manager *m)
     m->replacing = false;
     snprintf(buf, sizeof(buf), "%llu", (unsigned long long)m->replace_ct);
     log_info("replace finished time(%s)", buf);
+    binlog_event(LOG_LVL_INFO, "replace_finished", BL_UINT("clocktime", m->replace_ct));
 }
 
 #define REPLACE_RETRY_DELAY 3

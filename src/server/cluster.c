@@ -14,6 +14,7 @@
 
 #include "daemon.h"
 #include "links.h"
+#include "binlog.h"
 #include "log.h"
 #include "proto.h"
 #include "server.h"
@@ -60,16 +61,16 @@ static bool adopt(server *s, const msgpack_object *params)
         return false;
     }
     bool changed = false;
-    if (!hashspace_empty(w) && w->clocktime >= s->whs->clocktime && !hashspace_same_nodes(w, s->whs)) {
+    if (!hashspace_blank(w) && w->clocktime >= s->whs->clocktime && !hashspace_same_nodes(w, s->whs)) {
         cluster_set_hashspaces(s, hashspace_ref(w), NULL);
         changed = true;
-    } else if (!hashspace_empty(w) && w->clocktime > s->whs->clocktime) {
+    } else if (!hashspace_blank(w) && w->clocktime > s->whs->clocktime) {
         cluster_set_hashspaces(s, hashspace_ref(w), NULL);
     }
-    if (!hashspace_empty(r) && r->clocktime >= s->rhs->clocktime && !hashspace_same_nodes(r, s->rhs)) {
+    if (!hashspace_blank(r) && r->clocktime >= s->rhs->clocktime && !hashspace_same_nodes(r, s->rhs)) {
         cluster_set_hashspaces(s, NULL, hashspace_ref(r));
         changed = true;
-    } else if (!hashspace_empty(r) && r->clocktime > s->rhs->clocktime) {
+    } else if (!hashspace_blank(r) && r->clocktime > s->rhs->clocktime) {
         cluster_set_hashspaces(s, NULL, hashspace_ref(r));
     }
     clock_update(&s->clock, w->clocktime);
@@ -77,6 +78,7 @@ static bool adopt(server *s, const msgpack_object *params)
     hashspace_unref(r);
     if (changed) {
         log_info("new hash space: whs %zu nodes, rhs %zu nodes", s->whs->ring.nnodes, s->rhs->ring.nnodes);
+        binlog_event(LOG_LVL_INFO, "hash_space", BL_UINT("whs_ct", s->whs->clocktime), BL_UINT("rhs_ct", s->rhs->clocktime), BL_UINT("whs_servers", s->whs->ring.nnodes), BL_UINT("rhs_servers", s->rhs->ring.nnodes));
         notify_state(s);
     }
     return changed;

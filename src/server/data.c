@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "binlog.h"
 #include "log.h"
 #include "proto.h"
 #include "record.h"
@@ -296,6 +297,7 @@ static void repl_done(void *arg, rpc_status st, const msgpack_object *result)
             snprintf(r->why, sizeof(r->why), "%s: %s", net_format(&t->to, buf, sizeof(buf)),
                      rpc_strerror(st, result, why, sizeof(why)));
             log_warn("replication failed: %s", r->why);
+            binlog_event(LOG_LVL_WARN, "replicate_failed", BL_BYTES("key", r->rec + 8, r->klen - 8), BL_ADDR("to", &t->to), BL_UINT("clocktime", r->ct), BL_STR("error", r->why));
         }
     }
     free(t);

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <event2/listener.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -91,6 +92,21 @@ static void set_config(rpc_conn *c, uint32_t msgid, const msgpack_object *params
     rpc_reply_uint(c, msgid, count);
 }
 
+/* --metrics: the time each request spends in its handler on this server
+ * (a write's replication is answered later and not included). */
+enum { REQ_GET, REQ_SET, REQ_DELETE, REQ_REPLICATE, REQ_STATUS, REQ_OTHER, REQ_KINDS };
+static const char *const req_names[REQ_KINDS] = {"get", "set", "delete", "replicate", "status", "other"};
+struct server_metrics {
+    metrics_hist req[REQ_KINDS];
+};
+
+static double mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 static void on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
 {
     server *s = arg;
@@ -98,7 +114,16 @@ static void on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, 
         set_config(c, msgid, params);
         return;
     }
+    if (!s->metrics) {
+        cluster_dispatch(s, c, msgid, method, params);
+        return;
+    }
+    double t0 = mono();
     cluster_dispatch(s, c, msgid, method, params);
+    int k = method == SRV_GET ? REQ_GET : method == SRV_SET ? REQ_SET : method == SRV_DELETE ? REQ_DELETE
+          : method == SRV_REPLICATE ? REQ_REPLICATE
+          : method == SRV_STATUS ? REQ_STATUS : REQ_OTHER;
+    metrics_hist_observe(&s->metrics->req[k], mono() - t0);
 }
 
 /* --metrics: what a scrape shows (metrics.h). */
@@ -125,6 +150,10 @@ static void collect_metrics(void *arg, metrics_out *o)
                     "tombstones dropped from memory under -gS before -gN (left in the database)", g.forgotten);
     metrics_gauge(o, "kumo_server_peer_connections", "open connections to other servers", (double)peers);
     metrics_gauge(o, "kumo_server_manager_connections", "managers connected", (double)managers);
+    if (s->metrics)
+        metrics_histogram(o, "kumo_server_request_duration_seconds",
+                          "time in the request handler by method (replication not included)", "method", req_names,
+                          s->metrics->req, REQ_KINDS);
 }
 
 /* Accepted connections live until the peer closes them; the list lets
@@ -185,15 +214,34 @@ static void stop(void *arg)
 /* No -l: announce the address this host reaches its manager from, so one
  * container image needs no per-container flags. Waits (with back-off) until
  * a manager name resolves. */
+static volatile sig_atomic_t stop_waiting;
+
+static void on_stop_signal(int sig) { stop_waiting = sig; }
+
 static void find_self(server *s)
 {
     const char *names[3] = {s->cfg->manager1, s->cfg->manager2, NULL};
     char err[KUMO_ERRLEN], buf[NET_ADDRSTRLEN];
+    /* The event loop's signal handling does not exist yet: a SIGTERM while
+     * waiting must still be a clean exit. */
+    struct sigaction sa, old_term, old_int;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_stop_signal;
+    sigaction(SIGTERM, &sa, &old_term);
+    sigaction(SIGINT, &sa, &old_int);
     for (unsigned wait = 1;; wait = wait < 8 ? wait * 2 : 10) {
         if (links_local_address(names, KUMO_MANAGER_PORT, &s->self, err) == 0) break;
         log_warn("cannot find this server's address yet: %s (retrying in %u s)", err, wait);
-        sleep(wait);
+        for (unsigned left = wait; left > 0 && !stop_waiting;) left = sleep(left);
+        if (stop_waiting) {
+            log_info("signal %d while waiting for a manager: exiting", (int)stop_waiting);
+            daemon_notify("STOPPING=1");
+            daemon_remove_pidfile();
+            exit(0);
+        }
     }
+    sigaction(SIGTERM, &old_term, NULL);
+    sigaction(SIGINT, &old_int, NULL);
     net_set_port(&s->self, KUMO_SERVER_PORT);
     log_info("no -l given: this server is %s", net_format(&s->self, buf, sizeof(buf)));
 }
@@ -212,13 +260,13 @@ int main(int argc, char **argv)
     if (cfg.manager2 && strcmp(cfg.manager1, cfg.manager2) == 0)
         opts_die(&server_spec, "-p must name a different manager than -m");
 
-    binlog_set_node_addr("server", &s.self);
     if (links_check_name(cfg.manager1, KUMO_MANAGER_PORT, err) < 0) opts_die(&server_spec, "-m: %s", err);
     if (cfg.manager2 && links_check_name(cfg.manager2, KUMO_MANAGER_PORT, err) < 0)
         opts_die(&server_spec, "-p: %s", err);
     if (daemon_start("kumo-server", &cfg.common) < 0) return 1;
     s.cfg = &cfg;
     if (!cfg.listen) find_self(&s);
+    binlog_set_node_addr("server", &s.self); /* before the first record; -l may have been found just now */
     s.started = time(NULL);
     clock_init(&s.clock);
     s.whs = hashspace_new(NULL, 0, 0);
@@ -250,6 +298,9 @@ int main(int argc, char **argv)
         return 1;
     }
     metrics_server *metrics = NULL;
+    struct server_metrics sm;
+    memset(&sm, 0, sizeof(sm));
+    if (cfg.common.metrics) s.metrics = &sm;
     if (cfg.common.metrics &&
         !(metrics = metrics_start(s.base, cfg.common.metrics, "server", s.started, collect_metrics, &s, err))) {
         log_fatal("%s", err);

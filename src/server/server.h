@@ -78,6 +78,7 @@ typedef struct server {
     struct ev_token_bucket_cfg *rate;       /* --replace-rate */
     struct event *flush_timer;
     struct gc *gc; /* gc.c: remembered tombstones */
+    struct server_metrics *metrics; /* main.c: request latencies for --metrics */
 } server;
 
 /* cluster.c */

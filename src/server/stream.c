@@ -363,6 +363,7 @@ static bool apply_pairs(pull *p)
             break;
         }
         p->applied += (uint64_t)rc;
+        if (rc == 1) gc_tombstone(p->s, k, kl, v, vl);
     }
     if (ok && r != MSGPACK_UNPACK_SUCCESS && r != MSGPACK_UNPACK_CONTINUE) {
         snprintf(p->err, sizeof(p->err), "malformed stream");

@@ -320,6 +320,17 @@ def stop_all():
             d.proc.wait()
 
 
+_cleanup_hooks = []
+
+
+def at_cleanup(fn):
+    """Run fn() at cleanup, after every daemon has been stopped (hooks run
+    last-registered first, also on a signal or the watchdog). For what a test
+    sets up beside its daemons: network namespaces, files under /etc."""
+    _cleanup_hooks.append(fn)
+    return fn
+
+
 def cleanup():
     global _cleaned
     with _cleanup_lock:
@@ -330,6 +341,11 @@ def cleanup():
             stop_all()
         except Exception:
             traceback.print_exc()
+        for fn in reversed(_cleanup_hooks):
+            try:
+                fn()
+            except Exception:
+                traceback.print_exc()
         failed = tap.failed > 0 or not tap.finished
         if failed and _daemons:
             dump_logs()

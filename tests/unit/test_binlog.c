@@ -14,7 +14,8 @@
 
 static bool obj_is_str(const msgpack_object *o, const char *s)
 {
-    return o->type == MSGPACK_OBJECT_STR && o->via.str.size == strlen(s) && memcmp(o->via.str.ptr, s, o->via.str.size) == 0;
+    return o->type == MSGPACK_OBJECT_STR && o->via.str.size == strlen(s) &&
+           memcmp(o->via.str.ptr, s, o->via.str.size) == 0;
 }
 
 static const msgpack_object *field(const binlog_record *r, const char *key)
