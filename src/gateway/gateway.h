@@ -21,6 +21,7 @@
 #include "cmdline.h"
 #include "config.h"
 #include "hashspace.h"
+#include "metrics.h"
 #include "net.h"
 #include "rpc.h"
 
@@ -59,7 +60,11 @@ typedef struct gateway_stats {
     uint64_t bytes_read, bytes_written;
     uint64_t curr_connections, total_connections;
     uint64_t errors;
+    uint64_t retries; /* attempts after the first, every operation */
 } gateway_stats;
+
+/* Latency of the operations the router runs, by kind (metrics). */
+enum { GW_LAT_GET, GW_LAT_WRITE, GW_LAT_DELETE, GW_LAT_KINDS };
 
 typedef struct gateway {
     struct event_base *base;
@@ -81,6 +86,7 @@ typedef struct gateway {
     long max_connections; /* RLIMIT_NOFILE, shown by stats */
     unsigned text_port;
     gateway_stats stats;
+    metrics_hist latency[GW_LAT_KINDS];
 } gateway;
 
 /* router.c — every callback runs later from the event loop, exactly once. */

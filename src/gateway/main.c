@@ -86,6 +86,7 @@ static void collect_metrics(void *arg, metrics_out *o)
         C(touch_hits, "touch of a present key"), C(touch_misses, "touch of a missing key"),
         C(store_too_large, "values refused as larger than -I"), C(bytes_read, "bytes read from clients"),
         C(bytes_written, "bytes written to clients"), C(errors, "operations that failed after every retry"),
+        C(retries, "attempts repeated at another owner or after a pause"),
 #undef C
     };
     for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++)
@@ -98,6 +99,10 @@ static void collect_metrics(void *arg, metrics_out *o)
     if (g->managers) managers = links_up(g->managers);
     metrics_gauge(o, "kumo_gateway_server_connections", "open connections to servers", (double)servers);
     metrics_gauge(o, "kumo_gateway_manager_connections", "managers connected", (double)managers);
+    static const char *const kinds[GW_LAT_KINDS] = {"get", "write", "delete"};
+    metrics_histogram(o, "kumo_gateway_request_duration_seconds",
+                      "time from a request's routing to its answer, retries included, by kind", "kind", kinds,
+                      g->latency, GW_LAT_KINDS);
     metrics_hash_spaces(o, "kumo_gateway", g->whs, g->rhs);
 }
 

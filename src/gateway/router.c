@@ -165,6 +165,7 @@ typedef struct rop {
     uint64_t hash;
     int attempt;
     int max_attempts;
+    double started;
     uint8_t *val;
     size_t vlen;
     router_get_fn get_fn;
@@ -184,6 +185,7 @@ static rop *rop_new(gateway *g, int kind, const char *key, size_t klen)
         abort();
     }
     r->g = g;
+    r->started = now_mono();
     g->ops_inflight++;
     r->kind = kind;
     r->hash = ring_hash(key, klen);
@@ -194,6 +196,9 @@ static rop *rop_new(gateway *g, int kind, const char *key, size_t klen)
 
 static void rop_free(rop *r)
 {
+    int kind = r->kind == ROP_GET ? GW_LAT_GET : r->kind == ROP_SET ? GW_LAT_WRITE : GW_LAT_DELETE;
+    metrics_hist_observe(&r->g->latency[kind], now_mono() - r->started);
+    if (r->attempt > 1) r->g->stats.retries += (uint64_t)(r->attempt - 1);
     r->g->ops_inflight--;
     free(r->val);
     free(r);

@@ -287,10 +287,12 @@ static void repl_done(void *arg, rpc_status st, const msgpack_object *result)
          * meanwhile) owes us nothing; one that still is gets another try. */
         bool owner = hashspace_is_owner(s->whs, r->hash, &t->to) || hashspace_is_owner(s->rhs, r->hash, &t->to);
         if (owner && ++t->tries <= r->max_tries && !s->stopping) {
+            s->repl_retries++;
             struct timeval tv = {0, REPLICATE_RETRY_USEC};
             event_base_once(s->base, -1, EV_TIMEOUT, repl_retry_cb, t, &tv);
             return;
         }
+        if (owner) s->repl_failures++;
         if (owner && !r->failed) {
             char buf[NET_ADDRSTRLEN], why[KUMO_ERRLEN];
             r->failed = true;

@@ -138,6 +138,9 @@ static void collect_metrics(void *arg, metrics_out *o)
     metrics_counter(o, "kumo_server_cmd_get", "gets served (kumostat cmd_get)", s->cmd_get);
     metrics_counter(o, "kumo_server_cmd_set", "writes coordinated (kumostat cmd_set)", s->cmd_set);
     metrics_counter(o, "kumo_server_cmd_delete", "deletes coordinated (kumostat cmd_delete)", s->cmd_delete);
+    metrics_counter(o, "kumo_server_replication_retries", "replica sends repeated (-S/-D)", s->repl_retries);
+    metrics_counter(o, "kumo_server_replication_failures", "replica sends given up on while still an owner",
+                    s->repl_failures);
     metrics_gauge(o, "kumo_server_items", "records in the database, tombstones included", (double)store_count(s->db));
     metrics_gauge(o, "kumo_server_db_bytes", "size of the database file", (double)store_file_size(s->db));
     metrics_hash_spaces(o, "kumo_server", s->whs, s->rhs);

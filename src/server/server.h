@@ -64,6 +64,7 @@ typedef struct server {
     size_t npeers, peers_cap;
     time_t started;
     uint64_t cmd_get, cmd_set, cmd_delete;
+    uint64_t repl_retries, repl_failures; /* replica sends repeated / given up */
     bool ready_notified;
     bool stopping;
     /* flush_all: records older than this ClockTime are gone once its second

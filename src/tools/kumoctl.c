@@ -171,7 +171,9 @@ int main(int argc, char **argv)
     msgpack_unpacked res;
     msgpack_unpacked_init(&res);
     int rc = 1;
-    if (tool_connect(&t, argv[1], KUMO_CONTROL_PORT, TOOL_TIMEOUT, err) < 0 ||
+    /* a backup takes as long as the largest database takes to copy */
+    double timeout = method == CTL_BACKUP ? 3600.0 : TOOL_TIMEOUT;
+    if (tool_connect(&t, argv[1], KUMO_CONTROL_PORT, timeout, err) < 0 ||
         tool_call(&t, method, &params, &res, err) < 0) {
         fprintf(stderr, "kumoctl: %s\n", err);
     } else if (method == CTL_STATUS) {
