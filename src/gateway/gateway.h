@@ -79,8 +79,6 @@ typedef struct gateway {
     double last_refresh;
     bool stopping;       /* router_stop ran: fail, do not retry */
     int ops_inflight;    /* router operations not yet answered */
-    struct event *drain; /* SIGTERM: waiting for them */
-    int drain_ticks;
     bool ready_notified;
     time_t started;
     long max_connections; /* RLIMIT_NOFILE, shown by stats */

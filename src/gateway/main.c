@@ -108,27 +108,16 @@ static void collect_metrics(void *arg, metrics_out *o)
 
 #define DRAIN_SECONDS 5.0
 
-static void drain_cb(evutil_socket_t fd, short what, void *arg)
-{
-    gateway *g = arg;
-    if (g->ops_inflight == 0 || --g->drain_ticks <= 0) {
-        if (g->ops_inflight) log_warn("shutting down with %d requests unfinished", g->ops_inflight);
-        event_base_loopexit(g->base, NULL);
-    }
-}
+static int pending(void *arg) { return ((gateway *)arg)->ops_inflight; }
 
-/* SIGTERM: take no new connections, let the requests in flight finish
- * (bounded), then leave the loop. */
+/* SIGTERM: take no new connections, let what is in flight finish
+ * (bounded), then leave the loop; main() closes everything. */
 static void stop(void *arg)
 {
     gateway *g = arg;
     if (g->text_listener) evconnlistener_disable(g->text_listener);
     if (g->binary_listener) evconnlistener_disable(g->binary_listener);
-    g->drain_ticks = (int)(DRAIN_SECONDS / 0.1);
-    g->drain = event_new(g->base, -1, EV_PERSIST, drain_cb, g);
-    struct timeval tv = {0, 100000};
-    event_add(g->drain, &tv);
-    drain_cb(-1, 0, g);
+    daemon_drain(g->base, pending, g, DRAIN_SECONDS);
 }
 
 int main(int argc, char **argv)
@@ -191,7 +180,6 @@ int main(int argc, char **argv)
     event_base_dispatch(g.base);
 
     metrics_stop(metrics);
-    if (g.drain) event_free(g.drain);
     if (g.text_listener) evconnlistener_free(g.text_listener);
     if (g.binary_listener) evconnlistener_free(g.binary_listener);
     router_stop(&g);

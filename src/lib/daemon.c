@@ -226,6 +226,41 @@ void daemon_signals_free(daemon_signals *ds)
     }
 }
 
+typedef struct drain {
+    struct event_base *base;
+    struct event *ev;
+    daemon_pending_fn pending;
+    void *arg;
+    int ticks;
+} drain;
+
+static void drain_cb(evutil_socket_t fd, short what, void *arg)
+{
+    drain *d = arg;
+    int left = d->pending(d->arg);
+    if (left > 0 && --d->ticks > 0) return;
+    if (left > 0) log_warn("shutting down with %d requests unfinished", left);
+    event_base_loopexit(d->base, NULL);
+    event_free(d->ev);
+    free(d);
+}
+
+void daemon_drain(struct event_base *base, daemon_pending_fn pending, void *arg, double seconds)
+{
+    drain *d = calloc(1, sizeof(*d));
+    if (!d || !(d->ev = event_new(base, -1, EV_PERSIST, drain_cb, d))) {
+        free(d);
+        event_base_loopexit(base, NULL);
+        return;
+    }
+    d->base = base;
+    d->pending = pending;
+    d->arg = arg;
+    d->ticks = (int)(seconds / 0.1) + 1;
+    struct timeval tv = {0, 100000};
+    event_add(d->ev, &tv);
+}
+
 void daemon_notify(const char *fmt, ...)
 {
     char buf[1024];

@@ -42,6 +42,11 @@ typedef struct daemon_signals {
 void daemon_signals_init(daemon_signals *ds, struct event_base *base, void (*stop)(void *arg), void *arg);
 void daemon_signals_free(daemon_signals *ds);
 
+/* Shutdown's drain: leave `base`'s loop once pending(arg) is 0, checking
+ * every 100 ms, or after `seconds` whatever is left (logged). */
+typedef int (*daemon_pending_fn)(void *arg);
+void daemon_drain(struct event_base *base, daemon_pending_fn pending, void *arg, double seconds);
+
 /* sd_notify(0, text), e.g. "READY=1\nSTATUS=serving". */
 void daemon_notify(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

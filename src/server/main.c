@@ -192,26 +192,15 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 
 #define DRAIN_SECONDS 5.0
 
-static void drain_cb(evutil_socket_t fd, short what, void *arg)
-{
-    server *s = arg;
-    if (s->writes_inflight == 0 || --s->drain_ticks <= 0) {
-        if (s->writes_inflight) log_warn("shutting down with %d writes unfinished", s->writes_inflight);
-        event_base_loopexit(s->base, NULL);
-    }
-}
+static int pending(void *arg) { return ((server *)arg)->writes_inflight; }
 
-/* SIGTERM: take no new connections, let the writes in flight finish
- * (bounded), then leave the loop; main() closes the database. */
+/* SIGTERM: take no new connections, let what is in flight finish
+ * (bounded), then leave the loop; main() closes everything. */
 static void stop(void *arg)
 {
     server *s = arg;
-    evconnlistener_disable(s->listener);
-    s->drain_ticks = (int)(DRAIN_SECONDS / 0.1);
-    s->drain = event_new(s->base, -1, EV_PERSIST, drain_cb, s);
-    struct timeval tv = {0, 100000};
-    event_add(s->drain, &tv);
-    drain_cb(-1, 0, s);
+    if (s->listener) evconnlistener_disable(s->listener);
+    daemon_drain(s->base, pending, s, DRAIN_SECONDS);
 }
 
 /* No -l: announce the address this host reaches its manager from, so one
@@ -322,7 +311,6 @@ int main(int argc, char **argv)
     event_base_dispatch(s.base);
 
     metrics_stop(metrics);
-    if (s.drain) event_free(s.drain);
     while (s.naccepted > 0) rpc_close(s.accepted[--s.naccepted]);
     free(s.accepted);
     evconnlistener_free(s.listener);

@@ -71,8 +71,6 @@ typedef struct server {
      * has come (kept in <db>.flush so a restart does not bring them back) */
     uint64_t flush_floor;
     int writes_inflight; /* coordinated writes not yet answered */
-    struct event *drain; /* SIGTERM: waiting for them */
-    int drain_ticks;
     bool replace_copying; /* a copy phase has transfers in flight */
     struct evconnlistener *stream_listener; /* -L */
     struct offer *offers;                   /* stream files waiting to be collected */
