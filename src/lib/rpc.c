@@ -24,6 +24,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "mpguard.h"
 
 #define RPC_SWEEP 0.25
 #define RPC_READ_CHUNK (64 * 1024)
@@ -43,6 +44,7 @@ struct rpc_conn {
     rpc_handlers h;
     rpc_self self;
     msgpack_unpacker up;
+    mpguard guard;           /* checks bytes before `up` allocates for them */
     msgpack_packer pk;       /* writes to the bufferevent's output */
     msgpack_sbuffer scratch; /* target of packers on a dead connection */
     msgpack_packer scratch_pk;
@@ -378,6 +380,11 @@ static void read_cb(struct bufferevent *bev, void *arg)
         }
         int got = evbuffer_remove(in, msgpack_unpacker_buffer(&c->up), n);
         if (got <= 0) break;
+        if (!mpguard_feed(&c->guard, msgpack_unpacker_buffer(&c->up), (size_t)got)) {
+            log_warn("%s: a frame declares more than %u bytes could hold, closing", c->name, RPC_MAX_FRAME);
+            teardown(c, true);
+            break;
+        }
         msgpack_unpacker_buffer_consumed(&c->up, (size_t)got);
         for (;;) {
             msgpack_unpack_return r = msgpack_unpacker_next(&c->up, &result);
@@ -445,6 +452,7 @@ static rpc_conn *conn_new(struct event_base *base, struct bufferevent *bev, cons
     c->h = *h;
     c->self = *self;
     c->next_msgid = 1;
+    mpguard_init(&c->guard, RPC_MAX_FRAME);
     c->peer_role = RPC_ROLE_TOOL;
     msgpack_sbuffer_init(&c->scratch);
     msgpack_packer_init(&c->scratch_pk, &c->scratch, msgpack_sbuffer_write);

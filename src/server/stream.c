@@ -29,6 +29,7 @@
 #include <zlib.h>
 
 #include "log.h"
+#include "mpguard.h"
 #include "proto.h"
 #include "record.h"
 #include "server.h"
@@ -325,6 +326,7 @@ typedef struct pull {
     z_stream zs;
     bool z_end;
     msgpack_unpacker up;
+    mpguard guard;
     uint64_t applied;
     char err[KUMO_ERRLEN];
 } pull;
@@ -400,6 +402,11 @@ static void pull_read_cb(struct bufferevent *bev, void *arg)
                 pull_finish(p, false);
                 return;
             }
+            if (!mpguard_feed(&p->guard, msgpack_unpacker_buffer(&p->up), ZCHUNK - p->zs.avail_out)) {
+                snprintf(p->err, sizeof(p->err), "a record declares more than %u bytes", RPC_MAX_FRAME);
+                pull_finish(p, false);
+                return;
+            }
             msgpack_unpacker_buffer_consumed(&p->up, ZCHUNK - p->zs.avail_out);
             if (rc == Z_STREAM_END) p->z_end = true;
             if (!apply_pairs(p)) {
@@ -451,6 +458,7 @@ static void handle_offer(server *s, rpc_conn *c, uint32_t msgid, const msgpack_o
     p->s = s;
     p->c = c;
     p->msgid = msgid;
+    mpguard_init(&p->guard, RPC_MAX_FRAME);
     rpc_hold(c);
     net_addr from = *rpc_peer_addr(c);
     net_set_port(&from, (uint16_t)port);

@@ -1,0 +1,36 @@
+/*
+ * mpguard — a bound on what a msgpack stream may make its parser allocate.
+ *
+ * msgpack-c's unpacker allocates an array's or map's element table as soon
+ * as it reads the header, before any element has arrived: nine bytes that
+ * declare 2^32 elements make it reserve 64 GiB. The guard reads the same
+ * bytes first, incrementally, and refuses a stream in which one top-level
+ * object declares more elements, or longer strings, than `limit` bytes could
+ * ever hold (every element takes at least one byte on the wire). Feed it
+ * every byte before handing it to msgpack_unpacker; it keeps only a few
+ * bytes of state and never allocates.
+ *
+ * Thread rule: one guard per stream. Calls: nothing.
+ */
+#ifndef KUMO_MPGUARD_H
+#define KUMO_MPGUARD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct mpguard {
+    uint64_t limit;    /* bytes one top-level object may take */
+    uint64_t expected; /* objects still to come in the current top-level object */
+    uint64_t declared; /* elements + payload bytes declared so far in it */
+    uint64_t skip;     /* payload bytes (str, bin, ext) still to pass over */
+    uint8_t hdr[9];    /* a header split across feeds */
+    uint8_t have, need;
+} mpguard;
+
+void mpguard_init(mpguard *g, uint64_t limit);
+/* Check the next len bytes of the stream. false: the stream declares more
+ * than the limit (or uses a reserved type byte) — drop the connection. */
+bool mpguard_feed(mpguard *g, const void *buf, size_t len);
+
+#endif
