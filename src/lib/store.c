@@ -63,6 +63,7 @@ struct store {
     char *path; /* the file, without "#name=value" options */
     int lock_fd; /* see "fcntl" above; -1 until the first backup */
     pthread_mutex_t walk_mu;
+    bool walking; /* a store_walk_* walk holds TC's one iterator */
     pthread_mutex_t stripes[STORE_STRIPES];
 };
 
@@ -343,6 +344,10 @@ int store_iterate(store *s, store_iter_fn fn, void *arg, char *err)
     TCXSTR *k = tcxstrnew(), *v = tcxstrnew();
     int rc = 0;
     pthread_mutex_lock(&s->walk_mu);
+    if (s->walking) {
+        rc = kumo_err(err, "%s: another walk is in progress", s->path);
+        goto out;
+    }
     if (!tchdbiterinit(s->hdb)) {
         rc = tc_err(s, s->path, err);
         goto out;
@@ -362,6 +367,48 @@ out:
     tcxstrdel(k);
     tcxstrdel(v);
     return rc;
+}
+
+int store_walk_begin(store *s, char *err)
+{
+    int rc = 0;
+    pthread_mutex_lock(&s->walk_mu);
+    if (s->walking) rc = 1;
+    else if (!tchdbiterinit(s->hdb)) rc = tc_err(s, s->path, err);
+    else s->walking = true;
+    pthread_mutex_unlock(&s->walk_mu);
+    return rc;
+}
+
+int store_walk_step(store *s, store_iter_fn fn, void *arg, size_t max, char *err)
+{
+    TCXSTR *k = tcxstrnew(), *v = tcxstrnew();
+    int rc = 1;
+    pthread_mutex_lock(&s->walk_mu);
+    for (size_t n = 0; n < max; n++) {
+        tcxstrclear(k);
+        tcxstrclear(v);
+        if (!tchdbiternext3(s->hdb, k, v)) {
+            rc = tchdbecode(s->hdb) == TCENOREC ? 0 : tc_err(s, s->path, err);
+            break;
+        }
+        if (fn(arg, tcxstrptr(k), (size_t)tcxstrsize(k), tcxstrptr(v), (size_t)tcxstrsize(v)) != 0) {
+            rc = 0;
+            break;
+        }
+    }
+    if (rc <= 0) s->walking = false;
+    pthread_mutex_unlock(&s->walk_mu);
+    tcxstrdel(k);
+    tcxstrdel(v);
+    return rc;
+}
+
+void store_walk_abort(store *s)
+{
+    pthread_mutex_lock(&s->walk_mu);
+    s->walking = false;
+    pthread_mutex_unlock(&s->walk_mu);
 }
 
 uint64_t store_count(store *s)

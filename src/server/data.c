@@ -586,6 +586,60 @@ static void handle_status(server *s, rpc_conn *c, uint32_t msgid, const msgpack_
     }
 }
 
+/* ---- walks over the whole database, in steps ---- */
+
+#define WALK_STEP 5000 /* records per loop turn: a few milliseconds */
+
+typedef struct walk {
+    server *s;
+    store_iter_fn fn;
+    data_walk_done_fn done;
+    void *arg;
+    bool started;
+} walk;
+
+static void walk_cb(evutil_socket_t fd, short what, void *arg)
+{
+    walk *w = arg;
+    server *s = w->s;
+    char err[KUMO_ERRLEN];
+    int rc;
+    if (s->stopping) {
+        if (w->started) store_walk_abort(s->db);
+        rc = -1;
+        snprintf(err, sizeof(err), "shutting down");
+    } else if (!w->started && (rc = store_walk_begin(s->db, err)) != 0) {
+        if (rc == 1) { /* another walk has the iterator: wait for it */
+            struct timeval tv = {0, 100000};
+            event_base_once(s->base, -1, EV_TIMEOUT, walk_cb, w, &tv);
+            return;
+        }
+    } else {
+        w->started = true;
+        rc = store_walk_step(s->db, w->fn, w->arg, WALK_STEP, err);
+        if (rc == 1) {
+            struct timeval zero = {0, 0};
+            event_base_once(s->base, -1, EV_TIMEOUT, walk_cb, w, &zero);
+            return;
+        }
+    }
+    if (rc < 0) log_error("database walk: %s", err);
+    w->done(s, w->arg, rc == 0);
+    free(w);
+}
+
+void data_walk(server *s, store_iter_fn fn, data_walk_done_fn done, void *arg)
+{
+    walk *w = calloc(1, sizeof(*w));
+    if (!w) {
+        done(s, arg, false);
+        return;
+    }
+    *w = (walk){.s = s, .fn = fn, .done = done, .arg = arg};
+    struct timeval zero = {0, 0};
+    event_base_once(s->base, -1, EV_TIMEOUT, walk_cb, w, &zero);
+}
+
 /* ---- flush_all ---- */
 
 static char *flush_path(server *s)
@@ -636,6 +690,13 @@ typedef struct sweep_ctx {
     uint64_t removed;
 } sweep_ctx;
 
+static void sweep_done(server *s, void *arg, bool ok)
+{
+    sweep_ctx *x = arg;
+    log_info("flush_all: %llu records removed", (unsigned long long)x->removed);
+    free(x);
+}
+
 static int sweep_record(void *arg, const void *key, size_t klen, const void *val, size_t vlen)
 {
     sweep_ctx *x = arg;
@@ -650,10 +711,10 @@ static int sweep_record(void *arg, const void *key, size_t klen, const void *val
 static void flush_sweep(evutil_socket_t fd, short what, void *arg)
 {
     server *s = arg;
-    char err[KUMO_ERRLEN];
-    sweep_ctx x = {.s = s};
-    if (store_iterate(s->db, sweep_record, &x, err) < 0) log_error("flush_all: %s", err);
-    log_info("flush_all: %llu records removed", (unsigned long long)x.removed);
+    sweep_ctx *x = calloc(1, sizeof(*x));
+    if (!x) return;
+    x->s = s;
+    data_walk(s, sweep_record, sweep_done, x);
 }
 
 static void handle_flush(server *s, rpc_conn *c, uint32_t msgid, const msgpack_object *params)

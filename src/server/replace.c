@@ -184,6 +184,10 @@ static int copy_record(void *arg, const void *key, size_t klen, const void *val,
 {
     copy_job *j = arg;
     server *s = j->s;
+    if (s->replace_latest > j->replace_ct) { /* superseded: stop, the new one copies */
+        j->failed++;
+        return 1;
+    }
     if (klen <= RECORD_KEY_HEADER || vlen < RECORD_TOMBSTONE) return 0;
     uint64_t h = record_key_hash(key, klen);
     uint32_t old[KUMO_REPLICAS], nw[KUMO_REPLICAS];
@@ -219,9 +223,19 @@ static int copy_record(void *arg, const void *key, size_t klen, const void *val,
     return 0;
 }
 
+static void copy_walked(server *s, void *arg, bool ok)
+{
+    copy_job *j = arg;
+    if (!ok) j->failed++; /* the manager retries the copy */
+    for (size_t i = 0; i < j->ndests; i++) {
+        if (ok) offer_dest(j, &j->dests[i]);
+        else if (j->dests[i].file) stream_file_abandon(j->dests[i].file);
+    }
+    job_release(j);
+}
+
 static void copy_phase(server *s, rpc_conn *c, uint64_t replace_ct, bool full)
 {
-    char err[KUMO_ERRLEN];
     copy_job *j = calloc(1, sizeof(*j));
     hashspace *w = s->whs;
     if (!j || !(j->dests = calloc(w->ring.nnodes + 1, sizeof(dest)))) {
@@ -240,31 +254,44 @@ static void copy_phase(server *s, rpc_conn *c, uint64_t replace_ct, bool full)
     j->outstanding = 1; /* the walk itself */
     s->replace_copying = true;
     log_info("replace copy start%s", full ? " (full)" : "");
-    if (store_iterate(s->db, copy_record, j, err) < 0) log_error("replace copy: %s", err);
-    for (size_t i = 0; i < j->ndests; i++) offer_dest(j, &j->dests[i]);
-    job_release(j);
+    data_walk(s, copy_record, copy_walked, j);
 }
 
 typedef struct delete_ctx {
     server *s;
+    rpc_conn *manager; /* held */
+    hashspace *whs;    /* the layout this phase deletes towards */
+    uint64_t replace_ct;
     uint64_t removed;
 } delete_ctx;
 
 static int delete_record(void *arg, const void *key, size_t klen, const void *val, size_t vlen)
 {
     delete_ctx *x = arg;
+    server *s = x->s;
     char err[KUMO_ERRLEN];
-    if (klen > RECORD_KEY_HEADER && hashspace_is_owner(x->s->whs, record_key_hash(key, klen), &x->s->self))
-        return 0;
+    /* A newer layout arrived while walking: another replace is under way,
+     * which may need these records as its source; its delete phase will
+     * clean up. */
+    if (s->whs != x->whs) return 1;
+    if (klen > RECORD_KEY_HEADER && hashspace_is_owner(x->whs, record_key_hash(key, klen), &s->self)) return 0;
     /* Not ours any more (or malformed): remove, unless a newer write arrived meanwhile. */
-    if (store_remove_if_older(x->s->db, key, klen, record_clocktime(val, vlen), err) == 1) x->removed++;
+    if (store_remove_if_older(s->db, key, klen, record_clocktime(val, vlen), err) == 1) x->removed++;
     return 0;
+}
+
+static void delete_walked(server *s, void *arg, bool ok)
+{
+    delete_ctx *x = arg;
+    log_info("replace delete done: %llu records removed", (unsigned long long)x->removed);
+    report_end(s, x->manager, MGR_REPLACE_DELETE_END, x->replace_ct, true);
+    rpc_release(x->manager);
+    hashspace_unref(x->whs);
+    free(x);
 }
 
 static void delete_phase(server *s, rpc_conn *c, uint64_t replace_ct)
 {
-    char err[KUMO_ERRLEN];
-    delete_ctx x = {.s = s};
     cluster_set_hashspaces(s, NULL, hashspace_ref(s->whs));
     int at = hashspace_find(s->whs, &s->self);
     if (at < 0 || !s->whs->ring.nodes[at].active) {
@@ -274,9 +301,14 @@ static void delete_phase(server *s, rpc_conn *c, uint64_t replace_ct)
         report_end(s, c, MGR_REPLACE_DELETE_END, replace_ct, true);
         return;
     }
-    if (store_iterate(s->db, delete_record, &x, err) < 0) log_error("replace delete: %s", err);
-    log_info("replace delete done: %llu records removed", (unsigned long long)x.removed);
-    report_end(s, c, MGR_REPLACE_DELETE_END, replace_ct, true);
+    delete_ctx *x = calloc(1, sizeof(*x));
+    if (!x) {
+        log_error("replace delete: out of memory");
+        return;
+    }
+    *x = (delete_ctx){.s = s, .manager = c, .whs = hashspace_ref(s->whs), .replace_ct = replace_ct};
+    rpc_hold(c);
+    data_walk(s, delete_record, delete_walked, x);
 }
 
 static bool adopt_whs(server *s, const msgpack_object *params)
@@ -302,6 +334,7 @@ bool replace_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, con
             return true;
         }
         rpc_arg_bool(params, 2, &full);
+        if (ct > s->replace_latest) s->replace_latest = ct;
         rpc_reply_bool(c, msgid, true);
         if (method == SRV_REPLACE_COPY) copy_phase(s, c, ct, full);
         else delete_phase(s, c, ct);

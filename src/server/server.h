@@ -72,6 +72,7 @@ typedef struct server {
     uint64_t flush_floor;
     int writes_inflight; /* coordinated writes not yet answered */
     bool replace_copying; /* a copy phase has transfers in flight */
+    uint64_t replace_latest; /* ClockTime of the newest replace asked of us */
     struct evconnlistener *stream_listener; /* -L */
     struct offer *offers;                   /* stream files waiting to be collected */
     struct ev_token_bucket_cfg *rate;       /* --replace-rate */
@@ -128,6 +129,10 @@ void gc_get_stats(const server *s, gc_stats *out);
 /* A stored record that is a live value (not a tombstone, not expired, not
  * flushed); fills *v. */
 bool data_live(const void *rec, size_t len, uint32_t now, uint64_t floor, record_value *v);
+/* Walk the whole database in steps, serving requests in between; done runs
+ * once (ok = false on a database error or at shutdown). */
+typedef void (*data_walk_done_fn)(server *s, void *arg, bool ok);
+void data_walk(server *s, store_iter_fn fn, data_walk_done_fn done, void *arg);
 /* Read the flush floor kept beside the database (start-up). */
 void data_load_flush(server *s);
 void data_stop(server *s);
