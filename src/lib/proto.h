@@ -97,6 +97,7 @@ enum {
     ST_WHS = 10,
     ST_REPLACE = 11,
     ST_DB_BYTES = 12, /* size of the database file */
+    ST_REPLACE_MOVED = 13, /* [records sent, bytes sent, records received, bytes received] by replaces */
 };
 
 /* Remote error text the gateway reacts to by refreshing its hash spaces. */

@@ -579,7 +579,18 @@ static void handle_status(server *s, rpc_conn *c, uint32_t msgid, const msgpack_
         if (at < 0 || !s->whs->ring.nodes[at].active) flags |= 0x01; /* not an attached, live member */
         if (s->whs->clocktime != s->rhs->clocktime) flags |= 0x02;
         if (s->replace_copying) flags |= 0x04;
+        if (s->replace_deleting) flags |= 0x08;
         rpc_reply_uint(c, msgid, flags);
+        break;
+    }
+    case ST_REPLACE_MOVED: {
+        msgpack_packer *pk = rpc_reply_begin(c, msgid);
+        msgpack_pack_array(pk, 4);
+        msgpack_pack_uint64(pk, s->moved_sent);
+        msgpack_pack_uint64(pk, s->moved_sent_bytes);
+        msgpack_pack_uint64(pk, s->moved_recv);
+        msgpack_pack_uint64(pk, s->moved_recv_bytes);
+        rpc_call_end(c);
         break;
     }
     default: rpc_reply_error(c, msgid, "unknown status %llu", (unsigned long long)what); break;

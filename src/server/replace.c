@@ -283,6 +283,7 @@ static int delete_record(void *arg, const void *key, size_t klen, const void *va
 static void delete_walked(server *s, void *arg, bool ok)
 {
     delete_ctx *x = arg;
+    s->replace_deleting = false;
     log_info("replace delete done: %llu records removed", (unsigned long long)x->removed);
     report_end(s, x->manager, MGR_REPLACE_DELETE_END, x->replace_ct, true);
     rpc_release(x->manager);
@@ -308,6 +309,7 @@ static void delete_phase(server *s, rpc_conn *c, uint64_t replace_ct)
     }
     *x = (delete_ctx){.s = s, .manager = c, .whs = hashspace_ref(s->whs), .replace_ct = replace_ct};
     rpc_hold(c);
+    s->replace_deleting = true;
     data_walk(s, delete_record, delete_walked, x);
 }
 

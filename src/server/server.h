@@ -73,6 +73,8 @@ typedef struct server {
     int writes_inflight; /* coordinated writes not yet answered */
     bool replace_copying; /* a copy phase has transfers in flight */
     uint64_t replace_latest; /* ClockTime of the newest replace asked of us */
+    bool replace_deleting;   /* a delete phase is walking */
+    uint64_t moved_sent, moved_sent_bytes, moved_recv, moved_recv_bytes; /* by replaces, since start */
     struct evconnlistener *stream_listener; /* -L */
     struct offer *offers;                   /* stream files waiting to be collected */
     struct ev_token_bucket_cfg *rate;       /* --replace-rate */

@@ -150,6 +150,10 @@ typedef struct offer {
 static void offer_finish(offer *o, bool ok, uint64_t applied)
 {
     server *s = o->s;
+    if (ok) {
+        s->moved_sent += o->count;
+        s->moved_sent_bytes += o->size;
+    }
     for (offer **pp = &s->offers; *pp; pp = &(*pp)->next)
         if (*pp == o) {
             *pp = o->next;
@@ -333,6 +337,8 @@ typedef struct pull {
 
 static void pull_finish(pull *p, bool ok)
 {
+    p->s->moved_recv += p->applied;
+    p->s->moved_recv_bytes += p->zs.total_in;
     if (ok) rpc_reply_uint(p->c, p->msgid, p->applied);
     else rpc_reply_error(p->c, p->msgid, "stream failed: %s", p->err[0] ? p->err : "connection lost");
     rpc_release(p->c);

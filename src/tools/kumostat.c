@@ -53,6 +53,7 @@ static const struct {
     {"set_delay", CMD_SET_DELAY, "maximize throughput at the expense of latency"},
     {"unset_delay", CMD_UNSET_DELAY, "minimize latency at the expense of throughput"},
     {"replace", ST_REPLACE, "get replace state: ready, WAIT, Copying, Deleting or inactive"},
+    {"moved", ST_REPLACE_MOVED, "records and bytes replaces sent and received since the server started"},
     {"clocktime", ST_CLOCKTIME, "get the server's clock (ClockTime: seconds << 32 | counter)"},
     {"bytes", ST_DB_BYTES, "get size of the database file in bytes"},
     {"stats", CMD_STATS, "get memcached-style STAT lines"},
@@ -230,6 +231,22 @@ static int query(const net_addr *addr, int what, const char *prefix)
         if (status_uint(&t, what, &u, err) < 0) goto fail;
         printf("%s%s\n", prefix, replace_word(u));
         break;
+    case ST_REPLACE_MOVED: {
+        if (status_call(&t, what, &res, err) < 0) goto fail;
+        const msgpack_object *o = &res.data;
+        uint64_t v[4];
+        for (uint32_t i = 0; i < 4; i++) {
+            if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 4 ||
+                o->via.array.ptr[i].type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
+                kumo_err(err, "%s: unexpected answer", t.name);
+                goto fail;
+            }
+            v[i] = o->via.array.ptr[i].via.u64;
+        }
+        printf("%ssent %" PRIu64 " records (%" PRIu64 " bytes compressed), applied %" PRIu64
+               " received records (%" PRIu64 " bytes compressed)\n", prefix, v[0], v[1], v[2], v[3]);
+        break;
+    }
     default:
         if (status_call(&t, what, &res, err) < 0) goto fail;
         if (res.data.type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
