@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -751,30 +752,91 @@ static void handle_flush(server *s, rpc_conn *c, uint32_t msgid, const msgpack_o
 
 /* ---- backup ---- */
 
+/* A backup is a walk that copies every record into a new database beside
+ * ours (dst.tmp, renamed to dst when complete), a few thousand records per
+ * loop turn, so the server keeps serving meanwhile. Each record is copied
+ * whole; writes made during the walk may or may not be in it, which is what
+ * kumomergedb's newest-wins merge expects of backups. */
+typedef struct backup_job {
+    rpc_conn *client; /* held */
+    uint32_t msgid;
+    store *dst;
+    char *path, *tmp;
+    uint64_t records;
+    bool failed;
+    char err[KUMO_ERRLEN];
+} backup_job;
+
+static int backup_record(void *arg, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    backup_job *b = arg;
+    if (store_put(b->dst, key, klen, val, vlen, b->err) < 0) {
+        b->failed = true;
+        return 1;
+    }
+    b->records++;
+    return 0;
+}
+
+static void backup_walked(server *s, void *arg, bool ok)
+{
+    backup_job *b = arg;
+    if (!ok && !b->failed) {
+        b->failed = true;
+        snprintf(b->err, sizeof(b->err), "%s: the database walk failed", store_path(s->db));
+    }
+    store_close(b->dst); /* syncs the copy */
+    if (!b->failed && rename(b->tmp, b->path) != 0) {
+        b->failed = true;
+        snprintf(b->err, sizeof(b->err), "%s: %s", b->path, strerror(errno));
+    }
+    if (b->failed) {
+        unlink(b->tmp);
+        log_error("backup: %s", b->err);
+        rpc_reply_error(b->client, b->msgid, "%s", b->err);
+    } else {
+        log_info("backup written to %s (%llu records)", b->path, (unsigned long long)b->records);
+        rpc_pack_str(rpc_reply_begin(b->client, b->msgid), b->path);
+        rpc_call_end(b->client);
+    }
+    rpc_release(b->client);
+    free(b->path);
+    free(b->tmp);
+    free(b);
+}
+
 static void handle_backup(server *s, rpc_conn *c, uint32_t msgid, const msgpack_object *params)
 {
     const char *sfx;
     size_t n;
     char err[KUMO_ERRLEN];
-    if (!rpc_arg_bytes(params, 0, &sfx, &n) || n == 0 || n > 64 || memchr(sfx, '/', n) || memchr(sfx, '\0', n) ||
+    if (!rpc_arg_bytes(params, 0, &sfx, &n) || n == 0 || n > 64 || memchr(sfx, '/', n) || memchr(sfx, '#', n) || memchr(sfx, '\0', n) ||
         (n == 2 && memcmp(sfx, "..", 2) == 0)) {
-        rpc_reply_error(c, msgid, "bad backup suffix (1 to 64 bytes, no '/')");
+        rpc_reply_error(c, msgid, "bad backup suffix (1 to 64 bytes, no '/' or '#')");
         return;
     }
-    char *dst = NULL;
-    if (asprintf(&dst, "%s-%.*s", store_path(s->db), (int)n, sfx) < 0) {
+    backup_job *b = calloc(1, sizeof(*b));
+    if (!b || asprintf(&b->path, "%s-%.*s", store_path(s->db), (int)n, sfx) < 0 ||
+        asprintf(&b->tmp, "%s.tmp", b->path) < 0) {
+        if (b) free(b->path);
+        free(b);
         rpc_reply_error(c, msgid, "out of memory");
         return;
     }
-    if (store_backup(s->db, dst, err) < 0) {
+    struct stat st;
+    if (lstat(b->tmp, &st) == 0 && S_ISREG(st.st_mode)) unlink(b->tmp); /* left by an interrupted backup */
+    if (!(b->dst = store_open(b->tmp, err))) {
         log_error("backup: %s", err);
         rpc_reply_error(c, msgid, "%s", err);
-    } else {
-        log_info("backup written to %s", dst);
-        rpc_pack_str(rpc_reply_begin(c, msgid), dst);
-        rpc_call_end(c);
+        free(b->path);
+        free(b->tmp);
+        free(b);
+        return;
     }
-    free(dst);
+    b->client = c;
+    b->msgid = msgid;
+    rpc_hold(c);
+    data_walk(s, backup_record, backup_walked, b);
 }
 
 void data_stop(server *s)
