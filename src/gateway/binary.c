@@ -413,92 +413,14 @@ static void do_flush(client *c, const memproto_request *q)
 
 /* ---- stat ---- */
 
-/* One key/value packet of a STAT answer. */
-static void put_stat(const bop *b, const char *key, const char *fmt, ...)
+/* One key/value packet of a STAT answer (a stats_emit_fn). */
+static void put_stat(void *arg, const char *key, const char *val)
 {
-    char val[128];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(val, sizeof(val), fmt, ap);
-    va_end(ap);
-    if (n < 0) n = 0;
-    if ((size_t)n >= sizeof(val)) n = (int)sizeof(val) - 1;
-    size_t klen = strlen(key);
-    put_header(b, MEMPROTO_STATUS_SUCCESS, 0, (uint16_t)klen, (uint32_t)(klen + (size_t)n), 0);
+    const bop *b = arg;
+    size_t klen = strlen(key), vlen = strlen(val);
+    put_header(b, MEMPROTO_STATUS_SUCCESS, 0, (uint16_t)klen, (uint32_t)(klen + vlen), 0);
     evbuffer_add(b->r->out, key, klen);
-    evbuffer_add(b->r->out, val, (size_t)n);
-}
-
-/* The general statistics, under the names and in the order of the text
- * protocol's `stats` (text.c), which follows memcached's. */
-static void stats_general(const bop *b, gateway *g, const router_sizes *sz)
-{
-    const gateway_stats *s = &g->stats;
-    struct rusage ru;
-    time_t now = time(NULL);
-    getrusage(RUSAGE_SELF, &ru);
-    put_stat(b, "pid", "%ld", (long)getpid());
-    put_stat(b, "uptime", "%ld", (long)(now - g->started));
-    put_stat(b, "time", "%ld", (long)now);
-    put_stat(b, "version", "%s", GATEWAY_VERSION);
-    put_stat(b, "libevent", "%s", event_get_version());
-    put_stat(b, "pointer_size", "%d", (int)(8 * sizeof(void *)));
-    put_stat(b, "rusage_user", "%ld.%06ld", (long)ru.ru_utime.tv_sec, (long)ru.ru_utime.tv_usec);
-    put_stat(b, "rusage_system", "%ld.%06ld", (long)ru.ru_stime.tv_sec, (long)ru.ru_stime.tv_usec);
-    put_stat(b, "max_connections", "%ld", (long)g->max_connections);
-    put_stat(b, "curr_connections", "%" PRIu64, s->curr_connections);
-    put_stat(b, "total_connections", "%" PRIu64, s->total_connections);
-    put_stat(b, "rejected_connections", "0");
-    put_stat(b, "connection_structures", "%" PRIu64, s->curr_connections);
-    static const struct {
-        const char *name;
-        size_t off;
-    } counters[] = {
-#define C(f) {#f, offsetof(gateway_stats, f)}
-        C(cmd_get), C(cmd_set), C(cmd_flush), C(cmd_touch), C(cmd_meta), C(get_hits), C(get_misses),
-        C(get_expired), {"get_flushed", SIZE_MAX}, C(delete_misses), C(delete_hits), C(incr_misses), C(incr_hits),
-        C(decr_misses), C(decr_hits), C(cas_misses), C(cas_hits), C(cas_badval), C(touch_hits), C(touch_misses),
-        C(store_too_large), {"store_no_memory", SIZE_MAX}, {"auth_cmds", SIZE_MAX}, {"auth_errors", SIZE_MAX},
-        C(bytes_read), C(bytes_written),
-#undef C
-    };
-    for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++) {
-        uint64_t v = 0;
-        if (counters[i].off != SIZE_MAX) memcpy(&v, (const char *)s + counters[i].off, sizeof(v));
-        put_stat(b, counters[i].name, "%" PRIu64, v);
-    }
-    put_stat(b, "limit_maxbytes", "0");
-    put_stat(b, "accepting_conns", "1");
-    put_stat(b, "listen_disabled_num", "0");
-    put_stat(b, "threads", "1");
-    put_stat(b, "conn_yields", "0");
-    put_stat(b, "curr_items", "%" PRIu64, sz->items);
-    put_stat(b, "total_items", "%" PRIu64, s->cmd_set);
-    put_stat(b, "bytes", "%" PRIu64, sz->bytes);
-    put_stat(b, "evictions", "0");
-    put_stat(b, "reclaimed", "0");
-}
-
-/* `stats settings`, as the text protocol's. */
-static void stats_settings(const bop *b, gateway *g)
-{
-    const gateway_config *cfg = g->cfg;
-    put_stat(b, "maxbytes", "0");
-    put_stat(b, "maxconns", "%ld", (long)g->max_connections);
-    put_stat(b, "tcpport", "%u", g->text_port);
-    put_stat(b, "udpport", "0");
-    put_stat(b, "verbosity", "%d", cfg->common.verbose ? 1 : 0);
-    put_stat(b, "num_threads", "1");
-    put_stat(b, "cas_enabled", "yes");
-    put_stat(b, "evictions", "off");
-    put_stat(b, "item_size_max", "%d", cfg->item_size_max);
-    put_stat(b, "binding_protocol", "%s", cfg->binary ? "auto-negotiate" : "ascii");
-    put_stat(b, "tcp_backlog", "1024");
-    put_stat(b, "kumofs_get_retry", "%d", cfg->get_retries);
-    put_stat(b, "kumofs_set_retry", "%d", cfg->set_retries);
-    put_stat(b, "kumofs_delete_retry", "%d", cfg->delete_retries);
-    put_stat(b, "kumofs_async_set", "%s", cfg->async_set ? "yes" : "no");
-    put_stat(b, "kumofs_async_delete", "%s", cfg->async_delete ? "yes" : "no");
+    evbuffer_add(b->r->out, val, vlen);
 }
 
 /* The empty packet that ends a STAT answer. */
@@ -507,7 +429,7 @@ static void put_stat_end(const bop *b) { put_header(b, MEMPROTO_STATUS_SUCCESS, 
 static void sizes_done(void *arg, const router_sizes *sz)
 {
     bop *b = arg;
-    stats_general(b, b->r->c->g, sz);
+    stats_general(b->r->c->g, sz, put_stat, b);
     put_stat_end(b);
     finish(b);
 }
@@ -529,12 +451,10 @@ static void do_stat(client *c, const memproto_request *q)
         return;
     }
     if (key_is(q, "settings")) {
-        stats_settings(b, g);
+        stats_settings(g, put_stat, b);
         put_stat_end(b);
     } else if (key_is(q, "reset")) {
-        uint64_t curr = g->stats.curr_connections;
-        memset(&g->stats, 0, sizeof(g->stats));
-        g->stats.curr_connections = curr;
+        stats_reset(g);
         put_stat_end(b);
     } else if (key_is(q, "items") || key_is(q, "slabs") || key_is(q, "sizes")) {
         put_stat_end(b); /* no slabs in a replicated store */

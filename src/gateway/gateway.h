@@ -3,6 +3,7 @@
  *   main.c    flags, start-up, listeners, signals
  *   router.c  hash spaces from the managers, connections to the servers,
  *             routing of each get/set/delete with its retries
+ *   stats.c   memcached's statistics, for both protocols
  *   client.c  a memcached client connection and its in-order reply queue
  *   text.c    the text protocol, classic and meta commands (parser: memtext.rl)
  *   binary.c  the binary protocol (parser: memproto.c)
@@ -135,6 +136,14 @@ typedef struct router_sizes {
 } router_sizes;
 typedef void (*router_sizes_fn)(void *arg, const router_sizes *sizes);
 void router_sizes_get(gateway *g, router_sizes_fn fn, void *arg);
+
+/* stats.c: memcached's statistics, one name/value pair per emit call, in
+ * memcached's order; each protocol formats them its own way. */
+typedef void (*stats_emit_fn)(void *arg, const char *name, const char *value);
+void stats_general(const gateway *g, const router_sizes *sz, stats_emit_fn emit, void *arg);
+void stats_settings(const gateway *g, stats_emit_fn emit, void *arg);
+/* `stats reset`: every counter to 0 but the open connections. */
+void stats_reset(gateway *g);
 
 /* text.c: the text protocol, classic and meta commands */
 void text_accept(gateway *g, int fd);

@@ -503,63 +503,17 @@ static void do_flush(client *c, const memtext_request *q)
 
 /* ---- stats ---- */
 
-static void stats_general(gateway *g, struct evbuffer *out, const router_sizes *sz)
+/* "STAT name value" (a stats_emit_fn). */
+static void put_stat(void *arg, const char *name, const char *value)
 {
-    const gateway_stats *s = &g->stats;
-    struct rusage ru;
-    time_t now = time(NULL);
-    getrusage(RUSAGE_SELF, &ru);
-    evbuffer_add_printf(out,
-        "STAT pid %ld\r\nSTAT uptime %ld\r\nSTAT time %ld\r\nSTAT version %s\r\n"
-        "STAT libevent %s\r\nSTAT pointer_size %d\r\n"
-        "STAT rusage_user %ld.%06ld\r\nSTAT rusage_system %ld.%06ld\r\n"
-        "STAT max_connections %ld\r\nSTAT curr_connections %" PRIu64 "\r\nSTAT total_connections %" PRIu64 "\r\n"
-        "STAT rejected_connections 0\r\nSTAT connection_structures %" PRIu64 "\r\n",
-        (long)getpid(), (long)(now - g->started), (long)now, GATEWAY_VERSION, event_get_version(),
-        (int)(8 * sizeof(void *)), (long)ru.ru_utime.tv_sec, (long)ru.ru_utime.tv_usec, (long)ru.ru_stime.tv_sec,
-        (long)ru.ru_stime.tv_usec, (long)g->max_connections, s->curr_connections, s->total_connections,
-        s->curr_connections);
-    evbuffer_add_printf(out,
-        "STAT cmd_get %" PRIu64 "\r\nSTAT cmd_set %" PRIu64 "\r\nSTAT cmd_flush %" PRIu64 "\r\n"
-        "STAT cmd_touch %" PRIu64 "\r\nSTAT cmd_meta %" PRIu64 "\r\n"
-        "STAT get_hits %" PRIu64 "\r\nSTAT get_misses %" PRIu64 "\r\nSTAT get_expired %" PRIu64 "\r\n"
-        "STAT get_flushed 0\r\n"
-        "STAT delete_misses %" PRIu64 "\r\nSTAT delete_hits %" PRIu64 "\r\n"
-        "STAT incr_misses %" PRIu64 "\r\nSTAT incr_hits %" PRIu64 "\r\n"
-        "STAT decr_misses %" PRIu64 "\r\nSTAT decr_hits %" PRIu64 "\r\n"
-        "STAT cas_misses %" PRIu64 "\r\nSTAT cas_hits %" PRIu64 "\r\nSTAT cas_badval %" PRIu64 "\r\n"
-        "STAT touch_hits %" PRIu64 "\r\nSTAT touch_misses %" PRIu64 "\r\n"
-        "STAT store_too_large %" PRIu64 "\r\nSTAT store_no_memory 0\r\n"
-        "STAT auth_cmds 0\r\nSTAT auth_errors 0\r\n"
-        "STAT bytes_read %" PRIu64 "\r\nSTAT bytes_written %" PRIu64 "\r\n"
-        "STAT limit_maxbytes 0\r\nSTAT accepting_conns 1\r\nSTAT listen_disabled_num 0\r\n"
-        "STAT threads 1\r\nSTAT conn_yields 0\r\n"
-        "STAT curr_items %" PRIu64 "\r\nSTAT total_items %" PRIu64 "\r\nSTAT bytes %" PRIu64 "\r\n"
-        "STAT evictions 0\r\nSTAT reclaimed 0\r\nEND\r\n",
-        s->cmd_get, s->cmd_set, s->cmd_flush, s->cmd_touch, s->cmd_meta, s->get_hits, s->get_misses, s->get_expired,
-        s->delete_misses, s->delete_hits, s->incr_misses, s->incr_hits, s->decr_misses, s->decr_hits,
-        s->cas_misses, s->cas_hits, s->cas_badval, s->touch_hits, s->touch_misses, s->store_too_large,
-        s->bytes_read, s->bytes_written, sz->items, s->cmd_set, sz->bytes);
-}
-
-static void stats_settings(gateway *g, struct evbuffer *out)
-{
-    const gateway_config *cfg = g->cfg;
-    evbuffer_add_printf(out,
-        "STAT maxbytes 0\r\nSTAT maxconns %ld\r\nSTAT tcpport %u\r\nSTAT udpport 0\r\n"
-        "STAT verbosity %d\r\nSTAT num_threads 1\r\nSTAT cas_enabled yes\r\nSTAT evictions off\r\n"
-        "STAT item_size_max %d\r\nSTAT binding_protocol %s\r\nSTAT tcp_backlog 1024\r\n"
-        "STAT kumofs_get_retry %d\r\nSTAT kumofs_set_retry %d\r\nSTAT kumofs_delete_retry %d\r\n"
-        "STAT kumofs_async_set %s\r\nSTAT kumofs_async_delete %s\r\nEND\r\n",
-        (long)g->max_connections, g->text_port, cfg->common.verbose ? 1 : 0, cfg->item_size_max,
-        cfg->binary ? "auto-negotiate" : "ascii", cfg->get_retries, cfg->set_retries, cfg->delete_retries,
-        cfg->async_set ? "yes" : "no", cfg->async_delete ? "yes" : "no");
+    evbuffer_add_printf(arg, "STAT %s %s\r\n", name, value);
 }
 
 static void sizes_done(void *arg, const router_sizes *sz)
 {
     creq *r = arg;
-    stats_general(r->c->g, r->out, sz);
+    stats_general(r->c->g, sz, put_stat, r->out);
+    evbuffer_add(r->out, "END\r\n", 5);
     client_done(r);
     client_call_end(r);
 }
@@ -573,8 +527,13 @@ static void do_stats(client *c, const memtext_request *q)
         router_sizes_get(c->g, sizes_done, r);
         return;
     }
-    if (q->arg.len == 8 && memcmp(q->arg.p, "settings", 8) == 0) stats_settings(c->g, r->out);
-    else if ((q->arg.len == 5 && memcmp(q->arg.p, "items", 5) == 0) ||
+    if (q->arg.len == 8 && memcmp(q->arg.p, "settings", 8) == 0) {
+        stats_settings(c->g, put_stat, r->out);
+        evbuffer_add(r->out, "END\r\n", 5);
+    } else if (q->arg.len == 5 && memcmp(q->arg.p, "reset", 5) == 0) {
+        stats_reset(c->g);
+        evbuffer_add(r->out, "RESET\r\n", 7);
+    } else if ((q->arg.len == 5 && memcmp(q->arg.p, "items", 5) == 0) ||
              (q->arg.len == 5 && memcmp(q->arg.p, "slabs", 5) == 0) ||
              (q->arg.len == 5 && memcmp(q->arg.p, "sizes", 5) == 0) ||
              (q->arg.len == 5 && memcmp(q->arg.p, "conns", 5) == 0))

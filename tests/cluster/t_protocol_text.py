@@ -663,6 +663,9 @@ def stats(s, port):
     tap.eq(ss.get("item_size_max"), "1048576", "stats settings: item_size_max 1048576 (the default)")
     tap.eq(ss.get("cas_enabled"), "yes", "stats settings: cas_enabled yes")
     s.x(b"stats nosuchgroup\r\n", b"ERROR\r\n", "stats <unknown group> -> ERROR")
+    s.x(b"stats reset\r\n", b"RESET\r\n", "stats reset -> RESET")
+    after, _, _ = get_stats()
+    tap.eq(after.get("cmd_get"), "0", "stats reset zeroes the counters (cmd_get 0 afterwards)")
 
 
 def pipeline(s):
