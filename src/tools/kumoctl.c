@@ -37,15 +37,6 @@ static void usage(FILE *out)
         fprintf(out, "   %-22s %s\n", commands[i].name, commands[i].help);
 }
 
-static int die_usage(const char *fmt, const char *arg)
-{
-    fprintf(stderr, "kumoctl: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\n");
-    usage(stderr);
-    return TOOL_EX_USAGE;
-}
-
 static int print_status(const msgpack_object *r)
 {
     char err[KUMO_ERRLEN], buf[NET_ADDRSTRLEN];
@@ -118,7 +109,7 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
-    if (argc < 3) return die_usage("%s", argc < 2 ? "missing manager address" : "missing command");
+    if (argc < 3) return tool_usage_error("kumoctl", usage, "%s", argc < 2 ? "missing manager address" : "missing command");
     const char *cmd = argv[2];
     uint32_t method;
     msgpack_sbuffer params;
@@ -164,7 +155,7 @@ int main(int argc, char **argv)
         else msgpack_pack_false(&pk);
     } else {
         msgpack_sbuffer_destroy(&params);
-        return die_usage("unknown command '%s'", cmd);
+        return tool_usage_error("kumoctl", usage, "unknown command '%s'", cmd);
     }
 
     tool_conn t;

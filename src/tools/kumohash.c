@@ -51,41 +51,15 @@ static void usage(FILE *out)
             KUMO_SERVER_PORT, KUMO_MANAGER_PORT);
 }
 
-static int die_usage(const char *fmt, const char *arg)
-{
-    fprintf(stderr, "kumohash: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\n");
-    usage(stderr);
-    return TOOL_EX_USAGE;
-}
-
 /* The manager's whs (or rhs); NULL + a message on stderr. */
 static hashspace *from_manager(const char *addr, bool rhs)
 {
     char err[KUMO_ERRLEN];
     tool_conn t;
-    msgpack_unpacked res;
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
     hashspace *hs = NULL;
-    msgpack_unpacked_init(&res);
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_array(&pk, 0);
-    if (tool_connect(&t, addr, KUMO_MANAGER_PORT, TOOL_TIMEOUT, err) < 0 ||
-        tool_call(&t, CTL_STATUS, &sb, &res, err) < 0) {
+    if (tool_connect(&t, addr, KUMO_MANAGER_PORT, TOOL_TIMEOUT, err) < 0 || !(hs = tool_manager_hs(&t, rhs, err)))
         fprintf(stderr, "kumohash: %s\n", err);
-    } else {
-        uint32_t at = rhs ? 2 : 0;
-        if (res.data.type != MSGPACK_OBJECT_ARRAY || res.data.via.array.size <= at)
-            fprintf(stderr, "kumohash: %s: unexpected answer to the status request\n", addr);
-        else if (!(hs = hashspace_unpack(&res.data.via.array.ptr[at], err)))
-            fprintf(stderr, "kumohash: %s: bad hash space: %s\n", addr, err);
-    }
     tool_close(&t);
-    msgpack_unpacked_destroy(&res);
-    msgpack_sbuffer_destroy(&sb);
     return hs;
 }
 
@@ -180,14 +154,14 @@ int main(int argc, char **argv)
         if (strcmp(argv[i], "-m") == 0) {
             if (i + 1 >= argc) {
                 free(servers);
-                return die_usage("%s", "-m needs a manager address");
+                return tool_usage_error("kumohash", usage, "%s", "-m needs a manager address");
             }
             manager = argv[++i];
         } else if (strcmp(argv[i], "-r") == 0 || strcmp(argv[i], "--rhs") == 0) {
             use_rhs = true;
         } else {
             free(servers);
-            return die_usage("unknown option '%s'", argv[i]);
+            return tool_usage_error("kumohash", usage, "unknown option '%s'", argv[i]);
         }
     }
     if (!manager) {
@@ -195,19 +169,19 @@ int main(int argc, char **argv)
         for (; i < argc && strcmp(argv[i], "--") != 0; i++) servers[nservers++] = argv[i];
         if (i >= argc) {
             free(servers);
-            return die_usage("%s", nservers ? "missing '--' before the command" : "missing server addresses");
+            return tool_usage_error("kumohash", usage, "%s", nservers ? "missing '--' before the command" : "missing server addresses");
         }
         i++; /* the "--" */
         if (nservers == 0) {
             free(servers);
-            return die_usage("%s", "missing server addresses before '--'");
+            return tool_usage_error("kumohash", usage, "%s", "missing server addresses before '--'");
         }
     } else if (i < argc && strcmp(argv[i], "--") == 0) {
         i++;
     }
     if (i >= argc) {
         free(servers);
-        return die_usage("%s", "missing command");
+        return tool_usage_error("kumohash", usage, "%s", "missing command");
     }
     const char *cmd = argv[i++];
     char **args = argv + i;
@@ -216,15 +190,15 @@ int main(int argc, char **argv)
     bool is_dump = strcmp(cmd, "dump") == 0;
     if (!is_hash && !is_assign && !is_dump) {
         free(servers);
-        return die_usage("unknown command '%s'", cmd);
+        return tool_usage_error("kumohash", usage, "unknown command '%s'", cmd);
     }
     if ((is_hash || is_assign) && nargs == 0) {
         free(servers);
-        return die_usage("%s: give at least one key", cmd);
+        return tool_usage_error("kumohash", usage, "%s: give at least one key", cmd);
     }
     if (is_dump && nargs > 0) {
         free(servers);
-        return die_usage("%s", "dump takes no arguments");
+        return tool_usage_error("kumohash", usage, "%s", "dump takes no arguments");
     }
 
     hashspace *hs = manager ? from_manager(manager, use_rhs) : from_servers(servers, nservers);

@@ -91,52 +91,16 @@ static int lookup(const char *cmd)
     return CMD_UNKNOWN;
 }
 
-static int status_call(tool_conn *t, int what, msgpack_unpacked *res, char *err)
-{
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_array(&pk, 1);
-    msgpack_pack_uint32(&pk, (uint32_t)what);
-    int rc = tool_call(t, SRV_STATUS, &sb, res, err);
-    msgpack_sbuffer_destroy(&sb);
-    return rc;
-}
-
-/* One SRV_STATUS answer that must be an unsigned integer. */
-static int status_uint(tool_conn *t, int what, uint64_t *out, char *err)
-{
-    msgpack_unpacked res;
-    msgpack_unpacked_init(&res);
-    int rc = status_call(t, what, &res, err);
-    if (rc == 0 && res.data.type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-        rc = kumo_err(err, "%s: unexpected answer (not a number)", t->name);
-    if (rc == 0) *out = res.data.via.u64;
-    msgpack_unpacked_destroy(&res);
-    return rc;
-}
-
 static int status_hs(tool_conn *t, int what, hashspace **out, char *err)
 {
     msgpack_unpacked res;
     char why[KUMO_ERRLEN];
     msgpack_unpacked_init(&res);
-    int rc = status_call(t, what, &res, err);
+    int rc = tool_status(t, what, &res, err);
     if (rc == 0 && !(*out = hashspace_unpack(&res.data, why)))
         rc = kumo_err(err, "%s: unexpected answer: %s", t->name, why);
     msgpack_unpacked_destroy(&res);
     return rc;
-}
-
-/* The guide's words for the ST_REPLACE flags (kumofs 0.4's replstat). */
-static const char *replace_word(uint64_t flags)
-{
-    if (flags & 0x01) return "inactive";
-    if (flags & 0x04) return "Copying";
-    if (flags & 0x08) return "Deleting";
-    if (flags & 0x02) return "WAIT";
-    return "ready";
 }
 
 /* SRV_SET_CONFIG ["tcp_nodelay", bool] -> number of sockets changed. */
@@ -180,7 +144,7 @@ static int print_stats(tool_conn *t, const char *prefix, char *err)
                 {"curr_items", ST_ITEMS}};
     uint64_t v[sizeof(rows) / sizeof(rows[0])];
     for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++)
-        if (status_uint(t, rows[i].what, &v[i], err) < 0) return -1;
+        if (tool_status_uint(t, rows[i].what, &v[i], err) < 0) return -1;
     print_block_head(prefix);
     for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) printf("STAT %s %" PRIu64 "\n", rows[i].name, v[i]);
     printf("END\n");
@@ -228,11 +192,11 @@ static int query(const net_addr *addr, int what, const char *prefix)
         break;
     }
     case ST_REPLACE:
-        if (status_uint(&t, what, &u, err) < 0) goto fail;
-        printf("%s%s\n", prefix, replace_word(u));
+        if (tool_status_uint(&t, what, &u, err) < 0) goto fail;
+        printf("%s%s\n", prefix, tool_replace_word(u));
         break;
     case ST_REPLACE_MOVED: {
-        if (status_call(&t, what, &res, err) < 0) goto fail;
+        if (tool_status(&t, what, &res, err) < 0) goto fail;
         const msgpack_object *o = &res.data;
         uint64_t v[4];
         for (uint32_t i = 0; i < 4; i++) {
@@ -248,7 +212,7 @@ static int query(const net_addr *addr, int what, const char *prefix)
         break;
     }
     default:
-        if (status_call(&t, what, &res, err) < 0) goto fail;
+        if (tool_status(&t, what, &res, err) < 0) goto fail;
         if (res.data.type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
             printf("%s%" PRIu64 "\n", prefix, res.data.via.u64);
         } else if (res.data.type == MSGPACK_OBJECT_STR) {
@@ -272,26 +236,11 @@ static int via_manager(const char *manager, int what)
 {
     char err[KUMO_ERRLEN];
     tool_conn t;
-    msgpack_unpacked res;
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
     hashspace *whs = NULL;
     int rc = 1;
-    msgpack_unpacked_init(&res);
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_array(&pk, 0);
-    if (tool_connect(&t, manager, KUMO_MANAGER_PORT, TOOL_TIMEOUT, err) < 0 ||
-        tool_call(&t, CTL_STATUS, &sb, &res, err) < 0) {
+    if (tool_connect(&t, manager, KUMO_MANAGER_PORT, TOOL_TIMEOUT, err) < 0 || !(whs = tool_manager_hs(&t, false, err)))
         fprintf(stderr, "kumostat: %s\n", err);
-    } else if (res.data.type != MSGPACK_OBJECT_ARRAY || res.data.via.array.size < 1) {
-        fprintf(stderr, "kumostat: %s: unexpected answer to the status request\n", t.name);
-    } else if (!(whs = hashspace_unpack(&res.data.via.array.ptr[0], err))) {
-        fprintf(stderr, "kumostat: %s: bad hash space: %s\n", t.name, err);
-    }
     tool_close(&t);
-    msgpack_unpacked_destroy(&res);
-    msgpack_sbuffer_destroy(&sb);
     if (!whs) return 1;
     size_t n = 0;
     rc = 0;

@@ -109,15 +109,6 @@ static void usage(FILE *out)
             KUMO_SERVER_PORT, KUMO_MANAGER_PORT);
 }
 
-static int die_usage(const char *fmt, const char *arg)
-{
-    fprintf(stderr, "kumotop: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\n");
-    usage(stderr);
-    return TOOL_EX_USAGE;
-}
-
 static node *add_node(top *tp, const net_addr *a)
 {
     if (tp->nnodes == tp->cap) {
@@ -143,25 +134,6 @@ static void node_drop_conn(node *n)
 
 /* ---- sampling ---- */
 
-static int status_uint(tool_conn *t, int what, uint64_t *out, char *err)
-{
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    msgpack_unpacked res;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_unpacked_init(&res);
-    msgpack_pack_array(&pk, 1);
-    msgpack_pack_uint32(&pk, (uint32_t)what);
-    int rc = tool_call(t, SRV_STATUS, &sb, &res, err);
-    if (rc == 0 && res.data.type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-        rc = kumo_err(err, "%s: unexpected answer", t->name);
-    if (rc == 0) *out = res.data.via.u64;
-    msgpack_unpacked_destroy(&res);
-    msgpack_sbuffer_destroy(&sb);
-    return rc;
-}
-
 static void sample_node(node *n)
 {
     double now = now_mono();
@@ -179,9 +151,9 @@ static void sample_node(node *n)
         }
         n->connected = true;
     }
-    if (status_uint(&n->t, ST_CMD_GET, &s.get, n->err) < 0 || status_uint(&n->t, ST_CMD_SET, &s.set, n->err) < 0 ||
-        status_uint(&n->t, ST_CMD_DELETE, &s.del, n->err) < 0 || status_uint(&n->t, ST_ITEMS, &s.items, n->err) < 0 ||
-        status_uint(&n->t, ST_CLOCKTIME, &s.ct, n->err) < 0 || status_uint(&n->t, ST_REPLACE, &s.repl, n->err) < 0) {
+    if (tool_status_uint(&n->t, ST_CMD_GET, &s.get, n->err) < 0 || tool_status_uint(&n->t, ST_CMD_SET, &s.set, n->err) < 0 ||
+        tool_status_uint(&n->t, ST_CMD_DELETE, &s.del, n->err) < 0 || tool_status_uint(&n->t, ST_ITEMS, &s.items, n->err) < 0 ||
+        tool_status_uint(&n->t, ST_CLOCKTIME, &s.ct, n->err) < 0 || tool_status_uint(&n->t, ST_REPLACE, &s.repl, n->err) < 0) {
         node_drop_conn(n);
         n->retry_at = now + RETRY_AFTER;
         n->cur.ok = false;
@@ -209,22 +181,8 @@ static void refresh_manager(top *tp)
         }
         tp->mconnected = true;
     }
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    msgpack_unpacked res;
-    hashspace *whs = NULL;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_unpacked_init(&res);
-    msgpack_pack_array(&pk, 0);
-    if (tool_call(&tp->mt, CTL_STATUS, &sb, &res, err) < 0) {
-        snprintf(tp->merr, sizeof(tp->merr), "%s", err);
-    } else if (res.data.type != MSGPACK_OBJECT_ARRAY || res.data.via.array.size < 1 ||
-               !(whs = hashspace_unpack(&res.data.via.array.ptr[0], err))) {
-        snprintf(tp->merr, sizeof(tp->merr), "%s: unexpected answer to the status request", tp->manager);
-    }
-    msgpack_unpacked_destroy(&res);
-    msgpack_sbuffer_destroy(&sb);
+    hashspace *whs = tool_manager_hs(&tp->mt, false, err);
+    if (!whs) snprintf(tp->merr, sizeof(tp->merr), "%s", err);
     if (!whs) {
         tool_close(&tp->mt);
         tp->mconnected = false;
@@ -270,11 +228,7 @@ static const char *state_word(const node *n)
 {
     if (n->fault) return "fault";
     if (!n->cur.ok) return "down";
-    if (n->cur.repl & 0x01) return "inactive";
-    if (n->cur.repl & 0x04) return "Copying";
-    if (n->cur.repl & 0x08) return "Deleting";
-    if (n->cur.repl & 0x02) return "WAIT";
-    return "ready";
+    return tool_replace_word(n->cur.repl);
 }
 
 static const char *state_colour(const char *w)
@@ -549,7 +503,7 @@ int main(int argc, char **argv)
         if (strcmp(a, "-m") == 0 || strcmp(a, "-i") == 0 || strcmp(a, "-n") == 0) {
             if (i + 1 >= argc) {
                 free(servers);
-                return die_usage("option '%s' needs a value", a);
+                return tool_usage_error("kumotop", usage, "option '%s' needs a value", a);
             }
             const char *v = argv[++i];
             if (a[1] == 'm') {
@@ -557,7 +511,7 @@ int main(int argc, char **argv)
             } else if (a[1] == 'i') {
                 if (!parse_double(v, &tp.interval) || tp.interval < 0.1 || tp.interval > 3600) {
                     free(servers);
-                    return die_usage("invalid interval '%s' (0.1 to 3600 seconds)", v);
+                    return tool_usage_error("kumotop", usage, "invalid interval '%s' (0.1 to 3600 seconds)", v);
                 }
             } else {
                 char *end;
@@ -565,7 +519,7 @@ int main(int argc, char **argv)
                 long n = strtol(v, &end, 10);
                 if (errno || *end || end == v || n < 1) {
                     free(servers);
-                    return die_usage("invalid count '%s' (a positive integer)", v);
+                    return tool_usage_error("kumotop", usage, "invalid count '%s' (a positive integer)", v);
                 }
                 tp.iterations = n;
             }
@@ -573,17 +527,17 @@ int main(int argc, char **argv)
         }
         if (a[0] == '-' && a[1] != '\0') {
             free(servers);
-            return die_usage("unknown option '%s'", a);
+            return tool_usage_error("kumotop", usage, "unknown option '%s'", a);
         }
         servers[nservers++] = a;
     }
     if (tp.manager && nservers > 0) {
         free(servers);
-        return die_usage("%s", "give either -m manager or server addresses, not both");
+        return tool_usage_error("kumotop", usage, "%s", "give either -m manager or server addresses, not both");
     }
     if (!tp.manager && nservers == 0) {
         free(servers);
-        return die_usage("%s", "missing server addresses (or -m manager)");
+        return tool_usage_error("kumotop", usage, "%s", "missing server addresses (or -m manager)");
     }
     for (size_t i = 0; i < nservers; i++) {
         net_addr a;

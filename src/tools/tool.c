@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "links.h"
+#include "proto.h"
 #include "rpc.h"
 
 static double now_mono(void)
@@ -157,6 +158,72 @@ int tool_call(tool_conn *t, uint32_t method, const msgpack_sbuffer *params, msgp
         }
         msgpack_unpacker_buffer_consumed(&t->up, (size_t)n);
     }
+}
+
+int tool_status(tool_conn *t, int what, msgpack_unpacked *out, char *err)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_uint32(&pk, (uint32_t)what);
+    int rc = tool_call(t, SRV_STATUS, &sb, out, err);
+    msgpack_sbuffer_destroy(&sb);
+    return rc;
+}
+
+int tool_status_uint(tool_conn *t, int what, uint64_t *out, char *err)
+{
+    msgpack_unpacked res;
+    msgpack_unpacked_init(&res);
+    int rc = tool_status(t, what, &res, err);
+    if (rc == 0 && res.data.type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        rc = kumo_err(err, "%s: unexpected answer (not a number)", t->name);
+    if (rc == 0) *out = res.data.via.u64;
+    msgpack_unpacked_destroy(&res);
+    return rc;
+}
+
+hashspace *tool_manager_hs(tool_conn *t, bool rhs, char *err)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_unpacked res;
+    hashspace *hs = NULL;
+    char why[KUMO_ERRLEN];
+    uint32_t at = rhs ? 2 : 0; /* CTL_STATUS: [whs, newcomers, rhs, ...] */
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_unpacked_init(&res);
+    msgpack_pack_array(&pk, 0);
+    if (tool_call(t, CTL_STATUS, &sb, &res, err) == 0) {
+        if (res.data.type != MSGPACK_OBJECT_ARRAY || res.data.via.array.size <= at)
+            kumo_err(err, "%s: unexpected answer to the status request", t->name);
+        else if (!(hs = hashspace_unpack(&res.data.via.array.ptr[at], why)))
+            kumo_err(err, "%s: bad hash space: %s", t->name, why);
+    }
+    msgpack_unpacked_destroy(&res);
+    msgpack_sbuffer_destroy(&sb);
+    return hs;
+}
+
+const char *tool_replace_word(uint64_t flags)
+{
+    if (flags & 0x01) return "inactive";
+    if (flags & 0x04) return "Copying";
+    if (flags & 0x08) return "Deleting";
+    if (flags & 0x02) return "WAIT";
+    return "ready";
+}
+
+int tool_usage_error(const char *prog, void (*usage)(FILE *out), const char *fmt, const char *arg)
+{
+    fprintf(stderr, "%s: ", prog);
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\n");
+    usage(stderr);
+    return TOOL_EX_USAGE;
 }
 
 void tool_print_clocktime(FILE *out, uint64_t ct)

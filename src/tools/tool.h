@@ -39,6 +39,19 @@ void tool_close(tool_conn *t);
  * -1 + err for transport errors, timeouts and remote errors. */
 int tool_call(tool_conn *t, uint32_t method, const msgpack_sbuffer *params, msgpack_unpacked *out, char *err);
 
+/* SRV_STATUS `what` (proto.h ST_*) on a server: the answer in out. */
+int tool_status(tool_conn *t, int what, msgpack_unpacked *out, char *err);
+/* The same, for answers that must be an unsigned integer. */
+int tool_status_uint(tool_conn *t, int what, uint64_t *out, char *err);
+/* A manager's whs (or rhs), from CTL_STATUS on an open connection;
+ * NULL + err. */
+hashspace *tool_manager_hs(tool_conn *t, bool rhs, char *err);
+/* The guide's word for ST_REPLACE flags: inactive, Copying, Deleting,
+ * WAIT or ready (kumofs 0.4's replstat). */
+const char *tool_replace_word(uint64_t flags);
+/* "prog: <fmt with arg>", the usage on stderr; returns TOOL_EX_USAGE. */
+int tool_usage_error(const char *prog, void (*usage)(FILE *out), const char *fmt, const char *arg);
+
 /* "  Wed Dec 03 22:15:45 +0900 2008 clock 58" (no newline). */
 void tool_print_clocktime(FILE *out, uint64_t ct);
 /* The guide's block: "hash space timestamp:" … node list with (active)/(fault). */
