@@ -794,6 +794,31 @@ def mc_client(port, timeout=10.0):
                   default_noreply=False, no_delay=True)
 
 
+def read_mismatches(port, want, timeout=30.0, tries=1):
+    """Single gets of every key through the gateway; want[k] is the value, or
+    None for a miss. A get that raises is retried `tries` times on a fresh
+    connection. Returns one description per key that read wrong."""
+    mc = mc_client(port, timeout=timeout)
+    bad = []
+    for k, v in want.items():
+        got = None
+        for i in range(tries):
+            try:
+                got = mc.get(k)
+                break
+            except Exception as e:  # timeouts, SERVER_ERROR, a closed connection
+                got = "%s: %s" % (type(e).__name__, e)
+                mc.close()
+                mc = mc_client(port, timeout=timeout)
+                if i + 1 < tries:
+                    time.sleep(0.5)
+        if got != v:
+            name = k.decode("utf-8", "replace") if isinstance(k, bytes) else k
+            bad.append("%s: got %s, want %s" % (name, short(got, 50), short(v, 50)))
+    mc.close()
+    return bad
+
+
 class Raw:
     """A raw memcached text-protocol connection."""
 

@@ -67,6 +67,35 @@ def expect_exit(argv, name, want_status=None, must_mention=(), timeout=HANG):
                   % (status, missing, out[-2000:]))
 
 
+def hostile_frames():
+    """A live server refuses RPC frames that declare more than a frame can hold
+    (msgpack-c would allocate for them at once) and keeps serving."""
+    import socket
+    tap.note("hostile RPC frames against a live server")
+    with kt.Cluster(nservers=1, gateway=False) as c:
+        srv = c.servers[0]
+        hello = bytes([0x95, 0x02, 0x03, 0xc4, 0x00, 0x01, 0x00])  # [2, tool, bin(0), 1, 0]
+        frames = {"array32 of 2^32-1 elements": bytes([0xdd, 0xff, 0xff, 0xff, 0xff]),
+                  "map32 of 2^31 pairs": bytes([0xdf, 0x80, 0x00, 0x00, 0x00]),
+                  "str32 of 2 GiB": bytes([0xdb, 0x7f, 0xff, 0xff, 0xff])}
+        for name, frame in frames.items():
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+            s.sendall(hello + frame)
+            closed = False
+            try:
+                while True:
+                    d = s.recv(4096)
+                    if not d:
+                        closed = True
+                        break
+            except (socket.timeout, ConnectionResetError) as e:
+                closed = isinstance(e, ConnectionResetError)
+            s.close()
+            tap.ok(closed, "a request declaring a %s: the server closes the connection" % name)
+        out = c.kumostat(srv, "pid")
+        tap.ok(out.strip().isdigit(), "the server still answers afterwards", out)
+
+
 def body():
     kt.require_binaries()
     tmp = kt.new_tmpdir()
@@ -132,5 +161,10 @@ def body():
                 "kumoctl nosuch.invalid status", None, ["nosuch.invalid"], DNS_HANG)
 
 
+def all_tests():
+    body()
+    hostile_frames()
+
+
 if __name__ == "__main__":
-    kt.main(body)
+    kt.main(all_tests)

@@ -111,23 +111,6 @@ class Client(threading.Thread):
         super().start()
 
 
-def read_all(port, want):
-    """Individual gets of every key; returns a list of mismatches."""
-    c = kt.mc_client(port, timeout=OP_DEADLINE)
-    bad = []
-    for k, v in want.items():
-        try:
-            got = c.get(k)
-        except Exception as e:
-            got = "%s: %s" % (type(e).__name__, e)
-            c.close()
-            c = kt.mc_client(port, timeout=OP_DEADLINE)
-        if got != v:
-            bad.append("%s: got %s" % (k, kt.short(got, 60)))
-    c.close()
-    return bad
-
-
 def body():
     kt.require_module("pymemcache")
     kt.require_binaries()
@@ -173,7 +156,7 @@ def body():
                "\n".join(client.errors[:10]))
 
         tap.note("reading all %d base keys with one server down" % NBASE)
-        bad = read_all(port, base)
+        bad = kt.read_mismatches(port, base, timeout=OP_DEADLINE)
         tap.ok(not bad, "every base key readable while %s is down" % victim.addr,
                "%d unreadable, e.g.\n%s" % (len(bad), "\n".join(bad[:10])))
         mc = kt.mc_client(port, timeout=OP_DEADLINE)
@@ -228,7 +211,7 @@ def body():
         want.update(client.upd)
         want.update(client.live)
         tap.note("verifying %d keys (%d written by the client)" % (len(want), len(client.live)))
-        bad = read_all(port, want)
+        bad = kt.read_mismatches(port, want, timeout=OP_DEADLINE)
         tap.ok(not bad, "every key reads back its last acknowledged value",
                "%d wrong, e.g.\n%s" % (len(bad), "\n".join(bad[:10])))
 
@@ -245,7 +228,7 @@ def body():
         mine = [k for k in want if ring.owners(k)[0] == victim.addr]
         try:
             cmd_get_before = int(c.kumostat(victim, "cmd_get").split()[-1])
-            bad = read_all(port, {k: want[k] for k in mine})
+            bad = kt.read_mismatches(port, {k: want[k] for k in mine}, timeout=OP_DEADLINE)
             cmd_get_after = int(c.kumostat(victim, "cmd_get").split()[-1])
             tap.ok(not bad and cmd_get_after > cmd_get_before,
                    "restarted %s serves gets (cmd_get %d -> %d after %d gets of keys it is primary for)"

@@ -243,26 +243,6 @@ class Client(threading.Thread):
             self.sets, self.gets, self.retries, self.max_stall)
 
 
-def read_check(port, want):
-    mc = kt.mc_client(port, timeout=10)
-    bad = []
-    for k, v in want.items():
-        got = None
-        for _ in range(3):
-            try:
-                got = mc.get(k)
-                break
-            except Exception as e:
-                got = "%s: %s" % (type(e).__name__, e)
-                mc.close()
-                mc = kt.mc_client(port, timeout=10)
-                time.sleep(0.5)
-        if got != v:
-            bad.append("%s: got %s" % (k, kt.short(got, 50)))
-    mc.close()
-    return bad
-
-
 def write_all(port, items):
     mc = kt.mc_client(port, timeout=10)
     bad = [k for k, v in items.items() if mc.set(k, v, noreply=False) is not True]
@@ -332,7 +312,7 @@ def part1(c, rng):
     tap.ok(same, "kumoctl status is identical on A and B after attach through B", text)
     stb = c.status_on("B")
     tap.eq(sorted(stb.attached), sorted((s.addr, "active") for s in c.servers), "the 4 servers attached and (active)")
-    bad = read_check(c.gateway_port, base)
+    bad = kt.read_mismatches(c.gateway_port, base, timeout=10, tries=3)
     tap.ok(not bad, "all 300 keys read back", "%d wrong, e.g. %s" % (len(bad), bad[:10]))
     return base
 
@@ -396,7 +376,7 @@ def part2(c, rng, base):
            "\n".join(client.errors[:10]))
     want = dict(base)
     want.update(client.own)
-    bad = read_check(c.gateway_port, want)
+    bad = kt.read_mismatches(c.gateway_port, want, timeout=10, tries=3)
     tap.ok(not bad, "all %d keys read back after part 2" % len(want), "%d wrong, e.g. %s" % (len(bad), bad[:10]))
     return want, live
 
@@ -414,7 +394,7 @@ def part3(c, rng, want, live):
     extra = {("nomgr:%d" % i).encode(): b"written without managers %d" % i for i in range(100)}
     bad = write_all(c.gateway_port, extra)
     tap.ok(not bad, "100 sets with both managers down", "failed: %s" % bad[:10])
-    bad = read_check(c.gateway_port, extra)
+    bad = kt.read_mismatches(c.gateway_port, extra, timeout=10, tries=3)
     tap.ok(not bad, "...and read back", "%s" % bad[:10])
     time.sleep(3.0)
     sets1, gets1, nerr = client.snapshot()
@@ -452,7 +432,7 @@ def part3(c, rng, want, live):
     allk = dict(want)
     allk.update(client.own)
     allk.update(extra)
-    bad = read_check(c.gateway_port, allk)
+    bad = kt.read_mismatches(c.gateway_port, allk, timeout=10, tries=3)
     tap.ok(not bad, "all %d keys read back after part 3" % len(allk), "%d wrong, e.g. %s" % (len(bad), bad[:10]))
     c.check_running()
 
@@ -519,7 +499,7 @@ def part4(rng):
         tap.ok(sorted(n.values())[0] == 0 and sorted(n.values())[1] >= 1,
                "exactly one manager ran the replace for the lost server ('start replace' lines: A %d, B %d)"
                % (n["A"], n["B"]))
-        bad = read_check(c.gateway_port, base)
+        bad = kt.read_mismatches(c.gateway_port, base, timeout=10, tries=3)
         tap.ok(not bad, "all 200 keys read back", "%d wrong, e.g. %s" % (len(bad), bad[:10]))
         c.check_running()
     finally:

@@ -40,6 +40,7 @@ scenarios only, and kumotest's usual variables.
 """
 import hashlib
 import os
+import re
 import random
 import shutil
 import subprocess
@@ -105,25 +106,6 @@ def delete_all(port, keys):
             mc = kt.mc_client(port, timeout=OP_TIMEOUT)
         if r is not True:
             bad.append((k, r))
-    mc.close()
-    return bad
-
-
-def read_check(port, want):
-    """Single gets of every key; want[k] is the value or None (a miss).
-    Returns a list of mismatch descriptions."""
-    mc = kt.mc_client(port, timeout=OP_TIMEOUT)
-    bad = []
-    for k, v in want.items():
-        try:
-            got = mc.get(k)
-        except Exception as e:
-            got = "%s: %s" % (type(e).__name__, e)
-            mc.close()
-            mc = kt.mc_client(port, timeout=OP_TIMEOUT)
-        if got != v:
-            bad.append("%s: got %s, want %s" % (k.decode("utf-8", "replace"), kt.short(got, 50),
-                                                kt.short(v, 50)))
     mc.close()
     return bad
 
@@ -236,7 +218,7 @@ def disk_check(label, servers, ring, live, deleted, only_owner=None):
 
 def deleted_miss(port, deleted, label, ndelete=10):
     """Deleted keys miss on get; `delete` of some of them answers NOT_FOUND."""
-    bad = read_check(port, {k: None for k in deleted})
+    bad = kt.read_mismatches(port, {k: None for k in deleted}, timeout=OP_TIMEOUT)
     tap.ok(not bad, "%s: each of %d deleted keys misses through the gateway" % (label, len(deleted)),
            "%d found, e.g.\n%s" % (len(bad), "\n".join(bad[:10])))
     mc = kt.mc_client(port, timeout=OP_TIMEOUT)
@@ -399,6 +381,11 @@ def s1_attach_under_load(rng):
         except TimeoutError as e:
             tap.ok(False, "the replace after attach finishes", str(e) + "\n" + status_text(c))
             st = c.status()
+        # kumostat moved: the old owners sent records, the new server applied them
+        moved = {srv.addr: c.kumostat(srv, "moved") for srv in c.servers}
+        nums = {a: [int(x) for x in re.findall(r"\d+", line.split(":  ")[-1])] for a, line in moved.items()}
+        tap.ok(sum(v[0] for a, v in nums.items() if a != s4.addr) > 0 and nums[s4.addr][2] > 0,
+               "kumostat moved: the old owners sent records and %s applied them" % s4.addr, repr(moved))
         time.sleep(1.0)
         load.stop()
         tap.ok(load.gets > 100 and not load.errors,
@@ -408,7 +395,7 @@ def s1_attach_under_load(rng):
                "\n".join(load.set_errors[:10]))
 
         live.update(load.own)
-        bad = read_check(port, live)
+        bad = kt.read_mismatches(port, live, timeout=OP_TIMEOUT)
         tap.ok(not bad, "all %d live keys read back through the gateway" % len(live),
                "%d wrong, e.g.\n%s" % (len(bad), "\n".join(bad[:10])))
         deleted_miss(port, deleted, "after attach")
@@ -451,7 +438,7 @@ def s2_kill_detach(rng):
             st = c.status()
         tap.eq(sorted(st.attached), sorted((s.addr, "active") for s in rest),
                "status: the 3 live servers attached and (active), %s gone" % victim.addr)
-        bad = read_check(port, live)
+        bad = kt.read_mismatches(port, live, timeout=OP_TIMEOUT)
         tap.ok(not bad, "all %d live keys read back" % len(live),
                "%d wrong, e.g.\n%s" % (len(bad), "\n".join(bad[:10])))
         deleted_miss(port, deleted, "after detach", ndelete=5)
@@ -515,7 +502,7 @@ def s3_full_replace(rng):
         except (OSError, ValueError) as e:
             n = "error: %s" % e
         tap.eq(n, len(mine), "kumostat %s items = the %d keys it owns" % (victim.addr, len(mine)))
-        bad = read_check(port, live)
+        bad = kt.read_mismatches(port, live, timeout=OP_TIMEOUT)
         tap.ok(not bad, "all %d keys read back" % len(live), "%d wrong, e.g.\n%s" % (len(bad), "\n".join(bad[:10])))
         c.check_running()
         ring = kt.Ring(st.attached_addrs())
@@ -607,7 +594,7 @@ def s4_backup_merge_restore(rng):
         except (TimeoutError, OSError, kt.DaemonDied) as e:
             tap.ok(False, "restarted cluster comes up and attaches", str(e))
             return
-        bad = read_check(c.gateway_port, live)
+        bad = kt.read_mismatches(c.gateway_port, live, timeout=OP_TIMEOUT)
         tap.ok(not bad, "after restore all %d live keys read back with their newest value" % len(live),
                "%d wrong, e.g.\n%s" % (len(bad), "\n".join(bad[:10])))
         deleted_miss(c.gateway_port, deleted, "after restore", ndelete=5)
@@ -666,7 +653,7 @@ def backup_errors(c, live, port):
     tap.ok(not left, "no partial backup file left behind", "%s" % left)
     items_after = {s.addr: c.items(s) for s in c.servers}
     tap.eq(items_after, items_before, "kumostat items unchanged by the failed backups")
-    bad = read_check(port, live)
+    bad = kt.read_mismatches(port, live, timeout=OP_TIMEOUT)
     tap.ok(not bad, "all keys still read back after the failed backups",
            "%d wrong, e.g.\n%s" % (len(bad), "\n".join(bad[:10])))
 
@@ -826,14 +813,14 @@ def s5_stale_rejoin(rng):
                % load.summary(), "%d errors:\n%s" % (len(load.errors), "\n".join(load.errors[:15])))
         rounds, bad = 5, []
         for i in range(rounds):
-            bad += ["round %d: %s" % (i, b) for b in read_check(port, want)]
+            bad += ["round %d: %s" % (i, b) for b in kt.read_mismatches(port, want, timeout=OP_TIMEOUT)]
         tap.ok(not bad, "%d rounds of gets of all %d keys: newest values, deleted keys miss" % (rounds, len(want)),
                "%d wrong, e.g.\n%s" % (len(bad), "\n".join(bad[:15])))
         try:
             before = int(c.kumostat(victim, "cmd_get").split()[-1])
             ring = kt.Ring(st.attached_addrs())
             primary = {k: v for k, v in want.items() if ring.owners(k)[0] == victim.addr}
-            bad = read_check(port, primary)
+            bad = kt.read_mismatches(port, primary, timeout=OP_TIMEOUT)
             after = int(c.kumostat(victim, "cmd_get").split()[-1])
             tap.ok(not bad and after > before,
                    "gets of the %d keys %s is primary for reach it (cmd_get %d -> %d) and are newest"

@@ -27,7 +27,6 @@ with -g and --metrics. In order:
 A second, one-server cluster checks -gS/-gN: under memory pressure young
 tombstones are forgotten (they stay on disk) and old ones are removed.
 """
-import json
 import math
 import os
 import pty
