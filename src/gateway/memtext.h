@@ -11,7 +11,7 @@
  * replace append prepend cas incr decr delete touch flush_all stats version
  * verbosity quit, and the meta commands mg ms md ma mn me (their flags are
  * returned as raw tokens for the gateway to interpret).
- * Keys: 1..250 bytes, no control characters or spaces.
+ * Keys: 1..250 bytes of anything but space, NUL, CR and LF.
  * A command line ends in "\r\n" or a bare "\n" (memcached accepts both); a
  * data block must be followed by exactly "\r\n".
  *

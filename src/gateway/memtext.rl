@@ -27,7 +27,7 @@
  * there and which one failed" from its error state to give those answers.
  * So the Ragel machine below does the part a machine is good at — the
  * command word (exact, case-sensitive, followed by a space or the end) and
- * cutting the rest into space-separated tokens, noting control characters —
+ * cutting the rest into space-separated tokens, noting NUL and CR bytes —
  * and per-command C gives the tokens meaning, arity first, then contents, in
  * memcached's order. Numbers are parsed with explicit overflow checks.
  *
@@ -35,8 +35,9 @@
  * refusing what it would misread:
  *  - numbers out of their type's range are refused (memcached truncates
  *    strtoul/strtol results silently); flags must fit uint32, exptime int64;
- *  - keys with control characters are refused (memcached splits on ' '
- *    only and stops at a NUL), so a reply line can never be broken by a key;
+ *  - keys are opaque bytes (memaslap sends 0x10-0xff), except that a NUL or
+ *    a CR inside a key is refused (memcached stops at a NUL, and a CR would
+ *    end the reply line early for clients that split on CR);
  *  - a line is bounded by MEMTEXT_MAX_LINE and a get by MEMTEXT_MAX_KEYS
  *    keys (memcached grows its buffer for long multi-gets);
  *  - <bytes> above MEMTEXT_MAX_DATA is refused before waiting for the data,
@@ -71,7 +72,7 @@ typedef struct line {
     memtext_cmd cmd;
     size_t ntok;                   /* arguments after the command word; may exceed LINE_TOKENS */
     memtext_token tok[LINE_TOKENS];
-    bool ctl[LINE_TOKENS];         /* the token holds a control character */
+    bool ctl[LINE_TOKENS];         /* the token holds a NUL or a CR */
 } line;
 
 %%{
@@ -89,7 +90,7 @@ typedef struct line {
         tok_ctl = false;
     }
 
-    ctl = 0..31 | 127;
+    ctl = 0 | '\r';
     token = ( (any - ' ' - ctl) | (ctl @tok_ctl) )+ >tok_start %tok_end;
 
     command =

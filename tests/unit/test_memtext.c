@@ -188,8 +188,10 @@ static void test_key_length(void)
     free(k250);
     free(k251);
 
-    /* Control characters: refused (memcached would let them break its reply). */
-    client_error("get a\tb\r\n", "bad command line format", 9, "key with a tab");
+    /* Keys are opaque bytes but for NUL and CR, which would break a reply. */
+    client_error("get a\rb\r\n", "bad command line format", 9, "key with a CR");
+    is_int(parse("get a\tb\r\n"), MEMTEXT_OK, "key with a tab ok");
+    is_int(parse("get \x56\x7f\x12\x10\x10v2-jsXa\r\n"), MEMTEXT_OK, "memaslap key (0x10-0x7f) ok");
     static const char nul[] = "get a\0b\r\n";
     is_int(parse_n(nul, sizeof nul - 1), MEMTEXT_CLIENT_ERROR, "key with a NUL");
     is_int(used, sizeof nul - 1, "key with a NUL: line consumed");
