@@ -59,6 +59,7 @@ typedef struct manager {
     rpc_conn **gateways;
     size_t ngateways, gateways_cap;
     struct event *tick;
+    double last_tick; /* monotonic time tick_cb last ran (0: never) */
     struct event *auto_timer;
     /* the second manager (partner.c) */
     bool has_partner;

@@ -234,6 +234,16 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     manager *m = arg;
     double now = now_mono();
+    /* Time the manager itself did not run (starved on a loaded machine, a
+     * paused VM, SIGSTOP) is not the servers' silence: answers that came
+     * meanwhile are still unread. Without this, a manager that wakes from
+     * a 4 s stall would declare every server lost at once. */
+    double lag = m->last_tick > 0 ? now - m->last_tick - m->cfg->common.clock_interval : 0;
+    m->last_tick = now;
+    if (lag > KEEPALIVE_TIMEOUT / 4) {
+        log_info("the manager's loop was stalled for %.1f s; keepalive silence resets", lag);
+        for (size_t i = 0; i < m->nservers; i++) m->servers[i]->last_answer += lag;
+    }
     for (size_t i = 0; i < m->nservers; i++) {
         mserver *ms = m->servers[i];
         if (!ms->conn) continue;

@@ -14,8 +14,12 @@
   5. Every key, including those written while it was down, reads back with
      its last acknowledged value; every server holds every key (3 servers,
      3 replicas); the restarted server serves gets again.
+  6. A manager that does not run for 6 s (SIGSTOP, as a starved process or
+     a paused VM) keeps every server (active) after SIGCONT: its own stall
+     is not the servers' silence.
 """
 import os
+import signal
 import sys
 import threading
 import time
@@ -237,6 +241,19 @@ def body():
         except (OSError, ValueError) as e:
             tap.ok(False, "restarted %s serves gets" % victim.addr, str(e))
 
+        c.check_running()
+
+        tap.note("== a stalled manager: SIGSTOP for 6 s, then SIGCONT")
+        os.kill(c.manager.pid, signal.SIGSTOP)
+        try:
+            time.sleep(6.0)
+        finally:
+            os.kill(c.manager.pid, signal.SIGCONT)
+        time.sleep(2.0)  # a few keepalive rounds after waking
+        st = c.status()
+        states = {s.addr: st.state(s.addr) for s in c.servers}
+        tap.ok(all(v == "active" for v in states.values()),
+               "after the manager's 6 s stall every server is still (active)", repr(states))
         c.check_running()
 
 
