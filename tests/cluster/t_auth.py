@@ -10,6 +10,7 @@ and gets its data through the replace stream. A raw connection that sends a
 hello and a request without a proof gets no answer and is closed. A manager
 without a key and a server with one refuse each other. A key file others can
 read, or a short one, stops a daemon and a tool with exit 64 naming it.
+The manager's -c binds the address it is given.
 """
 import hashlib
 import hmac
@@ -192,6 +193,16 @@ def body():
     r = kt.run_tool([kt.binary("kumoctl"), "127.0.0.1:%d" % cport, "status"], key_file=loose)
     tap.ok(r.returncode == kt.EX_USAGE and loose in r.stderr, "kumoctl with a key file others can read: exit 64",
            "exit %s: %s" % (r.returncode, r.stderr))
+
+    tap.note("-c addr:port binds that address only; a bare port every interface")
+    for ctl, where in (("127.0.0.1:%d", "127.0.0.1 only"), ("%d", "every interface")):
+        mport, cport = kt.free_port(), kt.free_port()
+        m = kt.Daemon("kumo-manager", [kt.binary("kumo-manager"), "-o", "-", "-l", "127.0.0.1:%d" % mport,
+                                        "-c", ctl % cport], os.path.join(tmp, "bind-%d.log" % cport)).start()
+        kt.wait_until(lambda: kt.port_open(cport), 20, "the control port", daemons=[m])
+        tap.ok(kt.port_open(cport, "127.0.0.2") == (where == "every interface"),
+               "-c %s: listens on %s (checked through 127.0.0.2)" % (ctl % cport, where))
+        m.stop()
 
     with kt.Cluster(nservers=3, key_file=key) as c:
         tap.note("keyed cluster up: the servers joined, were attached and the gateway holds a hash space")
