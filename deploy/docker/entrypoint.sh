@@ -65,6 +65,8 @@ common_flags() {
     truthy "${KUMO_VERBOSE:-}" && args+=(-v)
     args+=(-o "${KUMO_LOG:--}")                   # stdout without colour: docker logs
     [ -n "${KUMO_METRICS:-}" ] && args+=(--metrics "$KUMO_METRICS")
+    # The tools (kumoctl, the health check) read the same variable themselves.
+    [ -n "${KUMO_CLUSTER_KEY_FILE:-}" ] && args+=(--cluster-key-file "$KUMO_CLUSTER_KEY_FILE")
     if [ -n "${KUMO_ARGS:-}" ]; then
         local extra
         read -r -a extra <<<"$KUMO_ARGS"

@@ -138,6 +138,7 @@ int main(int argc, char **argv)
     if (links_check_name(cfg.manager1, KUMO_MANAGER_PORT, err) < 0) opts_die(&gateway_spec, "-m: %s", err);
     if (cfg.manager2 && links_check_name(cfg.manager2, KUMO_MANAGER_PORT, err) < 0)
         opts_die(&gateway_spec, "-p: %s", err);
+    const auth_key *key = daemon_cluster_key(&gateway_spec, &cfg.common);
     if (daemon_start("kumo-gateway", &cfg.common) < 0) return 1;
     g.cfg = &cfg;
     g.started = time(NULL);
@@ -145,7 +146,7 @@ int main(int argc, char **argv)
     g.max_connections = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? (long)rl.rlim_cur : 1024;
     g.text_port = cfg.text ? net_port(&text_addr) : 0;
     g.base = event_base_new();
-    g.rpc_self = (rpc_self){.role = RPC_ROLE_GATEWAY};
+    g.rpc_self = (rpc_self){.role = RPC_ROLE_GATEWAY, .key = key};
     int tfd = cfg.text ? net_listen(&text_addr, err) : -2;
     int bfd = tfd != -1 && cfg.binary ? net_listen(&binary_addr, err) : -2;
     if (tfd == -1 || bfd == -1) {

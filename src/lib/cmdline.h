@@ -23,6 +23,7 @@ typedef struct daemon_common {
     int read_threads;       /* -TR */
     int write_threads;      /* -TW */
     const char *metrics;    /* --metrics [addr:]port: serve /metrics (metrics.h) */
+    const char *cluster_key_file; /* --cluster-key-file: every RPC peer must prove it (auth.h) */
 } daemon_common;
 
 /* T = the daemon's config struct, F = its daemon_common member. */
@@ -46,6 +47,8 @@ typedef struct daemon_common {
     {"-TW", "--write-threads", OPT_INT, offsetof(T, F.write_threads), "<num>", "2", 1, 256, false,   \
      "sender threads (accepted for compatibility; writes are done by the workers)"},                 \
     {"--metrics", NULL, OPT_STRING, offsetof(T, F.metrics), "<[addr:]port>", NULL, 0, 0, false,      \
-     "serve Prometheus/OpenMetrics text at http://addr:port/metrics"}
+     "serve Prometheus/OpenMetrics text at http://addr:port/metrics"},                              \
+    {"--cluster-key-file", NULL, OPT_STRING, offsetof(T, F.cluster_key_file), "<file>", NULL, 0, 0,  \
+     false, "cluster secret: every node, gateway and tool connection must prove it holds the same file"}
 
 #endif

@@ -151,6 +151,14 @@ void daemon_remove_pidfile(void)
     pidfile_state.path = NULL;
 }
 
+auth_key *daemon_cluster_key(const opts_spec *spec, const daemon_common *c)
+{
+    char err[KUMO_ERRLEN];
+    auth_key *k = NULL;
+    if (c->cluster_key_file && !(k = auth_key_load(c->cluster_key_file, err))) opts_die(spec, "%s", err);
+    return k;
+}
+
 int daemon_start(const char *prog, const daemon_common *c)
 {
     char err[KUMO_ERRLEN];

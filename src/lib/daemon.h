@@ -5,7 +5,7 @@
  * a daemon's event loop (SIGTERM/SIGINT stop it, SIGHUP reopens the log).
  *
  * Thread rule: start-up only, except daemon_notify (any thread).
- * Calls: log.
+ * Calls: log, auth, opts.
  */
 #ifndef KUMO_DAEMON_H
 #define KUMO_DAEMON_H
@@ -13,6 +13,7 @@
 #include <event2/event.h>
 #include <stdbool.h>
 
+#include "auth.h"
 #include "cmdline.h"
 #include "kumo.h"
 
@@ -28,6 +29,12 @@ void daemon_remove_pidfile(void);
  * binary log (-g; call binlog_set_node first) and detach (-d). On failure
  * prints "prog: reason" to stderr and returns -1. */
 int daemon_start(const char *prog, const daemon_common *c);
+
+/* --cluster-key-file: the loaded key (NULL when the flag is not given),
+ * for rpc_self.key; a file auth_key_load refuses is a usage error (exit
+ * 64 naming the file, through opts_die). Call right after opts_parse. The
+ * key lives until the process exits. */
+auth_key *daemon_cluster_key(const opts_spec *spec, const daemon_common *c);
 
 /* SIGINT and SIGTERM: log, send STOPPING=1 and call stop(arg) (which should
  * end the loop); SIGHUP: reopen the log file and the binary log. Events

@@ -10,7 +10,12 @@
  * A connection is freed only when no callback of ours is on the stack
  * (c->busy == 0), so handlers may close it from inside a callback.
  *
- * Calls: net, sio, clock, log, msgpack, libevent. Thread rule: see rpc.h.
+ * With a cluster key, c->pk writes into c->held until our proof is out (it
+ * needs the peer's nonce), so requests queued early follow the proof on the
+ * wire; the peer's hello is kept aside and "done" only when its proof checks
+ * out. A request, or a response, before that closes the connection.
+ *
+ * Calls: net, sio, clock, auth, log, msgpack, libevent. Thread rule: see rpc.h.
  */
 #include "rpc.h"
 
@@ -54,8 +59,16 @@ struct rpc_conn {
     uint32_t cap; /* power of two */
     uint32_t npending;
     uint32_t next_msgid;
-    bool hello_done;
+    bool hello_done; /* with a key: and the peer's proof checked out */
     bool connected; /* the TCP connection was established */
+    /* cluster-key handshake (auth.h), when self.key is set */
+    bool outbound;    /* we opened the TCP connection */
+    bool peer_hello;  /* the peer's hello arrived; its proof is awaited */
+    bool proof_sent;  /* ours is out, and c->held was flushed after it */
+    struct evbuffer *held; /* what c->pk wrote before our proof went out */
+    double auth_deadline;
+    uint64_t peer_clock;
+    uint8_t nonce[AUTH_NONCE_LEN], peer_nonce[AUTH_NONCE_LEN];
     bool dead;
     int busy;
     rpc_role peer_role;
@@ -76,6 +89,12 @@ static int pk_write(void *data, const char *buf, size_t len)
     rpc_conn *c = data;
     sio_wrote(c->io);
     return evbuffer_add(sio_output(c->io), buf, len);
+}
+
+/* Before our cluster-key proof is out: hold everything back. */
+static int held_write(void *data, const char *buf, size_t len)
+{
+    return evbuffer_add((struct evbuffer *)data, buf, len);
 }
 
 /* ---- deferred "lost" replies for calls made on a dead connection ---- */
@@ -108,6 +127,7 @@ static void conn_free(rpc_conn *c)
 {
     msgpack_unpacker_destroy(&c->up);
     msgpack_sbuffer_destroy(&c->scratch);
+    if (c->held) evbuffer_free(c->held);
     free(c->slots);
     free(c);
 }
@@ -133,7 +153,9 @@ static void teardown(rpc_conn *c, bool notify)
         if (!p.msgid) continue;
         c->slots[i].msgid = 0;
         c->npending--;
-        p.fn(p.arg, c->connected ? RPC_ERR_LOST : RPC_ERR_UNSENT, NULL);
+        /* Held behind a proof that never went out: never sent. */
+        bool sent = c->connected && (!c->self.key || c->proof_sent);
+        p.fn(p.arg, sent ? RPC_ERR_LOST : RPC_ERR_UNSENT, NULL);
     }
     if (notify && c->h.on_close) c->h.on_close(c->h.arg, c);
     release(c);
@@ -185,6 +207,11 @@ static pending *table_take(rpc_conn *c, uint32_t msgid)
 static void sweep_cb(evutil_socket_t fd, short what, void *arg)
 {
     rpc_conn *c = arg;
+    if (c->self.key && !c->hello_done && (!c->outbound || c->connected) && now_mono() > c->auth_deadline) {
+        log_warn("%s: no cluster key proof within %.0f s, closing", c->name, RPC_AUTH_TIMEOUT);
+        teardown(c, true);
+        return;
+    }
     if (c->npending == 0) return;
     double now = now_mono();
     c->busy++;
@@ -206,15 +233,54 @@ static msgpack_packer *dead_packer(rpc_conn *c)
     return &c->scratch_pk;
 }
 
+/* Straight to the socket's buffer: c->pk may still be holding requests back. */
 static void send_hello(rpc_conn *c)
 {
-    msgpack_packer *pk = &c->pk;
-    msgpack_pack_array(pk, 5);
-    msgpack_pack_uint8(pk, 2);
-    msgpack_pack_uint8(pk, (uint8_t)c->self.role);
-    rpc_pack_bytes(pk, c->self.addr.id, c->self.addr.len);
-    msgpack_pack_uint32(pk, RPC_VERSION);
-    msgpack_pack_uint64(pk, c->self.clock ? clock_peek(c->self.clock) : 0);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, c, pk_write);
+    msgpack_pack_array(&pk, c->self.key ? 6 : 5);
+    msgpack_pack_uint8(&pk, 2);
+    msgpack_pack_uint8(&pk, (uint8_t)c->self.role);
+    rpc_pack_bytes(&pk, c->self.addr.id, c->self.addr.len);
+    msgpack_pack_uint32(&pk, RPC_VERSION);
+    msgpack_pack_uint64(&pk, c->self.clock ? clock_peek(c->self.clock) : 0);
+    if (c->self.key) rpc_pack_bytes(&pk, c->nonce, AUTH_NONCE_LEN);
+}
+
+/* The peer's nonce is known: prove we hold the key, then let out what
+ * was queued meanwhile, and write straight to the socket from now on. */
+static void send_proof(rpc_conn *c)
+{
+    uint8_t proof[AUTH_PROOF_LEN];
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, c, pk_write);
+    auth_proof(c->self.key, c->outbound, (uint8_t)c->self.role, c->peer_nonce, c->nonce, proof);
+    msgpack_pack_array(&pk, 2);
+    msgpack_pack_uint8(&pk, 3);
+    rpc_pack_bytes(&pk, proof, sizeof(proof));
+    evbuffer_add_buffer(sio_output(c->io), c->held);
+    msgpack_packer_init(&c->pk, c, pk_write);
+    c->proof_sent = true;
+}
+
+/* The peer is who it says (and, with a key, proved it). */
+static void hello_complete(rpc_conn *c)
+{
+    c->hello_done = true;
+    if (c->self.clock && c->peer_clock) clock_update(c->self.clock, c->peer_clock);
+    if (c->h.on_hello) c->h.on_hello(c->h.arg, c);
+}
+
+/* Log why a peer is turned away, once, and close. */
+static void refuse(rpc_conn *c, const char *why)
+{
+    log_warn("%s: %s, closing", c->name, why);
+    /* Best effort, without blocking: let out what is queued (our hello and
+     * proof, when the peer's hello and proof arrived in one read), so the
+     * peer can tell "another key" from a broken connection. */
+    if (evbuffer_write(sio_output(c->io), sio_fd(c->io)) < 0)
+        log_debug("%s: %s", c->name, strerror(errno));
+    teardown(c, true);
 }
 
 msgpack_packer *rpc_call_begin(rpc_conn *c, uint32_t method, double timeout, rpc_reply_fn fn, void *arg)
@@ -327,12 +393,13 @@ static bool dispatch(rpc_conn *c, const msgpack_object *o)
     if (!obj_uint(&a[0], &type)) return false;
 
     if (type == 2) {
-        const char *p;
-        size_t len;
+        const char *p, *np = NULL;
+        size_t len, nlen = 0;
         uint64_t role, ct;
-        if (o->via.array.size < 5 || c->hello_done || !obj_uint(&a[1], &role) || role > RPC_ROLE_TOOL ||
-            !obj_bytes(&a[2], &p, &len) || !obj_uint(&a[3], &v) || !obj_uint(&a[4], &ct))
+        if (o->via.array.size < 5 || c->hello_done || c->peer_hello || !obj_uint(&a[1], &role) ||
+            role > RPC_ROLE_TOOL || !obj_bytes(&a[2], &p, &len) || !obj_uint(&a[3], &v) || !obj_uint(&a[4], &ct))
             return false;
+        bool has_nonce = o->via.array.size >= 6 && obj_bytes(&a[5], &np, &nlen);
         if (v != RPC_VERSION) {
             log_warn("%s: protocol version %llu, expected %d", c->name, (unsigned long long)v, RPC_VERSION);
             return false;
@@ -342,9 +409,35 @@ static bool dispatch(rpc_conn *c, const msgpack_object *o)
             net_format(&c->peer_addr, c->name, sizeof(c->name));
         }
         c->peer_role = (rpc_role)role;
-        c->hello_done = true;
-        if (c->self.clock && ct) clock_update(c->self.clock, ct);
-        if (c->h.on_hello) c->h.on_hello(c->h.arg, c);
+        c->peer_clock = ct;
+        if (!c->self.key) {
+            if (has_nonce) refuse(c, "the peer requires a cluster key and we have none (--cluster-key-file)");
+            else hello_complete(c);
+            return true;
+        }
+        if (!has_nonce || nlen != AUTH_NONCE_LEN) {
+            refuse(c, "the peer has no cluster key and ours is set (--cluster-key-file)");
+            return true;
+        }
+        memcpy(c->peer_nonce, np, AUTH_NONCE_LEN);
+        c->peer_hello = true;
+        send_proof(c);
+        return true;
+    }
+    if (type == 3) {
+        const char *p;
+        size_t len;
+        if (!c->self.key || !c->peer_hello || c->hello_done || o->via.array.size != 2 || !obj_bytes(&a[1], &p, &len))
+            return false;
+        if (!auth_verify(c->self.key, !c->outbound, (uint8_t)c->peer_role, c->nonce, c->peer_nonce, p, len)) {
+            refuse(c, "wrong cluster key proof (not the same --cluster-key-file)");
+            return true;
+        }
+        hello_complete(c);
+        return true;
+    }
+    if (!c->hello_done && c->peer_hello) {
+        refuse(c, "a message before the cluster key proof");
         return true;
     }
     if (!c->hello_done || o->via.array.size != 4 || !obj_uint(&a[1], &msgid) || msgid > UINT32_MAX)
@@ -421,6 +514,7 @@ static void connect_cb(void *arg, sio *io)
     rpc_conn *c = arg;
     (void)io;
     c->connected = true;
+    c->auth_deadline = now_mono() + RPC_AUTH_TIMEOUT;
     if (c->connect_timer) event_del(c->connect_timer);
 }
 
@@ -446,7 +540,7 @@ static void connect_timeout_cb(evutil_socket_t fd, short what, void *arg)
     teardown(c, true);
 }
 
-static rpc_conn *conn_new(struct event_base *base, const rpc_handlers *h, const rpc_self *self)
+static rpc_conn *conn_new(struct event_base *base, const rpc_handlers *h, const rpc_self *self, bool outbound)
 {
     rpc_conn *c = calloc(1, sizeof(*c));
     if (!c) return NULL;
@@ -465,7 +559,18 @@ static rpc_conn *conn_new(struct event_base *base, const rpc_handlers *h, const 
     c->peer_role = RPC_ROLE_TOOL;
     msgpack_sbuffer_init(&c->scratch);
     msgpack_packer_init(&c->scratch_pk, &c->scratch, msgpack_sbuffer_write);
-    msgpack_packer_init(&c->pk, c, pk_write);
+    c->outbound = outbound;
+    if (self->key) {
+        char err[KUMO_ERRLEN];
+        if (!(c->held = evbuffer_new()) || auth_nonce(c->nonce, err) < 0) {
+            if (c->held) log_error("cluster key handshake: %s", err);
+            conn_free(c);
+            return NULL;
+        }
+        c->auth_deadline = now_mono() + RPC_AUTH_TIMEOUT;
+    }
+    if (self->key) msgpack_packer_init(&c->pk, c->held, held_write);
+    else msgpack_packer_init(&c->pk, c, pk_write);
     c->sweep = event_new(base, -1, EV_PERSIST, sweep_cb, c);
     struct timeval tv = {0, (suseconds_t)(RPC_SWEEP * 1e6)};
     event_add(c->sweep, &tv);
@@ -474,7 +579,7 @@ static rpc_conn *conn_new(struct event_base *base, const rpc_handlers *h, const 
 
 rpc_conn *rpc_accept(struct event_base *base, int fd, const rpc_handlers *h, const rpc_self *self)
 {
-    rpc_conn *c = conn_new(base, h, self);
+    rpc_conn *c = conn_new(base, h, self, false);
     if (!c) {
         close(fd);
         return NULL;
@@ -499,7 +604,7 @@ rpc_conn *rpc_accept(struct event_base *base, int fd, const rpc_handlers *h, con
 rpc_conn *rpc_connect(struct event_base *base, const net_addr *peer, double connect_timeout,
                       const rpc_handlers *h, const rpc_self *self)
 {
-    rpc_conn *c = conn_new(base, h, self);
+    rpc_conn *c = conn_new(base, h, self, true);
     if (!c) return NULL;
     c->io = sio_connect(base, peer, &rpc_sio_ops, c);
     if (!c->io) {

@@ -4,10 +4,16 @@
  *
  *   request  [0, msgid:uint, method:uint, params:array]
  *   response [1, msgid:uint, error:nil|str, result]
- *   hello    [2, role:uint, address:bin, version:uint, clock:uint]
+ *   hello    [2, role:uint, address:bin, version:uint, clock:uint (, nonce:bin)]
+ *   proof    [3, proof:bin]                     (only with a cluster key)
  *
  * Both ends send hello first; requests may be queued before the peer's
- * hello arrives. A connection is symmetric: either side may call the other
+ * hello arrives. With a cluster key (rpc_self.key, auth.h) the hello
+ * carries a nonce, each side answers the peer's nonce with a proof, and
+ * nothing else is sent or dispatched until then: queued requests wait in
+ * the connection, on_hello runs only once the peer's proof checked out, and
+ * a peer without the key (or with another one, or without a proof within
+ * RPC_AUTH_TIMEOUT) is logged once and disconnected. A connection is symmetric: either side may call the other
  * (the manager pushes hash spaces down the connection a server opened).
  * Frames are bounded by RPC_MAX_FRAME before they are buffered whole.
  *
@@ -15,11 +21,12 @@
  * caller until handlers->on_close runs (the connection broke or the peer
  * misbehaved); after on_close returns, the pointer is dead. rpc_close()
  * closes from the owner's side and does not call on_close. Either way every
- * pending call's callback runs once with RPC_ERR_LOST.
+ * pending call's callback runs once with RPC_ERR_LOST (RPC_ERR_UNSENT when
+ * it never left).
  *
  * Thread rule: a connection belongs to the thread of its event_base; every
  * function must be called from that thread.
- * Calls: net, clock (hello carries the sender's clock), log.
+ * Calls: net, clock (hello carries the sender's clock), auth, log.
  */
 #ifndef KUMO_RPC_H
 #define KUMO_RPC_H
@@ -29,12 +36,14 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "auth.h"
 #include "clock.h"
 #include "kumo.h"
 #include "net.h"
 
 #define RPC_VERSION 1
 #define RPC_MAX_FRAME (64u * 1024 * 1024)
+#define RPC_AUTH_TIMEOUT 10.0 /* s from connect/accept to the peer's proof */
 
 typedef enum rpc_role {
     RPC_ROLE_MANAGER = 0,
@@ -46,7 +55,7 @@ typedef enum rpc_role {
 typedef enum rpc_status {
     RPC_OK = 0,
     RPC_ERR_LOST,    /* connection closed before the reply (the request may have been served) */
-    RPC_ERR_UNSENT,  /* the request never left: no connection was ever made */
+    RPC_ERR_UNSENT,  /* the request never left: no connection, or no key handshake */
     RPC_ERR_TIMEOUT, /* no reply in time */
     RPC_ERR_REMOTE,  /* the peer answered with an error; result = the error */
 } rpc_status;
@@ -61,7 +70,8 @@ typedef struct rpc_handlers {
      * unless the method is one-way. params is valid only during the call. */
     void (*on_request)(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method,
                        const msgpack_object *params);
-    /* The peer's hello arrived (rpc_peer_role/addr are now valid). */
+    /* The peer's hello arrived, and with a key its proof (rpc_peer_role/addr
+     * are now valid). */
     void (*on_hello)(void *arg, rpc_conn *c);
     /* The connection is gone; drop every pointer to it. */
     void (*on_close)(void *arg, rpc_conn *c);
@@ -72,6 +82,7 @@ typedef struct rpc_self {
     rpc_role role;
     net_addr addr;   /* what the peer should know us as (may be unset for tools) */
     clock_hlc *clock; /* may be NULL (gateways have no clock) */
+    const auth_key *key; /* the cluster key, or NULL for none; must outlive the connections */
 } rpc_self;
 
 /* Take over an accepted socket. */

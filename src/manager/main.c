@@ -23,8 +23,8 @@ static const opt_def manager_opts[] = {
      "address other nodes reach this manager at (port 19700 if omitted)"},
     {"-p", "--partner", OPT_STRING, offsetof(manager_config, partner), "<addr[:port]>", NULL, 0, 0, false,
      "the other manager, if there are two"},
-    {"-c", "--control-port", OPT_INT, offsetof(manager_config, control_port), "<port>", "19799", 1, 65535, false,
-     "port kumoctl connects to"},
+    {"-c", "--control-port", OPT_STRING, offsetof(manager_config, control), "<[addr:]port>", "19799", 0, 0, false,
+     "where kumoctl connects: a bare port listens on every interface, addr:port on that address only"},
     {"-a", "--auto-replace", OPT_FLAG, offsetof(manager_config, auto_replace), NULL, NULL, 0, 0, false,
      "attach new servers and detach lost ones without an operator"},
     {"-Rs", "--replace-delay", OPT_DOUBLE, offsetof(manager_config, replace_delay), "<sec>", "4", 0, 3600, false,
@@ -102,12 +102,16 @@ int main(int argc, char **argv)
     memset(&m, 0, sizeof(m));
     daemon_init();
     opts_parse(&manager_spec, &cfg, argc, argv, NULL, 0, NULL);
+    net_addr control_addr;
     if (net_parse(cfg.listen, KUMO_MANAGER_PORT, &m.self, err) < 0) opts_die(&manager_spec, "-l: %s", err);
+    if (net_parse_listen(cfg.control, KUMO_CONTROL_PORT, &control_addr, err) < 0)
+        opts_die(&manager_spec, "-c: %s", err);
     if (cfg.partner) {
         if (links_check_name(cfg.partner, KUMO_MANAGER_PORT, err) < 0) opts_die(&manager_spec, "-p: %s", err);
         m.has_partner = true; /* resolved by partner.c, again whenever the link is down */
     }
     binlog_set_node_addr("manager", &m.self);
+    const auth_key *key = daemon_cluster_key(&manager_spec, &cfg.common);
     if (daemon_start("kumo-manager", &cfg.common) < 0) return 1;
     m.cfg = &cfg;
     time_t started = time(NULL);
@@ -115,12 +119,10 @@ int main(int argc, char **argv)
     m.whs = hashspace_new(NULL, 0, 0);
     m.rhs = hashspace_ref(m.whs);
     m.base = event_base_new();
-    m.rpc_self = (rpc_self){.role = RPC_ROLE_MANAGER, .addr = m.self, .clock = &m.clock};
+    m.rpc_self = (rpc_self){.role = RPC_ROLE_MANAGER, .addr = m.self, .clock = &m.clock, .key = key};
 
-    net_addr cluster_addr = m.self, control_addr = m.self;
+    net_addr cluster_addr = m.self;
     memset(cluster_addr.id + 2, 0, cluster_addr.len - 2); /* every interface, the port of -l */
-    memset(control_addr.id + 2, 0, control_addr.len - 2);
-    net_set_port(&control_addr, (uint16_t)cfg.control_port);
     m.cluster_listener = listen_on(&m, &cluster_addr, on_cluster_accept, err);
     if (m.cluster_listener) m.control_listener = listen_on(&m, &control_addr, on_control_accept, err);
     if (!m.cluster_listener || !m.control_listener) {
@@ -139,10 +141,11 @@ int main(int argc, char **argv)
     daemon_signals_init(&sigs, m.base, stop, &m);
     membership_start(&m);
     partner_start(&m);
-    char buf[NET_ADDRSTRLEN];
-    log_info("start manager %s control port %d", net_format(&m.self, buf, sizeof(buf)), cfg.control_port);
+    char buf[NET_ADDRSTRLEN], cbuf[NET_ADDRSTRLEN];
+    log_info("start manager %s control %s%s", net_format(&m.self, buf, sizeof(buf)),
+             net_format(&control_addr, cbuf, sizeof(cbuf)), key ? ", cluster key required" : "");
     binlog_event(LOG_LVL_INFO, "start", BL_STR("role", "manager"), BL_ADDR("addr", &m.self),
-                 BL_UINT("control_port", cfg.control_port), BL_STR("partner", cfg.partner), BL_UINT("pid", getpid()),
+                 BL_UINT("control_port", net_port(&control_addr)), BL_STR("partner", cfg.partner), BL_UINT("pid", getpid()),
                  BL_STR("version", PACKAGE_VERSION));
     daemon_notify("READY=1");
 

@@ -26,7 +26,7 @@ typedef struct manager_config {
     daemon_common common;
     const char *listen;   /* -l */
     const char *partner;  /* -p */
-    int control_port;     /* -c */
+    const char *control;  /* -c [addr:]port */
     bool auto_replace;    /* -a */
     double replace_delay; /* -Rs */
 } manager_config;

@@ -255,6 +255,7 @@ int main(int argc, char **argv)
     if (links_check_name(cfg.manager1, KUMO_MANAGER_PORT, err) < 0) opts_die(&server_spec, "-m: %s", err);
     if (cfg.manager2 && links_check_name(cfg.manager2, KUMO_MANAGER_PORT, err) < 0)
         opts_die(&server_spec, "-p: %s", err);
+    const auth_key *key = daemon_cluster_key(&server_spec, &cfg.common);
     if (daemon_start("kumo-server", &cfg.common) < 0) return 1;
     s.cfg = &cfg;
     if (!cfg.listen) find_self(&s);
@@ -271,7 +272,7 @@ int main(int argc, char **argv)
     }
     data_load_flush(&s);
     s.base = event_base_new();
-    s.rpc_self = (rpc_self){.role = RPC_ROLE_SERVER, .addr = s.self, .clock = &s.clock};
+    s.rpc_self = (rpc_self){.role = RPC_ROLE_SERVER, .addr = s.self, .clock = &s.clock, .key = key};
 
     net_addr bind_addr = s.self;
     memset(bind_addr.id + 2, 0, bind_addr.len - 2); /* every interface, the port of -l */

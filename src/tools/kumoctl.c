@@ -35,6 +35,9 @@ static void usage(FILE *out)
     fprintf(out, "Usage: kumoctl address[:port=%d] command [options]\ncommand:\n", KUMO_CONTROL_PORT);
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
         fprintf(out, "   %-22s %s\n", commands[i].name, commands[i].help);
+    fprintf(out, "options:\n"
+                 "   --cluster-key-file <file>\n"
+                 "                          the cluster key, the daemons' file (default: $KUMO_CLUSTER_KEY_FILE)\n");
 }
 
 static int print_status(const msgpack_object *r)
@@ -109,6 +112,7 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
+    if (tool_cluster_key("kumoctl", usage, &argc, argv)) return TOOL_EX_USAGE;
     if (argc < 3) return tool_usage_error("kumoctl", usage, "%s", argc < 2 ? "missing manager address" : "missing command");
     const char *cmd = argv[2];
     uint32_t method;

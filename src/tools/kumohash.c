@@ -46,6 +46,9 @@ static void usage(FILE *out)
             "options:\n"
             "   -m <addr[:port]> take the hash space from this manager (its cluster port)\n"
             "   -r               with -m: use the manager's rhs (reads) instead of whs (writes)\n"
+            "   --cluster-key-file <file>\n"
+            "                    with -m: the cluster key, the daemons' file\n"
+            "                    (default: $KUMO_CLUSTER_KEY_FILE)\n"
             "   --help           show this help\n"
             "Exit status: 0 ok, 1 the manager could not be reached or has no server, 64 usage.\n",
             KUMO_SERVER_PORT, KUMO_MANAGER_PORT);
@@ -148,6 +151,10 @@ int main(int argc, char **argv)
             return 0;
         }
         if (strcmp(argv[j], "--") == 0) break;
+    }
+    if (tool_cluster_key("kumohash", usage, &argc, argv)) {
+        free(servers);
+        return TOOL_EX_USAGE;
     }
     /* Flags first: -m addr, -r. */
     for (; i < argc && argv[i][0] == '-' && strcmp(argv[i], "--") != 0; i++) {

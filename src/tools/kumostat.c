@@ -76,6 +76,8 @@ static void usage(FILE *out)
             "options:\n"
             "  -m <addr[:port]>  run the command on every attached, active server of this manager,\n"
             "                    each answer prefixed with \"host:port:  \"\n"
+            "  --cluster-key-file <file>\n"
+            "                    the cluster key, the daemons' file (default: $KUMO_CLUSTER_KEY_FILE)\n"
             "  --help            show this help\n"
             "Each connect and call times out after %.0f s.\n"
             "Exit status: 0 ok, 1 a node could not be reached or answered wrongly, 64 usage.\n",
@@ -268,6 +270,7 @@ int main(int argc, char **argv)
             return 0;
         }
     }
+    if (tool_cluster_key("kumostat", usage, &argc, argv)) return TOOL_EX_USAGE;
     bool manager = argc >= 2 && strcmp(argv[1], "-m") == 0;
     int base = manager ? 2 : 1;
     if (argc >= 2 && argv[1][0] == '-' && !manager) {

@@ -100,6 +100,8 @@ static void usage(FILE *out)
             "  -m <addr[:port]>  show every server attached to this manager\n"
             "  -i <sec>          refresh interval (default 1; 0.1 to 3600)\n"
             "  -n <count>        stop after this many refreshes (default: until 'q')\n"
+            "  --cluster-key-file <file>\n"
+            "                    the cluster key, the daemons' file (default: $KUMO_CLUSTER_KEY_FILE)\n"
             "  --help            show this help\n"
             "Columns: address, gets/sets/deletes per second (and totals on a wide terminal),\n"
             "items (records, tombstones included), the server's clock (time and counter),\n"
@@ -493,6 +495,10 @@ int main(int argc, char **argv)
     const char **servers = calloc((size_t)argc + 1, sizeof(*servers));
     size_t nservers = 0;
     if (!servers) return 1;
+    if (tool_cluster_key("kumotop", usage, &argc, argv)) {
+        free(servers);
+        return TOOL_EX_USAGE;
+    }
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {

@@ -11,9 +11,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "links.h"
 #include "proto.h"
 #include "rpc.h"
+
+/* Set once by tool_cluster_key before any connection; NULL = no key. */
+static auth_key *cluster_key;
 
 static double now_mono(void)
 {
@@ -50,21 +54,143 @@ static int send_all(tool_conn *t, const char *p, size_t n, double deadline, char
     return 0;
 }
 
+/* The next message from the peer, whole; -1 + err on a transport error,
+ * a timeout or garbage. */
+static int next_frame(tool_conn *t, msgpack_unpacked *out, double deadline, char *err)
+{
+    for (;;) {
+        msgpack_unpack_return r = msgpack_unpacker_next(&t->up, out);
+        if (r == MSGPACK_UNPACK_SUCCESS) {
+            const msgpack_object *o = &out->data;
+            if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size < 1 ||
+                o->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+                return kumo_err(err, "%s: garbage reply", t->name);
+            return 0;
+        }
+        if (r != MSGPACK_UNPACK_CONTINUE) return kumo_err(err, "%s: malformed reply", t->name);
+        if (msgpack_unpacker_message_size(&t->up) > RPC_MAX_FRAME) return kumo_err(err, "%s: reply too large", t->name);
+        if (!msgpack_unpacker_reserve_buffer(&t->up, 64 * 1024)) return kumo_err(err, "out of memory");
+        ssize_t n = recv(t->fd, msgpack_unpacker_buffer(&t->up), msgpack_unpacker_buffer_capacity(&t->up), 0);
+        if (n == 0) return kumo_err(err, "%s: connection closed", t->name);
+        if (n < 0) {
+            if (errno != EAGAIN && errno != EINTR) return kumo_err(err, "%s: %s", t->name, strerror(errno));
+            if (wait_fd(t->fd, POLLIN, deadline) <= 0) return kumo_err(err, "%s: timed out", t->name);
+            continue;
+        }
+        msgpack_unpacker_buffer_consumed(&t->up, (size_t)n);
+    }
+}
+
+/* The nonce of a hello (rpc.h), if it carries one. */
+static bool hello_nonce(const msgpack_object *o, const char **p, size_t *len)
+{
+    if (o->via.array.ptr[0].via.u64 != 2 || o->via.array.size < 6) return false;
+    const msgpack_object *n = &o->via.array.ptr[5];
+    if (n->type != MSGPACK_OBJECT_BIN && n->type != MSGPACK_OBJECT_STR) return false;
+    *p = n->via.bin.ptr; /* bin and str share the layout */
+    *len = n->via.bin.size;
+    return true;
+}
+
+static int send_packed(tool_conn *t, msgpack_sbuffer *sb, double deadline, char *err)
+{
+    int rc = send_all(t, sb->data, sb->size, deadline, err);
+    msgpack_sbuffer_destroy(sb);
+    return rc;
+}
+
+/* The key handshake, as a connecting peer: the daemon's hello gives its
+ * nonce, we prove ours, and its proof must check out. */
+static int handshake(tool_conn *t, const uint8_t nonce[AUTH_NONCE_LEN], double deadline, char *err)
+{
+    msgpack_unpacked m;
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    uint8_t peer_nonce[AUTH_NONCE_LEN], proof[AUTH_PROOF_LEN];
+    const char *p;
+    size_t len;
+    uint64_t role;
+    int rc = -1;
+    msgpack_unpacked_init(&m);
+    if (next_frame(t, &m, deadline, err) < 0) goto out;
+    if (m.data.via.array.ptr[0].via.u64 != 2 || m.data.via.array.size < 5 ||
+        m.data.via.array.ptr[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
+        kumo_err(err, "%s: no hello from the peer", t->name);
+        goto out;
+    }
+    role = m.data.via.array.ptr[1].via.u64;
+    if (!hello_nonce(&m.data, &p, &len) || len != AUTH_NONCE_LEN) {
+        kumo_err(err, "%s: the daemon has no cluster key, this tool was given one (--cluster-key-file)", t->name);
+        goto out;
+    }
+    memcpy(peer_nonce, p, AUTH_NONCE_LEN);
+    auth_proof(cluster_key, true, RPC_ROLE_TOOL, peer_nonce, nonce, proof);
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 2);
+    msgpack_pack_uint8(&pk, 3);
+    rpc_pack_bytes(&pk, proof, sizeof(proof));
+    if (send_packed(t, &sb, deadline, err) < 0) goto out;
+    if (next_frame(t, &m, deadline, err) < 0) goto out;
+    if (m.data.via.array.ptr[0].via.u64 != 3 || m.data.via.array.size != 2 ||
+        m.data.via.array.ptr[1].type != MSGPACK_OBJECT_BIN) {
+        kumo_err(err, "%s: no cluster key proof from the daemon", t->name);
+        goto out;
+    }
+    if (!auth_verify(cluster_key, false, (uint8_t)role, nonce, peer_nonce, m.data.via.array.ptr[1].via.bin.ptr,
+                     m.data.via.array.ptr[1].via.bin.size)) {
+        kumo_err(err, "%s: the daemon has another cluster key (not the same --cluster-key-file)", t->name);
+        goto out;
+    }
+    rc = 0;
+out:
+    msgpack_unpacked_destroy(&m);
+    return rc;
+}
+
 static int send_hello(tool_conn *t, double deadline, char *err)
 {
     msgpack_sbuffer sb;
     msgpack_packer pk;
+    uint8_t nonce[AUTH_NONCE_LEN];
+    if (cluster_key && auth_nonce(nonce, err) < 0) return -1;
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_array(&pk, 5);
+    msgpack_pack_array(&pk, cluster_key ? 6 : 5);
     msgpack_pack_uint8(&pk, 2);
     msgpack_pack_uint8(&pk, RPC_ROLE_TOOL);
     msgpack_pack_bin(&pk, 0);
     msgpack_pack_uint32(&pk, RPC_VERSION);
     msgpack_pack_uint64(&pk, 0);
-    int rc = send_all(t, sb.data, sb.size, deadline, err);
-    msgpack_sbuffer_destroy(&sb);
-    return rc;
+    if (cluster_key) rpc_pack_bytes(&pk, nonce, sizeof(nonce));
+    if (send_packed(t, &sb, deadline, err) < 0) return -1;
+    return cluster_key ? handshake(t, nonce, deadline, err) : 0;
+}
+
+int tool_cluster_key(const char *prog, void (*usage)(FILE *out), int *argc, char **argv)
+{
+    static const char opt[] = "--cluster-key-file";
+    const char *path = getenv(AUTH_ENV);
+    int n = 1;
+    bool rest = false;
+    for (int i = 1; i < *argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--") == 0) rest = true;
+        if (!rest && strncmp(a, opt, sizeof(opt) - 1) == 0 && a[sizeof(opt) - 1] == '=') {
+            path = a + sizeof(opt);
+        } else if (!rest && strcmp(a, opt) == 0) {
+            if (i + 1 >= *argc) return tool_usage_error(prog, usage, "option '%s' needs a value", opt);
+            path = argv[++i];
+        } else {
+            argv[n++] = argv[i];
+        }
+    }
+    *argc = n;
+    argv[n] = NULL;
+    if (!path || !*path) return 0;
+    char err[KUMO_ERRLEN];
+    if (!(cluster_key = auth_key_load(path, err))) return tool_usage_error(prog, usage, "%s", err);
+    return 0;
 }
 
 int tool_connect_addr(tool_conn *t, const net_addr *addr, double timeout, char *err)
@@ -125,38 +251,26 @@ int tool_call(tool_conn *t, uint32_t method, const msgpack_sbuffer *params, msgp
     msgpack_pack_uint32(&pk, id);
     msgpack_pack_uint32(&pk, method);
     msgpack_sbuffer_write(&sb, params->data, params->size);
-    int rc = send_all(t, sb.data, sb.size, deadline, err);
-    msgpack_sbuffer_destroy(&sb);
-    if (rc < 0) return -1;
+    if (send_packed(t, &sb, deadline, err) < 0) return -1;
     for (;;) {
-        msgpack_unpack_return r;
-        while ((r = msgpack_unpacker_next(&t->up, out)) == MSGPACK_UNPACK_SUCCESS) {
-            const msgpack_object *o = &out->data;
-            if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size < 1) return kumo_err(err, "%s: garbage reply", t->name);
-            const msgpack_object *a = o->via.array.ptr;
-            if (a[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER) return kumo_err(err, "%s: garbage reply", t->name);
-            if (a[0].via.u64 != 1) continue; /* the peer's hello, or a push meant for others */
-            if (o->via.array.size != 4 || a[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-                return kumo_err(err, "%s: garbage reply", t->name);
-            if (a[1].via.u64 != id) continue;
-            if (a[2].type != MSGPACK_OBJECT_NIL) {
-                char buf[KUMO_ERRLEN];
-                return kumo_err(err, "%s: %s", t->name, rpc_strerror(RPC_ERR_REMOTE, &a[2], buf, sizeof(buf)));
-            }
-            out->data = a[3];
-            return 0;
+        const char *np;
+        size_t nlen;
+        if (next_frame(t, out, deadline, err) < 0) return -1;
+        const msgpack_object *o = &out->data;
+        const msgpack_object *a = o->via.array.ptr;
+        if (!cluster_key && hello_nonce(o, &np, &nlen))
+            return kumo_err(err, "%s: the daemon requires the cluster key (--cluster-key-file or $%s)", t->name,
+                            AUTH_ENV);
+        if (a[0].via.u64 != 1) continue; /* the peer's hello, or a push meant for others */
+        if (o->via.array.size != 4 || a[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+            return kumo_err(err, "%s: garbage reply", t->name);
+        if (a[1].via.u64 != id) continue;
+        if (a[2].type != MSGPACK_OBJECT_NIL) {
+            char buf[KUMO_ERRLEN];
+            return kumo_err(err, "%s: %s", t->name, rpc_strerror(RPC_ERR_REMOTE, &a[2], buf, sizeof(buf)));
         }
-        if (r != MSGPACK_UNPACK_CONTINUE) return kumo_err(err, "%s: malformed reply", t->name);
-        if (msgpack_unpacker_message_size(&t->up) > RPC_MAX_FRAME) return kumo_err(err, "%s: reply too large", t->name);
-        if (!msgpack_unpacker_reserve_buffer(&t->up, 64 * 1024)) return kumo_err(err, "out of memory");
-        ssize_t n = recv(t->fd, msgpack_unpacker_buffer(&t->up), msgpack_unpacker_buffer_capacity(&t->up), 0);
-        if (n == 0) return kumo_err(err, "%s: connection closed", t->name);
-        if (n < 0) {
-            if (errno != EAGAIN && errno != EINTR) return kumo_err(err, "%s: %s", t->name, strerror(errno));
-            if (wait_fd(t->fd, POLLIN, deadline) <= 0) return kumo_err(err, "%s: timed out", t->name);
-            continue;
-        }
-        msgpack_unpacker_buffer_consumed(&t->up, (size_t)n);
+        out->data = a[3];
+        return 0;
     }
 }
 

@@ -3,7 +3,12 @@
  * a manager or server (the same framing as rpc.h, role "tool"), and the
  * printing of hash spaces in the user guide's format.
  *
- * Thread rule: single-threaded tools. Calls: net, hashspace, msgpack.
+ * With a cluster key (tool_cluster_key) every connection first runs the
+ * key handshake of rpc.h and checks the daemon's proof too, so a tool that
+ * reaches a daemon with another key says so instead of "connection closed".
+ *
+ * Thread rule: single-threaded tools; the key is set once at start-up.
+ * Calls: net, hashspace, auth, msgpack.
  */
 #ifndef KUMO_TOOL_H
 #define KUMO_TOOL_H
@@ -13,6 +18,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "auth.h"
 #include "hashspace.h"
 #include "kumo.h"
 #include "net.h"
@@ -29,6 +35,13 @@ typedef struct tool_conn {
     uint32_t next_msgid;
     double timeout;
 } tool_conn;
+
+/* --cluster-key-file FILE (or --cluster-key-file=FILE) anywhere among the
+ * arguments before a "--", else $KUMO_CLUSTER_KEY_FILE: load the cluster
+ * key every later connection proves, and take the option out of argv
+ * (*argc shrinks). 0, or TOOL_EX_USAGE after "prog: why" and the usage on
+ * stderr (a missing value, a file auth_key_load refuses). */
+int tool_cluster_key(const char *prog, void (*usage)(FILE *out), int *argc, char **argv);
 
 /* Resolve and connect (timeout seconds for connect and for each call). */
 int tool_connect(tool_conn *t, const char *addr, uint16_t default_port, double timeout, char *err);

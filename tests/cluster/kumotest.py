@@ -56,6 +56,7 @@ DAEMONS = ("kumo-manager", "kumo-server", "kumo-gateway")
 TOOLS = ("kumoctl", "kumostat")
 
 EX_USAGE = 64
+KEY_ENV = "KUMO_CLUSTER_KEY_FILE"   # the tools' fallback for --cluster-key-file
 
 
 def binary(name):
@@ -201,6 +202,7 @@ def daemon_env():
     env.pop("NOTIFY_SOCKET", None)   # never notify a real service manager
     env.pop("WATCHDOG_USEC", None)
     env.pop("LISTEN_FDS", None)
+    env.pop(KEY_ENV, None)           # a test gives a cluster key explicitly or not at all
     return env
 
 
@@ -408,12 +410,16 @@ def require_module(mod):
         tap.skip_all(msg)
 
 
-def run_tool(argv, timeout=20):
-    """Run a tool; returns CompletedProcess (stdout/stderr as text). Never raises on timeout."""
+def run_tool(argv, timeout=20, key_file=None):
+    """Run a tool (with $KUMO_CLUSTER_KEY_FILE = key_file, if given); returns
+    CompletedProcess (stdout/stderr as text). Never raises on timeout."""
     argv = [str(a) for a in argv]
+    env = daemon_env()
+    if key_file:
+        env[KEY_ENV] = str(key_file)
     try:
         return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=timeout, env=daemon_env(), text=True, errors="replace")
+                              timeout=timeout, env=env, text=True, errors="replace")
     except subprocess.TimeoutExpired as e:
         out = e.stdout.decode("utf-8", "replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
         err = e.stderr.decode("utf-8", "replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
@@ -526,18 +532,23 @@ class Cluster:
 
     with Cluster(nservers=3) as c:   # started, attached, gateway answering
         c.gateway_port, c.servers[i].addr, c.status(), c.kumostat(srv, "items")
+
+    key_file: every daemon gets --cluster-key-file and the tools the same
+    file through $KUMO_CLUSTER_KEY_FILE.
     """
 
     def __init__(self, nservers=3, gateway=True, manager_args=(), server_args=(),
-                 gateway_args=(), start=True, gateway_binary=False):
+                 gateway_args=(), start=True, gateway_binary=False, key_file=None):
+        self.key_file = key_file
+        key_args = ["--cluster-key-file", key_file] if key_file else []
         self.dir = new_tmpdir()
         self.logdir = os.path.join(self.dir, "logs")
         os.makedirs(self.logdir)
         self.mgr_port = free_port()
         self.ctl_port = free_port()
-        self.manager_args = list(manager_args)
-        self.server_args = list(server_args)
-        self.gateway_args = list(gateway_args)
+        self.manager_args = key_args + list(manager_args)
+        self.server_args = key_args + list(server_args)
+        self.gateway_args = key_args + list(gateway_args)
         self.want_gateway = gateway
         self.servers = []
         for i in range(1, nservers + 1):
@@ -589,7 +600,8 @@ class Cluster:
 
     # -- tools
     def kumoctl(self, *args, timeout=20):
-        return run_tool([binary("kumoctl"), self.ctl_addr] + list(args), timeout=timeout)
+        return run_tool([binary("kumoctl"), self.ctl_addr] + list(args), timeout=timeout,
+                        key_file=self.key_file)
 
     def status(self):
         r = self.kumoctl("status")
@@ -598,7 +610,7 @@ class Cluster:
         return Status(r.stdout)
 
     def kumostat(self, server, cmd, timeout=20):
-        r = run_tool([binary("kumostat"), server.addr, cmd], timeout=timeout)
+        r = run_tool([binary("kumostat"), server.addr, cmd], timeout=timeout, key_file=self.key_file)
         if r.returncode != 0:
             raise OSError("kumostat %s %s: exit %s: %s" % (server.addr, cmd, r.returncode,
                                                           (r.stderr or r.stdout).strip()))

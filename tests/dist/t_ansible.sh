@@ -13,8 +13,8 @@
 #      /etc/default files, starts kumo-manager, kumo-server@a and
 #      kumo-gateway under systemd, and attaches the server; then a memcached
 #      set/get through the gateway, kumoctl status, a second run that
-#      changes nothing, and a third that changes a flag and restarts the
-#      daemons through the handlers
+#      changes nothing, a third that changes a flag and restarts the
+#      daemons through the handlers, and a fourth that sets a cluster key
 #
 # Part 3 is skipped (not failed) when no Docker engine can run here. With
 # KUMO_TEST_REQUIRE=1 a missing ansible or ansible-lint fails instead of
@@ -321,6 +321,34 @@ EOF
         printf "get t_ansible\r\nquit\r\n" >&3 && timeout 3 cat <&3' 2>&1 | tr -d '\r')
     [[ $reply == *"VALUE t_ansible 0 5"*hello* ]]
     ok $? "the key reads back after the rolling restart"
+
+    # A cluster key: written root:kumofs 0640, every daemon restarts with
+    # it, the attach step's kumoctl uses it, and a kumoctl without it is
+    # refused.
+    local secret mode_owner
+    secret=$(head -c 24 /dev/urandom | base64)
+    t=$SECONDS
+    PATH=$path ansible-playbook -i "$WORK/target.ini" site.yml "${extra[@]}" -e kumofs_extra_opts=-v \
+        -e "kumofs_cluster_key=$secret" >"$WORK/run4.log" 2>&1
+    rc=$?
+    [ "$rc" = 0 ] || tail -n 60 "$WORK/run4.log" | show
+    mode_owner=$("$D" exec "$TARGET" stat -c '%a %U:%G' /etc/kumofs/cluster.key 2>&1)
+    pid_after=$("$D" exec "$TARGET" systemctl show -p MainPID --value kumo-server@a.service)
+    cmd=$("$D" exec "$TARGET" bash -c "tr '\0' ' ' </proc/$pid_after/cmdline" 2>/dev/null)
+    [ "$rc" = 0 ] && [ "$mode_owner" = "640 root:kumofs" ] && [[ $cmd == *"--cluster-key-file /etc/kumofs/cluster.key"* ]]
+    ok $? "kumofs_cluster_key: the key file is $mode_owner, the server runs with it ($cmd) ($((SECONDS - t)) s)"
+    st=$("$D" exec -e KUMO_CLUSTER_KEY_FILE=/etc/kumofs/cluster.key "$TARGET" kumoctl 127.0.0.1 status 2>&1)
+    grep -q '^  127.0.0.1:19800 (active)' <<<"$st"
+    rc=$?
+    ok "$rc" "kumoctl with the key: 127.0.0.1:19800 attached and active again"
+    [ "$rc" = 0 ] || show <<<"$st"
+    st=$("$D" exec "$TARGET" kumoctl 127.0.0.1 status 2>&1)
+    [[ $st == *"requires the cluster key"* ]]
+    ok $? "kumoctl without the key is refused ($st)"
+    reply=$("$D" exec "$TARGET" bash -c 'exec 3<>/dev/tcp/127.0.0.1/11211 &&
+        printf "get t_ansible\r\nquit\r\n" >&3 && timeout 3 cat <&3' 2>&1 | tr -d '\r')
+    [[ $reply == *"VALUE t_ansible 0 5"*hello* ]]
+    ok $? "the key reads back through the keyed cluster"
 }
 
 target_part
