@@ -34,8 +34,8 @@ static void conn_close(client *c)
     else c->g->clients = c->next;
     if (c->next) c->next->prev = c->prev;
     c->g->stats.curr_connections--;
-    bufferevent_free(c->bev);
-    c->bev = NULL;
+    sio_free(c->io);
+    c->io = NULL;
     if (c->inflight == 0) conn_free(c);
 }
 
@@ -61,7 +61,8 @@ creq *client_req(client *c, bool quiet)
 static void flush(client *c)
 {
     if (c->closed) return;
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = sio_output(c->io);
+    size_t before = evbuffer_get_length(out);
     while (c->head && c->head->done) {
         creq *r = c->head;
         c->head = r->next;
@@ -73,11 +74,10 @@ static void flush(client *c)
         }
         req_free(r);
     }
+    if (evbuffer_get_length(out) != before) sio_wrote(c->io);
     if (c->paused && c->queued < CLIENT_MAX_QUEUED / 2) {
-        /* Input may already be buffered: run the parser again, later. */
         c->paused = false;
-        bufferevent_enable(c->bev, EV_READ);
-        bufferevent_trigger(c->bev, EV_READ, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
+        sio_read_enable(c->io, true); /* runs the parser again on buffered input */
     }
     if (c->close_after_flush && !c->head && evbuffer_get_length(out) == 0) conn_close(c);
 }
@@ -99,10 +99,10 @@ void client_call_end(creq *r)
     if (--c->inflight == 0 && c->closed) conn_free(c);
 }
 
-static void read_cb(struct bufferevent *bev, void *arg)
+static void read_cb(void *arg, sio *io)
 {
     client *c = arg;
-    struct evbuffer *in = bufferevent_get_input(bev);
+    struct evbuffer *in = sio_input(io);
     /* Hold the connection: a parse may complete requests and close it. */
     c->inflight++;
     while (!c->closed && !c->close_after_flush) {
@@ -116,7 +116,7 @@ static void read_cb(struct bufferevent *bev, void *arg)
         }
         if (c->queued >= CLIENT_MAX_QUEUED) {
             c->paused = true;
-            bufferevent_disable(bev, EV_READ);
+            sio_read_enable(io, false);
             break;
         }
         size_t used = c->parse(c, (const char *)evbuffer_pullup(in, -1), len);
@@ -127,16 +127,25 @@ static void read_cb(struct bufferevent *bev, void *arg)
     if (--c->inflight == 0 && c->closed) conn_free(c);
 }
 
-static void event_cb(struct bufferevent *bev, short what, void *arg)
+static void close_cb(void *arg, sio *io, int err)
 {
-    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) conn_close(arg);
+    (void)io;
+    (void)err;
+    conn_close(arg);
 }
 
-static void write_cb(struct bufferevent *bev, void *arg)
+static void drained_cb(void *arg, sio *io)
 {
     client *c = arg;
+    (void)io;
     if (c->close_after_flush && !c->head) conn_close(c);
 }
+
+static const sio_ops client_sio_ops = {
+    .on_read = read_cb,
+    .on_drained = drained_cb,
+    .on_close = close_cb,
+};
 
 void client_close_all(gateway *g)
 {
@@ -156,13 +165,11 @@ client *client_new(gateway *g, int fd, client_parse_fn parse, void *proto_state)
         free(proto_state);
         return NULL;
     }
-    net_tune(fd);
     c->g = g;
     c->parse = parse;
     c->proto = proto_state;
-    c->bev = bufferevent_socket_new(g->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    if (!c->bev) {
-        close(fd);
+    c->io = sio_new(g->base, fd, &client_sio_ops, c);
+    if (!c->io) {
         free(proto_state);
         free(c);
         return NULL;
@@ -172,7 +179,5 @@ client *client_new(gateway *g, int fd, client_parse_fn parse, void *proto_state)
     c->next = g->clients;
     if (c->next) c->next->prev = c;
     g->clients = c;
-    bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     return c;
 }

@@ -9,17 +9,17 @@
  * pauses while too many requests are in flight. A connection that closes
  * with requests in flight is freed when the last router callback arrives.
  *
- * Thread rule: main loop. Calls: libevent.
+ * Thread rule: main loop. Calls: sio, libevent.
  */
 #ifndef KUMO_CLIENT_H
 #define KUMO_CLIENT_H
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <stdbool.h>
 #include <stddef.h>
 
 #include "gateway.h"
+#include "sio.h"
 
 #define CLIENT_MAX_QUEUED 1024
 
@@ -44,7 +44,7 @@ typedef size_t (*client_parse_fn)(client *c, const char *buf, size_t len);
 struct client {
     gateway *g;
     client *prev, *next; /* the gateway's open connections (g->clients) */
-    struct bufferevent *bev;
+    sio *io;
     client_parse_fn parse;
     creq *head, *tail;
     size_t queued;

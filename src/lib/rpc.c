@@ -1,5 +1,5 @@
 /*
- * rpc — node messaging over libevent bufferevents (see rpc.h).
+ * rpc — node messaging over sio sockets (see rpc.h).
  *
  * Pending calls live in a table indexed by `msgid & mask`. msgids are handed
  * out sequentially, so two outstanding calls collide only when more than
@@ -10,21 +10,23 @@
  * A connection is freed only when no callback of ours is on the stack
  * (c->busy == 0), so handlers may close it from inside a callback.
  *
- * Calls: net, clock, log, msgpack, libevent. Thread rule: see rpc.h.
+ * Calls: net, sio, clock, log, msgpack, libevent. Thread rule: see rpc.h.
  */
 #include "rpc.h"
 
+#include <errno.h>
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "mpguard.h"
+#include "sio.h"
 
 #define RPC_SWEEP 0.25
 #define RPC_READ_CHUNK (64 * 1024)
@@ -38,14 +40,14 @@ typedef struct pending {
 
 struct rpc_conn {
     struct event_base *base;
-    struct bufferevent *bev;
+    sio *io;
     struct event *sweep;
     struct event *connect_timer;
     rpc_handlers h;
     rpc_self self;
     msgpack_unpacker up;
     mpguard guard;           /* checks bytes before `up` allocates for them */
-    msgpack_packer pk;       /* writes to the bufferevent's output */
+    msgpack_packer pk;       /* writes to the socket's output */
     msgpack_sbuffer scratch; /* target of packers on a dead connection */
     msgpack_packer scratch_pk;
     pending *slots;
@@ -71,7 +73,9 @@ static double now_mono(void)
 
 static int pk_write(void *data, const char *buf, size_t len)
 {
-    return evbuffer_add((struct evbuffer *)data, buf, len);
+    rpc_conn *c = data;
+    sio_wrote(c->io);
+    return evbuffer_add(sio_output(c->io), buf, len);
 }
 
 /* ---- deferred "lost" replies for calls made on a dead connection ---- */
@@ -118,8 +122,8 @@ static void teardown(rpc_conn *c, bool notify)
     if (c->dead) return;
     c->dead = true;
     c->busy++;
-    if (c->bev) bufferevent_free(c->bev);
-    c->bev = NULL;
+    sio_free(c->io);
+    c->io = NULL;
     if (c->sweep) event_free(c->sweep);
     c->sweep = NULL;
     if (c->connect_timer) event_free(c->connect_timer);
@@ -239,7 +243,7 @@ msgpack_packer *rpc_call_begin(rpc_conn *c, uint32_t method, double timeout, rpc
     return &c->pk;
 }
 
-void rpc_call_end(rpc_conn *c) { (void)c; /* the bufferevent flushes on its own */ }
+void rpc_call_end(rpc_conn *c) { (void)c; /* sio flushes at the end of the loop iteration */ }
 
 msgpack_packer *rpc_notify_begin(rpc_conn *c, uint32_t method)
 {
@@ -363,10 +367,10 @@ static bool dispatch(rpc_conn *c, const msgpack_object *o)
     return false;
 }
 
-static void read_cb(struct bufferevent *bev, void *arg)
+static void read_cb(void *arg, sio *io)
 {
     rpc_conn *c = arg;
-    struct evbuffer *in = bufferevent_get_input(bev);
+    struct evbuffer *in = sio_input(io);
     msgpack_unpacked result;
     msgpack_unpacked_init(&result);
     c->busy++;
@@ -412,21 +416,28 @@ static void read_cb(struct bufferevent *bev, void *arg)
     release(c);
 }
 
-static void event_cb(struct bufferevent *bev, short what, void *arg)
+static void connect_cb(void *arg, sio *io)
 {
     rpc_conn *c = arg;
-    if (what & BEV_EVENT_CONNECTED) {
-        c->connected = true;
-        if (c->connect_timer) event_del(c->connect_timer);
-        net_tune(bufferevent_getfd(bev));
-        return;
-    }
-    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
-        if (what & BEV_EVENT_EOF) log_debug("%s: connection closed", c->name);
-        else log_debug("%s: connection failed: %s", c->name, evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
-        teardown(c, true);
-    }
+    (void)io;
+    c->connected = true;
+    if (c->connect_timer) event_del(c->connect_timer);
 }
+
+static void close_cb(void *arg, sio *io, int err)
+{
+    rpc_conn *c = arg;
+    (void)io;
+    if (err == 0) log_debug("%s: connection closed", c->name);
+    else log_debug("%s: connection failed: %s", c->name, strerror(err));
+    teardown(c, true);
+}
+
+static const sio_ops rpc_sio_ops = {
+    .on_read = read_cb,
+    .on_connect = connect_cb,
+    .on_close = close_cb,
+};
 
 static void connect_timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -435,8 +446,7 @@ static void connect_timeout_cb(evutil_socket_t fd, short what, void *arg)
     teardown(c, true);
 }
 
-static rpc_conn *conn_new(struct event_base *base, struct bufferevent *bev, const rpc_handlers *h,
-                          const rpc_self *self)
+static rpc_conn *conn_new(struct event_base *base, const rpc_handlers *h, const rpc_self *self)
 {
     rpc_conn *c = calloc(1, sizeof(*c));
     if (!c) return NULL;
@@ -448,7 +458,6 @@ static rpc_conn *conn_new(struct event_base *base, struct bufferevent *bev, cons
         return NULL;
     }
     c->base = base;
-    c->bev = bev;
     c->h = *h;
     c->self = *self;
     c->next_msgid = 1;
@@ -456,27 +465,29 @@ static rpc_conn *conn_new(struct event_base *base, struct bufferevent *bev, cons
     c->peer_role = RPC_ROLE_TOOL;
     msgpack_sbuffer_init(&c->scratch);
     msgpack_packer_init(&c->scratch_pk, &c->scratch, msgpack_sbuffer_write);
-    msgpack_packer_init(&c->pk, bufferevent_get_output(bev), pk_write);
+    msgpack_packer_init(&c->pk, c, pk_write);
     c->sweep = event_new(base, -1, EV_PERSIST, sweep_cb, c);
     struct timeval tv = {0, (suseconds_t)(RPC_SWEEP * 1e6)};
     event_add(c->sweep, &tv);
-    bufferevent_setcb(bev, read_cb, NULL, event_cb, c);
-    bufferevent_enable(bev, EV_READ | EV_WRITE);
-    send_hello(c);
     return c;
 }
 
 rpc_conn *rpc_accept(struct event_base *base, int fd, const rpc_handlers *h, const rpc_self *self)
 {
-    net_tune(fd);
-    struct bufferevent *bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
-    if (!bev) return NULL;
-    rpc_conn *c = conn_new(base, bev, h, self);
+    rpc_conn *c = conn_new(base, h, self);
     if (!c) {
-        bufferevent_free(bev);
+        close(fd);
+        return NULL;
+    }
+    c->io = sio_new(base, fd, &rpc_sio_ops, c);
+    if (!c->io) {
+        c->dead = true;
+        event_free(c->sweep);
+        conn_free(c);
         return NULL;
     }
     c->connected = true;
+    send_hello(c);
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
     net_addr a;
@@ -488,26 +499,21 @@ rpc_conn *rpc_accept(struct event_base *base, int fd, const rpc_handlers *h, con
 rpc_conn *rpc_connect(struct event_base *base, const net_addr *peer, double connect_timeout,
                       const rpc_handlers *h, const rpc_self *self)
 {
-    struct bufferevent *bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
-    if (!bev) return NULL;
-    rpc_conn *c = conn_new(base, bev, h, self);
-    if (!c) {
-        bufferevent_free(bev);
+    rpc_conn *c = conn_new(base, h, self);
+    if (!c) return NULL;
+    c->io = sio_connect(base, peer, &rpc_sio_ops, c);
+    if (!c->io) {
+        c->dead = true;
+        event_free(c->sweep);
+        conn_free(c);
         return NULL;
     }
+    send_hello(c);
     c->peer_addr = *peer;
     net_format(peer, c->name, sizeof(c->name));
     c->connect_timer = evtimer_new(base, connect_timeout_cb, c);
     struct timeval tv = {(time_t)connect_timeout, (suseconds_t)((connect_timeout - (double)(time_t)connect_timeout) * 1e6)};
     evtimer_add(c->connect_timer, &tv);
-    struct sockaddr_storage ss;
-    socklen_t sl = net_sockaddr(peer, &ss);
-    if (bufferevent_socket_connect(bev, (struct sockaddr *)&ss, (int)sl) < 0) {
-        /* Report the failure through on_close, never from inside rpc_connect. */
-        event_del(c->connect_timer);
-        struct timeval zero = {0, 0};
-        evtimer_add(c->connect_timer, &zero);
-    }
     return c;
 }
 

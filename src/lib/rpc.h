@@ -1,6 +1,6 @@
 /*
- * rpc — msgpack-rpc style messaging between kumofs nodes over libevent
- * bufferevents (wire format in docs/protocol.md).
+ * rpc — msgpack-rpc style messaging between kumofs nodes over sio
+ * sockets (wire format in docs/protocol.md).
  *
  *   request  [0, msgid:uint, method:uint, params:array]
  *   response [1, msgid:uint, error:nil|str, result]

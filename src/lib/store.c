@@ -1,24 +1,22 @@
 /*
  * store — the Tokyo Cabinet hash database of a kumo-server (see store.h).
  *
- * Owns: one TCHDB handle opened HDBOWRITER|HDBOCREAT|HDBOLCKNB with
- * tchdbsetmutex, 64 lock stripes, one walk lock, and (after the first
- * backup) a descriptor holding the file lock.
+ * Owns: one TCHDB handle opened HDBOWRITER|HDBOCREAT|HDBOLCKNB, and (after
+ * the first backup) a descriptor holding the file lock.
  * Calls: record (clocktime of stored bytes), Tokyo Cabinet.
- * Thread rule: every function may be called from any thread.
+ * Thread rule: one thread (the server's event loop) at a time.
  *
- * Locking, and why it looks like this:
- *  - TC's own mutex makes each single call atomic, but a read-compare-write
- *    is two calls. Every write to a key (store_put and everything built on
- *    store_modify) therefore runs under the key's stripe: a mutex chosen by
- *    FNV-1a of the key bytes. Reads take no stripe; TC gives them a whole
- *    record.
- *  - tchdbforeach holds every TC record lock for reading while it calls
- *    back, so a callback that writes would deadlock. store_iterate instead
- *    steps TC's iterator with tchdbiternext3 into private copies and calls fn
- *    with no TC lock held. TC has one iterator per handle, so whole walks are
- *    serialized by `walk_mu`: fn may call any store function except
- *    store_iterate itself. The iterator walks file offsets, so removing the
+ * Why it looks like this:
+ *  - No tchdbsetmutex. With it, TC calls sched_yield(2) after every get and
+ *    put (its HDBTHREADYIELD), which on a busy machine hands the CPU away on
+ *    each request: measured, more than half of a server's time under a set
+ *    load went to context switches. The server runs its store from one
+ *    thread, so a read-compare-write (store_modify) is atomic as it is.
+ *  - tchdbforeach would forbid writes from its callback. store_iterate
+ *    instead steps TC's iterator with tchdbiternext3 into private copies and
+ *    calls fn with nothing held. TC has one iterator per handle, so one walk
+ *    at a time (`walking`): fn may call any store function except another
+ *    walk. The iterator walks file offsets, so removing the
  *    record just visited is safe; a record rewritten during the walk may move
  *    behind the cursor and be seen twice (callers apply update semantics, so
  *    a second visit is harmless).
@@ -42,7 +40,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,7 +51,6 @@
 
 #include "record.h"
 
-#define STORE_STRIPES 64
 /* Buckets for a database store_open creates (TC rounds up to a prime).
  * A file made beforehand with tchmgr keeps its own tuning (user guide 5.1). */
 #define STORE_NEW_BUCKETS 1048576
@@ -62,10 +59,22 @@ struct store {
     TCHDB *hdb;
     char *path; /* the file, without "#name=value" options */
     int lock_fd; /* see "fcntl" above; -1 until the first backup */
-    pthread_mutex_t walk_mu;
-    bool walking; /* a store_walk_* walk holds TC's one iterator */
-    pthread_mutex_t stripes[STORE_STRIPES];
+    bool walking; /* a walk holds TC's one iterator */
 };
+
+/* ---- Tokyo Cabinet's yields ----
+ *
+ * Debian's libtokyocabinet is built with TC's test-yield hook: a global
+ * counter bumped several times per call, calling sched_yield(2) every 32nd
+ * or 256th bump (seen in its disassembly: _tc_dummy_cnt). Under load that
+ * is a yield every few requests, and on a busy machine each one hands the
+ * CPU to another process: a server spent about half its profile in
+ * context switches. This definition in the executable interposes on the
+ * library's call (the dynamic linker binds TC's reference to the first
+ * definition, ours), and makes it the no-op a single-threaded owner of the
+ * handle wants. Nothing of ours yields; glibc's own calls do not go
+ * through this symbol. */
+int sched_yield(void) { return 0; }
 
 /* ---- spec parsing ---- */
 
@@ -133,14 +142,6 @@ static int parse_spec(const char *spec, char **path, int64_t *xmsiz, int64_t *rc
 
 /* ---- helpers ---- */
 
-static pthread_mutex_t *stripe(store *s, const void *key, size_t klen)
-{
-    const unsigned char *p = key;
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < klen; i++) h = (h ^ p[i]) * 16777619u;
-    return &s->stripes[h % STORE_STRIPES];
-}
-
 static int tc_err(store *s, const char *path, char *err)
 {
     return kumo_err(err, "%s: %s", path, tchdberrmsg(tchdbecode(s->hdb)));
@@ -156,8 +157,6 @@ static void store_free(store *s)
 {
     if (s->hdb) tchdbdel(s->hdb);
     if (s->lock_fd >= 0) close(s->lock_fd); /* after TC has closed and unlocked */
-    for (int i = 0; i < STORE_STRIPES; i++) pthread_mutex_destroy(&s->stripes[i]);
-    pthread_mutex_destroy(&s->walk_mu);
     free(s->path);
     free(s);
 }
@@ -192,11 +191,9 @@ static store *open_mode(const char *spec, bool readonly, char *err)
     }
     s->path = path;
     s->lock_fd = -1;
-    pthread_mutex_init(&s->walk_mu, NULL);
-    for (int i = 0; i < STORE_STRIPES; i++) pthread_mutex_init(&s->stripes[i], NULL);
 
     s->hdb = tchdbnew();
-    if (!s->hdb || !tchdbsetmutex(s->hdb)) {
+    if (!s->hdb) {
         kumo_err(err, "%s: cannot set up Tokyo Cabinet", path);
         store_free(s);
         return NULL;
@@ -249,27 +246,15 @@ void *store_get(store *s, const void *key, size_t klen, size_t *vlen)
 int store_put(store *s, const void *key, size_t klen, const void *val, size_t vlen, char *err)
 {
     if (check_sizes(s, klen, vlen, err) < 0) return -1;
-    pthread_mutex_t *mu = stripe(s, key, klen);
-    pthread_mutex_lock(mu);
-    bool ok = tchdbput(s->hdb, key, (int)klen, val, (int)vlen);
-    int rc = ok ? 0 : tc_err(s, s->path, err);
-    pthread_mutex_unlock(mu);
-    return rc;
+    return tchdbput(s->hdb, key, (int)klen, val, (int)vlen) ? 0 : tc_err(s, s->path, err);
 }
 
 int store_modify(store *s, const void *key, size_t klen, store_modify_fn fn, void *arg, char *err)
 {
     if (check_sizes(s, klen, 0, err) < 0) return -1;
-    pthread_mutex_t *mu = stripe(s, key, klen);
-    pthread_mutex_lock(mu);
-
     int oldsz = 0;
     void *old = tchdbget(s->hdb, key, (int)klen, &oldsz);
-    if (!old && tchdbecode(s->hdb) != TCENOREC) {
-        int rc = tc_err(s, s->path, err);
-        pthread_mutex_unlock(mu);
-        return rc;
-    }
+    if (!old && tchdbecode(s->hdb) != TCENOREC) return tc_err(s, s->path, err);
 
     const void *out = NULL;
     size_t outlen = 0;
@@ -292,7 +277,6 @@ int store_modify(store *s, const void *key, size_t klen, store_modify_fn fn, voi
         rc = kumo_err(err, "%s: bad verdict %d from a modify callback", s->path, (int)v);
         break;
     }
-    pthread_mutex_unlock(mu);
     free(old);
     return rc;
 }
@@ -343,7 +327,6 @@ int store_iterate(store *s, store_iter_fn fn, void *arg, char *err)
 {
     TCXSTR *k = tcxstrnew(), *v = tcxstrnew();
     int rc = 0;
-    pthread_mutex_lock(&s->walk_mu);
     if (s->walking) {
         rc = kumo_err(err, "%s: another walk is in progress", s->path);
         goto out;
@@ -352,6 +335,7 @@ int store_iterate(store *s, store_iter_fn fn, void *arg, char *err)
         rc = tc_err(s, s->path, err);
         goto out;
     }
+    s->walking = true;
     for (;;) {
         tcxstrclear(k);
         tcxstrclear(v);
@@ -362,8 +346,8 @@ int store_iterate(store *s, store_iter_fn fn, void *arg, char *err)
         if (fn(arg, tcxstrptr(k), (size_t)tcxstrsize(k), tcxstrptr(v), (size_t)tcxstrsize(v)) != 0)
             break;
     }
+    s->walking = false;
 out:
-    pthread_mutex_unlock(&s->walk_mu);
     tcxstrdel(k);
     tcxstrdel(v);
     return rc;
@@ -371,20 +355,16 @@ out:
 
 int store_walk_begin(store *s, char *err)
 {
-    int rc = 0;
-    pthread_mutex_lock(&s->walk_mu);
-    if (s->walking) rc = 1;
-    else if (!tchdbiterinit(s->hdb)) rc = tc_err(s, s->path, err);
-    else s->walking = true;
-    pthread_mutex_unlock(&s->walk_mu);
-    return rc;
+    if (s->walking) return 1;
+    if (!tchdbiterinit(s->hdb)) return tc_err(s, s->path, err);
+    s->walking = true;
+    return 0;
 }
 
 int store_walk_step(store *s, store_iter_fn fn, void *arg, size_t max, char *err)
 {
     TCXSTR *k = tcxstrnew(), *v = tcxstrnew();
     int rc = 1;
-    pthread_mutex_lock(&s->walk_mu);
     for (size_t n = 0; n < max; n++) {
         tcxstrclear(k);
         tcxstrclear(v);
@@ -398,7 +378,6 @@ int store_walk_step(store *s, store_iter_fn fn, void *arg, size_t max, char *err
         }
     }
     if (rc <= 0) s->walking = false;
-    pthread_mutex_unlock(&s->walk_mu);
     tcxstrdel(k);
     tcxstrdel(v);
     return rc;
@@ -406,9 +385,7 @@ int store_walk_step(store *s, store_iter_fn fn, void *arg, size_t max, char *err
 
 void store_walk_abort(store *s)
 {
-    pthread_mutex_lock(&s->walk_mu);
     s->walking = false;
-    pthread_mutex_unlock(&s->walk_mu);
 }
 
 uint64_t store_count(store *s)

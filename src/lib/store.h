@@ -2,14 +2,13 @@
  * store — the Tokyo Cabinet hash database of a kumo-server.
  *
  * Keys and values are record.h bytes. Every conditional write is a
- * read-compare-write under a lock stripe chosen by the key, so two writes
- * to one key never interleave while writes to different keys proceed in
- * parallel (TC itself is opened with tchdbsetmutex).
+ * read-compare-write (store_modify), atomic because one thread owns the
+ * handle (see the thread rule; store.c says why TC's mutex is not used).
  *
  * Spec string (user guide 5.1): "path.tch[#xmsiz=SIZE][#rcnum=N]" with k/m/g
  * suffixes; other "#name=value" parts are rejected with an error naming them.
  *
- * Thread rule: every function may be called from any thread.
+ * Thread rule: one thread at a time per handle.
  * Calls: record, Tokyo Cabinet.
  */
 #ifndef KUMO_STORE_H
@@ -41,8 +40,7 @@ void *store_get(store *s, const void *key, size_t klen, size_t *vlen);
 int store_put(store *s, const void *key, size_t klen, const void *val, size_t vlen, char *err);
 
 /* The general read-modify-write. fn sees the current bytes (NULL, 0 when
- * absent) and decides; it runs with the key's stripe locked and must not
- * call back into the store. */
+ * absent) and decides; it must not call back into the store. */
 typedef enum store_verdict {
     STORE_KEEP = 0, /* leave the record as it is */
     STORE_WRITE,    /* write out/outlen (fn-owned buffer, valid until return) */

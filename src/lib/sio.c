@@ -1,0 +1,242 @@
+/*
+ * sio — buffered non-blocking sockets with end-of-iteration flushing
+ * (see sio.h).
+ *
+ * Three events per socket: a persistent level-triggered read event, a write
+ * event added only while connecting or while the kernel's send buffer is
+ * full, and a flush event with no fd that sio_wrote activates. libevent
+ * runs activated events after those already in its active queue, so the
+ * flush comes after every I/O callback of the current iteration.
+ */
+#include "sio.h"
+
+#include "kumo.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "kumo.h"
+
+#define SIO_READ (16 * 1024)
+
+struct sio {
+    struct event_base *base;
+    int fd;
+    struct event *ev_read, *ev_write, *ev_flush;
+    struct evbuffer *in, *out;
+    sio_ops ops;
+    void *arg;
+    int connect_err;   /* a connect that failed before it started */
+    bool connecting;
+    bool shut;         /* on_close ran (or is running): no more I/O */
+    bool reading;      /* ev_read is added */
+    bool write_armed;  /* ev_write is added */
+    bool flush_queued; /* ev_flush is active */
+    bool kick;         /* run on_read once for input already buffered */
+};
+
+static void shut(sio *s, int err)
+{
+    if (s->shut) return;
+    s->shut = true;
+    event_del(s->ev_read);
+    event_del(s->ev_write);
+    event_del(s->ev_flush);
+    s->ops.on_close(s->arg, s, err);
+}
+
+/* Write until the output is empty or the kernel pushes back. Returns true
+ * if the socket is still usable. */
+static bool drain(sio *s)
+{
+    while (evbuffer_get_length(s->out) > 0) {
+        if (evbuffer_write(s->out, s->fd) >= 0) continue;
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            if (!s->write_armed) {
+                s->write_armed = true;
+                event_add(s->ev_write, NULL);
+            }
+            return true;
+        }
+        shut(s, errno);
+        return false;
+    }
+    if (s->write_armed) {
+        s->write_armed = false;
+        event_del(s->ev_write);
+    }
+    if (s->ops.on_drained) s->ops.on_drained(s->arg, s); /* last: it may free s */
+    return true;
+}
+
+static void read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    sio *s = arg;
+    (void)what;
+    if (s->kick) {
+        s->kick = false;
+        if (evbuffer_get_length(s->in) > 0) {
+            s->ops.on_read(s->arg, s);
+            return;
+        }
+    }
+    struct evbuffer_iovec v[2];
+    struct iovec iov[2];
+    int nv = evbuffer_reserve_space(s->in, SIO_READ, v, 2);
+    if (nv <= 0) {
+        shut(s, ENOMEM);
+        return;
+    }
+    for (int i = 0; i < nv; i++) {
+        iov[i].iov_base = v[i].iov_base;
+        iov[i].iov_len = v[i].iov_len;
+    }
+    ssize_t n = readv(fd, iov, nv);
+    if (n > 0) {
+        size_t left = (size_t)n;
+        int used = 0;
+        for (; used < nv && left > 0; used++) {
+            if (v[used].iov_len > left) v[used].iov_len = left;
+            left -= v[used].iov_len;
+        }
+        evbuffer_commit_space(s->in, v, used);
+        s->ops.on_read(s->arg, s);
+        return;
+    }
+    if (n == 0) shut(s, 0);
+    else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) shut(s, errno);
+}
+
+static void write_cb(evutil_socket_t fd, short what, void *arg)
+{
+    sio *s = arg;
+    (void)what;
+    if (s->connecting) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+        if (err == EINPROGRESS) return;
+        if (err) {
+            shut(s, err);
+            return;
+        }
+        s->connecting = false;
+        if (s->ops.on_connect) s->ops.on_connect(s->arg, s);
+        if (s->shut) return;
+    }
+    drain(s);
+}
+
+static void flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+    sio *s = arg;
+    (void)fd;
+    (void)what;
+    s->flush_queued = false;
+    if (s->connect_err) {
+        shut(s, s->connect_err);
+        return;
+    }
+    if (s->shut || s->connecting || s->write_armed) return; /* the write event will do it */
+    drain(s);
+}
+
+static sio *sio_alloc(struct event_base *base, int fd, const sio_ops *ops, void *arg)
+{
+    sio *s = calloc(1, sizeof(*s));
+    if (!s) return NULL;
+    s->base = base;
+    s->fd = fd;
+    s->ops = *ops;
+    s->arg = arg;
+    s->in = evbuffer_new();
+    s->out = evbuffer_new();
+    s->ev_read = event_new(base, fd, EV_READ | EV_PERSIST, read_cb, s);
+    s->ev_write = event_new(base, fd, EV_WRITE | EV_PERSIST, write_cb, s);
+    s->ev_flush = event_new(base, -1, 0, flush_cb, s);
+    if (!s->in || !s->out || !s->ev_read || !s->ev_write || !s->ev_flush) {
+        s->fd = -1;
+        sio_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+sio *sio_new(struct event_base *base, int fd, const sio_ops *ops, void *arg)
+{
+    net_tune(fd);
+    sio *s = sio_alloc(base, fd, ops, arg);
+    if (!s) {
+        close(fd);
+        return NULL;
+    }
+    sio_read_enable(s, true);
+    return s;
+}
+
+sio *sio_connect(struct event_base *base, const net_addr *peer, const sio_ops *ops, void *arg)
+{
+    char err[KUMO_ERRLEN];
+    errno = 0;
+    int fd = net_connect(peer, err);
+    int e = errno ? errno : ECONNREFUSED;
+    sio *s = sio_alloc(base, fd, ops, arg);
+    if (!s) {
+        if (fd >= 0) close(fd);
+        return NULL;
+    }
+    if (fd < 0) {
+        /* Report the failure from the loop, as the contract says. */
+        s->connect_err = e;
+        s->flush_queued = true;
+        event_active(s->ev_flush, EV_WRITE, 1);
+        return s;
+    }
+    s->connecting = true;
+    s->write_armed = true;
+    event_add(s->ev_write, NULL);
+    sio_read_enable(s, true);
+    return s;
+}
+
+void sio_free(sio *s)
+{
+    if (!s) return;
+    if (s->ev_read) event_free(s->ev_read);
+    if (s->ev_write) event_free(s->ev_write);
+    if (s->ev_flush) event_free(s->ev_flush);
+    if (s->in) evbuffer_free(s->in);
+    if (s->out) evbuffer_free(s->out);
+    if (s->fd >= 0) close(s->fd);
+    free(s);
+}
+
+struct evbuffer *sio_input(sio *s) { return s->in; }
+struct evbuffer *sio_output(sio *s) { return s->out; }
+int sio_fd(const sio *s) { return s->fd; }
+
+void sio_wrote(sio *s)
+{
+    if (s->flush_queued || s->shut) return;
+    s->flush_queued = true;
+    event_active(s->ev_flush, EV_WRITE, 1);
+}
+
+void sio_read_enable(sio *s, bool on)
+{
+    if (s->shut || s->fd < 0 || on == s->reading) return;
+    s->reading = on;
+    if (!on) {
+        event_del(s->ev_read);
+        return;
+    }
+    event_add(s->ev_read, NULL);
+    if (evbuffer_get_length(s->in) > 0) {
+        s->kick = true;
+        event_active(s->ev_read, EV_READ, 1);
+    }
+}
