@@ -27,11 +27,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* SHA1_Init/Update/Final, not SHA1(): OpenSSL 3's one-shot SHA1() goes
+ * through EVP_Q_digest, which looks the algorithm up (EVP_MD_fetch) and
+ * allocates a context on every call. That was a quarter of a gateway's
+ * instructions per get; the low-level calls are the bare compression. */
 uint64_t ring_hash(const void *data, size_t len)
 {
     unsigned char d[SHA_DIGEST_LENGTH];
-    static const unsigned char none[1] = { 0 };
-    SHA1(len ? (const unsigned char *)data : none, len, d);
+    SHA_CTX ctx;
+    SHA1_Init(&ctx);
+    if (len) SHA1_Update(&ctx, data, len);
+    SHA1_Final(d, &ctx);
     return (uint64_t)d[0] | (uint64_t)d[1] << 8 | (uint64_t)d[2] << 16 | (uint64_t)d[3] << 24 |
            (uint64_t)d[4] << 32 | (uint64_t)d[5] << 40 | (uint64_t)d[6] << 48 |
            (uint64_t)d[7] << 56;
