@@ -170,6 +170,8 @@ typedef struct kctx {
     size_t i;
 } kctx;
 
+/* One allocation per request: the struct, then the kslot and kctx arrays,
+ * then the key bytes. */
 typedef struct tstate {
     int cmd;
     size_t nkeys;
@@ -182,12 +184,7 @@ static void tstate_free(void *p)
 {
     tstate *t = p;
     if (!t) return;
-    for (size_t i = 0; i < t->nkeys; i++) {
-        free(t->keys[i].key);
-        free(t->keys[i].rec);
-    }
-    free(t->keys);
-    free(t->ctx);
+    for (size_t i = 0; i < t->nkeys; i++) free(t->keys[i].rec);
     free(t);
 }
 
@@ -196,27 +193,25 @@ static creq *req_with_state(client *c, const memtext_request *q, size_t nkeys, b
 {
     creq *r = client_req(c, quiet);
     if (!r) return NULL;
-    tstate *t = calloc(1, sizeof(*t));
-    if (t) {
-        t->cmd = q->cmd;
-        t->keys = calloc(nkeys ? nkeys : 1, sizeof(kslot));
-        t->ctx = calloc(nkeys ? nkeys : 1, sizeof(kctx));
-    }
+    size_t keybytes = 0;
+    for (size_t i = 0; i < nkeys; i++) keybytes += q->keys[i].len;
+    tstate *t = calloc(1, sizeof(*t) + nkeys * (sizeof(kslot) + sizeof(kctx)) + keybytes);
     r->state = t;
     r->free_state = tstate_free;
-    if (!t || !t->keys || !t->ctx) {
+    if (!t) {
         client_reply(r, "SERVER_ERROR out of memory\r\n");
         return NULL;
     }
+    t->cmd = q->cmd;
+    t->keys = (kslot *)(t + 1);
+    t->ctx = (kctx *)(t->keys + nkeys);
+    char *kb = (char *)(t->ctx + nkeys);
     for (size_t i = 0; i < nkeys; i++) {
         kslot *k = &t->keys[i];
         k->klen = q->keys[i].len;
-        k->key = malloc(k->klen ? k->klen : 1);
-        if (!k->key) {
-            client_reply(r, "SERVER_ERROR out of memory\r\n");
-            return NULL;
-        }
-        memcpy(k->key, q->keys[i].p, k->klen);
+        k->key = kb;
+        memcpy(kb, q->keys[i].p, k->klen);
+        kb += k->klen;
         t->ctx[i] = (kctx){r, i};
         t->nkeys++;
     }
@@ -258,6 +253,17 @@ static bool hit(gateway *g, const kslot *k, record_value *v, uint32_t now)
     return true;
 }
 
+/* " <n>" at p; returns the end. */
+static char *put_uint(char *p, uint64_t n)
+{
+    char tmp[20];
+    size_t i = 0;
+    do tmp[i++] = (char)('0' + n % 10); while (n /= 10);
+    *p++ = ' ';
+    while (i) *p++ = tmp[--i];
+    return p;
+}
+
 static void format_values(creq *r)
 {
     tstate *t = r->state;
@@ -278,9 +284,18 @@ static void format_values(creq *r)
         }
         g->stats.get_hits++;
         if (t->cmd == MEMTEXT_GAT || t->cmd == MEMTEXT_GATS) g->stats.touch_hits++;
-        evbuffer_add_printf(r->out, "VALUE %.*s %" PRIu32 " %zu", (int)k->klen, k->key, v.flags, v.payload_len);
-        if (with_cas) evbuffer_add_printf(r->out, " %" PRIu64, v.clocktime);
-        evbuffer_add(r->out, "\r\n", 2);
+        /* VALUE <key> <flags> <bytes>[ <cas>]\r\n, without printf */
+        char line[6 + MEMTEXT_MAX_KEY + 3 * 21 + 2], *e = line;
+        memcpy(e, "VALUE ", 6);
+        e += 6;
+        memcpy(e, k->key, k->klen);
+        e += k->klen;
+        e = put_uint(e, v.flags);
+        e = put_uint(e, v.payload_len);
+        if (with_cas) e = put_uint(e, v.clocktime);
+        *e++ = '\r';
+        *e++ = '\n';
+        evbuffer_add(r->out, line, (size_t)(e - line));
         evbuffer_add(r->out, v.payload, v.payload_len);
         evbuffer_add(r->out, "\r\n", 2);
     }
