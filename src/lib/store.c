@@ -54,13 +54,6 @@
 /* Buckets for a database store_open creates (TC rounds up to a prime).
  * A file made beforehand with tchmgr keeps its own tuning (user guide 5.1). */
 #define STORE_NEW_BUCKETS 1048576
-/* Extra mapped memory when the -s spec gives no #xmsiz: TC's own default
- * maps only the first 64 MiB of the file and reads everything after it with
- * one pread(2) per record. A 1M-key server's file is ~190 MiB, so a replace
- * walk spent most of its time in pread; mapping 1 GiB of address space (not
- * memory: only touched pages count, and they are page cache either way)
- * makes those reads memory copies. */
-#define STORE_DEFAULT_XMSIZ (1024LL * 1024 * 1024)
 
 struct store {
     TCHDB *hdb;
@@ -205,7 +198,7 @@ static store *open_mode(const char *spec, bool readonly, char *err)
         store_free(s);
         return NULL;
     }
-    tchdbsetxmsiz(s->hdb, xmsiz >= 0 ? xmsiz : STORE_DEFAULT_XMSIZ);
+    if (xmsiz >= 0) tchdbsetxmsiz(s->hdb, xmsiz);
     if (rcnum >= 0) tchdbsetcache(s->hdb, (int32_t)rcnum);
     struct stat st;
     if (!readonly && stat(path, &st) < 0 && errno == ENOENT)

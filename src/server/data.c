@@ -600,9 +600,8 @@ static void handle_status(server *s, rpc_conn *c, uint32_t msgid, const msgpack_
 
 /* ---- walks over the whole database, in steps ---- */
 
-/* Records per loop turn. A step that hogs the loop delays keepalive answers,
- * and on a CPU-starved machine a 100 ms step stretches to seconds of wall
- * time: 500 records are a few milliseconds. */
+/* Records per loop turn: a few milliseconds, so requests and keepalives
+ * wait at most that long behind a walk. */
 #define WALK_STEP 500
 
 typedef struct walk {
@@ -633,8 +632,15 @@ static void walk_cb(evutil_socket_t fd, short what, void *arg)
         w->started = true;
         rc = store_walk_step(s->db, w->fn, w->arg, WALK_STEP, err);
         if (rc == 1) {
-            struct timeval zero = {0, 0};
-            event_base_once(s->base, -1, EV_TIMEOUT, walk_cb, w, &zero);
+            /* Not a zero timeout: libevent activates a zero-timeout
+             * event_base_once at once, in the same pass over the active
+             * queue, so the walk would run to its end without the loop ever
+             * polling its sockets. A whole replace walk of 1M keys starved
+             * every request and keepalive for seconds, and the manager
+             * declared the servers lost. A 1 us timer waits for the next
+             * loop turn, after the sockets are served. */
+            struct timeval next_turn = {0, 1};
+            event_base_once(s->base, -1, EV_TIMEOUT, walk_cb, w, &next_turn);
             return;
         }
     }
