@@ -25,8 +25,11 @@
 #include "manager.h"
 #include "proto.h"
 
-#define KEEPALIVE_LIMIT 4.0 /* seconds without an answer before probing */
-#define KEEPALIVE_TIMEOUT 2.0
+#define KEEPALIVE_LIMIT 4.0 /* seconds without an answer: the server is lost */
+/* One keepalive is in flight at a time, and it waits as long as the limit:
+ * with a shorter timeout, a busy server answering every keepalive 2.5 s late
+ * had each answer dropped as "late" and was declared lost while answering. */
+#define KEEPALIVE_TIMEOUT KEEPALIVE_LIMIT
 #define PUSH_TIMEOUT 10.0
 
 static struct timeval tv_of(double sec)
@@ -240,7 +243,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
      * a 4 s stall would declare every server lost at once. */
     double lag = m->last_tick > 0 ? now - m->last_tick - m->cfg->common.clock_interval : 0;
     m->last_tick = now;
-    if (lag > KEEPALIVE_TIMEOUT / 4) {
+    if (lag > 0.5) {
         log_info("the manager's loop was stalled for %.1f s; keepalive silence resets", lag);
         for (size_t i = 0; i < m->nservers; i++) m->servers[i]->last_answer += lag;
     }
