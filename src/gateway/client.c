@@ -57,6 +57,21 @@ creq *client_req(client *c, bool quiet)
     return r;
 }
 
+static bool must_pause(client *c)
+{
+    return c->queued >= CLIENT_MAX_QUEUED || evbuffer_get_length(sio_output(c->io)) >= CLIENT_MAX_OUTPUT;
+}
+
+/* Resume reading once half the queue and the whole output are gone. */
+static void maybe_resume(client *c)
+{
+    if (!c->paused || c->queued >= CLIENT_MAX_QUEUED / 2 ||
+        evbuffer_get_length(sio_output(c->io)) >= CLIENT_MAX_OUTPUT / 2)
+        return;
+    c->paused = false;
+    sio_read_enable(c->io, true); /* runs the parser again on buffered input */
+}
+
 /* Move the finished prefix of the queue to the socket. */
 static void flush(client *c)
 {
@@ -75,10 +90,7 @@ static void flush(client *c)
         req_free(r);
     }
     if (evbuffer_get_length(out) != before) sio_wrote(c->io);
-    if (c->paused && c->queued < CLIENT_MAX_QUEUED / 2) {
-        c->paused = false;
-        sio_read_enable(c->io, true); /* runs the parser again on buffered input */
-    }
+    maybe_resume(c);
     if (c->close_after_flush && !c->head && evbuffer_get_length(out) == 0) conn_close(c);
 }
 
@@ -114,7 +126,7 @@ static void read_cb(void *arg, sio *io)
             c->discard -= n;
             continue;
         }
-        if (c->queued >= CLIENT_MAX_QUEUED) {
+        if (must_pause(c)) {
             c->paused = true;
             sio_read_enable(io, false);
             break;
@@ -139,6 +151,7 @@ static void drained_cb(void *arg, sio *io)
     client *c = arg;
     (void)io;
     if (c->close_after_flush && !c->head) conn_close(c);
+    else maybe_resume(c);
 }
 
 static const sio_ops client_sio_ops = {

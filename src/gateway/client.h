@@ -6,7 +6,7 @@
  * the request's output buffer, possibly later from router callbacks, and
  * marks it done. Output leaves strictly in request order: whenever a request
  * completes, the finished prefix of the queue goes to the socket. Reading
- * pauses while too many requests are in flight. A connection that closes
+ * pauses while too many requests are in flight or too much output waits. A connection that closes
  * with requests in flight is freed when the last router callback arrives.
  *
  * Thread rule: main loop. Calls: sio, libevent.
@@ -21,7 +21,12 @@
 #include "gateway.h"
 #include "sio.h"
 
-#define CLIENT_MAX_QUEUED 1024
+/* Backpressure on one connection: reading pauses while this many requests
+ * are in flight, or while this much output waits for a client that does not
+ * read. A non-reading client therefore holds at most CLIENT_MAX_OUTPUT plus
+ * CLIENT_MAX_QUEUED replies in the gateway's memory. */
+#define CLIENT_MAX_QUEUED 128
+#define CLIENT_MAX_OUTPUT (1024 * 1024)
 
 typedef struct client client;
 
