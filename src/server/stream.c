@@ -502,7 +502,8 @@ int stream_start(server *s, char *err)
     net_set_port(&a, (uint16_t)s->cfg->stream_port);
     int fd = net_listen(&a, err);
     if (fd < 0) return -1;
-    s->stream_listener = evconnlistener_new(s->base, stream_accept, s, LEV_OPT_CLOSE_ON_FREE, -1, fd);
+    s->stream_listener = daemon_listen(s->base, fd, stream_accept, s);
+    if (!s->stream_listener) return kumo_err(err, "out of memory");
     if (s->cfg->replace_rate > 0) {
         size_t bps = (size_t)(s->cfg->replace_rate * 1024 * 1024);
         struct timeval tick = {0, 100000};
@@ -517,7 +518,7 @@ void stream_stop(server *s)
         s->offers->rpc_done = true;
         offer_finish(s->offers, false, 0);
     }
-    if (s->stream_listener) evconnlistener_free(s->stream_listener);
+    daemon_listener_free(s->stream_listener);
     s->stream_listener = NULL;
     if (s->rate) ev_token_bucket_cfg_free(s->rate);
     s->rate = NULL;
