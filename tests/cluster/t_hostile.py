@@ -16,7 +16,7 @@ error responses) or a disconnect; afterwards every daemon runs and a new
 client is served on each port (set/get round trip through the gateway, an
 RPC call on the others).
 
-Besides: a replace stream from a fake sender (the test poses as a server
+Besides: a hash-space seed of 200,000 nodes, a replace stream from a fake sender (the test poses as a server
 and offers hostile compressed streams: corrupt, truncated, records that
 declare huge lengths, malformed records; a good stream first proves the
 path works); 10,000 idle connections to the gateway and 2,000 to the
@@ -40,7 +40,7 @@ msgpack = None              # python3-msgpack, checked in main
 QUIET = 1.5                 # seconds of silence after which a reply is complete
 RPC_MAX_FRAME = 64 << 20    # src/lib/rpc.h
 ROLE_SERVER, ROLE_TOOL = 1, 3
-SRV_REPLACE_OFFER, SRV_STATUS, ST_PID = 16, 97, 0
+SRV_HS_SYNC, SRV_REPLACE_OFFER, SRV_STATUS, ST_PID = 2, 16, 97, 0
 MGR_HS_REQUEST, MGR_REPLACE_COPY_END, CTL_STATUS, CTL_AUTO_REPLACE = 1, 10, 99, 103
 SLOW_DELAY = 0.02           # seconds between the bytes of a slow client
 
@@ -433,6 +433,23 @@ def rpc_port(chk, rng, name, port, slow_method, slow_params, param_method):
     chk.ok("%s's hostile inputs" % name)
 
 
+def big_seed(c, chk):
+    """A hash-space seed of 200,000 nodes (1.4 MB, well under the frame limit):
+    its ring would take 25.6 million SHA-1s and its duplicate check 2*10^10
+    comparisons, minutes of a blocked server. It is refused at once."""
+    srv = c.servers[0]
+    nodes = [b"\x00" + struct.pack(">HI", 1 + i % 60000, i) for i in range(200000)]
+    seed = [nodes, 1]
+    try:
+        res = rpc_call(srv.port, SRV_HS_SYNC, [seed, seed], timeout=20)
+    except Exception as e:
+        res = e
+    tap.ok(res == (None, False), "server rpc: SRV_HS_SYNC with a 200,000-node seed: refused (false)", repr(res))
+    with open(srv.daemon.log, "rb") as f:
+        tap.ok(b"more than 4096" in f.read(), "the server logs why (more than 4096 nodes)")
+    chk.ok("a 200,000-node hash space")
+
+
 def stream_port(c, chk, rng):
     srv = c.servers[0]
     port = srv.stream_port
@@ -624,6 +641,7 @@ def body():
         bin_port(c, chk, rng)
         srv = c.servers[0]
         rpc_port(chk, rng, "server rpc", srv.port, SRV_STATUS, [ST_PID], SRV_STATUS)
+        big_seed(c, chk)
         rpc_port(chk, rng, "manager cluster", c.mgr_port, MGR_HS_REQUEST, [], MGR_REPLACE_COPY_END)
         rpc_port(chk, rng, "manager control", c.ctl_port, CTL_STATUS, [], CTL_AUTO_REPLACE)
         stream_port(c, chk, rng)
