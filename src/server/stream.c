@@ -254,7 +254,9 @@ typedef struct sender {
 static void sender_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     sender *sd = arg;
-    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+    /* A timeout only comes before the token (stream_accept): a peer that
+     * never sends one must not hold its descriptor for good. */
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
         if (sd->o) sd->o->bev = NULL; /* the offer waits for the RPC reply */
         bufferevent_free(bev);
         free(sd);
@@ -288,6 +290,7 @@ static void sender_read_cb(struct bufferevent *bev, void *arg)
     sd->o = o;
     o->bev = bev;
     evtimer_del(o->expire);
+    bufferevent_set_timeouts(bev, NULL, NULL); /* the receiver sends nothing more */
     if (sd->s->rate) bufferevent_set_rate_limit(bev, sd->s->rate);
     if (o->size > 0) {
         int fd = dup(o->fd);
