@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "cmdline.h"
+#include "daemon.h"
 #include "config.h"
 #include "hashspace.h"
 #include "metrics.h"
@@ -75,7 +76,7 @@ typedef struct gateway {
     hashspace *whs, *rhs; /* never NULL */
     gw_server *servers;
     size_t nservers, servers_cap;
-    struct evconnlistener *text_listener, *binary_listener;
+    daemon_listener *text_listener, *binary_listener;
     struct client *clients; /* open memcached connections (client.c) */
     double last_refresh;
     bool stopping;       /* router_stop ran: fail, do not retry */

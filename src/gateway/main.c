@@ -115,8 +115,8 @@ static int pending(void *arg) { return ((gateway *)arg)->ops_inflight; }
 static void stop(void *arg)
 {
     gateway *g = arg;
-    if (g->text_listener) evconnlistener_disable(g->text_listener);
-    if (g->binary_listener) evconnlistener_disable(g->binary_listener);
+    daemon_listener_stop(g->text_listener);
+    daemon_listener_stop(g->binary_listener);
     daemon_drain(g->base, pending, g, DRAIN_SECONDS);
 }
 
@@ -154,9 +154,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "kumo-gateway: %s\n", err);
         return 1;
     }
-    if (tfd >= 0) g.text_listener = evconnlistener_new(g.base, on_text_accept, &g, LEV_OPT_CLOSE_ON_FREE, -1, tfd);
-    if (bfd >= 0)
-        g.binary_listener = evconnlistener_new(g.base, on_binary_accept, &g, LEV_OPT_CLOSE_ON_FREE, -1, bfd);
+    if (tfd >= 0) g.text_listener = daemon_listen(g.base, tfd, on_text_accept, &g);
+    if (bfd >= 0) g.binary_listener = daemon_listen(g.base, bfd, on_binary_accept, &g);
     if (router_start(&g, err) < 0) {
         log_fatal("%s", err);
         fprintf(stderr, "kumo-gateway: %s\n", err);
@@ -181,8 +180,8 @@ int main(int argc, char **argv)
     event_base_dispatch(g.base);
 
     metrics_stop(metrics);
-    if (g.text_listener) evconnlistener_free(g.text_listener);
-    if (g.binary_listener) evconnlistener_free(g.binary_listener);
+    daemon_listener_free(g.text_listener);
+    daemon_listener_free(g.binary_listener);
     router_stop(&g);
     client_close_all(&g);
     daemon_signals_free(&sigs);

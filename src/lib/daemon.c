@@ -29,6 +29,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <sys/resource.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -159,6 +161,28 @@ auth_key *daemon_cluster_key(const opts_spec *spec, const daemon_common *c)
     return k;
 }
 
+/* Every client connection takes a descriptor; the usual soft limit (1024)
+ * would refuse clients long before memory runs out. The hard limit is the
+ * administrator's choice and is left alone. */
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+    rlim_t was = rl.rlim_cur;
+    if (was < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+            log_warn("open files limit stays %llu: cannot raise it to %llu: %s", (unsigned long long)was,
+                     (unsigned long long)rl.rlim_max, strerror(errno));
+            return;
+        }
+        log_info("open files limit raised from %llu to %llu", (unsigned long long)was,
+                 (unsigned long long)rl.rlim_cur);
+        return;
+    }
+    log_info("open files limit %llu", (unsigned long long)was);
+}
+
 int daemon_start(const char *prog, const daemon_common *c)
 {
     char err[KUMO_ERRLEN];
@@ -177,7 +201,82 @@ int daemon_start(const char *prog, const daemon_common *c)
         fprintf(stderr, "%s: %s\n", prog, err);
         return -1;
     }
+    raise_nofile();
     return 0;
+}
+
+struct daemon_listener {
+    struct evconnlistener *l;
+    evconnlistener_cb cb; /* the daemon's, called with arg */
+    void *arg;
+    struct event *resume;
+    bool stopped;
+    unsigned long failed; /* accept failures since the last warning */
+    time_t warned;
+};
+
+/* libevent gives both callbacks one argument: ours; the daemon gets its own. */
+static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len, void *arg)
+{
+    daemon_listener *dl = arg;
+    dl->cb(l, fd, sa, len, dl->arg);
+}
+
+static void resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    daemon_listener *dl = arg;
+    if (!dl->stopped) evconnlistener_enable(dl->l);
+}
+
+/* libevent calls this for every accept() error but EINTR, EAGAIN and
+ * ECONNABORTED; the listener would stay enabled and fail again at once. */
+static void accept_error_cb(struct evconnlistener *l, void *arg)
+{
+    daemon_listener *dl = arg;
+    int e = EVUTIL_SOCKET_ERROR();
+    evconnlistener_disable(l);
+    dl->failed++;
+    time_t now = time(NULL);
+    if (now - dl->warned >= 10) {
+        log_warn("accept: %s: not accepting for %d ms (%lu failures since the last warning)", strerror(e),
+                 DAEMON_ACCEPT_PAUSE_MS, dl->failed);
+        dl->warned = now;
+        dl->failed = 0;
+    }
+    struct timeval tv = {0, DAEMON_ACCEPT_PAUSE_MS * 1000};
+    if (!dl->stopped) evtimer_add(dl->resume, &tv);
+}
+
+daemon_listener *daemon_listen(struct event_base *base, int fd, evconnlistener_cb cb, void *arg)
+{
+    daemon_listener *dl = calloc(1, sizeof(*dl));
+    if (dl && (dl->resume = evtimer_new(base, resume_cb, dl)) &&
+        (dl->l = evconnlistener_new(base, accept_cb, dl, LEV_OPT_CLOSE_ON_FREE, -1, fd))) {
+        dl->cb = cb;
+        dl->arg = arg;
+        evconnlistener_set_error_cb(dl->l, accept_error_cb);
+        return dl;
+    }
+    if (dl && dl->resume) event_free(dl->resume);
+    free(dl);
+    close(fd);
+    return NULL;
+}
+
+void daemon_listener_stop(daemon_listener *dl)
+{
+    if (!dl) return;
+    dl->stopped = true;
+    evtimer_del(dl->resume);
+    evconnlistener_disable(dl->l);
+}
+
+void daemon_listener_free(daemon_listener *dl)
+{
+    if (!dl) return;
+    evconnlistener_free(dl->l);
+    event_free(dl->resume);
+    free(dl);
 }
 
 static void signal_cb(evutil_socket_t sig, short what, void *arg)

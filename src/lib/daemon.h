@@ -4,13 +4,19 @@
  * with libsystemd, otherwise no-ops), ignoring SIGPIPE, and the signals of
  * a daemon's event loop (SIGTERM/SIGINT stop it, SIGHUP reopens the log).
  *
- * Thread rule: start-up only, except daemon_notify (any thread).
+ * It also owns what every daemon does about descriptors: the soft
+ * RLIMIT_NOFILE raised to the hard limit at start-up, and listeners that
+ * pause instead of spinning when accept() runs out of descriptors.
+ *
+ * Thread rule: start-up only, except daemon_notify (any thread) and the
+ * listener functions (the thread of the listener's event base).
  * Calls: log, auth, opts.
  */
 #ifndef KUMO_DAEMON_H
 #define KUMO_DAEMON_H
 
 #include <event2/event.h>
+#include <event2/listener.h>
 #include <stdbool.h>
 
 #include "auth.h"
@@ -26,8 +32,9 @@ int daemon_detach(const char *pidfile, bool log_to_file, char *err);
 /* Remove the pid file written by daemon_detach (at exit). */
 void daemon_remove_pidfile(void);
 /* Apply the common flags at start-up: open the text log (-o, -v), the
- * binary log (-g; call binlog_set_node first) and detach (-d). On failure
- * prints "prog: reason" to stderr and returns -1. */
+ * binary log (-g; call binlog_set_node first) and detach (-d); raise the
+ * soft open-files limit to the hard one (logged). On failure prints
+ * "prog: reason" to stderr and returns -1. */
 int daemon_start(const char *prog, const daemon_common *c);
 
 /* --cluster-key-file: the loaded key (NULL when the flag is not given),
@@ -53,6 +60,23 @@ void daemon_signals_free(daemon_signals *ds);
  * every 100 ms, or after `seconds` whatever is left (logged). */
 typedef int (*daemon_pending_fn)(void *arg);
 void daemon_drain(struct event_base *base, daemon_pending_fn pending, void *arg, double seconds);
+
+/* A listener on the listening socket fd (taken over: closed by
+ * daemon_listener_free) calling cb(listener, fd, ...) with arg for each
+ * accepted connection. When accept() fails for another reason than a
+ * retriable one (EMFILE and ENFILE above all: a connection waits in the
+ * backlog that cannot be taken, so the socket stays readable), it stops
+ * accepting for DAEMON_ACCEPT_PAUSE_MS and tries again, logging at most
+ * one warning every 10 s, instead of libevent's default of retrying at once
+ * (a busy loop writing a warning each time). NULL on allocation failure
+ * (fd closed). */
+#define DAEMON_ACCEPT_PAUSE_MS 100
+typedef struct daemon_listener daemon_listener;
+daemon_listener *daemon_listen(struct event_base *base, int fd, evconnlistener_cb cb, void *arg);
+/* Stop accepting for good (shutdown); a pending resume does nothing. */
+void daemon_listener_stop(daemon_listener *dl);
+/* Close the socket and free; NULL is allowed. */
+void daemon_listener_free(daemon_listener *dl);
 
 /* sd_notify(0, text), e.g. "READY=1\nSTATUS=serving". */
 void daemon_notify(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

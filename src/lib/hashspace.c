@@ -166,6 +166,10 @@ hashspace *hashspace_unpack(const msgpack_object *o, char *err)
     }
 
     size_t n = nodes->via.array.size;
+    if (n > HASHSPACE_MAX_NODES) {
+        kumo_err(err, "hash space seed: %zu nodes, more than %d", n, HASHSPACE_MAX_NODES);
+        return NULL;
+    }
     ring_node *list = NULL;
     if (n > 0) {
         list = calloc(n, sizeof(*list));

@@ -11,6 +11,10 @@
  *   node = bin(1 + identity): byte 0 = 1 active / 0 fault, then the
  *   identity bytes of net.h (6 for IPv4, 18 for IPv6).
  *
+ * A seed lists at most HASHSPACE_MAX_NODES nodes: far more servers than a
+ * cluster has, and a bound on what a received seed costs (its ring takes
+ * 128 SHA-1s per node, its duplicate check compares every pair).
+ *
  * Thread rule: snapshots are immutable; refcounts are atomic.
  * Calls: ring, net, msgpack.
  */
@@ -24,6 +28,8 @@
 
 #include "kumo.h"
 #include "ring.h"
+
+#define HASHSPACE_MAX_NODES 4096
 
 typedef struct hashspace {
     _Atomic int refs;
@@ -57,7 +63,8 @@ bool hashspace_is_owner(const hashspace *hs, uint64_t hash, const net_addr *addr
 bool hashspace_is_primary(const hashspace *hs, uint64_t hash, const net_addr *addr);
 
 int hashspace_pack(const hashspace *hs, msgpack_packer *pk);
-/* Parse a seed; NULL + err if malformed (wrong types, bad node bytes). */
+/* Parse a seed; NULL + err if malformed (wrong types, bad node bytes, a
+ * node twice, more than HASHSPACE_MAX_NODES nodes). */
 hashspace *hashspace_unpack(const msgpack_object *o, char *err);
 
 #endif

@@ -81,6 +81,10 @@ static long reconfigure(manager *m, bool attach, bool detach, bool replace, net_
     for (size_t i = 0; attach && i < m->nservers; i++) {
         mserver *ms = m->servers[i];
         if (!ms->newcomer || !ms->conn || hashspace_find(m->whs, &ms->addr) >= 0) continue;
+        if (n >= HASHSPACE_MAX_NODES) { /* every receiver would refuse the seed */
+            log_warn("attach: a hash space holds at most %d servers; the rest stay unattached", HASHSPACE_MAX_NODES);
+            break;
+        }
         nodes[n++] = (ring_node){.addr = ms->addr, .active = true};
         ms->newcomer = false;
         list[nchanged++] = ms->addr;

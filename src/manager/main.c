@@ -86,11 +86,13 @@ static void collect_metrics(void *arg, metrics_out *o)
     metrics_gauge(o, "kumo_manager_auto_replace", "1 when auto-replace is on", m->auto_replace);
 }
 
-static struct evconnlistener *listen_on(manager *m, const net_addr *a, evconnlistener_cb cb, char *err)
+static daemon_listener *listen_on(manager *m, const net_addr *a, evconnlistener_cb cb, char *err)
 {
     int fd = net_listen(a, err);
     if (fd < 0) return NULL;
-    return evconnlistener_new(m->base, cb, m, LEV_OPT_CLOSE_ON_FREE, -1, fd);
+    daemon_listener *dl = daemon_listen(m->base, fd, cb, m);
+    if (!dl) kumo_err(err, "out of memory");
+    return dl;
 }
 
 int main(int argc, char **argv)
@@ -155,8 +157,8 @@ int main(int argc, char **argv)
     metrics_stop(metrics);
     partner_stop(&m);
     membership_stop(&m);
-    evconnlistener_free(m.cluster_listener);
-    evconnlistener_free(m.control_listener);
+    daemon_listener_free(m.cluster_listener);
+    daemon_listener_free(m.control_listener);
     daemon_signals_free(&sigs);
     hashspace_unref(m.whs);
     hashspace_unref(m.rhs);

@@ -18,6 +18,7 @@
 
 #include "clock.h"
 #include "cmdline.h"
+#include "daemon.h"
 #include "hashspace.h"
 #include "net.h"
 #include "rpc.h"
@@ -52,7 +53,7 @@ typedef struct manager {
     clock_hlc clock;
     net_addr self;
     rpc_self rpc_self;
-    struct evconnlistener *cluster_listener, *control_listener;
+    daemon_listener *cluster_listener, *control_listener;
     hashspace *whs, *rhs; /* never NULL */
     mserver **servers;
     size_t nservers, servers_cap;

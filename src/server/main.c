@@ -199,7 +199,7 @@ static int pending(void *arg) { return ((server *)arg)->writes_inflight; }
 static void stop(void *arg)
 {
     server *s = arg;
-    if (s->listener) evconnlistener_disable(s->listener);
+    daemon_listener_stop(s->listener);
     daemon_drain(s->base, pending, s, DRAIN_SECONDS);
 }
 
@@ -283,7 +283,7 @@ int main(int argc, char **argv)
         store_close(s.db);
         return 1;
     }
-    s.listener = evconnlistener_new(s.base, on_accept, &s, LEV_OPT_CLOSE_ON_FREE, -1, fd);
+    s.listener = daemon_listen(s.base, fd, on_accept, &s);
     if (gc_start(&s, err) < 0 || stream_start(&s, err) < 0 || cluster_start(&s, err) < 0) {
         log_fatal("%s", err);
         fprintf(stderr, "kumo-server: %s\n", err);
@@ -314,7 +314,7 @@ int main(int argc, char **argv)
     metrics_stop(metrics);
     while (s.naccepted > 0) rpc_close(s.accepted[--s.naccepted]);
     free(s.accepted);
-    evconnlistener_free(s.listener);
+    daemon_listener_free(s.listener);
     cluster_stop(&s);
     stream_stop(&s);
     data_stop(&s);

@@ -19,6 +19,7 @@
 
 #include "clock.h"
 #include "cmdline.h"
+#include "daemon.h"
 #include "hashspace.h"
 #include "net.h"
 #include "record.h"
@@ -54,7 +55,7 @@ typedef struct server {
     net_addr self;
     rpc_self rpc_self;
     rpc_handlers handlers;
-    struct evconnlistener *listener;
+    daemon_listener *listener;
     rpc_conn **accepted; /* connections others opened to us */
     size_t naccepted, accepted_cap;
     struct links *managers; /* links.h: -m and -p, found by name */
@@ -75,7 +76,7 @@ typedef struct server {
     uint64_t replace_latest; /* ClockTime of the newest replace asked of us */
     bool replace_deleting;   /* a delete phase is walking */
     uint64_t moved_sent, moved_sent_bytes, moved_recv, moved_recv_bytes; /* by replaces, since start */
-    struct evconnlistener *stream_listener; /* -L */
+    daemon_listener *stream_listener; /* -L */
     struct offer *offers;                   /* stream files waiting to be collected */
     struct ev_token_bucket_cfg *rate;       /* --replace-rate */
     struct event *flush_timer;

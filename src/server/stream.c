@@ -13,7 +13,8 @@
  * seconds, a lost connection or a corrupt stream fails the transfer, and the
  * replace is retried by the manager.
  *
- * Calls: store, record, rpc, cluster.c, zlib, libevent. Thread rule: main loop.
+ * Calls: store, record, rpc, cluster.c, streamdec (parsing what arrives),
+ * zlib, libevent. Thread rule: main loop.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -29,10 +30,10 @@
 #include <zlib.h>
 
 #include "log.h"
-#include "mpguard.h"
 #include "proto.h"
 #include "record.h"
 #include "server.h"
+#include "streamdec.h"
 
 #define OFFER_TTL 120.0
 #define OFFER_RPC_TIMEOUT 3600.0
@@ -253,7 +254,9 @@ typedef struct sender {
 static void sender_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     sender *sd = arg;
-    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+    /* A timeout only comes before the token (stream_accept): a peer that
+     * never sends one must not hold its descriptor for good. */
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
         if (sd->o) sd->o->bev = NULL; /* the offer waits for the RPC reply */
         bufferevent_free(bev);
         free(sd);
@@ -287,6 +290,7 @@ static void sender_read_cb(struct bufferevent *bev, void *arg)
     sd->o = o;
     o->bev = bev;
     evtimer_del(o->expire);
+    bufferevent_set_timeouts(bev, NULL, NULL); /* the receiver sends nothing more */
     if (sd->s->rate) bufferevent_set_rate_limit(bev, sd->s->rate);
     if (o->size > 0) {
         int fd = dup(o->fd);
@@ -327,10 +331,7 @@ typedef struct pull {
     rpc_conn *c; /* held: the offer to answer */
     uint32_t msgid;
     struct bufferevent *bev;
-    z_stream zs;
-    bool z_end;
-    msgpack_unpacker up;
-    mpguard guard;
+    stream_decoder dec;
     uint64_t applied;
     char err[KUMO_ERRLEN];
 } pull;
@@ -338,101 +339,50 @@ typedef struct pull {
 static void pull_finish(pull *p, bool ok)
 {
     p->s->moved_recv += p->applied;
-    p->s->moved_recv_bytes += p->zs.total_in;
+    p->s->moved_recv_bytes += p->dec.zs.total_in;
     if (ok) rpc_reply_uint(p->c, p->msgid, p->applied);
     else rpc_reply_error(p->c, p->msgid, "stream failed: %s", p->err[0] ? p->err : "connection lost");
     rpc_release(p->c);
     if (p->bev) bufferevent_free(p->bev);
-    inflateEnd(&p->zs);
-    msgpack_unpacker_destroy(&p->up);
+    streamdec_free(&p->dec);
     free(p);
 }
 
-/* Apply every whole [key, value] pair buffered so far; false on bad data. */
-static bool apply_pairs(pull *p)
-{
-    msgpack_unpacked u;
-    msgpack_unpacked_init(&u);
-    bool ok = true;
-    msgpack_unpack_return r;
-    while ((r = msgpack_unpacker_next(&p->up, &u)) == MSGPACK_UNPACK_SUCCESS) {
-        const char *k, *v;
-        size_t kl, vl;
-        if (!rpc_arg_bytes(&u.data, 0, &k, &kl) || !rpc_arg_bytes(&u.data, 1, &v, &vl) || kl <= RECORD_KEY_HEADER ||
-            vl < RECORD_TOMBSTONE) {
-            snprintf(p->err, sizeof(p->err), "malformed record");
-            ok = false;
-            break;
-        }
-        clock_update(&p->s->clock, record_clocktime(v, vl));
-        int rc = store_update(p->s->db, k, kl, v, vl, p->err);
-        if (rc < 0) {
-            ok = false;
-            break;
-        }
-        p->applied += (uint64_t)rc;
-        if (rc == 1) gc_tombstone(p->s, k, kl, v, vl);
-    }
-    if (ok && r != MSGPACK_UNPACK_SUCCESS && r != MSGPACK_UNPACK_CONTINUE) {
-        snprintf(p->err, sizeof(p->err), "malformed stream");
-        ok = false;
-    }
-    if (ok && msgpack_unpacker_message_size(&p->up) > RPC_MAX_FRAME) {
-        snprintf(p->err, sizeof(p->err), "record too large");
-        ok = false;
-    }
-    msgpack_unpacked_destroy(&u);
-    return ok;
-}
-
-static void pull_read_cb(struct bufferevent *bev, void *arg)
+/* One record of the stream: newer ClockTime wins. */
+static int apply_record(void *arg, const char *k, size_t kl, const char *v, size_t vl, char *err)
 {
     pull *p = arg;
-    struct evbuffer *in = bufferevent_get_input(bev);
+    clock_update(&p->s->clock, record_clocktime(v, vl));
+    int rc = store_update(p->s->db, k, kl, v, vl, err);
+    if (rc < 0) return -1;
+    p->applied += (uint64_t)rc;
+    if (rc == 1) gc_tombstone(p->s, k, kl, v, vl);
+    return 0;
+}
+
+/* Decode and apply what has arrived; false (p finished and freed) on failure. */
+static bool pull_input(pull *p)
+{
+    struct evbuffer *in = bufferevent_get_input(p->bev);
     unsigned char buf[ZCHUNK];
     int n;
     while ((n = evbuffer_remove(in, buf, sizeof(buf))) > 0) {
-        p->zs.next_in = buf;
-        p->zs.avail_in = (uInt)n;
-        while (p->zs.avail_in > 0 && !p->z_end) {
-            if (!msgpack_unpacker_reserve_buffer(&p->up, ZCHUNK)) {
-                snprintf(p->err, sizeof(p->err), "out of memory");
-                pull_finish(p, false);
-                return;
-            }
-            p->zs.next_out = (Bytef *)msgpack_unpacker_buffer(&p->up);
-            p->zs.avail_out = ZCHUNK;
-            int rc = inflate(&p->zs, Z_NO_FLUSH);
-            if (rc != Z_OK && rc != Z_STREAM_END && rc != Z_BUF_ERROR) {
-                snprintf(p->err, sizeof(p->err), "corrupt stream (zlib %d)", rc);
-                pull_finish(p, false);
-                return;
-            }
-            if (!mpguard_feed(&p->guard, msgpack_unpacker_buffer(&p->up), ZCHUNK - p->zs.avail_out)) {
-                snprintf(p->err, sizeof(p->err), "a record declares more than %u bytes", RPC_MAX_FRAME);
-                pull_finish(p, false);
-                return;
-            }
-            msgpack_unpacker_buffer_consumed(&p->up, ZCHUNK - p->zs.avail_out);
-            if (rc == Z_STREAM_END) p->z_end = true;
-            if (!apply_pairs(p)) {
-                pull_finish(p, false);
-                return;
-            }
-            if (rc == Z_BUF_ERROR) break;
+        if (streamdec_feed(&p->dec, buf, (size_t)n, apply_record, p, p->err) < 0) {
+            pull_finish(p, false);
+            return false;
         }
     }
+    return true;
 }
+
+static void pull_read_cb(struct bufferevent *bev, void *arg) { pull_input(arg); }
 
 static void pull_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     pull *p = arg;
     if (what & BEV_EVENT_CONNECTED) return; /* the token was queued before connecting */
     if (what & BEV_EVENT_EOF) {
-        pull_read_cb(bev, p);
-        bool ok = p->z_end && msgpack_unpacker_message_size(&p->up) == 0;
-        if (!ok && !p->err[0]) snprintf(p->err, sizeof(p->err), "stream ended early");
-        pull_finish(p, ok);
+        if (pull_input(p)) pull_finish(p, streamdec_finish(&p->dec, p->err) == 0);
         return;
     }
     if (what & (BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
@@ -450,13 +400,7 @@ static void handle_offer(server *s, rpc_conn *c, uint32_t msgid, const msgpack_o
         return;
     }
     pull *p = calloc(1, sizeof(*p));
-    if (!p || inflateInit(&p->zs) != Z_OK) {
-        free(p);
-        rpc_reply_error(c, msgid, "out of memory");
-        return;
-    }
-    if (!msgpack_unpacker_init(&p->up, ZCHUNK)) {
-        inflateEnd(&p->zs);
+    if (!p || streamdec_init(&p->dec, RPC_MAX_FRAME, NULL) < 0) {
         free(p);
         rpc_reply_error(c, msgid, "out of memory");
         return;
@@ -464,7 +408,6 @@ static void handle_offer(server *s, rpc_conn *c, uint32_t msgid, const msgpack_o
     p->s = s;
     p->c = c;
     p->msgid = msgid;
-    mpguard_init(&p->guard, RPC_MAX_FRAME);
     rpc_hold(c);
     net_addr from = *rpc_peer_addr(c);
     net_set_port(&from, (uint16_t)port);
@@ -502,7 +445,8 @@ int stream_start(server *s, char *err)
     net_set_port(&a, (uint16_t)s->cfg->stream_port);
     int fd = net_listen(&a, err);
     if (fd < 0) return -1;
-    s->stream_listener = evconnlistener_new(s->base, stream_accept, s, LEV_OPT_CLOSE_ON_FREE, -1, fd);
+    s->stream_listener = daemon_listen(s->base, fd, stream_accept, s);
+    if (!s->stream_listener) return kumo_err(err, "out of memory");
     if (s->cfg->replace_rate > 0) {
         size_t bps = (size_t)(s->cfg->replace_rate * 1024 * 1024);
         struct timeval tick = {0, 100000};
@@ -517,7 +461,7 @@ void stream_stop(server *s)
         s->offers->rpc_done = true;
         offer_finish(s->offers, false, 0);
     }
-    if (s->stream_listener) evconnlistener_free(s->stream_listener);
+    daemon_listener_free(s->stream_listener);
     s->stream_listener = NULL;
     if (s->rate) ev_token_bucket_cfg_free(s->rate);
     s->rate = NULL;

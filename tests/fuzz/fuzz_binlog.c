@@ -13,22 +13,13 @@
  *  - a record re-encoded from its decoded parts (when its fields are of the
  *    types the writer produces) decodes to the same bytes.
  */
+#include "fuzz.h"
 #include "binlog.h"
 
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define CHECK(cond)                                                                      \
-    do {                                                                                 \
-        if (!(cond)) {                                                                   \
-            fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond); \
-            abort();                                                                     \
-        }                                                                                \
-    } while (0)
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static void check_reencode(const binlog_record *r, const uint8_t *rec, size_t used)
 {

@@ -19,21 +19,12 @@
  *    the same, given one byte fewer it asks for more; and the answer for
  *    the header alone is never a different error.
  */
+#include "fuzz.h"
 #include "memproto.h"
 
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-
-#define CHECK(cond)                                                                      \
-    do {                                                                                 \
-        if (!(cond)) {                                                                   \
-            fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond); \
-            abort();                                                                     \
-        }                                                                                \
-    } while (0)
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static void check_ok(const memproto_request *q, const uint8_t *p, size_t used, size_t value_max)
 {

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz.h"
 #include "mpguard.h"
 
 #define LIMIT (1u << 20)

@@ -235,6 +235,37 @@ static void test_reject(void)
     ok(hashspace_unpack(&nil, NULL) == NULL, "rejects with err == NULL");
 }
 
+/* A seed of n distinct IPv4 nodes, all active. */
+static hashspace *parse_many(size_t n, char *err)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 2);
+    msgpack_pack_array(&pk, n);
+    for (size_t i = 0; i < n; i++) {
+        uint8_t id[6] = {0x4d, 0x58, 10, (uint8_t)(i >> 16), (uint8_t)(i >> 8), (uint8_t)i};
+        pack_raw_node(&pk, 1, id, sizeof(id));
+    }
+    msgpack_pack_uint64(&pk, 9);
+    hashspace *hs = parse(&sb, err);
+    msgpack_sbuffer_destroy(&sb);
+    return hs;
+}
+
+/* A received seed costs a ring of 128 vnodes per node: bounded. */
+static void test_max_nodes(void)
+{
+    char err[KUMO_ERRLEN] = "";
+    hashspace *hs = parse_many(HASHSPACE_MAX_NODES, err);
+    ok(hs && hs->ring.nnodes == HASHSPACE_MAX_NODES, "a seed of HASHSPACE_MAX_NODES nodes is taken (%s)", err);
+    hashspace_unref(hs);
+    hs = parse_many(HASHSPACE_MAX_NODES + 1, err);
+    ok(hs == NULL && strstr(err, "more than"), "a seed of one node more is refused: %s", err);
+    hashspace_unref(hs);
+}
+
 static void test_owners(void)
 {
     ring_node all[4], some[4];
@@ -310,6 +341,7 @@ int main(void)
     test_round_trip();
     test_accept();
     test_reject();
+    test_max_nodes();
     test_owners();
     test_refs();
     return done_testing();

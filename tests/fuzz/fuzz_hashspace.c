@@ -1,0 +1,88 @@
+/*
+ * fuzz_hashspace — libFuzzer target for the hash-space seed decoder
+ * (hashspace_unpack in src/lib/hashspace.c): what a server, a gateway and a
+ * manager parse out of GW_HS_PUSH, SRV_HS_SYNC, SRV_REPLACE_COPY and
+ * MGR_HS_SYNC, after rpc.c's mpguard and msgpack-c.
+ *
+ * The input goes through the guard and the unpacker as rpc.c feeds them;
+ * each whole object is offered to hashspace_unpack, as are its first four
+ * elements when it is an array (seeds travel inside params). A seed it accepts must keep the
+ * promises of hashspace.h and protocol.md §2.2: every node 6 or 18 bytes,
+ * no node twice, no more than HASHSPACE_MAX_NODES; packing it and
+ * unpacking the result gives the same snapshot; owners are distinct live
+ * nodes, at most three.
+ */
+#include <msgpack.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fuzz.h"
+#include "hashspace.h"
+#include "mpguard.h"
+
+#define LIMIT (1u << 20)
+
+static void check_seed(const msgpack_object *o, const uint8_t *data, size_t size)
+{
+    char err[KUMO_ERRLEN] = "";
+    hashspace *hs = hashspace_unpack(o, err);
+    if (!hs) {
+        CHECK(err[0] != '\0');
+        return;
+    }
+    const ring *r = &hs->ring;
+    CHECK(r->nnodes == o->via.array.ptr[0].via.array.size && r->nnodes <= HASHSPACE_MAX_NODES);
+    CHECK(r->nvnodes == r->nnodes * RING_VNODES);
+    for (size_t i = 0; i < r->nnodes; i++) {
+        CHECK(r->nodes[i].addr.len == 6 || r->nodes[i].addr.len == 18);
+        CHECK(hashspace_find(hs, &r->nodes[i].addr) == (int)i);
+    }
+
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    CHECK(hashspace_pack(hs, &pk) == 0);
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    CHECK(msgpack_unpack_next(&u, sb.data, sb.size, NULL) == MSGPACK_UNPACK_SUCCESS);
+    hashspace *again = hashspace_unpack(&u.data, err);
+    CHECK(again && hashspace_same_nodes(hs, again) && again->clocktime == hs->clocktime);
+    hashspace_unref(again);
+    msgpack_unpacked_destroy(&u);
+    msgpack_sbuffer_destroy(&sb);
+
+    for (size_t i = 0; i + 8 <= size && i < 64; i += 8) {
+        uint64_t h;
+        memcpy(&h, data + i, 8);
+        uint32_t own[KUMO_REPLICAS];
+        size_t n = hashspace_live_owners(hs, h, own);
+        CHECK(n <= KUMO_REPLICAS);
+        if (hashspace_empty(hs)) CHECK(n == 0);
+        for (size_t a = 0; a < n; a++) {
+            CHECK(own[a] < r->nnodes && r->nodes[own[a]].active);
+            for (size_t b = 0; b < a; b++) CHECK(own[a] != own[b]);
+        }
+        if (n > 0) CHECK(hashspace_is_primary(hs, h, &r->nodes[own[0]].addr));
+    }
+    hashspace_unref(hs);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    mpguard g;
+    mpguard_init(&g, LIMIT);
+    if (!mpguard_feed(&g, data, size)) return 0; /* rpc.c closes the connection */
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    size_t off = 0;
+    while (msgpack_unpack_next(&u, (const char *)data, size, &off) == MSGPACK_UNPACK_SUCCESS) {
+        const msgpack_object *o = &u.data;
+        check_seed(o, data, size);
+        for (uint32_t i = 0; o->type == MSGPACK_OBJECT_ARRAY && i < o->via.array.size && i < 4; i++)
+            check_seed(&o->via.array.ptr[i], data, size);
+    }
+    msgpack_unpacked_destroy(&u);
+    return 0;
+}
