@@ -464,6 +464,8 @@ static void read_cb(void *arg, sio *io)
 {
     rpc_conn *c = arg;
     struct evbuffer *in = sio_input(io);
+    msgpack_unpacked result;
+    msgpack_unpacked_init(&result);
     c->busy++;
     while (!c->dead && evbuffer_get_length(in) > 0) {
         size_t n = evbuffer_get_length(in);
@@ -482,25 +484,16 @@ static void read_cb(void *arg, sio *io)
         }
         msgpack_unpacker_buffer_consumed(&c->up, (size_t)got);
         for (;;) {
-            /* execute/data/reset_zone rather than msgpack_unpacker_next:
-             * _next hands each message its own zone and mallocs a fresh one
-             * for the unpacker, two allocations per frame. Objects are only
-             * valid during dispatch (rpc.h), so the zone is cleared and
-             * reused instead. */
-            int r = msgpack_unpacker_execute(&c->up);
-            if (r > 0) {
-                msgpack_object o = msgpack_unpacker_data(&c->up);
-                bool ok = dispatch(c, &o);
-                msgpack_unpacker_reset_zone(&c->up);
-                msgpack_unpacker_reset(&c->up);
-                if (!ok) {
+            msgpack_unpack_return r = msgpack_unpacker_next(&c->up, &result);
+            if (r == MSGPACK_UNPACK_SUCCESS) {
+                if (!dispatch(c, &result.data)) {
                     log_warn("%s: protocol error, closing", c->name);
                     teardown(c, true);
                 }
                 if (c->dead) break;
                 continue;
             }
-            if (r == 0) {
+            if (r == MSGPACK_UNPACK_CONTINUE) {
                 if (msgpack_unpacker_message_size(&c->up) > RPC_MAX_FRAME) {
                     log_warn("%s: frame larger than %u bytes, closing", c->name, RPC_MAX_FRAME);
                     teardown(c, true);
@@ -512,6 +505,7 @@ static void read_cb(void *arg, sio *io)
             break;
         }
     }
+    msgpack_unpacked_destroy(&result);
     release(c);
 }
 
