@@ -125,6 +125,13 @@ int main(int argc, char **argv)
 
     net_addr cluster_addr = m.self;
     memset(cluster_addr.id + 2, 0, cluster_addr.len - 2); /* every interface, the port of -l */
+    if (cfg.control[strspn(cfg.control, "0123456789")] == '\0') {
+        /* A bare port: every interface of -l's family, as the cluster port
+         * (an IPv6 manager's kumoctl port must answer on IPv6). */
+        uint16_t port = net_port(&control_addr);
+        control_addr = cluster_addr;
+        net_set_port(&control_addr, port);
+    }
     m.cluster_listener = listen_on(&m, &cluster_addr, on_cluster_accept, err);
     if (m.cluster_listener) m.control_listener = listen_on(&m, &control_addr, on_control_accept, err);
     if (!m.cluster_listener || !m.control_listener) {
