@@ -43,9 +43,9 @@ typedef struct daemon_common {
     {"-Yn", "--connect-retry-limit", OPT_INT, offsetof(T, F.connect_retries), "<num>", "4", 0, 1000, \
      false, "reconnect attempts before a node is declared lost"},                                   \
     {"-TR", "--read-threads", OPT_INT, offsetof(T, F.read_threads), "<num>", "4", 1, 256, false,     \
-     "worker threads"},                                                                             \
+     "worker threads in kumofs 0.4; accepted, unused: each daemon runs one event loop"},                                                                             \
     {"-TW", "--write-threads", OPT_INT, offsetof(T, F.write_threads), "<num>", "2", 1, 256, false,   \
-     "sender threads (accepted for compatibility; writes are done by the workers)"},                 \
+     "sender threads in kumofs 0.4; accepted, unused: writes leave at the end of each loop turn"},                 \
     {"--metrics", NULL, OPT_STRING, offsetof(T, F.metrics), "<[addr:]port>", NULL, 0, 0, false,      \
      "serve Prometheus/OpenMetrics text at http://addr:port/metrics"},                              \
     {"--cluster-key-file", NULL, OPT_STRING, offsetof(T, F.cluster_key_file), "<file>", NULL, 0, 0,  \
