@@ -58,6 +58,7 @@ struct rpc_conn {
     int busy;
     rpc_role peer_role;
     net_addr peer_addr;
+    uint64_t peer_incarnation;
     char name[NET_ADDRSTRLEN];
     void *data;
 };
@@ -205,12 +206,13 @@ static msgpack_packer *dead_packer(rpc_conn *c)
 static void send_hello(rpc_conn *c)
 {
     msgpack_packer *pk = &c->pk;
-    msgpack_pack_array(pk, 5);
+    msgpack_pack_array(pk, 6);
     msgpack_pack_uint8(pk, 2);
     msgpack_pack_uint8(pk, (uint8_t)c->self.role);
     rpc_pack_bytes(pk, c->self.addr.id, c->self.addr.len);
     msgpack_pack_uint32(pk, RPC_VERSION);
     msgpack_pack_uint64(pk, c->self.clock ? clock_peek(c->self.clock) : 0);
+    msgpack_pack_uint64(pk, c->self.incarnation);
 }
 
 msgpack_packer *rpc_call_begin(rpc_conn *c, uint32_t method, double timeout, rpc_reply_fn fn, void *arg)
@@ -338,6 +340,7 @@ static bool dispatch(rpc_conn *c, const msgpack_object *o)
             net_format(&c->peer_addr, c->name, sizeof(c->name));
         }
         c->peer_role = (rpc_role)role;
+        if (o->via.array.size >= 6) obj_uint(&a[5], &c->peer_incarnation); /* optional: older peers send 5 */
         c->hello_done = true;
         if (c->self.clock && ct) clock_update(c->self.clock, ct);
         if (c->h.on_hello) c->h.on_hello(c->h.arg, c);
@@ -519,6 +522,7 @@ bool rpc_hello_done(const rpc_conn *c) { return c->hello_done; }
 rpc_role rpc_peer_role(const rpc_conn *c) { return c->peer_role; }
 const net_addr *rpc_peer_addr(const rpc_conn *c) { return &c->peer_addr; }
 const char *rpc_peer_name(const rpc_conn *c) { return c->name; }
+uint64_t rpc_peer_incarnation(const rpc_conn *c) { return c->peer_incarnation; }
 size_t rpc_pending(const rpc_conn *c) { return c->npending; }
 void *rpc_get_data(const rpc_conn *c) { return c->data; }
 void rpc_set_data(rpc_conn *c, void *data) { c->data = data; }
