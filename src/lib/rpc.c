@@ -73,6 +73,7 @@ struct rpc_conn {
     int busy;
     rpc_role peer_role;
     net_addr peer_addr;
+    uint64_t peer_incarnation;
     char name[NET_ADDRSTRLEN];
     void *data;
 };
@@ -238,12 +239,13 @@ static void send_hello(rpc_conn *c)
 {
     msgpack_packer pk;
     msgpack_packer_init(&pk, c, pk_write);
-    msgpack_pack_array(&pk, c->self.key ? 6 : 5);
+    msgpack_pack_array(&pk, c->self.key ? 7 : 6);
     msgpack_pack_uint8(&pk, 2);
     msgpack_pack_uint8(&pk, (uint8_t)c->self.role);
     rpc_pack_bytes(&pk, c->self.addr.id, c->self.addr.len);
     msgpack_pack_uint32(&pk, RPC_VERSION);
     msgpack_pack_uint64(&pk, c->self.clock ? clock_peek(c->self.clock) : 0);
+    msgpack_pack_uint64(&pk, c->self.incarnation);
     if (c->self.key) rpc_pack_bytes(&pk, c->nonce, AUTH_NONCE_LEN);
 }
 
@@ -399,7 +401,7 @@ static bool dispatch(rpc_conn *c, const msgpack_object *o)
         if (o->via.array.size < 5 || c->hello_done || c->peer_hello || !obj_uint(&a[1], &role) ||
             role > RPC_ROLE_TOOL || !obj_bytes(&a[2], &p, &len) || !obj_uint(&a[3], &v) || !obj_uint(&a[4], &ct))
             return false;
-        bool has_nonce = o->via.array.size >= 6 && obj_bytes(&a[5], &np, &nlen);
+        bool has_nonce = o->via.array.size >= 7 && obj_bytes(&a[6], &np, &nlen);
         if (v != RPC_VERSION) {
             log_warn("%s: protocol version %llu, expected %d", c->name, (unsigned long long)v, RPC_VERSION);
             return false;
@@ -409,6 +411,7 @@ static bool dispatch(rpc_conn *c, const msgpack_object *o)
             net_format(&c->peer_addr, c->name, sizeof(c->name));
         }
         c->peer_role = (rpc_role)role;
+        if (o->via.array.size >= 6) obj_uint(&a[5], &c->peer_incarnation); /* optional: older peers send 5 */
         c->peer_clock = ct;
         if (!c->self.key) {
             if (has_nonce) refuse(c, "the peer requires a cluster key and we have none (--cluster-key-file)");
@@ -630,6 +633,7 @@ bool rpc_hello_done(const rpc_conn *c) { return c->hello_done; }
 rpc_role rpc_peer_role(const rpc_conn *c) { return c->peer_role; }
 const net_addr *rpc_peer_addr(const rpc_conn *c) { return &c->peer_addr; }
 const char *rpc_peer_name(const rpc_conn *c) { return c->name; }
+uint64_t rpc_peer_incarnation(const rpc_conn *c) { return c->peer_incarnation; }
 size_t rpc_pending(const rpc_conn *c) { return c->npending; }
 void *rpc_get_data(const rpc_conn *c) { return c->data; }
 void rpc_set_data(rpc_conn *c, void *data) { c->data = data; }

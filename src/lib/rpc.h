@@ -4,7 +4,7 @@
  *
  *   request  [0, msgid:uint, method:uint, params:array]
  *   response [1, msgid:uint, error:nil|str, result]
- *   hello    [2, role:uint, address:bin, version:uint, clock:uint (, nonce:bin)]
+ *   hello    [2, role:uint, address:bin, version:uint, clock:uint, incarnation:uint (, nonce:bin)]
  *   proof    [3, proof:bin]                     (only with a cluster key)
  *
  * Both ends send hello first; requests may be queued before the peer's
@@ -83,6 +83,8 @@ typedef struct rpc_self {
     net_addr addr;   /* what the peer should know us as (may be unset for tools) */
     clock_hlc *clock; /* may be NULL (gateways have no clock) */
     const auth_key *key; /* the cluster key, or NULL for none; must outlive the connections */
+    uint64_t incarnation; /* random per server process, so a manager can tell a restart from a
+                             reconnect; 0 for the other roles */
 } rpc_self;
 
 /* Take over an accepted socket. */
@@ -103,6 +105,7 @@ bool rpc_hello_done(const rpc_conn *c);
 rpc_role rpc_peer_role(const rpc_conn *c);
 const net_addr *rpc_peer_addr(const rpc_conn *c); /* announced address */
 const char *rpc_peer_name(const rpc_conn *c);     /* "1.2.3.4:19800" or the socket peer */
+uint64_t rpc_peer_incarnation(const rpc_conn *c); /* 0 if the peer sent none */
 size_t rpc_pending(const rpc_conn *c);
 void *rpc_get_data(const rpc_conn *c);
 void rpc_set_data(rpc_conn *c, void *data);

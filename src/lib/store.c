@@ -54,6 +54,8 @@
 /* Buckets for a database store_open creates (TC rounds up to a prime).
  * A file made beforehand with tchmgr keeps its own tuning (user guide 5.1). */
 #define STORE_NEW_BUCKETS 1048576
+/* Tokyo Cabinet's default #xmsiz (HDBDEFXMSIZ): how much of the file it maps. */
+#define STORE_TC_XMSIZ (64LL << 20)
 
 struct store {
     TCHDB *hdb;
@@ -177,6 +179,19 @@ static void sync_dir(const char *path)
 
 /* ---- open / close ---- */
 
+/* Tokyo Cabinet writes records in the first #xmsiz bytes of the file through
+ * its mmap, after growing the file with ftruncate, which succeeds even on a
+ * full filesystem: the write then faults and the process dies of SIGBUS.
+ * Reserving those blocks now turns a full disk into write errors (past the
+ * map TC uses pwrite, which returns ENOSPC). The descriptor stays open in
+ * lock_fd: closing it would drop TC's fcntl lock. Best effort: without the
+ * room (or on a filesystem without fallocate) it is as before. */
+static void reserve_map(store *s, int64_t xmsiz)
+{
+    s->lock_fd = open(s->path, O_RDWR | O_CLOEXEC);
+    if (s->lock_fd >= 0) fallocate(s->lock_fd, FALLOC_FL_KEEP_SIZE, 0, xmsiz >= 0 ? xmsiz : STORE_TC_XMSIZ);
+}
+
 static store *open_mode(const char *spec, bool readonly, char *err)
 {
     char *path;
@@ -212,6 +227,7 @@ static store *open_mode(const char *spec, bool readonly, char *err)
         store_free(s);
         return NULL;
     }
+    if (!readonly) reserve_map(s, xmsiz);
     return s;
 }
 

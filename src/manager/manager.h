@@ -41,6 +41,7 @@ typedef struct mserver {
     double last_answer;   /* monotonic time of the last keepalive answer */
     bool keepalive_out;
     bool newcomer;        /* shown under "not attached node" */
+    uint64_t incarnation; /* of the process that said hello last (0: unknown) */
     bool copying;         /* replace: its copy phase has not ended */
     bool deleting;        /* replace: its delete phase has not ended */
     struct event *probe_timer;

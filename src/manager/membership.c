@@ -290,6 +290,16 @@ static void server_hello(manager *m, rpc_conn *c)
         ms->probe = NULL;
         evtimer_del(ms->probe_timer);
     }
+    /* A new process behind an active member's address was restarted before
+     * it was found lost (kill -9 and restart within the probes): its
+     * database may be stale, so it must not serve as the member it was.
+     * Lose it now; it is a newcomer, and the attach copies it what it missed. */
+    uint64_t inc = rpc_peer_incarnation(c);
+    if (inc && ms->incarnation && inc != ms->incarnation && is_active_member(m, a)) {
+        log_warn("server %s is a new process: lost, attach it again", fmt(a, buf));
+        server_lost(m, ms);
+    }
+    if (inc) ms->incarnation = inc;
     ms->conn = c; /* the newest link wins; an older one is ignored until it closes */
     ms->last_answer = now_mono();
     ms->keepalive_out = false;

@@ -283,6 +283,19 @@ static void repl_done(void *arg, rpc_status st, const msgpack_object *result)
     repl_to *t = arg;
     repl *r = t->r;
     server *s = r->s;
+    if (st == RPC_OK && result && result->type == MSGPACK_OBJECT_POSITIVE_INTEGER && result->via.u64 > r->ct) {
+        /* The replica holds a newer ClockTime than ours: a coordinator before
+         * us (this key moved) stamped it with a clock ahead of ours, so our
+         * write would lose to an older one. Fail it, and move our clock past
+         * that stamp so the gateway's retry is stamped newer. */
+        clock_update(&s->clock, result->via.u64);
+        if (!r->failed) {
+            char buf[NET_ADDRSTRLEN];
+            r->failed = true;
+            snprintf(r->why, sizeof(r->why), "%s: holds a newer version", net_format(&t->to, buf, sizeof(buf)));
+            log_warn("replication failed: %s", r->why);
+        }
+    }
     if (st != RPC_OK) {
         /* A replica that is no longer an owner (the manager marked it fault
          * meanwhile) owes us nothing; one that still is gets another try. */
@@ -551,6 +564,16 @@ static void handle_replicate(server *s, rpc_conn *c, uint32_t msgid, const msgpa
         return;
     }
     if (rc == 1) gc_tombstone(s, key, klen, val, vlen);
+    if (rc == 0) { /* kept ours: if it is newer, say so (repl_done) */
+        size_t n;
+        void *held = store_get(s->db, key, klen, &n);
+        uint64_t held_ct = held && n >= RECORD_TOMBSTONE ? record_clocktime(held, n) : 0;
+        free(held);
+        if (held_ct > record_clocktime(val, vlen)) {
+            rpc_reply_uint(c, msgid, held_ct);
+            return;
+        }
+    }
     rpc_reply_bool(c, msgid, rc == 1);
 }
 

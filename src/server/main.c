@@ -9,9 +9,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 
@@ -272,7 +274,12 @@ int main(int argc, char **argv)
     }
     data_load_flush(&s);
     s.base = event_base_new();
-    s.rpc_self = (rpc_self){.role = RPC_ROLE_SERVER, .addr = s.self, .clock = &s.clock, .key = key};
+    /* The incarnation tells the managers this is a new process (membership.c). */
+    uint64_t incarnation = 0;
+    while (incarnation == 0)
+        if (getrandom(&incarnation, sizeof(incarnation), 0) != sizeof(incarnation)) incarnation = (uint64_t)time(NULL);
+    s.rpc_self = (rpc_self){.role = RPC_ROLE_SERVER, .addr = s.self, .clock = &s.clock, .incarnation = incarnation,
+                                .key = key};
 
     net_addr bind_addr = s.self;
     memset(bind_addr.id + 2, 0, bind_addr.len - 2); /* every interface, the port of -l */

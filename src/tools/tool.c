@@ -84,8 +84,8 @@ static int next_frame(tool_conn *t, msgpack_unpacked *out, double deadline, char
 /* The nonce of a hello (rpc.h), if it carries one. */
 static bool hello_nonce(const msgpack_object *o, const char **p, size_t *len)
 {
-    if (o->via.array.ptr[0].via.u64 != 2 || o->via.array.size < 6) return false;
-    const msgpack_object *n = &o->via.array.ptr[5];
+    if (o->via.array.ptr[0].via.u64 != 2 || o->via.array.size < 7) return false;
+    const msgpack_object *n = &o->via.array.ptr[6];
     if (n->type != MSGPACK_OBJECT_BIN && n->type != MSGPACK_OBJECT_STR) return false;
     *p = n->via.bin.ptr; /* bin and str share the layout */
     *len = n->via.bin.size;
@@ -156,12 +156,13 @@ static int send_hello(tool_conn *t, double deadline, char *err)
     if (cluster_key && auth_nonce(nonce, err) < 0) return -1;
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_array(&pk, cluster_key ? 6 : 5);
+    msgpack_pack_array(&pk, cluster_key ? 7 : 6);
     msgpack_pack_uint8(&pk, 2);
     msgpack_pack_uint8(&pk, RPC_ROLE_TOOL);
     msgpack_pack_bin(&pk, 0);
     msgpack_pack_uint32(&pk, RPC_VERSION);
-    msgpack_pack_uint64(&pk, 0);
+    msgpack_pack_uint64(&pk, 0); /* clock */
+    msgpack_pack_uint64(&pk, 0); /* incarnation: tools have none */
     if (cluster_key) rpc_pack_bytes(&pk, nonce, sizeof(nonce));
     if (send_packed(t, &sb, deadline, err) < 0) return -1;
     return cluster_key ? handshake(t, nonce, deadline, err) : 0;

@@ -114,8 +114,9 @@ def raw_rpc(port, hello, then):
 
 
 def hello(nonce=None):
-    """[2, tool, bin(0), 1, 0 (, nonce)] packed by hand."""
-    h = bytes([0x95 if nonce is None else 0x96, 0x02, 0x03, 0xc4, 0x00, 0x01, 0x00])
+    """[2, tool, bin(0), 1, 0, 0 (, nonce)] packed by hand: clock and
+    incarnation 0, then the nonce."""
+    h = bytes([0x96 if nonce is None else 0x97, 0x02, 0x03, 0xc4, 0x00, 0x01, 0x00, 0x00])
     return h + (bytes([0xc4, len(nonce)]) + nonce if nonce is not None else b"")
 
 
@@ -142,12 +143,12 @@ def raw_proven(port, key_path):
             frames = mp_frames(data)
             if not sent and frames:
                 h = frames[0]
-                p = proof(key_path, True, 3, h[5], nonce)
+                p = proof(key_path, True, 3, h[6], nonce)
                 s.sendall(bytes([0x92, 0x03, 0xc4, 0x20]) + p + status_request(7))
                 sent = True
             if len(frames) >= 2:
                 good = frames[1][:1] == [3] and frames[1][1] == proof(key_path, False, frames[0][1], nonce,
-                                                                      frames[0][5])
+                                                                      frames[0][6])
             reply = [f for f in frames if isinstance(f, list) and f[:2] == [1, 7]]
             if reply:
                 return good, reply[0]
@@ -250,7 +251,7 @@ def body():
                    "%s: hello with a nonce, then a request without a proof: no answer, closed" % what,
                    "closed=%s frames=%s" % (closed, kt.short(frames)))
             hs = [f for f in frames if isinstance(f, list) and f[:1] == [2]]
-            tap.ok(hs and len(hs[0]) == 6 and isinstance(hs[0][5], bytes) and len(hs[0][5]) == 32,
+            tap.ok(hs and len(hs[0]) == 7 and isinstance(hs[0][6], bytes) and len(hs[0][6]) == 32,
                    "%s: its hello carries a 32-byte nonce" % what, kt.short(frames))
             frames, closed = raw_rpc(port, hello(), status_request())
             kinds = [f[0] for f in frames if isinstance(f, list) and f]
