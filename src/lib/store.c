@@ -1,8 +1,8 @@
 /*
  * store — the Tokyo Cabinet hash database of a kumo-server (see store.h).
  *
- * Owns: one TCHDB handle opened HDBOWRITER|HDBOCREAT|HDBOLCKNB, and (after
- * the first backup) a descriptor holding the file lock.
+ * Owns: one TCHDB handle opened HDBOWRITER|HDBOCREAT|HDBOLCKNB, and a second
+ * descriptor of the file that reserves its blocks and holds the file lock.
  * Calls: record (clocktime of stored bytes), Tokyo Cabinet.
  * Thread rule: one thread (the server's event loop) at a time.
  *
@@ -45,6 +45,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <tchdb.h>
@@ -54,14 +55,28 @@
 /* Buckets for a database store_open creates (TC rounds up to a prime).
  * A file made beforehand with tchmgr keeps its own tuning (user guide 5.1). */
 #define STORE_NEW_BUCKETS 1048576
-/* Tokyo Cabinet's default #xmsiz (HDBDEFXMSIZ): how much of the file it maps. */
-#define STORE_TC_XMSIZ (64LL << 20)
+/* How much of the file Tokyo Cabinet maps when -s gives no #xmsiz. TC's own
+ * default (HDBDEFXMSIZ, 64 MiB) is about 300,000 records of 100 B: past it
+ * every record is a pread or pwrite, and a server's write rate halved once
+ * its database outgrew the map (measured: 64,736 pwrites in 5 s of a set
+ * load). Mapping costs address space, not memory: the pages are the page
+ * cache a pread would have used. 32-bit builds keep TC's default. */
+#define STORE_DEFAULT_XMSIZ ((int64_t)(sizeof(void *) >= 8 ? 1LL << 30 : 64LL << 20))
+/* The disk reservation runs this far ahead of the file's end (see
+ * "reservation" below); it is extended when less than half of it is left. */
+#define STORE_RESERVE_AHEAD (64LL << 20)
+/* What a record can add to the file besides its key and value: TC's record
+ * header and padding. */
+#define STORE_RECORD_SLACK 256
 
 struct store {
     TCHDB *hdb;
     char *path; /* the file, without "#name=value" options */
-    int lock_fd; /* see "fcntl" above; -1 until the first backup */
+    int lock_fd; /* see "fcntl" above and "reservation" below; -1 if not open */
     bool walking; /* a walk holds TC's one iterator */
+    int64_t map_end;  /* the mapped region: [0, map_end) of the file */
+    int64_t reserved; /* [0, reserved) has its disk blocks (fallocate) */
+    time_t reserve_retry; /* after a failed extension, the next try */
 };
 
 /* ---- Tokyo Cabinet's yields ----
@@ -179,17 +194,51 @@ static void sync_dir(const char *path)
 
 /* ---- open / close ---- */
 
-/* Tokyo Cabinet writes records in the first #xmsiz bytes of the file through
+/* ---- reservation ----
+ *
+ * Tokyo Cabinet writes records in the first #xmsiz bytes of the file through
  * its mmap, after growing the file with ftruncate, which succeeds even on a
  * full filesystem: the write then faults and the process dies of SIGBUS.
- * Reserving those blocks now turns a full disk into write errors (past the
- * map TC uses pwrite, which returns ENOSPC). The descriptor stays open in
- * lock_fd: closing it would drop TC's fcntl lock. Best effort: without the
- * room (or on a filesystem without fallocate) it is as before. */
-static void reserve_map(store *s, int64_t xmsiz)
+ * So the blocks under the map are reserved (fallocate, keeping the size)
+ * before TC can write there: at open up to STORE_RESERVE_AHEAD past the
+ * file's end, and before a write that would come within half of that of
+ * the reservation's end, another STORE_RESERVE_AHEAD. A large map therefore
+ * costs no disk up front. When the filesystem cannot supply an extension, a
+ * write is refused (ENOSPC, the client sees SERVER_ERROR) once it would
+ * reach past the reserved blocks, and the extension is tried again at most
+ * once a second. Past the map TC uses pwrite, which fails with ENOSPC by
+ * itself. A filesystem without fallocate gets no reservation (as TC alone).
+ * The descriptor stays open in lock_fd: closing it would drop TC's fcntl
+ * lock. */
+static bool reserve(store *s, int64_t end)
 {
-    s->lock_fd = open(s->path, O_RDWR | O_CLOEXEC);
-    if (s->lock_fd >= 0) fallocate(s->lock_fd, FALLOC_FL_KEEP_SIZE, 0, xmsiz >= 0 ? xmsiz : STORE_TC_XMSIZ);
+    if (end > s->map_end) end = s->map_end;
+    if (end <= s->reserved) return true;
+    if (s->lock_fd < 0) s->lock_fd = open(s->path, O_RDWR | O_CLOEXEC);
+    if (s->lock_fd >= 0 && fallocate(s->lock_fd, FALLOC_FL_KEEP_SIZE, s->reserved, end - s->reserved) == 0) {
+        s->reserved = end;
+        return true;
+    }
+    if (s->lock_fd >= 0 && (errno == EOPNOTSUPP || errno == ENOSYS)) {
+        s->reserved = s->map_end; /* nothing to reserve with: as before */
+        return true;
+    }
+    return false;
+}
+
+/* Before TC writes `len` bytes of key and value: false (+ err) when they
+ * could land in mapped space without disk blocks under it. */
+static int make_room(store *s, size_t len, char *err)
+{
+    int64_t end = (int64_t)tchdbfsiz(s->hdb) + (int64_t)len + STORE_RECORD_SLACK;
+    if (s->reserved >= s->map_end || end + STORE_RESERVE_AHEAD / 2 <= s->reserved) return 0;
+    time_t now = time(NULL);
+    if (now >= s->reserve_retry) {
+        if (reserve(s, end + STORE_RESERVE_AHEAD)) return 0;
+        s->reserve_retry = now + 1;
+    }
+    if (end <= s->reserved) return 0;
+    return kumo_err(err, "%s: no space left on the device for the database to grow", s->path);
 }
 
 static store *open_mode(const char *spec, bool readonly, char *err)
@@ -213,7 +262,8 @@ static store *open_mode(const char *spec, bool readonly, char *err)
         store_free(s);
         return NULL;
     }
-    if (xmsiz >= 0) tchdbsetxmsiz(s->hdb, xmsiz);
+    s->map_end = xmsiz >= 0 ? xmsiz : STORE_DEFAULT_XMSIZ;
+    tchdbsetxmsiz(s->hdb, s->map_end);
     if (rcnum >= 0) tchdbsetcache(s->hdb, (int32_t)rcnum);
     struct stat st;
     if (!readonly && stat(path, &st) < 0 && errno == ENOENT)
@@ -227,7 +277,7 @@ static store *open_mode(const char *spec, bool readonly, char *err)
         store_free(s);
         return NULL;
     }
-    if (!readonly) reserve_map(s, xmsiz);
+    if (!readonly) reserve(s, (int64_t)tchdbfsiz(s->hdb) + STORE_RESERVE_AHEAD); /* best effort */
     return s;
 }
 
@@ -261,7 +311,7 @@ void *store_get(store *s, const void *key, size_t klen, size_t *vlen)
 
 int store_put(store *s, const void *key, size_t klen, const void *val, size_t vlen, char *err)
 {
-    if (check_sizes(s, klen, vlen, err) < 0) return -1;
+    if (check_sizes(s, klen, vlen, err) < 0 || make_room(s, klen + vlen, err) < 0) return -1;
     return tchdbput(s->hdb, key, (int)klen, val, (int)vlen) ? 0 : tc_err(s, s->path, err);
 }
 
@@ -280,7 +330,7 @@ int store_modify(store *s, const void *key, size_t klen, store_modify_fn fn, voi
     case STORE_KEEP:
         break;
     case STORE_WRITE:
-        if (check_sizes(s, 0, outlen, err) < 0)
+        if (check_sizes(s, 0, outlen, err) < 0 || make_room(s, klen + outlen, err) < 0)
             rc = -1;
         else if (!tchdbput(s->hdb, key, (int)klen, out, (int)outlen))
             rc = tc_err(s, s->path, err);

@@ -2,8 +2,10 @@
  * test_store — store.c against real Tokyo Cabinet files in a mkdtemp dir:
  * spec parsing and open errors, put/get, the newer-clocktime-wins update
  * rule with values and tombstones, modify verdicts, remove_if_older,
- * iteration that writes from its callback, backup, and two threads racing
- * store_update on the same keys.
+ * iteration that writes from its callback, backup, two threads racing
+ * store_update on the same keys, and the disk reservation under Tokyo
+ * Cabinet's map: running ahead of the file, and (as root, in a mount
+ * namespace of its own) a full filesystem refusing writes instead of SIGBUS.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -11,6 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -496,6 +501,98 @@ static void test_interleaved(store *s)
     is_int(bad, 0, "every key holds the max clocktime written by either thread");
 }
 
+/* ---- the reservation under the map ---- */
+
+static long long blocks_of(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? (long long)st.st_blocks * 512 : -1;
+}
+
+/* Write 1 KiB records until store_put refuses one or `limit` bytes of file
+ * are reached; returns the number written. */
+static int fill(store *s, long long limit, char *err)
+{
+    uint8_t key[32], val[1100];
+    char data[1025];
+    memset(data, 'x', 1024);
+    data[1024] = 0;
+    size_t vlen = mkval(val, 1, data);
+    int n = 0;
+    while ((long long)store_file_size(s) < limit) {
+        int klen = snprintf((char *)key, sizeof(key), "fill-%08d", n);
+        if (store_put(s, key, (size_t)klen, val, vlen, err) < 0) break;
+        n++;
+    }
+    return n;
+}
+
+static void test_reserve_ahead(void)
+{
+    char err[KUMO_ERRLEN];
+    const char *path = path_in("grow.tch");
+    store *s = store_open(path, err);
+    ok(s != NULL, "open grow.tch");
+    if (!s) return;
+    long long size0 = (long long)store_file_size(s);
+    ok(blocks_of(path) >= size0 + (64LL << 20), "64 MiB past the end reserved at open (%lld bytes of blocks for %lld)",
+       blocks_of(path), size0);
+    int n = fill(s, size0 + (48LL << 20), err);
+    long long size1 = (long long)store_file_size(s);
+    ok(size1 >= size0 + (48LL << 20), "%d records written, file at %lld bytes", n, size1);
+    ok(blocks_of(path) >= size1 + (32LL << 20), "the reservation ran ahead: %lld bytes of blocks", blocks_of(path));
+    store_close(s);
+}
+
+/* In a child: a 96 MiB tmpfs of its own, a database filling it. Exit 0 when
+ * the writes were refused with an error and everything written reads back. */
+static int full_disk_child(const char *mnt)
+{
+    char err[KUMO_ERRLEN], path[600];
+    if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+        mount("kumo-test", mnt, "tmpfs", 0, "size=96m") < 0)
+        return 77;
+    snprintf(path, sizeof(path), "%s/full.tch", mnt);
+    store *s = store_open(path, err);
+    if (!s) return 2;
+    int n = fill(s, 1LL << 30, err);
+    printf("# %d records written, then: %s\n", n, err);
+    if (!strstr(err, "no space left")) return 3;
+    store_close(s);
+    s = store_open(path, err);
+    if (!s) return 4;
+    int back = (int)store_count(s);
+    store_close(s);
+    printf("# %d records after reopening\n", back);
+    return back == n && n > 1000 ? 0 : 5;
+}
+
+static void test_full_disk(void)
+{
+    if (geteuid() != 0) {
+        skip("a full filesystem: needs root for a tmpfs");
+        return;
+    }
+    const char *mnt = path_in("mnt");
+    mkdir(mnt, 0700);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int rc = full_disk_child(mnt);
+        fflush(stdout);
+        _exit(rc);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    if (WIFEXITED(st) && WEXITSTATUS(st) == 77) {
+        skip("a full filesystem: no mount namespace here");
+        return;
+    }
+    ok(WIFEXITED(st) && WEXITSTATUS(st) == 0, "a full filesystem refuses writes, no SIGBUS, the rest reads back (%s %d)",
+       WIFSIGNALED(st) ? "signal" : "exit", WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+    rmdir(mnt);
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "--try-open") == 0) return try_open_main(argv[2]);
@@ -507,6 +604,8 @@ int main(int argc, char **argv)
 
     test_open_errors();
     test_lock();
+    test_reserve_ahead();
+    test_full_disk();
 
     store *s = store_open(path_in("main.tch"), err);
     ok(s != NULL, "open main.tch");
