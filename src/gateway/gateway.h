@@ -47,9 +47,16 @@ typedef struct gateway_config {
     int item_size_max;     /* -I, bytes */
 } gateway_config;
 
+/* The gets one loop turn sends a server in one SRV_GET_MANY (router.c). */
+#define ROUTER_BATCH_MAX 64
+
 typedef struct gw_server {
+    struct gateway *g;
     net_addr addr;
     rpc_conn *conn;
+    struct event *send_batch; /* active while `batch` waits for the turn's end */
+    size_t nbatch;
+    struct rop *batch[ROUTER_BATCH_MAX];
 } gw_server;
 
 /* memcached's counters, under memcached's names (stats, metrics). */
@@ -74,7 +81,7 @@ typedef struct gateway {
     rpc_self rpc_self;
     struct links *managers; /* links.h: -m and -p, found by name */
     hashspace *whs, *rhs; /* never NULL */
-    gw_server *servers;
+    gw_server **servers; /* each allocated once: events point at them */
     size_t nservers, servers_cap;
     daemon_listener *text_listener, *binary_listener;
     struct client *clients; /* open memcached connections (client.c) */

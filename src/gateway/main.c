@@ -95,7 +95,7 @@ static void collect_metrics(void *arg, metrics_out *o)
     metrics_counter(o, "kumo_gateway_total_connections", "client connections accepted", st->total_connections);
     metrics_gauge(o, "kumo_gateway_curr_connections", "client connections open", (double)st->curr_connections);
     size_t servers = 0, managers = 0;
-    for (size_t i = 0; i < g->nservers; i++) servers += g->servers[i].conn != NULL;
+    for (size_t i = 0; i < g->nservers; i++) servers += g->servers[i]->conn != NULL;
     if (g->managers) managers = links_up(g->managers);
     metrics_gauge(o, "kumo_gateway_server_connections", "open connections to servers", (double)servers);
     metrics_gauge(o, "kumo_gateway_manager_connections", "managers connected", (double)managers);

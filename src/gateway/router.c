@@ -10,6 +10,15 @@
  * another node, because only the coordinator may order them.
  * A "not found" is an answer, not an error, and is never retried.
  *
+ * Gets are batched: the gets of one loop turn bound for one server leave
+ * together at the turn's end as one SRV_GET_MANY (one frame each way, one
+ * reply to decode), or as a plain SRV_GET when there is only one. The batch
+ * is sent from an event activated by its first get, which libevent runs
+ * after the reads that filled it; the socket's own flush follows, so the
+ * batch still costs no extra write. A write to that server sends the batch
+ * first, so requests reach a server in the order they were made. A key the server answers with an error
+ * fails alone and is retried at its next owner like any failed get.
+ *
  * Calls: rpc, hashspace, record, ring, log, daemon. Thread rule: main loop.
  */
 #include <stdlib.h>
@@ -122,7 +131,7 @@ static void server_on_close(void *arg, rpc_conn *c)
 {
     gateway *g = arg;
     for (size_t i = 0; i < g->nservers; i++)
-        if (g->servers[i].conn == c) g->servers[i].conn = NULL;
+        if (g->servers[i]->conn == c) g->servers[i]->conn = NULL;
 }
 
 static void server_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *p)
@@ -130,28 +139,44 @@ static void server_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t m
     rpc_reply_error(c, msgid, "a gateway serves no requests");
 }
 
-static rpc_conn *server_conn(gateway *g, const net_addr *addr)
+static void batch_cb(evutil_socket_t fd, short what, void *arg);
+
+/* The server at addr, connected (or connecting); NULL only without memory. */
+static gw_server *server_get(gateway *g, const net_addr *addr)
 {
     gw_server *s = NULL;
-    for (size_t i = 0; i < g->nservers; i++)
-        if (net_equal(&g->servers[i].addr, addr)) s = &g->servers[i];
+    for (size_t i = 0; i < g->nservers && !s; i++)
+        if (net_equal(&g->servers[i]->addr, addr)) s = g->servers[i];
     if (!s) {
         if (g->nservers == g->servers_cap) {
             size_t ncap = g->servers_cap ? g->servers_cap * 2 : 8;
-            gw_server *ns = realloc(g->servers, ncap * sizeof(*ns));
+            gw_server **ns = realloc(g->servers, ncap * sizeof(*ns));
             if (!ns) return NULL;
             g->servers = ns;
             g->servers_cap = ncap;
         }
-        s = &g->servers[g->nservers++];
+        s = calloc(1, sizeof(*s));
+        if (!s) return NULL;
+        s->send_batch = event_new(g->base, -1, 0, batch_cb, s);
+        if (!s->send_batch) {
+            free(s);
+            return NULL;
+        }
+        s->g = g;
         s->addr = *addr;
-        s->conn = NULL;
+        g->servers[g->nservers++] = s;
     }
     if (!s->conn) {
         rpc_handlers h = {.on_request = server_on_request, .on_close = server_on_close, .arg = g};
         s->conn = rpc_connect(g->base, addr, g->cfg->common.connect_timeout, &h, &g->rpc_self);
     }
-    return s->conn;
+    return s->conn ? s : NULL;
+}
+
+static rpc_conn *server_conn(gateway *g, const net_addr *addr)
+{
+    gw_server *s = server_get(g, addr);
+    return s ? s->conn : NULL;
 }
 
 /* ---- operations ---- */
@@ -306,6 +331,80 @@ static void write_reply(void *arg, rpc_status st, const msgpack_object *result)
     rop_free(r);
 }
 
+/* One SRV_GET_MANY in flight: its gets, in the order of the keys. */
+typedef struct get_batch {
+    size_t n;
+    rop *rops[];
+} get_batch;
+
+static void get_many_reply(void *arg, rpc_status st, const msgpack_object *result)
+{
+    get_batch *b = arg;
+    bool whole = st == RPC_OK && result->type == MSGPACK_OBJECT_ARRAY && result->via.array.size == b->n;
+    for (size_t i = 0; i < b->n; i++) {
+        rop *r = b->rops[i];
+        if (!whole) {
+            failed(r, st == RPC_OK ? RPC_ERR_REMOTE : st, st == RPC_OK ? NULL : result);
+            continue;
+        }
+        const msgpack_object *o = &result->via.array.ptr[i];
+        if (o->type == MSGPACK_OBJECT_BIN) {
+            r->get_fn(r->arg, true, o->via.bin.ptr, o->via.bin.size);
+        } else if (o->type == MSGPACK_OBJECT_NIL) {
+            r->get_fn(r->arg, true, NULL, 0);
+        } else {
+            failed(r, RPC_ERR_REMOTE, o->type == MSGPACK_OBJECT_STR ? o : NULL);
+            continue;
+        }
+        rop_free(r);
+    }
+    free(b);
+}
+
+/* Send what s->batch holds: SRV_GET for one key, SRV_GET_MANY for more. */
+static void send_batch(gw_server *s)
+{
+    size_t n = s->nbatch;
+    if (n == 0) return;
+    s->nbatch = 0;
+    gateway *g = s->g;
+    rpc_conn *c = server_conn(g, &s->addr);
+    get_batch *b = n > 1 ? malloc(sizeof(*b) + n * sizeof(b->rops[0])) : NULL;
+    if (!c || (n > 1 && !b)) {
+        free(b);
+        rop *rops[ROUTER_BATCH_MAX];
+        memcpy(rops, s->batch, n * sizeof(rops[0]));
+        for (size_t i = 0; i < n; i++) failed(rops[i], RPC_ERR_UNSENT, NULL);
+        return;
+    }
+    msgpack_packer *pk;
+    if (n == 1) {
+        rop *r = s->batch[0];
+        pk = rpc_call_begin(c, SRV_GET, GET_TIMEOUT, get_reply, r);
+        msgpack_pack_array(pk, 1);
+        rpc_pack_bytes(pk, r->dbkey, r->dklen);
+        rpc_call_end(c);
+        return;
+    }
+    b->n = n;
+    memcpy(b->rops, s->batch, n * sizeof(b->rops[0]));
+    pk = rpc_call_begin(c, SRV_GET_MANY, GET_TIMEOUT, get_many_reply, b);
+    msgpack_pack_array(pk, 1);
+    msgpack_pack_array(pk, (uint32_t)n);
+    for (size_t i = 0; i < n; i++) rpc_pack_bytes(pk, b->rops[i]->dbkey, b->rops[i]->dklen);
+    rpc_call_end(c);
+}
+
+static void batch_cb(evutil_socket_t fd, short what, void *arg) { send_batch(arg); }
+
+/* Queue a get for s; it leaves at the end of this loop turn. */
+static void batch_get(gw_server *s, rop *r)
+{
+    if (s->nbatch == ROUTER_BATCH_MAX) send_batch(s);
+    if (s->nbatch++ == 0) event_active(s->send_batch, EV_TIMEOUT, 1);
+    s->batch[s->nbatch - 1] = r;
+}
+
 static void attempt(rop *r)
 {
     gateway *g = r->g;
@@ -318,6 +417,18 @@ static void attempt(rop *r)
         return;
     }
     const net_addr *to = &hs->ring.nodes[owners[r->kind == ROP_GET ? (size_t)k % n : 0]].addr;
+    gw_server *s = server_get(g, to);
+    if (!s) {
+        failed(r, RPC_ERR_UNSENT, NULL);
+        return;
+    }
+    if (r->kind == ROP_GET) {
+        batch_get(s, r);
+        return;
+    }
+    /* A write leaves behind the gets queued before it, so a connection's
+     * pipelined get-then-delete still reads first. */
+    send_batch(s);
     rpc_conn *c = server_conn(g, to);
     if (!c) {
         failed(r, RPC_ERR_UNSENT, NULL);
@@ -325,11 +436,6 @@ static void attempt(rop *r)
     }
     msgpack_packer *pk;
     switch (r->kind) {
-    case ROP_GET:
-        pk = rpc_call_begin(c, SRV_GET, GET_TIMEOUT, get_reply, r);
-        msgpack_pack_array(pk, 1);
-        rpc_pack_bytes(pk, r->dbkey, r->dklen);
-        break;
     case ROP_SET:
         pk = rpc_call_begin(c, SRV_SET, WRITE_TIMEOUT, write_reply, r);
         msgpack_pack_array(pk, 7);
@@ -528,8 +634,15 @@ void router_stop(gateway *g)
     links_free(g->managers);
     g->managers = NULL;
     for (size_t i = 0; i < g->nservers; i++) {
-        rpc_close(g->servers[i].conn);
-        g->servers[i].conn = NULL;
+        gw_server *s = g->servers[i];
+        rop *rops[ROUTER_BATCH_MAX];
+        size_t n = s->nbatch;
+        memcpy(rops, s->batch, n * sizeof(rops[0]));
+        s->nbatch = 0;
+        for (size_t j = 0; j < n; j++) failed(rops[j], RPC_ERR_UNSENT, NULL); /* stopping: no retry */
+        rpc_close(s->conn);
+        event_free(s->send_batch);
+        free(s);
     }
     free(g->servers);
     hashspace_unref(g->whs);

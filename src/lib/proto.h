@@ -39,10 +39,15 @@ enum {
                                 -> [code, clocktime, number, value] */
     SRV_DELETE = 36,         /* [flags, dbkey, cas] -> [code, clocktime] */
     SRV_FLUSH = 37,          /* [delay_seconds] -> true */
+    SRV_GET_MANY = 38,       /* [[dbkey...]] -> [dbvalue | nil | error...], in order;
+                                at most SRV_GET_MANY_MAX keys */
     SRV_BACKUP = 96,         /* [suffix] -> path written */
     SRV_STATUS = 97,         /* [what] -> value */
     SRV_SET_CONFIG = 98,     /* [what, arg] -> count */
 };
+
+/* The most keys one SRV_GET_MANY may carry (a gateway sends fewer). */
+#define SRV_GET_MANY_MAX 256
 
 /* kumo-gateway (as a manager's client) */
 enum {

@@ -434,31 +434,84 @@ static bool check_key(rpc_conn *c, uint32_t msgid, const char *key, size_t klen)
     return true;
 }
 
+/* One key of a get. Returns 1 with the stored bytes in *v (the caller frees
+ * them), 0 for a miss, -1 when the key is malformed (*why says so) or this
+ * server is not one of its live owners. */
+static int get_one(server *s, const char *key, size_t klen, void **v, size_t *vlen, const char **why)
+{
+    *v = NULL;
+    if (klen <= RECORD_KEY_HEADER) {
+        *why = "bad key";
+        return -1;
+    }
+    uint64_t hash = record_key_hash(key, klen);
+    if (!hashspace_is_owner(s->rhs, hash, &s->self) && !hashspace_is_owner(s->whs, hash, &s->self)) {
+        *why = ERR_OBSOLETE_HS;
+        return -1;
+    }
+    s->cmd_get++;
+    *v = store_get(s->db, key, klen, vlen);
+    record_value rv;
+    if (*v && data_live(*v, *vlen, (uint32_t)time(NULL), s->flush_floor, &rv)) return 1;
+    free(*v);
+    *v = NULL;
+    return 0;
+}
+
 static void handle_get(server *s, rpc_conn *c, uint32_t msgid, const msgpack_object *params)
 {
-    const char *key;
-    size_t klen;
+    const char *key, *why;
+    size_t klen, vlen;
+    void *v;
     if (!rpc_arg_bytes(params, 0, &key, &klen)) {
         rpc_reply_error(c, msgid, "bad params");
         return;
     }
-    if (!check_key(c, msgid, key, klen)) return;
-    uint64_t hash = record_key_hash(key, klen);
-    if (!hashspace_is_owner(s->rhs, hash, &s->self) && !hashspace_is_owner(s->whs, hash, &s->self)) {
-        rpc_reply_error(c, msgid, ERR_OBSOLETE_HS);
-        return;
-    }
-    s->cmd_get++;
-    size_t vlen;
-    void *v = store_get(s->db, key, klen, &vlen);
-    record_value rv;
-    if (!v || !data_live(v, vlen, (uint32_t)time(NULL), s->flush_floor, &rv)) {
+    int rc = get_one(s, key, klen, &v, &vlen, &why);
+    if (rc < 0) {
+        rpc_reply_error(c, msgid, "%s", why);
+    } else if (rc == 0) {
         rpc_reply_nil(c, msgid);
     } else {
         rpc_pack_bytes(rpc_reply_begin(c, msgid), v, vlen);
         rpc_call_end(c);
     }
     free(v);
+}
+
+/* The gets a gateway collected for this server in one loop turn: one answer
+ * per key, in order, each the value, nil or the error a lone SRV_GET would
+ * have answered (the gateway retries those keys elsewhere). */
+static void handle_get_many(server *s, rpc_conn *c, uint32_t msgid, const msgpack_object *params)
+{
+    const msgpack_object *keys = rpc_arg(params, 0);
+    if (!keys || keys->type != MSGPACK_OBJECT_ARRAY || keys->via.array.size > SRV_GET_MANY_MAX) {
+        rpc_reply_error(c, msgid, "bad params: an array of at most %d keys", SRV_GET_MANY_MAX);
+        return;
+    }
+    uint32_t n = keys->via.array.size;
+    for (uint32_t i = 0; i < n; i++) {
+        const char *key;
+        size_t klen;
+        if (!rpc_arg_bytes(keys, i, &key, &klen)) {
+            rpc_reply_error(c, msgid, "bad params: key %u is not bytes", i);
+            return;
+        }
+    }
+    msgpack_packer *pk = rpc_reply_begin(c, msgid);
+    msgpack_pack_array(pk, n);
+    for (uint32_t i = 0; i < n; i++) {
+        const char *key, *why;
+        size_t klen, vlen;
+        void *v;
+        rpc_arg_bytes(keys, i, &key, &klen);
+        int rc = get_one(s, key, klen, &v, &vlen, &why);
+        if (rc < 0) rpc_pack_str(pk, why);
+        else if (rc == 0) msgpack_pack_nil(pk);
+        else rpc_pack_bytes(pk, v, vlen);
+        free(v);
+    }
+    rpc_call_end(c);
 }
 
 static void handle_set(server *s, rpc_conn *c, uint32_t msgid, const msgpack_object *params)
@@ -881,6 +934,7 @@ bool data_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const 
 {
     switch (method) {
     case SRV_GET: handle_get(s, c, msgid, params); return true;
+    case SRV_GET_MANY: handle_get_many(s, c, msgid, params); return true;
     case SRV_SET: handle_set(s, c, msgid, params); return true;
     case SRV_DELETE: handle_delete(s, c, msgid, params); return true;
     case SRV_FLUSH: handle_flush(s, c, msgid, params); return true;

@@ -122,7 +122,7 @@ static void on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, 
     }
     double t0 = mono();
     cluster_dispatch(s, c, msgid, method, params);
-    int k = method == SRV_GET ? REQ_GET : method == SRV_SET ? REQ_SET : method == SRV_DELETE ? REQ_DELETE
+    int k = method == SRV_GET || method == SRV_GET_MANY ? REQ_GET : method == SRV_SET ? REQ_SET : method == SRV_DELETE ? REQ_DELETE
           : method == SRV_REPLICATE ? REQ_REPLICATE
           : method == SRV_STATUS ? REQ_STATUS : REQ_OTHER;
     metrics_hist_observe(&s->metrics->req[k], mono() - t0);

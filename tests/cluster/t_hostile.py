@@ -16,7 +16,8 @@ error responses) or a disconnect; afterwards every daemon runs and a new
 client is served on each port (set/get round trip through the gateway, an
 RPC call on the others).
 
-Besides: a hash-space seed of 200,000 nodes, a replace stream from a fake sender (the test poses as a server
+Besides: a hash-space seed of 200,000 nodes, malformed and full SRV_GET_MANY
+batches, a replace stream from a fake sender (the test poses as a server
 and offers hostile compressed streams: corrupt, truncated, records that
 declare huge lengths, malformed records; a good stream first proves the
 path works); 10,000 idle connections to the gateway and 2,000 to the
@@ -41,6 +42,7 @@ QUIET = 1.5                 # seconds of silence after which a reply is complete
 RPC_MAX_FRAME = 64 << 20    # src/lib/rpc.h
 ROLE_SERVER, ROLE_TOOL = 1, 3
 SRV_HS_SYNC, SRV_REPLACE_OFFER, SRV_STATUS, ST_PID = 2, 16, 97, 0
+SRV_GET_MANY, SRV_GET_MANY_MAX = 38, 256
 MGR_HS_REQUEST, MGR_REPLACE_COPY_END, CTL_STATUS, CTL_AUTO_REPLACE = 1, 10, 99, 103
 SLOW_DELAY = 0.02           # seconds between the bytes of a slow client
 
@@ -628,6 +630,36 @@ def fd_limit(c, chk):
     chk.ok("the descriptor limit")
 
 
+def get_many(c, chk):
+    """SRV_GET_MANY, the gateway's batched get: malformed parameters get an
+    error, a well-formed batch one answer per key in order: the value, nil
+    for a miss, the error text for a malformed key."""
+    srv = c.servers[0]
+    mc = kt.mc_client(c.gateway_port)
+    try:
+        stored = mc.set("many-present", b"here")
+    finally:
+        mc.close()
+    for what, params in (("no params", []), ("keys not an array", [b"k"]), ("a key that is a number", [[1]]),
+                         ("%d keys" % (SRV_GET_MANY_MAX + 1),
+                          [[struct.pack(">Q", i) + b"k" for i in range(SRV_GET_MANY_MAX + 1)]])):
+        err, res = rpc_call(srv.port, SRV_GET_MANY, params)
+        tap.ok(err and "bad params" in err and res is None, "server rpc: SRV_GET_MANY with %s: an error" % what,
+               repr((err, res)))
+
+    def dbkey(k):
+        return struct.pack(">Q", kt.khash(k)) + k
+    keys = [dbkey(b"many-present"), b"short", dbkey(b"many-absent")]
+    keys += [dbkey(b"many-absent-%d" % i) for i in range(SRV_GET_MANY_MAX - len(keys))]
+    err, res = rpc_call(srv.port, SRV_GET_MANY, [keys])
+    ok = (stored and err is None and isinstance(res, list) and len(res) == SRV_GET_MANY_MAX
+          and isinstance(res[0], bytes) and res[0].endswith(b"here") and res[1] == "bad key"
+          and all(r is None for r in res[2:]))
+    tap.ok(ok, "server rpc: SRV_GET_MANY of %d keys: value, error, misses, in order" % SRV_GET_MANY_MAX,
+           repr((err, res[:4] if isinstance(res, list) else res)))
+    chk.ok("SRV_GET_MANY")
+
+
 def body():
     global msgpack
     msgpack = kt.require_module("msgpack")
@@ -642,6 +674,7 @@ def body():
         srv = c.servers[0]
         rpc_port(chk, rng, "server rpc", srv.port, SRV_STATUS, [ST_PID], SRV_STATUS)
         big_seed(c, chk)
+        get_many(c, chk)
         rpc_port(chk, rng, "manager cluster", c.mgr_port, MGR_HS_REQUEST, [], MGR_REPLACE_COPY_END)
         rpc_port(chk, rng, "manager control", c.ctl_port, CTL_STATUS, [], CTL_AUTO_REPLACE)
         stream_port(c, chk, rng)

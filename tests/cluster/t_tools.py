@@ -18,6 +18,7 @@ with -g and --metrics. In order:
     and a narrow window quitting on 'q';
   * /metrics on the manager, a server and the gateway, in both formats,
     checked by the parser below and against kumostat and what was sent;
+    a 100-key get reaches the servers as a few batched requests, not 100;
   * tombstones: deletes leave tombstones that -gX 3 collects;
   * kumolog: each daemon's log, `kumolog -f` following a server's log across
     logrotate (rename + SIGHUP), -t/-h/-n, damaged and foreign files;
@@ -596,6 +597,23 @@ def check_kumotop(c, order):
                    plain[-600:])
 
 
+
+def check_get_batching(c, client, keys):
+    """The gateway sends the gets of one loop turn for one server as one
+    request (router.c): a 100-key multi-get costs the servers at most two
+    requests each (64 keys per batch), counted by their request histograms."""
+    def get_requests():
+        return sum(metric(parse_metrics(scrape(s.metrics_port)[2], False),
+                       "kumo_server_request_duration_seconds_count", method="get") or 0 for s in c.servers)
+    keys = keys[:100]
+    before = get_requests()
+    got = client.get_many(keys)
+    used = get_requests() - before
+    tap.ok(got == {k: k.encode() + b"-value" for k in keys} and used <= 2 * len(c.servers),
+           "a 100-key get: every value, in %d server requests (at most %d)" % (used, 2 * len(c.servers)),
+           "got %d values" % len(got))
+
+
 def check_metrics(c, sets_done, deletes_done):
     tap.note("/metrics of the manager, a server and the gateway")
     srv = c.servers[0]
@@ -872,6 +890,7 @@ def body():
         check_kumotop(c, order)
         check_gc(c, client, sum(expect_items.values()))
         check_metrics(c, NKEYS + 30, 30)
+        check_get_batching(c, client, keys)
         check_kumolog(c)
         check_rotation(c, follower)
         check_fault(c, keys, order)
