@@ -194,7 +194,7 @@ static void do_get(client *c, const memproto_request *q)
     if (!b) return;
     c->g->stats.cmd_get++;
     client_call_begin(b->r);
-    router_get(c->g, q->key, q->keylen, get_done, b);
+    router_get(c->g, q->key, q->keylen, client_settled(c), get_done, b);
 }
 
 /* ---- set add replace append prepend (and their quiet forms) ---- */

@@ -54,6 +54,7 @@ creq *client_req(client *c, bool quiet)
     else c->head = r;
     c->tail = r;
     c->queued++;
+    c->unanswered++;
     return r;
 }
 
@@ -94,7 +95,14 @@ static void flush(client *c)
     if (c->close_after_flush && !c->head && evbuffer_get_length(out) == 0) conn_close(c);
 }
 
-void client_done(creq *r) { r->done = true; }
+void client_done(creq *r)
+{
+    if (r->done) return;
+    r->done = true;
+    r->c->unanswered--;
+}
+
+bool client_settled(const client *c) { return c->unanswered <= 1; }
 
 void client_reply(creq *r, const char *text)
 {

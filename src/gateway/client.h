@@ -53,6 +53,7 @@ struct client {
     client_parse_fn parse;
     creq *head, *tail;
     size_t queued;
+    size_t unanswered; /* queued requests not yet done */
     int inflight; /* router callbacks still to come */
     bool closed;
     bool close_after_flush;
@@ -70,6 +71,9 @@ creq *client_req(client *c, bool quiet);
 /* r's output is complete. It leaves (and r is freed) at the next flush:
  * the end of the current read, or client_call_end. */
 void client_done(creq *r);
+/* True when no request before the newest one is still unanswered, so
+ * nothing this connection wrote can still be on its way to the replicas. */
+bool client_settled(const client *c);
 /* Reply with a fixed string and complete. */
 void client_reply(creq *r, const char *text);
 /* Bracket every router call made for r: begin before the call, end as the

@@ -83,6 +83,7 @@ typedef struct gateway {
     hashspace *whs, *rhs; /* never NULL */
     gw_server **servers; /* each allocated once: events point at them */
     size_t nservers, servers_cap;
+    gw_server *open_batch; /* the server whose get batch this turn opened last, or NULL */
     daemon_listener *text_listener, *binary_listener;
     struct client *clients; /* open memcached connections (client.c) */
     double last_refresh;
@@ -101,9 +102,13 @@ int router_start(gateway *g, char *err);
 void router_stop(gateway *g);
 
 /* A get's outcome: found (value = the stored record bytes, valid during the
- * callback), a miss, or an error after every retry. */
+ * callback), a miss, or an error after every retry. any_owner: the caller
+ * has no write of its own still unanswered, so any live owner may serve the
+ * read (every acknowledged synchronous write is on all of them); otherwise
+ * it starts at the coordinator, which applied the caller's earlier writes
+ * first. */
 typedef void (*router_get_fn)(void *arg, bool ok, const void *value, size_t vlen);
-void router_get(gateway *g, const char *key, size_t klen, router_get_fn fn, void *arg);
+void router_get(gateway *g, const char *key, size_t klen, bool any_owner, router_get_fn fn, void *arg);
 
 /* A write: one of proto.h's OP_* (or OP_DELETE here) with its arguments. */
 #define OP_DELETE 100

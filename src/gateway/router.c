@@ -2,9 +2,11 @@
  * router — where each request goes, and what happens when it fails.
  *
  * The gateway holds the managers' latest whs and rhs. A get goes to the
- * first live owner of the key in rhs, and on an error to the next, then the
- * next-next; after each full round it waits one tick and asks the managers
- * for fresh hash spaces (-G rounds in all). A write goes only to the
+ * first live owner of the key in rhs — or, when its connection has nothing
+ * unanswered, to another live owner whose batch this turn already opened —
+ * and on an error to the next owner, then the next-next; after each full
+ * round it waits one tick and asks the managers for fresh hash spaces (-G
+ * rounds in all). A write goes only to the
  * coordinator — the first live owner in whs — and is retried there after a
  * tick, with fresh hash spaces, -S/-D times: writes never fall back to
  * another node, because only the coordinator may order them.
@@ -190,6 +192,8 @@ typedef struct rop {
     uint64_t hash;
     int attempt;
     int max_attempts;
+    bool any_owner; /* a get that may start at any live owner */
+    unsigned first; /* a get: the owner (index among the live ones) tried first */
     double started;
     uint8_t *val;
     size_t vlen;
@@ -368,6 +372,7 @@ static void send_batch(gw_server *s)
     if (n == 0) return;
     s->nbatch = 0;
     gateway *g = s->g;
+    if (g->open_batch == s) g->open_batch = NULL;
     rpc_conn *c = server_conn(g, &s->addr);
     get_batch *b = n > 1 ? malloc(sizeof(*b) + n * sizeof(b->rops[0])) : NULL;
     if (!c || (n > 1 && !b)) {
@@ -403,6 +408,22 @@ static void batch_get(gw_server *s, rop *r)
     if (s->nbatch == ROUTER_BATCH_MAX) send_batch(s);
     if (s->nbatch++ == 0) event_active(s->send_batch, EV_TIMEOUT, 1);
     s->batch[s->nbatch - 1] = r;
+    s->g->open_batch = s;
+}
+
+/* Where a get starts among the key's n live owners: every live owner holds
+ * every acknowledged write (synchronous replication), so any will do, and
+ * the one whose batch this turn is already filling makes the batches fewer
+ * and larger; otherwise the primary. Over turns the open batch moves with
+ * the first key of each turn, so the load stays spread. With -As/-Ad a
+ * replica may lag its coordinator, and gets start at the primary. */
+static unsigned first_owner(const rop *r, const hashspace *hs, const uint32_t *owners, size_t n)
+{
+    const gateway *g = r->g;
+    if (!r->any_owner || !g->open_batch || g->cfg->async_set || g->cfg->async_delete) return 0;
+    for (size_t i = 1; i < n; i++)
+        if (net_equal(&hs->ring.nodes[owners[i]].addr, &g->open_batch->addr)) return (unsigned)i;
+    return 0;
 }
 
 static void attempt(rop *r)
@@ -416,7 +437,8 @@ static void attempt(rop *r)
         failed(r, RPC_ERR_REMOTE, NULL);
         return;
     }
-    const net_addr *to = &hs->ring.nodes[owners[r->kind == ROP_GET ? (size_t)k % n : 0]].addr;
+    if (r->kind == ROP_GET && k == 0) r->first = first_owner(r, hs, owners, n);
+    const net_addr *to = &hs->ring.nodes[owners[r->kind == ROP_GET ? (r->first + (size_t)k) % n : 0]].addr;
     gw_server *s = server_get(g, to);
     if (!s) {
         failed(r, RPC_ERR_UNSENT, NULL);
@@ -461,9 +483,10 @@ static void attempt(rop *r)
 /* Defer the first attempt's failure path: callbacks never run inside the call. */
 static void start_cb(evutil_socket_t fd, short what, void *arg) { attempt(arg); }
 
-void router_get(gateway *g, const char *key, size_t klen, router_get_fn fn, void *arg)
+void router_get(gateway *g, const char *key, size_t klen, bool any_owner, router_get_fn fn, void *arg)
 {
     rop *r = rop_new(g, ROP_GET, key, klen);
+    r->any_owner = any_owner;
     r->get_fn = fn;
     r->arg = arg;
     r->max_attempts = KUMO_REPLICAS * g->cfg->get_retries;
@@ -644,6 +667,7 @@ void router_stop(gateway *g)
         event_free(s->send_batch);
         free(s);
     }
+    g->open_batch = NULL;
     free(g->servers);
     hashspace_unref(g->whs);
     hashspace_unref(g->rhs);

@@ -340,11 +340,12 @@ static void do_retrieve(client *c, const memtext_request *q)
         return;
     }
     r->waiting = (int)q->nkeys;
+    bool any_owner = client_settled(c);
     for (size_t i = 0; i < q->nkeys; i++) {
         kslot *k = &t->keys[i];
         client_call_begin(r);
         if (!touch) {
-            router_get(g, k->key, k->klen, get_done, &t->ctx[i]);
+            router_get(g, k->key, k->klen, any_owner, get_done, &t->ctx[i]);
             continue;
         }
         size_t vlen;
@@ -411,7 +412,7 @@ static void do_store(client *c, const memtext_request *q)
     }
     g->stats.cmd_set++;
     router_write w = {.op = store_op(q->cmd), .cas = q->cmd == MEMTEXT_CAS ? q->cas : 0,
-                      .flags = (g->cfg->async_set || q->noreply) ? WF_ASYNC : 0};
+                      .flags = g->cfg->async_set ? WF_ASYNC : 0};
     client_call_begin(r);
     router_write_op(g, &w, q->keys[0].p, q->keys[0].len, val, vlen, store_done, r);
 }
@@ -478,14 +479,13 @@ static void do_keyed_write(client *c, const memtext_request *q)
     size_t vlen = 0;
     uint8_t *val = NULL;
     if (q->cmd == MEMTEXT_DELETE) {
-        if (g->cfg->async_delete || q->noreply) w.flags = WF_ASYNC;
+        if (g->cfg->async_delete) w.flags = WF_ASYNC;
     } else {
         val = make_value(0, q->cmd == MEMTEXT_TOUCH ? q->exptime : 0, NULL, 0, &vlen);
         if (!val) {
             client_reply(r, "SERVER_ERROR out of memory\r\n");
             return;
         }
-        if (q->noreply) w.flags = WF_ASYNC;
         if (q->cmd == MEMTEXT_TOUCH) {
             g->stats.cmd_touch++;
             w.op = OP_TOUCH;
@@ -741,13 +741,13 @@ static void do_meta(client *c, const memtext_request *q)
     switch (q->cmd) {
     case MEMTEXT_ME:
         client_call_begin(r);
-        router_get(g, key, klen, me_done, r);
+        router_get(g, key, klen, client_settled(c), me_done, r);
         return;
     case MEMTEXT_MG:
         g->stats.cmd_get++;
         client_call_begin(r);
         if (!m.has_ttl) {
-            router_get(g, key, klen, mg_get_done, r);
+            router_get(g, key, klen, client_settled(c), mg_get_done, r);
             return;
         }
         g->stats.cmd_touch++;
@@ -768,7 +768,6 @@ static void do_meta(client *c, const memtext_request *q)
         }
         g->stats.cmd_set++;
         val = make_value(m.flags, m.has_ttl ? m.ttl : 0, q->data, q->data_len, &vlen);
-        if (m.q) w.flags = WF_ASYNC;
         client_call_begin(r);
         router_write_op(g, &w, key, klen, val, val ? vlen : 0, ms_done, r);
         return;

@@ -9,6 +9,8 @@ memcached, to check the expectations themselves.
 """
 import os
 import sys
+import threading
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import kumotest as kt  # noqa: E402
@@ -153,6 +155,9 @@ def raw_checks(port):
         got, _ = r.read_get_reply()
         tap.eq(got, {}, "the bad chunk was not stored")
 
+
+
+def noreply_checks(port):
     tap.note("noreply")
     with kt.Raw(port) as r:
         r.send(b"set quiet 5 0 5 noreply\r\nhello\r\nget quiet\r\n")
@@ -161,6 +166,44 @@ def raw_checks(port):
         tap.eq(got, want, "set noreply sends nothing; the following get sees the value")
         r.send(b"delete quiet noreply\r\nget quiet\r\n")
         tap.eq(r.readline(), b"END\r\n", "delete noreply sends nothing; the following get misses")
+
+    # A get may be served by any live owner once its connection has nothing
+    # unanswered (a get joins a batch that another connection's get opened
+    # in the same loop turn), so a noreply write must count as unanswered
+    # until every copy has it. Other connections keep batches open meanwhile.
+    tap.note("noreply overwrites read back at once while other connections read")
+    stop = threading.Event()
+
+    def reader():
+        from pymemcache.client.base import Client
+        m = Client(("127.0.0.1", port), connect_timeout=5, timeout=5)
+        keys = ["nr:%d" % i for i in range(30)] + ["other:%d" % i for i in range(30)]
+        while not stop.is_set():
+            m.get_many(keys)
+        m.close()
+
+    readers = [threading.Thread(target=reader, daemon=True) for _ in range(3)]
+    for t in readers:
+        t.start()
+    stale = []
+    try:
+        with kt.Raw(port) as r:
+            for i in range(1500):
+                k = b"nr:%d" % (i % 30)
+                d = b"v%d" % i
+                r.send(b"set %s 0 0 %d noreply\r\n%s\r\n" % (k, len(d), d))
+                if i % 2:
+                    time.sleep(0.0001 * (i % 7))
+                r.send(b"get %s\r\n" % k)
+                got, _ = r.read_get_reply()
+                if got.get(k, (0, None))[1] != d:
+                    stale.append((k, d, got))
+    finally:
+        stop.set()
+        for t in readers:
+            t.join()
+    tap.ok(not stale, "every get after a set noreply returns that set's value",
+           "%d stale, first %r" % (len(stale), stale[:1]))
 
 
 def pylibmc_checks(port):
@@ -194,6 +237,7 @@ def body():
             "cluster (manager, 3 servers attached, gateway)", port))
         client_checks(port, rng)
         raw_checks(port)
+        noreply_checks(port)
         pylibmc_checks(port)
         c.check_running()
 
