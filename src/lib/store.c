@@ -203,10 +203,10 @@ static void sync_dir(const char *path)
  * before TC can write there: at open up to STORE_RESERVE_AHEAD past the
  * file's end, and before a write that would come within half of that of
  * the reservation's end, another STORE_RESERVE_AHEAD. A large map therefore
- * costs no disk up front. When the filesystem cannot supply an extension, a
- * write is refused (ENOSPC, the client sees SERVER_ERROR) once it would
- * reach past the reserved blocks, and the extension is tried again at most
- * once a second. Past the map TC uses pwrite, which fails with ENOSPC by
+ * costs no disk up front. When the filesystem cannot supply a whole
+ * extension, each write reserves just the blocks it needs, and is refused
+ * (the client sees SERVER_ERROR) when even those are not there; the whole
+ * extension is tried again at most once a second. Past the map TC uses pwrite, which fails with ENOSPC by
  * itself. A filesystem without fallocate gets no reservation (as TC alone).
  * The descriptor stays open in lock_fd: closing it would drop TC's fcntl
  * lock. */
@@ -237,7 +237,8 @@ static int make_room(store *s, size_t len, char *err)
         if (reserve(s, end + STORE_RESERVE_AHEAD)) return 0;
         s->reserve_retry = now + 1;
     }
-    if (end <= s->reserved) return 0;
+    /* No room for a whole step: the blocks this write needs, if they fit. */
+    if (end <= s->reserved || reserve(s, end)) return 0;
     return kumo_err(err, "%s: no space left on the device for the database to grow", s->path);
 }
 
