@@ -1,6 +1,7 @@
 /*
  * kumo-gateway — the state of one gateway, shared by its modules:
- *   main.c    flags, start-up, listeners, signals
+ *   main.c    flags, start-up, listeners, signals, metrics
+ *   workers.c the -TR event loops: threads, connection hand-off, stop
  *   router.c  hash spaces from the managers, connections to the servers,
  *             routing of each get/set/delete with its retries
  *   stats.c   memcached's statistics, for both protocols
@@ -8,13 +9,17 @@
  *   text.c    the text protocol, classic and meta commands (parser: memtext.rl)
  *   binary.c  the binary protocol (parser: memproto.c)
  *
- * Thread rule: one event loop (see docs/architecture.md).
+ * Thread rule: a gateway struct is one worker, and everything in it belongs
+ * to that worker's thread and event loop, except what gateway_group and the
+ * counters say (docs/architecture.md §3).
  */
 #ifndef KUMO_GATEWAY_H
 #define KUMO_GATEWAY_H
 
 #include <event2/event.h>
 #include <event2/listener.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <time.h>
@@ -60,22 +65,38 @@ typedef struct gw_server {
 } gw_server;
 
 /* memcached's counters, under memcached's names (stats, metrics). */
+#define GATEWAY_COUNTERS(X)                                                                                  \
+    X(cmd_get) X(cmd_set) X(cmd_flush) X(cmd_touch) X(cmd_meta) X(get_hits) X(get_misses) X(get_expired)    \
+    X(delete_hits) X(delete_misses) X(incr_hits) X(incr_misses) X(decr_hits) X(decr_misses) X(cas_hits)      \
+    X(cas_misses) X(cas_badval) X(touch_hits) X(touch_misses) X(store_too_large) X(bytes_read)              \
+    X(bytes_written) X(curr_connections) X(total_connections) X(errors)                                      \
+    X(retries) /* attempts after the first, every operation */
+
+/* One worker's counters. Only the worker's thread changes them; they are
+ * atomics so that `stats` on another worker can sum them. Uncontended: each
+ * worker's struct is its own allocation. */
 typedef struct gateway_stats {
-    uint64_t cmd_get, cmd_set, cmd_flush, cmd_touch, cmd_meta;
-    uint64_t get_hits, get_misses, get_expired;
-    uint64_t delete_hits, delete_misses, incr_hits, incr_misses, decr_hits, decr_misses;
-    uint64_t cas_hits, cas_misses, cas_badval, touch_hits, touch_misses;
-    uint64_t store_too_large;
-    uint64_t bytes_read, bytes_written;
-    uint64_t curr_connections, total_connections;
-    uint64_t errors;
-    uint64_t retries; /* attempts after the first, every operation */
+#define GW_STATS_FIELD(f) _Atomic uint64_t f;
+    GATEWAY_COUNTERS(GW_STATS_FIELD)
+#undef GW_STATS_FIELD
 } gateway_stats;
+
+/* The counters summed over the workers (workers.c), as stats and metrics
+ * show them. */
+typedef struct gateway_totals {
+#define GW_TOTALS_FIELD(f) uint64_t f;
+    GATEWAY_COUNTERS(GW_TOTALS_FIELD)
+#undef GW_TOTALS_FIELD
+} gateway_totals;
 
 /* Latency of the operations the router runs, by kind (metrics). */
 enum { GW_LAT_GET, GW_LAT_WRITE, GW_LAT_DELETE, GW_LAT_KINDS };
 
+struct gateway_group;
+
 typedef struct gateway {
+    struct gateway_group *group; /* the process's workers (workers.c) */
+    size_t index;                /* in group->w; 0 runs on the main thread */
     struct event_base *base;
     const gateway_config *cfg;
     rpc_self rpc_self;
@@ -94,8 +115,47 @@ typedef struct gateway {
     long max_connections; /* RLIMIT_NOFILE, shown by stats */
     unsigned text_port;
     gateway_stats stats;
+    pthread_mutex_t latency_lock; /* a scrape on worker 0 reads `latency` */
     metrics_hist latency[GW_LAT_KINDS];
+    /* workers.c */
+    int inbox[2];              /* pipe: accepted fds and stop, from the main thread */
+    struct event *inbox_ev;
+    pthread_t thread;          /* index > 0, when thread_started */
+    bool thread_started;
+    bool draining;
 } gateway;
+
+/* workers.c — the -TR event loops of one process. Each worker is a whole
+ * gateway: its own event base, manager links, hash spaces, server
+ * connections and clients. The main thread (worker 0) accepts and hands
+ * each connection to the next worker in turn. */
+typedef struct gateway_group {
+    size_t n;
+    gateway **w;
+    size_t next;                /* the acceptor's round robin; main thread only */
+    atomic_size_t ready;        /* workers that have seen an active server */
+    pthread_mutex_t reset_lock; /* guards reset_base */
+    gateway_totals reset_base;  /* the totals at the last `stats reset` */
+} gateway_group;
+
+/* Build n workers sharing cfg and rpc_self (router_start each); -1 + err. */
+gateway_group *workers_new(const gateway_config *cfg, const rpc_self *self, size_t n, char *err);
+/* Start the threads of workers 1..n-1; -1 + err. */
+int workers_run(gateway_group *grp, char *err);
+/* Hand an accepted client fd to the next worker (main thread). */
+void workers_accept(gateway_group *grp, int fd, bool binary);
+/* Ask every worker to drain and leave its loop (main thread; idempotent). */
+void workers_stop(gateway_group *grp);
+/* Join the threads and free every worker (after worker 0's loop ended). */
+void workers_free(gateway_group *grp);
+/* A worker saw an active server for the first time: true when it was the
+ * last of them, so the process is ready. */
+bool workers_ready(gateway *g);
+/* The counters summed over the workers; since_reset subtracts the totals
+ * at the last `stats reset` (not from curr_connections). */
+void workers_totals(const gateway_group *grp, bool since_reset, gateway_totals *t);
+/* The latency histograms summed over the workers. */
+void workers_latency(gateway_group *grp, metrics_hist out[GW_LAT_KINDS]);
 
 /* router.c — every callback runs later from the event loop, exactly once. */
 int router_start(gateway *g, char *err);
@@ -155,7 +215,8 @@ void router_sizes_get(gateway *g, router_sizes_fn fn, void *arg);
 typedef void (*stats_emit_fn)(void *arg, const char *name, const char *value);
 void stats_general(const gateway *g, const router_sizes *sz, stats_emit_fn emit, void *arg);
 void stats_settings(const gateway *g, stats_emit_fn emit, void *arg);
-/* `stats reset`: every counter to 0 but the open connections. */
+/* `stats reset`: every counter to 0 but the open connections, for every
+ * worker. */
 void stats_reset(gateway *g);
 
 /* text.c: the text protocol, classic and meta commands */

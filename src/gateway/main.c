@@ -45,7 +45,8 @@ static const opt_def gateway_opts[] = {
      "store expiration times (always done; accepted for compatibility)"},
     {"-I", "--max-item-size", OPT_INT, offsetof(gateway_config, item_size_max), "<bytes>", "1048576", 1024,
      32 * 1024 * 1024, false, "largest value accepted (at most 32 MiB: a value travels in one node message)"},
-    DAEMON_COMMON_OPTS(gateway_config, common),
+    DAEMON_COMMON_OPTS_TR(gateway_config, common,
+                          "event loops (threads) serving clients; each connection stays on one"),
 };
 
 static const opts_spec gateway_spec = {
@@ -57,25 +58,36 @@ static const opts_spec gateway_spec = {
 
 static void on_text_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len, void *arg)
 {
-    text_accept(arg, fd);
+    workers_accept(arg, fd, false);
 }
 
 static void on_binary_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len, void *arg)
 {
-    binary_accept(arg, fd);
+    workers_accept(arg, fd, true);
 }
 
+/* The state main() keeps on top of the workers. */
+typedef struct gateway_main {
+    gateway_group *grp;
+    daemon_listener *text_listener, *binary_listener;
+} gateway_main;
+
 /* --metrics: what a scrape shows (metrics.h); the counters are the ones
- * memcached's `stats` shows, under memcached's names. */
+ * memcached's `stats` shows, under memcached's names, summed over the
+ * workers and never reset (`stats reset` resets what `stats` shows). The
+ * connection gauges are worker 0's: each worker keeps links of its own. */
 static void collect_metrics(void *arg, metrics_out *o)
 {
-    gateway *g = arg;
-    const gateway_stats *st = &g->stats;
+    gateway_group *grp = arg;
+    gateway *g = grp->w[0];
+    gateway_totals tot;
+    workers_totals(grp, false, &tot);
+    const gateway_totals *st = &tot;
     static const struct {
         const char *name, *help;
         size_t off;
     } counters[] = {
-#define C(f, h) {"kumo_gateway_" #f, h, offsetof(gateway_stats, f)}
+#define C(f, h) {"kumo_gateway_" #f, h, offsetof(gateway_totals, f)}
         C(cmd_get, "keys asked for by get, gets, gat, gats and mg"), C(cmd_set, "storage commands"),
         C(cmd_flush, "flush_all commands"), C(cmd_touch, "touch, gat and gats keys"), C(cmd_meta, "meta commands"),
         C(get_hits, "keys found"), C(get_misses, "keys not found"), C(get_expired, "keys found expired"),
@@ -100,33 +112,38 @@ static void collect_metrics(void *arg, metrics_out *o)
     metrics_gauge(o, "kumo_gateway_server_connections", "open connections to servers", (double)servers);
     metrics_gauge(o, "kumo_gateway_manager_connections", "managers connected", (double)managers);
     static const char *const kinds[GW_LAT_KINDS] = {"get", "write", "delete"};
+    metrics_hist latency[GW_LAT_KINDS];
+    workers_latency(grp, latency);
     metrics_histogram(o, "kumo_gateway_request_duration_seconds",
                       "time from a request's routing to its answer, retries included, by kind", "kind", kinds,
-                      g->latency, GW_LAT_KINDS);
+                      latency, GW_LAT_KINDS);
     metrics_hash_spaces(o, "kumo_gateway", g->whs, g->rhs);
 }
 
-#define DRAIN_SECONDS 5.0
-
-static int pending(void *arg) { return ((gateway *)arg)->ops_inflight; }
-
-/* SIGTERM: take no new connections, let what is in flight finish
- * (bounded), then leave the loop; main() closes everything. */
+/* SIGTERM: take no new connections, let every worker finish what is in
+ * flight (bounded) and leave its loop; main() closes everything. */
 static void stop(void *arg)
 {
-    gateway *g = arg;
-    daemon_listener_stop(g->text_listener);
-    daemon_listener_stop(g->binary_listener);
-    daemon_drain(g->base, pending, g, DRAIN_SECONDS);
+    gateway_main *gm = arg;
+    daemon_listener_stop(gm->text_listener);
+    daemon_listener_stop(gm->binary_listener);
+    workers_stop(gm->grp);
+}
+
+static int fail(const char *err)
+{
+    log_fatal("%s", err);
+    fprintf(stderr, "kumo-gateway: %s\n", err);
+    return 1;
 }
 
 int main(int argc, char **argv)
 {
     gateway_config cfg;
-    gateway g;
+    gateway_main gm;
     char err[KUMO_ERRLEN];
     memset(&cfg, 0, sizeof(cfg));
-    memset(&g, 0, sizeof(g));
+    memset(&gm, 0, sizeof(gm));
     daemon_init();
     opts_parse(&gateway_spec, &cfg, argc, argv, NULL, 0, NULL);
     net_addr text_addr, binary_addr;
@@ -140,52 +157,47 @@ int main(int argc, char **argv)
         opts_die(&gateway_spec, "-p: %s", err);
     const auth_key *key = daemon_cluster_key(&gateway_spec, &cfg.common);
     if (daemon_start("kumo-gateway", &cfg.common) < 0) return 1;
-    g.cfg = &cfg;
-    g.started = time(NULL);
-    struct rlimit rl;
-    g.max_connections = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? (long)rl.rlim_cur : 1024;
-    g.text_port = cfg.text ? net_port(&text_addr) : 0;
-    g.base = event_base_new();
-    g.rpc_self = (rpc_self){.role = RPC_ROLE_GATEWAY, .key = key};
     int tfd = cfg.text ? net_listen(&text_addr, err) : -2;
     int bfd = tfd != -1 && cfg.binary ? net_listen(&binary_addr, err) : -2;
-    if (tfd == -1 || bfd == -1) {
-        log_fatal("%s", err);
-        fprintf(stderr, "kumo-gateway: %s\n", err);
-        return 1;
+    if (tfd == -1 || bfd == -1) return fail(err);
+    rpc_self self = {.role = RPC_ROLE_GATEWAY, .key = key};
+    gateway_group *grp = workers_new(&cfg, &self, (size_t)cfg.common.read_threads, err);
+    if (!grp) return fail(err);
+    gm.grp = grp;
+    gateway *g0 = grp->w[0];
+    struct rlimit rl;
+    long max_connections = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? (long)rl.rlim_cur : 1024;
+    for (size_t i = 0; i < grp->n; i++) {
+        grp->w[i]->max_connections = max_connections;
+        grp->w[i]->text_port = cfg.text ? net_port(&text_addr) : 0;
     }
-    if (tfd >= 0) g.text_listener = daemon_listen(g.base, tfd, on_text_accept, &g);
-    if (bfd >= 0) g.binary_listener = daemon_listen(g.base, bfd, on_binary_accept, &g);
-    if (router_start(&g, err) < 0) {
-        log_fatal("%s", err);
-        fprintf(stderr, "kumo-gateway: %s\n", err);
-        return 1;
-    }
+    if (tfd >= 0) gm.text_listener = daemon_listen(g0->base, tfd, on_text_accept, grp);
+    if (bfd >= 0) gm.binary_listener = daemon_listen(g0->base, bfd, on_binary_accept, grp);
     metrics_server *metrics = NULL;
     if (cfg.common.metrics &&
-        !(metrics = metrics_start(g.base, cfg.common.metrics, "gateway", g.started, collect_metrics, &g, err))) {
-        log_fatal("%s", err);
-        fprintf(stderr, "kumo-gateway: %s\n", err);
-        return 1;
-    }
+        !(metrics = metrics_start(g0->base, cfg.common.metrics, "gateway", g0->started, collect_metrics, grp, err)))
+        return fail(err);
     daemon_signals sigs;
-    daemon_signals_init(&sigs, g.base, stop, &g);
+    daemon_signals_init(&sigs, g0->base, stop, &gm);
+    if (workers_run(grp, err) < 0) {
+        log_error("%s", err);
+        stop(&gm);
+    }
     char buf[NET_ADDRSTRLEN];
     if (cfg.text) log_info("start gateway, memcached text protocol on %s", net_format(&text_addr, buf, sizeof(buf)));
     if (cfg.binary) log_info("start gateway, memcached binary protocol on %s", net_format(&binary_addr, buf, sizeof(buf)));
+    log_info("%zu worker threads (-TR)", grp->n);
     binlog_event(LOG_LVL_INFO, "start", BL_STR("role", "gateway"),
                  BL_ADDR("listen", cfg.text ? &text_addr : &binary_addr), BL_STR("manager1", cfg.manager1),
                  BL_STR("manager2", cfg.manager2), BL_UINT("pid", getpid()), BL_STR("version", PACKAGE_VERSION));
 
-    event_base_dispatch(g.base);
+    event_base_dispatch(g0->base);
 
     metrics_stop(metrics);
-    daemon_listener_free(g.text_listener);
-    daemon_listener_free(g.binary_listener);
-    router_stop(&g);
-    client_close_all(&g);
+    daemon_listener_free(gm.text_listener);
+    daemon_listener_free(gm.binary_listener);
     daemon_signals_free(&sigs);
-    event_base_free(g.base);
+    workers_free(grp);
     log_info("end");
     binlog_event(LOG_LVL_INFO, "stop");
     binlog_close();

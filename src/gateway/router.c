@@ -59,10 +59,10 @@ static void notify_state(gateway *g)
     size_t active = 0;
     for (size_t i = 0; i < g->whs->ring.nnodes; i++) active += g->whs->ring.nodes[i].active;
     if (active > 0 && !g->ready_notified) {
-        daemon_notify("READY=1");
         g->ready_notified = true;
+        if (workers_ready(g)) daemon_notify("READY=1");
     }
-    daemon_notify("STATUS=%s, %zu active servers", active ? "serving" : "waiting for servers", active);
+    if (g->index == 0) daemon_notify("STATUS=%s, %zu active servers", active ? "serving" : "waiting for servers", active);
 }
 
 static void adopt(gateway *g, const msgpack_object *pair)
@@ -226,7 +226,9 @@ static rop *rop_new(gateway *g, int kind, const char *key, size_t klen)
 static void rop_free(rop *r)
 {
     int kind = r->kind == ROP_GET ? GW_LAT_GET : r->kind == ROP_SET ? GW_LAT_WRITE : GW_LAT_DELETE;
+    pthread_mutex_lock(&r->g->latency_lock);
     metrics_hist_observe(&r->g->latency[kind], now_mono() - r->started);
+    pthread_mutex_unlock(&r->g->latency_lock);
     if (r->attempt > 1) r->g->stats.retries += (uint64_t)(r->attempt - 1);
     r->g->ops_inflight--;
     free(r->val);

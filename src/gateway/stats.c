@@ -4,7 +4,8 @@
  * "STAT name value", binary.c as a key/value packet. One list, so the two
  * cannot drift apart (and memcached_exporter reads either).
  *
- * Calls: nothing but libc and libevent's version. Thread rule: main loop.
+ * Calls: workers (the totals), libc, libevent's version. Thread rule: any
+ * worker's loop.
  */
 #include <event2/event.h>
 #include <inttypes.h>
@@ -32,7 +33,9 @@ static void put(stats_emit_fn emit, void *arg, const char *name, const char *fmt
 
 void stats_general(const gateway *g, const router_sizes *sz, stats_emit_fn emit, void *arg)
 {
-    const gateway_stats *s = &g->stats;
+    gateway_totals tot;
+    workers_totals(g->group, true, &tot);
+    const gateway_totals *s = &tot;
     struct rusage ru;
     time_t now = time(NULL);
     getrusage(RUSAGE_SELF, &ru);
@@ -53,7 +56,7 @@ void stats_general(const gateway *g, const router_sizes *sz, stats_emit_fn emit,
         const char *name;
         size_t off; /* SIZE_MAX: memcached's counter of something we never do */
     } counters[] = {
-#define C(f) {#f, offsetof(gateway_stats, f)}
+#define C(f) {#f, offsetof(gateway_totals, f)}
         C(cmd_get), C(cmd_set), C(cmd_flush), C(cmd_touch), C(cmd_meta), C(get_hits), C(get_misses),
         C(get_expired), {"get_flushed", SIZE_MAX}, C(delete_misses), C(delete_hits), C(incr_misses), C(incr_hits),
         C(decr_misses), C(decr_hits), C(cas_misses), C(cas_hits), C(cas_badval), C(touch_hits), C(touch_misses),
@@ -69,7 +72,7 @@ void stats_general(const gateway *g, const router_sizes *sz, stats_emit_fn emit,
     put(emit, arg, "limit_maxbytes", "0");
     put(emit, arg, "accepting_conns", "1");
     put(emit, arg, "listen_disabled_num", "0");
-    put(emit, arg, "threads", "1");
+    put(emit, arg, "threads", "%zu", g->group->n);
     put(emit, arg, "conn_yields", "0");
     put(emit, arg, "curr_items", "%" PRIu64, sz->items);
     put(emit, arg, "total_items", "%" PRIu64, s->cmd_set);
@@ -86,7 +89,7 @@ void stats_settings(const gateway *g, stats_emit_fn emit, void *arg)
     put(emit, arg, "tcpport", "%u", g->text_port);
     put(emit, arg, "udpport", "0");
     put(emit, arg, "verbosity", "%d", cfg->common.verbose ? 1 : 0);
-    put(emit, arg, "num_threads", "1");
+    put(emit, arg, "num_threads", "%zu", g->group->n);
     put(emit, arg, "cas_enabled", "yes");
     put(emit, arg, "evictions", "off");
     put(emit, arg, "item_size_max", "%d", cfg->item_size_max);
@@ -97,11 +100,4 @@ void stats_settings(const gateway *g, stats_emit_fn emit, void *arg)
     put(emit, arg, "kumofs_delete_retry", "%d", cfg->delete_retries);
     put(emit, arg, "kumofs_async_set", "%s", cfg->async_set ? "yes" : "no");
     put(emit, arg, "kumofs_async_delete", "%s", cfg->async_delete ? "yes" : "no");
-}
-
-void stats_reset(gateway *g)
-{
-    uint64_t curr = g->stats.curr_connections;
-    memset(&g->stats, 0, sizeof(g->stats));
-    g->stats.curr_connections = curr;
 }

@@ -75,7 +75,7 @@ static void collect_metrics(void *arg, metrics_out *o)
     metrics_gauge(o, "kumo_manager_server_connections", "servers with a live link to this manager", (double)connected);
     metrics_gauge(o, "kumo_manager_newcomers", "connected servers not attached (kumoctl: not attached node)",
                   (double)newcomers);
-    metrics_gauge(o, "kumo_manager_gateway_connections", "gateways connected", (double)m->ngateways);
+    metrics_gauge(o, "kumo_manager_gateway_connections", "gateway connections (one per gateway worker, -TR)", (double)m->ngateways);
     metrics_gauge(o, "kumo_manager_partner_connected", "1 when the other manager (-p) is connected",
                   m->partner_conn != NULL);
     metrics_gauge(o, "kumo_manager_replace_running", "1 while a replace runs", m->replacing);

@@ -81,7 +81,7 @@ static void notify_status(manager *m)
 {
     size_t active = 0;
     for (size_t i = 0; i < m->whs->ring.nnodes; i++) active += m->whs->ring.nodes[i].active;
-    daemon_notify("STATUS=serving, %zu servers attached (%zu active), %zu gateways", m->whs->ring.nnodes, active,
+    daemon_notify("STATUS=serving, %zu servers attached (%zu active), %zu gateway connections", m->whs->ring.nnodes, active,
                   m->ngateways);
 }
 

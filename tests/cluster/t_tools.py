@@ -635,7 +635,8 @@ def check_metrics(c, sets_done, deletes_done):
                 tap.eq(metric(fams, "kumo_manager_hash_space_servers", space="whs", state="active"), NSERVERS,
                        "manager: %d active servers in whs" % NSERVERS)
                 tap.eq(metric(fams, "kumo_manager_server_connections"), NSERVERS, "manager: server connections")
-                tap.eq(metric(fams, "kumo_manager_gateway_connections"), 1, "manager: one gateway")
+                tap.eq(metric(fams, "kumo_manager_gateway_connections"), 4,
+                       "manager: one gateway's 4 connections (one per -TR worker, default 4)")
                 tap.eq(metric(fams, "kumo_manager_replace_running"), 0, "manager: no replace running")
             elif name == "server":
                 counter = "kumo_server_cmd_set_total"
