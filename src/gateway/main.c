@@ -4,6 +4,7 @@
  */
 #include <event2/event.h>
 #include <event2/listener.h>
+#include <sched.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <sys/resource.h>
@@ -45,8 +46,9 @@ static const opt_def gateway_opts[] = {
      "store expiration times (always done; accepted for compatibility)"},
     {"-I", "--max-item-size", OPT_INT, offsetof(gateway_config, item_size_max), "<bytes>", "1048576", 1024,
      32 * 1024 * 1024, false, "largest value accepted (at most 32 MiB: a value travels in one node message)"},
-    DAEMON_COMMON_OPTS_TR(gateway_config, common,
-                          "event loops (threads) serving clients; each connection stays on one"),
+    DAEMON_COMMON_OPTS_TR(gateway_config, common, NULL,
+                          "event loops (threads) serving clients; each connection stays on one (default: 4, "
+                          "or the number of CPUs this process may run on if that is fewer)"),
 };
 
 static const opts_spec gateway_spec = {
@@ -130,6 +132,17 @@ static void stop(void *arg)
     workers_stop(gm->grp);
 }
 
+/* -TR, or by default the user guide's 4, but no more loops than the CPUs
+ * this process may run on: a loop more than there are CPUs only adds
+ * context switches (docs/architecture.md §3). */
+static size_t worker_count(int given)
+{
+    if (given > 0) return (size_t)given;
+    cpu_set_t set;
+    int cpus = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 4;
+    return cpus >= 1 && cpus < 4 ? (size_t)cpus : 4;
+}
+
 static int fail(const char *err)
 {
     log_fatal("%s", err);
@@ -161,7 +174,7 @@ int main(int argc, char **argv)
     int bfd = tfd != -1 && cfg.binary ? net_listen(&binary_addr, err) : -2;
     if (tfd == -1 || bfd == -1) return fail(err);
     rpc_self self = {.role = RPC_ROLE_GATEWAY, .key = key};
-    gateway_group *grp = workers_new(&cfg, &self, (size_t)cfg.common.read_threads, err);
+    gateway_group *grp = workers_new(&cfg, &self, worker_count(cfg.common.read_threads), err);
     if (!grp) return fail(err);
     gm.grp = grp;
     gateway *g0 = grp->w[0];

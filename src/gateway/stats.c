@@ -79,6 +79,10 @@ void stats_general(const gateway *g, const router_sizes *sz, stats_emit_fn emit,
     put(emit, arg, "bytes", "%" PRIu64, sz->bytes);
     put(emit, arg, "evictions", "0");
     put(emit, arg, "reclaimed", "0");
+    /* ours: operations that failed after every retry, and the attempts
+     * repeated at another owner or after a pause */
+    put(emit, arg, "kumofs_errors", "%" PRIu64, s->errors);
+    put(emit, arg, "kumofs_retries", "%" PRIu64, s->retries);
 }
 
 void stats_settings(const gateway *g, stats_emit_fn emit, void *arg)

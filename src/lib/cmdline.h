@@ -28,10 +28,11 @@ typedef struct daemon_common {
 
 /* T = the daemon's config struct, F = its daemon_common member. */
 #define DAEMON_COMMON_OPTS(T, F) \
-    DAEMON_COMMON_OPTS_TR(T, F, "worker threads in kumofs 0.4; accepted, unused: this daemon runs one event loop")
+    DAEMON_COMMON_OPTS_TR(T, F, "4", "worker threads in kumofs 0.4; accepted, unused: this daemon runs one event loop")
 
-/* The same, with the daemon's own help line for -TR. */
-#define DAEMON_COMMON_OPTS_TR(T, F, tr_help)                                                        \
+/* The same, with the daemon's own default (NULL: 0, the daemon decides)
+ * and help line for -TR. */
+#define DAEMON_COMMON_OPTS_TR(T, F, tr_default, tr_help)                                            \
     {"-v", "--verbose", OPT_FLAG, offsetof(T, F.verbose), NULL, NULL, 0, 0, false,                   \
      "log everything, not only warnings and errors"},                                               \
     {"-o", "--log", OPT_STRING, offsetof(T, F.log_path), "<path.log>", NULL, 0, 0, false,            \
@@ -46,8 +47,8 @@ typedef struct daemon_common {
      600, false, "connect(2) timeout"},                                                             \
     {"-Yn", "--connect-retry-limit", OPT_INT, offsetof(T, F.connect_retries), "<num>", "4", 0, 1000, \
      false, "reconnect attempts before a node is declared lost"},                                   \
-    {"-TR", "--read-threads", OPT_INT, offsetof(T, F.read_threads), "<num>", "4", 1, 256, false,     \
-     tr_help},                                                                                      \
+    {"-TR", "--read-threads", OPT_INT, offsetof(T, F.read_threads), "<num>", tr_default, 1, 256,     \
+     false, tr_help},                                                                                      \
     {"-TW", "--write-threads", OPT_INT, offsetof(T, F.write_threads), "<num>", "2", 1, 256, false,   \
      "sender threads in kumofs 0.4; accepted, unused: writes leave at the end of each loop turn"},                 \
     {"--metrics", NULL, OPT_STRING, offsetof(T, F.metrics), "<[addr:]port>", NULL, 0, 0, false,      \
