@@ -77,6 +77,14 @@ static bool send_msg(gateway *g, int kind, int fd)
     return n == (ssize_t)sizeof(m);
 }
 
+/* A worker takes the first stop only. A full pipe holds connections for it
+ * to accept first, and a running worker reads on: wait for room, bounded,
+ * since a worker that already left its loop reads nothing. */
+static void send_stop(gateway *g)
+{
+    for (int tries = 0; tries < 5000 && !send_msg(g, MSG_STOP, -1) && errno == EAGAIN; tries++) usleep(1000);
+}
+
 static void worker_free(gateway *g)
 {
     if (!g) return;
@@ -174,8 +182,7 @@ void workers_accept(gateway_group *grp, int fd, bool binary)
 void workers_stop(gateway_group *grp)
 {
     for (size_t i = 1; i < grp->n; i++) {
-        /* A full pipe holds fds for it to accept first: it reads on. */
-        while (grp->w[i]->thread_started && !send_msg(grp->w[i], MSG_STOP, -1) && errno == EAGAIN) usleep(1000);
+        if (grp->w[i]->thread_started) send_stop(grp->w[i]);
     }
     gateway *g0 = grp->w[0];
     inbox_msg stop = {.kind = MSG_STOP, .fd = -1};
@@ -188,9 +195,7 @@ void workers_free(gateway_group *grp)
     for (size_t i = 1; i < grp->n; i++) {
         gateway *g = grp->w[i];
         if (!g || !g->thread_started) continue;
-        /* Once more, for a loop 0 that ended without workers_stop; a
-         * worker takes the first stop only. */
-        while (!send_msg(g, MSG_STOP, -1) && errno == EAGAIN) usleep(1000);
+        send_stop(g); /* again, for a loop 0 that ended without workers_stop */
         pthread_join(g->thread, NULL);
     }
     for (size_t i = 0; i < grp->n; i++) worker_free(grp->w[i]);
