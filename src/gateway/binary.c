@@ -29,7 +29,7 @@
  *    answers UNKNOWN_COMMAND after swallowing 4 bytes of what follows);
  *  - STAT items/slabs/sizes answer an empty list: there are no slabs.
  *
- * Calls: memproto (parser), client, router, record. Thread rule: main loop.
+ * Calls: memproto (parser), client, router, record. Thread rule: its worker's loop.
  */
 #include <event2/buffer.h>
 #include <event2/event.h>

@@ -9,7 +9,7 @@
  * pauses while too many requests are in flight or too much output waits. A connection that closes
  * with requests in flight is freed when the last router callback arrives.
  *
- * Thread rule: main loop. Calls: sio, libevent.
+ * Thread rule: its worker's loop. Calls: sio, libevent.
  */
 #ifndef KUMO_CLIENT_H
 #define KUMO_CLIENT_H

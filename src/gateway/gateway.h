@@ -122,6 +122,7 @@ typedef struct gateway {
     struct event *inbox_ev;
     pthread_t thread;          /* index > 0, when thread_started */
     bool thread_started;
+    atomic_bool loop_done;     /* its thread left its loop (read by worker 0's drain) */
     bool draining;
 } gateway;
 
@@ -146,7 +147,11 @@ int workers_run(gateway_group *grp, char *err);
 void workers_accept(gateway_group *grp, int fd, bool binary);
 /* Ask every worker to drain and leave its loop (main thread; idempotent). */
 void workers_stop(gateway_group *grp);
-/* Join the threads and free every worker (after worker 0's loop ended). */
+/* Wait for the threads of workers 1..n-1 to leave their loops (after
+ * worker 0's loop ended). */
+void workers_join(gateway_group *grp);
+/* workers_join, then fail what is left, close every connection and free
+ * every worker. */
 void workers_free(gateway_group *grp);
 /* A worker saw an active server for the first time: true when it was the
  * last of them, so the process is ready. */

@@ -192,9 +192,11 @@ int main(int argc, char **argv)
         return fail(err);
     daemon_signals sigs;
     daemon_signals_init(&sigs, g0->base, stop, &gm);
+    int status = 0;
     if (workers_run(grp, err) < 0) {
         log_error("%s", err);
         stop(&gm);
+        status = 1;
     }
     char buf[NET_ADDRSTRLEN];
     if (cfg.text) log_info("start gateway, memcached text protocol on %s", net_format(&text_addr, buf, sizeof(buf)));
@@ -209,6 +211,7 @@ int main(int argc, char **argv)
     metrics_stop(metrics);
     daemon_listener_free(gm.text_listener);
     daemon_listener_free(gm.binary_listener);
+    workers_join(grp); /* worker 0's drain waited for their loops to end */
     daemon_signals_free(&sigs);
     workers_free(grp);
     log_info("end");
@@ -216,5 +219,5 @@ int main(int argc, char **argv)
     binlog_close();
     daemon_remove_pidfile();
     log_close();
-    return 0;
+    return status;
 }

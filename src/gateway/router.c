@@ -21,7 +21,7 @@
  * first, so requests reach a server in the order they were made. A key the server answers with an error
  * fails alone and is retried at its next owner like any failed get.
  *
- * Calls: rpc, hashspace, record, ring, log, daemon. Thread rule: main loop.
+ * Calls: rpc, hashspace, record, ring, log, daemon. Thread rule: its worker's loop (workers.c).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -517,6 +517,7 @@ void router_write_op(gateway *g, const router_write *w, const char *key, size_t 
 /* ---- flush_all: every server in either hash space ---- */
 
 typedef struct flush_op {
+    gateway *g; /* counted in ops_inflight, so a SIGTERM drain waits for it */
     int waiting;
     bool failed;
     router_write_fn fn;
@@ -526,6 +527,7 @@ typedef struct flush_op {
 static void flush_done(flush_op *f)
 {
     if (--f->waiting > 0) return;
+    f->g->ops_inflight--;
     router_result res = {.ok = !f->failed};
     f->fn(f->arg, &res);
     free(f);
@@ -547,6 +549,8 @@ void router_flush(gateway *g, uint64_t delay, router_write_fn fn, void *arg)
         log_fatal("out of memory");
         abort();
     }
+    f->g = g;
+    g->ops_inflight++;
     f->fn = fn;
     f->arg = arg;
     f->waiting = 1; /* released from the loop, so fn never runs inside this call */
@@ -575,6 +579,7 @@ void router_flush(gateway *g, uint64_t delay, router_write_fn fn, void *arg)
 /* ---- cluster size for stats ---- */
 
 typedef struct sizes_op {
+    gateway *g; /* counted in ops_inflight, as flush_op */
     int waiting;
     size_t servers;
     router_sizes sum;
@@ -585,6 +590,7 @@ typedef struct sizes_op {
 static void sizes_done(sizes_op *op)
 {
     if (--op->waiting > 0) return;
+    op->g->ops_inflight--;
     size_t copies = op->servers < KUMO_REPLICAS ? op->servers : KUMO_REPLICAS;
     if (copies > 0) {
         op->sum.items /= copies;
@@ -617,6 +623,8 @@ void router_sizes_get(gateway *g, router_sizes_fn fn, void *arg)
         log_fatal("out of memory");
         abort();
     }
+    op->g = g;
+    g->ops_inflight++;
     op->fn = fn;
     op->arg = arg;
     op->sum.ok = true;

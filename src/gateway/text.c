@@ -11,7 +11,7 @@
  * Not supported, answered with CLIENT_ERROR: base64 keys (b) and the
  * stale-while-revalidate flags (mg N/R, md I, ms I) — see docs/protocol.md.
  *
- * Calls: memtext (parser), client, router, record, log. Thread rule: main loop.
+ * Calls: memtext (parser), client, router, record, log. Thread rule: its worker's loop.
  */
 #include <inttypes.h>
 #include <stdio.h>

@@ -36,7 +36,18 @@ typedef struct inbox_msg {
     int32_t fd;
 } inbox_msg;
 
-static int pending(void *arg) { return ((gateway *)arg)->ops_inflight; }
+/* What a drain waits for: the worker's own operations; worker 0 also waits
+ * for the other loops to end, so that its loop (the signals: a second one
+ * exits at once) runs until then. */
+static int pending(void *arg)
+{
+    gateway *g = arg;
+    int n = g->ops_inflight;
+    if (g->index == 0)
+        for (size_t i = 1; i < g->group->n; i++)
+            n += g->group->w[i]->thread_started && !atomic_load(&g->group->w[i]->loop_done);
+    return n;
+}
 
 /* In the worker's thread: what the main thread sent. */
 static void handle(gateway *g, const inbox_msg *m)
@@ -85,13 +96,17 @@ static void send_stop(gateway *g)
     for (int tries = 0; tries < 5000 && !send_msg(g, MSG_STOP, -1) && errno == EAGAIN; tries++) usleep(1000);
 }
 
+/* After its loop: fail what is left, close its connections. */
+static void worker_stop(gateway *g)
+{
+    if (!g || !g->base) return;
+    router_stop(g);
+    client_close_all(g);
+}
+
 static void worker_free(gateway *g)
 {
     if (!g) return;
-    if (g->base) {
-        router_stop(g);
-        client_close_all(g);
-    }
     if (g->inbox_ev) event_free(g->inbox_ev);
     if (g->inbox[0] >= 0) close(g->inbox[0]);
     if (g->inbox[1] >= 0) close(g->inbox[1]);
@@ -119,6 +134,7 @@ gateway_group *workers_new(const gateway_config *cfg, const rpc_self *self, size
             goto fail;
         }
         grp->w[i] = g;
+        atomic_init(&g->loop_done, false);
         g->inbox[0] = g->inbox[1] = -1;
         pthread_mutex_init(&g->latency_lock, NULL);
         g->group = grp;
@@ -151,6 +167,7 @@ static void *worker_main(void *arg)
 {
     gateway *g = arg;
     event_base_dispatch(g->base);
+    atomic_store(&g->loop_done, true);
     return NULL;
 }
 
@@ -189,15 +206,25 @@ void workers_stop(gateway_group *grp)
     handle(g0, &stop);
 }
 
-void workers_free(gateway_group *grp)
+void workers_join(gateway_group *grp)
 {
-    if (!grp) return;
     for (size_t i = 1; i < grp->n; i++) {
         gateway *g = grp->w[i];
         if (!g || !g->thread_started) continue;
         send_stop(g); /* again, for a loop 0 that ended without workers_stop */
         pthread_join(g->thread, NULL);
+        g->thread_started = false;
     }
+}
+
+void workers_free(gateway_group *grp)
+{
+    if (!grp) return;
+    workers_join(grp);
+    /* Two passes: failing a worker's last operations runs callbacks (a
+     * `stats` answer sums every worker), so no worker is freed before all
+     * are stopped. */
+    for (size_t i = 0; i < grp->n; i++) worker_stop(grp->w[i]);
     for (size_t i = 0; i < grp->n; i++) worker_free(grp->w[i]);
     pthread_mutex_destroy(&grp->reset_lock);
     free(grp->w);

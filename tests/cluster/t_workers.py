@@ -17,7 +17,8 @@ A cluster whose gateway runs -TR 3 (text and binary ports, --metrics):
      0 gets, the open connections still counted; one more set shows 1.
   5. /metrics is summed and never reset: cmd_set and the write latency
      histogram's count cover every set, before and after the reset.
-  6. SIGTERM while 6 client threads keep writing on their own connections:
+  6. SIGTERM while 6 client threads keep writing and 3 keep asking `stats`,
+     each on its own connections:
      exit status 0 within the drain bound; a gateway started again with
      -TR 1 reads back every acknowledged key.
 """
@@ -187,7 +188,16 @@ def main():
                 except Exception:
                     return
                 n += 1
+        def stats_reader():
+            # a `stats` in flight at the SIGTERM: its answer sums every
+            # worker while they are being torn down (ASan run: no report)
+            while not stop.is_set():
+                try:
+                    raw_stats(port)
+                except Exception:
+                    return
         ts = [threading.Thread(target=writer, args=(t,), daemon=True) for t in range(6)]
+        ts += [threading.Thread(target=stats_reader, daemon=True) for _ in range(3)]
         for t in ts:
             t.start()
         time.sleep(1.0)
