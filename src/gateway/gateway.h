@@ -158,7 +158,7 @@ void workers_free(gateway_group *grp);
 bool workers_ready(gateway *g);
 /* The counters summed over the workers; since_reset subtracts the totals
  * at the last `stats reset` (not from curr_connections). */
-void workers_totals(const gateway_group *grp, bool since_reset, gateway_totals *t);
+void workers_totals(gateway_group *grp, bool since_reset, gateway_totals *t);
 /* The latency histograms summed over the workers. */
 void workers_latency(gateway_group *grp, metrics_hist out[GW_LAT_KINDS]);
 

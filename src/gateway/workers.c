@@ -185,12 +185,12 @@ int workers_run(gateway_group *grp, char *err)
 void workers_accept(gateway_group *grp, int fd, bool binary)
 {
     gateway *g = grp->w[grp->next++ % grp->n];
+    inbox_msg m = {.kind = binary ? MSG_BINARY : MSG_TEXT, .fd = fd};
     if (g->index == 0) {
-        if (binary) binary_accept(g, fd);
-        else text_accept(g, fd);
+        handle(g, &m); /* our own loop: no pipe */
         return;
     }
-    if (!send_msg(g, binary ? MSG_BINARY : MSG_TEXT, fd)) {
+    if (!send_msg(g, m.kind, fd)) {
         log_warn("worker %zu is not taking connections (%s): closing a new one", g->index, strerror(errno));
         close(fd);
     }
@@ -247,18 +247,17 @@ static void sum(const gateway_group *grp, gateway_totals *t)
     }
 }
 
-void workers_totals(const gateway_group *grp, bool since_reset, gateway_totals *t)
+void workers_totals(gateway_group *grp, bool since_reset, gateway_totals *t)
 {
     sum(grp, t);
     if (!since_reset) return;
-    gateway_group *mg = (gateway_group *)grp; /* the lock, not the totals */
-    pthread_mutex_lock(&mg->reset_lock);
+    pthread_mutex_lock(&grp->reset_lock);
     uint64_t curr = t->curr_connections;
 #define SUB(f) t->f = t->f >= grp->reset_base.f ? t->f - grp->reset_base.f : 0;
     GATEWAY_COUNTERS(SUB)
 #undef SUB
     t->curr_connections = curr;
-    pthread_mutex_unlock(&mg->reset_lock);
+    pthread_mutex_unlock(&grp->reset_lock);
 }
 
 void stats_reset(gateway *g)

@@ -912,6 +912,21 @@ def raw_roundtrip(port, data, timeout=2.0):
         return None
 
 
+def raw_stats(port, cmd=b"stats", timeout=5.0):
+    """A text `stats` command (or `stats settings`, `stats reset`):
+    ({name: value}, the line that ended it: END, RESET or b"" at EOF)."""
+    with Raw(port, timeout) as r:
+        r.send(cmd + b"\r\n")
+        out = {}
+        while True:
+            line = r.readline()
+            if line in (b"END\r\n", b"RESET\r\n", b""):
+                return out, line
+            parts = line.split()
+            if len(parts) >= 3 and parts[0] == b"STAT":
+                out[parts[1].decode()] = parts[2].decode()
+
+
 def raw_version(port):
     line = raw_roundtrip(port, b"version\r\n")
     return line is not None and line.startswith(b"VERSION ")

@@ -10,15 +10,17 @@ A cluster whose gateway runs -TR 3 (text and binary ports, --metrics):
      keys with one multi-get (a set acknowledged on one worker is seen by
      all: the copies are synchronous). 4 pylibmc binary-protocol
      connections do the same.
-  3. `stats` on a new connection sums the workers: threads 3, cmd_set and
+  3. `stats` on a new connection sums the workers: threads 3, kumofs_errors
+     0 and a kumofs_retries count, cmd_set and
      get_hits exactly what the clients did, curr_connections at least the
      open connections. `stats settings`: num_threads 3.
   4. `stats reset` on one connection: `stats` on the others shows 0 sets and
      0 gets, the open connections still counted; one more set shows 1.
   5. /metrics is summed and never reset: cmd_set and the write latency
      histogram's count cover every set, before and after the reset.
-  6. SIGTERM while 6 client threads keep writing and 3 keep asking `stats`,
-     each on its own connections:
+  6. 6 client threads keep writing and 3 keep asking `stats`, each on its
+     own connection: every worker thread uses the CPU (the connections were
+     handed out in turn). SIGTERM meanwhile:
      exit status 0 within the drain bound; a gateway started again with
      -TR 1 reads back every acknowledged key.
 """
@@ -38,19 +40,6 @@ WORKERS = 3
 NCONN = 12
 NBIN = 4
 PER_CONN = 20
-
-
-def raw_stats(port, cmd=b"stats"):
-    with kt.Raw(port, 5.0) as r:
-        r.send(cmd + b"\r\n")
-        out = {}
-        while True:
-            line = r.readline()
-            if line in (b"END\r\n", b"RESET\r\n", b""):
-                return out, line
-            parts = line.split()
-            if len(parts) >= 3 and parts[0] == b"STAT":
-                out[parts[1].decode()] = parts[2].decode()
 
 
 def scrape(port):
@@ -86,6 +75,19 @@ def get_all(get_multi, keys):
 
 def threads_of(pid):
     return len(os.listdir("/proc/%d/task" % pid))
+
+
+def thread_ticks(pid):
+    """{tid: utime + stime clock ticks} of every thread of pid."""
+    out = {}
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[tid] = int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
 
 
 def main():
@@ -136,28 +138,31 @@ def main():
         ngets = (NCONN + NBIN) * nsets
 
         # 3. stats sums the workers
-        st, _ = raw_stats(port)
+        st, _ = kt.raw_stats(port)
         tap.eq(st.get("threads"), str(WORKERS), "stats: threads %d" % WORKERS)
+        tap.ok(st.get("kumofs_errors") == "0" and st.get("kumofs_retries", "").isdigit(),
+               "stats: kumofs_errors 0 and a kumofs_retries count",
+               "kumofs_errors %s kumofs_retries %s" % (st.get("kumofs_errors"), st.get("kumofs_retries")))
         tap.eq(int(st.get("cmd_set", -1)), nsets, "stats: cmd_set = the sets of every connection (%d)" % nsets)
         tap.ok(int(st.get("get_hits", -1)) == ngets, "stats: get_hits = every key read (%d)" % ngets,
                "get_hits %s" % st.get("get_hits"))
         tap.ok(int(st.get("curr_connections", -1)) >= NCONN + NBIN + 1,
                "stats: curr_connections counts the connections of every worker",
                "curr_connections %s" % st.get("curr_connections"))
-        ss, _ = raw_stats(port, b"stats settings")
+        ss, _ = kt.raw_stats(port, b"stats settings")
         tap.eq(ss.get("num_threads"), str(WORKERS), "stats settings: num_threads %d" % WORKERS)
 
         # 4. stats reset, then stats from other connections
-        _, last = raw_stats(port, b"stats reset")
+        _, last = kt.raw_stats(port, b"stats reset")
         tap.eq(last, b"RESET\r\n", "stats reset answers RESET")
-        after = [raw_stats(port)[0] for _ in range(WORKERS)]
+        after = [kt.raw_stats(port)[0] for _ in range(WORKERS)]
         tap.ok(all(a.get("cmd_set") == "0" and a.get("cmd_get") == "0" for a in after),
                "after stats reset, stats on %d more connections shows cmd_set 0, cmd_get 0" % WORKERS,
                str([(a.get("cmd_set"), a.get("cmd_get")) for a in after]))
         tap.ok(all(int(a.get("curr_connections", 0)) >= NCONN + NBIN for a in after),
                "stats reset keeps curr_connections")
         clients[5].set("after-reset", b"x", noreply=False)
-        tap.eq(raw_stats(port)[0].get("cmd_set"), "1", "one set after the reset: cmd_set 1")
+        tap.eq(kt.raw_stats(port)[0].get("cmd_set"), "1", "one set after the reset: cmd_set 1")
 
         # 5. metrics: summed, never reset
         m = scrape(c.gw_metrics)
@@ -193,14 +198,23 @@ def main():
             # worker while they are being torn down (ASan run: no report)
             while not stop.is_set():
                 try:
-                    raw_stats(port)
+                    kt.raw_stats(port)
                 except Exception:
                     return
         ts = [threading.Thread(target=writer, args=(t,), daemon=True) for t in range(6)]
         ts += [threading.Thread(target=stats_reader, daemon=True) for _ in range(3)]
         for t in ts:
             t.start()
-        time.sleep(1.0)
+        time.sleep(0.5)
+        # the hand-off: 9 connections in turn over 3 workers, so every
+        # worker's thread works (all on worker 0 would leave two idle)
+        before = thread_ticks(gw_pid)
+        time.sleep(2.0)
+        after = thread_ticks(gw_pid)
+        used = sorted((after[t] - before.get(t, 0) for t in after), reverse=True)
+        busy = [u for u in used if u >= max(2, used[0] // 10)]
+        tap.ok(len(busy) >= WORKERS, "under load from 9 connections, all %d worker threads use the CPU" % WORKERS,
+               "CPU ticks per thread in 2 s: %s" % used)
         t0 = time.time()
         c.gateway.proc.send_signal(15)
         try:
@@ -225,7 +239,7 @@ def main():
         lost = [k for k, v in items if got.get(k) != v]
         tap.ok(not lost, "a gateway -TR 1 started again reads every acknowledged key (%d)" % len(items),
                "lost %d, e.g. %s" % (len(lost), lost[:3]))
-        tap.eq(raw_stats(port)[0].get("threads"), "1", "the -TR 1 gateway: stats threads 1")
+        tap.eq(kt.raw_stats(port)[0].get("threads"), "1", "the -TR 1 gateway: stats threads 1")
         c.check_running()
     tap.done()
 
