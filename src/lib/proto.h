@@ -41,6 +41,14 @@ enum {
     SRV_FLUSH = 37,          /* [delay_seconds] -> true */
     SRV_GET_MANY = 38,       /* [[dbkey...]] -> [dbvalue | nil | error...], in order;
                                 at most SRV_GET_MANY_MAX keys */
+    SRV_DIGEST = 40,         /* [job] -> [job, walked, total, result | nil]; job 0 starts a walk
+                                (or joins the one running); result = [whs_clocktime,
+                                start_clocktime, vnodes, [[vnode, count, digest]...]] */
+    SRV_RANGE_KEYS = 41,     /* [0, [[lo, hi]...]] starts a walk, [job] polls it -> [job, walked,
+                                total, result | nil]; result = [complete, matched,
+                                [[dbkey, clocktime, tombstone:bool]...]] */
+    SRV_FETCH = 42,          /* [[dbkey...]] -> [record | nil...], in order, tombstones
+                                included; at most SRV_FETCH_MAX keys */
     SRV_BACKUP = 96,         /* [suffix] -> path written */
     SRV_STATUS = 97,         /* [what] -> value */
     SRV_SET_CONFIG = 98,     /* [what, arg] -> count */
@@ -48,6 +56,14 @@ enum {
 
 /* The most keys one SRV_GET_MANY may carry (a gateway sends fewer). */
 #define SRV_GET_MANY_MAX 256
+/* Anti-entropy bounds (src/server/digest.c): keys per SRV_FETCH; hash
+ * intervals per SRV_RANGE_KEYS; records and bytes its result may list (past
+ * either, it says complete = false, lists none, and the caller asks for
+ * fewer ranges). */
+#define SRV_FETCH_MAX 256
+#define SRV_RANGE_KEYS_MAX_SPANS 4096
+#define SRV_RANGE_KEYS_MAX_RECORDS 262144
+#define SRV_RANGE_KEYS_MAX_BYTES (32u * 1024 * 1024)
 
 /* kumo-gateway (as a manager's client) */
 enum {

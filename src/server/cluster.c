@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "daemon.h"
+#include "digest.h"
 #include "links.h"
 #include "binlog.h"
 #include "log.h"
@@ -117,6 +118,7 @@ void cluster_dispatch(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, c
     if (cluster_handle(s, c, msgid, method, params)) return;
     if (replace_handle(s, c, msgid, method, params)) return;
     if (stream_handle(s, c, msgid, method, params)) return;
+    if (digest_handle(s, c, msgid, method, params)) return;
     rpc_reply_error(c, msgid, "unknown method %u", method);
 }
 

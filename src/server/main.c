@@ -20,6 +20,7 @@
 #include "binlog.h"
 #include "config.h"
 #include "daemon.h"
+#include "digest.h"
 #include "links.h"
 #include "log.h"
 #include "metrics.h"
@@ -291,7 +292,8 @@ int main(int argc, char **argv)
         return 1;
     }
     s.listener = daemon_listen(s.base, fd, on_accept, &s);
-    if (gc_start(&s, err) < 0 || stream_start(&s, err) < 0 || cluster_start(&s, err) < 0) {
+    if (gc_start(&s, err) < 0 || stream_start(&s, err) < 0 || digest_start(&s, err) < 0 ||
+        cluster_start(&s, err) < 0) {
         log_fatal("%s", err);
         fprintf(stderr, "kumo-server: %s\n", err);
         store_close(s.db);
@@ -325,6 +327,7 @@ int main(int argc, char **argv)
     cluster_stop(&s);
     stream_stop(&s);
     data_stop(&s);
+    digest_stop(&s);
     gc_stop(&s);
     store_close(s.db);
     log_info("end");

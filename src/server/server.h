@@ -5,6 +5,7 @@
  *   data.c     Get/Set/Delete from gateways, replication to the other owners
  *   replace.c  the server's part of moving data after membership changes
  *   stream.c   the bulk copy of a replace over the stream port (-L)
+ *   digest.c   anti-entropy: range digests, range keys, raw fetches (digest.h)
  *
  * Thread rule: everything runs on the main event loop (one thread; -TR
  * workers are the subject of the performance work, see docs/architecture.md).
@@ -81,6 +82,7 @@ typedef struct server {
     struct ev_token_bucket_cfg *rate;       /* --replace-rate */
     struct event *flush_timer;
     struct gc *gc; /* gc.c: remembered tombstones */
+    struct digest *digest; /* digest.c: anti-entropy walks and their results */
     struct server_metrics *metrics; /* main.c: request latencies for --metrics */
 } server;
 

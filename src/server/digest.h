@@ -1,0 +1,44 @@
+/*
+ * digest — anti-entropy on kumo-server (docs/anti-entropy.md): what the
+ * owners of a range compare to find the records one of them lacks.
+ *
+ *   SRV_DIGEST      per vnode range of this server's whs, the number of
+ *                   records held and an order-independent digest of their
+ *                   (dbkey, ClockTime) pairs, tombstones included
+ *   SRV_RANGE_KEYS  (dbkey, ClockTime, tombstone) of every record held in
+ *                   the hash intervals asked for
+ *   SRV_FETCH       raw records (tombstones included) by dbkey
+ *
+ * The first two walk the whole database (data_walk, in steps, so requests
+ * keep being served). Such a walk is a *job*: the request that starts it is
+ * answered at once with the job's id, and the caller polls that id for the
+ * progress and, once the walk is over, the result. Polling instead of one
+ * long-held call lets a tool start the walks of every server before it
+ * waits for any, show progress, and keep its ordinary call timeout.
+ *
+ * Owns: the jobs (server.digest) and their results; the digest function.
+ * Calls: data.c (data_walk), store, record, hashspace, ring, rpc.
+ * Thread rule: main loop, like every server module.
+ */
+#ifndef KUMO_SERVER_DIGEST_H
+#define KUMO_SERVER_DIGEST_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "server.h"
+
+/* Set up server.digest. 0, or -1 + err (out of memory). */
+int digest_start(server *s, char *err);
+/* Free every job, walking or not: call after the event loop has ended
+ * (a walk's next step never runs then). */
+void digest_stop(server *s);
+/* SRV_DIGEST, SRV_RANGE_KEYS and SRV_FETCH; false for any other method. */
+bool digest_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
+
+/* The 64-bit digest of one record: a hash of its dbkey bytes and its
+ * ClockTime. A range's digest is the sum (mod 2^64) of its records'. Not a
+ * cryptographic hash: it finds accidents, not an adversary's collisions. */
+uint64_t digest_record(const void *dbkey, size_t klen, uint64_t clocktime);
+
+#endif
