@@ -4,7 +4,8 @@
  *   kumoctl address[:port=19799] command [options]
  *
  * Exit status: 0 done, 1 the manager could not be reached or refused,
- * 64 usage error.
+ * 64 usage error. verify and repair (verify.c) have their own: 0 the
+ * replicas agree, 1 divergent keys, 2 the run could not finish.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 
 #include "proto.h"
 #include "tool.h"
+#include "verify.h"
 
 static const struct {
     const char *name;
@@ -28,6 +30,8 @@ static const struct {
     {"backup", "[suffix=YYMMDD]  create backup with specified suffix"},
     {"enable-auto-replace", "enable auto replace"},
     {"disable-auto-replace", "disable auto replace"},
+    {"verify", "compare the replicas of every range, report divergent keys"},
+    {"repair", "verify, then push the newest record to every replica lacking it"},
 };
 
 static void usage(FILE *out)
@@ -115,6 +119,10 @@ int main(int argc, char **argv)
     if (tool_cluster_key("kumoctl", usage, &argc, argv)) return TOOL_EX_USAGE;
     if (argc < 3) return tool_usage_error("kumoctl", usage, "%s", argc < 2 ? "missing manager address" : "missing command");
     const char *cmd = argv[2];
+    if (strcmp(cmd, "verify") == 0 || strcmp(cmd, "repair") == 0) {
+        if (argc > 3) return tool_usage_error("kumoctl", usage, "unexpected argument '%s'", argv[3]);
+        return verify_run(argv[1], cmd[0] == 'r');
+    }
     uint32_t method;
     msgpack_sbuffer params;
     msgpack_packer pk;
