@@ -410,6 +410,16 @@ def require_module(mod):
         tap.skip_all(msg)
 
 
+def require_program(name, package):
+    """Skip the test (bail out under KUMO_TEST_REQUIRE=1) when `name` is not on PATH."""
+    if shutil.which(name):
+        return
+    msg = "%s not installed (apt-get install %s)" % (name, package)
+    if REQUIRE:
+        tap.bail(msg)
+    tap.skip_all(msg)
+
+
 def run_tool(argv, timeout=20, key_file=None):
     """Run a tool (with $KUMO_CLUSTER_KEY_FILE = key_file, if given); returns
     CompletedProcess (stdout/stderr as text). Never raises on timeout."""
