@@ -56,8 +56,9 @@ static struct timeval tv_of(double sec)
 
 static void notify_state(gateway *g)
 {
-    size_t active = 0;
-    for (size_t i = 0; i < g->whs->ring.nnodes; i++) active += g->whs->ring.nodes[i].active;
+    size_t active = 0; /* servers that may serve: in sync */
+    for (size_t i = 0; i < g->whs->ring.nnodes; i++)
+        active += g->whs->ring.nodes[i].active && !g->whs->ring.nodes[i].catchup;
     if (active > 0 && !g->ready_notified) {
         g->ready_notified = true;
         if (workers_ready(g)) daemon_notify("READY=1");
@@ -433,7 +434,9 @@ static void attempt(rop *r)
     gateway *g = r->g;
     uint32_t owners[KUMO_REPLICAS];
     hashspace *hs = r->kind == ROP_GET ? g->rhs : g->whs;
-    size_t n = hashspace_live_owners(hs, r->hash, owners);
+    /* Only in-sync owners: a catching-up one may lack acknowledged writes,
+     * so it neither answers a read nor coordinates a write. */
+    size_t n = hashspace_serving_owners(hs, r->hash, owners);
     int k = r->attempt++;
     if (n == 0) {
         failed(r, RPC_ERR_REMOTE, NULL);

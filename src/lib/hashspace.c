@@ -67,7 +67,7 @@ bool hashspace_same_nodes(const hashspace *a, const hashspace *b)
         return false;
     for (size_t i = 0; i < a->ring.nnodes; i++) {
         const ring_node *x = &a->ring.nodes[i], *y = &b->ring.nodes[i];
-        if (x->active != y->active || !net_equal(&x->addr, &y->addr))
+        if (x->active != y->active || x->catchup != y->catchup || !net_equal(&x->addr, &y->addr))
             return false;
     }
     return true;
@@ -91,6 +91,22 @@ size_t hashspace_live_owners(const hashspace *hs, uint64_t hash, uint32_t out[KU
     return live;
 }
 
+size_t hashspace_serving_owners(const hashspace *hs, uint64_t hash, uint32_t out[KUMO_REPLICAS])
+{
+    uint32_t all[KUMO_REPLICAS];
+    size_t n = ring_owners(&hs->ring, hash, all), live = 0;
+    for (size_t i = 0; i < n; i++)
+        if (hs->ring.nodes[all[i]].active && !hs->ring.nodes[all[i]].catchup)
+            out[live++] = all[i];
+    return live;
+}
+
+bool hashspace_catching_up(const hashspace *hs, const net_addr *addr)
+{
+    int i = hashspace_find(hs, addr);
+    return i >= 0 && hs->ring.nodes[i].active && hs->ring.nodes[i].catchup;
+}
+
 bool hashspace_is_owner(const hashspace *hs, uint64_t hash, const net_addr *addr)
 {
     uint32_t own[KUMO_REPLICAS];
@@ -104,8 +120,42 @@ bool hashspace_is_owner(const hashspace *hs, uint64_t hash, const net_addr *addr
 bool hashspace_is_primary(const hashspace *hs, uint64_t hash, const net_addr *addr)
 {
     uint32_t own[KUMO_REPLICAS];
-    return hashspace_live_owners(hs, hash, own) > 0 &&
+    return hashspace_serving_owners(hs, hash, own) > 0 &&
            net_equal(&hs->ring.nodes[own[0]].addr, addr);
+}
+
+static void plan_add(hashspace_plan *p, const hashspace *whs, const ring_node *n, bool from_rhs)
+{
+    for (size_t i = 0; i < p->n; i++)
+        if (net_equal(&p->holder[i], &n->addr)) return;
+    int at = from_rhs ? hashspace_find(whs, &n->addr) : -1;
+    if (from_rhs && at < 0 && !n->active) return; /* detached */
+    p->holder[p->n] = n->addr;
+    p->state[p->n++] = at >= 0 ? whs->ring.nodes[at] : *n;
+}
+
+void hashspace_copy_plan(const hashspace *whs, const hashspace *rhs, uint64_t hash, hashspace_plan *out)
+{
+    uint32_t idx[KUMO_REPLICAS];
+    size_t nr = ring_owners(&rhs->ring, hash, idx), from_rhs;
+    out->n = 0;
+    for (size_t i = 0; i < nr; i++) plan_add(out, whs, &rhs->ring.nodes[idx[i]], true);
+    from_rhs = out->n;
+    size_t nw = ring_owners(&whs->ring, hash, idx);
+    for (size_t i = 0; i < nw; i++) plan_add(out, whs, &whs->ring.nodes[idx[i]], false);
+    out->sender = -1;
+    out->exchange = out->blocked = false;
+    bool insync_down = false;
+    for (size_t i = 0; i < out->n; i++) {
+        const ring_node *st = &out->state[i];
+        if (st->catchup) continue;
+        if (st->active && i < from_rhs && out->sender < 0) out->sender = (int)i;
+        if (!st->active) insync_down = true;
+    }
+    if (out->sender < 0) {
+        out->blocked = insync_down;
+        out->exchange = !insync_down;
+    }
 }
 
 int hashspace_pack(const hashspace *hs, msgpack_packer *pk)
@@ -117,7 +167,7 @@ int hashspace_pack(const hashspace *hs, msgpack_packer *pk)
         const ring_node *nd = &r->nodes[i];
         uint8_t buf[1 + NET_ID_MAX];
         size_t len = nd->addr.len <= NET_ID_MAX ? nd->addr.len : NET_ID_MAX;
-        buf[0] = nd->active ? 1 : 0;
+        buf[0] = (uint8_t)((nd->active ? 0x01 : 0) | (nd->catchup ? 0x02 : 0));
         memcpy(buf + 1, nd->addr.id, len);
         if (msgpack_pack_bin(pk, 1 + len) != 0 || msgpack_pack_bin_body(pk, buf, 1 + len) != 0)
             return -1;
@@ -139,12 +189,13 @@ static int unpack_node(const msgpack_object *o, ring_node *out, size_t idx, char
     } else {
         return kumo_err(err, "hash space seed: node %zu is not raw bytes", idx);
     }
-    if (len < 1 || p[0] > 1)
-        return kumo_err(err, "hash space seed: node %zu has no valid active flag", idx);
+    if (len < 1 || p[0] > 3)
+        return kumo_err(err, "hash space seed: node %zu has no valid state byte", idx);
     memset(out, 0, sizeof(*out));
     if (net_from_id(&out->addr, p + 1, len - 1) != 0)
         return kumo_err(err, "hash space seed: node %zu has a %zu-byte address", idx, len - 1);
-    out->active = p[0] == 1;
+    out->active = p[0] & 0x01;
+    out->catchup = p[0] & 0x02;
     return 0;
 }
 

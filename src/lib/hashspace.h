@@ -8,8 +8,15 @@
  * as long as they use it, so the request path takes no lock on it.
  *
  * Wire form ("seed", msgpack): [ [node...], clocktime:uint ]
- *   node = bin(1 + identity): byte 0 = 1 active / 0 fault, then the
- *   identity bytes of net.h (6 for IPv4, 18 for IPv6).
+ *   node = bin(1 + identity): byte 0 = state bits (0x01 active, else fault;
+ *   0x02 catching up), then the identity bytes of net.h (6 for IPv4, 18
+ *   for IPv6).
+ *
+ * Node states (docs/architecture.md §12): an *in-sync* node (active, not
+ * catching up) holds every acknowledged write of its ranges; a *catching-up*
+ * node is live and receives every replicated write, but until the manager
+ * clears its flag it may lack older ones, so it never coordinates a write
+ * and never answers a read; a *fault* node is skipped by everything.
  *
  * A seed lists at most HASHSPACE_MAX_NODES nodes: far more servers than a
  * cluster has, and a bound on what a received seed costs (its ring takes
@@ -48,7 +55,7 @@ bool hashspace_empty(const hashspace *hs);
  * manager holds, which must never replace a real one. (All nodes fault is
  * not blank: it is news that must reach every router.) */
 static inline bool hashspace_blank(const hashspace *hs) { return !hs || hs->ring.nnodes == 0; }
-/* Same nodes, same order, same active flags (clocktime ignored). */
+/* Same nodes, same order, same state flags (clocktime ignored). */
 bool hashspace_same_nodes(const hashspace *a, const hashspace *b);
 /* Index of `addr` in hs->ring.nodes, or -1. */
 int hashspace_find(const hashspace *hs, const net_addr *addr);
@@ -59,8 +66,39 @@ int hashspace_find(const hashspace *hs, const net_addr *addr);
 size_t hashspace_live_owners(const hashspace *hs, uint64_t hash, uint32_t out[KUMO_REPLICAS]);
 /* true if addr is one of the live owners of hash. */
 bool hashspace_is_owner(const hashspace *hs, uint64_t hash, const net_addr *addr);
-/* true if addr is the first live owner of hash. */
+/* Owners of `hash` that may serve: live and in sync (not catching up), in
+ * clockwise order. out[0] is the coordinator of writes (in whs) and the
+ * primary read target (in rhs). Returns the count (0: nobody may serve). */
+size_t hashspace_serving_owners(const hashspace *hs, uint64_t hash, uint32_t out[KUMO_REPLICAS]);
+/* true if addr is the coordinator of hash: its first serving owner. */
 bool hashspace_is_primary(const hashspace *hs, uint64_t hash, const net_addr *addr);
+/* true if addr is listed, live and catching up. */
+bool hashspace_catching_up(const hashspace *hs, const net_addr *addr);
+
+/* Who copies the records of `hash` in a replace from rhs (the layout the
+ * data is in) to whs (the one it moves to), and whether that can make the
+ * catching-up owners complete. The manager and every server compute it from
+ * the same two snapshots, so they agree without talking.
+ *   holders: the owners in rhs and in whs, in that order, without repeats;
+ *            an rhs owner that is fault and gone from whs (detached: the
+ *            operator declared its data lost) is left out. A node's state
+ *            is its whs entry if it has one, else its rhs entry.
+ *   sender:  the first rhs owner that is live and in sync; it holds every
+ *            acknowledged write and alone sends (-1: none).
+ *   exchange: no sender, and no holder is an in-sync node that is down:
+ *            every owner was away at some point, so every live holder sends
+ *            to every other catching-up owner (newest wins); complete only
+ *            if every holder took part.
+ *   blocked: no sender and an in-sync holder is down: it alone may hold
+ *            the newest writes, so nobody sends and the piece waits. */
+typedef struct hashspace_plan {
+    size_t n;
+    net_addr holder[2 * KUMO_REPLICAS];
+    ring_node state[2 * KUMO_REPLICAS];
+    int sender;
+    bool exchange, blocked;
+} hashspace_plan;
+void hashspace_copy_plan(const hashspace *whs, const hashspace *rhs, uint64_t hash, hashspace_plan *out);
 
 int hashspace_pack(const hashspace *hs, msgpack_packer *pk);
 /* Parse a seed; NULL + err if malformed (wrong types, bad node bytes, a

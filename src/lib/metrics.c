@@ -203,10 +203,16 @@ void metrics_hash_spaces(metrics_out *o, const char *prefix, const hashspace *wh
     snprintf(name, sizeof(name), "%s_hash_space_servers", prefix);
     metrics_family(o, name, METRICS_GAUGE, "servers in the hash space, by state");
     for (int i = 0; i < 2; i++) {
-        size_t active = 0;
-        for (size_t k = 0; k < hs[i]->ring.nnodes; k++) active += hs[i]->ring.nodes[k].active;
+        size_t active = 0, catching_up = 0; /* active: live and in sync */
+        for (size_t k = 0; k < hs[i]->ring.nnodes; k++) {
+            const ring_node *n = &hs[i]->ring.nodes[k];
+            active += n->active && !n->catchup;
+            catching_up += n->active && n->catchup;
+        }
         metrics_sample(o, (double)active, "space", label[i], "state", "active", NULL);
-        metrics_sample(o, (double)(hs[i]->ring.nnodes - active), "space", label[i], "state", "fault", NULL);
+        metrics_sample(o, (double)catching_up, "space", label[i], "state", "catching_up", NULL);
+        metrics_sample(o, (double)(hs[i]->ring.nnodes - active - catching_up), "space", label[i], "state", "fault",
+                       NULL);
     }
 }
 

@@ -123,5 +123,7 @@ enum {
 
 /* Remote error text the gateway reacts to by refreshing its hash spaces. */
 #define ERR_OBSOLETE_HS "obsolete hash space"
+/* A read asked of a server that is still catching up (not in sync). */
+#define ERR_CATCHING_UP "catching up"
 
 #endif

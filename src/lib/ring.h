@@ -29,7 +29,10 @@
 
 typedef struct ring_node {
     net_addr addr;
-    bool active; /* false = fault */
+    bool active;  /* false = fault */
+    bool catchup; /* attached but not yet holding every acknowledged write of
+                   * its ranges: receives replications, never coordinates a
+                   * write or answers a read (hashspace.h) */
 } ring_node;
 
 typedef struct ring_vnode {

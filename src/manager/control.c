@@ -33,12 +33,15 @@ static void ctl_status(manager *m, rpc_conn *c, uint32_t msgid)
         if (ms->newcomer && ms->conn) rpc_pack_bytes(pk, ms->addr.id, ms->addr.len);
     }
     hashspace_pack(m->rhs, pk);
-    /* [replacing, phase ("copy"/"delete"/""), servers still working] */
+    /* [shown, phase, count]: a running replace ("copy"/"retry"/"delete",
+     * servers still working), or a catch-up that waits for an unreachable
+     * in-sync copy ("catch-up blocked", servers still catching up). */
     msgpack_pack_array(pk, 3);
-    if (m->replacing) msgpack_pack_true(pk);
+    if (m->replacing || m->catchup_blocked) msgpack_pack_true(pk);
     else msgpack_pack_false(pk);
-    rpc_pack_str(pk, !m->replacing ? "" : m->copy_pending ? "copy" : m->copy_failed ? "retry" : "delete");
-    msgpack_pack_uint64(pk, m->replacing ? (m->copy_pending ? m->copy_pending : m->delete_pending) : 0);
+    rpc_pack_str(pk, m->replacing ? (m->copy_pending ? "copy" : m->copy_failed ? "retry" : "delete")
+                     : m->catchup_blocked ? "catch-up blocked" : "");
+    msgpack_pack_uint64(pk, m->replacing ? (m->copy_pending ? m->copy_pending : m->delete_pending) : m->catchup_blocked);
     if (m->auto_replace) msgpack_pack_true(pk);
     else msgpack_pack_false(pk);
     rpc_call_end(c);
@@ -64,7 +67,9 @@ static long reconfigure(manager *m, bool attach, bool detach, bool replace, net_
         const ring_node *rn = &m->whs->ring.nodes[i];
         mserver *ms = membership_find_server(m, &rn->addr);
         if (!rn->active && attach && ms && ms->newcomer && ms->conn) {
-            nodes[n++] = (ring_node){.addr = rn->addr, .active = true}; /* recovered, same slots */
+            /* Recovered, same slots; its database missed what was written
+             * while it was away, so it catches up before it serves. */
+            nodes[n++] = (ring_node){.addr = rn->addr, .active = true, .catchup = true};
             ms->newcomer = false;
             list[nchanged++] = rn->addr;
             log_info("attach %s", fmt(&rn->addr, buf));
@@ -85,7 +90,7 @@ static long reconfigure(manager *m, bool attach, bool detach, bool replace, net_
             log_warn("attach: a hash space holds at most %d servers; the rest stay unattached", HASHSPACE_MAX_NODES);
             break;
         }
-        nodes[n++] = (ring_node){.addr = ms->addr, .active = true};
+        nodes[n++] = (ring_node){.addr = ms->addr, .active = true, .catchup = true};
         ms->newcomer = false;
         list[nchanged++] = ms->addr;
         log_info("attach %s", fmt(&ms->addr, buf));

@@ -43,6 +43,7 @@ typedef struct mserver {
     bool newcomer;        /* shown under "not attached node" */
     uint64_t incarnation; /* of the process that said hello last (0: unknown) */
     bool copying;         /* replace: its copy phase has not ended */
+    bool copied;          /* replace: it copied everything it had to send in this round */
     bool deleting;        /* replace: its delete phase has not ended */
     struct event *probe_timer;
     struct manager *m;
@@ -56,6 +57,7 @@ typedef struct manager {
     rpc_self rpc_self;
     daemon_listener *cluster_listener, *control_listener;
     hashspace *whs, *rhs; /* never NULL */
+    bool learning; /* whs is blank or was learned from servers (membership.c) */
     mserver **servers;
     size_t nservers, servers_cap;
     rpc_conn **gateways;
@@ -77,6 +79,10 @@ typedef struct manager {
     uint64_t replace_ct; /* whs clocktime the running replace moves data to */
     size_t copy_pending, delete_pending;
     bool copy_failed;          /* some server could not copy everything */
+    hashspace *round_whs, *round_rhs; /* the layout the running copy started from */
+    uint64_t round_gen;        /* counts rounds, so a late barrier answer is known */
+    size_t barrier_pending;    /* servers yet to confirm the layout before the copy */
+    size_t catchup_blocked;    /* catching-up servers the last round could not clear */
     struct event *retry_timer; /* restarts a replace whose copy failed */
 } manager;
 

@@ -102,12 +102,14 @@ static void install(manager *m, hashspace *whs, hashspace *rhs)
 
 void membership_set_hashspaces(manager *m, hashspace *whs, hashspace *rhs)
 {
+    m->learning = false; /* a change of our own: the servers follow us now */
     install(m, whs, rhs);
     partner_sync(m);
 }
 
 void membership_adopted(manager *m, hashspace *whs, hashspace *rhs)
 {
+    m->learning = false; /* the partner's layout is the cluster's */
     install(m, whs, rhs);
     /* Servers the partner attached are no longer newcomers here. */
     for (size_t i = 0; i < m->nservers; i++)
@@ -126,6 +128,76 @@ static hashspace *with_state(manager *m, hashspace *hs, const net_addr *addr, bo
     hashspace *n = hashspace_new(nodes, hs->ring.nnodes, ct);
     free(nodes);
     return n;
+}
+
+/* ---- learning the layout from the servers ----
+ * A manager that starts with nothing (restarted, its partner down or
+ * absent) would otherwise treat every server as a newcomer, and attaching
+ * them would start every one catching up from the others: a full exchange
+ * with the cluster unavailable meanwhile, for a layout the servers still
+ * hold. So until it makes a change of its own, it asks each server that
+ * says hello for its [whs, rhs] and adopts the newest, catching-up flags
+ * included; the servers it lists are watched like any others (those that
+ * never come back are probed and lost). */
+
+typedef struct learn_ctx {
+    manager *m;
+    hashspace *hs[2]; /* whs, rhs */
+    int pending;
+} learn_ctx;
+
+static mserver *add_server(manager *m, const net_addr *a);
+static void start_probing(manager *m, mserver *ms);
+
+static void learn_done(learn_ctx *x)
+{
+    manager *m = x->m;
+    hashspace *w = x->hs[0], *r = x->hs[1];
+    if (m->learning && w && r && !hashspace_blank(w) && !hashspace_blank(r) &&
+        (hashspace_blank(m->whs) || w->clocktime > m->whs->clocktime)) {
+        char buf[NET_ADDRSTRLEN];
+        clock_update(&m->clock, w->clocktime > r->clocktime ? w->clocktime : r->clocktime);
+        log_info("hash spaces learned from the servers: %zu servers", w->ring.nnodes);
+        install(m, hashspace_ref(w), hashspace_ref(r));
+        partner_sync(m);
+        for (size_t i = 0; i < w->ring.nnodes; i++) {
+            const net_addr *a = &w->ring.nodes[i].addr;
+            mserver *ms = membership_find_server(m, a);
+            if (!ms && !(ms = add_server(m, a))) continue;
+            if (ms->conn) ms->newcomer = !w->ring.nodes[i].active;
+            else if (w->ring.nodes[i].active) {
+                log_info("learned server %s is not connected, checking it", fmt(a, buf));
+                start_probing(m, ms);
+            }
+        }
+    }
+    hashspace_unref(w);
+    hashspace_unref(r);
+    free(x);
+}
+
+static void learn_reply(learn_ctx *x, int k, rpc_status st, const msgpack_object *r)
+{
+    char err[KUMO_ERRLEN];
+    if (st == RPC_OK) x->hs[k] = hashspace_unpack(r, err);
+    if (--x->pending == 0) learn_done(x);
+}
+
+static void learn_whs(void *arg, rpc_status st, const msgpack_object *r) { learn_reply(arg, 0, st, r); }
+static void learn_rhs(void *arg, rpc_status st, const msgpack_object *r) { learn_reply(arg, 1, st, r); }
+
+static void learn_from(manager *m, rpc_conn *c)
+{
+    learn_ctx *x = m->learning ? calloc(1, sizeof(*x)) : NULL;
+    if (!x) return;
+    x->m = m;
+    x->pending = 2;
+    for (int k = 0; k < 2; k++) {
+        msgpack_packer *pk = rpc_call_begin(c, SRV_STATUS, PUSH_TIMEOUT, k ? learn_rhs : learn_whs, x);
+        msgpack_pack_array(pk, 1);
+        msgpack_pack_uint32(pk, k ? ST_RHS : ST_WHS);
+        rpc_call_end(c);
+    }
 }
 
 /* ---- servers ---- */
@@ -301,6 +373,7 @@ static void server_hello(manager *m, rpc_conn *c)
     }
     if (inc) ms->incarnation = inc;
     ms->conn = c; /* the newest link wins; an older one is ignored until it closes */
+    learn_from(m, c);
     ms->last_answer = now_mono();
     ms->keepalive_out = false;
     replace_resend(m, ms); /* a server that came back mid-replace lost its task */
@@ -436,6 +509,7 @@ void membership_schedule_auto_replace(manager *m)
 
 void membership_start(manager *m)
 {
+    m->learning = true;
     m->auto_replace = m->cfg->auto_replace;
     m->auto_timer = evtimer_new(m->base, auto_cb, m);
     m->tick = event_new(m->base, -1, EV_PERSIST, tick_cb, m);

@@ -41,6 +41,9 @@ void cluster_set_hashspaces(server *s, hashspace *whs, hashspace *rhs)
     if (whs) {
         hashspace_unref(s->whs);
         s->whs = whs;
+        /* Writes in flight chose their replicas by the old whs. */
+        s->write_epoch++;
+        s->writes_old = s->writes_inflight;
     }
     if (rhs) {
         hashspace_unref(s->rhs);
@@ -85,6 +88,50 @@ static bool adopt(server *s, const msgpack_object *params)
     return changed;
 }
 
+/* The answer to a pushed [whs, rhs] waits until every write this server
+ * coordinated under an older whs has finished replicating: a manager that
+ * has every server's answer knows that no write routed by the old layout is
+ * still on its way, so a replace copy that starts then misses none (a
+ * catching-up owner gets the rest by replication). Bounded, so a stuck
+ * replica cannot hold the manager up for longer than a replication does. */
+#define BARRIER_POLL_USEC 5000
+#define BARRIER_MAX_POLLS 2000 /* 10 s: a replication's retries end sooner */
+
+typedef struct barrier {
+    server *s;
+    rpc_conn *c; /* held */
+    uint32_t msgid;
+    bool changed;
+    int polls;
+} barrier;
+
+static void barrier_cb(evutil_socket_t fd, short what, void *arg)
+{
+    barrier *b = arg;
+    server *s = b->s;
+    if (s->writes_old > 0 && !s->stopping && ++b->polls < BARRIER_MAX_POLLS) {
+        struct timeval tv = {0, BARRIER_POLL_USEC};
+        event_base_once(s->base, -1, EV_TIMEOUT, barrier_cb, b, &tv);
+        return;
+    }
+    rpc_reply_bool(b->c, b->msgid, b->changed);
+    rpc_release(b->c);
+    free(b);
+}
+
+static void hs_sync(server *s, rpc_conn *c, uint32_t msgid, const msgpack_object *params)
+{
+    bool changed = adopt(s, params);
+    barrier *b = s->writes_old > 0 ? malloc(sizeof(*b)) : NULL;
+    if (!b) {
+        rpc_reply_bool(c, msgid, changed);
+        return;
+    }
+    *b = (barrier){.s = s, .c = c, .msgid = msgid, .changed = changed};
+    rpc_hold(c);
+    barrier_cb(-1, 0, b);
+}
+
 bool cluster_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
 {
     switch (method) {
@@ -95,7 +142,7 @@ bool cluster_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, con
         return true;
     }
     case SRV_HS_SYNC:
-        rpc_reply_bool(c, msgid, adopt(s, params));
+        hs_sync(s, c, msgid, params);
         return true;
     default: return false;
     }

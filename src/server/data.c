@@ -226,6 +226,7 @@ typedef struct repl {
     uint8_t *value; /* OP_GAT, OP_INCR, OP_DECR: the record to return */
     size_t vlen;
     uint64_t hash;
+    uint64_t epoch; /* s->write_epoch when the targets were chosen */
     uint8_t *rec; /* dbkey | record, resent on a retry */
     size_t klen, rlen;
     int max_tries;
@@ -265,6 +266,7 @@ static void repl_finish(repl *r)
 {
     if (--r->waiting > 0) return;
     r->s->writes_inflight--;
+    if (r->epoch != r->s->write_epoch) r->s->writes_old--;
     if (r->client) {
         reply_write(r);
         rpc_release(r->client);
@@ -376,6 +378,7 @@ static void replicate(server *s, rpc_conn *client, uint32_t msgid, uint64_t hash
         return;
     }
     r->s = s;
+    r->epoch = s->write_epoch;
     s->writes_inflight++;
     r->code = w->code;
     r->ct = w->ct;
@@ -447,6 +450,13 @@ static int get_one(server *s, const char *key, size_t klen, void **v, size_t *vl
     uint64_t hash = record_key_hash(key, klen);
     if (!hashspace_is_owner(s->rhs, hash, &s->self) && !hashspace_is_owner(s->whs, hash, &s->self)) {
         *why = ERR_OBSOLETE_HS;
+        return -1;
+    }
+    /* Still catching up: this copy may lack acknowledged writes, so it must
+     * not answer for the cluster (a gateway with an older hash space asked;
+     * the refusal sends it to an in-sync owner). */
+    if (hashspace_catching_up(s->whs, &s->self)) {
+        *why = ERR_CATCHING_UP;
         return -1;
     }
     s->cmd_get++;
@@ -654,6 +664,7 @@ static void handle_status(server *s, rpc_conn *c, uint32_t msgid, const msgpack_
         uint64_t flags = 0;
         int at = hashspace_find(s->whs, &s->self);
         if (at < 0 || !s->whs->ring.nodes[at].active) flags |= 0x01; /* not an attached, live member */
+        else if (s->whs->ring.nodes[at].catchup) flags |= 0x10;     /* catching up */
         if (s->whs->clocktime != s->rhs->clocktime) flags |= 0x02;
         if (s->replace_copying) flags |= 0x04;
         if (s->replace_deleting) flags |= 0x08;

@@ -148,6 +148,10 @@ static void collect_metrics(void *arg, metrics_out *o)
     metrics_gauge(o, "kumo_server_db_bytes", "size of the database file", (double)store_file_size(s->db));
     metrics_hash_spaces(o, "kumo_server", s->whs, s->rhs);
     metrics_gauge(o, "kumo_server_replace_copying", "1 while a replace copy is in flight", s->replace_copying);
+    metrics_gauge(o, "kumo_server_catching_up", "1 while this server is catching up: it serves no read and coordinates no write",
+                  hashspace_catching_up(s->whs, &s->self));
+    metrics_counter(o, "kumo_server_replace_received_records", "records applied from replace streams, since start",
+                    s->moved_recv);
     metrics_gauge(o, "kumo_server_tombstones_remembered", "tombstones waiting for collection (-gX/-gN)",
                   (double)g.entries);
     metrics_gauge(o, "kumo_server_tombstones_memory_bytes", "memory they take, as -gS counts it", (double)g.bytes);

@@ -2,9 +2,11 @@
  * replace — kumo-server's part of a replace (see src/manager/replace.c).
  *
  * Copy phase: adopt the new whs, walk the database, and for every record
- * (tombstones included) of which this server is the first surviving old
- * owner, queue it for each new owner that was not an old one; full-replace
- * sends every record to every other new owner. Each destination's records
+ * (tombstones included) of which this server is a sender by
+ * hashspace_copy_plan (the piece's in-sync old owner; or, when every owner
+ * was away, each holder), queue it for each live new owner that is
+ * catching up or was not an old one; full-replace sends every record to
+ * every other new owner. Each destination's records
  * go through a compressed stream file (stream.c) and are applied there with
  * the newer-ClockTime-wins rule. When every transfer is acknowledged the
  * manager hears MGR_REPLACE_COPY_END (with ok = false if any failed, and the
@@ -180,6 +182,33 @@ static bool contains(const hashspace *hs, const uint32_t *idx, size_t n, const n
     return false;
 }
 
+/* Whether this server sends the record (hashspace_copy_plan): it is the
+ * piece's in-sync sender, or every owner was away and it holds a copy. */
+static bool is_sender(const copy_job *j, const hashspace_plan *p)
+{
+    const net_addr *self = &j->s->self;
+    if (p->sender >= 0) return net_equal(&p->holder[p->sender], self);
+    if (!p->exchange) return false;
+    for (size_t i = 0; i < p->n; i++)
+        if (net_equal(&p->holder[i], self)) return true;
+    return false;
+}
+
+static void queue_record(copy_job *j, const net_addr *to, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    dest *d = dest_for(j, to);
+    if (!d) return;
+    if (!d->file) {
+        char err[KUMO_ERRLEN];
+        if (!(d->file = stream_file_new(j->s, err))) {
+            log_error("replace: %s", err);
+            j->failed++;
+            return;
+        }
+    }
+    stream_file_add(d->file, key, klen, val, vlen);
+}
+
 static int copy_record(void *arg, const void *key, size_t klen, const void *val, size_t vlen)
 {
     copy_job *j = arg;
@@ -194,31 +223,17 @@ static int copy_record(void *arg, const void *key, size_t klen, const void *val,
     size_t nold = hashspace_live_owners(j->old_rhs, h, old);
     size_t nnew = hashspace_live_owners(j->new_whs, h, nw);
     if (!j->full) {
-        /* Exactly one surviving old owner sends each key: the first one that
-         * is still live in the new layout. */
-        const net_addr *sender = NULL;
-        for (size_t i = 0; i < nold && !sender; i++) {
-            const net_addr *a = &j->old_rhs->ring.nodes[old[i]].addr;
-            int at = hashspace_find(j->new_whs, a);
-            if (at >= 0 && j->new_whs->ring.nodes[at].active) sender = a;
-        }
-        if (!sender || !net_equal(sender, &s->self)) return 0;
+        hashspace_plan p;
+        hashspace_copy_plan(j->new_whs, j->old_rhs, h, &p);
+        if (!is_sender(j, &p)) return 0;
     }
+    /* To every live new owner that is catching up or did not hold the key:
+     * an old owner that stayed in sync has it already. */
     for (size_t i = 0; i < nnew; i++) {
-        const net_addr *to = &j->new_whs->ring.nodes[nw[i]].addr;
-        if (net_equal(to, &s->self)) continue;
-        if (!j->full && contains(j->old_rhs, old, nold, to)) continue;
-        dest *d = dest_for(j, to);
-        if (!d) continue;
-        if (!d->file) {
-            char err[KUMO_ERRLEN];
-            if (!(d->file = stream_file_new(s, err))) {
-                log_error("replace: %s", err);
-                j->failed++;
-                continue;
-            }
-        }
-        stream_file_add(d->file, key, klen, val, vlen);
+        const ring_node *to = &j->new_whs->ring.nodes[nw[i]];
+        if (net_equal(&to->addr, &s->self)) continue;
+        if (!j->full && !to->catchup && contains(j->old_rhs, old, nold, &to->addr)) continue;
+        queue_record(j, &to->addr, key, klen, val, vlen);
     }
     return 0;
 }

@@ -73,6 +73,11 @@ typedef struct server {
      * has come (kept in <db>.flush so a restart does not bring them back) */
     uint64_t flush_floor;
     int writes_inflight; /* coordinated writes not yet answered */
+    /* Bumped whenever whs changes; writes_old counts the writes in flight
+     * that were routed by an older whs (the barrier of cluster.c waits for
+     * them before a replace copies). */
+    uint64_t write_epoch;
+    int writes_old;
     bool replace_copying; /* a copy phase has transfers in flight */
     uint64_t replace_latest; /* ClockTime of the newest replace asked of us */
     bool replace_deleting;   /* a delete phase is walking */

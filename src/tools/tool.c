@@ -326,6 +326,7 @@ hashspace *tool_manager_hs(tool_conn *t, bool rhs, char *err)
 const char *tool_replace_word(uint64_t flags)
 {
     if (flags & 0x01) return "inactive";
+    if (flags & 0x10) return "CatchUp";
     if (flags & 0x04) return "Copying";
     if (flags & 0x08) return "Deleting";
     if (flags & 0x02) return "WAIT";
@@ -359,5 +360,5 @@ void tool_print_hashspace(FILE *out, const hashspace *hs, const char *nodes_titl
     fprintf(out, "\n%s:\n", nodes_title);
     for (size_t i = 0; i < hs->ring.nnodes; i++)
         fprintf(out, "  %s (%s)\n", net_format(&hs->ring.nodes[i].addr, buf, sizeof(buf)),
-                hs->ring.nodes[i].active ? "active" : "fault");
+                !hs->ring.nodes[i].active ? "fault" : hs->ring.nodes[i].catchup ? "catching up" : "active");
 }

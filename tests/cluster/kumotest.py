@@ -477,7 +477,7 @@ def wait_until(cond, timeout, what, interval=0.1, daemons=()):
 class Status:
     """Parsed `kumoctl <mgr> status`: attached [(addr, state)], not_attached [addr]."""
 
-    _node = re.compile(r"^\s+(\S+)(?:\s+\((\w+)\))?\s*$")
+    _node = re.compile(r"^\s+(\S+)(?:\s+\((\w[\w ]*)\))?\s*$")   # (active) (fault) (catching up)
 
     def __init__(self, text):
         self.text = text

@@ -1,6 +1,7 @@
 /*
  * test_hashspace — seed round trip through real msgpack-c, rejection of
- * malformed seeds, live owners, primary, refcounting.
+ * malformed seeds, live owners, primary, catching-up nodes and the replace
+ * copy plan, refcounting.
  */
 #include "hashspace.h"
 
@@ -166,7 +167,7 @@ enum bad { BAD_NOT_ARRAY, BAD_ARRAY1, BAD_ARRAY3, BAD_NODES_MAP, BAD_NODE_INT, B
 static const char *bad_name[BAD_COUNT] = {
     "not an array",         "array of 1",       "array of 3",
     "node list is a map",   "node is an int",   "node bytes of length 0",
-    "node bytes of length 5", "node bytes of length 8", "active flag 2",
+    "node bytes of length 5", "node bytes of length 8", "state byte 4",
     "clocktime is a string", "clocktime negative", "clocktime is a float",
     "clocktime is nil",     "a node listed twice",
 };
@@ -193,7 +194,7 @@ static void pack_bad(msgpack_packer *pk, enum bad b)
             break;
         case BAD_LEN5: pack_raw_node(pk, 1, zeros, 4); break;
         case BAD_LEN8: pack_raw_node(pk, 1, zeros, 7); break;
-        case BAD_FLAG2: pack_raw_node(pk, 2, n.addr.id, 6); break;
+        case BAD_FLAG2: pack_raw_node(pk, 4, n.addr.id, 6); break;
         case BAD_DUP: pack_raw_node(pk, 0, m.addr.id, 6); break;
         default: pack_raw_node(pk, 1, n.addr.id, 6); break;
         }
@@ -319,6 +320,104 @@ static void test_owners(void)
     hashspace_unref(s);
 }
 
+/* The first key whose owners in hs are exactly nodes a, b, c in that order. */
+static uint64_t key_owned_by(const hashspace *hs, uint32_t a, uint32_t b, uint32_t c)
+{
+    for (int k = 0; k < 100000; k++) {
+        char key[16];
+        int len = snprintf(key, sizeof(key), "key-%d", k);
+        uint64_t h = ring_hash(key, (size_t)len);
+        uint32_t o[3];
+        if (ring_owners(&hs->ring, h, o) == 3 && o[0] == a && o[1] == b && o[2] == c) return h;
+    }
+    return 0;
+}
+
+static void test_catchup(void)
+{
+    /* Wire form: the state byte carries the catching-up bit. */
+    ring_node nodes[3] = { node4(101, true), node4(102, true), node4(103, false) };
+    nodes[1].catchup = true;
+    nodes[2].catchup = true;
+    hashspace *hs = hashspace_new(nodes, 3, 9);
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    char err[KUMO_ERRLEN] = "";
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    hashspace_pack(hs, &pk);
+    hashspace *back = parse(&sb, err);
+    ok(back && back->ring.nodes[1].active && back->ring.nodes[1].catchup && !back->ring.nodes[0].catchup &&
+           !back->ring.nodes[2].active && back->ring.nodes[2].catchup,
+       "catching-up flag survives the wire, alone and with fault (%s)", err);
+    ok(back && hashspace_same_nodes(back, hs), "  ... same nodes");
+    ring_node flipped[3] = { nodes[0], nodes[1], nodes[2] };
+    flipped[1].catchup = false;
+    hashspace *f = hashspace_new(flipped, 3, 9);
+    ok(!hashspace_same_nodes(f, hs), "a catching-up flag differs: not the same");
+    ok(hashspace_catching_up(hs, &nodes[1].addr) && !hashspace_catching_up(hs, &nodes[0].addr) &&
+           !hashspace_catching_up(hs, &nodes[2].addr),
+       "catching_up: live and flagged only (a fault node is not)");
+
+    /* Serving owners skip catching-up nodes; the coordinator is the first
+     * serving one; live owners (replication targets) keep them. */
+    uint64_t h = key_owned_by(hs, 1, 0, 2);
+    uint32_t out[3];
+    ok(h != 0, "a key owned by 102, 101, 103 in that order");
+    is_int(hashspace_serving_owners(hs, h, out), 1, "serving owners: the in-sync one only");
+    ok(out[0] == 0, "  ... 101");
+    ok(hashspace_is_primary(hs, h, &nodes[0].addr) && !hashspace_is_primary(hs, h, &nodes[1].addr),
+       "coordinator: 101, never the catching-up 102 that comes first");
+    is_int(hashspace_live_owners(hs, h, out), 2, "live owners still list the catching-up node");
+    ok(hashspace_is_owner(hs, h, &nodes[1].addr), "  ... so it receives replicated writes");
+    hashspace_unref(back);
+    hashspace_unref(f);
+    msgpack_sbuffer_destroy(&sb);
+
+    /* Copy plans. A: 101 restarted (catching up), 102 and 103 in sync; rhs
+     * is the layout from before the attach, 101 fault. */
+    ring_node w_a[3] = { node4(101, true), node4(102, true), node4(103, true) };
+    ring_node r_a[3] = { node4(101, false), node4(102, true), node4(103, true) };
+    w_a[0].catchup = true;
+    hashspace *wa = hashspace_new(w_a, 3, 20), *ra = hashspace_new(r_a, 3, 10);
+    hashspace_plan p;
+    uint64_t ha = key_owned_by(wa, 0, 1, 2);
+    hashspace_copy_plan(wa, ra, ha, &p);
+    ok(p.n == 3 && p.sender >= 0 && net_equal(&p.holder[p.sender], &w_a[1].addr) && !p.exchange && !p.blocked,
+       "restart: the first in-sync old owner (102) alone sends");
+
+    /* B: every owner catching up (the whole cluster restarted). */
+    ring_node w_b[3] = { node4(101, true), node4(102, true), node4(103, true) };
+    for (int i = 0; i < 3; i++) w_b[i].catchup = true;
+    hashspace *wb = hashspace_new(w_b, 3, 30), *rb = hashspace_new(NULL, 0, 0);
+    hashspace_copy_plan(wb, rb, ha, &p);
+    ok(p.n == 3 && p.sender < 0 && p.exchange && !p.blocked, "all catching up: every holder exchanges");
+
+    /* C: 101 and 102 catching up, 103 in sync but down: blocked. */
+    ring_node w_c[3] = { node4(101, true), node4(102, true), node4(103, false) };
+    w_c[0].catchup = w_c[1].catchup = true;
+    hashspace *wc = hashspace_new(w_c, 3, 40);
+    hashspace_copy_plan(wc, wc, ha, &p);
+    ok(p.sender < 0 && !p.exchange && p.blocked, "the only in-sync copy is down: blocked, nobody sends");
+
+    /* D: the in-sync copy that is down was detached: gone from whs, fault
+     * in rhs. The operator said its data is lost, so the rest exchange. */
+    ring_node w_d[3] = { node4(101, true), node4(102, true), node4(104, true) };
+    w_d[0].catchup = w_d[1].catchup = w_d[2].catchup = true;
+    hashspace *wd = hashspace_new(w_d, 3, 50);
+    hashspace_copy_plan(wd, wc, ha, &p);
+    bool has103 = false;
+    for (size_t i = 0; i < p.n; i++) has103 = has103 || net_equal(&p.holder[i], &w_c[2].addr);
+    ok(!has103 && !p.blocked && p.exchange, "a detached fault owner is no holder: the others exchange");
+    hashspace_unref(hs);
+    hashspace_unref(wa);
+    hashspace_unref(ra);
+    hashspace_unref(wb);
+    hashspace_unref(rb);
+    hashspace_unref(wc);
+    hashspace_unref(wd);
+}
+
 static void test_refs(void)
 {
     ring_node n = node4(101, true);
@@ -343,6 +442,7 @@ int main(void)
     test_reject();
     test_max_nodes();
     test_owners();
+    test_catchup();
     test_refs();
     return done_testing();
 }
