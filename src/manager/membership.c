@@ -160,6 +160,9 @@ static void learn_done(learn_ctx *x)
         log_info("hash spaces learned from the servers: %zu servers", w->ring.nnodes);
         install(m, hashspace_ref(w), hashspace_ref(r));
         partner_sync(m);
+        /* A replace the old manager left unfinished (catching-up servers
+         * included) resumes with auto-replace, else with `kumoctl replace`. */
+        if (w->clocktime != r->clocktime) membership_schedule_auto_replace(m);
         for (size_t i = 0; i < w->ring.nnodes; i++) {
             const net_addr *a = &w->ring.nodes[i].addr;
             mserver *ms = membership_find_server(m, a);
