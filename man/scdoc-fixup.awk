@@ -9,7 +9,9 @@
 # A .P that ends an indented block (.P then .RE) is moved after the .RE,
 # where it still separates one option from the next. scdoc's .nh comes
 # before .TH, which turns hyphenation back on in groff; it is repeated
-# after .TH. Everything else passes through.
+# after .TH. A page with a table (.TS) starts with the '\" t line that
+# tells man(1) to run tbl, without which groff warns that the table was
+# not rendered. Everything else passes through.
 #
 # Used by the man page rule in Makefile.am and by tests/dist/t_man.py.
 function out(s) {
@@ -19,6 +21,11 @@ function out(s) {
 { line[NR] = $0 }
 END {
     prev = ""
+    for (i = 1; i <= NR; i++)
+        if (line[i] == ".TS") {
+            print "'\\\" t"
+            break
+        }
     for (i = 1; i <= NR; i++) {
         l = line[i]
         nx = (i < NR) ? line[i + 1] : ""
