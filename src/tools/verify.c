@@ -511,7 +511,7 @@ static int judge_entries(run *r)
     cand cs[SRV_FETCH_MAX];
     size_t ncs = 0;
     int rc = 0;
-    qsort(r->ent, r->nent, sizeof(*r->ent), entry_cmp);
+    if (r->nent) qsort(r->ent, r->nent, sizeof(*r->ent), entry_cmp);
     for (size_t i = 0; i < r->nent && rc == 0;) {
         size_t j = i + 1;
         while (j < r->nent && r->ent[j].klen == r->ent[i].klen && memcmp(r->ent[j].key, r->ent[i].key, r->ent[i].klen) == 0)
@@ -692,7 +692,7 @@ static int report(run *r)
             }
     }
     sort_run = r;
-    qsort(rows, nrows, sizeof(*rows), row_cmp);
+    if (nrows) qsort(rows, nrows, sizeof(*rows), row_cmp);
     for (size_t i = 0; i < nrows;) {
         size_t j = i;
         while (j < nrows && rows[j].a == rows[i].a && rows[j].b == rows[i].b) j++;
@@ -753,6 +753,8 @@ static int connect_nodes(run *r, const char *manager)
         n->live = r->whs->ring.nodes[i].active;
         if (n->live && tool_connect_addr(&n->t, &n->addr, TOOL_TIMEOUT, r->err) < 0) return -1;
         n->connected = n->live;
+        if (n->live && r->whs->ring.nodes[i].catchup)
+            printf("note: %s is catching up: it may lack records until the manager says it is active\n", n->name);
     }
     return 0;
 }
