@@ -33,6 +33,7 @@
 
 #include "digest.h"
 #include "log.h"
+#include "metrics.h"
 #include "proto.h"
 #include "record.h"
 
@@ -68,9 +69,15 @@ typedef struct job {
     bool overflow; /* more than one answer may carry: out is dropped */
 } job;
 
+typedef struct pass pass;
+
 struct digest {
     job *jobs;
     uint64_t next_id;
+    pass *pass; /* the background pass (below) */
+    /* its counters, since start (--metrics) */
+    uint64_t pass_runs, pass_failures, pass_compared, pass_divergent, pass_pushed, pass_pulled;
+    time_t last_pass;
 };
 
 /* ---- the digest of a record ---- */
@@ -326,28 +333,25 @@ static int span_cmp(const void *pa, const void *pb)
     return a->a < b->a ? -1 : a->a > b->a;
 }
 
-/* [[lo, hi]...] -> sorted, merged closed spans: (lo, hi], or, when lo >= hi,
- * (lo, 2^64) and [0, hi] (the range that wraps past the last vnode). */
-static bool parse_spans(const msgpack_object *o, job *j)
+/* Add the hashes in (lo, hi] to j's spans, or, when lo >= hi, those above lo
+ * and those up to hi (the range that wraps past the last vnode). j->spans
+ * has room for two spans per pair. */
+static void add_span(job *j, uint64_t lo, uint64_t hi)
 {
-    if (!o || o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size > SRV_RANGE_KEYS_MAX_SPANS) return false;
-    uint32_t n = o->via.array.size;
-    j->spans = malloc((2 * (size_t)n + 1) * sizeof(*j->spans));
-    if (!j->spans) return false;
-    size_t k = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        uint64_t lo, hi;
-        if (!rpc_arg_uint(&o->via.array.ptr[i], 0, &lo) || !rpc_arg_uint(&o->via.array.ptr[i], 1, &hi)) return false;
-        if (lo < hi) {
-            j->spans[k++] = (span){lo + 1, hi};
-            continue;
-        }
-        if (lo < UINT64_MAX) j->spans[k++] = (span){lo + 1, UINT64_MAX};
-        j->spans[k++] = (span){0, hi};
+    if (lo < hi) {
+        j->spans[j->nspans++] = (span){lo + 1, hi};
+        return;
     }
-    qsort(j->spans, k, sizeof(*j->spans), span_cmp);
+    if (lo < UINT64_MAX) j->spans[j->nspans++] = (span){lo + 1, UINT64_MAX};
+    j->spans[j->nspans++] = (span){0, hi};
+}
+
+/* Sort and merge j's spans, for in_spans. */
+static void finish_spans(job *j)
+{
+    if (j->nspans) qsort(j->spans, j->nspans, sizeof(*j->spans), span_cmp);
     size_t m = 0;
-    for (size_t i = 0; i < k; i++) {
+    for (size_t i = 0; i < j->nspans; i++) {
         if (m > 0 && (j->spans[m - 1].b == UINT64_MAX || j->spans[i].a <= j->spans[m - 1].b + 1)) {
             if (j->spans[i].b > j->spans[m - 1].b) j->spans[m - 1].b = j->spans[i].b;
         } else {
@@ -355,6 +359,21 @@ static bool parse_spans(const msgpack_object *o, job *j)
         }
     }
     j->nspans = m;
+}
+
+/* [[lo, hi]...] as add_span takes them. */
+static bool parse_spans(const msgpack_object *o, job *j)
+{
+    if (!o || o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size > SRV_RANGE_KEYS_MAX_SPANS) return false;
+    uint32_t n = o->via.array.size;
+    j->spans = malloc((2 * (size_t)n + 1) * sizeof(*j->spans));
+    if (!j->spans) return false;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t lo, hi;
+        if (!rpc_arg_uint(&o->via.array.ptr[i], 0, &lo) || !rpc_arg_uint(&o->via.array.ptr[i], 1, &hi)) return false;
+        add_span(j, lo, hi);
+    }
+    finish_spans(j);
     return true;
 }
 
@@ -439,6 +458,555 @@ bool digest_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, cons
     }
 }
 
+/* ---- the background pass ----
+ *
+ * With --verify-interval N (seconds; 0, the default, = never) every N
+ * seconds, and at once when digest_pass_now() is called (after a rejoin),
+ * this server compares the ranges it *leads* (those it coordinates in whs:
+ * hashspace_is_primary) with each of their other live owners, one owner at
+ * a time:
+ *   1. its own digests (a walk of its database), once per pass;
+ *   2. the peer's digests (SRV_DIGEST, polled), which must be of the same
+ *      whs, else the peer is left for the next pass;
+ *   3. the led ranges the peer co-owns whose digests differ, at most
+ *      PASS_BATCH records of them per peer and pass (the rest wait for the
+ *      next pass): the peer's listing (SRV_RANGE_KEYS) and its own (a walk);
+ *   4. every key the peer lacks or holds older goes to it (SRV_REPLICATE,
+ *      PASS_WINDOW at a time); every key this server lacks or holds older
+ *      is fetched (SRV_FETCH, SRV_FETCH_MAX at a time) and applied newer-wins
+ *      (store_update). Keys written after the pass began are left to their
+ *      own replication.
+ * No pass runs while whs and rhs differ (a replace moves data), or when
+ * this server is not an active member or leads nothing. Every record moves
+ * with newer-wins, so a pass racing client writes, a replace or a kumoctl
+ * repair undoes nothing.
+ */
+
+#define PASS_POLL_USEC 200000 /* between polls of a peer's walk */
+#define PASS_TIMEOUT 10.0     /* each call to a peer */
+#define PASS_BATCH 200000     /* records of divergent ranges listed per peer and pass */
+#define PASS_WINDOW 8         /* SRV_REPLICATE calls in flight */
+
+enum pass_phase { PH_IDLE, PH_OWN_DIGEST, PH_PEER_DIGEST, PH_LISTING, PH_SYNC };
+
+typedef struct pent { /* a record listed by this server or a peer */
+    uint8_t *key;
+    size_t klen;
+    uint64_t ct;
+} pent;
+
+typedef struct pent_list {
+    pent *v;
+    size_t n, cap;
+} pent_list;
+
+struct pass {
+    server *s;
+    enum pass_phase phase;
+    bool again;           /* digest_pass_now() during a pass: another one after it */
+    struct event *timer;  /* the next pass */
+    struct event *poll;   /* the next poll of the peer's walk */
+    hashspace *whs;       /* the layout of this pass */
+    uint64_t start_ct;
+    job *mine, *keys;     /* own digest, own listing (not in the job table) */
+    net_addr *peers;      /* the co-owners of the led ranges */
+    size_t npeers, at;
+    uint32_t method;      /* the walk polled on the peer */
+    uint64_t peer_job;
+    bool peer_listed, skip;
+    pent_list ours, theirs;
+    size_t *push, npush, next_push, inflight;
+    size_t *pull, npull, next_pull;
+    /* this pass, for its log line */
+    size_t compared, divergent, pushed, pulled;
+};
+
+static void pass_next_peer(pass *p);
+static void pass_sync(pass *p);
+
+static void pents_clear(pent_list *l)
+{
+    for (size_t i = 0; i < l->n; i++) free(l->v[i].key);
+    free(l->v);
+    *l = (pent_list){0};
+}
+
+static bool pents_add(pent_list *l, const void *key, size_t klen, uint64_t ct)
+{
+    if (l->n == l->cap) {
+        size_t ncap = l->cap ? l->cap * 2 : 256;
+        pent *nv = realloc(l->v, ncap * sizeof(*nv));
+        if (!nv) return false;
+        l->v = nv;
+        l->cap = ncap;
+    }
+    pent *e = &l->v[l->n];
+    if (!(e->key = malloc(klen))) return false;
+    memcpy(e->key, key, klen);
+    e->klen = klen;
+    e->ct = ct;
+    l->n++;
+    return true;
+}
+
+static int key_cmp(const pent *a, const pent *b)
+{
+    int c = memcmp(a->key, b->key, a->klen < b->klen ? a->klen : b->klen);
+    return c ? c : (a->klen > b->klen) - (a->klen < b->klen);
+}
+
+/* By key, the newest first (a walk may list a rewritten record twice). */
+static int pent_cmp(const void *pa, const void *pb)
+{
+    const pent *a = pa, *b = pb;
+    int c = key_cmp(a, b);
+    return c ? c : (a->ct < b->ct) - (a->ct > b->ct);
+}
+
+/* Drop what the peer in hand left behind. */
+static void pass_clear_peer(pass *p)
+{
+    job_free(p->keys);
+    p->keys = NULL;
+    pents_clear(&p->ours);
+    pents_clear(&p->theirs);
+    free(p->push);
+    free(p->pull);
+    p->push = p->pull = NULL;
+    p->npush = p->next_push = p->npull = p->next_pull = p->inflight = 0;
+    p->peer_listed = p->skip = false;
+    if (p->poll) evtimer_del(p->poll);
+}
+
+static void pass_arm(pass *p, int seconds)
+{
+    struct timeval tv = {seconds, 0};
+    if (p->timer) evtimer_add(p->timer, &tv);
+}
+
+static void pass_end(pass *p, const char *why)
+{
+    server *s = p->s;
+    struct digest *d = s->digest;
+    pass_clear_peer(p);
+    job_free(p->mine);
+    p->mine = NULL;
+    free(p->peers);
+    p->peers = NULL;
+    p->npeers = p->at = 0;
+    hashspace_unref(p->whs);
+    p->whs = NULL;
+    p->phase = PH_IDLE;
+    if (s->stopping) return;
+    d->pass_runs++;
+    d->last_pass = time(NULL);
+    if (why) {
+        d->pass_failures++;
+        log_warn("anti-entropy pass: %s", why);
+    } else if (p->divergent) {
+        log_info("anti-entropy pass: %zu ranges compared, %zu divergent, %zu records sent, %zu fetched", p->compared,
+                 p->divergent, p->pushed, p->pulled);
+    } else {
+        log_debug("anti-entropy pass: %zu ranges compared, none divergent", p->compared);
+    }
+    if (p->again) {
+        p->again = false;
+        pass_arm(p, 0);
+    } else if (s->cfg->verify_interval > 0) {
+        pass_arm(p, s->cfg->verify_interval);
+    }
+}
+
+/* On to the next co-owner. */
+static void pass_done_peer(pass *p)
+{
+    pass_clear_peer(p);
+    p->at++;
+    pass_next_peer(p);
+}
+
+/* The peer in hand failed us: logged; what is left of it is skipped. */
+static void pass_peer_failed(pass *p, const char *what, rpc_status st, const msgpack_object *result)
+{
+    char buf[NET_ADDRSTRLEN], why[KUMO_ERRLEN];
+    if (p->skip) return;
+    p->s->digest->pass_failures++;
+    log_warn("anti-entropy pass: %s: %s: %s", net_format(&p->peers[p->at], buf, sizeof(buf)), what,
+             rpc_strerror(st, result, why, sizeof(why)));
+    p->skip = true;
+}
+
+/* Begin a call to the peer in hand (pack the params into *pk, then
+ * rpc_call_end the connection returned); NULL when stopping. */
+static rpc_conn *pass_call(pass *p, uint32_t method, rpc_reply_fn fn, msgpack_packer **pk)
+{
+    rpc_conn *c = p->s->stopping ? NULL : cluster_peer(p->s, &p->peers[p->at]);
+    if (c) *pk = rpc_call_begin(c, method, PASS_TIMEOUT, fn, p);
+    return c;
+}
+
+static void pass_peer_reply(void *arg, rpc_status st, const msgpack_object *result);
+
+/* Start (job 0) or poll the peer's walk of p->method. */
+static void pass_ask_walk(pass *p, uint64_t job_id)
+{
+    msgpack_packer *pk;
+    rpc_conn *c = pass_call(p, p->method, pass_peer_reply, &pk);
+    if (!c) {
+        pass_end(p, "stopped");
+        return;
+    }
+    if (job_id != 0 || p->method == SRV_DIGEST) {
+        msgpack_pack_array(pk, 1);
+        msgpack_pack_uint64(pk, job_id);
+    } else { /* a new listing of p->keys's spans; closed [a, b] sent as (a - 1, b] */
+        msgpack_pack_array(pk, 2);
+        msgpack_pack_uint8(pk, 0);
+        msgpack_pack_array(pk, (uint32_t)p->keys->nspans);
+        for (size_t i = 0; i < p->keys->nspans; i++) {
+            msgpack_pack_array(pk, 2);
+            msgpack_pack_uint64(pk, p->keys->spans[i].a - 1);
+            msgpack_pack_uint64(pk, p->keys->spans[i].b);
+        }
+    }
+    rpc_call_end(c);
+}
+
+static void pass_poll_cb(evutil_socket_t fd, short what, void *arg)
+{
+    pass *p = arg;
+    pass_ask_walk(p, p->peer_job);
+}
+
+/* Our listing and the peer's are both in: each key one side lacks or holds
+ * older goes across, unless it was written after the pass began. */
+static void pass_merge(pass *p)
+{
+    if (p->skip || !p->keys || p->keys->state != JOB_DONE || p->keys->overflow) {
+        pass_done_peer(p);
+        return;
+    }
+    msgpack_unpacked u; /* our listing: packed [dbkey, ct, tombstone] entries */
+    size_t off = 0;
+    msgpack_unpacked_init(&u);
+    while (msgpack_unpack_next(&u, p->keys->out.data, p->keys->out.size, &off) == MSGPACK_UNPACK_SUCCESS) {
+        const char *k;
+        size_t kl;
+        uint64_t ct;
+        if (rpc_arg_bytes(&u.data, 0, &k, &kl) && rpc_arg_uint(&u.data, 1, &ct) && !pents_add(&p->ours, k, kl, ct))
+            p->skip = true;
+    }
+    msgpack_unpacked_destroy(&u);
+    p->push = malloc((p->ours.n + 1) * sizeof(size_t));
+    p->pull = malloc((p->theirs.n + 1) * sizeof(size_t));
+    if (p->skip || !p->push || !p->pull) {
+        pass_end(p, "out of memory");
+        return;
+    }
+    if (p->ours.n) qsort(p->ours.v, p->ours.n, sizeof(pent), pent_cmp);
+    if (p->theirs.n) qsort(p->theirs.v, p->theirs.n, sizeof(pent), pent_cmp);
+    const pent *o = p->ours.v, *oe = o + p->ours.n, *t = p->theirs.v, *te = t + p->theirs.n;
+    while (o < oe || t < te) {
+        int c = o == oe ? 1 : t == te ? -1 : key_cmp(o, t);
+        if (c <= 0 && o->ct <= p->start_ct && (c < 0 || o->ct > t->ct)) p->push[p->npush++] = (size_t)(o - p->ours.v);
+        if (c >= 0 && t->ct <= p->start_ct && (c > 0 || t->ct > o->ct)) p->pull[p->npull++] = (size_t)(t - p->theirs.v);
+        const pent *first = c <= 0 ? o : t; /* past every listing of this key, on both sides */
+        while (c <= 0 && o + 1 < oe && key_cmp(o + 1, first) == 0) o++;
+        while (c >= 0 && t + 1 < te && key_cmp(t + 1, first) == 0) t++;
+        if (c <= 0) o++;
+        if (c >= 0) t++;
+    }
+    p->phase = PH_SYNC;
+    pass_sync(p);
+}
+
+static void pass_pushed(void *arg, rpc_status st, const msgpack_object *result)
+{
+    pass *p = arg;
+    p->inflight--;
+    if (st != RPC_OK) {
+        pass_peer_failed(p, "SRV_REPLICATE", st, result);
+    } else if (result && result->type == MSGPACK_OBJECT_BOOLEAN && result->via.boolean) {
+        p->pushed++;
+        p->s->digest->pass_pushed++;
+    }
+    if (!p->s->stopping) pass_sync(p);
+}
+
+static void pass_fetched(void *arg, rpc_status st, const msgpack_object *result)
+{
+    pass *p = arg;
+    server *s = p->s;
+    char err[KUMO_ERRLEN];
+    size_t n = p->inflight; /* the batch, which ends at next_pull */
+    p->inflight = 0;
+    if (st != RPC_OK || !result || result->type != MSGPACK_OBJECT_ARRAY || result->via.array.size != n) {
+        pass_peer_failed(p, "SRV_FETCH", st, result);
+    } else {
+        for (size_t k = 0; k < n; k++) {
+            const pent *e = &p->theirs.v[p->pull[p->next_pull - n + k]];
+            const msgpack_object *v = &result->via.array.ptr[k];
+            if (v->type != MSGPACK_OBJECT_BIN || v->via.bin.size < RECORD_TOMBSTONE) continue; /* gone meanwhile */
+            clock_update(&s->clock, record_clocktime(v->via.bin.ptr, v->via.bin.size));
+            int rc = store_update(s->db, e->key, e->klen, v->via.bin.ptr, v->via.bin.size, err);
+            if (rc < 0) log_error("anti-entropy pass: %s", err);
+            if (rc != 1) continue;
+            gc_tombstone(s, e->key, e->klen, v->via.bin.ptr, v->via.bin.size);
+            p->pulled++;
+            s->digest->pass_pulled++;
+        }
+    }
+    if (!s->stopping) pass_sync(p);
+}
+
+/* Send what the peer lacks, PASS_WINDOW at a time; then fetch what we lack,
+ * one batch at a time. */
+static void pass_sync(pass *p)
+{
+    server *s = p->s;
+    msgpack_packer *pk;
+    rpc_conn *c;
+    while (!p->skip && p->next_push < p->npush && p->inflight < PASS_WINDOW) {
+        const pent *e = &p->ours.v[p->push[p->next_push++]];
+        size_t vlen;
+        void *v = store_get(s->db, e->key, e->klen, &vlen);
+        if (v && vlen >= RECORD_TOMBSTONE && (c = pass_call(p, SRV_REPLICATE, pass_pushed, &pk))) {
+            msgpack_pack_array(pk, 3);
+            msgpack_pack_uint8(pk, 0);
+            rpc_pack_bytes(pk, e->key, e->klen);
+            rpc_pack_bytes(pk, v, vlen);
+            rpc_call_end(c);
+            p->inflight++;
+        }
+        free(v); /* none: gone since the listing (collected, or moved by a replace) */
+    }
+    if (p->inflight > 0) return;
+    size_t n = p->npull - p->next_pull < SRV_FETCH_MAX ? p->npull - p->next_pull : SRV_FETCH_MAX;
+    if (!p->skip && n > 0 && (c = pass_call(p, SRV_FETCH, pass_fetched, &pk))) {
+        msgpack_pack_array(pk, 1);
+        msgpack_pack_array(pk, (uint32_t)n);
+        for (size_t k = 0; k < n; k++) {
+            const pent *e = &p->theirs.v[p->pull[p->next_pull + k]];
+            rpc_pack_bytes(pk, e->key, e->klen);
+        }
+        rpc_call_end(c);
+        p->next_pull += n;
+        p->inflight = n;
+        return;
+    }
+    pass_done_peer(p);
+}
+
+/* Our own listing walk is over. */
+static void pass_listed(server *s, void *arg, bool ok)
+{
+    pass *p = s->digest->pass;
+    walked(s, arg, ok); /* arg is p->keys */
+    if (!s->stopping && p->peer_listed) pass_merge(p);
+}
+
+/* The led ranges the peer co-owns whose digests differ, as the spans of a
+ * listing job: at most PASS_BATCH records' worth (a first range larger than
+ * that alone). NULL when none differ. */
+static job *pass_divergent(pass *p, const msgpack_object *list)
+{
+    const ring *r = &p->whs->ring;
+    uint64_t *pc = calloc(r->nvnodes, sizeof(*pc)), *ps = calloc(r->nvnodes, sizeof(*ps));
+    job *j = NULL;
+    if (!pc || !ps) goto out;
+    for (uint32_t i = 0; i < list->via.array.size; i++) {
+        uint64_t v, c, d;
+        const msgpack_object *e = &list->via.array.ptr[i];
+        if (rpc_arg_uint(e, 0, &v) && rpc_arg_uint(e, 1, &c) && rpc_arg_uint(e, 2, &d) && v < r->nvnodes) {
+            pc[v] = c;
+            ps[v] = d;
+        }
+    }
+    uint64_t budget = PASS_BATCH;
+    for (size_t i = 0; i < r->nvnodes; i++) {
+        uint64_t h = r->vnodes[i].hash;
+        if (i > 0 && h == r->vnodes[i - 1].hash) continue; /* a tie: an empty range */
+        if (!hashspace_is_primary(p->whs, h, &p->s->self) || !hashspace_is_owner(p->whs, h, &p->peers[p->at])) continue;
+        p->compared++;
+        p->s->digest->pass_compared++;
+        if (pc[i] == p->mine->count[i] && ps[i] == p->mine->sum[i]) continue;
+        p->divergent++;
+        p->s->digest->pass_divergent++;
+        uint64_t w = pc[i] > p->mine->count[i] ? pc[i] : p->mine->count[i];
+        if (j && (w > budget || j->nspans + 2 > SRV_RANGE_KEYS_MAX_SPANS)) continue; /* the next pass takes it */
+        budget = w > budget ? 0 : budget - w;
+        if (!j && (!(j = job_new(p->s, JOB_KEYS)) || !(j->spans = malloc(2 * r->nvnodes * sizeof(span))))) {
+            job_free(j);
+            j = NULL;
+            goto out;
+        }
+        add_span(j, r->vnodes[(i + r->nvnodes - 1) % r->nvnodes].hash, h);
+    }
+    if (j) finish_spans(j);
+out:
+    free(pc);
+    free(ps);
+    return j;
+}
+
+/* A walk's result from the peer in hand. */
+static void pass_peer_result(pass *p, const msgpack_object *res)
+{
+    if (p->phase == PH_PEER_DIGEST) {
+        uint64_t ct;
+        const msgpack_object *list = rpc_arg(res, 3);
+        /* Another layout (the next pass compares), or nothing differs. */
+        if (!rpc_arg_uint(res, 0, &ct) || ct != p->whs->clocktime || !list || list->type != MSGPACK_OBJECT_ARRAY ||
+            !(p->keys = pass_divergent(p, list))) {
+            pass_done_peer(p);
+            return;
+        }
+        p->phase = PH_LISTING;
+        p->method = SRV_RANGE_KEYS;
+        pass_ask_walk(p, 0);
+        if (p->phase == PH_LISTING) data_walk(p->s, keys_visit, pass_listed, p->keys);
+        return;
+    }
+    bool complete = false; /* PH_LISTING: [complete, matched, [[dbkey, ct, tombstone]...]] */
+    const msgpack_object *list = rpc_arg(res, 2);
+    if (!rpc_arg_bool(res, 0, &complete) || !complete || !list || list->type != MSGPACK_OBJECT_ARRAY) p->skip = true;
+    for (uint32_t i = 0; !p->skip && i < list->via.array.size; i++) {
+        const char *k;
+        size_t kl;
+        uint64_t ct;
+        const msgpack_object *e = &list->via.array.ptr[i];
+        if (rpc_arg_bytes(e, 0, &k, &kl) && kl > RECORD_KEY_HEADER && rpc_arg_uint(e, 1, &ct) &&
+            !pents_add(&p->theirs, k, kl, ct))
+            p->skip = true;
+    }
+    p->peer_listed = true;
+    if (p->keys->state != JOB_WALKING) pass_merge(p);
+}
+
+/* [job, walked, total, result | nil] from the peer in hand. */
+static void pass_peer_reply(void *arg, rpc_status st, const msgpack_object *result)
+{
+    pass *p = arg;
+    uint64_t id;
+    const msgpack_object *res = result ? rpc_arg(result, 3) : NULL;
+    if (p->s->stopping) return;
+    if (st != RPC_OK || !rpc_arg_uint(result, 0, &id) || !res) {
+        pass_peer_failed(p, p->method == SRV_DIGEST ? "SRV_DIGEST" : "SRV_RANGE_KEYS", st, result);
+        if (p->phase != PH_LISTING) {
+            pass_done_peer(p);
+        } else { /* our own listing may still walk: pass_merge waits for it */
+            p->peer_listed = true;
+            if (p->keys->state != JOB_WALKING) pass_merge(p);
+        }
+        return;
+    }
+    p->peer_job = id;
+    if (res->type == MSGPACK_OBJECT_NIL) {
+        struct timeval tv = {0, PASS_POLL_USEC};
+        evtimer_add(p->poll, &tv);
+        return;
+    }
+    pass_peer_result(p, res);
+}
+
+static void pass_next_peer(pass *p)
+{
+    if (p->s->stopping) {
+        pass_end(p, "stopped");
+    } else if (p->at >= p->npeers) {
+        pass_end(p, NULL);
+    } else {
+        p->phase = PH_PEER_DIGEST;
+        p->method = SRV_DIGEST;
+        pass_ask_walk(p, 0);
+    }
+}
+
+/* Our own digests are in: list the co-owners of the ranges we lead. */
+static void pass_own_digest(server *s, void *arg, bool ok)
+{
+    pass *p = s->digest->pass;
+    walked(s, arg, ok); /* arg is p->mine */
+    const ring *r = &p->whs->ring;
+    if (!ok || !(p->peers = calloc(r->nnodes, sizeof(*p->peers)))) {
+        pass_end(p, ok ? "out of memory" : "the database walk failed");
+        return;
+    }
+    for (size_t i = 0; i < r->nvnodes; i++) {
+        uint32_t own[KUMO_REPLICAS];
+        if (!hashspace_is_primary(p->whs, r->vnodes[i].hash, &s->self)) continue;
+        size_t n = hashspace_live_owners(p->whs, r->vnodes[i].hash, own);
+        for (size_t k = 0; k < n; k++) {
+            const net_addr *a = &r->nodes[own[k]].addr;
+            bool known = net_equal(a, &s->self);
+            for (size_t q = 0; q < p->npeers && !known; q++) known = net_equal(a, &p->peers[q]);
+            if (!known) p->peers[p->npeers++] = *a;
+        }
+    }
+    pass_next_peer(p);
+}
+
+static void pass_start(evutil_socket_t fd, short what, void *arg)
+{
+    pass *p = arg;
+    server *s = p->s;
+    int at = hashspace_find(s->whs, &s->self);
+    if (p->phase != PH_IDLE || s->stopping) return;
+    /* Not a member, catching up (it leads nothing), or a replace moving data:
+     * not now. */
+    if (at < 0 || !s->whs->ring.nodes[at].active || hashspace_catching_up(s->whs, &s->self) ||
+        s->whs->clocktime != s->rhs->clocktime) {
+        if (s->cfg->verify_interval > 0) pass_arm(p, s->cfg->verify_interval);
+        return;
+    }
+    p->whs = hashspace_ref(s->whs);
+    p->compared = p->divergent = p->pushed = p->pulled = 0;
+    size_t nv = p->whs->ring.nvnodes;
+    p->mine = job_new(s, JOB_DIGEST);
+    if (p->mine) {
+        p->mine->whs = hashspace_ref(p->whs);
+        p->mine->count = calloc(nv, sizeof(uint64_t));
+        p->mine->sum = calloc(nv, sizeof(uint64_t));
+    }
+    if (!p->mine || !p->mine->count || !p->mine->sum) {
+        pass_end(p, "out of memory");
+        return;
+    }
+    p->start_ct = p->mine->start_ct;
+    p->phase = PH_OWN_DIGEST;
+    data_walk(s, digest_visit, pass_own_digest, p->mine);
+}
+
+void digest_pass_now(server *s)
+{
+    pass *p = s->digest ? s->digest->pass : NULL;
+    if (!p || s->stopping) return;
+    if (p->phase != PH_IDLE) {
+        p->again = true;
+        return;
+    }
+    pass_arm(p, 0);
+}
+
+void digest_metrics(server *s, metrics_out *o)
+{
+    const struct digest *d = s->digest;
+    if (!d) return;
+    metrics_gauge(o, "kumo_server_verify_running", "1 while a background anti-entropy pass runs (--verify-interval)",
+                  d->pass && d->pass->phase != PH_IDLE);
+    metrics_counter(o, "kumo_server_verify_passes", "background anti-entropy passes finished", d->pass_runs);
+    metrics_gauge(o, "kumo_server_verify_last_pass_time", "unix time the last pass finished (0: none yet)",
+                  (double)d->last_pass);
+    metrics_counter(o, "kumo_server_verify_ranges_compared", "led ranges compared with a co-owner",
+                    d->pass_compared);
+    metrics_counter(o, "kumo_server_verify_ranges_divergent", "of those, ranges whose digests differed",
+                    d->pass_divergent);
+    metrics_counter(o, "kumo_server_verify_records_sent", "records a co-owner lacked, sent to it", d->pass_pushed);
+    metrics_counter(o, "kumo_server_verify_records_fetched", "records this server lacked, fetched and written",
+                    d->pass_pulled);
+    metrics_counter(o, "kumo_server_verify_failures", "passes or peers given up on (see the log)", d->pass_failures);
+}
+
 /* ---- start and stop ---- */
 
 int digest_start(server *s, char *err)
@@ -448,12 +1016,27 @@ int digest_start(server *s, char *err)
     /* Ids differ across restarts, so a caller polling a restarted server
      * is told its walk is gone rather than given another one's. */
     s->digest->next_id = ((uint64_t)time(NULL) << 16) | 1;
+    pass *p = s->digest->pass = calloc(1, sizeof(*p));
+    if (!p || !(p->timer = evtimer_new(s->base, pass_start, p)) || !(p->poll = evtimer_new(s->base, pass_poll_cb, p)))
+        return kumo_err(err, "out of memory");
+    p->s = s;
+    if (s->cfg->verify_interval > 0) pass_arm(p, s->cfg->verify_interval);
     return 0;
 }
 
 void digest_stop(server *s)
 {
     if (!s->digest) return;
+    pass *p = s->digest->pass;
+    if (p) {
+        pass_clear_peer(p);
+        job_free(p->mine);
+        free(p->peers);
+        hashspace_unref(p->whs);
+        if (p->timer) event_free(p->timer);
+        if (p->poll) event_free(p->poll);
+        free(p);
+    }
     while (s->digest->jobs) {
         job *j = s->digest->jobs;
         s->digest->jobs = j->next;

@@ -16,7 +16,12 @@
  * long-held call lets a tool start the walks of every server before it
  * waits for any, show progress, and keep its ordinary call timeout.
  *
- * Owns: the jobs (server.digest) and their results; the digest function.
+ * With --verify-interval it also runs a background pass: the ranges this
+ * server coordinates are compared with each co-owner's and the records one
+ * side lacks are copied across, newer wins (digest.c says how).
+ *
+ * Owns: the jobs (server.digest) and their results; the digest function;
+ * the background pass and its counters.
  * Calls: data.c (data_walk), store, record, hashspace, ring, rpc.
  * Thread rule: main loop, like every server module.
  */
@@ -26,6 +31,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "metrics.h"
 #include "server.h"
 
 /* Set up server.digest. 0, or -1 + err (out of memory). */
@@ -35,6 +41,15 @@ int digest_start(server *s, char *err);
 void digest_stop(server *s);
 /* SRV_DIGEST, SRV_RANGE_KEYS and SRV_FETCH; false for any other method. */
 bool digest_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
+
+/* Run a background pass (docs/anti-entropy.md §5) as soon as possible: now
+ * if none runs, else right after the one running. For a server that is in
+ * sync when a co-owner rejoins: the pass sends the rejoined server what it
+ * lacks of the ranges this one leads. A catching-up server leads nothing
+ * and skips the pass. Main loop only. */
+void digest_pass_now(server *s);
+/* The pass's counters, for --metrics (main.c's collect function). */
+void digest_metrics(server *s, metrics_out *o);
 
 /* The 64-bit digest of one record: a hash of its dbkey bytes and its
  * ClockTime. A range's digest is the sum (mod 2^64) of its records'. Not a

@@ -53,6 +53,9 @@ static const opt_def server_opts[] = {
      "keep a tombstone at least this long"},
     {"-gX", "--garbage-max-time", OPT_INT, offsetof(server_config, gc_max_sec), "<sec>", "3600", 0, 1 << 30, false,
      "keep a tombstone at most this long"},
+    {"--verify-interval", NULL, OPT_INT, offsetof(server_config, verify_interval), "<sec>", "0", 0, 1 << 30, false,
+     "compare the ranges this server coordinates with their other owners every <sec> seconds and copy what one "
+     "side lacks, newer wins (0 = never)"},
     DAEMON_COMMON_OPTS(server_config, common),
 };
 
@@ -160,6 +163,7 @@ static void collect_metrics(void *arg, metrics_out *o)
                     "tombstones dropped from memory under -gS before -gN (left in the database)", g.forgotten);
     metrics_gauge(o, "kumo_server_peer_connections", "open connections to other servers", (double)peers);
     metrics_gauge(o, "kumo_server_manager_connections", "managers connected", (double)managers);
+    digest_metrics(s, o);
     if (s->metrics)
         metrics_histogram(o, "kumo_server_request_duration_seconds",
                           "time in the request handler by method (replication not included)", "method", req_names,

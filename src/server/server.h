@@ -41,6 +41,7 @@ typedef struct server_config {
     int gc_min_sec;         /* -gN */
     int gc_max_sec;         /* -gX */
     double replace_rate;    /* --replace-rate, MiB/s; 0 = unlimited */
+    int verify_interval;    /* --verify-interval, s; 0 = no background anti-entropy pass */
 } server_config;
 
 typedef struct peer {

@@ -61,6 +61,7 @@ import signal
 import struct
 import sys
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import kumotest as kt  # noqa: E402
@@ -136,21 +137,65 @@ def summary(out):
     return tuple(int(x) for x in m.groups()) if m else None
 
 
-def body():
-    kt.require_binaries()
-    kt.require_module("pymemcache")
-    kt.require_program("tchmgr", "tokyocabinet-bin")
-    rng = kt.make_rng()
-    with kt.Cluster(nservers=3) as c:
-        items = make_items(rng, "ae", NKEYS)
-        tap.eq(set_many(c.gateway_port, items), [], "%d keys set through the gateway" % NKEYS)
-        keys = sorted(items)
-        deleted = keys[:NDELETED]
-        mc = kt.mc_client(c.gateway_port, timeout=OP_TIMEOUT)
-        tap.ok(all(mc.delete(k, noreply=False) for k in deleted), "%d of them deleted" % NDELETED)
-        for k in deleted:
-            del items[k]
+def load(c, rng, prefix):
+    """NKEYS keys set through the gateway, NDELETED of them deleted: {key: value} of the live ones."""
+    items = make_items(rng, prefix, NKEYS)
+    tap.eq(set_many(c.gateway_port, items), [], "%d keys set through the gateway" % NKEYS)
+    mc = kt.mc_client(c.gateway_port, timeout=OP_TIMEOUT)
+    deleted = sorted(items)[:NDELETED]
+    tap.ok(all(mc.delete(k, noreply=False) for k in deleted), "%d of them deleted" % NDELETED)
+    mc.close()
+    for k in deleted:
+        del items[k]
+    return items
 
+
+def plant_divergence(c, rng, items, check_visible=True):
+    """Missing values, stale values and lost tombstones on one server (see
+    the docstring). Returns (victim, {planted key: its right value or None}).
+    items loses the keys deleted here."""
+    ring = c.ring()
+    victim = rng.choice(c.servers)
+    live = sorted(items)
+    primary = [k for k in live if ring.primary(k) == victim.addr]
+    others = [k for k in live if ring.primary(k) != victim.addr]
+    rng.shuffle(primary)
+    rng.shuffle(others)
+    missing = primary[:5] + others[:2]
+    stale = primary[5:8]
+    tomb_keys = primary[8:11]
+    tap.note("victim %s; missing %d, stale %d, lost tombstones %d" % (
+        victim.addr, len(missing), len(stale), len(tomb_keys)))
+    mc = kt.mc_client(c.gateway_port, timeout=OP_TIMEOUT)
+    stale_recs = []
+    for k in stale:
+        v, cas = mc.gets(k)
+        tap.ok(v == items[k], "gets %s before planting" % k.decode())
+        rec = struct.pack(">QHII", int(cas) - (5 << 32), 1, 0, 0) + b"S" * len(v)
+        stale_recs.append((kt.record_key(k), rec))
+    for k in tomb_keys:
+        tap.ok(mc.delete(k, noreply=False), "delete %s (to lose its tombstone on the victim)" % k.decode())
+        del items[k]
+    mc.close()
+    stopped = plant(victim, [kt.record_key(k) for k in missing + tomb_keys], stale_recs)
+    tap.note("victim stopped for %.2f s while its file was edited" % stopped)
+    tap.ok(stopped < STOP_BUDGET, "the victim was stopped for less than %.0f s" % STOP_BUDGET)
+    time.sleep(0.3)
+    st = c.status()
+    tap.ok(all(s == "active" for _, s in st.attached), "every server still active after the edit", repr(st))
+    c.check_running("every daemon runs after the edit")
+    if check_visible:  # the damage is visible through the victim's reads
+        seen = {k: None for k in missing if k in primary}
+        seen.update({k: b"S" * len(items[k]) for k in stale})
+        bad = kt.read_mismatches(c.gateway_port, seen, timeout=OP_TIMEOUT)
+        tap.ok(not bad, "the victim now misses the removed keys and serves the stale values it was given",
+               "\n".join(bad[:10]))
+    return victim, {k: items.get(k) for k in missing + stale + tomb_keys}
+
+
+def scenario_kumoctl(rng):
+    with kt.Cluster(nservers=3) as c:
+        items = load(c, rng, "ae")
         r, _ = verify(c)
         tap.ok(r.returncode == 0 and summary(r.stdout) is not None and summary(r.stdout)[2] == 0,
                "verify on a healthy cluster: exit 0, 0 keys divergent",
@@ -158,46 +203,8 @@ def body():
         if summary(r.stdout):
             tap.note("healthy: %d ranges compared" % summary(r.stdout)[0])
 
-        # -- plant divergence on one server
-        ring = c.ring()
-        victim = rng.choice(c.servers)
-        live = sorted(items)
-        primary = [k for k in live if ring.primary(k) == victim.addr]
-        others = [k for k in live if ring.primary(k) != victim.addr]
-        rng.shuffle(primary)
-        rng.shuffle(others)
-        missing = primary[:5] + others[:2]
-        stale = primary[5:8]
-        tomb_keys = primary[8:11]
-        tap.note("victim %s; missing %d, stale %d, lost tombstones %d" % (
-            victim.addr, len(missing), len(stale), len(tomb_keys)))
-        stale_recs = []
-        for k in stale:
-            v, cas = mc.gets(k)
-            tap.ok(v == items[k], "gets %s before planting" % k.decode())
-            payload = b"S" * len(v)
-            rec = struct.pack(">QHII", int(cas) - (5 << 32), 1, 0, 0) + payload
-            stale_recs.append((kt.record_key(k), rec))
-        for k in tomb_keys:
-            tap.ok(mc.delete(k, noreply=False), "delete %s (to lose its tombstone on the victim)" % k.decode())
-            del items[k]
-        mc.close()
-        stopped = plant(victim, [kt.record_key(k) for k in missing + tomb_keys], stale_recs)
-        tap.note("victim stopped for %.2f s while its file was edited" % stopped)
-        tap.ok(stopped < STOP_BUDGET, "the victim was stopped for less than %.0f s" % STOP_BUDGET)
-        time.sleep(0.3)
-        st = c.status()
-        tap.ok(all(s == "active" for _, s in st.attached), "every server still active after the edit", repr(st))
-        c.check_running("every daemon runs after the edit")
-
-        # the damage is visible through the victim's reads
-        seen = {k: None for k in missing if k in primary}
-        seen.update({k: b"S" * len(items[k]) for k in stale})
-        bad = kt.read_mismatches(c.gateway_port, seen, timeout=OP_TIMEOUT)
-        tap.ok(not bad, "the victim now misses the removed keys and serves the stale values it was given",
-               "\n".join(bad[:10]))
-
-        planted = {k.decode() for k in missing + stale + tomb_keys}
+        victim, want = plant_divergence(c, rng, items)
+        planted = {k.decode() for k in want}
         r, secs = verify(c)
         got = listed_keys(r.stdout)
         tap.eq(r.returncode, 1, "verify after planting: exit 1")
@@ -221,7 +228,6 @@ def body():
                "repair's re-verify: 0 keys divergent in the %d divergent ranges" % sm[1], r.stdout[-500:])
         tap.note("repair: %.2f s; its report:\n%s" % (secs, r.stdout.rstrip()))
 
-        want = {k: items.get(k) for k in missing + stale + tomb_keys}
         bad = kt.read_mismatches(c.gateway_port, want, timeout=OP_TIMEOUT)
         tap.ok(not bad, "every planted key reads right through the gateway after the repair", "\n".join(bad[:10]))
         r, _ = verify(c)
@@ -239,17 +245,89 @@ def body():
         tap.note("verify of %d keys (%d records on 3 servers): %.2f s, %.0f keys/s" % (
             total, 3 * total, secs, total / secs if secs > 0 else 0))
 
-        # -- on disk, every copy the same
-        tap.note("stopping the cluster to read the databases")
-        c.stop(timeout=15)
-        disks = {}
-        for s in c.servers:
-            disks[s.addr] = {k: kt.Record(k, v).clocktime for k, v in kt.tch_records(s.db)}
-        first = disks[c.servers[0].addr]
-        diff = ["%s: %s" % (s.addr, sorted(set(disks[s.addr].items()) ^ set(first.items()))[:5])
-                for s in c.servers[1:] if disks[s.addr] != first]
-        tap.ok(not diff, "the three databases hold the same %d records (key and ClockTime)" % len(first),
-               "\n".join(diff))
+        same_on_disk(c)
+
+
+def same_on_disk(c):
+    """Stop the cluster; every server's database must hold the same (key, ClockTime) pairs."""
+    tap.note("stopping the cluster to read the databases")
+    c.stop(timeout=15)
+    disks = {}
+    for s in c.servers:
+        disks[s.addr] = {k: kt.Record(k, v).clocktime for k, v in kt.tch_records(s.db)}
+    first = disks[c.servers[0].addr]
+    diff = ["%s: %s" % (s.addr, sorted(set(disks[s.addr].items()) ^ set(first.items()))[:5])
+            for s in c.servers[1:] if disks[s.addr] != first]
+    tap.ok(not diff, "the three databases hold the same %d records (key and ClockTime)" % len(first),
+           "\n".join(diff))
+
+
+class MetricsCluster(kt.Cluster):
+    """Servers with --verify-interval and each its own --metrics port."""
+
+    def __init__(self, interval, **kw):
+        super().__init__(server_args=["--verify-interval", str(interval)], **kw)
+        self.metrics_port = {s.addr: kt.free_port() for s in self.servers}
+
+    def server_argv(self, s):
+        return super().server_argv(s) + ["--metrics", "127.0.0.1:%d" % self.metrics_port[s.addr]]
+
+    def counter(self, name):
+        """The sum of a metric over the servers."""
+        total = 0
+        for port in self.metrics_port.values():
+            with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as r:
+                m = re.search(r"^%s(?:_total)? (\S+)$" % name, r.read().decode(), re.M)
+            total += int(float(m.group(1))) if m else 0
+        return total
+
+
+def scenario_background(rng):
+    """--verify-interval: the servers find the planted divergence by themselves."""
+    interval = 2
+    with MetricsCluster(interval, nservers=3) as c:
+        items = load(c, rng, "bg")
+        kt.wait_until(lambda: c.counter("kumo_server_verify_passes") >= 3, 15,
+                      "a background pass on every server", interval=0.3)
+        moved0 = c.counter("kumo_server_verify_records_sent") + c.counter("kumo_server_verify_records_fetched")
+        tap.eq(moved0, 0, "passes over a healthy cluster move nothing")
+        victim, want = plant_divergence(c, rng, items, check_visible=False)
+        t0 = time.time()
+
+        def moved():
+            return c.counter("kumo_server_verify_records_sent") + c.counter("kumo_server_verify_records_fetched")
+        try:
+            kt.wait_until(lambda: moved() >= len(want), 6 * interval + 10, "the passes to copy the planted keys",
+                          interval=0.3)
+        except TimeoutError as e:
+            tap.diag(str(e))
+        tap.note("the background passes copied %d records within %.1f s of the edit (interval %d s)" % (
+            moved(), time.time() - t0, interval))
+        sent, fetched = c.counter("kumo_server_verify_records_sent"), c.counter("kumo_server_verify_records_fetched")
+        tap.ok(sent + fetched == len(want) and sent >= 1 and fetched >= 1,
+               "the passes moved exactly the %d planted records: sent to the victim by the ranges' coordinators, "
+               "fetched by the victim where it coordinates" % len(want), "sent %d, fetched %d" % (sent, fetched))
+        r, _ = verify(c)
+        tap.ok(r.returncode == 0, "kumoctl verify then finds nothing", "exit %s\n%s%s" % (
+            r.returncode, r.stdout[-2000:], r.stderr))
+        bad = kt.read_mismatches(c.gateway_port, want, timeout=OP_TIMEOUT)
+        tap.ok(not bad, "every planted key reads right through the gateway", "\n".join(bad[:10]))
+        tap.eq(c.counter("kumo_server_verify_failures"), 0, "no pass failed")
+        same_on_disk(c)
+
+
+def body():
+    kt.require_binaries()
+    kt.require_module("pymemcache")
+    kt.require_program("tchmgr", "tokyocabinet-bin")
+    rng = kt.make_rng()
+    only = os.environ.get("KUMO_TEST_ONLY", "1,2").split(",")
+    if "1" in only:
+        tap.note("1. kumoctl verify and repair")
+        scenario_kumoctl(rng)
+    if "2" in only:
+        tap.note("2. the background pass (--verify-interval)")
+        scenario_background(rng)
 
 
 if __name__ == "__main__":
