@@ -36,9 +36,22 @@ static void notify_state(server *s)
                   attached ? "attached" : "not attached", active);
 }
 
+/* Whether a server that was catching up in `old` is in sync in `nw`. */
+static bool someone_rejoined(const hashspace *old, const hashspace *nw)
+{
+    for (size_t i = 0; i < nw->ring.nnodes; i++) {
+        const ring_node *n = &nw->ring.nodes[i];
+        if (n->active && !n->catchup && hashspace_catching_up(old, &n->addr)) return true;
+    }
+    return false;
+}
+
 void cluster_set_hashspaces(server *s, hashspace *whs, hashspace *rhs)
 {
     if (whs) {
+        /* A co-owner just caught up: compare digests with it now, so what
+         * a copy cannot bring (a tombstone collected meanwhile) shows. */
+        if (s->whs && !s->stopping && someone_rejoined(s->whs, whs)) digest_pass_now(s);
         hashspace_unref(s->whs);
         s->whs = whs;
         /* Writes in flight chose their replicas by the old whs. */
