@@ -173,7 +173,8 @@ target_part() {
             t=$SECONDS
             cat >"$WORK/Dockerfile.debs" <<EOF
 FROM $BUILD_IMAGE
-RUN apt-get update && apt-get install -y --no-install-recommends debhelper \\
+COPY debian/control /pkg/deps/debian/control
+RUN apt-get update && apt-get build-dep -y --no-install-recommends /pkg/deps \\
  && rm -rf /var/lib/apt/lists/*
 COPY . /pkg/kumofs
 RUN cd /pkg/kumofs && DEB_BUILD_OPTIONS=nocheck dpkg-buildpackage -us -uc -b >/pkg/build.log 2>&1 \\
