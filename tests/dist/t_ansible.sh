@@ -32,7 +32,8 @@ ANS=$ROOT/deploy/ansible
 . "$HERE/docker-base.sh"
 
 T0=$SECONDS
-N=0 PASSED=0 FAILED=0 SKIPPED=0
+# shellcheck source=tests/dist/tap.sh
+. "$HERE/tap.sh"
 TARGET=kumot-ans$$
 BUILD_IMAGE=kumofs:t_docker-build         # the Dockerfile's build stage (t_docker.sh tags it too)
 TARGET_IMAGE=kumofs:t_ansible-target
@@ -41,25 +42,8 @@ STARTED=0
 export ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0 NO_COLOR=1 PY_COLORS=0
 export ANSIBLE_LOCAL_TEMP=$WORK/tmp ANSIBLE_RETRY_FILES_ENABLED=0 ANSIBLE_PIPELINING=1
 
-ok() { # status description
-    N=$((N + 1))
-    if [ "$1" -eq 0 ]; then
-        PASSED=$((PASSED + 1)); echo "ok $N - $2"
-    else
-        FAILED=$((FAILED + 1)); echo "not ok $N - $2"
-    fi
-}
-skip() { N=$((N + 1)); SKIPPED=$((SKIPPED + 1)); echo "ok $N # SKIP $*"; }
-note() { printf '# %s\n' "$*"; }
 show() { sed 's/^/#   /' "$@"; }
-elapsed() { echo "$((SECONDS - T0)) s"; }
-
-missing() {
-    if [ "${KUMO_TEST_REQUIRE:-}" = 1 ]; then
-        echo "not ok 1 - $* (KUMO_TEST_REQUIRE=1)"; echo "1..1"; echo "0 passed, 1 failed"; exit 1
-    fi
-    echo "1..0 # SKIP $*"; echo "0 passed, 0 failed, 1 skipped"; exit 0
-}
+tap_cleanup() { rm -rf "$WORK"; }   # skip_all and missing (tap.sh)
 
 finish() {
     local rc=$?
@@ -73,12 +57,7 @@ finish() {
     fi
     kd_engine_stop
     rm -rf "$WORK"
-    [ "$rc" -ne 0 ] && [ "$FAILED" -eq 0 ] && FAILED=1
-    echo "1..$N"
-    note "t_ansible took $(elapsed)"
-    echo "$PASSED passed, $FAILED failed, $SKIPPED skipped"
-    [ "$FAILED" -eq 0 ] && exit 0
-    exit 1
+    tap_end t_ansible "$rc"
 }
 
 command -v ansible-playbook >/dev/null || missing "ansible not installed (apt-get install ansible)"

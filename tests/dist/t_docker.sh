@@ -34,7 +34,8 @@ PY=/usr/bin/python3                      # Debian's: it sees python3-pymemcache
 . "$HERE/docker-base.sh"
 
 T0=$SECONDS
-N=0 PASSED=0 FAILED=0
+# shellcheck source=tests/dist/tap.sh
+. "$HERE/tap.sh"
 PROJECT=kumot$$
 IMAGE=kumofs:t_docker
 KEYS=200
@@ -42,34 +43,7 @@ COMPOSE=()
 UP=0
 WORK=$(mktemp -d /tmp/kumo-dock.XXXXXX) || exit 1
 
-ok() { # cond-status description
-    N=$((N + 1))
-    if [ "$1" -eq 0 ]; then
-        PASSED=$((PASSED + 1)); echo "ok $N - $2"
-    else
-        FAILED=$((FAILED + 1)); echo "not ok $N - $2"
-    fi
-}
-note() { printf '# %s\n' "$*"; }
-elapsed() { echo "$((SECONDS - T0)) s"; }
-
-skip_all() {
-    rm -rf "$WORK"
-    echo "1..0 # SKIP $*"
-    echo "0 passed, 0 failed, 1 skipped"
-    exit 0
-}
-
-missing() { # what: skip, or fail under KUMO_TEST_REQUIRE=1
-    rm -rf "$WORK"
-    if [ "${KUMO_TEST_REQUIRE:-}" = 1 ]; then
-        echo "not ok 1 - $* (KUMO_TEST_REQUIRE=1)"
-        echo "1..1"
-        echo "0 passed, 1 failed"
-        exit 1
-    fi
-    skip_all "$*"
-}
+tap_cleanup() { rm -rf "$WORK"; }   # skip_all and missing (tap.sh)
 
 finish() {
     local rc=$?
@@ -93,12 +67,7 @@ finish() {
     fi
     kd_engine_stop
     rm -rf "$WORK"
-    [ "$rc" -ne 0 ] && [ "$FAILED" -eq 0 ] && FAILED=1
-    echo "1..$N"
-    note "t_docker took $(elapsed)"
-    echo "$PASSED passed, $FAILED failed"
-    [ "$FAILED" -eq 0 ] && exit 0
-    exit 1
+    tap_end t_docker "$rc"
 }
 
 # ------------------------------------------------------------------ tools
