@@ -433,17 +433,20 @@ static void attempt(rop *r)
 {
     gateway *g = r->g;
     uint32_t owners[KUMO_REPLICAS];
-    hashspace *hs = r->kind == ROP_GET ? g->rhs : g->whs;
+    hashspace *hs = g->rhs;
     /* Only in-sync owners: a catching-up one may lack acknowledged writes,
      * so it neither answers a read nor coordinates a write. */
-    size_t n = hashspace_serving_owners(hs, r->hash, owners);
+    size_t n = r->kind == ROP_GET ? hashspace_serving_owners(hs, r->hash, owners) : 0;
+    const net_addr *to = r->kind == ROP_GET ? NULL : hashspace_coordinator(g->whs, g->rhs, r->hash);
     int k = r->attempt++;
-    if (n == 0) {
+    if (r->kind == ROP_GET ? n == 0 : !to) {
         failed(r, RPC_ERR_REMOTE, NULL);
         return;
     }
-    if (r->kind == ROP_GET && k == 0) r->first = first_owner(r, hs, owners, n);
-    const net_addr *to = &hs->ring.nodes[owners[r->kind == ROP_GET ? (r->first + (size_t)k) % n : 0]].addr;
+    if (r->kind == ROP_GET) {
+        if (k == 0) r->first = first_owner(r, hs, owners, n);
+        to = &hs->ring.nodes[owners[(r->first + (size_t)k) % n]].addr;
+    }
     gw_server *s = server_get(g, to);
     if (!s) {
         failed(r, RPC_ERR_UNSENT, NULL);

@@ -101,6 +101,14 @@ size_t hashspace_serving_owners(const hashspace *hs, uint64_t hash, uint32_t out
     return live;
 }
 
+const net_addr *hashspace_coordinator(const hashspace *whs, const hashspace *rhs, uint64_t hash)
+{
+    uint32_t own[KUMO_REPLICAS];
+    if (hashspace_serving_owners(whs, hash, own) > 0) return &whs->ring.nodes[own[0]].addr;
+    if (rhs && hashspace_serving_owners(rhs, hash, own) > 0) return &rhs->ring.nodes[own[0]].addr;
+    return NULL;
+}
+
 bool hashspace_catching_up(const hashspace *hs, const net_addr *addr)
 {
     int i = hashspace_find(hs, addr);
@@ -124,25 +132,51 @@ bool hashspace_is_primary(const hashspace *hs, uint64_t hash, const net_addr *ad
            net_equal(&hs->ring.nodes[own[0]].addr, addr);
 }
 
-static void plan_add(hashspace_plan *p, const hashspace *whs, const ring_node *n, bool from_rhs)
+static bool plan_has(const hashspace_plan *p, const net_addr *a)
 {
     for (size_t i = 0; i < p->n; i++)
-        if (net_equal(&p->holder[i], &n->addr)) return;
-    int at = from_rhs ? hashspace_find(whs, &n->addr) : -1;
-    if (from_rhs && at < 0 && !n->active) return; /* detached */
-    p->holder[p->n] = n->addr;
-    p->state[p->n++] = at >= 0 ? whs->ring.nodes[at] : *n;
+        if (net_equal(&p->holder[i], a)) return true;
+    return false;
+}
+
+/* The state of an rhs owner of the piece that does not own it in whs: it
+ * kept receiving the piece's writes only while it was live in rhs (a loss
+ * marks both spaces fault, and only the switch rhs := whs undoes it), so one
+ * that was fault there counts as catching up for this piece, whatever its
+ * whs entry says. Its liveness is its whs entry's, if it has one. */
+static bool rhs_only_state(const hashspace *whs, const ring_node *r, ring_node *out)
+{
+    int at = hashspace_find(whs, &r->addr);
+    if (at < 0 && !r->active) return false; /* detached */
+    *out = *r;
+    if (at >= 0) out->active = whs->ring.nodes[at].active;
+    out->catchup = r->catchup || !r->active || (at >= 0 && whs->ring.nodes[at].catchup);
+    return true;
 }
 
 void hashspace_copy_plan(const hashspace *whs, const hashspace *rhs, uint64_t hash, hashspace_plan *out)
 {
-    uint32_t idx[KUMO_REPLICAS];
-    size_t nr = ring_owners(&rhs->ring, hash, idx), from_rhs;
+    uint32_t w[KUMO_REPLICAS], r[KUMO_REPLICAS];
+    size_t nw = ring_owners(&whs->ring, hash, w), nr = ring_owners(&rhs->ring, hash, r), from_rhs;
     out->n = 0;
-    for (size_t i = 0; i < nr; i++) plan_add(out, whs, &rhs->ring.nodes[idx[i]], true);
+    for (size_t i = 0; i < nr; i++) {
+        const ring_node *rn = &rhs->ring.nodes[r[i]];
+        ring_node st;
+        bool whs_owner = false;
+        for (size_t k = 0; k < nw; k++) whs_owner = whs_owner || net_equal(&whs->ring.nodes[w[k]].addr, &rn->addr);
+        if (plan_has(out, &rn->addr)) continue;
+        if (whs_owner) st = whs->ring.nodes[hashspace_find(whs, &rn->addr)];
+        else if (!rhs_only_state(whs, rn, &st)) continue;
+        out->holder[out->n] = rn->addr;
+        out->state[out->n++] = st;
+    }
     from_rhs = out->n;
-    size_t nw = ring_owners(&whs->ring, hash, idx);
-    for (size_t i = 0; i < nw; i++) plan_add(out, whs, &whs->ring.nodes[idx[i]], false);
+    for (size_t i = 0; i < nw; i++) {
+        const ring_node *wn = &whs->ring.nodes[w[i]];
+        if (plan_has(out, &wn->addr)) continue;
+        out->holder[out->n] = wn->addr;
+        out->state[out->n++] = *wn;
+    }
     out->sender = -1;
     out->exchange = out->blocked = false;
     bool insync_down = false;

@@ -72,6 +72,12 @@ bool hashspace_is_owner(const hashspace *hs, uint64_t hash, const net_addr *addr
 size_t hashspace_serving_owners(const hashspace *hs, uint64_t hash, uint32_t out[KUMO_REPLICAS]);
 /* true if addr is the coordinator of hash: its first serving owner. */
 bool hashspace_is_primary(const hashspace *hs, uint64_t hash, const net_addr *addr);
+/* The coordinator of hash's writes: the first serving owner in whs, or,
+ * while it has none (during a replace, when every new owner is still
+ * catching up), the first serving owner in rhs, which holds every
+ * acknowledged write and replicates to the owners in both. NULL if
+ * neither has one. */
+const net_addr *hashspace_coordinator(const hashspace *whs, const hashspace *rhs, uint64_t hash);
 /* true if addr is listed, live and catching up. */
 bool hashspace_catching_up(const hashspace *hs, const net_addr *addr);
 
@@ -81,8 +87,10 @@ bool hashspace_catching_up(const hashspace *hs, const net_addr *addr);
  * the same two snapshots, so they agree without talking.
  *   holders: the owners in rhs and in whs, in that order, without repeats;
  *            an rhs owner that is fault and gone from whs (detached: the
- *            operator declared its data lost) is left out. A node's state
- *            is its whs entry if it has one, else its rhs entry.
+ *            operator declared its data lost) is left out. A whs owner's
+ *            state is its whs entry; an owner in rhs only counts as
+ *            catching up if it was fault in rhs (it missed the piece's
+ *            writes meanwhile), and is live if its whs entry says so.
  *   sender:  the first rhs owner that is live and in sync; it holds every
  *            acknowledged write and alone sends (-1: none).
  *   exchange: no sender, and no holder is an in-sync node that is down:

@@ -428,17 +428,19 @@ int store_walk_begin(store *s, char *err)
     return 0;
 }
 
-int store_walk_step(store *s, store_iter_fn fn, void *arg, size_t max, char *err)
+int store_walk_step(store *s, store_iter_fn fn, void *arg, size_t max, size_t max_bytes, char *err)
 {
     TCXSTR *k = tcxstrnew(), *v = tcxstrnew();
     int rc = 1;
-    for (size_t n = 0; n < max; n++) {
+    size_t bytes = 0;
+    for (size_t n = 0; n < max && bytes < max_bytes; n++) {
         tcxstrclear(k);
         tcxstrclear(v);
         if (!tchdbiternext3(s->hdb, k, v)) {
             rc = tchdbecode(s->hdb) == TCENOREC ? 0 : tc_err(s, s->path, err);
             break;
         }
+        bytes += (size_t)tcxstrsize(k) + (size_t)tcxstrsize(v);
         if (fn(arg, tcxstrptr(k), (size_t)tcxstrsize(k), tcxstrptr(v), (size_t)tcxstrsize(v)) != 0) {
             rc = 0;
             break;

@@ -69,14 +69,16 @@ int store_iterate(store *s, store_iter_fn fn, void *arg, char *err);
 
 /* The same walk in steps, so an event loop can serve requests between
  * them: begin (0, 1 when another walk holds the database's one iterator —
- * try later —, or -1 + err), then step until it returns 0 (the walk is
+ * try later —, or -1 + err), then step (each step visits at most `max`
+ * records and stops after the one that reaches `max_bytes` of keys and
+ * values) until it returns 0 (the walk is
  * over: fn said stop, or no record is left) or -1 + err (also over); 1
  * means more records remain. Records written between steps may be visited
  * or not, and a record rewritten may be visited twice: walkers must be
  * idempotent. abort ends a walk early. store_iterate refuses to run while a
  * stepped walk is open. */
 int store_walk_begin(store *s, char *err);
-int store_walk_step(store *s, store_iter_fn fn, void *arg, size_t max, char *err);
+int store_walk_step(store *s, store_iter_fn fn, void *arg, size_t max, size_t max_bytes, char *err);
 void store_walk_abort(store *s);
 
 /* Number of records (tombstones included) and file size in bytes. */

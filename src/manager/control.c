@@ -52,7 +52,8 @@ static void ctl_status(manager *m, rpc_conn *c, uint32_t msgid)
  * without (the -noreplace commands), only the manager's whs changes until
  * `kumoctl replace` (guide 6.7.2). The changed addresses go to *changed
  * (caller frees); returns how many, or -1 when out of memory. */
-static long reconfigure(manager *m, bool attach, bool detach, bool replace, net_addr **changed)
+static long reconfigure(manager *m, bool attach, bool detach, bool replace, bool keep_last_copies,
+                        net_addr **changed)
 {
     size_t n = 0, nchanged = 0;
     ring_node *nodes = malloc((m->whs->ring.nnodes + m->nservers + 1) * sizeof(*nodes));
@@ -74,6 +75,13 @@ static long reconfigure(manager *m, bool attach, bool detach, bool replace, net_
             list[nchanged++] = rn->addr;
             log_info("attach %s", fmt(&rn->addr, buf));
             binlog_event(LOG_LVL_INFO, "server_attached", BL_ADDR("addr", &rn->addr));
+        } else if (!rn->active && detach && keep_last_copies && replace_holds_last_copy(m, &rn->addr)) {
+            /* Automatic detach would turn "wait for this server" into "the
+             * catching-up owners are complete without it": only an operator
+             * may declare its data lost. */
+            log_warn("auto-replace: %s is not detached: it holds the only in-sync copy of some ranges",
+                     fmt(&rn->addr, buf));
+            nodes[n++] = *rn;
         } else if (!rn->active && detach) {
             list[nchanged++] = rn->addr;
             log_info("detach %s", fmt(&rn->addr, buf));
@@ -125,7 +133,7 @@ static void reply_addrs(rpc_conn *c, uint32_t msgid, const net_addr *addrs, size
 static void ctl_change(manager *m, rpc_conn *c, uint32_t msgid, bool attach, bool replace)
 {
     net_addr *list = NULL;
-    long n = reconfigure(m, attach, !attach, replace, &list);
+    long n = reconfigure(m, attach, !attach, replace, false, &list);
     if (n < 0) rpc_reply_error(c, msgid, "out of memory");
     else reply_addrs(c, msgid, list, (size_t)n);
     free(list);
@@ -134,7 +142,7 @@ static void ctl_change(manager *m, rpc_conn *c, uint32_t msgid, bool attach, boo
 void control_auto_replace(manager *m)
 {
     if (!m->auto_replace) return;
-    long n = reconfigure(m, true, true, true, NULL);
+    long n = reconfigure(m, true, true, true, true, NULL);
     /* Nothing joined or left, but a replace may have been cut short. */
     if (n == 0 && !m->replacing && m->whs->clocktime != m->rhs->clocktime) replace_start(m, false);
 }

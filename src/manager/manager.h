@@ -42,6 +42,7 @@ typedef struct mserver {
     bool keepalive_out;
     bool newcomer;        /* shown under "not attached node" */
     uint64_t incarnation; /* of the process that said hello last (0: unknown) */
+    bool fresh;           /* answered a blank layout while we learned: a new process */
     bool copying;         /* replace: its copy phase has not ended */
     bool copied;          /* replace: it copied everything it had to send in this round */
     bool deleting;        /* replace: its delete phase has not ended */
@@ -118,8 +119,13 @@ void replace_phase_end(manager *m, rpc_conn *c, uint32_t method, uint64_t replac
 /* A server was lost: it no longer holds up the replace. */
 void replace_server_lost(manager *m, mserver *ms);
 void replace_stop(manager *m);
-/* A server's link came (back) up: resend its phase if it owes one. */
+/* A server's link came (back) up: resend its phase if it owes one, or
+ * start a round if a catch-up waits for copies and it holds one. */
 void replace_resend(manager *m, mserver *ms);
+/* Whether the down server `a` holds the only in-sync copy of some range
+ * (no live in-sync owner is left to copy it): detaching it would let the
+ * catching-up owners serve without it. */
+bool replace_holds_last_copy(manager *m, const net_addr *a);
 
 /* partner.c */
 void partner_start(manager *m);

@@ -80,7 +80,8 @@ static void push_to_gateway(manager *m, rpc_conn *c)
 static void notify_status(manager *m)
 {
     size_t active = 0;
-    for (size_t i = 0; i < m->whs->ring.nnodes; i++) active += m->whs->ring.nodes[i].active;
+    for (size_t i = 0; i < m->whs->ring.nnodes; i++)
+        active += m->whs->ring.nodes[i].active && !m->whs->ring.nodes[i].catchup; /* in sync */
     daemon_notify("STATUS=serving, %zu servers attached (%zu active), %zu gateway connections", m->whs->ring.nnodes, active,
                   m->ngateways);
 }
@@ -128,79 +129,6 @@ static hashspace *with_state(manager *m, hashspace *hs, const net_addr *addr, bo
     hashspace *n = hashspace_new(nodes, hs->ring.nnodes, ct);
     free(nodes);
     return n;
-}
-
-/* ---- learning the layout from the servers ----
- * A manager that starts with nothing (restarted, its partner down or
- * absent) would otherwise treat every server as a newcomer, and attaching
- * them would start every one catching up from the others: a full exchange
- * with the cluster unavailable meanwhile, for a layout the servers still
- * hold. So until it makes a change of its own, it asks each server that
- * says hello for its [whs, rhs] and adopts the newest, catching-up flags
- * included; the servers it lists are watched like any others (those that
- * never come back are probed and lost). */
-
-typedef struct learn_ctx {
-    manager *m;
-    hashspace *hs[2]; /* whs, rhs */
-    int pending;
-} learn_ctx;
-
-static mserver *add_server(manager *m, const net_addr *a);
-static void start_probing(manager *m, mserver *ms);
-
-static void learn_done(learn_ctx *x)
-{
-    manager *m = x->m;
-    hashspace *w = x->hs[0], *r = x->hs[1];
-    if (m->learning && w && r && !hashspace_blank(w) && !hashspace_blank(r) &&
-        (hashspace_blank(m->whs) || w->clocktime > m->whs->clocktime)) {
-        char buf[NET_ADDRSTRLEN];
-        clock_update(&m->clock, w->clocktime > r->clocktime ? w->clocktime : r->clocktime);
-        log_info("hash spaces learned from the servers: %zu servers", w->ring.nnodes);
-        install(m, hashspace_ref(w), hashspace_ref(r));
-        partner_sync(m);
-        /* A replace the old manager left unfinished (catching-up servers
-         * included) resumes with auto-replace, else with `kumoctl replace`. */
-        if (w->clocktime != r->clocktime) membership_schedule_auto_replace(m);
-        for (size_t i = 0; i < w->ring.nnodes; i++) {
-            const net_addr *a = &w->ring.nodes[i].addr;
-            mserver *ms = membership_find_server(m, a);
-            if (!ms && !(ms = add_server(m, a))) continue;
-            if (ms->conn) ms->newcomer = !w->ring.nodes[i].active;
-            else if (w->ring.nodes[i].active) {
-                log_info("learned server %s is not connected, checking it", fmt(a, buf));
-                start_probing(m, ms);
-            }
-        }
-    }
-    hashspace_unref(w);
-    hashspace_unref(r);
-    free(x);
-}
-
-static void learn_reply(learn_ctx *x, int k, rpc_status st, const msgpack_object *r)
-{
-    char err[KUMO_ERRLEN];
-    if (st == RPC_OK) x->hs[k] = hashspace_unpack(r, err);
-    if (--x->pending == 0) learn_done(x);
-}
-
-static void learn_whs(void *arg, rpc_status st, const msgpack_object *r) { learn_reply(arg, 0, st, r); }
-static void learn_rhs(void *arg, rpc_status st, const msgpack_object *r) { learn_reply(arg, 1, st, r); }
-
-static void learn_from(manager *m, rpc_conn *c)
-{
-    learn_ctx *x = m->learning ? calloc(1, sizeof(*x)) : NULL;
-    if (!x) return;
-    x->m = m;
-    x->pending = 2;
-    for (int k = 0; k < 2; k++) {
-        msgpack_packer *pk = rpc_call_begin(c, SRV_STATUS, PUSH_TIMEOUT, k ? learn_rhs : learn_whs, x);
-        msgpack_pack_array(pk, 1);
-        msgpack_pack_uint32(pk, k ? ST_RHS : ST_WHS);
-        rpc_call_end(c);
-    }
 }
 
 /* ---- servers ---- */
@@ -346,6 +274,117 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* ---- learning the layout from the servers ----
+ * A manager that starts with nothing (restarted, its partner down or
+ * absent) would otherwise treat every server as a newcomer, and attaching
+ * them would start every one catching up from the others: a full exchange
+ * with the cluster unavailable meanwhile, for a layout the servers still
+ * hold. So until it makes a change of its own, it asks each server that
+ * says hello for its [whs, rhs] and adopts the newest, catching-up flags
+ * included; the servers it lists are watched like any others (those that
+ * never come back are probed and lost).
+ *
+ * A server keeps no hash space on disk, so one that answers a blank whs is
+ * a new process: its database may be empty or an old backup, and it must
+ * not serve as the member the layout says it is. It is marked fault in the
+ * layout (learned before or after its answer), and gets no layout pushed
+ * before its answer is judged; `attach` makes it catch up. */
+
+typedef struct learn_ctx {
+    manager *m;
+    mserver *ms;
+    hashspace *hs[2]; /* whs, rhs */
+    int pending;
+} learn_ctx;
+
+/* hs with every server known to be a new process marked fault (a fresh
+ * ClockTime if any was listed active); takes hs. */
+static hashspace *without_fresh(manager *m, hashspace *hs)
+{
+    ring_node *nodes = malloc((hs->ring.nnodes + 1) * sizeof(*nodes));
+    if (!nodes) return hs;
+    bool changed = false;
+    memcpy(nodes, hs->ring.nodes, hs->ring.nnodes * sizeof(*nodes));
+    for (size_t i = 0; i < hs->ring.nnodes; i++) {
+        mserver *ms = membership_find_server(m, &nodes[i].addr);
+        if (ms && ms->fresh && nodes[i].active) {
+            char buf[NET_ADDRSTRLEN];
+            log_warn("server %s is a new process: fault, attach it again", fmt(&nodes[i].addr, buf));
+            nodes[i].active = false;
+            changed = true;
+        }
+    }
+    hashspace *out = changed ? hashspace_new(nodes, hs->ring.nnodes, clock_next(&m->clock)) : NULL;
+    free(nodes);
+    if (!out) return hs;
+    hashspace_unref(hs);
+    return out;
+}
+
+static void learn_done(learn_ctx *x)
+{
+    manager *m = x->m;
+    mserver *ms = x->ms;
+    hashspace *w = x->hs[0], *r = x->hs[1];
+    if (m->learning && w && hashspace_blank(w)) {
+        ms->fresh = true;
+        if (is_active_member(m, &ms->addr)) server_lost(m, ms); /* ends learning: an own change */
+    } else if (m->learning && w && r && !hashspace_blank(r) &&
+               (hashspace_blank(m->whs) || w->clocktime > m->whs->clocktime)) {
+        char buf[NET_ADDRSTRLEN];
+        clock_update(&m->clock, w->clocktime > r->clocktime ? w->clocktime : r->clocktime);
+        log_info("hash spaces learned from the servers: %zu servers", w->ring.nnodes);
+        hashspace *nw = without_fresh(m, hashspace_ref(w)), *nr = without_fresh(m, hashspace_ref(r));
+        install(m, nw, nr);
+        partner_sync(m);
+        for (size_t i = 0; i < nw->ring.nnodes; i++) {
+            const net_addr *a = &nw->ring.nodes[i].addr;
+            mserver *o = membership_find_server(m, a);
+            if (!o && !(o = add_server(m, a))) continue;
+            if (o->conn) o->newcomer = !nw->ring.nodes[i].active;
+            else if (nw->ring.nodes[i].active) {
+                log_info("learned server %s is not connected, checking it", fmt(a, buf));
+                start_probing(m, o);
+            }
+        }
+        /* A replace the old manager left unfinished (catching-up servers
+         * included) resumes with auto-replace, else with `kumoctl replace`. */
+        if (nw->clocktime != nr->clocktime) membership_schedule_auto_replace(m);
+    }
+    if (ms->conn) push_to_server(m, ms); /* held back until its answer was judged */
+    hashspace_unref(w);
+    hashspace_unref(r);
+    free(x);
+}
+
+static void learn_reply(learn_ctx *x, int k, rpc_status st, const msgpack_object *r)
+{
+    char err[KUMO_ERRLEN];
+    if (st == RPC_OK) x->hs[k] = hashspace_unpack(r, err);
+    if (--x->pending == 0) learn_done(x);
+}
+
+static void learn_whs(void *arg, rpc_status st, const msgpack_object *r) { learn_reply(arg, 0, st, r); }
+static void learn_rhs(void *arg, rpc_status st, const msgpack_object *r) { learn_reply(arg, 1, st, r); }
+
+/* Ask a server that said hello for its layout. false if not learning (or
+ * out of memory): push it ours as usual. */
+static bool learn_from(manager *m, mserver *ms)
+{
+    learn_ctx *x = m->learning ? calloc(1, sizeof(*x)) : NULL;
+    if (!x) return false;
+    x->m = m;
+    x->ms = ms;
+    x->pending = 2;
+    for (int k = 0; k < 2; k++) {
+        msgpack_packer *pk = rpc_call_begin(ms->conn, SRV_STATUS, PUSH_TIMEOUT, k ? learn_rhs : learn_whs, x);
+        msgpack_pack_array(pk, 1);
+        msgpack_pack_uint32(pk, k ? ST_RHS : ST_WHS);
+        rpc_call_end(ms->conn);
+    }
+    return true;
+}
+
 static void server_hello(manager *m, rpc_conn *c)
 {
     char buf[NET_ADDRSTRLEN];
@@ -376,7 +415,7 @@ static void server_hello(manager *m, rpc_conn *c)
     }
     if (inc) ms->incarnation = inc;
     ms->conn = c; /* the newest link wins; an older one is ignored until it closes */
-    learn_from(m, c);
+    bool learning = learn_from(m, ms);
     ms->last_answer = now_mono();
     ms->keepalive_out = false;
     replace_resend(m, ms); /* a server that came back mid-replace lost its task */
@@ -386,7 +425,7 @@ static void server_hello(manager *m, rpc_conn *c)
         binlog_event(LOG_LVL_INFO, "server_new", BL_ADDR("addr", a));
         membership_schedule_auto_replace(m);
     }
-    push_to_server(m, ms);
+    if (!learning) push_to_server(m, ms);
 }
 
 /* ---- gateways ---- */

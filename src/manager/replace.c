@@ -25,14 +25,19 @@
 
 static void ignore_reply(void *arg, rpc_status st, const msgpack_object *r) {}
 
+/* A copy carries the round's own snapshots, so every server plans from
+ * the layout the manager judges the round by (hashspace_copy_plan), even
+ * if whs changed meanwhile (attach-noreplace, the partner). */
 static void send_phase(manager *m, mserver *ms, uint32_t method, bool full)
 {
+    bool copy = method == SRV_REPLACE_COPY && m->round_whs && m->round_rhs;
     msgpack_packer *pk = rpc_call_begin(ms->conn, method, PHASE_CALL_TIMEOUT, ignore_reply, NULL);
-    msgpack_pack_array(pk, 3);
-    hashspace_pack(m->whs, pk);
+    msgpack_pack_array(pk, copy ? 4 : 3);
+    hashspace_pack(copy ? m->round_whs : m->whs, pk);
     msgpack_pack_uint64(pk, m->replace_ct);
     if (full) msgpack_pack_true(pk);
     else msgpack_pack_false(pk);
+    if (copy) hashspace_pack(m->round_rhs, pk);
     rpc_call_end(ms->conn);
 }
 
@@ -69,37 +74,10 @@ static void copy_done(manager *m);
  *   - every owner was away at some point (a whole cluster restarted) and
  *     all of them copied: together they hold every acknowledged write, and
  *     each sent its records to the others.
- * Otherwise (an in-sync copy is down, or a holder did not copy) it waits. */
-
-static bool round_copied(manager *m, const net_addr *a)
-{
-    mserver *ms = membership_find_server(m, a);
-    return ms && ms->copied;
-}
-
-static bool piece_complete(manager *m, const hashspace_plan *p)
-{
-    if (p->blocked) return false;
-    if (p->sender >= 0) return round_copied(m, &p->holder[p->sender]);
-    for (size_t i = 0; i < p->n; i++)
-        if (!p->state[i].active || !round_copied(m, &p->holder[i])) return false;
-    return true;
-}
-
-/* Mark in blocked[] (indexed like round_whs nodes) each catching-up owner
- * of the piece ending at `cut` that the round did not complete. */
-static void judge_piece(manager *m, uint64_t cut, bool *blocked)
-{
-    hashspace_plan p;
-    hashspace_copy_plan(m->round_whs, m->round_rhs, cut, &p);
-    if (piece_complete(m, &p)) return;
-    uint32_t w[KUMO_REPLICAS];
-    size_t nw = ring_owners(&m->round_whs->ring, cut, w);
-    for (size_t i = 0; i < nw; i++) {
-        const ring_node *n = &m->round_whs->ring.nodes[w[i]];
-        if (n->active && n->catchup) blocked[w[i]] = true;
-    }
-}
+ * Otherwise it is not complete: the piece is *blocked* when a copy it
+ * needs is down (it waits for that server), and *missed* when the copy is
+ * live but was not asked (its manager link was down when the round
+ * started): the round is then redone like a failed copy. */
 
 static int cmp_u64(const void *a, const void *b)
 {
@@ -107,61 +85,150 @@ static int cmp_u64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* After a round in which every asked server copied: the whs to install,
- * with the flag cleared on every catching-up server that is now complete
- * (NULL if none was catching up). *left counts those still catching up. */
-static hashspace *cleared_whs(manager *m, size_t *left)
+typedef void (*piece_fn)(void *arg, uint64_t cut);
+
+/* fn(arg, cut) for each piece of the key space, cut being its last hash:
+ * the owners in w and in r are those of the cut for the whole piece.
+ * Returns -1 when out of memory. */
+static int for_each_piece(const hashspace *w, const hashspace *r, piece_fn fn, void *arg)
 {
-    const ring *rw = &m->round_whs->ring, *rr = &m->round_rhs->ring;
-    size_t nodes = rw->nnodes, waiting = 0;
-    *left = 0;
-    for (size_t i = 0; i < nodes; i++) waiting += rw->nodes[i].active && rw->nodes[i].catchup;
-    if (waiting == 0) return NULL;
-    bool *blocked = calloc(nodes + 1, sizeof(*blocked));
+    const ring *rw = &w->ring, *rr = &r->ring;
     uint64_t *cuts = malloc((rw->nvnodes + rr->nvnodes + 1) * sizeof(*cuts));
-    if (!blocked || !cuts) {
-        free(blocked);
-        free(cuts);
-        *left = waiting;
-        return NULL;
-    }
+    if (!cuts) return -1;
     size_t nc = 0;
     for (size_t i = 0; i < rw->nvnodes; i++) cuts[nc++] = rw->vnodes[i].hash;
     for (size_t i = 0; i < rr->nvnodes; i++) cuts[nc++] = rr->vnodes[i].hash;
-    qsort(cuts, nc, sizeof(*cuts), cmp_u64);
-    /* Each cut is the last hash of a piece; its owners own the whole piece. */
-    for (size_t i = 0; i < nc; i++) {
-        if (i > 0 && cuts[i] == cuts[i - 1]) continue;
-        judge_piece(m, cuts[i], blocked);
-    }
-    ring_node *list = malloc((m->whs->ring.nnodes + 1) * sizeof(*list));
-    hashspace *out = NULL;
-    if (list) {
-        char buf[NET_ADDRSTRLEN];
-        memcpy(list, m->whs->ring.nodes, m->whs->ring.nnodes * sizeof(*list));
-        for (size_t i = 0; i < nodes; i++) {
-            const ring_node *n = &rw->nodes[i];
-            if (!n->active || !n->catchup) continue;
-            int at = hashspace_find(m->whs, &n->addr);
-            if (blocked[i]) {
-                (*left)++;
-                log_warn("catch-up: %s stays catching up: some of its ranges have no reachable in-sync copy",
-                         net_format(&n->addr, buf, sizeof(buf)));
-                continue;
-            }
-            /* Cleared only if it is still live and catching up now. */
-            if (at >= 0 && list[at].active && list[at].catchup) {
-                list[at].catchup = false;
-                log_info("catch-up: %s is in sync", net_format(&n->addr, buf, sizeof(buf)));
-                binlog_event(LOG_LVL_INFO, "server_in_sync", BL_ADDR("addr", &n->addr));
-            }
-        }
-        out = hashspace_new(list, m->whs->ring.nnodes, clock_next(&m->clock));
-    }
-    free(list);
-    free(blocked);
+    if (nc > 0) qsort(cuts, nc, sizeof(*cuts), cmp_u64);
+    for (size_t i = 0; i < nc; i++)
+        if (i == 0 || cuts[i] != cuts[i - 1]) fn(arg, cuts[i]);
     free(cuts);
+    return 0;
+}
+
+static bool round_copied(manager *m, const net_addr *a)
+{
+    mserver *ms = membership_find_server(m, a);
+    return ms && ms->copied;
+}
+
+enum verdict { PIECE_DONE, PIECE_BLOCKED, PIECE_MISSED };
+
+static enum verdict piece_verdict(manager *m, const hashspace_plan *p)
+{
+    if (p->blocked) return PIECE_BLOCKED;
+    if (p->sender >= 0) return round_copied(m, &p->holder[p->sender]) ? PIECE_DONE : PIECE_MISSED;
+    enum verdict v = PIECE_DONE;
+    for (size_t i = 0; i < p->n; i++) {
+        if (!p->state[i].active) return PIECE_BLOCKED;
+        if (!round_copied(m, &p->holder[i])) v = PIECE_MISSED;
+    }
+    return v;
+}
+
+typedef struct judge {
+    manager *m;
+    bool *blocked; /* indexed like round_whs nodes: not cleared */
+    bool missed;   /* some piece missed a live copy: redo the round */
+} judge;
+
+static void judge_piece(void *arg, uint64_t cut)
+{
+    judge *j = arg;
+    manager *m = j->m;
+    hashspace_plan p;
+    hashspace_copy_plan(m->round_whs, m->round_rhs, cut, &p);
+    uint32_t w[KUMO_REPLICAS];
+    size_t nw = ring_owners(&m->round_whs->ring, cut, w);
+    bool waits = false;
+    for (size_t i = 0; i < nw; i++) waits = waits || (m->round_whs->ring.nodes[w[i]].active && m->round_whs->ring.nodes[w[i]].catchup);
+    if (!waits) return;
+    enum verdict v = piece_verdict(m, &p);
+    if (v == PIECE_DONE) return;
+    if (v == PIECE_MISSED) j->missed = true;
+    for (size_t i = 0; i < nw; i++) {
+        const ring_node *n = &m->round_whs->ring.nodes[w[i]];
+        if (n->active && n->catchup) j->blocked[w[i]] = true;
+    }
+}
+
+/* After a round in which every asked server copied: the whs to install,
+ * with the flag cleared on every catching-up server that is now complete
+ * (NULL if none was cleared). *left counts those still catching up, and
+ * *missed says whether a live copy was left out. */
+static hashspace *cleared_whs(manager *m, size_t *left, bool *missed)
+{
+    const ring *rw = &m->round_whs->ring;
+    size_t nodes = rw->nnodes, waiting = 0, cleared = 0;
+    *left = 0;
+    *missed = false;
+    for (size_t i = 0; i < nodes; i++) waiting += rw->nodes[i].active && rw->nodes[i].catchup;
+    if (waiting == 0) return NULL;
+    judge j = {.m = m, .blocked = calloc(nodes + 1, sizeof(bool))};
+    ring_node *list = malloc((m->whs->ring.nnodes + 1) * sizeof(*list));
+    if (!j.blocked || !list || for_each_piece(m->round_whs, m->round_rhs, judge_piece, &j) != 0) {
+        free(j.blocked);
+        free(list);
+        *left = waiting;
+        return NULL;
+    }
+    *missed = j.missed;
+    char buf[NET_ADDRSTRLEN];
+    memcpy(list, m->whs->ring.nodes, m->whs->ring.nnodes * sizeof(*list));
+    for (size_t i = 0; i < nodes; i++) {
+        const ring_node *n = &rw->nodes[i];
+        if (!n->active || !n->catchup) continue;
+        int at = hashspace_find(m->whs, &n->addr);
+        if (j.blocked[i]) {
+            (*left)++;
+            log_warn("catch-up: %s stays catching up: %s", net_format(&n->addr, buf, sizeof(buf)),
+                     j.missed ? "a live copy was not part of the round" : "some of its ranges' in-sync copy is down");
+            continue;
+        }
+        /* Cleared only if it is still live and catching up now. */
+        if (at >= 0 && list[at].active && list[at].catchup) {
+            list[at].catchup = false;
+            cleared++;
+            log_info("catch-up: %s is in sync", net_format(&n->addr, buf, sizeof(buf)));
+            binlog_event(LOG_LVL_INFO, "server_in_sync", BL_ADDR("addr", &n->addr));
+        }
+    }
+    hashspace *out = cleared ? hashspace_new(list, m->whs->ring.nnodes, clock_next(&m->clock)) : NULL;
+    free(list);
+    free(j.blocked);
     return out;
+}
+
+typedef struct last_copy {
+    manager *m;
+    const net_addr *a;
+    bool found;
+} last_copy;
+
+static void last_copy_piece(void *arg, uint64_t cut)
+{
+    last_copy *x = arg;
+    hashspace_plan p;
+    if (x->found) return;
+    hashspace_copy_plan(x->m->whs, x->m->rhs, cut, &p);
+    if (p.sender >= 0) return;
+    for (size_t i = 0; i < p.n; i++)
+        if (net_equal(&p.holder[i], x->a) && !p.state[i].active && !p.state[i].catchup) x->found = true;
+}
+
+bool replace_holds_last_copy(manager *m, const net_addr *a)
+{
+    last_copy x = {.m = m, .a = a};
+    if (for_each_piece(m->whs, m->rhs, last_copy_piece, &x) != 0) return true;
+    return x.found;
+}
+
+/* Same servers in the same order (states aside). */
+static bool same_members(const hashspace *a, const hashspace *b)
+{
+    if (a->ring.nnodes != b->ring.nnodes) return false;
+    for (size_t i = 0; i < a->ring.nnodes; i++)
+        if (!net_equal(&a->ring.nodes[i].addr, &b->ring.nodes[i].addr)) return false;
+    return true;
 }
 
 static void start_delete(manager *m)
@@ -181,41 +248,70 @@ static void start_delete(manager *m)
     if (m->delete_pending == 0) finish(m);
 }
 
-/* Every copy has ended: switch reads over, or, if a copy fell short, keep
- * rhs where the data surely is and try again shortly. */
-static void copy_done(manager *m)
+static void retry_soon(manager *m, const char *why)
 {
-    if (!m->copy_failed) {
-        size_t left = 0;
-        hashspace *w = cleared_whs(m, &left);
-        m->catchup_blocked = left;
-        if (left > 0) {
-            /* Reads stay where they were, and nothing is deleted: the
-             * missing copies may hold the newest writes. The next
-             * membership change (the server back and attached, or
-             * detached for good) starts a new round. */
-            if (w) membership_set_hashspaces(m, w, hashspace_ref(m->rhs));
-            m->replacing = false;
-            log_warn("replace: %zu servers still catching up; reads stay on the old owners until the missing "
-                     "copies are back", left);
-            binlog_event(LOG_LVL_WARN, "catch_up_blocked", BL_UINT("servers", left));
-            return;
-        }
-        if (w) {
-            hashspace_unref(m->whs);
-            m->whs = w; /* start_delete installs and pushes it as both spaces */
-        }
-        start_delete(m);
-        return;
-    }
-    log_warn("replace: some copies failed; reads stay on the old owners, retrying in %d s", REPLACE_RETRY_DELAY);
+    log_warn("replace: %s; reads stay on the old owners, retrying in %d s", why, REPLACE_RETRY_DELAY);
     if (!m->retry_timer) m->retry_timer = evtimer_new(m->base, retry_cb, m);
     struct timeval tv = {REPLACE_RETRY_DELAY, 0};
     evtimer_add(m->retry_timer, &tv);
 }
 
+/* Every copy has ended: clear the servers that caught up and switch reads
+ * over; or, if a copy fell short, keep rhs where the data surely is and try
+ * again shortly; or, if a copy that only a down server holds is needed,
+ * wait for it. */
+static void copy_done(manager *m)
+{
+    if (m->copy_failed) {
+        retry_soon(m, "some copies failed");
+        return;
+    }
+    if (!same_members(m->whs, m->round_whs)) {
+        /* Servers joined or left whs during the round (attach-noreplace, the
+         * partner): the new owners were not part of it. */
+        log_info("replace: the hash space changed during the copy; copying again");
+        replace_start(m, false);
+        return;
+    }
+    size_t left = 0;
+    bool missed = false;
+    hashspace *w = cleared_whs(m, &left, &missed);
+    m->catchup_blocked = missed ? 0 : left;
+    if (left > 0) {
+        /* Reads stay where they were, and nothing is deleted: the missing
+         * copies may hold the newest writes. */
+        if (w) membership_set_hashspaces(m, w, hashspace_ref(m->rhs));
+        if (missed) {
+            retry_soon(m, "a live copy was not part of the round");
+            return;
+        }
+        m->replacing = false;
+        log_warn("replace: %zu servers still catching up; reads stay on the old owners until the missing "
+                 "copies are back", left);
+        binlog_event(LOG_LVL_WARN, "catch_up_blocked", BL_UINT("servers", left));
+        return;
+    }
+    if (hashspace_empty(w ? w : m->whs)) {
+        /* Nobody is live: switching reads to this layout would serve nothing. */
+        hashspace_unref(w);
+        m->replacing = false;
+        log_warn("replace: no server is live; reads stay where they were");
+        return;
+    }
+    if (w) {
+        hashspace_unref(m->whs);
+        m->whs = w; /* start_delete installs and pushes it as both spaces */
+    }
+    start_delete(m);
+}
+
 void replace_stop(manager *m)
 {
+    /* Closing the links answers every barrier call at once: they must find
+     * no round to continue (the servers are being freed). */
+    m->replacing = false;
+    m->barrier_pending = 0;
+    m->round_gen++;
     if (m->retry_timer) event_free(m->retry_timer);
     m->retry_timer = NULL;
     hashspace_unref(m->round_whs);
@@ -309,7 +405,15 @@ void replace_phase_end(manager *m, rpc_conn *c, uint32_t method, uint64_t replac
 
 void replace_resend(manager *m, mserver *ms)
 {
-    if (!m->replacing || !ms->conn) return;
+    if (!ms->conn) return;
+    if (!m->replacing && m->catchup_blocked) {
+        /* A catch-up waits for a copy: this server may hold it (it was
+         * not reachable when the last round started). */
+        int at = hashspace_find(m->whs, &ms->addr);
+        if (at >= 0 && m->whs->ring.nodes[at].active) replace_start(m, false);
+        return;
+    }
+    if (!m->replacing) return;
     if (ms->copying && m->barrier_pending == 0) send_phase(m, ms, SRV_REPLACE_COPY, false);
     else if (ms->deleting) send_phase(m, ms, SRV_REPLACE_DELETE, false);
 }

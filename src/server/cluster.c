@@ -25,7 +25,8 @@ static double tick(const server *s) { return s->cfg->common.clock_interval; }
 static void notify_state(server *s)
 {
     size_t active = 0;
-    for (size_t i = 0; i < s->whs->ring.nnodes; i++) active += s->whs->ring.nodes[i].active;
+    for (size_t i = 0; i < s->whs->ring.nnodes; i++)
+        active += s->whs->ring.nodes[i].active && !s->whs->ring.nodes[i].catchup; /* in sync */
     bool attached = hashspace_find(s->whs, &s->self) >= 0;
     bool known = s->managers && links_up(s->managers) > 0;
     if (known && !s->ready_notified) {
@@ -108,7 +109,8 @@ static bool adopt(server *s, const msgpack_object *params)
  * catching-up owner gets the rest by replication). Bounded, so a stuck
  * replica cannot hold the manager up for longer than a replication does. */
 #define BARRIER_POLL_USEC 5000
-#define BARRIER_MAX_POLLS 2000 /* 10 s: a replication's retries end sooner */
+#define BARRIER_MAX_POLLS 1600 /* 8 s: a replication's retries end sooner, and the
+                                  * manager's call waits 10 s */
 
 typedef struct barrier {
     server *s;

@@ -428,6 +428,14 @@ static void replicate(server *s, rpc_conn *client, uint32_t msgid, uint64_t hash
 
 /* ---- handlers ---- */
 
+/* Whether this server coordinates writes of hash (hashspace_coordinator):
+ * never while it is catching up. */
+static bool is_coordinator(server *s, uint64_t hash)
+{
+    const net_addr *c = hashspace_coordinator(s->whs, s->rhs, hash);
+    return c && net_equal(c, &s->self);
+}
+
 static bool check_key(rpc_conn *c, uint32_t msgid, const char *key, size_t klen)
 {
     if (klen <= RECORD_KEY_HEADER) {
@@ -545,7 +553,7 @@ static void handle_set(server *s, rpc_conn *c, uint32_t msgid, const msgpack_obj
         return;
     }
     uint64_t hash = record_key_hash(key, klen);
-    if (!hashspace_is_primary(s->whs, hash, &s->self)) {
+    if (!is_coordinator(s, hash)) {
         rpc_reply_error(c, msgid, ERR_OBSOLETE_HS);
         return;
     }
@@ -585,7 +593,7 @@ static void handle_delete(server *s, rpc_conn *c, uint32_t msgid, const msgpack_
     rpc_arg_uint(params, 2, &cas);
     if (!check_key(c, msgid, key, klen)) return;
     uint64_t hash = record_key_hash(key, klen);
-    if (!hashspace_is_primary(s->whs, hash, &s->self)) {
+    if (!is_coordinator(s, hash)) {
         rpc_reply_error(c, msgid, ERR_OBSOLETE_HS);
         return;
     }
@@ -690,6 +698,10 @@ static void handle_status(server *s, rpc_conn *c, uint32_t msgid, const msgpack_
 /* Records per loop turn: a few milliseconds, so requests and keepalives
  * wait at most that long behind a walk. */
 #define WALK_STEP 500
+/* ...and at most this many bytes of keys and values: with 64 KiB values, 500
+ * records compressed for each destination of a copy took long enough to
+ * silence the server's keepalives. */
+#define WALK_STEP_BYTES (1024 * 1024)
 
 typedef struct walk {
     server *s;
@@ -717,7 +729,7 @@ static void walk_cb(evutil_socket_t fd, short what, void *arg)
         }
     } else {
         w->started = true;
-        rc = store_walk_step(s->db, w->fn, w->arg, WALK_STEP, err);
+        rc = store_walk_step(s->db, w->fn, w->arg, WALK_STEP, WALK_STEP_BYTES, err);
         if (rc == 1) {
             /* Not a zero timeout: libevent activates a zero-timeout
              * event_base_once at once, in the same pass over the active

@@ -249,12 +249,16 @@ static void copy_walked(server *s, void *arg, bool ok)
     job_release(j);
 }
 
-static void copy_phase(server *s, rpc_conn *c, uint64_t replace_ct, bool full)
+/* w, round_rhs: the layout the manager started the round from, so this
+ * server plans exactly as the manager judges (round_rhs NULL from an older
+ * manager: then our own rhs). Both taken. */
+static void copy_phase(server *s, rpc_conn *c, uint64_t replace_ct, bool full, hashspace *w, hashspace *round_rhs)
 {
     copy_job *j = calloc(1, sizeof(*j));
-    hashspace *w = s->whs;
     if (!j || !(j->dests = calloc(w->ring.nnodes + 1, sizeof(dest)))) {
         free(j);
+        hashspace_unref(w);
+        hashspace_unref(round_rhs);
         log_error("replace: out of memory");
         return;
     }
@@ -263,8 +267,8 @@ static void copy_phase(server *s, rpc_conn *c, uint64_t replace_ct, bool full)
     rpc_hold(c);
     j->replace_ct = replace_ct;
     j->full = full;
-    j->old_rhs = hashspace_ref(s->rhs);
-    j->new_whs = hashspace_ref(w);
+    j->old_rhs = round_rhs ? round_rhs : hashspace_ref(s->rhs);
+    j->new_whs = w;
     for (size_t i = 0; i < w->ring.nnodes; i++) j->dests[j->ndests++].addr = w->ring.nodes[i].addr;
     j->outstanding = 1; /* the walk itself */
     s->replace_copying = true;
@@ -328,15 +332,27 @@ static void delete_phase(server *s, rpc_conn *c, uint64_t replace_ct)
     data_walk(s, delete_record, delete_walked, x);
 }
 
-static bool adopt_whs(server *s, const msgpack_object *params)
+/* The phase's whs, adopted if it is not older than ours. Returns a
+ * reference to it (the caller's), or NULL if malformed. */
+static hashspace *adopt_whs(server *s, const msgpack_object *params)
 {
     char err[KUMO_ERRLEN];
     const msgpack_object *o = rpc_arg(params, 0);
     hashspace *w = o ? hashspace_unpack(o, err) : NULL;
-    if (!w) return false;
-    if (w->clocktime >= s->whs->clocktime) cluster_set_hashspaces(s, w, NULL);
-    else hashspace_unref(w);
-    return true;
+    if (!w) return NULL;
+    if (w->clocktime >= s->whs->clocktime) cluster_set_hashspaces(s, hashspace_ref(w), NULL);
+    return w;
+}
+
+/* The copy's 4th parameter, the rhs the round started from; NULL if absent
+ * or malformed. */
+static hashspace *round_rhs(const msgpack_object *params)
+{
+    char err[KUMO_ERRLEN];
+    const msgpack_object *o = rpc_arg(params, 3);
+    hashspace *r = o ? hashspace_unpack(o, err) : NULL;
+    if (o && !r) log_warn("replace: bad rhs in a copy request: %s", err);
+    return r;
 }
 
 bool replace_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
@@ -345,17 +361,23 @@ bool replace_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, con
     bool full = false;
     switch (method) {
     case SRV_REPLACE_COPY:
-    case SRV_REPLACE_DELETE:
-        if (!rpc_arg_uint(params, 1, &ct) || !adopt_whs(s, params)) {
+    case SRV_REPLACE_DELETE: {
+        hashspace *w = rpc_arg_uint(params, 1, &ct) ? adopt_whs(s, params) : NULL;
+        if (!w) {
             rpc_reply_error(c, msgid, "bad params");
             return true;
         }
         rpc_arg_bool(params, 2, &full);
         if (ct > s->replace_latest) s->replace_latest = ct;
         rpc_reply_bool(c, msgid, true);
-        if (method == SRV_REPLACE_COPY) copy_phase(s, c, ct, full);
-        else delete_phase(s, c, ct);
+        if (method == SRV_REPLACE_COPY) {
+            copy_phase(s, c, ct, full, w, round_rhs(params));
+        } else {
+            hashspace_unref(w);
+            delete_phase(s, c, ct);
+        }
         return true;
+    }
     default: return false;
     }
 }

@@ -71,8 +71,10 @@ static int print_status(const msgpack_object *r)
     if (rp && rp->type == MSGPACK_OBJECT_ARRAY && rp->via.array.size == 3 &&
         rp->via.array.ptr[0].type == MSGPACK_OBJECT_BOOLEAN && rp->via.array.ptr[0].via.boolean &&
         rp->via.array.ptr[1].type == MSGPACK_OBJECT_STR && rp->via.array.ptr[2].type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
-        printf("replace:\n  %.*s, %llu servers working\n", (int)rp->via.array.ptr[1].via.str.size,
-               rp->via.array.ptr[1].via.str.ptr, (unsigned long long)rp->via.array.ptr[2].via.u64);
+        const msgpack_object_str *phase = &rp->via.array.ptr[1].via.str;
+        bool blocked = phase->size > 8 && memcmp(phase->ptr, "catch-up", 8) == 0;
+        printf("replace:\n  %.*s, %llu servers %s\n", (int)phase->size, phase->ptr,
+               (unsigned long long)rp->via.array.ptr[2].via.u64, blocked ? "catching up" : "working");
     }
     hashspace_unref(whs);
     return 0;

@@ -409,6 +409,28 @@ static void test_catchup(void)
     bool has103 = false;
     for (size_t i = 0; i < p.n; i++) has103 = has103 || net_equal(&p.holder[i], &w_c[2].addr);
     ok(!has103 && !p.blocked && p.exchange, "a detached fault owner is no holder: the others exchange");
+
+    /* Coordinator: whs's first serving owner; with none (every new owner
+     * catching up), rhs's, which holds every acknowledged write. */
+    const net_addr *co = hashspace_coordinator(wa, ra, ha);
+    ok(co && net_equal(co, &w_a[1].addr), "coordinator: the first in-sync whs owner (102), not the catching-up 101");
+    co = hashspace_coordinator(wb, ra, ha);
+    ok(co && net_equal(co, &r_a[1].addr), "every whs owner catching up: rhs's first serving owner coordinates");
+    ok(hashspace_coordinator(wb, rb, ha) == NULL, "  ... and nobody when rhs has none");
+
+    /* An owner in rhs only, fault there, is no sender even if whs says it
+     * is in sync now: it missed the piece's writes while it was away. */
+    ring_node w_e[3] = { node4(104, true), node4(105, true), node4(106, true) };
+    w_e[0].catchup = true;
+    ring_node r_e[3] = { node4(101, false), node4(102, true), node4(103, true) };
+    ring_node w_e2[6] = { w_e[0], w_e[1], w_e[2], node4(101, true), node4(102, false), node4(103, false) };
+    hashspace *we = hashspace_new(w_e2, 6, 60), *re = hashspace_new(r_e, 3, 55);
+    uint64_t he = key_owned_by(re, 0, 1, 2);
+    hashspace_copy_plan(we, re, he, &p);
+    bool sender101 = p.sender >= 0 && net_equal(&p.holder[p.sender], &r_e[0].addr);
+    ok(!sender101, "a server fault in rhs is not the sender of an rhs-only piece, though in sync in whs");
+    hashspace_unref(we);
+    hashspace_unref(re);
     hashspace_unref(hs);
     hashspace_unref(wa);
     hashspace_unref(ra);
