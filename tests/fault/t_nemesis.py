@@ -3,35 +3,70 @@
 
 Hosts are network namespaces on one bridge (tests/fault/netns.py): m1, m2
 (two managers, partners), s1..s5 (servers; s5's database is on a small
-tmpfs), gw (two gateways and the clients). Client threads (a process inside
-gw, pymemcache) run set/get/delete/cas on a few shared keys with unique
-checksummed values (history.make_value) and record every operation with its
-invoke and completion time on the machine's monotonic clock.
-
+tmpfs), gw (two gateways and the clients). Copies take seconds, as on a real
+data set (issue 17): 8 MiB of incompressible filler, replace streams at
+0.5 MiB/s (-Rr), the servers' TCP buffers capped (SOCK_MAX). Client threads
+(a process inside gw, pymemcache) record every operation with its invoke and
+completion time on the machine's monotonic clock:
+  4 threads  set/get/delete/gets+cas on a few shared keys with unique
+             checksummed values (history.make_value), and fresh keys with
+             3 KB values, some later deleted for good and read again
+  2 threads  read-modify-write: incr and get of 8 counters (ck*, 0 at the
+             start), add/append/delete/get of 8 lists (lk*) whose every
+             element is unique
 Meanwhile the nemesis runs episodes in an order drawn from the seed (each
 ends with a heal: everything restarted, nft rules removed, `kumoctl attach`,
 replace finished):
-  kill       kill -9 of one server, then of a second while the first is
-             down; sometimes `kumoctl detach`; both restarted on their databases
-  stop       SIGSTOP of a server (hung: connections stay open), SIGCONT later
-  partition  nft drop rules in a server's namespace: cut off from everyone,
-             from both managers, or from the gateways only
-  manager    kill -9 of manager 1, restarted
-  managers   kill -9 of both managers, restarted
-  disk       s5's tmpfs filled with a file, freed later
-  stale      a server's database copied (under SIGSTOP), load goes on, the
-             server killed and restarted on the stale copy
+  kill        kill -9 of one server, then of a second while the first is
+              down; sometimes `kumoctl detach`; both restarted on their databases
+  stop        SIGSTOP of a server (hung: connections stay open), SIGCONT later
+  partition   nft drop rules in a server's namespace: cut off from everyone,
+              from both managers, or from the gateways only
+  manager     kill -9 of manager 1, restarted
+  managers    kill -9 of both managers, restarted
+  disk        s5's tmpfs filled with a file, freed later
+  stale       a server's database copied (under SIGSTOP), load goes on, the
+              server killed and restarted on the stale copy
+and, at an operator's pace (SIGTERM; a restart is attached as soon as a
+manager lists the server under "not attached node"):
+  restart_rmw SIGTERM of the server that is the first owner of the most
+              counters and lists; the clients change its keys for 3-6 s; it
+              is restarted on its own database and attached, and the
+              read-modify-write traffic goes on at once
+  rolling     the three servers that together own the most keys, in turn:
+              SIGTERM, 1-3 s of load, restart on its database, attach; the
+              next one stopped as soon as `kumoctl status` (polled every
+              0.2 s) shows the previous one (active)
+  reattach    SIGTERM of a server, `kumoctl detach`, wait for that replace
+              under load, then the server restarted on its database and
+              attached again
+  emptydb     SIGTERM of a server, its .tch moved aside, restarted on an
+              empty database, attached
+  backup      `kumoctl backup`; one server's copy kept (not s5's: its tmpfs
+              is small); 5-8 s of load (overwrites, deletes); SIGTERM, the
+              old copy put back, restarted, attached
 The detection latency (fault to `(fault)` in kumoctl status) is measured for
-stop and partition; reads overlapping those windows must not fail.
+stop and partition; reads overlapping those windows must not fail. The
+catch-up time (attach to `(active)`) is shown for the operator's episodes.
 
 Afterwards: everything healed and attached, a final get of every key, the
 servers stopped and their Tokyo Cabinet files read: every key's newest
-record must be on its three owners. history.check() reports lost,
-stale, torn, phantom and resurrected; all must be 0.
+record must be on its three owners. history.check() reports lost, stale,
+torn, phantom, resurrected and wrong (a read-modify-write answered from an
+old or missing copy); all must be 0. The figures give each class by kind of
+key and by the episode last begun when the offending operation completed.
 
-Usage: t_nemesis.py [--seed N] [--long] [--minutes M]
+On 48bffc3 (before catch-up, issue 17) each of the five operator's episodes
+alone fails (--episodes NAME, seeds 21 and 22): wrong answers 14-284, stale
+reads 0-143, lost 0-3, and after a rolling restart resurrected deletes (1-2)
+and keys whose newest record is on fewer than three owners (11-12); with
+the catch-up state all are 0 (docs/testing.md).
+
+Usage: t_nemesis.py [--seed N] [--long] [--minutes M] [--episodes a,b,...]
   (no flag: the short schedule, every episode once, TAP for prove)
   --long: random episodes for M minutes (default 10), then the figures.
+  --episodes: only these (in this order; with --long, drawn from them).
+Binaries from KUMO_BUILD_DIR (default: the repository root).
 Needs root and `ip netns` (skips without), nft, tchmgr, pymemcache.
 Namespaces, the tmpfs, nft tables (in the namespaces) and every process are
 removed at exit, also on failure, a signal or the watchdog.
@@ -55,7 +90,20 @@ SERVERS = ["s1", "s2", "s3", "s4", "s5"]
 DISK_HOST = "s5"
 HOSTS = ["m1", "m2"] + SERVERS + ["gw"]
 PADS = (40, 40, 200, 1000, 3000)   # value sizes: records move and the files grow
-EPISODES = ["kill", "stop", "partition", "manager", "managers", "disk", "stale"]
+EPISODES = ["kill", "stop", "partition", "manager", "managers", "disk", "stale",
+            "restart_rmw", "rolling", "reattach", "emptydb", "backup"]
+COUNTERS = ["ck%d" % i for i in range(8)]       # history: counter keys (incr)
+LISTS = ["lk%d" % i for i in range(8)]          # history: list keys (add, append, delete)
+# Copies that take seconds, as on a real data set (issue 17): FILLER_MB of
+# incompressible values (the replace deflates its streams), replace streams
+# at REPLACE_RATE MiB/s, and the servers' TCP buffers capped at SOCK_MAX bytes
+# (sysctl in their namespaces): a stream file goes out by sendfile, whose
+# writes the rate limit does not cut, so without the cap the first write
+# takes ~4 MiB at once.
+FILLER_MB = 8
+FILLER_VALUE = 64 << 10
+REPLACE_RATE = 0.5
+SOCK_MAX = 131072
 
 
 def parse_args():
@@ -65,9 +113,14 @@ def parse_args():
     ap.add_argument("--minutes", type=float, default=10.0, help="length of the long schedule (default 10)")
     ap.add_argument("--partial-attach", action="store_true",
                     help="attach restarted servers as soon as any is back, not once all are")
+    ap.add_argument("--episodes", help="comma-separated episodes: the short schedule runs these, in this order")
     ap.add_argument("--client", help=argparse.SUPPRESS)     # internal: the client process
     ap.add_argument("--probe", type=int, help=argparse.SUPPRESS)
-    return ap.parse_args()
+    ap.add_argument("--load", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.episodes and not set(args.episodes.split(",")) <= set(EPISODES):
+        ap.error("--episodes: one of %s" % " ".join(EPISODES))
+    return args
 
 
 # --------------------------------------------------------------------------
@@ -86,80 +139,140 @@ def client_main(spec_path):
         return Client(("127.0.0.1", port), connect_timeout=10, timeout=spec["timeout"],
                       default_noreply=False, no_delay=True)
 
-    def worker(wid, out):
-        rng = random.Random(spec["seed"] * 1000 + wid)
-        port = GW_PORTS[wid % len(GW_PORTS)]
-        mc, n = None, 0
+    class Worker:
+        """One thread's connection and history; op() runs and records one operation."""
 
-        def op(f, k, fn, v=None, **extra):
-            nonlocal mc
+        def __init__(self, wid, out):
+            self.wid, self.out = wid, out
+            self.port = GW_PORTS[wid % len(GW_PORTS)]
+            self.mc = None
+
+        def op(self, f, k, fn, v=None, **extra):
             t0 = time.monotonic()
             try:
-                if mc is None:
-                    mc = connect(port)
-                r, got = fn()
+                if self.mc is None:
+                    self.mc = connect(self.port)
+                r, got = fn(self.mc)
             except Exception as e:   # timeout, SERVER_ERROR, connection lost: indeterminate
-                if mc is not None:
-                    mc.close()
-                mc = None
+                if self.mc is not None:
+                    self.mc.close()
+                self.mc = None
                 r, got = "info", None
                 extra["err"] = "%s: %s" % (type(e).__name__, str(e)[:80])
-            ev = {"p": wid, "f": f, "k": k, "v": got if f == "get" else v, "t0": t0, "t1": time.monotonic(),
-                  "r": r}
+            ev = {"p": self.wid, "f": f, "k": k, "v": got if f in ("get", "incr") else v, "t0": t0,
+                  "t1": time.monotonic(), "r": r}
             ev.update(extra)
-            out.append(ev)
+            self.out.append(ev)
             return ev
 
-        def dec(b):     # a read value as the history keeps it
-            return None if b is None else history.value_id(k_of[0], b.decode("utf-8", "replace"))
-        k_of = [None]
+        def get(self, k, **extra):
+            return self.op("get", k, lambda mc: ("ok", dec(k, mc.get(k))), **extra)
 
-        if spec.get("final"):
-            for k in keys:
-                k_of[0] = k
-                for _ in range(3):
-                    ev = op("get", k, lambda: ("ok", dec(mc.get(k))), final=True)
-                    if ev["r"] == "ok":
-                        break
-                    time.sleep(1)
-            return
-        while not os.path.exists(spec["stop"]):
-            k = k_of[0] = rng.choice(keys)
+    def dec(k, b):     # a read value as the history keeps it
+        return None if b is None else history.decode(k, b.decode("utf-8", "replace"))
+
+    def stopped():
+        return os.path.exists(spec["stop"])
+
+    def worker(wid, out):
+        """set/get/delete/gets+cas of the shared registers (history: register keys)."""
+        rng = random.Random(spec["seed"] * 1000 + wid)
+        w, n = Worker(wid, out), 0
+        fresh, gone = [], []    # this thread's fresh keys not deleted yet, and deleted
+        while not stopped():
+            k = rng.choice(keys)
             x = rng.random()
             time.sleep(rng.uniform(0, spec["pause"]))
             n += 1
             if x < 0.02:    # a fresh key with a large value: the database files keep growing
-                k = k_of[0] = "nf%d_%d" % (wid, n)
+                k = "nf%d_%d" % (wid, n)
                 v = history.make_value(k, wid, n, pad=3000)
-                op("set", k, lambda: ("ok" if mc.set(k, v.encode()) else "fail", None), history.value_id(k, v))
+                ev = w.op("set", k, lambda mc: ("ok" if mc.set(k, v.encode()) else "fail", None),
+                          history.value_id(k, v))
+                if ev["r"] == "ok":
+                    fresh.append(k)
+            elif x < 0.03 and fresh:    # a fresh key deleted for good (a copy that missed it brings it back)
+                k = fresh.pop(rng.randrange(len(fresh)))
+                w.op("delete", k, lambda mc: ("ok" if mc.delete(k) else "nf", None))
+                gone.append(k)
+            elif x < 0.04 and fresh:    # an earlier fresh key read
+                w.get(rng.choice(fresh))
+            elif x < 0.05 and gone:     # a deleted one read
+                w.get(rng.choice(gone))
             elif x < 0.45:
                 v = history.make_value(k, wid, n, pad=rng.choice(PADS))
-                op("set", k, lambda: ("ok" if mc.set(k, v.encode()) else "fail", None), history.value_id(k, v))
+                w.op("set", k, lambda mc: ("ok" if mc.set(k, v.encode()) else "fail", None), history.value_id(k, v))
             elif x < 0.75:
-                op("get", k, lambda: ("ok", dec(mc.get(k))))
+                w.get(k)
             elif x < 0.85:
-                op("delete", k, lambda: ("ok" if mc.delete(k) else "nf", None))
+                w.op("delete", k, lambda mc: ("ok" if mc.delete(k) else "nf", None))
             else:
                 res = {}
 
-                def gets():
+                def gets(mc):
                     val, unique = mc.gets(k)
                     res["cas"] = unique
-                    return "ok", dec(val)
-                ev = op("get", k, gets)
+                    return "ok", dec(k, val)
+                ev = w.op("get", k, gets)
                 if ev["r"] != "ok" or ev["v"] is None:
                     continue
                 v = history.make_value(k, wid, n, pad=rng.choice(PADS))
                 code = {True: "ok", False: "fail", None: "fail"}
-                op("cas", k, lambda: (code[mc.cas(k, v.encode(), res["cas"])], None), history.value_id(k, v),
-                   b=ev["v"])
+                w.op("cas", k, lambda mc: (code[mc.cas(k, v.encode(), res["cas"])], None),
+                     history.value_id(k, v), b=ev["v"])
 
-    outs = [[] for _ in range(spec["threads"])]
-    ts = [threading.Thread(target=worker, args=(i, outs[i]), daemon=True) for i in range(spec["threads"])]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    def rmw_worker(wid, out):
+        """Read-modify-write: incr and get of the counters, add/append/delete/get
+        of the lists (history: counter and list keys)."""
+        rng = random.Random(spec["seed"] * 1000 + wid)
+        w, n = Worker(wid, out), 0
+        stored = {True: "ok", False: "fail"}
+
+        def incr(mc):
+            got = mc.incr(k, 1)
+            return ("fail", None) if got is None else ("ok", str(got))
+        while not stopped():
+            time.sleep(rng.uniform(0, spec["pause"]))
+            n += 1
+            x = rng.random()
+            if x < 0.3:
+                k = rng.choice(spec["counters"])
+                w.op("incr", k, incr)
+            elif x < 0.45:
+                k = rng.choice(spec["counters"])
+                w.get(k)
+                continue
+            k = rng.choice(spec["lists"])
+            tok = "%d:%d" % (wid, n)
+            if x < 0.7:
+                ev = w.op("append", k, lambda mc: (stored[mc.append(k, (history.SEP + tok).encode())], None), tok)
+                if ev["r"] == "fail":       # no list yet: make one
+                    n += 1
+                    tok = "%d:%d" % (wid, n)
+                    w.op("add", k, lambda mc: (stored[mc.add(k, tok.encode())], None), tok)
+            elif x < 0.85:
+                w.get(k)
+            elif x < 0.95:
+                w.op("delete", k, lambda mc: ("ok" if mc.delete(k) else "nf", None))
+            else:
+                w.op("add", k, lambda mc: (stored[mc.add(k, tok.encode())], None), tok)
+
+    outs = [[] for _ in range(spec["threads"] + spec.get("rmw_threads", 0))]
+    if spec.get("final"):
+        w = Worker(0, outs[0])
+        for k in keys:
+            for _ in range(3):
+                if w.get(k, final=True)["r"] == "ok":
+                    break
+                time.sleep(1)
+    else:
+        ts = [threading.Thread(target=worker, args=(i, outs[i]), daemon=True) for i in range(spec["threads"])]
+        ts += [threading.Thread(target=rmw_worker, args=(i, outs[i]), daemon=True)
+               for i in range(spec["threads"], len(outs))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
     with open(spec["out"] + ".tmp", "w") as f:
         json.dump([e for o in outs for e in o], f)
     os.replace(spec["out"] + ".tmp", spec["out"])
@@ -181,12 +294,28 @@ def probe_main(port):
     sys.exit(1)
 
 
+def load_main(port):
+    """Write the filler (FILLER_MB of os.urandom under "fill:*") and set every
+    counter to 0 through the gateway on 127.0.0.1:port; exit 1 on a failure."""
+    from pymemcache.client.base import Client
+    mc = Client(("127.0.0.1", port), connect_timeout=10, timeout=30, default_noreply=False, no_delay=True)
+    for i in range((FILLER_MB << 20) // FILLER_VALUE):
+        if not mc.set("fill:%d" % i, os.urandom(FILLER_VALUE)):
+            sys.exit("set fill:%d: not stored" % i)
+    for k in COUNTERS:
+        if not mc.set(k, b"0"):
+            sys.exit("set %s: not stored" % k)
+    sys.exit(0)
+
+
 ARGS = parse_args()
 if ARGS.client:
     client_main(ARGS.client)
     sys.exit(0)
 if ARGS.probe:
     probe_main(ARGS.probe)
+if ARGS.load:
+    load_main(ARGS.load)
 os.environ.setdefault("KUMO_TEST_TIMEOUT", str(int(ARGS.minutes * 60 + 900) if ARGS.long else 600))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "cluster"))
 sys.path.insert(0, HERE)
@@ -213,6 +342,9 @@ class Nemesis:
         self.detect = []             # (episode, seconds to (fault))
         self.windows = []            # (t0, t1): a server hung or partitioned
         self.disk_survived = []
+        self.catchup = []            # (episode, host, seconds from attach to (active), None: never)
+        self.spans = []              # (episode, start, end of its heal)
+        self.episode = None
         kt.at_cleanup(self.umount)
 
     # -- plumbing
@@ -244,7 +376,8 @@ class Nemesis:
         os.makedirs(tmp, exist_ok=True)
         return self.start(h, h, [kt.binary("kumo-server"), "-v", "-o", "-",
                                  "-m", "%s:%d" % (self.A("m1"), MGR_PORT), "-p", "%s:%d" % (self.A("m2"), MGR_PORT),
-                                 "-l", "%s:%d" % (self.A(h), SRV_PORT), "-L", STREAM_PORT, "-s", self.db[h], "-f", tmp])
+                                 "-l", "%s:%d" % (self.A(h), SRV_PORT), "-L", STREAM_PORT, "-s", self.db[h], "-f", tmp,
+                                 "-Rr", REPLACE_RATE])
 
     def gateway(self, port):
         name = "gateway%d" % port
@@ -283,6 +416,11 @@ class Nemesis:
     def setup(self):
         self.t_start = time.monotonic()
         self.net.up()
+        for h in SERVERS:       # see SOCK_MAX
+            for knob in ("net.ipv4.tcp_wmem", "net.ipv4.tcp_rmem"):
+                r = self.net.run(h, ["sysctl", "-q", "-w", "%s=4096 16384 %d" % (knob, SOCK_MAX)])
+                if r.returncode != 0:
+                    raise OSError("sysctl %s in %s: %s" % (knob, h, r.stderr.strip()))
         for h in SERVERS:
             self.db[h] = os.path.join(self.dir, "%s.tch" % h)
         # s5's database on a tmpfs: room for the 64 MiB kumo-server reserves
@@ -302,7 +440,12 @@ class Nemesis:
         self.heal(first=True)
         for p in GW_PORTS:
             self.gateway(p)
-        tap.ok(True, "2 managers, %d servers, 2 gateways in namespaces %s-*" % (len(SERVERS), self.net.tag))
+        t0 = time.monotonic()
+        r = self.net.run("gw", [PY, os.path.abspath(__file__), "--load", GW_PORTS[0]], timeout=180)
+        if r.returncode != 0:
+            raise OSError("loading the filler: %s" % (r.stderr or r.stdout)[-2000:])
+        tap.ok(True, "2 managers, %d servers, 2 gateways in namespaces %s-*; %d MiB of filler, %d counters "
+               "written in %.1f s" % (len(SERVERS), self.net.tag, FILLER_MB, len(COUNTERS), time.monotonic() - t0))
 
     def umount(self):
         if self.mounted:
@@ -487,16 +630,157 @@ class Nemesis:
         shutil.copyfile(snap, self.db[x])
         os.unlink(snap)
 
+    # -- an operator's steps (the episodes below)
+    def term(self, h):
+        """SIGTERM h (it must exit 0), wait until a manager shows it (fault)."""
+        t0 = time.monotonic()
+        code, killed = self.d[h].stop(timeout=15)
+        if code != 0 or killed:
+            tap.ok(False, "%s: SIGTERM -> exit 0" % h, "status %s, killed %s\n%s" % (code, killed, self.d[h].tail(20)))
+        self.wait_fault(h, t0, "SIGTERM", record=False)
+
+    def restart_attach(self, h):
+        """Start h on its database; as soon as a manager lists it under "not
+        attached node", `kumoctl attach`. Returns the time of the attach."""
+        self.server(h)
+        kt.wait_until(lambda: self.saddr(h) in self.status().not_attached, 30,
+                      "%s under not attached node" % h, interval=0.1, daemons=[self.d[h]])
+        r = self.kumoctl("attach")
+        t = time.monotonic()
+        self.note("%s restarted, kumoctl attach: %s" % (h, (r.stdout.strip() or r.returncode) if r else "no manager"))
+        return t
+
+    def wait_active(self, h, t_attach, timeout=90):
+        """Poll `kumoctl status` every 0.2 s until h shows (active); records
+        the seconds from its attach (the catch-up time)."""
+        try:
+            kt.wait_until(lambda: self.status().state(self.saddr(h)) == "active", timeout,
+                          "%s (active) in kumoctl status" % h, interval=0.2, daemons=[self.d[h]])
+        except TimeoutError as e:
+            self.catchup.append((self.episode, h, None))
+            tap.ok(False, "%s shows (active) after its attach" % h, str(e))
+            return None
+        dt = time.monotonic() - t_attach
+        self.catchup.append((self.episode, h, dt))
+        self.note("%s (active) %.1f s after the attach" % (h, dt))
+        return dt
+
+    def ring(self):
+        return kt.Ring(self.status().attached_addrs())
+
+    def first_owner_of_most(self, keys):
+        """The server that is the first owner of the most of keys (ties: the seed's choice)."""
+        ring = self.ring()
+        by = {h: 0 for h in SERVERS}
+        host = {self.saddr(h): h for h in SERVERS}
+        for k in keys:
+            by[host[ring.owners(k.encode())[0]]] += 1
+        top = max(by.values())
+        return self.rng.choice(sorted(h for h in SERVERS if by[h] == top)), top
+
+    def owners_of_most(self, keys):
+        """The three servers that together own the most of keys, in an order the seed draws."""
+        ring = self.ring()
+        host = {self.saddr(h): h for h in SERVERS}
+        by = {}
+        for k in keys:
+            trio = tuple(sorted(host[a] for a in ring.owners(k.encode())))
+            by[trio] = by.get(trio, 0) + 1
+        top = max(by.values())
+        trio = list(self.rng.choice(sorted(t for t in by if by[t] == top)))
+        self.rng.shuffle(trio)
+        return trio, top
+
+    def ep_restart_rmw(self):
+        x, n = self.first_owner_of_most(COUNTERS + LISTS)
+        self.note("SIGTERM %s (first owner of %d counters and lists)" % (x, n))
+        self.term(x)
+        self.sleep(3, 6)                     # its keys change meanwhile
+        t = self.restart_attach(x)           # and read-modify-write goes on at once
+        self.wait_active(x, t)
+
+    def ep_rolling(self):
+        trio, n = self.owners_of_most(self.client_keys)
+        self.note("rolling restart of %s (together the owners of %d keys)" % (" ".join(trio), n))
+        for x in trio:                       # the next stop as soon as the previous shows (active)
+            self.note("SIGTERM %s" % x)
+            self.term(x)
+            self.sleep(1, 3)
+            t = self.restart_attach(x)
+            if self.wait_active(x, t) is None:
+                break
+
+    def ep_reattach(self):
+        x, = self.pick()
+        self.note("SIGTERM %s" % x)
+        self.term(x)
+        self.sleep(1, 3)
+        r = self.kumoctl("detach")
+        self.note("kumoctl detach: %s" % ((r.stdout.strip() or r.returncode) if r else "no manager"))
+        t0 = time.monotonic()
+        try:    # the operator waits for the detach's replace, under load
+            kt.wait_until(lambda: "replace:" not in self.status().text and
+                          self.status().state(self.saddr(x)) is None, 90,
+                          "the replace after detaching %s" % x, interval=0.2)
+            self.note("the replace after the detach finished in %.1f s" % (time.monotonic() - t0))
+        except TimeoutError as e:
+            tap.ok(False, "the replace after the detach of %s finishes" % x, str(e))
+        self.sleep(1, 3)
+        t = self.restart_attach(x)
+        self.wait_active(x, t)
+
+    def ep_emptydb(self):
+        x, = self.pick()
+        self.note("SIGTERM %s, its database moved aside" % x)
+        self.term(x)
+        shutil.move(self.db[x], os.path.join(self.dir, "%s-%d.tch" % (x, len(self.spans))))
+        if x == DISK_HOST:      # a small file, as in setup
+            netns.sh(["tchmgr", "create", self.db[x], "65521"])
+        self.sleep(2, 4)
+        t = self.restart_attach(x)
+        self.wait_active(x, t)
+
+    def ep_backup(self):
+        # not s5: its database and the 64 MiB reserved ahead of it leave its
+        # tmpfs too little room for a backup beside it (which may then fail)
+        x, = self.pick(exclude=(DISK_HOST,))
+        suffix = "nemesis%d" % len(self.spans)
+        r = self.kumoctl("backup", suffix, timeout=60)
+        old = os.path.join(self.dir, "backup-%s.tch" % x)
+        made = [self.db[h] + "-" + suffix for h in SERVERS]
+        if not os.path.exists(made[SERVERS.index(x)]):
+            tap.ok(False, "kumoctl backup %s wrote %s" % (suffix, made[SERVERS.index(x)]),
+                   r and (r.stdout + r.stderr))
+            return
+        shutil.move(made[SERVERS.index(x)], old)
+        for f in made:
+            if os.path.exists(f):
+                os.unlink(f)
+        self.note("kumoctl backup (exit %s); %s's copy kept, load goes on (overwrites, deletes)" % (
+            r.returncode if r else "-", x))
+        self.sleep(5, 8)
+        self.note("SIGTERM %s, restore its backup" % x)
+        self.term(x)
+        shutil.copyfile(old, self.db[x])
+        os.unlink(old)
+        t = self.restart_attach(x)
+        self.wait_active(x, t)
+
     def run_episode(self, name):
+        self.episode = name
+        t0 = time.monotonic()
         getattr(self, "ep_" + name)()
         self.heal()
+        self.spans.append((name, t0, time.monotonic()))
 
     # -- clients
-    def start_clients(self, nkeys, threads):
+    def start_clients(self, nkeys, threads, rmw_threads):
         self.keys = ["nk%d" % i for i in range(nkeys)]
+        self.client_keys = self.keys + COUNTERS + LISTS
         self.stop_file = os.path.join(self.dir, "clients.stop")
         spec = {"keys": self.keys, "seed": self.seed, "threads": threads, "stop": self.stop_file,
-                "out": os.path.join(self.dir, "history.json"), "timeout": 60, "pause": 0.004}
+                "out": os.path.join(self.dir, "history.json"), "timeout": 60, "pause": 0.004,
+                "rmw_threads": rmw_threads, "counters": COUNTERS, "lists": LISTS}
         path = os.path.join(self.dir, "clients.json")
         with open(path, "w") as f:
             json.dump(spec, f)
@@ -553,7 +837,7 @@ class Nemesis:
                 continue
             newest = max(r.clocktime for _, r in recs)
             top = [r for _, r in recs if r.clocktime == newest][0]
-            want = None if top.tombstone else history.value_id(k, top.payload.decode("utf-8", "replace"))
+            want = None if top.tombstone else history.decode(k, top.payload.decode("utf-8", "replace"))
             if k in last and last[k]["v"] != want:
                 differ.append("%s: final read %s, newest record %s" % (k, kt.short(last[k]["v"], 40), kt.short(want, 40)))
             owners = ring.owners(k.encode())
@@ -577,20 +861,23 @@ def body():
             tap.bail("%s is not installed (quickstart installs it)" % tool)
     seed = ARGS.seed if ARGS.seed is not None else int(os.environ.get("KUMO_TEST_SEED") or
                                                          int.from_bytes(os.urandom(4), "big"))
-    tap.note("seed %d (rerun: %s --seed %d%s%s)" % (seed, sys.argv[0], seed, " --long --minutes %g" % ARGS.minutes
-                                                 if ARGS.long else "", " --partial-attach" if ARGS.partial_attach else ""))
+    tap.note("seed %d (rerun: %s --seed %d%s%s%s)" % (
+        seed, sys.argv[0], seed, " --long --minutes %g" % ARGS.minutes if ARGS.long else "",
+        " --partial-attach" if ARGS.partial_attach else "", " --episodes " + ARGS.episodes if ARGS.episodes else ""))
     rng = random.Random(seed)
     n = Nemesis(rng, seed)
     try:
         n.setup()
-        n.start_clients(nkeys=100 if ARGS.long else 30, threads=4)
+        n.start_clients(nkeys=100 if ARGS.long else 30, threads=4, rmw_threads=2)
         time.sleep(3)
         t_end = time.monotonic() + ARGS.minutes * 60
-        order = list(EPISODES)
-        rng.shuffle(order)
+        pool = ARGS.episodes.split(",") if ARGS.episodes else list(EPISODES)
+        order = list(pool)
+        if not ARGS.episodes:
+            rng.shuffle(order)
         done = []
         while True:
-            name = order.pop(0) if order else (None if not ARGS.long else rng.choice(EPISODES))
+            name = order.pop(0) if order else (None if not ARGS.long else rng.choice(pool))
             if name is None or (ARGS.long and not order and time.monotonic() > t_end and done):
                 break
             n.note("== episode %d: %s" % (len(done) + 1, name))
@@ -601,6 +888,7 @@ def body():
         events = n.stop_clients()
         n.keys = sorted({e["k"] for e in events})
         n.heal()
+        n.t_final = time.monotonic()
         final = n.final_reads()
         rep = history.check(events + final)
         under, differ = n.copies(final)
@@ -609,6 +897,9 @@ def body():
             tap.ok(rep.count[cls] == 0, "checker: %s = 0" % cls, "\n".join(rep.examples[cls]))
         tap.ok(rep.acked_writes > 100 and rep.reads > 100, "the clients got work done (%d acknowledged writes, "
                "%d reads)" % (rep.acked_writes, rep.reads))
+        rmw = {f: sum(1 for e in events if e["f"] == f and e["r"] == "ok") for f in ("incr", "append", "add")}
+        tap.ok(all(rmw.values()), "the read-modify-write clients got work done (acknowledged: %s)"
+               % ", ".join("%s %d" % kv for kv in rmw.items()))
         final_err = [e for e in final if e["r"] != "ok" and not any(
             f["k"] == e["k"] and f["r"] == "ok" for f in final)]
         tap.ok(not final_err, "every key reads after the heal", "\n".join(str(e) for e in final_err[:5]))
@@ -633,6 +924,20 @@ def body():
         n.net.down()
 
 
+def by_episode(n, rep):
+    """"restart_rmw: stale 3 wrong 5; ..." — the anomalies by the episode last
+    begun when the offending operation completed (its damage may outlast its
+    heal); "final" for the final reads."""
+    out = {}
+    for cls in history.CLASSES:
+        for t in rep.times[cls]:
+            begun = [ep for ep, t0, _ in n.spans if t0 <= t]
+            where = "final" if t >= n.t_final else begun[-1] if begun else "before the first episode"
+            out.setdefault(where, {}).setdefault(cls, 0)
+            out[where][cls] += 1
+    return "; ".join("%s: %s" % (ep, " ".join("%s %d" % kv for kv in sorted(c.items()))) for ep, c in out.items())
+
+
 def figures(n, rep, events, final, under):
     lat = [dt for _, dt in n.detect if dt is not None]
     errs = [e for e in events if e["r"] == "info"]
@@ -647,6 +952,12 @@ def figures(n, rep, events, final, under):
         "  lost %d, stale reads %d, torn %d, phantom %d, resurrected %d, under-replicated keys %d" % (
             rep.count["lost"], rep.count["stale"], rep.count["torn"], rep.count["phantom"],
             rep.count["resurrected"], len(under)),
+        "  wrong answers %d (read-modify-write answered from an old or missing copy)" % rep.count["wrong"],
+        "  by kind of key: %s" % ("; ".join("%s: %s" % (cls, " ".join("%s %d" % kv for kv in sorted(
+            rep.by_model[cls].items()))) for cls in history.CLASSES if rep.count[cls]) or "-"),
+        "  by episode (the operation's completion): %s" % (by_episode(n, rep) or "-"),
+        "  catch-up (attach to (active)): %s" % (", ".join(
+            "%s %s %s" % (ep, h, "%.1f s" % dt if dt is not None else "never") for ep, h, dt in n.catchup) or "-"),
         "  detection latency: %s" % (", ".join("%s %.1f s" % (w, dt) if dt is not None else "%s never" % w
                                                for w, dt in n.detect) or "-"),
         "  detection min/max %s" % ("%.1f / %.1f s" % (min(lat), max(lat)) if lat else "-"),
