@@ -34,8 +34,9 @@ static uint64_t be(const uint8_t *p, int n)
     return v;
 }
 
-/* A whole header is in g->hdr: account for what it declares. */
-static bool header_done(mpguard *g)
+/* A whole header is in g->hdr: account for what it declares. -1: over
+ * the limit; 1: it ended a top-level object; 0: the object goes on. */
+static int header_done(mpguard *g)
 {
     uint8_t b = g->hdr[0];
     uint64_t elems = 0, payload = 0;
@@ -57,18 +58,21 @@ static bool header_done(mpguard *g)
     default: break;
     }
     g->declared += elems + payload;
-    if (g->declared > g->limit) return false;
+    if (g->declared > g->limit) return -1;
     g->expected += elems;
     g->skip = payload;
     g->expected--; /* this object's header is read */
     if (g->expected == 0 && g->skip == 0) {
         g->expected = 1; /* the next top-level object */
         g->declared = 0;
+        return 1;
     }
-    return true;
+    return 0;
 }
 
-bool mpguard_feed(mpguard *g, const void *buf, size_t len)
+/* Check bytes; with `one`, stop right after the end of a top-level object.
+ * Returns the bytes checked, or -1. */
+static ptrdiff_t feed(mpguard *g, const uint8_t *buf, size_t len, bool one)
 {
     const uint8_t *p = buf, *end = p + len;
     while (p < end) {
@@ -79,18 +83,25 @@ bool mpguard_feed(mpguard *g, const void *buf, size_t len)
             if (g->skip == 0 && g->expected == 0) {
                 g->expected = 1;
                 g->declared = 0;
+                if (one) break;
             }
             continue;
         }
         if (g->have == 0) {
             int extra = header_extra(*p);
-            if (extra < 0) return false;
+            if (extra < 0) return -1;
             g->need = (uint8_t)(1 + extra);
         }
         while (g->have < g->need && p < end) g->hdr[g->have++] = *p++;
         if (g->have < g->need) break;
         g->have = 0;
-        if (!header_done(g)) return false;
+        int r = header_done(g);
+        if (r < 0) return -1;
+        if (r > 0 && one) break;
     }
-    return true;
+    return p - buf;
 }
+
+bool mpguard_feed(mpguard *g, const void *buf, size_t len) { return feed(g, buf, len, false) >= 0; }
+
+ptrdiff_t mpguard_feed_object(mpguard *g, const void *buf, size_t len) { return feed(g, buf, len, true); }

@@ -32,5 +32,11 @@ void mpguard_init(mpguard *g, uint64_t limit);
 /* Check the next len bytes of the stream. false: the stream declares more
  * than the limit (or uses a reserved type byte) — drop the connection. */
 bool mpguard_feed(mpguard *g, const void *buf, size_t len);
+/* The same, but it stops right after the end of a top-level object, so a
+ * reader can take one object at a time (rpc.c reads a peer's hello so, under
+ * a smaller limit than the requests behind it). Returns how many of the len
+ * bytes were checked: len, or fewer when an object ended there; -1 as false
+ * above. g->limit may be changed between two objects. */
+ptrdiff_t mpguard_feed_object(mpguard *g, const void *buf, size_t len);
 
 #endif

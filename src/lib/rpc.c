@@ -66,7 +66,8 @@ struct rpc_conn {
     bool peer_hello;  /* the peer's hello arrived; its proof is awaited */
     bool proof_sent;  /* ours is out, and c->held was flushed after it */
     struct evbuffer *held; /* what c->pk wrote before our proof went out */
-    double auth_deadline;
+    double hello_deadline; /* RPC_HELLO_TIMEOUT */
+    size_t hello_bytes;    /* read before the hello was done (RPC_MAX_HELLO) */
     uint64_t peer_clock;
     uint8_t nonce[AUTH_NONCE_LEN], peer_nonce[AUTH_NONCE_LEN];
     bool dead;
@@ -205,11 +206,15 @@ static pending *table_take(rpc_conn *c, uint32_t msgid)
     return p;
 }
 
+/* A peer we accepted must finish its hello in time, and with a key every
+ * peer its proof; a peer we dialled without a key is left to the calls'
+ * own timeouts, as before the bound existed. */
 static void sweep_cb(evutil_socket_t fd, short what, void *arg)
 {
     rpc_conn *c = arg;
-    if (c->self.key && !c->hello_done && (!c->outbound || c->connected) && now_mono() > c->auth_deadline) {
-        log_warn("%s: no cluster key proof within %.0f s, closing", c->name, RPC_AUTH_TIMEOUT);
+    if (!c->hello_done && c->connected && (!c->outbound || c->self.key) && now_mono() > c->hello_deadline) {
+        if (c->self.key) log_warn("%s: no cluster key proof within %.0f s, closing", c->name, RPC_HELLO_TIMEOUT);
+        else log_warn("%s: no hello within %.0f s, closing", c->name, RPC_HELLO_TIMEOUT);
         teardown(c, true);
         return;
     }
@@ -269,6 +274,7 @@ static void send_proof(rpc_conn *c)
 static void hello_complete(rpc_conn *c)
 {
     c->hello_done = true;
+    c->guard.limit = RPC_MAX_FRAME; /* read_cb stopped at the end of this object */
     if (c->self.clock && c->peer_clock) clock_update(c->self.clock, c->peer_clock);
     if (c->h.on_hello) c->h.on_hello(c->h.arg, c);
 }
@@ -463,6 +469,47 @@ static bool dispatch(rpc_conn *c, const msgpack_object *o)
     return false;
 }
 
+/* Move up to n bytes of input into the unpacker, through the guard; the
+ * count moved, 0 after closing. Before the hello is done (and with a key
+ * the proof), at most RPC_MAX_HELLO bytes in all, and never past the end of
+ * the object being read: the requests behind a hello are not the hello's,
+ * and are checked against RPC_MAX_FRAME once it is done. */
+static size_t take_input(rpc_conn *c, struct evbuffer *in, size_t n)
+{
+    if (!c->hello_done) {
+        size_t left = RPC_MAX_HELLO - c->hello_bytes;
+        if (left == 0) {
+            log_warn("%s: more than %u bytes before the %s, closing", c->name, RPC_MAX_HELLO,
+                     c->self.key ? "cluster key proof" : "hello");
+            teardown(c, true);
+            return 0;
+        }
+        if (n > left) n = left;
+    }
+    if (!msgpack_unpacker_reserve_buffer(&c->up, n)) {
+        log_error("%s: out of memory reading a frame", c->name);
+        teardown(c, true);
+        return 0;
+    }
+    char *buf = msgpack_unpacker_buffer(&c->up);
+    ev_ssize_t got = evbuffer_copyout(in, buf, n);
+    ptrdiff_t ok;
+    if (got <= 0) return 0;
+    if (c->hello_done) ok = mpguard_feed(&c->guard, buf, (size_t)got) ? got : -1;
+    else ok = mpguard_feed_object(&c->guard, buf, (size_t)got);
+    if (ok < 0) {
+        if (c->hello_done)
+            log_warn("%s: a frame declares more than %u bytes could hold, closing", c->name, RPC_MAX_FRAME);
+        else log_warn("%s: a hello declares more than %u bytes, closing", c->name, RPC_MAX_HELLO);
+        teardown(c, true);
+        return 0;
+    }
+    evbuffer_drain(in, (size_t)ok);
+    msgpack_unpacker_buffer_consumed(&c->up, (size_t)ok);
+    if (!c->hello_done) c->hello_bytes += (size_t)ok;
+    return (size_t)ok;
+}
+
 static void read_cb(void *arg, sio *io)
 {
     rpc_conn *c = arg;
@@ -473,19 +520,7 @@ static void read_cb(void *arg, sio *io)
     while (!c->dead && evbuffer_get_length(in) > 0) {
         size_t n = evbuffer_get_length(in);
         if (n > RPC_READ_CHUNK) n = RPC_READ_CHUNK;
-        if (!msgpack_unpacker_reserve_buffer(&c->up, n)) {
-            log_error("%s: out of memory reading a frame", c->name);
-            teardown(c, true);
-            break;
-        }
-        int got = evbuffer_remove(in, msgpack_unpacker_buffer(&c->up), n);
-        if (got <= 0) break;
-        if (!mpguard_feed(&c->guard, msgpack_unpacker_buffer(&c->up), (size_t)got)) {
-            log_warn("%s: a frame declares more than %u bytes could hold, closing", c->name, RPC_MAX_FRAME);
-            teardown(c, true);
-            break;
-        }
-        msgpack_unpacker_buffer_consumed(&c->up, (size_t)got);
+        if (take_input(c, in, n) == 0) break;
         for (;;) {
             msgpack_unpack_return r = msgpack_unpacker_next(&c->up, &result);
             if (r == MSGPACK_UNPACK_SUCCESS) {
@@ -517,7 +552,7 @@ static void connect_cb(void *arg, sio *io)
     rpc_conn *c = arg;
     (void)io;
     c->connected = true;
-    c->auth_deadline = now_mono() + RPC_AUTH_TIMEOUT;
+    c->hello_deadline = now_mono() + RPC_HELLO_TIMEOUT;
     if (c->connect_timer) event_del(c->connect_timer);
 }
 
@@ -549,7 +584,8 @@ static rpc_conn *conn_new(struct event_base *base, const rpc_handlers *h, const 
     if (!c) return NULL;
     c->cap = 64;
     c->slots = calloc(c->cap, sizeof(pending));
-    if (!c->slots || !msgpack_unpacker_init(&c->up, RPC_READ_CHUNK)) {
+    /* Small at first: a peer has sent nothing but its hello until it is done. */
+    if (!c->slots || !msgpack_unpacker_init(&c->up, RPC_MAX_HELLO)) {
         free(c->slots);
         free(c);
         return NULL;
@@ -558,7 +594,7 @@ static rpc_conn *conn_new(struct event_base *base, const rpc_handlers *h, const 
     c->h = *h;
     c->self = *self;
     c->next_msgid = 1;
-    mpguard_init(&c->guard, RPC_MAX_FRAME);
+    mpguard_init(&c->guard, RPC_MAX_HELLO); /* raised to RPC_MAX_FRAME by hello_complete */
     c->peer_role = RPC_ROLE_TOOL;
     msgpack_sbuffer_init(&c->scratch);
     msgpack_packer_init(&c->scratch_pk, &c->scratch, msgpack_sbuffer_write);
@@ -570,8 +606,8 @@ static rpc_conn *conn_new(struct event_base *base, const rpc_handlers *h, const 
             conn_free(c);
             return NULL;
         }
-        c->auth_deadline = now_mono() + RPC_AUTH_TIMEOUT;
     }
+    c->hello_deadline = now_mono() + RPC_HELLO_TIMEOUT;
     if (self->key) msgpack_packer_init(&c->pk, c->held, held_write);
     else msgpack_packer_init(&c->pk, c, pk_write);
     c->sweep = event_new(base, -1, EV_PERSIST, sweep_cb, c);
@@ -580,27 +616,33 @@ static rpc_conn *conn_new(struct event_base *base, const rpc_handlers *h, const 
     return c;
 }
 
+/* A connection that never got its socket going. */
+static void discard(rpc_conn *c)
+{
+    c->dead = true;
+    event_free(c->sweep);
+    conn_free(c);
+}
+
 rpc_conn *rpc_accept(struct event_base *base, int fd, const rpc_handlers *h, const rpc_self *self)
 {
-    rpc_conn *c = conn_new(base, h, self, false);
-    if (!c) {
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    net_addr a;
+    rpc_conn *c = NULL;
+    /* A peer gone already has no name, and nothing to serve. */
+    if (getpeername(fd, (struct sockaddr *)&ss, &sl) < 0 || !(c = conn_new(base, h, self, false))) {
         close(fd);
         return NULL;
     }
+    if (net_from_sockaddr(&a, (struct sockaddr *)&ss) == 0) net_format(&a, c->name, sizeof(c->name));
     c->io = sio_new(base, fd, &rpc_sio_ops, c);
     if (!c->io) {
-        c->dead = true;
-        event_free(c->sweep);
-        conn_free(c);
+        discard(c);
         return NULL;
     }
     c->connected = true;
     send_hello(c);
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof(ss);
-    net_addr a;
-    if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0 && net_from_sockaddr(&a, (struct sockaddr *)&ss) == 0)
-        net_format(&a, c->name, sizeof(c->name));
     return c;
 }
 
@@ -611,9 +653,7 @@ rpc_conn *rpc_connect(struct event_base *base, const net_addr *peer, double conn
     if (!c) return NULL;
     c->io = sio_connect(base, peer, &rpc_sio_ops, c);
     if (!c->io) {
-        c->dead = true;
-        event_free(c->sweep);
-        conn_free(c);
+        discard(c);
         return NULL;
     }
     send_hello(c);

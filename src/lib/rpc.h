@@ -13,9 +13,11 @@
  * nothing else is sent or dispatched until then: queued requests wait in
  * the connection, on_hello runs only once the peer's proof checked out, and
  * a peer without the key (or with another one, or without a proof within
- * RPC_AUTH_TIMEOUT) is logged once and disconnected. A connection is symmetric: either side may call the other
- * (the manager pushes hash spaces down the connection a server opened).
- * Frames are bounded by RPC_MAX_FRAME before they are buffered whole.
+ * RPC_HELLO_TIMEOUT) is logged once and disconnected. A connection is
+ * symmetric: either side may call the other (the manager pushes hash spaces
+ * down the connection a server opened). Frames are bounded by RPC_MAX_FRAME
+ * before they are buffered whole, and everything before the hello is done
+ * by RPC_MAX_HELLO: an unauthenticated peer makes us hold a few KiB at most.
  *
  * Ownership: rpc_connect/rpc_accept return a connection owned by the
  * caller until handlers->on_close runs (the connection broke or the peer
@@ -43,7 +45,14 @@
 
 #define RPC_VERSION 1
 #define RPC_MAX_FRAME (64u * 1024 * 1024)
-#define RPC_AUTH_TIMEOUT 10.0 /* s from connect/accept to the peer's proof */
+/* Until a peer's hello is done (with a key: its proof checked out), it may
+ * send RPC_MAX_HELLO bytes in all and take RPC_HELLO_TIMEOUT seconds from
+ * accept (a peer we dialled: from connect, and only with a key); more, or
+ * later, closes the connection. A hello takes at most 76 bytes ([2, role,
+ * 18-byte address, version, clock, incarnation, 32-byte nonce]) and a proof
+ * 36; the rest is room for elements a later version may add. */
+#define RPC_MAX_HELLO 512u
+#define RPC_HELLO_TIMEOUT 5.0
 
 typedef enum rpc_role {
     RPC_ROLE_MANAGER = 0,
@@ -87,7 +96,8 @@ typedef struct rpc_self {
                              reconnect; 0 for the other roles */
 } rpc_self;
 
-/* Take over an accepted socket. */
+/* Take over an accepted socket. NULL: the peer already gone, or out of
+ * memory; the socket is closed either way. */
 rpc_conn *rpc_accept(struct event_base *base, int fd, const rpc_handlers *h, const rpc_self *self);
 /* Start connecting; fails (later, through on_close) after connect_timeout s.
  * Returns NULL only if no socket could be made. */

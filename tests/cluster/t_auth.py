@@ -271,7 +271,7 @@ def body():
         except (socket.timeout, ConnectionResetError) as e:
             closed = isinstance(e, ConnectionResetError)
         s.close()
-        tap.ok(closed, "a peer that never sends its proof is disconnected (RPC_AUTH_TIMEOUT)")
+        tap.ok(closed, "a peer that never sends its proof is disconnected (RPC_HELLO_TIMEOUT)")
         tap.ok(log_has(c.manager, "no cluster key proof within"), "the manager logs the silent peer")
 
         tap.note("a server with another key cannot join")

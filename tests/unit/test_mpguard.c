@@ -19,6 +19,26 @@ static bool feed_all(const void *p, size_t n, uint64_t limit, bool bytewise)
     return true;
 }
 
+/* Feed with mpguard_feed_object in pieces of `step` bytes (0: whole):
+ * the number of objects it saw end, or -1 when refused. Between two
+ * objects the guard is back to its initial state (one object expected,
+ * nothing declared, nothing half read). */
+static int objects(const char *p, size_t n, uint64_t limit, size_t step)
+{
+    mpguard g;
+    mpguard_init(&g, limit);
+    int count = 0;
+    size_t at = 0;
+    while (at < n) {
+        size_t len = step && n - at > step ? step : n - at;
+        ptrdiff_t k = mpguard_feed_object(&g, p + at, len);
+        if (k < 0 || (size_t)k > len) return -1;
+        at += (size_t)k;
+        if ((size_t)k < len || (g.expected == 1 && g.declared == 0 && g.skip == 0 && g.have == 0)) count++;
+    }
+    return count;
+}
+
 /* A stream of several top-level objects of every type. */
 static void pack_sample(msgpack_packer *pk)
 {
@@ -99,6 +119,33 @@ int main(void)
     msgpack_sbuffer_write(&sb, (const char *)huge_array, sizeof(huge_array));
     ok(!feed_all(sb.data, sb.size, 1 << 20, false), "a hostile object after good ones is refused");
     ok(feed_all(sb.data, n, 1 << 20, false), "the good ones alone pass");
+
+    /* mpguard_feed_object: one top-level object at a time, whole or a byte
+     * at a time, and a limit raised between two objects (rpc.c's hello). */
+    ok(objects(sb.data, n, 100, 0) == 50, "feed_object stops after each of the fifty objects");
+    ok(objects(sb.data, n, 100, 1) == 50, "... also fed a byte at a time");
+    msgpack_sbuffer_clear(&sb);
+    pack_sample(&pk);
+    ok(objects(sb.data, sb.size, 1 << 20, 7) == 9, "the sample stream holds nine top-level objects");
+    msgpack_sbuffer_clear(&sb);
+    msgpack_pack_array(&pk, 2);
+    msgpack_pack_uint8(&pk, 2);
+    msgpack_pack_str(&pk, 3);
+    msgpack_pack_str_body(&pk, "abc", 3);
+    size_t first = sb.size;
+    msgpack_pack_bin(&pk, 5000);
+    static const char body[5000];
+    msgpack_pack_bin_body(&pk, body, sizeof(body));
+    mpguard g;
+    mpguard_init(&g, 16);
+    ptrdiff_t k = mpguard_feed_object(&g, sb.data, sb.size);
+    ok(k == (ptrdiff_t)first, "a small object, then a large one: feed_object stops between them");
+    ok(mpguard_feed_object(&g, sb.data + k, sb.size - (size_t)k) < 0, "the large one is over the small limit");
+    mpguard_init(&g, 16);
+    k = mpguard_feed_object(&g, sb.data, sb.size);
+    g.limit = 1 << 20;
+    ok(mpguard_feed_object(&g, sb.data + k, sb.size - (size_t)k) == (ptrdiff_t)(sb.size - (size_t)k),
+       "... and passes once the limit is raised after the first");
     msgpack_sbuffer_destroy(&sb);
     return done_testing();
 }
