@@ -13,6 +13,11 @@
  * seconds, a lost connection or a corrupt stream fails the transfer, and the
  * replace is retried by the manager.
  *
+ * The stream port has no handshake but the token, so it reads nothing else:
+ * at most 8 bytes until the token is known (a read watermark), nothing at
+ * all after it (a byte more closes the connection), and a connection that
+ * has sent no valid token within STREAM_TOKEN_TIMEOUT is closed.
+ *
  * Calls: store, record, rpc, cluster.c, streamdec (parsing what arrives),
  * zlib, libevent. Thread rule: main loop.
  */
@@ -36,6 +41,8 @@
 #include "streamdec.h"
 
 #define OFFER_TTL 120.0
+#define STREAM_TOKEN_TIMEOUT 5.0 /* s from accept to the 8-byte token */
+#define TOKEN_LEN 8
 #define OFFER_RPC_TIMEOUT 3600.0
 #define ZCHUNK (64 * 1024)
 
@@ -144,9 +151,25 @@ typedef struct offer {
     stream_done_fn fn;
     void *arg;
     struct event *expire;
-    struct bufferevent *bev; /* while being collected */
+    struct sender *taker; /* the connection collecting it */
     bool rpc_done;
 } offer;
+
+/* A connection on the stream port: a destination that reads its token,
+ * then the file of the offer it collects (sd->o and o->taker point at each
+ * other while it does). */
+typedef struct sender {
+    server *s;
+    offer *o;
+    struct bufferevent *bev;
+} sender;
+
+static void sender_free(sender *sd)
+{
+    if (sd->o) sd->o->taker = NULL; /* the offer waits for the RPC reply */
+    bufferevent_free(sd->bev);
+    free(sd);
+}
 
 static void offer_finish(offer *o, bool ok, uint64_t applied)
 {
@@ -161,7 +184,7 @@ static void offer_finish(offer *o, bool ok, uint64_t applied)
             break;
         }
     if (o->expire) event_free(o->expire);
-    if (o->bev) bufferevent_free(o->bev);
+    if (o->taker) sender_free(o->taker);
     if (o->fd >= 0) close(o->fd);
     o->fn(o->arg, ok, applied);
     free(o);
@@ -245,22 +268,11 @@ void stream_file_offer(server *s, stream_file *f, const net_addr *to, stream_don
 
 void stream_file_abandon(stream_file *f) { file_free(f); }
 
-/* A destination connected to collect an offer: read its token, send the file. */
-typedef struct sender {
-    server *s;
-    offer *o;
-} sender;
-
 static void sender_event_cb(struct bufferevent *bev, short what, void *arg)
 {
-    sender *sd = arg;
     /* A timeout only comes before the token (stream_accept): a peer that
-     * never sends one must not hold its descriptor for good. */
-    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
-        if (sd->o) sd->o->bev = NULL; /* the offer waits for the RPC reply */
-        bufferevent_free(bev);
-        free(sd);
-    }
+     * never sends one must not hold its descriptor. */
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) sender_free(arg);
 }
 
 static void sender_write_cb(struct bufferevent *bev, void *arg)
@@ -271,24 +283,30 @@ static void sender_write_cb(struct bufferevent *bev, void *arg)
     shutdown(bufferevent_getfd(bev), SHUT_WR);
 }
 
+/* After its token the receiver sends nothing; a byte more is not ours to keep. */
+static void sender_extra_cb(struct bufferevent *bev, void *arg)
+{
+    log_warn("replace stream: the receiver sent more than its token, closing");
+    sender_free(arg);
+}
+
 static void sender_read_cb(struct bufferevent *bev, void *arg)
 {
     sender *sd = arg;
     struct evbuffer *in = bufferevent_get_input(bev);
-    if (sd->o || evbuffer_get_length(in) < 8) return;
-    uint8_t tok[8];
-    evbuffer_remove(in, tok, 8);
+    if (evbuffer_get_length(in) < TOKEN_LEN) return;
+    uint8_t tok[TOKEN_LEN];
+    evbuffer_remove(in, tok, TOKEN_LEN);
     uint64_t token = 0;
-    for (int i = 0; i < 8; i++) token = token << 8 | tok[i];
+    for (int i = 0; i < TOKEN_LEN; i++) token = token << 8 | tok[i];
     offer *o = find_offer(sd->s, token);
-    if (!o || o->bev) {
+    if (!o || o->taker) {
         log_warn("replace stream: unknown or taken token %llx", (unsigned long long)token);
-        bufferevent_free(bev);
-        free(sd);
+        sender_free(sd);
         return;
     }
     sd->o = o;
-    o->bev = bev;
+    o->taker = sd;
     evtimer_del(o->expire);
     bufferevent_set_timeouts(bev, NULL, NULL); /* the receiver sends nothing more */
     if (sd->s->rate) bufferevent_set_rate_limit(bev, sd->s->rate);
@@ -296,13 +314,12 @@ static void sender_read_cb(struct bufferevent *bev, void *arg)
         int fd = dup(o->fd);
         if (fd < 0 || evbuffer_add_file(bufferevent_get_output(bev), fd, 0, (ev_off_t)o->size) < 0) {
             if (fd >= 0) close(fd);
-            bufferevent_free(bev);
-            o->bev = NULL;
-            free(sd);
+            sender_free(sd);
             return;
         }
     }
-    bufferevent_setcb(bev, NULL, sender_write_cb, sender_event_cb, sd);
+    bufferevent_setwatermark(bev, EV_READ, 0, 1);
+    bufferevent_setcb(bev, sender_extra_cb, sender_write_cb, sender_event_cb, sd);
     bufferevent_enable(bev, EV_WRITE);
 }
 
@@ -310,18 +327,18 @@ static void stream_accept(struct evconnlistener *l, evutil_socket_t fd, struct s
 {
     server *s = arg;
     sender *sd = calloc(1, sizeof(*sd));
-    struct bufferevent *bev = sd ? bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE) : NULL;
-    if (!bev) {
+    if (sd) sd->s = s;
+    if (!sd || !(sd->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE))) {
         free(sd);
         evutil_closesocket(fd);
         return;
     }
     net_tune(fd);
-    sd->s = s;
-    bufferevent_setcb(bev, sender_read_cb, NULL, sender_event_cb, sd);
-    bufferevent_enable(bev, EV_READ);
-    struct timeval tv = {(time_t)OFFER_TTL, 0};
-    bufferevent_set_timeouts(bev, &tv, NULL);
+    bufferevent_setwatermark(sd->bev, EV_READ, 0, TOKEN_LEN); /* read the token, nothing more */
+    bufferevent_setcb(sd->bev, sender_read_cb, NULL, sender_event_cb, sd);
+    bufferevent_enable(sd->bev, EV_READ);
+    struct timeval tv = {(time_t)STREAM_TOKEN_TIMEOUT, 0};
+    bufferevent_set_timeouts(sd->bev, &tv, NULL);
 }
 
 /* ---- collecting (receiver side) ---- */
