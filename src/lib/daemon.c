@@ -211,7 +211,9 @@ struct daemon_listener {
     void *arg;
     struct event *resume;
     bool stopped;
+    bool paused;          /* after an accept failure, until resume_cb */
     unsigned long failed; /* accept failures since the last warning */
+    uint64_t failures;    /* since start */
     time_t warned;
 };
 
@@ -225,6 +227,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 static void resume_cb(evutil_socket_t fd, short what, void *arg)
 {
     daemon_listener *dl = arg;
+    dl->paused = false;
     if (!dl->stopped) evconnlistener_enable(dl->l);
 }
 
@@ -235,7 +238,9 @@ static void accept_error_cb(struct evconnlistener *l, void *arg)
     daemon_listener *dl = arg;
     int e = EVUTIL_SOCKET_ERROR();
     evconnlistener_disable(l);
+    dl->paused = true;
     dl->failed++;
+    dl->failures++;
     time_t now = time(NULL);
     if (now - dl->warned >= 10) {
         log_warn("accept: %s: not accepting for %d ms (%lu failures since the last warning)", strerror(e),
@@ -269,6 +274,12 @@ void daemon_listener_stop(daemon_listener *dl)
     dl->stopped = true;
     evtimer_del(dl->resume);
     evconnlistener_disable(dl->l);
+}
+
+void daemon_listener_stats(const daemon_listener *dl, uint64_t *failures, bool *paused)
+{
+    *failures = dl ? dl->failures : 0;
+    *paused = dl && dl->paused;
 }
 
 void daemon_listener_free(daemon_listener *dl)

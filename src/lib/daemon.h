@@ -18,6 +18,7 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "auth.h"
 #include "cmdline.h"
@@ -75,6 +76,9 @@ typedef struct daemon_listener daemon_listener;
 daemon_listener *daemon_listen(struct event_base *base, int fd, evconnlistener_cb cb, void *arg);
 /* Stop accepting for good (shutdown); a pending resume does nothing. */
 void daemon_listener_stop(daemon_listener *dl);
+/* accept() failures since start (each paused the listener), and whether it
+ * is paused now: what a daemon's status and metrics show. NULL: 0, false. */
+void daemon_listener_stats(const daemon_listener *dl, uint64_t *failures, bool *paused);
 /* Close the socket and free; NULL is allowed. */
 void daemon_listener_free(daemon_listener *dl);
 

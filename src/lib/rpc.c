@@ -15,7 +15,7 @@
  * wire; the peer's hello is kept aside and "done" only when its proof checks
  * out. A request, or a response, before that closes the connection.
  *
- * Calls: net, sio, clock, auth, log, msgpack, libevent. Thread rule: see rpc.h.
+ * Calls: net, sio, clock, auth, admit, log, msgpack, libevent. Thread rule: see rpc.h.
  */
 #include "rpc.h"
 
@@ -67,6 +67,7 @@ struct rpc_conn {
     bool proof_sent;  /* ours is out, and c->held was flushed after it */
     struct evbuffer *held; /* what c->pk wrote before our proof went out */
     double hello_deadline; /* RPC_HELLO_TIMEOUT */
+    admit_entry *admission; /* accepted, hello not done yet: held by self.admit */
     size_t hello_bytes;    /* read before the hello was done (RPC_MAX_HELLO) */
     uint64_t peer_clock;
     uint8_t nonce[AUTH_NONCE_LEN], peer_nonce[AUTH_NONCE_LEN];
@@ -143,6 +144,8 @@ static void teardown(rpc_conn *c, bool notify)
 {
     if (c->dead) return;
     c->dead = true;
+    admit_leave(c->self.admit, c->admission, false);
+    c->admission = NULL;
     c->busy++;
     sio_free(c->io);
     c->io = NULL;
@@ -274,6 +277,8 @@ static void send_proof(rpc_conn *c)
 static void hello_complete(rpc_conn *c)
 {
     c->hello_done = true;
+    admit_leave(c->self.admit, c->admission, true);
+    c->admission = NULL;
     c->guard.limit = RPC_MAX_FRAME; /* read_cb stopped at the end of this object */
     if (c->self.clock && c->peer_clock) clock_update(c->self.clock, c->peer_clock);
     if (c->h.on_hello) c->h.on_hello(c->h.arg, c);
@@ -616,9 +621,19 @@ static rpc_conn *conn_new(struct event_base *base, const rpc_handlers *h, const 
     return c;
 }
 
+/* admit.h: a newer stranger needs the room. */
+static void evicted(void *arg)
+{
+    rpc_conn *c = arg;
+    c->admission = NULL; /* admit forgot it already */
+    log_debug("%s: hello not done, closed to make room for a newer connection", c->name);
+    teardown(c, true);
+}
+
 /* A connection that never got its socket going. */
 static void discard(rpc_conn *c)
 {
+    admit_leave(c->self.admit, c->admission, false);
     c->dead = true;
     event_free(c->sweep);
     conn_free(c);
@@ -636,6 +651,11 @@ rpc_conn *rpc_accept(struct event_base *base, int fd, const rpc_handlers *h, con
         return NULL;
     }
     if (net_from_sockaddr(&a, (struct sockaddr *)&ss) == 0) net_format(&a, c->name, sizeof(c->name));
+    if (self->admit && !(c->admission = admit_enter(self->admit, (struct sockaddr *)&ss, evicted, c))) {
+        discard(c);
+        close(fd);
+        return NULL;
+    }
     c->io = sio_new(base, fd, &rpc_sio_ops, c);
     if (!c->io) {
         discard(c);

@@ -26,9 +26,12 @@
  * pending call's callback runs once with RPC_ERR_LOST (RPC_ERR_UNSENT when
  * it never left).
  *
+ * An accepted connection is held by rpc_self.admit (admit.h) until its
+ * hello is done: a daemon holds only so many connections from strangers.
+ *
  * Thread rule: a connection belongs to the thread of its event_base; every
  * function must be called from that thread.
- * Calls: net, clock (hello carries the sender's clock), auth, log.
+ * Calls: net, clock (hello carries the sender's clock), auth, admit, log.
  */
 #ifndef KUMO_RPC_H
 #define KUMO_RPC_H
@@ -38,6 +41,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "admit.h"
 #include "auth.h"
 #include "clock.h"
 #include "kumo.h"
@@ -94,10 +98,14 @@ typedef struct rpc_self {
     const auth_key *key; /* the cluster key, or NULL for none; must outlive the connections */
     uint64_t incarnation; /* random per server process, so a manager can tell a restart from a
                              reconnect; 0 for the other roles */
+    admit *admit; /* accepted connections wait here until their hello is done; NULL: no bound. Must
+                     outlive the connections, and every rpc_accept sharing it runs on one loop */
 } rpc_self;
 
-/* Take over an accepted socket. NULL: the peer already gone, or out of
- * memory; the socket is closed either way. */
+/* Take over an accepted socket. NULL: refused by self->admit, the peer
+ * already gone, or out of memory; the socket is closed either way. Admitting
+ * it may close an older connection that has not finished its hello (its
+ * on_close runs before this returns). */
 rpc_conn *rpc_accept(struct event_base *base, int fd, const rpc_handlers *h, const rpc_self *self);
 /* Start connecting; fails (later, through on_close) after connect_timeout s.
  * Returns NULL only if no socket could be made. */

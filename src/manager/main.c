@@ -121,7 +121,12 @@ int main(int argc, char **argv)
     m.whs = hashspace_new(NULL, 0, 0);
     m.rhs = hashspace_ref(m.whs);
     m.base = event_base_new();
-    m.rpc_self = (rpc_self){.role = RPC_ROLE_MANAGER, .addr = m.self, .clock = &m.clock, .key = key};
+    m.rpc_self = (rpc_self){.role = RPC_ROLE_MANAGER, .addr = m.self, .clock = &m.clock, .key = key,
+                            .admit = admit_new("rpc", 0, 0)}; /* -l and -c together */
+    if (!m.rpc_self.admit) {
+        log_fatal("out of memory");
+        return 1;
+    }
 
     net_addr cluster_addr = m.self;
     memset(cluster_addr.id + 2, 0, cluster_addr.len - 2); /* every interface, the port of -l */
@@ -166,6 +171,7 @@ int main(int argc, char **argv)
     membership_stop(&m);
     daemon_listener_free(m.cluster_listener);
     daemon_listener_free(m.control_listener);
+    admit_free(m.rpc_self.admit);
     daemon_signals_free(&sigs);
     hashspace_unref(m.whs);
     hashspace_unref(m.rhs);

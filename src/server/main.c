@@ -113,11 +113,85 @@ static double mono(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* The two listeners and their strangers (admit.h), for ST_ACCEPT and
+ * --metrics: per port, the values named by port_fields. */
+enum { PF_PAUSED, PF_FAILURES, PF_HELD, PF_REFUSED, PF_EVICTED, PF_FAILED, PF_N };
+static const struct {
+    const char *key; /* in ST_ACCEPT, after "rpc_"/"stream_" from PF_HELD on */
+    const char *metric;
+    metrics_type type;
+    const char *help;
+} port_fields[PF_N] = {
+    {"accept_paused", "kumo_server_accept_paused", METRICS_GAUGE,
+     "1 while accepting is paused after accept() failed (out of descriptors)"},
+    {"accept_failures", "kumo_server_accept_failures", METRICS_COUNTER,
+     "accept() failures, each pausing the listener for 100 ms (out of descriptors)"},
+    {"unauthenticated", "kumo_server_unauthenticated_connections", METRICS_GAUGE,
+     "connections held before their hello, proof or token"},
+    {"refused", "kumo_server_unauthenticated_refused", METRICS_COUNTER,
+     "unauthenticated connections closed at accept: over the per-address or total bound"},
+    {"evicted", "kumo_server_unauthenticated_evicted", METRICS_COUNTER,
+     "unauthenticated connections closed to make room for newer ones"},
+    {"failed", "kumo_server_unauthenticated_failed", METRICS_COUNTER,
+     "connections closed before authenticating: timeout, a bad hello or token, the peer left"},
+};
+static const char *const port_names[2] = {"rpc", "stream"};
+
+static void get_port_stats(const server *s, uint64_t v[2][PF_N])
+{
+    const daemon_listener *l[2] = {s->listener, s->stream_listener};
+    const admit *a[2] = {s->rpc_self.admit, s->stream_admit};
+    for (int i = 0; i < 2; i++) {
+        bool paused;
+        admit_stats st;
+        daemon_listener_stats(l[i], &v[i][PF_FAILURES], &paused);
+        admit_get_stats(a[i], &st);
+        v[i][PF_PAUSED] = paused;
+        v[i][PF_HELD] = st.held;
+        v[i][PF_REFUSED] = st.refused;
+        v[i][PF_EVICTED] = st.evicted;
+        v[i][PF_FAILED] = st.failed;
+    }
+}
+
+static void pack_kv(msgpack_packer *pk, const char *prefix, const char *name, uint64_t v)
+{
+    char key[64];
+    snprintf(key, sizeof(key), "%s%s", prefix, name);
+    rpc_pack_str(pk, key);
+    msgpack_pack_uint64(pk, v);
+}
+
+/* SRV_STATUS ST_ACCEPT (kumostat accept): answered here, where the
+ * listeners are, and not in data.c with the other ids. */
+static void status_accept(server *s, rpc_conn *c, uint32_t msgid)
+{
+    uint64_t v[2][PF_N];
+    get_port_stats(s, v);
+    msgpack_packer *pk = rpc_reply_begin(c, msgid);
+    msgpack_pack_map(pk, 4 + 2 * (PF_N - PF_HELD));
+    pack_kv(pk, "", port_fields[PF_PAUSED].key, v[0][PF_PAUSED] || v[1][PF_PAUSED]);
+    pack_kv(pk, "", port_fields[PF_FAILURES].key, v[0][PF_FAILURES] + v[1][PF_FAILURES]);
+    pack_kv(pk, "", "unauthenticated_per_address_limit", admit_limit_per_addr(s->rpc_self.admit));
+    pack_kv(pk, "", "unauthenticated_limit", admit_limit(s->rpc_self.admit));
+    for (int i = 0; i < 2; i++) {
+        char prefix[16];
+        snprintf(prefix, sizeof(prefix), "%s_", port_names[i]);
+        for (int f = PF_HELD; f < PF_N; f++) pack_kv(pk, prefix, port_fields[f].key, v[i][f]);
+    }
+    rpc_call_end(c);
+}
+
 static void on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
 {
     server *s = arg;
+    uint64_t what;
     if (method == SRV_SET_CONFIG) {
         set_config(c, msgid, params);
+        return;
+    }
+    if (method == SRV_STATUS && rpc_arg_uint(params, 0, &what) && what == ST_ACCEPT) {
+        status_accept(s, c, msgid);
         return;
     }
     if (!s->metrics) {
@@ -163,6 +237,12 @@ static void collect_metrics(void *arg, metrics_out *o)
                     "tombstones dropped from memory under -gS before -gN (left in the database)", g.forgotten);
     metrics_gauge(o, "kumo_server_peer_connections", "open connections to other servers", (double)peers);
     metrics_gauge(o, "kumo_server_manager_connections", "managers connected", (double)managers);
+    uint64_t v[2][PF_N];
+    get_port_stats(s, v);
+    for (int f = 0; f < PF_N; f++) {
+        metrics_family(o, port_fields[f].metric, port_fields[f].type, port_fields[f].help);
+        for (int i = 0; i < 2; i++) metrics_sample(o, (double)v[i][f], "port", port_names[i], NULL);
+    }
     digest_metrics(s, o);
     if (s->metrics)
         metrics_histogram(o, "kumo_server_request_duration_seconds",
@@ -196,9 +276,8 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
         s->accepted_cap = ncap;
     }
     rpc_handlers h = {.on_request = on_request, .on_close = on_accepted_close, .arg = s};
-    rpc_conn *c = rpc_accept(s->base, fd, &h, &s->rpc_self);
-    if (!c) evutil_closesocket(fd);
-    else s->accepted[s->naccepted++] = c;
+    rpc_conn *c = rpc_accept(s->base, fd, &h, &s->rpc_self); /* closes fd when it refuses */
+    if (c) s->accepted[s->naccepted++] = c;
 }
 
 #define DRAIN_SECONDS 5.0
@@ -288,7 +367,12 @@ int main(int argc, char **argv)
     while (incarnation == 0)
         if (getrandom(&incarnation, sizeof(incarnation), 0) != sizeof(incarnation)) incarnation = (uint64_t)time(NULL);
     s.rpc_self = (rpc_self){.role = RPC_ROLE_SERVER, .addr = s.self, .clock = &s.clock, .incarnation = incarnation,
-                                .key = key};
+                                .key = key, .admit = admit_new("rpc", 0, 0)};
+    if (!s.rpc_self.admit) {
+        log_fatal("out of memory");
+        store_close(s.db);
+        return 1;
+    }
 
     net_addr bind_addr = s.self;
     memset(bind_addr.id + 2, 0, bind_addr.len - 2); /* every interface, the port of -l */
@@ -331,6 +415,7 @@ int main(int argc, char **argv)
     metrics_stop(metrics);
     while (s.naccepted > 0) rpc_close(s.accepted[--s.naccepted]);
     free(s.accepted);
+    admit_free(s.rpc_self.admit);
     daemon_listener_free(s.listener);
     cluster_stop(&s);
     stream_stop(&s);

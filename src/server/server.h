@@ -84,6 +84,7 @@ typedef struct server {
     bool replace_deleting;   /* a delete phase is walking */
     uint64_t moved_sent, moved_sent_bytes, moved_recv, moved_recv_bytes; /* by replaces, since start */
     daemon_listener *stream_listener; /* -L */
+    admit *stream_admit;              /* -L connections that have not sent a token yet */
     struct offer *offers;                   /* stream files waiting to be collected */
     struct ev_token_bucket_cfg *rate;       /* --replace-rate */
     struct event *flush_timer;

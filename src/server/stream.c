@@ -16,10 +16,12 @@
  * The stream port has no handshake but the token, so it reads nothing else:
  * at most 8 bytes until the token is known (a read watermark), nothing at
  * all after it (a byte more closes the connection), and a connection that
- * has sent no valid token within STREAM_TOKEN_TIMEOUT is closed.
+ * has sent no valid token within STREAM_TOKEN_TIMEOUT is closed. Until
+ * then it is held by s->stream_admit (admit.h), which bounds how many such
+ * connections one address, and all of them, can make the server hold.
  *
- * Calls: store, record, rpc, cluster.c, streamdec (parsing what arrives),
- * zlib, libevent. Thread rule: main loop.
+ * Calls: store, record, rpc, admit, cluster.c, streamdec (parsing what
+ * arrives), zlib, libevent. Thread rule: main loop.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -162,10 +164,13 @@ typedef struct sender {
     server *s;
     offer *o;
     struct bufferevent *bev;
+    admit_entry *admission; /* until the token is known */
 } sender;
 
+/* Close it; one still waiting for its token failed to authenticate. */
 static void sender_free(sender *sd)
 {
+    admit_leave(sd->s->stream_admit, sd->admission, false);
     if (sd->o) sd->o->taker = NULL; /* the offer waits for the RPC reply */
     bufferevent_free(sd->bev);
     free(sd);
@@ -268,6 +273,14 @@ void stream_file_offer(server *s, stream_file *f, const net_addr *to, stream_don
 
 void stream_file_abandon(stream_file *f) { file_free(f); }
 
+/* admit.h: a newer connection needs the room. */
+static void sender_evicted(void *arg)
+{
+    sender *sd = arg;
+    sd->admission = NULL; /* admit forgot it already */
+    sender_free(sd);
+}
+
 static void sender_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     /* A timeout only comes before the token (stream_accept): a peer that
@@ -305,6 +318,8 @@ static void sender_read_cb(struct bufferevent *bev, void *arg)
         sender_free(sd);
         return;
     }
+    admit_leave(sd->s->stream_admit, sd->admission, true);
+    sd->admission = NULL;
     sd->o = o;
     o->taker = sd;
     evtimer_del(o->expire);
@@ -328,7 +343,9 @@ static void stream_accept(struct evconnlistener *l, evutil_socket_t fd, struct s
     server *s = arg;
     sender *sd = calloc(1, sizeof(*sd));
     if (sd) sd->s = s;
-    if (!sd || !(sd->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE))) {
+    if (!sd || !(sd->admission = admit_enter(s->stream_admit, sa, sender_evicted, sd)) ||
+        !(sd->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE))) {
+        if (sd) admit_leave(s->stream_admit, sd->admission, false);
         free(sd);
         evutil_closesocket(fd);
         return;
@@ -462,8 +479,12 @@ int stream_start(server *s, char *err)
     net_set_port(&a, (uint16_t)s->cfg->stream_port);
     int fd = net_listen(&a, err);
     if (fd < 0) return -1;
-    s->stream_listener = daemon_listen(s->base, fd, stream_accept, s);
-    if (!s->stream_listener) return kumo_err(err, "out of memory");
+    s->stream_admit = admit_new("stream", 0, 0);
+    s->stream_listener = s->stream_admit ? daemon_listen(s->base, fd, stream_accept, s) : NULL;
+    if (!s->stream_listener) {
+        if (!s->stream_admit) close(fd);
+        return kumo_err(err, "out of memory");
+    }
     if (s->cfg->replace_rate > 0) {
         size_t bps = (size_t)(s->cfg->replace_rate * 1024 * 1024);
         struct timeval tick = {0, 100000};
@@ -480,6 +501,9 @@ void stream_stop(server *s)
     }
     daemon_listener_free(s->stream_listener);
     s->stream_listener = NULL;
+    admit_evict_all(s->stream_admit); /* the connections that never sent a token */
+    admit_free(s->stream_admit);
+    s->stream_admit = NULL;
     if (s->rate) ev_token_bucket_cfg_free(s->rate);
     s->rate = NULL;
 }

@@ -57,6 +57,7 @@ static const struct {
     {"clocktime", ST_CLOCKTIME, "get the server's clock (ClockTime: seconds << 32 | counter)"},
     {"bytes", ST_DB_BYTES, "get size of the database file in bytes"},
     {"stats", CMD_STATS, "get memcached-style STAT lines"},
+    {"accept", ST_ACCEPT, "get accept failures and unauthenticated connections, one \"name value\" line each"},
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
@@ -211,6 +212,23 @@ static int query(const net_addr *addr, int what, const char *prefix)
         }
         printf("%ssent %" PRIu64 " records (%" PRIu64 " bytes compressed), applied %" PRIu64
                " received records (%" PRIu64 " bytes compressed)\n", prefix, v[0], v[1], v[2], v[3]);
+        break;
+    }
+    case ST_ACCEPT: {
+        if (tool_status(&t, what, &res, err) < 0) goto fail;
+        const msgpack_object *o = &res.data;
+        bool good = o->type == MSGPACK_OBJECT_MAP;
+        for (uint32_t i = 0; good && i < o->via.map.size; i++)
+            good = o->via.map.ptr[i].key.type == MSGPACK_OBJECT_STR &&
+                   o->via.map.ptr[i].val.type == MSGPACK_OBJECT_POSITIVE_INTEGER;
+        if (!good) {
+            kumo_err(err, "%s: unexpected answer", t.name);
+            goto fail;
+        }
+        print_block_head(prefix);
+        for (uint32_t i = 0; i < o->via.map.size; i++)
+            printf("%.*s %" PRIu64 "\n", (int)o->via.map.ptr[i].key.via.str.size, o->via.map.ptr[i].key.via.str.ptr,
+                   o->via.map.ptr[i].val.via.u64);
         break;
     }
     default:

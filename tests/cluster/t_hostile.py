@@ -21,8 +21,9 @@ batches, a replace stream from a fake sender (the test poses as a server
 and offers hostile compressed streams: corrupt, truncated, records that
 declare huge lengths, malformed records; a good stream first proves the
 path works); 10,000 idle connections to the gateway and 2,000 to the
-server while both keep serving; a gateway at its descriptor limit keeps
-its CPU idle and serves again once connections close.
+server while both keep serving (the server holds only its per-address
+limit of them: they never sent a hello); a gateway at its descriptor limit
+keeps its CPU idle and serves again once connections close.
 """
 import os
 import resource
@@ -590,6 +591,17 @@ def idle_connections(c, chk):
                 ans = e
         tap.ok(isinstance(ans, bytes) and ans.startswith(b"VERSION"),
                "the gateway answers on its 10,000th connection", repr(ans))
+        # The server's are strangers (no hello): it holds at most its
+        # per-address limit of them (src/lib/admit.h) and closes the rest; a
+        # new peer from the same address takes the place of the oldest once
+        # that one is ADMIT_GRACE (1 s) old.
+        st = kt.wait_until(lambda: c.kumostat(c.servers[0], "accept"), 15, "kumostat accept", interval=0.2,
+                           daemons=c.daemons())
+        st = {k: int(v) for k, v in (ln.split() for ln in st.splitlines())}
+        tap.ok(st["rpc_unauthenticated"] <= st["unauthenticated_per_address_limit"] and
+               st["rpc_refused"] + st["rpc_evicted"] >= nsrv - st["unauthenticated_per_address_limit"],
+               "the server holds at most %d of its idle connections, and counts the others"
+               % st["unauthenticated_per_address_limit"], repr(st))
         chk.ok("opening the idle connections")
     finally:
         for s in socks:
