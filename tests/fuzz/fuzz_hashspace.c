@@ -64,7 +64,24 @@ static void check_seed(const msgpack_object *o, const uint8_t *data, size_t size
             CHECK(own[a] < r->nnodes && r->nodes[own[a]].active);
             for (size_t b = 0; b < a; b++) CHECK(own[a] != own[b]);
         }
-        if (n > 0) CHECK(hashspace_is_primary(hs, h, &r->nodes[own[0]].addr));
+        /* The coordinator is the first serving (live, in-sync) owner, and
+         * every serving owner is a live one, in the same order. */
+        uint32_t srv[KUMO_REPLICAS];
+        size_t ns = hashspace_serving_owners(hs, h, srv);
+        CHECK(ns <= n);
+        for (size_t a = 0, b = 0; a < ns; a++, b++) {
+            while (b < n && own[b] != srv[a]) b++;
+            CHECK(b < n && !r->nodes[srv[a]].catchup);
+        }
+        if (ns > 0) CHECK(hashspace_is_primary(hs, h, &r->nodes[srv[0]].addr));
+        for (size_t a = 0; a < n; a++)
+            if (ns == 0 || own[a] != srv[0]) CHECK(!hashspace_is_primary(hs, h, &r->nodes[own[a]].addr));
+        const net_addr *co = hashspace_coordinator(hs, hs, h);
+        CHECK(ns > 0 ? co && net_equal(co, &r->nodes[srv[0]].addr) : co == NULL);
+        hashspace_plan plan;
+        hashspace_copy_plan(hs, hs, h, &plan);
+        CHECK(plan.n <= 2 * KUMO_REPLICAS && plan.sender < (int)plan.n);
+        CHECK(!(plan.exchange && plan.blocked) && (plan.sender < 0 || (!plan.exchange && !plan.blocked)));
     }
     hashspace_unref(hs);
 }
