@@ -55,6 +55,7 @@ void cluster_set_hashspaces(server *s, hashspace *whs, hashspace *rhs)
         if (s->whs && !s->stopping && someone_rejoined(s->whs, whs)) digest_pass_now(s);
         hashspace_unref(s->whs);
         s->whs = whs;
+        s->catching_up = hashspace_catching_up(whs, &s->self); /* once, not per read */
         /* Writes in flight chose their replicas by the old whs. */
         s->write_epoch++;
         s->writes_old = s->writes_inflight;

@@ -463,7 +463,7 @@ static int get_one(server *s, const char *key, size_t klen, void **v, size_t *vl
     /* Still catching up: this copy may lack acknowledged writes, so it must
      * not answer for the cluster (a gateway with an older hash space asked;
      * the refusal sends it to an in-sync owner). */
-    if (hashspace_catching_up(s->whs, &s->self)) {
+    if (s->catching_up) {
         *why = ERR_CATCHING_UP;
         return -1;
     }

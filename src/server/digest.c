@@ -954,7 +954,7 @@ static void pass_start(evutil_socket_t fd, short what, void *arg)
     if (p->phase != PH_IDLE || s->stopping) return;
     /* Not a member, catching up (it leads nothing), or a replace moving data:
      * not now. */
-    if (at < 0 || !s->whs->ring.nodes[at].active || hashspace_catching_up(s->whs, &s->self) ||
+    if (at < 0 || !s->whs->ring.nodes[at].active || s->catching_up ||
         s->whs->clocktime != s->rhs->clocktime) {
         if (s->cfg->verify_interval > 0) pass_arm(p, s->cfg->verify_interval);
         return;

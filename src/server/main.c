@@ -226,7 +226,7 @@ static void collect_metrics(void *arg, metrics_out *o)
     metrics_hash_spaces(o, "kumo_server", s->whs, s->rhs);
     metrics_gauge(o, "kumo_server_replace_copying", "1 while a replace copy is in flight", s->replace_copying);
     metrics_gauge(o, "kumo_server_catching_up", "1 while this server is catching up: it serves no read and coordinates no write",
-                  hashspace_catching_up(s->whs, &s->self));
+                  s->catching_up);
     metrics_counter(o, "kumo_server_replace_received_records", "records applied from replace streams, since start",
                     s->moved_recv);
     metrics_gauge(o, "kumo_server_tombstones_remembered", "tombstones waiting for collection (-gX/-gN)",

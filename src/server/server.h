@@ -79,6 +79,7 @@ typedef struct server {
      * them before a replace copies). */
     uint64_t write_epoch;
     int writes_old;
+    bool catching_up; /* this server is catching up in whs (derived on adoption) */
     bool replace_copying; /* a copy phase has transfers in flight */
     uint64_t replace_latest; /* ClockTime of the newest replace asked of us */
     bool replace_deleting;   /* a delete phase is walking */
