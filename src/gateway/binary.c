@@ -170,6 +170,7 @@ static void finish(bop *b)
 static void get_done(void *arg, bool ok, const void *value, size_t vlen)
 {
     bop *b = arg;
+    client_part_end(b->r->c, vlen);
     gateway_stats *st = &b->r->c->g->stats;
     record_value v;
     if (!ok) {
@@ -193,6 +194,7 @@ static void do_get(client *c, const memproto_request *q)
     bop *b = op_new(c, q);
     if (!b) return;
     c->g->stats.cmd_get++;
+    client_part_begin(c);
     client_call_begin(b->r);
     router_get(c->g, q->key, q->keylen, client_settled(c), get_done, b);
 }
@@ -508,6 +510,22 @@ static void dispatch(client *c, const memproto_request *q)
     }
 }
 
+/* The command's place in the order rules of its connection (client.h). */
+static creq_kind kind_of(const memproto_request *q)
+{
+    switch (q->cmd) {
+    case MEMPROTO_GET:
+    case MEMPROTO_GETK: return CREQ_READ;
+    case MEMPROTO_FLUSH:
+    case MEMPROTO_STAT: return CREQ_BARRIER;
+    case MEMPROTO_NOOP:
+    case MEMPROTO_VERSION:
+    case MEMPROTO_QUIT:
+    case MEMPROTO_VERBOSITY: return CREQ_LOCAL;
+    default: return CREQ_WRITE;
+    }
+}
+
 static size_t binary_parse(client *c, const char *buf, size_t len)
 {
     gateway *g = c->g;
@@ -516,7 +534,10 @@ static size_t binary_parse(client *c, const char *buf, size_t len)
     memproto_result st = memproto_parse(buf, len, (size_t)g->cfg->item_size_max, &q, &used);
     switch (st) {
     case MEMPROTO_NEED_MORE: return 0;
-    case MEMPROTO_OK: dispatch(c, &q); break;
+    case MEMPROTO_OK:
+        if (!client_may_start(c, kind_of(&q))) return 0; /* parsed again when it may */
+        dispatch(c, &q);
+        break;
     case MEMPROTO_BAD_MAGIC: c->close_after_flush = true; break;
     case MEMPROTO_BAD_LENGTHS:
         reply_error(c, &q, MEMPROTO_STATUS_UNKNOWN_COMMAND);

@@ -4,9 +4,13 @@
  */
 #include "client.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
+#define STORE(x, v) atomic_store_explicit(&(x), (v), memory_order_relaxed)
 
 static void req_free(creq *r)
 {
@@ -34,6 +38,17 @@ static void conn_close(client *c)
     else c->g->clients = c->next;
     if (c->next) c->next->prev = c->prev;
     c->g->stats.curr_connections--;
+    if (c->waiting) {
+        client **p = &c->g->flow.wait_head, *prev = NULL;
+        while (*p != c) {
+            prev = *p;
+            p = &(*p)->wait_next;
+        }
+        *p = c->wait_next;
+        if (c->g->flow.wait_tail == c) c->g->flow.wait_tail = prev;
+        c->waiting = false;
+    }
+    if (c->paused) STORE(c->g->flow.paused, LOAD(c->g->flow.paused) - 1);
     sio_free(c->io);
     c->io = NULL;
     if (c->inflight == 0) conn_free(c);
@@ -50,30 +65,161 @@ creq *client_req(client *c, bool quiet)
     }
     r->c = c;
     r->quiet = quiet;
+    r->kind = c->next_kind;
     if (c->tail) c->tail->next = r;
     else c->head = r;
     c->tail = r;
     c->queued++;
     c->unanswered++;
+    c->open[r->kind]++;
     return r;
 }
 
-static bool must_pause(client *c)
+/* ---- flow control ---- */
+
+static size_t conn_budget(const client *c) { return (size_t)c->g->cfg->max_conn_buffer_kib * 1024; }
+
+/* Answers not yet written: the socket's output and every queued request's. */
+static size_t buffered(const client *c)
 {
-    return c->queued >= CLIENT_MAX_QUEUED || evbuffer_get_length(sio_output(c->io)) >= CLIENT_MAX_OUTPUT;
+    size_t n = c->io ? evbuffer_get_length(sio_output(c->io)) : 0;
+    for (const creq *r = c->head; r; r = r->next) n += evbuffer_get_length(r->out);
+    return n;
 }
 
-/* Resume reading once half the queue and the whole output are gone. */
+static void wait_for_room(client *c)
+{
+    gw_flow *f = &c->g->flow;
+    if (c->waiting) return;
+    c->waiting = true;
+    c->wait_next = NULL;
+    if (f->wait_tail) f->wait_tail->wait_next = c;
+    else f->wait_head = c;
+    f->wait_tail = c;
+}
+
+bool client_part_allowed(client *c)
+{
+    gateway *g = c->g;
+    uint64_t est = LOAD(g->flow.estimate);
+    if (c->waiting || c->parts >= CLIENT_WINDOW || buffered(c) + c->parts * est >= conn_budget(c)) return false;
+    /* One get of each connection may always be in flight, so every
+     * connection moves; beyond that, the worker's budget decides. */
+    if (c->parts > 0 && LOAD(g->flow.parts) * est >= (uint64_t)g->cfg->max_inflight_kib * 1024) {
+        wait_for_room(c);
+        return false;
+    }
+    return true;
+}
+
+void client_part_begin(client *c)
+{
+    c->parts++;
+    STORE(c->g->flow.parts, LOAD(c->g->flow.parts) + 1);
+}
+
+void client_part_end(client *c, size_t bytes)
+{
+    gw_flow *f = &c->g->flow;
+    /* Up at once to a larger answer, half the way down to a smaller one: a
+     * burst of large values is budgeted from its first answer on, and a
+     * dozen small answers bring the estimate down from -I. */
+    uint64_t est = LOAD(f->estimate), n = bytes + 64;
+    STORE(f->estimate, n > est ? n : (est + n) / 2);
+    STORE(f->parts, LOAD(f->parts) - 1);
+    c->parts--;
+    c->held = false; /* room: try the held request again */
+}
+
+void client_parts_start(creq *r)
+{
+    r->c->partial = r;
+    r->more(r);
+}
+
+void client_parts_sent(creq *r)
+{
+    if (r->c->partial == r) r->c->partial = NULL;
+    r->more = NULL;
+}
+
+bool client_may_start(client *c, creq_kind kind)
+{
+    bool ok;
+    switch (kind) {
+    case CREQ_READ: ok = c->open[CREQ_BARRIER] == 0 && client_part_allowed(c); break;
+    case CREQ_WRITE: ok = c->open[CREQ_BARRIER] == 0 && c->open[CREQ_READ] == 0; break;
+    case CREQ_BARRIER: ok = c->unanswered == 0; break;
+    default: ok = true; break;
+    }
+    if (ok) c->next_kind = kind;
+    else c->held = true;
+    return ok;
+}
+
+static bool must_pause(const client *c)
+{
+    return c->queued >= CLIENT_MAX_QUEUED || c->partial || buffered(c) >= conn_budget(c);
+}
+
+static void pause_reading(client *c)
+{
+    if (c->paused) return;
+    c->paused = true;
+    STORE(c->g->flow.paused, LOAD(c->g->flow.paused) + 1);
+    STORE(c->g->flow.pauses, LOAD(c->g->flow.pauses) + 1);
+    sio_read_enable(c->io, false);
+}
+
+/* Resume reading once the queue has room and the answers left, and try a
+ * held request again once something it waited for happened (`held` is
+ * cleared by a completion, an answered get, drained output or room in the
+ * worker's budget): resuming without cause would parse it again at once,
+ * forever. */
 static void maybe_resume(client *c)
 {
-    if (!c->paused || c->queued >= CLIENT_MAX_QUEUED / 2 ||
-        evbuffer_get_length(sio_output(c->io)) >= CLIENT_MAX_OUTPUT / 2)
+    if (!c->paused || c->held || c->closed || c->queued >= CLIENT_MAX_QUEUED / 2 || c->partial ||
+        buffered(c) >= conn_budget(c) / 2)
         return;
     c->paused = false;
+    STORE(c->g->flow.paused, LOAD(c->g->flow.paused) - 1);
     sio_read_enable(c->io, true); /* runs the parser again on buffered input */
 }
 
-/* Move the finished prefix of the queue to the socket. */
+/* Let the streaming request send what room allows, then maybe read on. */
+static void pump(client *c)
+{
+    while (!c->closed && c->partial && !c->waiting) {
+        creq *r = c->partial;
+        r->more(r);
+        if (c->partial == r) break; /* no more room for now */
+    }
+    maybe_resume(c);
+}
+
+/* Room in the worker's budget: the connections waiting for it go on, first
+ * come first. */
+static void wake_waiters(gateway *g)
+{
+    gw_flow *f = &g->flow;
+    while (f->wait_head) {
+        client *c = f->wait_head;
+        f->wait_head = c->wait_next;
+        if (!f->wait_head) f->wait_tail = NULL;
+        c->waiting = false;
+        c->held = false;
+        c->inflight++; /* pump may complete requests */
+        pump(c);
+        bool again = c->waiting;
+        if (--c->inflight == 0 && c->closed) conn_free(c);
+        if (again) break; /* still no room */
+    }
+}
+
+void client_flow_init(gateway *g) { STORE(g->flow.estimate, (uint64_t)g->cfg->item_size_max); }
+
+/* Move the finished prefix of the queue to the socket, and what the first
+ * unfinished request has so far: a multi-get streams its answer. */
 static void flush(client *c)
 {
     if (c->closed) return;
@@ -90,8 +236,13 @@ static void flush(client *c)
         }
         req_free(r);
     }
+    creq *h = c->head;
+    if (h && !h->quiet && evbuffer_get_length(h->out) > 0) {
+        c->g->stats.bytes_written += evbuffer_get_length(h->out);
+        evbuffer_add_buffer(out, h->out);
+    }
     if (evbuffer_get_length(out) != before) sio_wrote(c->io);
-    maybe_resume(c);
+    pump(c);
     if (c->close_after_flush && !c->head && evbuffer_get_length(out) == 0) conn_close(c);
 }
 
@@ -100,6 +251,8 @@ void client_done(creq *r)
     if (r->done) return;
     r->done = true;
     r->c->unanswered--;
+    r->c->open[r->kind]--;
+    r->c->held = false; /* the held request may go now */
 }
 
 bool client_settled(const client *c) { return c->unanswered <= 1; }
@@ -115,8 +268,10 @@ void client_call_begin(creq *r) { r->c->inflight++; }
 void client_call_end(creq *r)
 {
     client *c = r->c; /* r may be freed by the flush */
+    gateway *g = c->g;
     flush(c);
     if (--c->inflight == 0 && c->closed) conn_free(c);
+    if (g->flow.wait_head) wake_waiters(g);
 }
 
 static void read_cb(void *arg, sio *io)
@@ -135,11 +290,15 @@ static void read_cb(void *arg, sio *io)
             continue;
         }
         if (must_pause(c)) {
-            c->paused = true;
-            sio_read_enable(io, false);
+            pause_reading(c);
             break;
         }
+        c->next_kind = CREQ_LOCAL;
         size_t used = c->parse(c, (const char *)evbuffer_pullup(in, -1), len);
+        if (c->held && used == 0) {
+            pause_reading(c); /* until earlier requests complete */
+            break;
+        }
         if (used == 0 && c->discard == 0) break;
         if (!c->closed) evbuffer_drain(in, used);
     }
@@ -158,8 +317,9 @@ static void drained_cb(void *arg, sio *io)
 {
     client *c = arg;
     (void)io;
+    c->held = false; /* the answers left: a held get may have room now */
     if (c->close_after_flush && !c->head) conn_close(c);
-    else maybe_resume(c);
+    else pump(c);
 }
 
 static const sio_ops client_sio_ops = {

@@ -5,9 +5,16 @@
  * and turns each into a creq appended to the connection's queue; it fills
  * the request's output buffer, possibly later from router callbacks, and
  * marks it done. Output leaves strictly in request order: whenever a request
- * completes, the finished prefix of the queue goes to the socket. Reading
- * pauses while too many requests are in flight or too much output waits. A connection that closes
+ * completes, the finished prefix of the queue goes to the socket, and so
+ * does what the first unfinished request has so far (a multi-get streams).
+ * Reading pauses while too many requests are in flight, too much output
+ * waits, or the next request must wait (creq_kind). A connection that closes
  * with requests in flight is freed when the last router callback arrives.
+ *
+ * Flow control (docs/architecture.md §15): a connection holds at most
+ * --max-conn-buffer of unsent answers plus estimated gets in flight, and a
+ * worker at most --max-inflight of estimated gets in flight; a connection
+ * that finds the worker's budget spent waits in line for it.
  *
  * Thread rule: its worker's loop. Calls: sio, libevent.
  */
@@ -22,11 +29,27 @@
 #include "sio.h"
 
 /* Backpressure on one connection: reading pauses while this many requests
- * are in flight, or while this much output waits for a client that does not
- * read. A non-reading client therefore holds at most CLIENT_MAX_OUTPUT plus
- * CLIENT_MAX_QUEUED replies in the gateway's memory. */
+ * are queued, while too much output waits for a client that does not read
+ * (--max-conn-buffer), or while the next request must wait for earlier ones
+ * (the order rules below). */
 #define CLIENT_MAX_QUEUED 128
-#define CLIENT_MAX_OUTPUT (1024 * 1024)
+/* At most this many gets of one connection in flight at once; a multi-get
+ * with more keys streams through this window. */
+#define CLIENT_WINDOW 128
+
+/* What a request does, for the order rules of one connection: requests take
+ * effect in the order they were sent. A read may run beside earlier reads
+ * and writes (a read after an unanswered write goes to the coordinator,
+ * behind the write on the same server connection); a write waits for every
+ * earlier read (which might otherwise see it); a barrier (flush_all, stats)
+ * waits for everything before it, and everything after waits for it. */
+typedef enum creq_kind {
+    CREQ_LOCAL,   /* answered by the gateway alone (version, errors) */
+    CREQ_READ,    /* get, gets, mg, me, binary get */
+    CREQ_WRITE,   /* storage, delete, incr/decr, touch, gat, ms, md, ma */
+    CREQ_BARRIER, /* flush_all, stats */
+    CREQ_KINDS
+} creq_kind;
 
 typedef struct client client;
 
@@ -34,6 +57,11 @@ typedef struct creq {
     struct creq *next;
     client *c;
     struct evbuffer *out;
+    creq_kind kind;
+    /* A request with more parts (keys) than the window lets out at once:
+     * sends what the budget allows now; called again as room frees up,
+     * until it calls client_parts_sent. */
+    void (*more)(struct creq *r);
     bool done;
     bool quiet;  /* produce no output (noreply, quiet binary opcodes) */
     int waiting; /* protocol's own count of outstanding sub-operations */
@@ -54,20 +82,45 @@ struct client {
     creq *head, *tail;
     size_t queued;
     size_t unanswered; /* queued requests not yet done */
+    size_t open[CREQ_KINDS]; /* ... by kind */
+    creq_kind next_kind; /* what client_req makes: set by client_may_start, LOCAL otherwise */
+    creq *partial;       /* the request still sending parts, if any (at most one) */
+    size_t parts;        /* its gets (and any other request's) in flight */
+    client *wait_next;   /* in g->flow.waiting: room in the worker's budget is awaited */
+    bool waiting;
     int inflight; /* router callbacks still to come */
     bool closed;
     bool close_after_flush;
     bool paused;
+    bool held; /* the next request waits for earlier ones or for room */
     size_t discard; /* input bytes to drop before parsing again */
     void *proto;    /* the protocol's per-connection scratch, freed at close */
 };
 
+/* A worker's flow control starts from the largest answer (-I). */
+void client_flow_init(gateway *g);
 /* Close and free every connection (at exit). */
 void client_close_all(gateway *g);
 /* Take over an accepted socket; proto_state is freed with free() at the end. */
 client *client_new(gateway *g, int fd, client_parse_fn parse, void *proto_state);
+/* Whether a request of this kind may start now (the order rules and the
+ * get budget). The parser asks once it has a whole request; on false it
+ * consumes nothing, and parsing resumes when earlier requests complete.
+ * On true, client_req makes requests of this kind until the parse returns. */
+bool client_may_start(client *c, creq_kind kind);
 /* A new request at the tail of the queue (NULL when out of memory). */
 creq *client_req(client *c, bool quiet);
+/* Parts: every get a request sends counts against the connection's window
+ * and budget (--max-conn-buffer) and the worker's (--max-inflight), by the
+ * worker's running estimate of a get's answer. */
+bool client_part_allowed(client *c);
+void client_part_begin(client *c);
+/* A get's answer of `bytes` arrived (call before client_call_end). */
+void client_part_end(client *c, size_t bytes);
+/* r sends parts over time through r->more (set it first); calls it once now. */
+void client_parts_start(creq *r);
+/* r has sent its last part. */
+void client_parts_sent(creq *r);
 /* r's output is complete. It leaves (and r is freed) at the next flush:
  * the end of the current read, or client_call_end. */
 void client_done(creq *r);

@@ -50,6 +50,8 @@ typedef struct gateway_config {
     bool keep_flags;       /* -F (always on; accepted for compatibility) */
     bool keep_exptime;     /* -E (always on; accepted for compatibility) */
     int item_size_max;     /* -I, bytes */
+    int max_conn_buffer_kib; /* --max-conn-buffer: one connection's unsent answers and gets in flight */
+    int max_inflight_kib;    /* --max-inflight: one worker's gets in flight, estimated */
 } gateway_config;
 
 /* The gets one loop turn sends a server in one SRV_GET_MANY (router.c). */
@@ -89,6 +91,16 @@ typedef struct gateway_totals {
 #undef GW_TOTALS_FIELD
 } gateway_totals;
 
+/* Flow control of one worker (client.c). Atomics only so that worker 0's
+ * metrics can read them; the worker's thread alone changes them. */
+typedef struct gw_flow {
+    _Atomic uint64_t parts;    /* gets in flight */
+    _Atomic uint64_t estimate; /* bytes: running estimate of one get's answer */
+    _Atomic uint64_t paused;   /* client connections not being read now */
+    _Atomic uint64_t pauses;   /* times one stopped being read */
+    struct client *wait_head, *wait_tail; /* connections waiting for room in the budget */
+} gw_flow;
+
 /* Latency of the operations the router runs, by kind (metrics). */
 enum { GW_LAT_GET, GW_LAT_WRITE, GW_LAT_DELETE, GW_LAT_KINDS };
 
@@ -115,6 +127,7 @@ typedef struct gateway {
     long max_connections; /* RLIMIT_NOFILE, shown by stats */
     unsigned text_port;
     gateway_stats stats;
+    gw_flow flow;
     pthread_mutex_t latency_lock; /* a scrape on worker 0 reads `latency` */
     metrics_hist latency[GW_LAT_KINDS];
     /* workers.c */
@@ -159,6 +172,9 @@ bool workers_ready(gateway *g);
 /* The counters summed over the workers; since_reset subtracts the totals
  * at the last `stats reset` (not from curr_connections). */
 void workers_totals(gateway_group *grp, bool since_reset, gateway_totals *t);
+/* Flow control summed over the workers: gets in flight, their estimated
+ * bytes, connections not being read, and pauses since start. */
+void workers_flow(gateway_group *grp, uint64_t *parts, uint64_t *bytes, uint64_t *paused, uint64_t *pauses);
 /* The latency histograms summed over the workers. */
 void workers_latency(gateway_group *grp, metrics_hist out[GW_LAT_KINDS]);
 

@@ -44,6 +44,10 @@ static const opt_def gateway_opts[] = {
      "store memcached flags (always done; accepted for compatibility)"},
     {"-E", "--save-expire", OPT_FLAG, offsetof(gateway_config, keep_exptime), NULL, NULL, 0, 0, false,
      "store expiration times (always done; accepted for compatibility)"},
+    {"--max-conn-buffer", NULL, OPT_INT, offsetof(gateway_config, max_conn_buffer_kib), "<KiB>", "4096", 64,
+     1 << 21, false, "one connection's unsent answers plus its gets in flight: reading it pauses beyond this"},
+    {"--max-inflight", NULL, OPT_INT, offsetof(gateway_config, max_inflight_kib), "<KiB>", "65536", 64, 1 << 21,
+     false, "each worker's gets in flight, by their estimated answers: connections wait in line beyond this"},
     {"-I", "--max-item-size", OPT_INT, offsetof(gateway_config, item_size_max), "<bytes>", "1048576", 1024,
      32 * 1024 * 1024, false, "largest value accepted (at most 32 MiB: a value travels in one node message)"},
     DAEMON_COMMON_OPTS_TR(gateway_config, common, NULL,
@@ -113,6 +117,13 @@ static void collect_metrics(void *arg, metrics_out *o)
     if (g->managers) managers = links_up(g->managers);
     metrics_gauge(o, "kumo_gateway_server_connections", "open connections to servers", (double)servers);
     metrics_gauge(o, "kumo_gateway_manager_connections", "managers connected", (double)managers);
+    uint64_t parts, bytes, paused, pauses;
+    workers_flow(grp, &parts, &bytes, &paused, &pauses);
+    metrics_gauge(o, "kumo_gateway_gets_in_flight", "gets sent to servers and not yet answered", (double)parts);
+    metrics_gauge(o, "kumo_gateway_bytes_in_flight", "their answers' estimated size (--max-inflight)", (double)bytes);
+    metrics_gauge(o, "kumo_gateway_paused_connections", "client connections not being read now", (double)paused);
+    metrics_counter(o, "kumo_gateway_connection_pauses",
+                    "times a client connection stopped being read (order, --max-conn-buffer, queue)", pauses);
     static const char *const kinds[GW_LAT_KINDS] = {"get", "write", "delete"};
     metrics_hist latency[GW_LAT_KINDS];
     workers_latency(grp, latency);

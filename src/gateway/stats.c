@@ -104,4 +104,6 @@ void stats_settings(const gateway *g, stats_emit_fn emit, void *arg)
     put(emit, arg, "kumofs_delete_retry", "%d", cfg->delete_retries);
     put(emit, arg, "kumofs_async_set", "%s", cfg->async_set ? "yes" : "no");
     put(emit, arg, "kumofs_async_delete", "%s", cfg->async_delete ? "yes" : "no");
+    put(emit, arg, "kumofs_max_conn_buffer", "%lld", (long long)cfg->max_conn_buffer_kib * 1024);
+    put(emit, arg, "kumofs_max_inflight", "%lld", (long long)cfg->max_inflight_kib * 1024);
 }

@@ -3,8 +3,9 @@
  * commands (mg ms md ma mn me), as memcached 1.6's protocol.txt defines
  * them, over the in-order reply queue of client.c.
  *
- * Retrievals fan out one router call per key and answer when the last one
- * is back. Every write and read-modify-write (set … cas, incr/decr, touch,
+ * Retrievals send one router call per key, as many at once as the
+ * connection's window and budgets allow (client.c), and stream the answer
+ * in key order as the keys come back. Every write and read-modify-write (set … cas, incr/decr, touch,
  * gat, ms, md, ma, mg with T) is one router_write_op: it runs atomically at
  * the key's coordinator, which answers with memcached's result word.
  * Meta return flags are echoed in the order the client asked for them.
@@ -162,6 +163,7 @@ typedef struct kslot {
     size_t klen;
     uint8_t *rec; /* the stored record on a hit */
     size_t rlen;
+    bool done; /* answered */
     bool error;
 } kslot;
 
@@ -178,6 +180,13 @@ typedef struct tstate {
     kslot *keys;
     kctx *ctx;
     meta m;
+    /* a retrieval streams: keys [0, emit) are formatted, [emit, next) are
+     * in flight or answered, [next, nkeys) wait for room */
+    size_t next, emit;
+    bool any_owner;  /* decided when the request started */
+    bool failed;     /* a key failed after every retry */
+    bool answered;   /* a VALUE went out */
+    int64_t exptime; /* gat, gats */
 } tstate;
 
 static void tstate_free(void *p)
@@ -264,66 +273,100 @@ static char *put_uint(char *p, uint64_t n)
     return p;
 }
 
-static void format_values(creq *r)
+/* One key's answer, in key order: VALUE <key> <flags> <bytes>[ <cas>]. */
+static void format_key(creq *r, kslot *k)
 {
     tstate *t = r->state;
     gateway *g = r->c->g;
-    uint32_t now = (uint32_t)time(NULL);
-    bool failed = false, with_cas = t->cmd == MEMTEXT_GETS || t->cmd == MEMTEXT_GATS;
-    for (size_t i = 0; i < t->nkeys; i++) {
-        kslot *k = &t->keys[i];
-        record_value v;
-        if (k->error) {
-            failed = true;
-            continue;
-        }
-        if (!hit(g, k, &v, now)) {
-            g->stats.get_misses++;
-            if (t->cmd == MEMTEXT_GAT || t->cmd == MEMTEXT_GATS) g->stats.touch_misses++;
-            continue;
-        }
-        g->stats.get_hits++;
-        if (t->cmd == MEMTEXT_GAT || t->cmd == MEMTEXT_GATS) g->stats.touch_hits++;
-        /* VALUE <key> <flags> <bytes>[ <cas>]\r\n, without printf */
-        char line[6 + MEMTEXT_MAX_KEY + 3 * 21 + 2], *e = line;
-        memcpy(e, "VALUE ", 6);
-        e += 6;
-        memcpy(e, k->key, k->klen);
-        e += k->klen;
-        e = put_uint(e, v.flags);
-        e = put_uint(e, v.payload_len);
-        if (with_cas) e = put_uint(e, v.clocktime);
-        *e++ = '\r';
-        *e++ = '\n';
-        evbuffer_add(r->out, line, (size_t)(e - line));
-        evbuffer_add(r->out, v.payload, v.payload_len);
-        evbuffer_add(r->out, "\r\n", 2);
+    bool touch = t->cmd == MEMTEXT_GAT || t->cmd == MEMTEXT_GATS;
+    record_value v;
+    if (k->error) {
+        t->failed = true;
+        return;
     }
-    if (failed && evbuffer_get_length(r->out) == 0) evbuffer_add_printf(r->out, "SERVER_ERROR get failed\r\n");
+    if (!hit(g, k, &v, (uint32_t)time(NULL))) {
+        g->stats.get_misses++;
+        if (touch) g->stats.touch_misses++;
+        return;
+    }
+    g->stats.get_hits++;
+    if (touch) g->stats.touch_hits++;
+    char line[6 + MEMTEXT_MAX_KEY + 3 * 21 + 2], *e = line; /* without printf */
+    memcpy(e, "VALUE ", 6);
+    e += 6;
+    memcpy(e, k->key, k->klen);
+    e += k->klen;
+    e = put_uint(e, v.flags);
+    e = put_uint(e, v.payload_len);
+    if (t->cmd == MEMTEXT_GETS || t->cmd == MEMTEXT_GATS) e = put_uint(e, v.clocktime);
+    *e++ = '\r';
+    *e++ = '\n';
+    evbuffer_add(r->out, line, (size_t)(e - line));
+    evbuffer_add(r->out, v.payload, v.payload_len);
+    evbuffer_add(r->out, "\r\n", 2);
+    t->answered = true;
+}
+
+/* Format the keys answered so far, in order, and end the answer after the
+ * last: END, or SERVER_ERROR when keys failed and none was found. The
+ * answer leaves as it grows (client.c streams the first request's). */
+static void format_ready(creq *r)
+{
+    tstate *t = r->state;
+    while (t->emit < t->nkeys && t->keys[t->emit].done) {
+        kslot *k = &t->keys[t->emit++];
+        format_key(r, k);
+        free(k->rec);
+        k->rec = NULL;
+    }
+    if (t->emit < t->nkeys) return;
+    if (t->failed && !t->answered) evbuffer_add_printf(r->out, "SERVER_ERROR get failed\r\n");
     else evbuffer_add(r->out, "END\r\n", 5);
     client_done(r);
 }
 
-static void get_done(void *arg, bool ok, const void *value, size_t vlen)
+static void key_done(kctx *x, bool ok, const void *value, size_t vlen)
 {
-    kctx *x = arg;
     creq *r = x->r;
     tstate *t = r->state;
-    if (!ok) t->keys[x->i].error = true;
-    else keep_record(&t->keys[x->i], value, vlen);
-    if (--r->waiting == 0) format_values(r);
+    kslot *k = &t->keys[x->i];
+    if (!ok) k->error = true;
+    else keep_record(k, value, vlen);
+    k->done = true;
+    client_part_end(r->c, vlen);
+    format_ready(r);
     client_call_end(r);
 }
 
+static void get_done(void *arg, bool ok, const void *value, size_t vlen) { key_done(arg, ok, value, vlen); }
+
 static void gat_done(void *arg, const router_result *res)
 {
-    kctx *x = arg;
-    creq *r = x->r;
+    bool hit = res->ok && res->code == CODE_STORED;
+    key_done(arg, res->ok, hit ? res->value : NULL, hit ? res->vlen : 0);
+}
+
+/* Send the keys the window and the budgets let out now (creq.more). */
+static void retrieve_more(creq *r)
+{
     tstate *t = r->state;
-    if (!res->ok) t->keys[x->i].error = true;
-    else if (res->code == CODE_STORED) keep_record(&t->keys[x->i], res->value, res->vlen);
-    if (--r->waiting == 0) format_values(r);
-    client_call_end(r);
+    client *c = r->c;
+    bool touch = t->cmd == MEMTEXT_GAT || t->cmd == MEMTEXT_GATS;
+    while (t->next < t->nkeys && client_part_allowed(c)) {
+        size_t i = t->next++;
+        kslot *k = &t->keys[i];
+        client_part_begin(c);
+        client_call_begin(r);
+        if (!touch) {
+            router_get(c->g, k->key, k->klen, t->any_owner, get_done, &t->ctx[i]);
+            continue;
+        }
+        size_t vlen;
+        uint8_t *val = make_value(0, t->exptime, NULL, 0, &vlen);
+        router_write w = {.op = OP_GAT};
+        router_write_op(c->g, &w, k->key, k->klen, val, val ? vlen : 0, gat_done, &t->ctx[i]);
+    }
+    if (t->next == t->nkeys) client_parts_sent(r);
 }
 
 static void do_retrieve(client *c, const memtext_request *q)
@@ -336,23 +379,13 @@ static void do_retrieve(client *c, const memtext_request *q)
     g->stats.cmd_get += q->nkeys;
     if (touch) g->stats.cmd_touch += q->nkeys;
     if (q->nkeys == 0) {
-        format_values(r);
+        format_ready(r);
         return;
     }
-    r->waiting = (int)q->nkeys;
-    bool any_owner = client_settled(c);
-    for (size_t i = 0; i < q->nkeys; i++) {
-        kslot *k = &t->keys[i];
-        client_call_begin(r);
-        if (!touch) {
-            router_get(g, k->key, k->klen, any_owner, get_done, &t->ctx[i]);
-            continue;
-        }
-        size_t vlen;
-        uint8_t *val = make_value(0, q->exptime, NULL, 0, &vlen);
-        router_write w = {.op = OP_GAT};
-        router_write_op(g, &w, k->key, k->klen, val, val ? vlen : 0, gat_done, &t->ctx[i]);
-    }
+    t->any_owner = client_settled(c);
+    t->exptime = q->exptime;
+    r->more = retrieve_more;
+    client_parts_start(r);
 }
 
 /* ---- classic writes ---- */
@@ -635,6 +668,7 @@ static void mg_finish(creq *r, bool ok, const void *rec, size_t len)
 static void mg_get_done(void *arg, bool ok, const void *value, size_t vlen)
 {
     creq *r = arg;
+    client_part_end(r->c, vlen);
     mg_finish(r, ok, value, vlen);
     client_call_end(r);
 }
@@ -649,6 +683,7 @@ static void mg_gat_done(void *arg, const router_result *res)
 static void me_done(void *arg, bool ok, const void *rec, size_t len)
 {
     creq *r = arg;
+    client_part_end(r->c, len);
     tstate *t = r->state;
     record_value v;
     uint32_t now = (uint32_t)time(NULL);
@@ -740,6 +775,7 @@ static void do_meta(client *c, const memtext_request *q)
     router_write w = {.cas = m.has_cas ? m.cas : 0};
     switch (q->cmd) {
     case MEMTEXT_ME:
+        client_part_begin(c);
         client_call_begin(r);
         router_get(g, key, klen, client_settled(c), me_done, r);
         return;
@@ -747,6 +783,7 @@ static void do_meta(client *c, const memtext_request *q)
         g->stats.cmd_get++;
         client_call_begin(r);
         if (!m.has_ttl) {
+            client_part_begin(c);
             router_get(g, key, klen, client_settled(c), mg_get_done, r);
             return;
         }
@@ -827,6 +864,27 @@ static void dispatch(client *c, const memtext_request *q)
     }
 }
 
+/* The command's place in the order rules of its connection (client.h). */
+static creq_kind kind_of(const memtext_request *q)
+{
+    switch (q->cmd) {
+    case MEMTEXT_GET:
+    case MEMTEXT_GETS:
+    case MEMTEXT_ME: return CREQ_READ;
+    case MEMTEXT_MG:
+        for (size_t i = 0; i < q->ntokens; i++)
+            if (q->tokens[i].p[0] == 'T') return CREQ_WRITE; /* a touch */
+        return CREQ_READ;
+    case MEMTEXT_FLUSH_ALL:
+    case MEMTEXT_STATS: return CREQ_BARRIER;
+    case MEMTEXT_VERSION:
+    case MEMTEXT_VERBOSITY:
+    case MEMTEXT_QUIT:
+    case MEMTEXT_MN: return CREQ_LOCAL;
+    default: return CREQ_WRITE;
+    }
+}
+
 static size_t text_parse(client *c, const char *buf, size_t len)
 {
     memtext_request *q = c->proto;
@@ -845,7 +903,10 @@ static size_t text_parse(client *c, const char *buf, size_t len)
             c->discard = q->need;
         }
         return 0;
-    case MEMTEXT_OK: dispatch(c, q); break;
+    case MEMTEXT_OK:
+        if (!client_may_start(c, kind_of(q))) return 0; /* parsed again when it may */
+        dispatch(c, q);
+        break;
     case MEMTEXT_ERROR:
         if ((r = client_req(c, false))) client_reply(r, "ERROR\r\n");
         break;

@@ -142,6 +142,7 @@ gateway_group *workers_new(const gateway_config *cfg, const rpc_self *self, size
         g->cfg = cfg;
         g->rpc_self = *self;
         g->started = started;
+        client_flow_init(g);
         if (!(g->base = event_base_new())) {
             kumo_err(err, "event_base_new failed");
             goto fail;
@@ -268,6 +269,19 @@ void stats_reset(gateway *g)
     pthread_mutex_lock(&grp->reset_lock);
     grp->reset_base = t;
     pthread_mutex_unlock(&grp->reset_lock);
+}
+
+void workers_flow(gateway_group *grp, uint64_t *parts, uint64_t *bytes, uint64_t *paused, uint64_t *pauses)
+{
+    *parts = *bytes = *paused = *pauses = 0;
+    for (size_t i = 0; i < grp->n; i++) {
+        gw_flow *f = &grp->w[i]->flow;
+        uint64_t n = atomic_load_explicit(&f->parts, memory_order_relaxed);
+        *parts += n;
+        *bytes += n * atomic_load_explicit(&f->estimate, memory_order_relaxed);
+        *paused += atomic_load_explicit(&f->paused, memory_order_relaxed);
+        *pauses += atomic_load_explicit(&f->pauses, memory_order_relaxed);
+    }
 }
 
 void workers_latency(gateway_group *grp, metrics_hist out[GW_LAT_KINDS])

@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <event2/buffer.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +36,10 @@
 
 #define RPC_SWEEP 0.25
 #define RPC_READ_CHUNK (64 * 1024)
+
+/* Flow control over the process's connections (rpc_flow_stats). */
+static _Atomic size_t flow_paused_now;
+static _Atomic uint64_t flow_pauses;
 
 typedef struct pending {
     uint32_t msgid; /* 0 = free slot */
@@ -72,6 +77,7 @@ struct rpc_conn {
     uint64_t peer_clock;
     uint8_t nonce[AUTH_NONCE_LEN], peer_nonce[AUTH_NONCE_LEN];
     bool dead;
+    bool paused; /* not reading: too much of our output waits (flow control) */
     int busy;
     rpc_role peer_role;
     net_addr peer_addr;
@@ -144,6 +150,7 @@ static void teardown(rpc_conn *c, bool notify)
 {
     if (c->dead) return;
     c->dead = true;
+    if (c->paused) atomic_fetch_sub_explicit(&flow_paused_now, 1, memory_order_relaxed);
     admit_leave(c->self.admit, c->admission, false);
     c->admission = NULL;
     c->busy++;
@@ -479,6 +486,34 @@ static bool dispatch(rpc_conn *c, const msgpack_object *o)
  * the proof), at most RPC_MAX_HELLO bytes in all, and never past the end of
  * the object being read: the requests behind a hello are not the hello's,
  * and are checked against RPC_MAX_FRAME once it is done. */
+/* ---- flow control ----
+ * A peer that sends requests faster than it reads our answers would make us
+ * hold every answer. So a connection the peer opened (we serve it) stops
+ * reading once self.max_output bytes of ours wait for the peer, and reads
+ * again when the peer has taken them all. Only accepted connections pause:
+ * we always read the connections we opened, so two nodes never wait for
+ * each other. */
+
+static bool must_pause(const rpc_conn *c)
+{
+    return !c->outbound && c->self.max_output && !c->dead &&
+           evbuffer_get_length(sio_output(c->io)) >= c->self.max_output;
+}
+
+static void pause_reading(rpc_conn *c)
+{
+    c->paused = true;
+    atomic_fetch_add_explicit(&flow_paused_now, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&flow_pauses, 1, memory_order_relaxed);
+    sio_read_enable(c->io, false);
+}
+
+void rpc_flow_stats(rpc_flow *out)
+{
+    out->paused = atomic_load_explicit(&flow_paused_now, memory_order_relaxed);
+    out->pauses = atomic_load_explicit(&flow_pauses, memory_order_relaxed);
+}
+
 static size_t take_input(rpc_conn *c, struct evbuffer *in, size_t n)
 {
     if (!c->hello_done) {
@@ -515,41 +550,59 @@ static size_t take_input(rpc_conn *c, struct evbuffer *in, size_t n)
     return (size_t)ok;
 }
 
-static void read_cb(void *arg, sio *io)
+/* Dispatch what the unpacker holds, then take more input, until the input
+ * is used up, the connection dies, or it pauses (flow control, below). */
+static void pump(rpc_conn *c)
 {
-    rpc_conn *c = arg;
-    struct evbuffer *in = sio_input(io);
     msgpack_unpacked result;
     msgpack_unpacked_init(&result);
     c->busy++;
-    while (!c->dead && evbuffer_get_length(in) > 0) {
-        size_t n = evbuffer_get_length(in);
-        if (n > RPC_READ_CHUNK) n = RPC_READ_CHUNK;
-        if (take_input(c, in, n) == 0) break;
-        for (;;) {
-            msgpack_unpack_return r = msgpack_unpacker_next(&c->up, &result);
-            if (r == MSGPACK_UNPACK_SUCCESS) {
-                if (!dispatch(c, &result.data)) {
-                    log_warn("%s: protocol error, closing", c->name);
-                    teardown(c, true);
-                }
-                if (c->dead) break;
-                continue;
+    while (!c->dead && !c->paused) {
+        msgpack_unpack_return r = msgpack_unpacker_next(&c->up, &result);
+        if (r == MSGPACK_UNPACK_SUCCESS) {
+            if (!dispatch(c, &result.data)) {
+                log_warn("%s: protocol error, closing", c->name);
+                teardown(c, true);
+            } else if (must_pause(c)) {
+                pause_reading(c);
             }
-            if (r == MSGPACK_UNPACK_CONTINUE) {
-                if (msgpack_unpacker_message_size(&c->up) > RPC_MAX_FRAME) {
-                    log_warn("%s: frame larger than %u bytes, closing", c->name, RPC_MAX_FRAME);
-                    teardown(c, true);
-                }
-                break;
-            }
+            continue;
+        }
+        if (r != MSGPACK_UNPACK_CONTINUE) {
             log_warn("%s: malformed frame, closing", c->name);
             teardown(c, true);
             break;
         }
+        if (msgpack_unpacker_message_size(&c->up) > RPC_MAX_FRAME) {
+            log_warn("%s: frame larger than %u bytes, closing", c->name, RPC_MAX_FRAME);
+            teardown(c, true);
+            break;
+        }
+        struct evbuffer *in = sio_input(c->io);
+        size_t n = evbuffer_get_length(in);
+        if (n == 0) break;
+        if (n > RPC_READ_CHUNK) n = RPC_READ_CHUNK;
+        if (take_input(c, in, n) == 0) break;
     }
     msgpack_unpacked_destroy(&result);
     release(c);
+}
+
+static void read_cb(void *arg, sio *io)
+{
+    (void)io;
+    pump(arg);
+}
+
+/* The peer read what we owed it: take its requests again. */
+static void drained_cb(void *arg, sio *io)
+{
+    rpc_conn *c = arg;
+    if (!c->paused) return;
+    c->paused = false;
+    atomic_fetch_sub_explicit(&flow_paused_now, 1, memory_order_relaxed);
+    sio_read_enable(io, true);
+    pump(c); /* what the unpacker already holds */
 }
 
 static void connect_cb(void *arg, sio *io)
@@ -572,6 +625,7 @@ static void close_cb(void *arg, sio *io, int err)
 
 static const sio_ops rpc_sio_ops = {
     .on_read = read_cb,
+    .on_drained = drained_cb,
     .on_connect = connect_cb,
     .on_close = close_cb,
 };

@@ -100,6 +100,8 @@ typedef struct rpc_self {
                              reconnect; 0 for the other roles */
     admit *admit; /* accepted connections wait here until their hello is done; NULL: no bound. Must
                      outlive the connections, and every rpc_accept sharing it runs on one loop */
+    size_t max_output; /* an accepted connection stops reading while this many bytes of ours wait
+                          for the peer, until it took them all; 0 = no bound */
 } rpc_self;
 
 /* Take over an accepted socket. NULL: refused by self->admit, the peer
@@ -125,6 +127,13 @@ const net_addr *rpc_peer_addr(const rpc_conn *c); /* announced address */
 const char *rpc_peer_name(const rpc_conn *c);     /* "1.2.3.4:19800" or the socket peer */
 uint64_t rpc_peer_incarnation(const rpc_conn *c); /* 0 if the peer sent none */
 size_t rpc_pending(const rpc_conn *c);
+
+/* Flow control (rpc_self.max_output), over every connection of the process. */
+typedef struct rpc_flow {
+    size_t paused;   /* connections not reading now */
+    uint64_t pauses; /* times a connection stopped reading */
+} rpc_flow;
+void rpc_flow_stats(rpc_flow *out);
 void *rpc_get_data(const rpc_conn *c);
 void rpc_set_data(rpc_conn *c, void *data);
 

@@ -56,6 +56,9 @@ static const opt_def server_opts[] = {
     {"--verify-interval", NULL, OPT_INT, offsetof(server_config, verify_interval), "<sec>", "0", 0, 1 << 30, false,
      "compare the ranges this server coordinates with their other owners every <sec> seconds and copy what one "
      "side lacks, newer wins (0 = never)"},
+    {"--max-peer-output", NULL, OPT_INT, offsetof(server_config, max_peer_output_kib), "<KiB>", "16384", 64,
+     1 << 21, false,
+     "stop reading a gateway's or peer's requests while this much of our answers waits for it to read"},
     DAEMON_COMMON_OPTS(server_config, common),
 };
 
@@ -237,6 +240,12 @@ static void collect_metrics(void *arg, metrics_out *o)
                     "tombstones dropped from memory under -gS before -gN (left in the database)", g.forgotten);
     metrics_gauge(o, "kumo_server_peer_connections", "open connections to other servers", (double)peers);
     metrics_gauge(o, "kumo_server_manager_connections", "managers connected", (double)managers);
+    rpc_flow fl;
+    rpc_flow_stats(&fl);
+    metrics_gauge(o, "kumo_server_connections_paused",
+                  "connections not read now: their peer has not read --max-peer-output of our answers", (double)fl.paused);
+    metrics_counter(o, "kumo_server_connection_pauses", "times a connection stopped being read (--max-peer-output)",
+                    fl.pauses);
     uint64_t v[2][PF_N];
     get_port_stats(s, v);
     for (int f = 0; f < PF_N; f++) {
@@ -367,7 +376,8 @@ int main(int argc, char **argv)
     while (incarnation == 0)
         if (getrandom(&incarnation, sizeof(incarnation), 0) != sizeof(incarnation)) incarnation = (uint64_t)time(NULL);
     s.rpc_self = (rpc_self){.role = RPC_ROLE_SERVER, .addr = s.self, .clock = &s.clock, .incarnation = incarnation,
-                                .key = key, .admit = admit_new("rpc", 0, 0)};
+                                .key = key, .admit = admit_new("rpc", 0, 0),
+                                .max_output = (size_t)cfg.max_peer_output_kib * 1024};
     if (!s.rpc_self.admit) {
         log_fatal("out of memory");
         store_close(s.db);

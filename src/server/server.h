@@ -42,6 +42,7 @@ typedef struct server_config {
     int gc_max_sec;         /* -gX */
     double replace_rate;    /* --replace-rate, MiB/s; 0 = unlimited */
     int verify_interval;    /* --verify-interval, s; 0 = no background anti-entropy pass */
+    int max_peer_output_kib; /* --max-peer-output: answers held for one peer before its requests wait */
 } server_config;
 
 typedef struct peer {

@@ -743,6 +743,96 @@ class Cluster:
         return False
 
 
+class MemCgroup:
+    """A memory cgroup (v2, else v1's memory controller) holding some daemons,
+    so that a daemon that outgrows `limit` bytes is OOM-killed instead of
+    taking the machine down. Removed at cleanup. MemCgroup.available() says
+    whether this machine lets us make one (root, a writable hierarchy)."""
+
+    V2 = "/sys/fs/cgroup"
+    V1 = "/sys/fs/cgroup/memory"
+
+    @classmethod
+    def available(cls):
+        return cls._root() is not None
+
+    @classmethod
+    def _root(cls):
+        if os.geteuid() != 0:
+            return None
+        if os.path.exists(os.path.join(cls.V2, "cgroup.controllers")):
+            try:
+                with open(os.path.join(cls.V2, "cgroup.subtree_control")) as f:
+                    if "memory" in f.read().split():
+                        return ("v2", cls.V2)
+            except OSError:
+                return None
+            return None
+        if os.access(os.path.join(cls.V1, "cgroup.procs"), os.W_OK):
+            return ("v1", cls.V1)
+        return None
+
+    def __init__(self, name, limit):
+        kind, root = self._root()
+        self.kind = kind
+        self.path = os.path.join(root, "kumotest-%d-%s" % (os.getpid(), name))
+        os.makedirs(self.path, exist_ok=True)
+        at_cleanup(self.remove)
+        if kind == "v2":
+            self._write("memory.max", limit)
+            self._write("memory.swap.max", 0, optional=True)
+        else:
+            self._write("memory.limit_in_bytes", limit)
+            self._write("memory.memsw.limit_in_bytes", limit, optional=True)
+
+    def _write(self, name, value, optional=False):
+        try:
+            with open(os.path.join(self.path, name), "w") as f:
+                f.write(str(value))
+        except OSError:
+            if not optional:
+                raise
+
+    def add(self, pid):
+        self._write("cgroup.procs", pid)
+
+    def oom_kills(self):
+        """OOM kills inside the group so far."""
+        name = "memory.events" if self.kind == "v2" else "memory.oom_control"
+        try:
+            with open(os.path.join(self.path, name)) as f:
+                for line in f:
+                    k, _, v = line.partition(" ")
+                    if k == "oom_kill":
+                        return int(v)
+        except OSError:
+            pass
+        return 0
+
+    def remove(self):
+        for _ in range(50):
+            try:
+                os.rmdir(self.path)
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.1)
+
+
+def rss_anon(pid):
+    """A process's anonymous resident memory in bytes (its heap: what it
+    allocated, not the files it maps), or None when it is gone."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 class PlainMemcached:
     """A plain memcached on a free port, to check the tests' own expectations
     against the reference server (KUMO_TEST_AGAINST=memcached)."""
