@@ -152,7 +152,7 @@ static uint8_t *make_value(uint32_t flags, uint32_t exptime, const void *data, s
 {
     uint8_t *v = malloc(record_mc_size(len));
     if (!v) return NULL;
-    record_mc_header(v, 0, flags, record_exptime(exptime, (uint32_t)time(NULL)));
+    record_mc_header(v, 0, flags, record_exptime_wire(exptime));
     if (len) memcpy(v + record_mc_size(0), data, len);
     *vlen = record_mc_size(len);
     return v;
@@ -178,11 +178,7 @@ static void get_done(void *arg, bool ok, const void *value, size_t vlen)
     } else if (!value || record_value_parse(value, vlen, &v) < 0 || v.tombstone) {
         st->get_misses++;
         put_miss(b);
-    } else if (record_expired(&v, (uint32_t)time(NULL))) {
-        st->get_expired++;
-        st->get_misses++;
-        put_miss(b);
-    } else {
+    } else { /* expiry was judged by the server (text.c, hit) */
         st->get_hits++;
         put_item(b, &v, v.clocktime);
     }
@@ -402,15 +398,9 @@ static void do_flush(client *c, const memproto_request *q)
 {
     bop *b = op_new(c, q);
     if (!b) return;
-    uint64_t delay = 0;
-    if (q->exptime != 0) {
-        /* memcached's realtime(): relative up to 30 days, else a unix time. */
-        uint32_t now = (uint32_t)time(NULL), at = record_exptime(q->exptime, now);
-        delay = at > now ? at - now : 0;
-    }
     c->g->stats.cmd_flush++;
     client_call_begin(b->r);
-    router_flush(c->g, delay, flush_done, b);
+    router_flush(c->g, q->exptime, flush_done, b);
 }
 
 /* ---- stat ---- */

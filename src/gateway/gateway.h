@@ -218,8 +218,10 @@ typedef void (*router_write_fn)(void *arg, const router_result *res);
  * OP_DELETE. */
 void router_write_op(gateway *g, const router_write *w, const char *key, size_t klen, uint8_t *val, size_t vlen,
                      router_write_fn fn, void *arg);
-/* flush_all on every server; fn gets ok = all of them did it. */
-void router_flush(gateway *g, uint64_t delay, router_write_fn fn, void *arg);
+/* flush_all on every server, now or at `when` (memcached's exptime rule:
+ * up to 30 days from now, else a unix time); fn gets ok = all of them did
+ * it. */
+void router_flush(gateway *g, int64_t when, router_write_fn fn, void *arg);
 
 /* The cluster's size as memcached's stats report it: records and database
  * bytes summed over the live servers, divided by the copies kept of each

@@ -548,8 +548,11 @@ static void flush_reply(void *arg, rpc_status st, const msgpack_object *result)
 
 static void flush_start_cb(evutil_socket_t fd, short what, void *arg) { flush_done(arg); }
 
-void router_flush(gateway *g, uint64_t delay, router_write_fn fn, void *arg)
+void router_flush(gateway *g, int64_t when, router_write_fn fn, void *arg)
 {
+    /* The servers take a delay, and count it on the cluster's clock. */
+    uint32_t now = (uint32_t)time(NULL), at = when > 0 ? record_exptime(when, now) : 0;
+    uint64_t delay = at > now ? at - now : 0;
     flush_op *f = calloc(1, sizeof(*f));
     if (!f) {
         log_fatal("out of memory");

@@ -244,7 +244,7 @@ static uint8_t *make_value(uint32_t flags, int64_t exptime, const void *data, si
 {
     uint8_t *v = malloc(record_mc_size(len));
     if (!v) return NULL;
-    record_mc_header(v, 0, flags, record_exptime(exptime, (uint32_t)time(NULL)));
+    record_mc_header(v, 0, flags, record_exptime_wire(exptime));
     if (len) memcpy(v + record_mc_size(0), data, len);
     *vlen = record_mc_size(len);
     return v;
@@ -252,14 +252,12 @@ static uint8_t *make_value(uint32_t flags, int64_t exptime, const void *data, si
 
 /* ---- get gets gat gats ---- */
 
-static bool hit(gateway *g, const kslot *k, record_value *v, uint32_t now)
+/* Whether a key's answer is a value. The servers judged its expiry, by
+ * the cluster's clock (docs/protocol.md, "Expiry and clocks"): the
+ * gateway's own clock may be off, so it does not judge again. */
+static bool hit(const kslot *k, record_value *v)
 {
-    if (!k->rec || record_value_parse(k->rec, k->rlen, v) < 0 || v->tombstone) return false;
-    if (record_expired(v, now)) {
-        g->stats.get_expired++;
-        return false;
-    }
-    return true;
+    return k->rec && record_value_parse(k->rec, k->rlen, v) == 0 && !v->tombstone;
 }
 
 /* " <n>" at p; returns the end. */
@@ -284,7 +282,7 @@ static void format_key(creq *r, kslot *k)
         t->failed = true;
         return;
     }
-    if (!hit(g, k, &v, (uint32_t)time(NULL))) {
+    if (!hit(k, &v)) {
         g->stats.get_misses++;
         if (touch) g->stats.touch_misses++;
         return;
@@ -546,7 +544,7 @@ static void do_flush(client *c, const memtext_request *q)
     if (!r) return;
     c->g->stats.cmd_flush++;
     client_call_begin(r);
-    router_flush(c->g, q->delay > 0 ? (uint64_t)q->delay : 0, flush_done, r);
+    router_flush(c->g, q->delay, flush_done, r);
 }
 
 /* ---- stats ---- */
@@ -635,7 +633,7 @@ static void mg_finish(creq *r, bool ok, const void *rec, size_t len)
         return;
     }
     keep_record(&t->keys[0], rec, len);
-    if (!hit(g, &t->keys[0], &v, (uint32_t)time(NULL))) {
+    if (!hit(&t->keys[0], &v)) {
         g->stats.get_misses++;
         if (t->m.q) {
             r->quiet = true;
@@ -691,7 +689,7 @@ static void me_done(void *arg, bool ok, const void *rec, size_t len)
         client_reply(r, "SERVER_ERROR get failed\r\n");
     } else {
         keep_record(&t->keys[0], rec, len);
-        if (!hit(r->c->g, &t->keys[0], &v, now)) {
+        if (!hit(&t->keys[0], &v)) {
             client_reply(r, "EN\r\n");
         } else {
             evbuffer_add_printf(r->out, "ME %.*s exp=%lld la=0 cas=%" PRIu64 " fetch=no cls=1 size=%zu\r\n",

@@ -64,3 +64,11 @@ uint64_t clock_peek(const clock_hlc *c)
 {
     return atomic_load_explicit(&c->last, memory_order_acquire);
 }
+
+uint64_t clock_now(const clock_hlc *c)
+{
+    uint64_t wall = wall_ct(), heard = clock_peek(c);
+    return wall > heard ? wall : heard;
+}
+
+uint32_t clock_now_seconds(const clock_hlc *c) { return clock_seconds(clock_now(c)); }

@@ -28,6 +28,15 @@ uint64_t clock_next(clock_hlc *c);
 void clock_update(clock_hlc *c, uint64_t remote);
 /* The greatest ClockTime returned or seen so far (no increment). */
 uint64_t clock_peek(const clock_hlc *c);
+/* The cluster's time, in unix seconds: this node's wall clock, or the
+ * latest ClockTime heard from another node when that is ahead. Expiry and
+ * delayed flushes are judged by it, on the same timeline as the ClockTimes
+ * (docs/protocol.md, "Expiry and clocks"). */
+uint32_t clock_now_seconds(const clock_hlc *c);
+/* The same as a ClockTime (max(wall << 32, last), no increment): what a
+ * node tells the others in keepalives, so that the cluster's time moves on
+ * with its fastest clock even when nothing is written. */
+uint64_t clock_now(const clock_hlc *c);
 
 static inline uint32_t clock_seconds(uint64_t ct) { return (uint32_t)(ct >> 32); }
 static inline uint32_t clock_counter(uint64_t ct) { return (uint32_t)ct; }

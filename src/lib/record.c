@@ -13,8 +13,6 @@
 
 #include <string.h>
 
-/* memcached: an exptime up to 30 days is relative to now. */
-#define RECORD_RELATIVE_MAX 2592000
 
 static void put_be16(uint8_t *p, uint16_t v)
 {
@@ -136,4 +134,18 @@ uint32_t record_exptime(int64_t exptime, uint32_t now)
         return abs > UINT32_MAX ? UINT32_MAX : (uint32_t)abs;
     }
     return exptime > UINT32_MAX ? UINT32_MAX : (uint32_t)exptime;
+}
+
+uint32_t record_exptime_wire(int64_t exptime)
+{
+    if (exptime < 0) return RECORD_EXPTIME_PAST;
+    return exptime > UINT32_MAX ? UINT32_MAX : (uint32_t)exptime;
+}
+
+void record_resolve_exptime(uint8_t *val, size_t vlen, uint32_t now)
+{
+    record_value v;
+    if (record_value_parse(val, vlen, &v) < 0 || v.tombstone || v.exptime == 0 || v.exptime > RECORD_RELATIVE_MAX)
+        return;
+    put_be32(val + RECORD_VALUE_HEADER + 4, record_exptime(v.exptime, now));
 }

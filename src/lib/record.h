@@ -63,7 +63,16 @@ void record_tombstone(uint8_t out[RECORD_TOMBSTONE], uint64_t ct);
 /* Expiry rule of memcached: 0 = never, 1..30 days = relative to now,
  * larger = absolute unix time, negative = already expired. Returns the
  * absolute time to store (1 for "already expired"). */
+/* memcached: an exptime up to 30 days is relative to now. */
+#define RECORD_RELATIVE_MAX 2592000
 uint32_t record_exptime(int64_t exptime, uint32_t now);
+/* A client's exptime as a gateway sends it: 0, a relative time of up to 30
+ * days (the coordinator makes it absolute by the cluster's clock), an
+ * absolute unix time, or for a negative one RECORD_EXPTIME_PAST. */
+#define RECORD_EXPTIME_PAST (RECORD_RELATIVE_MAX + 1) /* a unix time long past */
+uint32_t record_exptime_wire(int64_t exptime);
+/* At the coordinator: a value's relative exptime becomes now + exptime. */
+void record_resolve_exptime(uint8_t *val, size_t vlen, uint32_t now);
 static inline bool record_expired(const record_value *v, uint32_t now)
 {
     return v->exptime != 0 && v->exptime <= now;

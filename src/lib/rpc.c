@@ -40,6 +40,9 @@
 /* Flow control over the process's connections (rpc_flow_stats). */
 static _Atomic size_t flow_paused_now;
 static _Atomic uint64_t flow_pauses;
+/* Peers whose wall clock is off ours (rpc_clock_stats). */
+static _Atomic size_t clock_skewed_now;
+static _Atomic int64_t clock_skew_last;
 
 typedef struct pending {
     uint32_t msgid; /* 0 = free slot */
@@ -75,6 +78,8 @@ struct rpc_conn {
     admit_entry *admission; /* accepted, hello not done yet: held by self.admit */
     size_t hello_bytes;    /* read before the hello was done (RPC_MAX_HELLO) */
     uint64_t peer_clock;
+    int64_t peer_skew; /* its wall clock minus ours at its hello, s (0: unknown) */
+    bool skewed;       /* counted in clock_skewed_now */
     uint8_t nonce[AUTH_NONCE_LEN], peer_nonce[AUTH_NONCE_LEN];
     bool dead;
     bool paused; /* not reading: too much of our output waits (flow control) */
@@ -151,6 +156,7 @@ static void teardown(rpc_conn *c, bool notify)
     if (c->dead) return;
     c->dead = true;
     if (c->paused) atomic_fetch_sub_explicit(&flow_paused_now, 1, memory_order_relaxed);
+    if (c->skewed) atomic_fetch_sub_explicit(&clock_skewed_now, 1, memory_order_relaxed);
     admit_leave(c->self.admit, c->admission, false);
     c->admission = NULL;
     c->busy++;
@@ -254,7 +260,7 @@ static void send_hello(rpc_conn *c)
 {
     msgpack_packer pk;
     msgpack_packer_init(&pk, c, pk_write);
-    msgpack_pack_array(&pk, c->self.key ? 7 : 6);
+    msgpack_pack_array(&pk, 8);
     msgpack_pack_uint8(&pk, 2);
     msgpack_pack_uint8(&pk, (uint8_t)c->self.role);
     rpc_pack_bytes(&pk, c->self.addr.id, c->self.addr.len);
@@ -262,6 +268,8 @@ static void send_hello(rpc_conn *c)
     msgpack_pack_uint64(&pk, c->self.clock ? clock_peek(c->self.clock) : 0);
     msgpack_pack_uint64(&pk, c->self.incarnation);
     if (c->self.key) rpc_pack_bytes(&pk, c->nonce, AUTH_NONCE_LEN);
+    else msgpack_pack_nil(&pk);
+    msgpack_pack_uint64(&pk, (uint64_t)time(NULL)); /* our wall clock, for the peer's skew check */
 }
 
 /* The peer's nonce is known: prove we hold the key, then let out what
@@ -280,6 +288,29 @@ static void send_proof(rpc_conn *c)
     c->proof_sent = true;
 }
 
+/* A peer whose wall clock is far from ours: nothing breaks (ordering is by
+ * ClockTime, expiry by the cluster's clock, which follows the fastest node),
+ * but every TTL then runs on the fast clock, so the operator must hear of it. */
+static void check_skew(rpc_conn *c)
+{
+    int64_t d = c->peer_skew;
+    if (d <= RPC_CLOCK_SKEW_WARN && d >= -RPC_CLOCK_SKEW_WARN) return;
+    c->skewed = true;
+    atomic_fetch_add_explicit(&clock_skewed_now, 1, memory_order_relaxed);
+    atomic_store_explicit(&clock_skew_last, d, memory_order_relaxed);
+    log_warn("%s: its clock is %lld s %s ours; the cluster's time (expiry, flush_all with a delay) follows the "
+             "fastest clock: synchronize the clocks (NTP)",
+             c->name, (long long)(d > 0 ? d : -d), d > 0 ? "ahead of" : "behind");
+}
+
+void rpc_clock_stats(size_t *skewed, int64_t *last_skew)
+{
+    *skewed = atomic_load_explicit(&clock_skewed_now, memory_order_relaxed);
+    *last_skew = atomic_load_explicit(&clock_skew_last, memory_order_relaxed);
+}
+
+int64_t rpc_peer_skew(const rpc_conn *c) { return c->peer_skew; }
+
 /* The peer is who it says (and, with a key, proved it). */
 static void hello_complete(rpc_conn *c)
 {
@@ -288,6 +319,7 @@ static void hello_complete(rpc_conn *c)
     c->admission = NULL;
     c->guard.limit = RPC_MAX_FRAME; /* read_cb stopped at the end of this object */
     if (c->self.clock && c->peer_clock) clock_update(c->self.clock, c->peer_clock);
+    check_skew(c);
     if (c->h.on_hello) c->h.on_hello(c->h.arg, c);
 }
 
@@ -431,6 +463,7 @@ static bool dispatch(rpc_conn *c, const msgpack_object *o)
         c->peer_role = (rpc_role)role;
         if (o->via.array.size >= 6) obj_uint(&a[5], &c->peer_incarnation); /* optional: older peers send 5 */
         c->peer_clock = ct;
+        if (o->via.array.size >= 8 && obj_uint(&a[7], &v) && v > 0) c->peer_skew = (int64_t)v - (int64_t)time(NULL);
         if (!c->self.key) {
             if (has_nonce) refuse(c, "the peer requires a cluster key and we have none (--cluster-key-file)");
             else hello_complete(c);

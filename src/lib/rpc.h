@@ -4,7 +4,8 @@
  *
  *   request  [0, msgid:uint, method:uint, params:array]
  *   response [1, msgid:uint, error:nil|str, result]
- *   hello    [2, role:uint, address:bin, version:uint, clock:uint, incarnation:uint (, nonce:bin)]
+ *   hello    [2, role:uint, address:bin, version:uint, clock:uint, incarnation:uint, nonce:bin|nil,
+ *             wall:uint]
  *   proof    [3, proof:bin]                     (only with a cluster key)
  *
  * Both ends send hello first; requests may be queued before the peer's
@@ -52,10 +53,13 @@
 /* Until a peer's hello is done (with a key: its proof checked out), it may
  * send RPC_MAX_HELLO bytes in all and take RPC_HELLO_TIMEOUT seconds from
  * accept (a peer we dialled: from connect, and only with a key); more, or
- * later, closes the connection. A hello takes at most 76 bytes ([2, role,
- * 18-byte address, version, clock, incarnation, 32-byte nonce]) and a proof
- * 36; the rest is room for elements a later version may add. */
+ * later, closes the connection. A hello takes at most 85 bytes ([2, role,
+ * 18-byte address, version, clock, incarnation, 32-byte nonce, wall]) and a
+ * proof 36; the rest is room for elements a later version may add. */
 #define RPC_MAX_HELLO 512u
+/* A peer whose wall clock (sent in its hello) is further off ours than
+ * this is logged and counted (rpc_clock_stats). */
+#define RPC_CLOCK_SKEW_WARN 2
 #define RPC_HELLO_TIMEOUT 5.0
 
 typedef enum rpc_role {
@@ -134,6 +138,11 @@ typedef struct rpc_flow {
     uint64_t pauses; /* times a connection stopped reading */
 } rpc_flow;
 void rpc_flow_stats(rpc_flow *out);
+/* Open connections whose peer's wall clock is more than RPC_CLOCK_SKEW_WARN
+ * off ours, and the skew (theirs minus ours, s) of the latest such hello. */
+void rpc_clock_stats(size_t *skewed, int64_t *last_skew);
+/* The peer's wall clock minus ours at its hello, s; 0 if it sent none. */
+int64_t rpc_peer_skew(const rpc_conn *c);
 void *rpc_get_data(const rpc_conn *c);
 void rpc_set_data(rpc_conn *c, void *data);
 

@@ -76,6 +76,13 @@ static void collect_metrics(void *arg, metrics_out *o)
     metrics_gauge(o, "kumo_manager_newcomers", "connected servers not attached (kumoctl: not attached node)",
                   (double)newcomers);
     metrics_gauge(o, "kumo_manager_gateway_connections", "gateway connections (one per gateway worker, -TR)", (double)m->ngateways);
+    size_t skewed;
+    int64_t skew;
+    rpc_clock_stats(&skewed, &skew);
+    metrics_gauge(o, "kumo_manager_peers_clock_skewed",
+                  "connected nodes whose wall clock is more than 2 s off ours (logged at their hello)", (double)skewed);
+    metrics_gauge(o, "kumo_manager_peer_clock_skew_seconds", "the latest such node's clock minus ours, s (0: none seen)",
+                  (double)skew);
     metrics_gauge(o, "kumo_manager_partner_connected", "1 when the other manager (-p) is connected",
                   m->partner_conn != NULL);
     metrics_gauge(o, "kumo_manager_replace_running", "1 while a replace runs", m->replacing);

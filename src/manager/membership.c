@@ -233,7 +233,11 @@ static void keepalive_done(void *arg, rpc_status st, const msgpack_object *r)
 {
     mserver *ms = arg;
     ms->keepalive_out = false;
-    if (st == RPC_OK) ms->last_answer = now_mono();
+    if (st != RPC_OK) return;
+    ms->last_answer = now_mono();
+    /* The server's clock: the next keepalives carry the newest one to every
+     * server, so the cluster's time follows its fastest clock (clock.h). */
+    if (r->type == MSGPACK_OBJECT_POSITIVE_INTEGER) clock_update(&ms->m->clock, r->via.u64);
 }
 
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
@@ -269,7 +273,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         ms->keepalive_out = true;
         msgpack_packer *pk = rpc_call_begin(ms->conn, SRV_KEEPALIVE, KEEPALIVE_TIMEOUT, keepalive_done, ms);
         msgpack_pack_array(pk, 1);
-        msgpack_pack_uint64(pk, clock_peek(&m->clock));
+        msgpack_pack_uint64(pk, clock_now(&m->clock));
         rpc_call_end(ms->conn);
     }
 }

@@ -154,7 +154,7 @@ bool cluster_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, con
     case SRV_KEEPALIVE: {
         uint64_t ct;
         if (rpc_arg_uint(params, 0, &ct)) clock_update(&s->clock, ct);
-        rpc_reply_nil(c, msgid);
+        rpc_reply_uint(c, msgid, clock_now(&s->clock)); /* the manager passes the newest on */
         return true;
     }
     case SRV_HS_SYNC:

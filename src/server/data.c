@@ -470,7 +470,7 @@ static int get_one(server *s, const char *key, size_t klen, void **v, size_t *vl
     s->cmd_get++;
     *v = store_get(s->db, key, klen, vlen);
     record_value rv;
-    if (*v && data_live(*v, *vlen, (uint32_t)time(NULL), s->flush_floor, &rv)) return 1;
+    if (*v && data_live(*v, *vlen, clock_now_seconds(&s->clock), s->flush_floor, &rv)) return 1;
     free(*v);
     *v = NULL;
     return 0;
@@ -564,10 +564,13 @@ static void handle_set(server *s, rpc_conn *c, uint32_t msgid, const msgpack_obj
         return;
     }
     memcpy(copy, val, vlen);
+    /* The write's time is its ClockTime's: a relative exptime ends that
+     * many seconds after it, the same moment for every owner. */
+    uint64_t ct = clock_next(&s->clock);
     write_ctx w = {.op = (int)op, .wflags = (uint32_t)flags, .cas = cas, .delta = delta, .initial = initial,
-                   .ct = clock_next(&s->clock), .floor = s->flush_floor, .now = (uint32_t)time(NULL),
-                   .val = copy, .vlen = vlen};
+                   .ct = ct, .floor = s->flush_floor, .now = clock_seconds(ct), .val = copy, .vlen = vlen};
     record_set_clocktime(copy, w.ct);
+    record_resolve_exptime(copy, vlen, w.now);
     if (store_modify(s->db, key, klen, apply_set, &w, err) < 0) {
         log_error("set: %s", err);
         rpc_reply_error(c, msgid, "store failed: %s", err);
@@ -598,9 +601,9 @@ static void handle_delete(server *s, rpc_conn *c, uint32_t msgid, const msgpack_
         return;
     }
     s->cmd_delete++;
-    write_ctx w = {.op = OP_DELETE_INTERNAL, .wflags = (uint32_t)flags, .cas = cas, .ct = clock_next(&s->clock),
-                   .floor = s->flush_floor,
-                   .now = (uint32_t)time(NULL)};
+    uint64_t ct = clock_next(&s->clock);
+    write_ctx w = {.op = OP_DELETE_INTERNAL, .wflags = (uint32_t)flags, .cas = cas, .ct = ct,
+                   .floor = s->flush_floor, .now = clock_seconds(ct)};
     if (store_modify(s->db, key, klen, apply_delete, &w, err) < 0) {
         log_error("delete: %s", err);
         rpc_reply_error(c, msgid, "store failed: %s", err);
@@ -845,7 +848,7 @@ static void handle_flush(server *s, rpc_conn *c, uint32_t msgid, const msgpack_o
     if (delay > 60u * 60 * 24 * 365) delay = 60u * 60 * 24 * 365;
     /* Everything written before the flush moment goes; the moment is a
      * ClockTime so a write in the same second after a plain flush_all stays. */
-    uint64_t floor = delay == 0 ? clock_next(&s->clock) : ((uint64_t)time(NULL) + delay) << 32;
+    uint64_t floor = delay == 0 ? clock_next(&s->clock) : ((uint64_t)clock_now_seconds(&s->clock) + delay) << 32;
     if (floor > s->flush_floor) s->flush_floor = floor;
     if (save_flush(s, err) < 0) {
         log_error("flush_all: %s", err);

@@ -246,6 +246,13 @@ static void collect_metrics(void *arg, metrics_out *o)
                   "connections not read now: their peer has not read --max-peer-output of our answers", (double)fl.paused);
     metrics_counter(o, "kumo_server_connection_pauses", "times a connection stopped being read (--max-peer-output)",
                     fl.pauses);
+    size_t skewed;
+    int64_t skew;
+    rpc_clock_stats(&skewed, &skew);
+    metrics_gauge(o, "kumo_server_peers_clock_skewed",
+                  "connected nodes whose wall clock is more than 2 s off ours (logged at their hello)", (double)skewed);
+    metrics_gauge(o, "kumo_server_peer_clock_skew_seconds",
+                  "the latest such node's clock minus ours, s (0: none seen)", (double)skew);
     uint64_t v[2][PF_N];
     get_port_stats(s, v);
     for (int f = 0; f < PF_N; f++) {
