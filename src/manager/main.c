@@ -53,7 +53,7 @@ static void on_control_accept(struct evconnlistener *l, evutil_socket_t fd, stru
 {
     manager *m = arg;
     rpc_handlers h = {.on_request = ctl_on_request, .arg = m};
-    if (!rpc_accept(m->base, fd, &h, &m->rpc_self)) evutil_closesocket(fd);
+    rpc_accept(m->base, fd, &h, &m->rpc_self); /* closes fd when it refuses */
 }
 
 static void stop(void *arg)
@@ -91,6 +91,28 @@ static void collect_metrics(void *arg, metrics_out *o)
     metrics_gauge(o, "kumo_manager_replace_delete_pending", "servers still deleting in the running replace",
                   (double)m->delete_pending);
     metrics_gauge(o, "kumo_manager_auto_replace", "1 when auto-replace is on", m->auto_replace);
+    /* Out of descriptors, and strangers (admit.h): as kumo-server shows them. */
+    const daemon_listener *ls[2] = {m->cluster_listener, m->control_listener};
+    static const char *const ports[2] = {"cluster", "control"};
+    uint64_t failures[2];
+    bool paused[2];
+    for (int i = 0; i < 2; i++) daemon_listener_stats(ls[i], &failures[i], &paused[i]);
+    metrics_family(o, "kumo_manager_accept_paused", METRICS_GAUGE,
+                   "1 while accepting is paused after accept() failed (out of descriptors)");
+    for (int i = 0; i < 2; i++) metrics_sample(o, paused[i], "port", ports[i], NULL);
+    metrics_family(o, "kumo_manager_accept_failures", METRICS_COUNTER,
+                   "accept() failures, each pausing the listener for 100 ms (out of descriptors)");
+    for (int i = 0; i < 2; i++) metrics_sample(o, (double)failures[i], "port", ports[i], NULL);
+    admit_stats st;
+    admit_get_stats(m->rpc_self.admit, &st);
+    metrics_gauge(o, "kumo_manager_unauthenticated_connections", "connections held before their hello or proof (both ports)",
+                  (double)st.held);
+    metrics_counter(o, "kumo_manager_unauthenticated_refused",
+                    "unauthenticated connections closed at accept: over the per-address or total bound", st.refused);
+    metrics_counter(o, "kumo_manager_unauthenticated_evicted", "unauthenticated connections closed to make room for newer ones",
+                    st.evicted);
+    metrics_counter(o, "kumo_manager_unauthenticated_failed",
+                    "connections closed before authenticating: timeout, a bad hello or proof, the peer left", st.failed);
 }
 
 static daemon_listener *listen_on(manager *m, const net_addr *a, evconnlistener_cb cb, char *err)

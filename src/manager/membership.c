@@ -537,7 +537,7 @@ static void mgr_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t meth
 void membership_accept(manager *m, int fd)
 {
     rpc_handlers h = membership_handlers(m);
-    if (!rpc_accept(m->base, fd, &h, &m->rpc_self)) evutil_closesocket(fd);
+    rpc_accept(m->base, fd, &h, &m->rpc_self); /* closes fd when it refuses */
 }
 
 static void auto_cb(evutil_socket_t fd, short what, void *arg)

@@ -197,9 +197,10 @@ class Peer:
         self.s.close()
 
 
-def metric(c, series):
-    """One sample of the first server's /metrics (0 when absent)."""
-    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % c.metrics_port, timeout=10) as r:
+def metric(c, series, port=None):
+    """One sample of the first server's /metrics, or of the daemon's at
+    port (0 when absent)."""
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % (port or c.metrics_port), timeout=10) as r:
         for line in r.read().decode().splitlines():
             if line.startswith(series + " "):
                 return float(line.split()[-1])
@@ -252,6 +253,11 @@ def rpc_floods(c, key):
            % (RPC_HELLO_TIMEOUT, n))
     for s in socks + [half]:
         s.close()
+    failed = metric(c, "kumo_manager_unauthenticated_failed_total", c.manager_metrics_port)
+    tap.ok(failed >= 2 * FLOOD_CONNS + 2, "the manager's /metrics counts the connections it closed before their "
+           "hello was done (%d)" % failed)
+    tap.ok(metric(c, 'kumo_manager_accept_paused{port="control"}', c.manager_metrics_port) == 0,
+           "... and shows its control port accepting")
 
 
 def per_address(c, key):
@@ -431,6 +437,8 @@ def body():
     with kt.Cluster(nservers=1, key_file=key_path, start=False) as c:
         argv = c.server_argv
         c.metrics_port = kt.free_port()
+        c.manager_metrics_port = kt.free_port()
+        c.manager_args += ["--metrics", "127.0.0.1:%d" % c.manager_metrics_port]
         c.server_argv = lambda s: (["prlimit", "--nofile=%d:%d" % (SERVER_NOFILE, SERVER_NOFILE)] + argv(s) +
                                    ["--metrics", "127.0.0.1:%d" % c.metrics_port] if s.index == 1 else argv(s))
         c.start()
