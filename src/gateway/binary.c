@@ -170,7 +170,7 @@ static void finish(bop *b)
 static void get_done(void *arg, bool ok, const void *value, size_t vlen)
 {
     bop *b = arg;
-    client_part_end(b->r->c, vlen);
+    client_part_end(b->r->c, b->key, b->klen, vlen);
     gateway_stats *st = &b->r->c->g->stats;
     record_value v;
     if (!ok) {
@@ -190,7 +190,7 @@ static void do_get(client *c, const memproto_request *q)
     bop *b = op_new(c, q);
     if (!b) return;
     c->g->stats.cmd_get++;
-    client_part_begin(c);
+    client_part_begin(c, q->key, q->keylen);
     client_call_begin(b->r);
     router_get(c->g, q->key, q->keylen, client_settled(c), get_done, b);
 }
@@ -525,7 +525,9 @@ static size_t binary_parse(client *c, const char *buf, size_t len)
     switch (st) {
     case MEMPROTO_NEED_MORE: return 0;
     case MEMPROTO_OK:
-        if (!client_may_start(c, kind_of(&q))) return 0; /* parsed again when it may */
+        creq_kind kind = kind_of(&q);
+        if ((kind == CREQ_WRITE && !client_may_write(c, q.key, q.keylen)) || !client_may_start(c, kind))
+            return 0; /* parsed again when it may */
         dispatch(c, &q);
         break;
     case MEMPROTO_BAD_MAGIC: c->close_after_flush = true; break;

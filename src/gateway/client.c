@@ -4,6 +4,9 @@
  */
 #include "client.h"
 
+#include "log.h"
+#include "ring.h"
+
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +30,7 @@ static void conn_free(client *c)
         req_free(r);
     }
     free(c->proto);
+    free(c->reading);
     free(c);
 }
 
@@ -112,15 +116,32 @@ bool client_part_allowed(client *c)
     return true;
 }
 
-void client_part_begin(client *c)
+void client_part_begin(client *c, const char *key, size_t klen)
 {
+    if (c->nreading == c->capreading) {
+        size_t ncap = c->capreading ? c->capreading * 2 : 16;
+        uint64_t *n = realloc(c->reading, ncap * sizeof(*n));
+        if (!n) {
+            log_fatal("out of memory");
+            abort();
+        }
+        c->reading = n;
+        c->capreading = ncap;
+    }
+    c->reading[c->nreading++] = ring_hash(key, klen);
     c->parts++;
     STORE(c->g->flow.parts, LOAD(c->g->flow.parts) + 1);
 }
 
-void client_part_end(client *c, size_t bytes)
+void client_part_end(client *c, const char *key, size_t klen, size_t bytes)
 {
     gw_flow *f = &c->g->flow;
+    uint64_t h = ring_hash(key, klen);
+    for (size_t i = 0; i < c->nreading; i++) {
+        if (c->reading[i] != h) continue;
+        c->reading[i] = c->reading[--c->nreading];
+        break;
+    }
     /* Up at once to a larger answer, half the way down to a smaller one: a
      * burst of large values is budgeted from its first answer on, and a
      * dozen small answers bring the estimate down from -I. */
@@ -143,12 +164,25 @@ void client_parts_sent(creq *r)
     r->more = NULL;
 }
 
+bool client_may_write(client *c, const char *key, size_t klen)
+{
+    if (c->nreading == 0) return true;
+    uint64_t h = ring_hash(key, klen);
+    for (size_t i = 0; i < c->nreading; i++) {
+        if (c->reading[i] == h) {
+            c->held = true;
+            return false;
+        }
+    }
+    return true;
+}
+
 bool client_may_start(client *c, creq_kind kind)
 {
     bool ok;
     switch (kind) {
     case CREQ_READ: ok = c->open[CREQ_BARRIER] == 0 && client_part_allowed(c); break;
-    case CREQ_WRITE: ok = c->open[CREQ_BARRIER] == 0 && c->open[CREQ_READ] == 0; break;
+    case CREQ_WRITE: ok = c->open[CREQ_BARRIER] == 0; break;
     case CREQ_BARRIER: ok = c->unanswered == 0; break;
     default: ok = true; break;
     }

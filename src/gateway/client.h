@@ -40,9 +40,11 @@
 /* What a request does, for the order rules of one connection: requests take
  * effect in the order they were sent. A read may run beside earlier reads
  * and writes (a read after an unanswered write goes to the coordinator,
- * behind the write on the same server connection); a write waits for every
- * earlier read (which might otherwise see it); a barrier (flush_all, stats)
- * waits for everything before it, and everything after waits for it. */
+ * behind the write on the same server connection); a write waits for the
+ * earlier reads of its keys, which might otherwise see it (a read has no
+ * effect, so a write may overtake the reads of other keys); a barrier
+ * (flush_all, stats) waits for everything before it, and everything after
+ * waits for it. */
 typedef enum creq_kind {
     CREQ_LOCAL,   /* answered by the gateway alone (version, errors) */
     CREQ_READ,    /* get, gets, mg, me, binary get */
@@ -86,6 +88,8 @@ struct client {
     creq_kind next_kind; /* what client_req makes: set by client_may_start, LOCAL otherwise */
     creq *partial;       /* the request still sending parts, if any (at most one) */
     size_t parts;        /* its gets (and any other request's) in flight */
+    uint64_t *reading;   /* the key hashes of those gets (a multiset) */
+    size_t nreading, capreading;
     client *wait_next;   /* in g->flow.waiting: room in the worker's budget is awaited */
     bool waiting;
     int inflight; /* router callbacks still to come */
@@ -108,15 +112,18 @@ client *client_new(gateway *g, int fd, client_parse_fn parse, void *proto_state)
  * consumes nothing, and parsing resumes when earlier requests complete.
  * On true, client_req makes requests of this kind until the parse returns. */
 bool client_may_start(client *c, creq_kind kind);
+/* Whether no earlier get of this key is in flight; a write asks for each of
+ * its keys before client_may_start (false holds it, as above). */
+bool client_may_write(client *c, const char *key, size_t klen);
 /* A new request at the tail of the queue (NULL when out of memory). */
 creq *client_req(client *c, bool quiet);
 /* Parts: every get a request sends counts against the connection's window
  * and budget (--max-conn-buffer) and the worker's (--max-inflight), by the
  * worker's running estimate of a get's answer. */
 bool client_part_allowed(client *c);
-void client_part_begin(client *c);
+void client_part_begin(client *c, const char *key, size_t klen);
 /* A get's answer of `bytes` arrived (call before client_call_end). */
-void client_part_end(client *c, size_t bytes);
+void client_part_end(client *c, const char *key, size_t klen, size_t bytes);
 /* r sends parts over time through r->more (set it first); calls it once now. */
 void client_parts_start(creq *r);
 /* r has sent its last part. */

@@ -331,7 +331,7 @@ static void key_done(kctx *x, bool ok, const void *value, size_t vlen)
     if (!ok) k->error = true;
     else keep_record(k, value, vlen);
     k->done = true;
-    client_part_end(r->c, vlen);
+    client_part_end(r->c, k->key, k->klen, vlen);
     format_ready(r);
     client_call_end(r);
 }
@@ -353,7 +353,7 @@ static void retrieve_more(creq *r)
     while (t->next < t->nkeys && client_part_allowed(c)) {
         size_t i = t->next++;
         kslot *k = &t->keys[i];
-        client_part_begin(c);
+        client_part_begin(c, k->key, k->klen);
         client_call_begin(r);
         if (!touch) {
             router_get(c->g, k->key, k->klen, t->any_owner, get_done, &t->ctx[i]);
@@ -666,7 +666,8 @@ static void mg_finish(creq *r, bool ok, const void *rec, size_t len)
 static void mg_get_done(void *arg, bool ok, const void *value, size_t vlen)
 {
     creq *r = arg;
-    client_part_end(r->c, vlen);
+    tstate *t = r->state;
+    client_part_end(r->c, t->keys[0].key, t->keys[0].klen, vlen);
     mg_finish(r, ok, value, vlen);
     client_call_end(r);
 }
@@ -681,8 +682,8 @@ static void mg_gat_done(void *arg, const router_result *res)
 static void me_done(void *arg, bool ok, const void *rec, size_t len)
 {
     creq *r = arg;
-    client_part_end(r->c, len);
     tstate *t = r->state;
+    client_part_end(r->c, t->keys[0].key, t->keys[0].klen, len);
     record_value v;
     uint32_t now = (uint32_t)time(NULL);
     if (!ok) {
@@ -773,7 +774,7 @@ static void do_meta(client *c, const memtext_request *q)
     router_write w = {.cas = m.has_cas ? m.cas : 0};
     switch (q->cmd) {
     case MEMTEXT_ME:
-        client_part_begin(c);
+        client_part_begin(c, key, klen);
         client_call_begin(r);
         router_get(g, key, klen, client_settled(c), me_done, r);
         return;
@@ -781,7 +782,7 @@ static void do_meta(client *c, const memtext_request *q)
         g->stats.cmd_get++;
         client_call_begin(r);
         if (!m.has_ttl) {
-            client_part_begin(c);
+            client_part_begin(c, key, klen);
             router_get(g, key, klen, client_settled(c), mg_get_done, r);
             return;
         }
@@ -883,6 +884,18 @@ static creq_kind kind_of(const memtext_request *q)
     }
 }
 
+/* The order rules: a write waits for the earlier gets of its keys. */
+static bool may_start(client *c, const memtext_request *q)
+{
+    creq_kind kind = kind_of(q);
+    if (kind == CREQ_WRITE) {
+        size_t n = q->cmd == MEMTEXT_GAT || q->cmd == MEMTEXT_GATS ? q->nkeys : 1;
+        for (size_t i = 0; i < n; i++)
+            if (!client_may_write(c, q->keys[i].p, q->keys[i].len)) return false;
+    }
+    return client_may_start(c, kind);
+}
+
 static size_t text_parse(client *c, const char *buf, size_t len)
 {
     memtext_request *q = c->proto;
@@ -902,7 +915,7 @@ static size_t text_parse(client *c, const char *buf, size_t len)
         }
         return 0;
     case MEMTEXT_OK:
-        if (!client_may_start(c, kind_of(q))) return 0; /* parsed again when it may */
+        if (!may_start(c, q)) return 0; /* parsed again when it may */
         dispatch(c, q);
         break;
     case MEMTEXT_ERROR:
