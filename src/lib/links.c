@@ -5,8 +5,11 @@
 
 #include <arpa/inet.h>
 #include <arpa/nameser.h>
+#include <fcntl.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <resolv.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -39,6 +42,8 @@ struct links {
     double next_resolve, last_resolve;
     double backoff;
     bool resolved_once;
+    struct rjob *job; /* a resolution running on its own thread */
+    struct event *job_ev;
 };
 
 static double now_mono(void)
@@ -80,7 +85,9 @@ static int resolve_host(const char *text, const char *host, uint16_t port, net_a
 static int resolve_srv(const char *text, const char *name, net_addr *out, size_t n, size_t max, char *err)
 {
     unsigned char ans[4096];
-    int len = res_query(name, ns_c_in, ns_t_srv, ans, sizeof(ans));
+    /* res_search, like getaddrinfo, tries the resolver's search list, so a
+     * short name works inside a cluster domain. */
+    int len = res_search(name, ns_c_in, ns_t_srv, ans, sizeof(ans));
     if (len < 0) return kumo_err(err, "'%s': no SRV records", text);
     ns_msg msg;
     if (ns_initparse(ans, len, &msg) < 0) return kumo_err(err, "'%s': malformed DNS answer", text);
@@ -179,46 +186,174 @@ static void link_drop(links *l, size_t i)
     l->items[i] = l->items[--l->n];
 }
 
-static void resolve(links *l)
-{
+/* What one resolution of every name found. */
+typedef struct rresult {
     net_addr found[LINKS_MAX];
-    size_t n = 0;
-    bool ok = true;
-    char err[KUMO_ERRLEN];
-    for (const char *const *name = l->cfg.names; *name; name++) {
-        int r = resolve_name(*name, l->cfg.default_port, found, n, LINKS_MAX, err);
-        if (r < 0) {
-            log_warn("%s (will retry)", err);
-            ok = false;
+    size_t n;
+    bool ok;
+    char errs[LINKS_MAX][KUMO_ERRLEN];
+    size_t nerrs;
+} rresult;
+
+static void resolve_all(const char *const *names, uint16_t default_port, rresult *r)
+{
+    r->n = r->nerrs = 0;
+    r->ok = true;
+    for (const char *const *name = names; *name; name++) {
+        int got = resolve_name(*name, default_port, r->found, r->n, LINKS_MAX, r->errs[r->nerrs]);
+        if (got < 0) {
+            r->ok = false;
+            if (r->nerrs < LINKS_MAX - 1) r->nerrs++;
         } else {
-            n = (size_t)r;
+            r->n = (size_t)got;
         }
     }
+}
+
+/* Take a resolution's result: new links for new addresses, and with a full
+ * success, none for the addresses no longer named. */
+static void apply(links *l, const rresult *r)
+{
+    for (size_t i = 0; i < r->nerrs; i++) log_warn("%s (will retry)", r->errs[i]);
     double now = now_mono();
     l->last_resolve = now;
-    l->backoff = ok ? 0 : (l->backoff ? l->backoff * 2 : 1);
+    l->backoff = r->ok ? 0 : (l->backoff ? l->backoff * 2 : 1);
     if (l->backoff > BACKOFF_MAX) l->backoff = BACKOFF_MAX;
-    l->next_resolve = now + (ok ? REFRESH : l->backoff);
-    if (!ok && n == 0) return; /* keep what we have rather than nothing */
+    l->next_resolve = now + (r->ok ? REFRESH : l->backoff);
+    if (!r->ok && r->n == 0) return; /* keep what we have rather than nothing */
     for (size_t i = 0; i < l->n; i++) l->items[i]->wanted = false;
-    for (size_t j = 0; j < n; j++) {
-        if (l->cfg.ignore && net_equal(&found[j], l->cfg.ignore)) continue;
+    for (size_t j = 0; j < r->n; j++) {
+        if (l->cfg.ignore && net_equal(&r->found[j], l->cfg.ignore)) continue;
         mlink *k = NULL;
         for (size_t i = 0; i < l->n && !k; i++)
-            if (net_equal(&l->items[i]->addr, &found[j])) k = l->items[i];
+            if (net_equal(&l->items[i]->addr, &r->found[j])) k = l->items[i];
         if (!k && l->n < LINKS_MAX && (k = calloc(1, sizeof(*k)))) {
             k->owner = l;
-            k->addr = found[j];
+            k->addr = r->found[j];
             k->down_since = now;
             l->items[l->n++] = k;
+            link_dial(k);
         }
         if (k) k->wanted = true;
     }
     /* A partial failure keeps the links it could not confirm. */
-    for (size_t i = 0; ok && i < l->n;)
+    for (size_t i = 0; r->ok && i < l->n;)
         if (!l->items[i]->wanted) link_drop(l, i);
         else i++;
     l->resolved_once = true;
+}
+
+/* ---- resolution off the loop ----
+ * getaddrinfo and res_search block for as long as the resolver takes: with
+ * a name server that never answers, tens of seconds, during which a loop
+ * would answer no keepalive and the manager would declare us lost. So a
+ * resolution that needs DNS runs on a thread of its own; the loop goes on
+ * with the links it has and takes the result when the thread signals (a
+ * pipe). At most one runs per links. The job, its pipe included, is held
+ * by the loop and by the thread, and freed by whichever lets go last: links
+ * freed first abandon it, and the thread, when the resolver returns, finds
+ * nobody to tell. Names that are all address literals need no DNS and are
+ * resolved in place. */
+
+typedef struct rjob {
+    char *names[LINKS_MAX + 1];
+    uint16_t default_port;
+    rresult result;
+    int pipe[2];
+    atomic_int refs;        /* the loop's and the thread's */
+    atomic_bool abandoned;  /* the loop let go: do not signal */
+} rjob;
+
+static void job_free(rjob *j)
+{
+    for (size_t i = 0; j->names[i]; i++) free(j->names[i]);
+    if (j->pipe[0] >= 0) close(j->pipe[0]);
+    if (j->pipe[1] >= 0) close(j->pipe[1]);
+    free(j);
+}
+
+static void job_release(rjob *j)
+{
+    if (atomic_fetch_sub(&j->refs, 1) == 1) job_free(j);
+}
+
+static void *job_run(void *arg)
+{
+    rjob *j = arg;
+    resolve_all((const char *const *)j->names, j->default_port, &j->result);
+    if (!atomic_load(&j->abandoned)) (void)!write(j->pipe[1], "", 1);
+    job_release(j);
+    return NULL;
+}
+
+static void job_done_cb(evutil_socket_t fd, short what, void *arg)
+{
+    links *l = arg;
+    rjob *j = l->job;
+    event_free(l->job_ev);
+    l->job_ev = NULL;
+    l->job = NULL;
+    apply(l, &j->result);
+    job_release(j);
+}
+
+/* Let go of a running job; the thread frees it if it is still resolving. */
+static void job_abandon(links *l)
+{
+    rjob *j = l->job;
+    if (!j) return;
+    event_free(l->job_ev);
+    l->job_ev = NULL;
+    l->job = NULL;
+    atomic_store(&j->abandoned, true);
+    job_release(j);
+}
+
+static bool is_literal(const char *name)
+{
+    return name[0] == '[' || strspn(name, "0123456789.:") == strlen(name);
+}
+
+static void resolve(links *l)
+{
+    bool literal = true;
+    for (const char *const *name = l->cfg.names; *name; name++) literal = literal && is_literal(*name);
+    if (literal) {
+        rresult r;
+        resolve_all(l->cfg.names, l->cfg.default_port, &r);
+        apply(l, &r);
+        return;
+    }
+    if (l->job) return; /* one at a time: a stuck resolver holds one thread */
+    rjob *j = calloc(1, sizeof(*j));
+    if (!j) return;
+    j->pipe[0] = j->pipe[1] = -1;
+    atomic_init(&j->refs, 2);
+    atomic_init(&j->abandoned, false);
+    j->default_port = l->cfg.default_port;
+    size_t n = 0;
+    for (const char *const *name = l->cfg.names; *name; name++)
+        if (!(j->names[n++] = strdup(*name))) goto fail;
+    if (pipe2(j->pipe, O_CLOEXEC) < 0) goto fail;
+    l->job_ev = event_new(l->base, j->pipe[0], EV_READ, job_done_cb, l);
+    if (!l->job_ev || event_add(l->job_ev, NULL) < 0) goto fail;
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&t, &attr, job_run, j);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) goto fail;
+    l->job = j;
+    /* Not again before the next tick decides so. */
+    l->last_resolve = now_mono();
+    l->next_resolve = l->last_resolve + REFRESH;
+    return;
+fail:
+    log_warn("cannot start a name resolution (out of memory or threads); will retry");
+    if (l->job_ev) event_free(l->job_ev);
+    l->job_ev = NULL;
+    job_free(j);
 }
 
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
@@ -249,8 +384,7 @@ links *links_new(struct event_base *base, const links_config *cfg, const rpc_han
     l->cfg.names = (const char *const *)l->names_copy;
     l->user = *handlers;
     l->self = *self;
-    resolve(l);
-    for (size_t i = 0; i < l->n; i++) link_dial(l->items[i]);
+    resolve(l); /* dials what it finds (now, or when the thread is back) */
     l->tick = event_new(base, -1, EV_PERSIST, tick_cb, l);
     double t = cfg->retry > 0.1 ? cfg->retry : 0.1;
     struct timeval tv = {(time_t)t, (suseconds_t)((t - (double)(time_t)t) * 1e6)};
@@ -261,6 +395,7 @@ links *links_new(struct event_base *base, const links_config *cfg, const rpc_han
 void links_free(links *l)
 {
     if (!l) return;
+    job_abandon(l);
     if (l->tick) event_free(l->tick);
     for (size_t i = 0; l->names_copy[i]; i++) free(l->names_copy[i]);
     for (size_t i = 0; i < l->n; i++) {

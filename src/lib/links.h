@@ -15,8 +15,12 @@
  * Each link is an rpc connection, redialled every tick while down; the
  * caller's handlers see every request, hello and close on them.
  *
- * Thread rule: main loop (resolution blocks briefly in getaddrinfo and
- * res_query; lookups are rare). Calls: net, rpc, log.
+ * Resolution that needs DNS runs on a thread of its own (one at a time),
+ * so a name server that never answers stalls no loop: the links go on with
+ * the addresses they have. SRV names follow the resolver's search list, as
+ * A names do.
+ *
+ * Thread rule: main loop. Calls: net, rpc, log, pthread.
  */
 #ifndef KUMO_LINKS_H
 #define KUMO_LINKS_H
@@ -45,7 +49,8 @@ typedef struct links_config {
 links *links_new(struct event_base *base, const links_config *cfg, const rpc_handlers *handlers, const rpc_self *self);
 void links_free(links *l);
 
-/* Every address a name stands for (as the links resolve it): count, or -1 + err. */
+/* Every address a name stands for (as the links resolve it): count, or
+ * -1 + err. Blocks while the resolver works (tools, start-up). */
 int links_resolve(const char *name, uint16_t default_port, net_addr *out, size_t max, char *err);
 
 /* Check a name's form without resolving it (for start-up: a malformed

@@ -54,7 +54,7 @@ import netns  # noqa: E402
 tap = kt.tap
 PY = "/usr/bin/python3"
 MGR_PORT, CTL_PORT, SRV_PORT, GW_PORT, METRICS = 19700, 19799, 19800, 11211, 9100
-HOSTS = ["m1", "m2", "s1", "s2", "s3", "s4", "gw", "cl", "m1b", "dns"]
+HOSTS = ["m1", "m2", "s1", "s2", "s3", "s4", "gw", "cl", "m1b", "dns", "bh"]
 MOVE_WITHIN = 40.0
 
 CLIENT = r'''
@@ -507,6 +507,49 @@ class T:
         except TimeoutError as e:
             tap.ok(False, "the gateway named by late.kumo.test links once the name is added", str(e))
 
+    def part_f(self):
+        tap.note("f. a name server that never answers")
+        # In bh every DNS packet is dropped, with a resolver that waits 5 s
+        # twice per query: each lookup blocks its caller for 10 s or more.
+        ns = self.net.ns["bh"]
+        rules = ("table inet blackhole {\n chain out {\n type filter hook output priority 0;\n"
+                 " udp dport 53 drop\n tcp dport 53 drop\n }\n}\n")
+        r = self.net.run("bh", ["nft", "-f", "-"], input=rules, timeout=10)
+        tap.ok(r.returncode == 0, "bh: DNS packets dropped (nftables)", r.stderr)
+        with open(os.path.join("/etc/netns", ns, "resolv.conf"), "w") as f:
+            f.write("nameserver %s\nsearch kumo.test\noptions timeout:5 attempts:2\n" % self.A("dns"))
+        addr = "%s:%d" % (self.A("bh"), SRV_PORT)
+        d = self.server("server-bh", "bh", "%s:%d" % (self.A("m2"), MGR_PORT),
+                        extra=["-p", "managers.kumo.test", "-l", addr])
+        ctl = "%s:%d" % (self.A("m2"), CTL_PORT)
+        try:
+            self.wait(lambda: self.status(ctl).state(addr) == "active", 40,
+                      "the server in bh (manager by address, partner by a black-holed name) attached")
+        except TimeoutError as e:
+            tap.ok(False, "a server whose partner name never resolves is attached", "%s\n%s" % (e, d.tail(20)))
+            return
+        tap.ok(True, "a server whose partner name never resolves is attached (-a)")
+        # 25 s: several lookups of 10 s+ are tried meanwhile; the loop must
+        # keep answering keepalives and scrapes.
+        states, worst, t_end = set(), 0.0, time.time() + 25
+        while time.time() < t_end:
+            states.add(self.status(ctl).state(addr))
+            t1 = time.time()
+            try:
+                self.metric("bh", "kumo_server_items")
+            except (OSError, ValueError):
+                worst = 99.0
+            worst = max(worst, time.time() - t1)
+            time.sleep(1.0)
+        tap.ok(states == {"active"}, "it stays (active) for 25 s: its loop answers every keepalive",
+               "states seen: %s" % sorted(states))
+        tap.ok(worst < 4.0, "its /metrics answers within %.1f s every time (the lookups run off the loop)" % worst)
+        tap.ok(self.log_has("server-bh", "managers.kumo.test", "resolve"),
+               "the name that does not resolve is logged", d.tail(10))
+        st, killed = d.stop(timeout=10)
+        tap.ok(st == 0 and not killed, "server-bh: SIGTERM -> exit 0 while a lookup hangs",
+               "status %s killed %s" % (st, killed))
+
     def part_e(self):
         tap.note("e. IPv6: a manager on [%s]:%d, servers with no -l, client over v6" % (
             self.net.addr6("m1"), MGR_PORT))
@@ -582,6 +625,7 @@ def body():
         t.part_b()
         t.part_c()
         t.part_d()
+        t.part_f()
         t.part_e()
     finally:
         tap.note("t_discovery took %.1f s" % (time.time() - t0))
