@@ -18,6 +18,10 @@
  */
 #include "clock.h"
 
+#include <stdio.h>
+
+#include "kumo.h"
+
 #include <time.h>
 
 static uint64_t wall_ct(void)
@@ -63,4 +67,12 @@ void clock_update(clock_hlc *c, uint64_t remote)
 uint64_t clock_peek(const clock_hlc *c)
 {
     return atomic_load_explicit(&c->last, memory_order_acquire);
+}
+
+char *clock_format(uint64_t ct, char buf[CLOCK_FORMAT_LEN])
+{
+    char when[KUMO_TIMELEN];
+    if (ct == 0) snprintf(buf, CLOCK_FORMAT_LEN, "none");
+    else snprintf(buf, CLOCK_FORMAT_LEN, "%s clock %u", kumo_format_time((time_t)clock_seconds(ct), -1, when), clock_counter(ct));
+    return buf;
 }

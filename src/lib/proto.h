@@ -17,12 +17,12 @@ enum {
 
 /* kumo-manager, control port (-c) — kumoctl */
 enum {
-    CTL_STATUS = 99,        /* [] -> [whs, [newcomer addr...], rhs, auto_replace, replace_state] */
+    CTL_STATUS = 99,        /* [] -> [whs, [newcomer addr...], rhs, replace_state, auto_replace, partner] */
     CTL_ATTACH = 100,       /* [replace:bool] -> [attached addr...] */
     CTL_DETACH = 101,       /* [replace:bool] -> [detached addr...] */
     CTL_BACKUP = 102,       /* [suffix] -> [[addr, path-or-nil, error-or-nil]...] */
     CTL_AUTO_REPLACE = 103, /* [enable:bool] -> bool */
-    CTL_REPLACE = 104,      /* [full:bool] -> nil */
+    CTL_REPLACE = 104,      /* [full:bool] -> servers asked to copy */
 };
 
 /* kumo-server, RPC port (-l) */

@@ -58,6 +58,7 @@ static void usage(FILE *out)
             "  -h, --head         show only the first N records (default N=10)\n"
             "  -n, --lines=[-]N   set N (without -h it implies -t)\n"
             "      --help         show this help\n"
+            "      --version      print the version and exit\n"
             "'-' reads standard input. Damaged records are reported on stderr\n"
             "(\"recover at OFFSET\") and skipped. Exit status: 0, 1 when nothing could be\n"
             "read (no such file, or not one valid record in it), 64 usage.\n");
@@ -360,6 +361,7 @@ static void follow(reader *r, out *o, const char *path)
 
 int main(int argc, char **argv)
 {
+    if (kumo_version_asked("kumolog", argc, argv)) return 0;
     static const struct option longopts[] = {
         {"follow", no_argument, NULL, 'f'}, {"tail", no_argument, NULL, 't'},
         {"head", no_argument, NULL, 'h'},   {"lines", required_argument, NULL, 'n'},

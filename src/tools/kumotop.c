@@ -95,14 +95,16 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "Usage: kumotop [options] server-address[:port=%d] ...\n"
-            "       kumotop [options] -m manager-address[:port=%d]\n"
+            "       kumotop [options] -m manager-address[:port=%d][,address...] [-p address]\n"
             "options:\n"
             "  -m <addr[:port]>  show every server attached to this manager\n"
+            "  -p <addr[:port]>  with -m: another manager, asked when the first does not answer\n"
             "  -i <sec>          refresh interval (default 1; 0.1 to 3600)\n"
             "  -n <count>        stop after this many refreshes (default: until 'q')\n"
             "  --cluster-key-file <file>\n"
             "                    the cluster key, the daemons' file (default: $KUMO_CLUSTER_KEY_FILE)\n"
             "  --help            show this help\n"
+            "  --version         print the version and exit\n"
             "Columns: address, gets/sets/deletes per second (and totals on a wide terminal),\n"
             "items (records, tombstones included), the server's clock (time and counter),\n"
             "replace state (ready, WAIT, Copying, Deleting, inactive, fault; down: no answer).\n"
@@ -145,7 +147,7 @@ static void sample_node(node *n)
         return;
     }
     if (!n->connected) {
-        if (tool_connect_addr(&n->t, &n->addr, TOP_TIMEOUT, n->err) < 0) {
+        if (tool_connect_addr(&n->t, &n->addr, RPC_ROLE_SERVER, TOP_TIMEOUT, n->err) < 0) {
             tool_close(&n->t);
             n->retry_at = now + RETRY_AFTER;
             n->cur.ok = false;
@@ -488,6 +490,7 @@ static bool parse_double(const char *s, double *out)
 
 int main(int argc, char **argv)
 {
+    if (kumo_version_asked("kumotop", argc, argv)) return 0;
     top tp;
     char err[KUMO_ERRLEN];
     memset(&tp, 0, sizeof(tp));
@@ -495,7 +498,8 @@ int main(int argc, char **argv)
     const char **servers = calloc((size_t)argc + 1, sizeof(*servers));
     size_t nservers = 0;
     if (!servers) return 1;
-    if (tool_cluster_key("kumotop", usage, &argc, argv)) {
+    size_t more = 0;
+    if (tool_cluster_key("kumotop", usage, &argc, argv) || tool_more_managers("kumotop", usage, &argc, argv, &more)) {
         free(servers);
         return TOOL_EX_USAGE;
     }
@@ -540,6 +544,10 @@ int main(int argc, char **argv)
     if (tp.manager && nservers > 0) {
         free(servers);
         return tool_usage_error("kumotop", usage, "%s", "give either -m manager or server addresses, not both");
+    }
+    if (more && !tp.manager) {
+        free(servers);
+        return tool_usage_error("kumotop", usage, "%s", "-p names another manager: it needs -m");
     }
     if (!tp.manager && nservers == 0) {
         free(servers);

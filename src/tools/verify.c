@@ -751,7 +751,7 @@ static int connect_nodes(run *r, const char *manager)
         n->addr = r->whs->ring.nodes[i].addr;
         net_format(&n->addr, n->name, sizeof(n->name));
         n->live = r->whs->ring.nodes[i].active;
-        if (n->live && tool_connect_addr(&n->t, &n->addr, TOOL_TIMEOUT, r->err) < 0) return -1;
+        if (n->live && tool_connect_addr(&n->t, &n->addr, RPC_ROLE_SERVER, TOOL_TIMEOUT, r->err) < 0) return -1;
         n->connected = n->live;
         if (n->live && r->whs->ring.nodes[i].catchup)
             printf("note: %s is catching up: it may lack records until the manager says it is active\n", n->name);

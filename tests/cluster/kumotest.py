@@ -474,6 +474,11 @@ def wait_until(cond, timeout, what, interval=0.1, daemons=()):
 # kumoctl status
 # --------------------------------------------------------------------------
 
+# `kumoctl status` exits 0 when the cluster is healthy, 2 when the manager
+# answered and the cluster is degraded or down (1: no answer, 64: usage).
+STATUS_ANSWERED = (0, 2)
+
+
 class Status:
     """Parsed `kumoctl <mgr> status`: attached [(addr, state)], not_attached [addr]."""
 
@@ -615,7 +620,7 @@ class Cluster:
 
     def status(self):
         r = self.kumoctl("status")
-        if r.returncode != 0:
+        if r.returncode not in STATUS_ANSWERED:
             raise OSError("kumoctl status: exit %s: %s" % (r.returncode, (r.stderr or r.stdout).strip()))
         return Status(r.stdout)
 
@@ -635,13 +640,17 @@ class Cluster:
         return Status(self.kumostat(server, which))
 
     def hsccheck(self, server):
-        out = self.kumostat(server, "hsccheck")
-        return out.split()[-1].lower() == "true" if out else False
+        """True or False (hsccheck exits 1 when it prints false); OSError if no answer."""
+        r = run_tool([binary("kumostat"), server.addr, "hsccheck"], key_file=self.key_file)
+        out = r.stdout.strip()
+        if (r.returncode, out) not in ((0, "true"), (1, "false")):
+            raise OSError("kumostat %s hsccheck: exit %s: %s" % (server.addr, r.returncode, (r.stderr or out).strip()))
+        return out == "true"
 
     # -- start-up
     def start_manager(self):
         self.manager = Daemon("kumo-manager", self.manager_argv(), self.log("manager")).start()
-        wait_until(lambda: self.kumoctl("status", timeout=5).returncode == 0, 20,
+        wait_until(lambda: self.kumoctl("status", timeout=5).returncode in STATUS_ANSWERED, 20,
                    "kumo-manager to answer `kumoctl %s status`" % self.ctl_addr,
                    interval=0.2, daemons=[self.manager])
 
