@@ -57,6 +57,7 @@ TOOLS = ("kumoctl", "kumostat")
 
 EX_USAGE = 64
 KEY_ENV = "KUMO_CLUSTER_KEY_FILE"   # the tools' fallback for --cluster-key-file
+LINKS_UNREACHABLE_WARN = 5.0         # links.h: seconds without a manager before the WARN
 
 
 def binary(name):
@@ -207,13 +208,15 @@ def daemon_env():
 
 
 class Daemon:
-    """One daemon process; stdout+stderr appended to self.log."""
+    """One daemon process; stdout+stderr appended to self.log; env: variables
+    added to daemon_env() (NOTIFY_SOCKET, JOURNAL_STREAM, ...)."""
 
-    def __init__(self, name, argv, log, cwd=None):
+    def __init__(self, name, argv, log, cwd=None, env=None):
         self.name = name
         self.argv = [str(a) for a in argv]
         self.log = log
         self.cwd = cwd
+        self.extra_env = dict(env or {})
         self.proc = None
         self.expected_exit = False   # set when a test stops/kills it on purpose
         self.starts = 0
@@ -222,12 +225,13 @@ class Daemon:
         with open(self.log, "ab") as f:
             f.write(("=== kumotest: %s start #%d at %s: %s\n" % (
                 self.name, self.starts + 1, time.strftime("%H:%M:%S"),
-                " ".join(self.argv))).encode())
+                " ".join(["%s=%s" % kv for kv in self.extra_env.items()] + self.argv))).encode())
+        env = daemon_env()
+        env.update(self.extra_env)
         logf = open(self.log, "ab")
         try:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=logf,
-                                         stderr=subprocess.STDOUT, cwd=self.cwd,
-                                         env=daemon_env())
+                                         stderr=subprocess.STDOUT, cwd=self.cwd, env=env)
         finally:
             logf.close()
         self.starts += 1

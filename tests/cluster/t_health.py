@@ -30,9 +30,15 @@ Three servers, one manager, no gateway. In order:
   * a tool pointed at the wrong kind of port says which kind it reached
     (kumoctl at a server, kumostat at a manager), or that no kumofs hello
     came (a server's stream port), exit 1;
+  * a server and a gateway given a -m where nothing listens, without -v:
+    each logs a WARN naming it within seconds; the gateway answers a set
+    and a get with SERVER_ERROR at once, not after its retries;
+    the server's stdout is named by JOURNAL_STREAM: its WARN line starts
+    with "<4>"; the gateway runs with --log-json: its WARN is a JSON object;
   * a manager whose -p partner does not answer: degraded, naming it.
 """
 import os
+import json
 import re
 import sys
 import time
@@ -41,6 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import kumotest as kt  # noqa: E402
 
 tap = kt.tap
+ISO_US = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}[+-]\d\d:\d\d"
 BINARIES = ("kumo-manager", "kumo-server", "kumo-gateway", "kumoctl", "kumostat",
             "kumohash", "kumotop", "kumolog", "kumomergedb")
 
@@ -116,6 +123,9 @@ def body():
         if not kt.VERBOSE_DAEMONS:
             tap.skip("the manager logs the replace's time", "KUMO_TEST_VERBOSE=0: no INFO lines")
         else:
+            logged = [l for l in log.splitlines() if not l.startswith("=== kumotest")]
+            tap.ok(logged and all(re.match(ISO_US + r" (TRACE|DEBUG|INFO|WARN|ERROR|FATAL) ", l) for l in logged),
+                   "every line of the manager's log starts with an ISO 8601 time with zone", log[-1500:])
             tap.ok(re.search(r"replace finished: hash space of \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d clock \d+",
                              log), "the manager logs the replace's hash space as a time and counter", log[-1500:])
         hsc = kt.run_tool([kt.binary("kumostat"), "-m", c.mgr_addr, "hsccheck"])
@@ -179,6 +189,48 @@ def body():
         r = kt.run_tool([kt.binary("kumoctl"), "127.0.0.1:%d" % s.stream_port, "status"])
         tap.ok(r.returncode == 1 and "before any kumofs hello" in r.stderr,
                "kumoctl at a server's stream port: no kumofs hello came", out_of(r))
+
+    # A wrong -m, as an operator types it: no -v.
+    tmp = kt.new_tmpdir()
+    nowhere = "127.0.0.1:%d" % kt.free_port()
+    sport, gport = kt.free_port(), kt.free_port()
+    # The server's stdout is "the journal": JOURNAL_STREAM names its device:inode.
+    slog = os.path.join(tmp, "server.log")
+    open(slog, "ab").close()
+    st = os.stat(slog)
+    srv = kt.Daemon("kumo-server", [kt.binary("kumo-server"), "-o", "-", "-m", nowhere, "-l", "127.0.0.1:%d" % sport,
+                                    "-L", kt.free_port(), "-s", os.path.join(tmp, "s.tch"), "-f", tmp],
+                    slog, env={"JOURNAL_STREAM": "%d:%d" % (st.st_dev, st.st_ino)}).start()
+    gw = kt.Daemon("kumo-gateway", [kt.binary("kumo-gateway"), "-o", "-", "--log-json", "-m", nowhere,
+                                    "-t", "127.0.0.1:%d" % gport], os.path.join(tmp, "gateway.log")).start()
+    kt.wait_until(lambda: kt.port_open(gport), 10, "the gateway's port", daemons=[gw])
+    t0 = time.time()
+    line = kt.raw_roundtrip(gport, b"set k 0 0 1\r\nx\r\n", timeout=5)
+    took = time.time() - t0
+    tap.ok(line and line.startswith(b"SERVER_ERROR") and took < 1.0,
+           "a gateway whose manager is unreachable answers a set with SERVER_ERROR at once (%.2f s)" % took,
+           repr(line))
+    line = kt.raw_roundtrip(gport, b"get k\r\n", timeout=5)
+    tap.ok(line and line.startswith(b"SERVER_ERROR"), "... and a get", repr(line))
+    for d in (srv, gw):
+        kt.wait_until(lambda: "no manager reachable for" in d.tail(20), 10, "%s: the WARN" % d.name, daemons=[d])
+        text = d.tail(20)
+        tap.ok(re.search(r"no manager reachable for \d+ s \(%s\)" % re.escape(nowhere), text),
+               "%s without -v logs a WARN naming the unreachable manager" % d.name, text)
+        d.stop()
+    lines = [l for l in srv.tail(20).splitlines() if "no manager reachable for" in l]
+    tap.ok(lines and re.match(r"<4>%s WARN links\.c:\d+: no manager" % ISO_US, lines[0]),
+           "with JOURNAL_STREAM naming its stdout, a WARN line starts with <4> and an ISO 8601 time", lines)
+    objs = []
+    for l in gw.tail(20).splitlines():
+        try:
+            objs.append(json.loads(l))
+        except ValueError:
+            pass
+    warn = [o for o in objs if "no manager reachable for" in o.get("msg", "")]
+    tap.ok(warn and warn[0]["level"] == "WARN" and re.fullmatch(ISO_US, warn[0]["time"])
+           and warn[0]["file"] == "links.c" and isinstance(warn[0]["line"], int),
+           "--log-json: the WARN is a JSON object with time, level, file, line and msg", gw.tail(20))
 
     # A manager whose partner never answers.
     lone = kt.Cluster(nservers=0, gateway=False, start=False, manager_args=["-p", "127.0.0.1:%d" % kt.free_port()])
