@@ -120,6 +120,7 @@ enum {
     ST_DB_BYTES = 12, /* size of the database file */
     ST_REPLACE_MOVED = 13, /* [records sent, bytes sent, records received, bytes received] by replaces */
     ST_ACCEPT = 14,        /* map: accept failures and unauthenticated connections (protocol.md §5.3) */
+    ST_REPLACE_PROGRESS = 15, /* map: the last copy phase, records walked/total, queued, sent (protocol.md §5.3) */
 };
 
 /* Remote error text the gateway reacts to by refreshing its hash spaces. */

@@ -60,6 +60,44 @@ static void print_health(const tool_health *h, const char *indent)
     for (size_t i = 0; i < h->n; i++) printf("%s%s\n", indent, h->why[i]);
 }
 
+/* Under "replace:", each live server's copy with its totals, then the
+ * sum over them with the latest ETA. A server that does not answer is
+ * said so and skipped. */
+static void print_progress(const hashspace *whs)
+{
+    char err[KUMO_ERRLEN], buf[NET_ADDRSTRLEN], line[512];
+    uint64_t walked = 0, total = 0, queued = 0, sent = 0;
+    double eta = -1; /* the latest of the known ETAs */
+    size_t n = 0;
+    for (size_t i = 0; i < whs->ring.nnodes; i++) {
+        if (!whs->ring.nodes[i].active) continue;
+        tool_conn t;
+        tool_progress p;
+        net_format(&whs->ring.nodes[i].addr, buf, sizeof(buf));
+        if (tool_connect_addr(&t, &whs->ring.nodes[i].addr, RPC_ROLE_SERVER, TOOL_TIMEOUT, err) < 0 ||
+            tool_replace_progress(&t, &p, err) < 0) {
+            printf("  %s: no progress: %s\n", buf, err);
+        } else {
+            tool_format_progress(&p, line, sizeof(line));
+            printf("  %s: %s\n", buf, line);
+            walked += p.walked;
+            total += p.total;
+            queued += p.queued;
+            sent += p.sent;
+            double e = tool_progress_eta(&p);
+            if (e > eta) eta = e;
+            n++;
+        }
+        tool_close(&t);
+    }
+    if (n > 1) {
+        char when[32] = "ETA unknown";
+        if (eta >= 0) snprintf(when, sizeof(when), "ETA %.0f s", eta);
+        printf("  all: walked %" PRIu64 " of %" PRIu64 " records, sent %" PRIu64 " of %" PRIu64 " queued, %s\n", walked,
+               total, sent, queued, when);
+    }
+}
+
 /* The guide's block, then what it does not show: a replace in progress,
  * the auto-replace switch ("settings:"), and the health verdict with its
  * reasons. */
@@ -80,6 +118,7 @@ static int print_status(tool_conn *t)
         bool blocked = strncmp(c.phase, "catch-up", 8) == 0;
         printf("replace:\n  %s, %" PRIu64 " servers %s\n", c.phase, c.phase_servers,
                blocked ? "catching up" : "working");
+        if (!blocked) print_progress(c.whs);
     }
     /* Not "auto replace:": scripts look for "replace:" to see a replace running. */
     if (c.auto_replace >= 0) printf("settings:\n  auto replace %s\n", c.auto_replace ? "enabled" : "disabled");

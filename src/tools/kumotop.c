@@ -52,6 +52,7 @@ typedef struct sample {
     bool ok;
     double at; /* monotonic seconds */
     uint64_t get, set, del, items, ct, repl;
+    char progress[48]; /* while Copying: "walk 12% ETA 22 s" (kumostat progress in short) */
 } sample;
 
 typedef struct node {
@@ -107,7 +108,8 @@ static void usage(FILE *out)
             "  --version         print the version and exit\n"
             "Columns: address, gets/sets/deletes per second (and totals on a wide terminal),\n"
             "items (records, tombstones included), the server's clock (time and counter),\n"
-            "replace state (ready, WAIT, Copying, Deleting, inactive, fault; down: no answer).\n"
+            "replace state (ready, WAIT, Copying, Deleting, inactive, fault; down: no answer),\n"
+            "and while Copying how far: \"walk 12%% ETA 22 s\" or \"send 58%% ETA 3 s\" (kumostat progress).\n"
             "On a terminal: 'q' or Ctrl-C quits. Piped: one snapshot per interval, plain lines.\n"
             "Exit status: 0; 1 when the manager cannot be reached at start; 64 usage.\n",
             KUMO_SERVER_PORT, KUMO_MANAGER_PORT);
@@ -162,6 +164,15 @@ static void sample_node(node *n)
         n->retry_at = now + RETRY_AFTER;
         n->cur.ok = false;
         return;
+    }
+    tool_progress p;
+    if ((s.repl & 0x04) && tool_replace_progress(&n->t, &p, n->err) == 0) {
+        bool walk = strcmp(p.phase, "walk") == 0;
+        double e = tool_progress_eta(&p);
+        uint64_t done = walk ? p.walked : p.sent, of = walk ? p.total : p.queued;
+        int pct = of ? (int)(100 * (done < of ? done : of) / of) : 100;
+        if (e >= 0) snprintf(s.progress, sizeof(s.progress), "%s %d%% ETA %.0f s", p.phase, pct, e);
+        else snprintf(s.progress, sizeof(s.progress), "%s %d%%", p.phase, pct);
     }
     s.ok = true;
     s.at = now_mono();
@@ -299,14 +310,17 @@ static void put_node(FILE *f, const node *n, layout l, bool colour)
     fmt_rate(s, sizeof(s), n, n->cur.set, n->prev.set);
     fmt_rate(d, sizeof(d), n, n->cur.del, n->prev.del);
     fmt_clock(date, sizeof(date), hms, sizeof(hms), n->cur.ct);
+    const char *sp = n->cur.progress[0] ? " " : "";
     if (l == LAYOUT_WIDE)
-        fprintf(f, "%-21s %10" PRIu64 " %10" PRIu64 " %10" PRIu64 " %8s %8s %8s %10" PRIu64 " %-19s %7u %s%s%s\n",
+        fprintf(f, "%-21s %10" PRIu64 " %10" PRIu64 " %10" PRIu64 " %8s %8s %8s %10" PRIu64 " %-19s %7u %s%s%s%s%s\n",
                 n->name, n->cur.get, n->cur.set, n->cur.del, g, s, d, n->cur.items, date,
-                clock_counter(n->cur.ct), on, w, off);
+                clock_counter(n->cur.ct), on, w, off, sp, n->cur.progress);
     else if (l == LAYOUT_COMPACT)
-        fprintf(f, "%-21s %8s %8s %8s %10" PRIu64 " %8s %s%s%s\n", n->name, g, s, d, n->cur.items, hms, on, w, off);
+        fprintf(f, "%-21s %8s %8s %8s %10" PRIu64 " %8s %s%s%s%s%s\n", n->name, g, s, d, n->cur.items, hms, on, w, off, sp,
+                n->cur.progress);
     else
-        fprintf(f, "%-21s %s%s%s\n%8s %8s %8s %10" PRIu64 "\n", n->name, on, w, off, g, s, d, n->cur.items);
+        fprintf(f, "%-21s %s%s%s%s%s\n%8s %8s %8s %10" PRIu64 "\n", n->name, on, w, off, sp, n->cur.progress, g, s, d,
+                n->cur.items);
 }
 
 static int term_cols(void)

@@ -4,6 +4,7 @@
 #include "tool.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -580,6 +581,87 @@ hashspace *tool_manager_hs(tool_conn *t, bool rhs, char *err)
     hashspace *hs = hashspace_ref(rhs ? c.rhs : c.whs);
     tool_cluster_free(&c);
     return hs;
+}
+
+int tool_replace_progress(tool_conn *t, tool_progress *out, char *err)
+{
+    msgpack_unpacked res;
+    msgpack_unpacked_init(&res);
+    int rc = tool_status(t, ST_REPLACE_PROGRESS, &res, err);
+    const msgpack_object *o = &res.data;
+    if (rc == 0 && o->type != MSGPACK_OBJECT_MAP) rc = kumo_err(err, "%s: unexpected answer (not a map)", t->name);
+    if (rc == 0) {
+        memset(out, 0, sizeof(*out));
+        snprintf(out->phase, sizeof(out->phase), "idle");
+        for (uint32_t i = 0; i < o->via.map.size; i++) {
+            const msgpack_object *k = &o->via.map.ptr[i].key, *v = &o->via.map.ptr[i].val;
+            if (k->type != MSGPACK_OBJECT_STR) continue;
+            static const struct {
+                const char *name;
+                size_t off;
+            } u[] = {{"total", offsetof(tool_progress, total)},   {"walked", offsetof(tool_progress, walked)},
+                     {"queued", offsetof(tool_progress, queued)}, {"sent", offsetof(tool_progress, sent)},
+                     {"sent_bytes", offsetof(tool_progress, sent_bytes)}};
+            for (size_t j = 0; j < sizeof(u) / sizeof(u[0]); j++)
+                if (k->via.str.size == strlen(u[j].name) && memcmp(k->via.str.ptr, u[j].name, k->via.str.size) == 0 &&
+                    v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+                    *(uint64_t *)((char *)out + u[j].off) = v->via.u64;
+            bool is_float = v->type == MSGPACK_OBJECT_FLOAT64 || v->type == MSGPACK_OBJECT_FLOAT32;
+            if (k->via.str.size == 7 && memcmp(k->via.str.ptr, "elapsed", 7) == 0 && is_float) out->elapsed = v->via.f64;
+            if (k->via.str.size == 12 && memcmp(k->via.str.ptr, "walk_seconds", 12) == 0 && is_float)
+                out->walk_seconds = v->via.f64;
+            if (k->via.str.size == 4 && memcmp(k->via.str.ptr, "full", 4) == 0 && v->type == MSGPACK_OBJECT_BOOLEAN)
+                out->full = v->via.boolean;
+            if (k->via.str.size == 5 && memcmp(k->via.str.ptr, "phase", 5) == 0 && v->type == MSGPACK_OBJECT_STR)
+                snprintf(out->phase, sizeof(out->phase), "%.*s", (int)v->via.str.size, v->via.str.ptr);
+        }
+    }
+    msgpack_unpacked_destroy(&res);
+    return rc;
+}
+
+double tool_progress_eta(const tool_progress *p)
+{
+    if (strcmp(p->phase, "walk") == 0 && p->walked > 0 && p->elapsed > 0)
+        return (double)(p->total > p->walked ? p->total - p->walked : 0) / ((double)p->walked / p->elapsed);
+    double sending = p->elapsed - p->walk_seconds;
+    if (strcmp(p->phase, "send") == 0 && p->sent > 0 && sending > 0)
+        return (double)(p->queued > p->sent ? p->queued - p->sent : 0) / ((double)p->sent / sending);
+    return -1;
+}
+
+static void format_bytes(uint64_t n, char *buf, size_t len)
+{
+    if (n >= 1 << 30) snprintf(buf, len, "%.1f GiB", (double)n / (1 << 30));
+    else if (n >= 1 << 20) snprintf(buf, len, "%.1f MiB", (double)n / (1 << 20));
+    else if (n >= 1 << 10) snprintf(buf, len, "%.1f KiB", (double)n / (1 << 10));
+    else snprintf(buf, len, "%" PRIu64 " B", n);
+}
+
+static double percent(uint64_t part, uint64_t whole)
+{
+    return whole ? 100.0 * (double)(part < whole ? part : whole) / (double)whole : 100.0;
+}
+
+void tool_format_progress(const tool_progress *p, char *buf, size_t len)
+{
+    char bytes[32], eta[32] = "ETA unknown";
+    double e = tool_progress_eta(p);
+    format_bytes(p->sent_bytes, bytes, sizeof(bytes));
+    if (e >= 0) snprintf(eta, sizeof(eta), "ETA %.0f s", e);
+    const char *full = p->full ? " (full)" : "";
+    if (strcmp(p->phase, "walk") == 0)
+        snprintf(buf, len, "walk%s: %" PRIu64 " of %" PRIu64 " records (%.1f%%), %.0f records/s, %s; %" PRIu64
+                 " queued to send", full, p->walked, p->total, percent(p->walked, p->total),
+                 p->elapsed > 0 ? (double)p->walked / p->elapsed : 0.0, eta, p->queued);
+    else if (strcmp(p->phase, "send") == 0)
+        snprintf(buf, len, "send%s: %" PRIu64 " of %" PRIu64 " records sent (%.1f%%, %s), walked %" PRIu64
+                 " in %.1f s, %s", full, p->sent, p->queued, percent(p->sent, p->queued), bytes, p->walked,
+                 p->walk_seconds, eta);
+    else if (strcmp(p->phase, "done") == 0)
+        snprintf(buf, len, "done%s: walked %" PRIu64 " records in %.1f s, sent %" PRIu64 " records (%s) in %.1f s",
+                 full, p->walked, p->walk_seconds, p->sent, bytes, p->elapsed);
+    else snprintf(buf, len, "idle: no replace copy since the server started");
 }
 
 const char *tool_replace_word(uint64_t flags)

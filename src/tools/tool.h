@@ -78,6 +78,24 @@ int tool_status_uint(tool_conn *t, int what, uint64_t *out, char *err);
 /* A manager's whs (or rhs), from CTL_STATUS on an open connection;
  * NULL + err. */
 hashspace *tool_manager_hs(tool_conn *t, bool rhs, char *err);
+/* A server's last replace copy (ST_REPLACE_PROGRESS, protocol.md §5.3). */
+typedef struct tool_progress {
+    char phase[8]; /* "idle", "walk", "send", "done" */
+    bool full;
+    uint64_t total, walked, queued, sent, sent_bytes;
+    double elapsed, walk_seconds;
+} tool_progress;
+/* 0, or -1 + err (an older server that does not know the id included). */
+int tool_replace_progress(tool_conn *t, tool_progress *out, char *err);
+/* One line for people, with totals, rate and ETA:
+ *   "walk: 120000 of 1000000 records (12.0%), 40000 records/s, ETA 22 s; 3400 queued to send"
+ *   "send: 2000 of 3400 records sent (58.8%, 1.5 MiB), walked 1000000 in 25.0 s, ETA 3 s"
+ *   "done: walked 1000000 records in 25.0 s, sent 3400 records (1.5 MiB) in 30.2 s"
+ *   "idle: no replace copy since the server started" */
+void tool_format_progress(const tool_progress *p, char *buf, size_t len);
+/* Seconds until the copy ends at its present rate; < 0 when unknown or done. */
+double tool_progress_eta(const tool_progress *p);
+
 /* The guide's word for ST_REPLACE flags: inactive, Copying, Deleting,
  * WAIT or ready (kumofs 0.4's replstat). */
 const char *tool_replace_word(uint64_t flags);
