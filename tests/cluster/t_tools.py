@@ -17,7 +17,9 @@ with -g and --metrics. In order:
   * kumotop: piped snapshots (-n), a closed pipe, a pseudo-terminal in a wide
     and a narrow window quitting on 'q';
   * /metrics on the manager, a server and the gateway, in both formats,
-    checked by the parser below and against kumostat and what was sent;
+    checked by the parser below and against kumostat and what was sent,
+    and by `promtool check metrics` (Debian's prometheus package); the
+    process_* metrics; /healthz;
     a 100-key get reaches the servers as a few batched requests, not 100;
   * tombstones: deletes leave tombstones that -gX 3 collects;
   * kumolog: each daemon's log, `kumolog -f` following a server's log across
@@ -631,6 +633,23 @@ def check_metrics(c, sets_done, deletes_done):
             want_ct = "application/openmetrics-text" if om else "text/plain; version=0.0.4"
             tap.ok(ctype.startswith(want_ct), "%s /metrics Content-Type %s" % (name, want_ct), ctype)
             tap.eq(metric(fams, "kumo_build_info", role=name), 1, "%s: kumo_build_info{role=%s}" % (name, name))
+            if not om:
+                proc = {k: metric(fams, k) for k in ("process_cpu_seconds_total", "process_resident_memory_bytes",
+                                                      "process_virtual_memory_bytes", "process_open_fds",
+                                                      "process_max_fds", "process_start_time_seconds")}
+                tap.ok(all(v is not None for v in proc.values()) and proc["process_cpu_seconds_total"] >= 0
+                       and 1 << 20 < proc["process_resident_memory_bytes"] <= proc["process_virtual_memory_bytes"]
+                       and 3 <= proc["process_open_fds"] <= proc["process_max_fds"],
+                       "%s: process_* metrics (CPU seconds, memory, open and max descriptors)" % name, repr(proc))
+                if shutil.which("promtool"):
+                    r = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True,
+                                       text=True, timeout=30)
+                    tap.ok(r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(),
+                           "%s: promtool check metrics finds nothing to say" % name, r.stdout + r.stderr)
+                elif kt.REQUIRE:
+                    tap.ok(False, "%s: promtool check metrics" % name, "promtool not installed (apt-get install prometheus)")
+                else:
+                    tap.skip("%s: promtool check metrics" % name, "promtool not installed (apt-get install prometheus)")
             if name == "manager":
                 tap.eq(metric(fams, "kumo_manager_hash_space_servers", space="whs", state="active"), NSERVERS,
                        "manager: %d active servers in whs" % NSERVERS)
@@ -665,6 +684,8 @@ def check_metrics(c, sets_done, deletes_done):
                        (metric(fams, "kumo_gateway_total_connections_total") or 0) >= 1, "gateway: connections")
     status, _, body = scrape(srv.metrics_port, path="/")
     tap.eq(status, 200, "GET / answers (a pointer to /metrics)")
+    status, _, body = scrape(srv.metrics_port, path="/healthz")
+    tap.ok(status == 200 and body == "ok\n", "GET /healthz: 200 ok", repr(body))
     try:
         scrape(srv.metrics_port, path="/nothing")
         code = 200
