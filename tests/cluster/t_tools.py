@@ -676,12 +676,16 @@ def check_metrics(c, sets_done, deletes_done):
                        "server: request latency histogram (set: cumulative buckets, +Inf = count = cmd_set)",
                        str(buckets))
             else:
-                tap.eq(metric(fams, "kumo_gateway_cmd_set_total"), sets_done,
-                       "gateway: kumo_gateway_cmd_set_total = the %d sets sent" % sets_done)
-                tap.eq(metric(fams, "kumo_gateway_delete_hits_total"), deletes_done,
-                       "gateway: kumo_gateway_delete_hits_total = the %d deletes" % deletes_done)
-                tap.ok((metric(fams, "kumo_gateway_curr_connections") or 0) >= 0 and
-                       (metric(fams, "kumo_gateway_total_connections_total") or 0) >= 1, "gateway: connections")
+                tap.eq(metric(fams, "kumo_gateway_commands_total", command="set", status="hit"), sets_done,
+                       "gateway: kumo_gateway_commands_total{command=set,status=hit} = the %d sets sent" % sets_done)
+                tap.eq(metric(fams, "kumo_gateway_commands_total", command="delete", status="hit"), deletes_done,
+                       "gateway: kumo_gateway_commands_total{command=delete,status=hit} = the %d deletes" % deletes_done)
+                tap.ok((metric(fams, "kumo_gateway_current_connections") or 0) >= 0 and
+                       (metric(fams, "kumo_gateway_connections_total") or 0) >= 1 and
+                       (metric(fams, "kumo_gateway_read_bytes_total") or 0) > 0, "gateway: connections, bytes read")
+                # memcached_exporter's names, not memcached's stats names with _total glued on
+                tap.ok(not [n for n in fams if re.search(r"_total_|^kumo_gateway_(cmd|bytes|curr|total)_", n)],
+                       "gateway: no metric named like a stats field (cmd_*, bytes_*, total_*)", " ".join(fams))
     status, _, body = scrape(srv.metrics_port, path="/")
     tap.eq(status, 200, "GET / answers (a pointer to /metrics)")
     status, _, body = scrape(srv.metrics_port, path="/healthz")
