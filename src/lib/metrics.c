@@ -286,6 +286,12 @@ static void handle(struct evhttp_request *req, void *arg)
     metrics_gauge(&o, "process_start_time_seconds", "start time of the process since the epoch, in seconds",
                   (double)m->started);
     process_metrics(&o);
+    /* The host's clock as the daemon sees it: Prometheus compares it with
+     * its own (timestamp()), as node_exporter's node_time_seconds. */
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    metrics_gauge(&o, "kumo_time_seconds", "the host's wall clock when scraped, in seconds since the epoch",
+                  (double)now.tv_sec + (double)now.tv_nsec / 1e9);
     metrics_counter(&o, "kumo_binlog_write_errors", "binary log records that could not be written",
                     binlog_write_errors());
     m->fn(m->arg, &o);
