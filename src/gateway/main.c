@@ -208,12 +208,8 @@ int main(int argc, char **argv)
         return fail(err);
     daemon_signals sigs;
     daemon_signals_init(&sigs, g0->base, stop, &gm);
-    int status = 0;
-    if (workers_run(grp, err) < 0) {
-        log_error("%s", err);
-        stop(&gm);
-        status = 1;
-    }
+    /* "start" before the workers run: their loops log the hash spaces they
+     * receive, and the binary log starts with "start" (kumolog). */
     char buf[NET_ADDRSTRLEN];
     if (cfg.text) log_info("start gateway, memcached text protocol on %s", net_format(&text_addr, buf, sizeof(buf)));
     if (cfg.binary) log_info("start gateway, memcached binary protocol on %s", net_format(&binary_addr, buf, sizeof(buf)));
@@ -221,6 +217,12 @@ int main(int argc, char **argv)
     binlog_event(LOG_LVL_INFO, "start", BL_STR("role", "gateway"),
                  BL_ADDR("listen", cfg.text ? &text_addr : &binary_addr), BL_STR("manager1", cfg.manager1),
                  BL_STR("manager2", cfg.manager2), BL_UINT("pid", getpid()), BL_STR("version", PACKAGE_VERSION));
+    int status = 0;
+    if (workers_run(grp, err) < 0) {
+        log_error("%s", err);
+        stop(&gm);
+        status = 1;
+    }
 
     event_base_dispatch(g0->base);
 

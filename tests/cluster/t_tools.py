@@ -347,7 +347,7 @@ def kumolog_lines(path, *opts):
     return r.returncode, [l for l in r.stdout.splitlines() if l], r.stderr
 
 
-LOGLINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}) (TRACE|DEBUG|INFO |WARN |ERROR|FATAL) (\S+)  (\S+)(  (.*))?$")
+LOGLINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}[+-]\d\d:\d\d) (TRACE|DEBUG|INFO |WARN |ERROR|FATAL) (\S+)  (\S+)(  (.*))?$")
 
 
 def logline(line):
@@ -738,6 +738,10 @@ def check_kumolog(c):
         bad = [l for l in lines if not logline(l)]
         tap.ok(not bad, "kumolog %s.mpac: every line is 'time level node event key=value...'" % name,
                "\n".join(bad[:5]))
+        cts = [v for l in lines if logline(l) for k, v in logline(l)["fields"].items() if k.endswith("_ct")]
+        tap.ok(cts and all(re.fullmatch(r"none|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d/\d+", v) for v in cts)
+               and any(v != "none" for v in cts),
+               "kumolog %s.mpac: ClockTimes as ISO 8601 time/counter, a blank one as none" % name, " ".join(cts[:10]))
     return True
 
 
