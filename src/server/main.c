@@ -248,6 +248,9 @@ static void collect_metrics(void *arg, metrics_out *o)
                   (double)(s->moved_sent_bytes - p->sent_bytes_base));
     metrics_gauge(o, "kumo_server_replace_started_timestamp_seconds", "when the last replace copy began (0: none)",
                   p->started);
+    metrics_gauge(o, "kumo_server_backup_walk_total_records", "records to copy in the last backup (the database)",
+                  (double)s->backup.total);
+    metrics_gauge(o, "kumo_server_backup_walked_records", "records the last backup has copied", (double)s->backup.walked);
     metrics_gauge(o, "kumo_server_tombstones_remembered", "tombstones waiting for collection (-gX/-gN)",
                   (double)g.entries);
     metrics_gauge(o, "kumo_server_tombstones_memory_bytes", "memory they take, as -gS counts it", (double)g.bytes);

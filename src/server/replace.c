@@ -118,7 +118,7 @@ static void report_end(server *s, rpc_conn *manager, uint32_t method, uint64_t r
     end_send(e);
 }
 
-static double wall_now(void)
+double progress_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -135,7 +135,7 @@ static void job_release(copy_job *j)
 {
     if (--j->outstanding > 0) return;
     replace_progress *p = progress_of(j);
-    if (p) p->ended = wall_now();
+    if (p) p->ended = progress_now();
     log_info("replace copy done: %llu records sent, %llu failed", (unsigned long long)j->sent,
              (unsigned long long)j->failed);
     j->s->replace_copying = false;
@@ -262,7 +262,7 @@ static void copy_walked(server *s, void *arg, bool ok)
 {
     copy_job *j = arg;
     replace_progress *p = progress_of(j);
-    if (p) p->walk_ended = wall_now();
+    if (p) p->walk_ended = progress_now();
     if (!ok) j->failed++; /* the manager retries the copy */
     for (size_t i = 0; i < j->ndests; i++) {
         if (ok) offer_dest(j, &j->dests[i]);
@@ -294,7 +294,7 @@ static void copy_phase(server *s, rpc_conn *c, uint64_t replace_ct, bool full, h
     for (size_t i = 0; i < w->ring.nnodes; i++) j->dests[j->ndests++].addr = w->ring.nodes[i].addr;
     j->outstanding = 1; /* the walk itself */
     s->replace_copying = true;
-    s->progress = (replace_progress){.replace_ct = replace_ct, .started = wall_now(), .total = store_count(s->db),
+    s->progress = (replace_progress){.replace_ct = replace_ct, .started = progress_now(), .total = store_count(s->db),
                                      .sent_base = s->moved_sent, .sent_bytes_base = s->moved_sent_bytes, .full = full};
     log_info("replace copy start%s: %llu records to walk", full ? " (full)" : "", (unsigned long long)s->progress.total);
     data_walk(s, copy_record, copy_walked, j);
@@ -417,8 +417,9 @@ const char *replace_progress_phase(const server *s)
 void replace_pack_progress(const server *s, msgpack_packer *pk)
 {
     const replace_progress *p = &s->progress;
-    double end = p->ended > 0 ? p->ended : wall_now();
-    msgpack_pack_map(pk, 9);
+    double end = p->ended > 0 ? p->ended : progress_now();
+    const backup_progress *b = &s->backup;
+    msgpack_pack_map(pk, 13);
     rpc_pack_str(pk, "phase");
     rpc_pack_str(pk, replace_progress_phase(s));
     rpc_pack_str(pk, "full");
@@ -438,4 +439,13 @@ void replace_pack_progress(const server *s, msgpack_packer *pk)
     msgpack_pack_double(pk, p->started > 0 ? end - p->started : 0);
     rpc_pack_str(pk, "walk_seconds");
     msgpack_pack_double(pk, p->walk_ended > 0 ? p->walk_ended - p->started : 0);
+    /* the last backup, a walk too */
+    rpc_pack_str(pk, "backup_phase");
+    rpc_pack_str(pk, b->started == 0 ? "idle" : b->ended > 0 ? "done" : "walk");
+    rpc_pack_str(pk, "backup_total");
+    msgpack_pack_uint64(pk, b->total);
+    rpc_pack_str(pk, "backup_walked");
+    msgpack_pack_uint64(pk, b->walked);
+    rpc_pack_str(pk, "backup_elapsed");
+    msgpack_pack_double(pk, b->started > 0 ? (b->ended > 0 ? b->ended : progress_now()) - b->started : 0);
 }

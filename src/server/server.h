@@ -61,6 +61,12 @@ typedef struct replace_progress {
     bool full;
 } replace_progress;
 
+/* The last backup (data.c): records walked of the database's. */
+typedef struct backup_progress {
+    double started, ended; /* wall clock; 0 = not yet */
+    uint64_t total, walked;
+} backup_progress;
+
 typedef struct server {
     struct event_base *base;
     const server_config *cfg;
@@ -97,6 +103,7 @@ typedef struct server {
     bool replace_deleting;   /* a delete phase is walking */
     uint64_t moved_sent, moved_sent_bytes, moved_recv, moved_recv_bytes; /* by replaces, since start */
     replace_progress progress; /* the last copy phase */
+    backup_progress backup;    /* the last backup */
     daemon_listener *stream_listener; /* -L */
     admit *stream_admit;              /* -L connections that have not sent a token yet */
     struct offer *offers;                   /* stream files waiting to be collected */
@@ -122,6 +129,8 @@ void cluster_dispatch(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, c
 
 /* replace.c: copy and delete phases, and the batches they send. */
 bool replace_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
+/* Wall-clock seconds, for the progress records. */
+double progress_now(void);
 /* The answer to ST_REPLACE_PROGRESS: a map (protocol.md §5.3). */
 void replace_pack_progress(const server *s, msgpack_packer *pk);
 /* "idle", "walk", "send" or "done": where the last copy phase is. */

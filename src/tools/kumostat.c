@@ -54,7 +54,7 @@ static const struct {
     {"unset_delay", CMD_UNSET_DELAY, "minimize latency at the expense of throughput"},
     {"replace", ST_REPLACE, "get replace state: ready, WAIT, Copying, Deleting or inactive"},
     {"moved", ST_REPLACE_MOVED, "records and bytes replaces sent and received since the server started"},
-    {"progress", ST_REPLACE_PROGRESS, "the last replace copy: records walked of total, sent of queued, rate, ETA"},
+    {"progress", ST_REPLACE_PROGRESS, "the last replace copy and backup: records done of total, rate, ETA"},
     {"clocktime", ST_CLOCKTIME, "get the server's clock: time, logical counter, (ClockTime: seconds << 32 | counter)"},
     {"bytes", ST_DB_BYTES, "get size of the database file in bytes"},
     {"stats", CMD_STATS, "get memcached-style STAT lines"},
@@ -234,6 +234,8 @@ static int query(const net_addr *addr, int what, const char *prefix)
         if (tool_replace_progress(&t, &p, err) < 0) goto fail;
         tool_format_progress(&p, line, sizeof(line));
         printf("%s%s\n", prefix, line);
+        tool_format_backup_progress(&p, line, sizeof(line));
+        if (line[0]) printf("%s%s\n", prefix, line);
         break;
     }
     case ST_ACCEPT: {

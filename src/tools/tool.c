@@ -593,15 +593,20 @@ int tool_replace_progress(tool_conn *t, tool_progress *out, char *err)
     if (rc == 0) {
         memset(out, 0, sizeof(*out));
         snprintf(out->phase, sizeof(out->phase), "idle");
+        snprintf(out->backup_phase, sizeof(out->backup_phase), "idle");
         for (uint32_t i = 0; i < o->via.map.size; i++) {
             const msgpack_object *k = &o->via.map.ptr[i].key, *v = &o->via.map.ptr[i].val;
             if (k->type != MSGPACK_OBJECT_STR) continue;
             static const struct {
                 const char *name;
                 size_t off;
-            } u[] = {{"total", offsetof(tool_progress, total)},   {"walked", offsetof(tool_progress, walked)},
-                     {"queued", offsetof(tool_progress, queued)}, {"sent", offsetof(tool_progress, sent)},
-                     {"sent_bytes", offsetof(tool_progress, sent_bytes)}};
+            } u[] = {{"total", offsetof(tool_progress, total)},
+                     {"walked", offsetof(tool_progress, walked)},
+                     {"queued", offsetof(tool_progress, queued)},
+                     {"sent", offsetof(tool_progress, sent)},
+                     {"sent_bytes", offsetof(tool_progress, sent_bytes)},
+                     {"backup_total", offsetof(tool_progress, backup_total)},
+                     {"backup_walked", offsetof(tool_progress, backup_walked)}};
             for (size_t j = 0; j < sizeof(u) / sizeof(u[0]); j++)
                 if (k->via.str.size == strlen(u[j].name) && memcmp(k->via.str.ptr, u[j].name, k->via.str.size) == 0 &&
                     v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
@@ -610,6 +615,10 @@ int tool_replace_progress(tool_conn *t, tool_progress *out, char *err)
             if (k->via.str.size == 7 && memcmp(k->via.str.ptr, "elapsed", 7) == 0 && is_float) out->elapsed = v->via.f64;
             if (k->via.str.size == 12 && memcmp(k->via.str.ptr, "walk_seconds", 12) == 0 && is_float)
                 out->walk_seconds = v->via.f64;
+            if (k->via.str.size == 14 && memcmp(k->via.str.ptr, "backup_elapsed", 14) == 0 && is_float)
+                out->backup_elapsed = v->via.f64;
+            if (k->via.str.size == 12 && memcmp(k->via.str.ptr, "backup_phase", 12) == 0 && v->type == MSGPACK_OBJECT_STR)
+                snprintf(out->backup_phase, sizeof(out->backup_phase), "%.*s", (int)v->via.str.size, v->via.str.ptr);
             if (k->via.str.size == 4 && memcmp(k->via.str.ptr, "full", 4) == 0 && v->type == MSGPACK_OBJECT_BOOLEAN)
                 out->full = v->via.boolean;
             if (k->via.str.size == 5 && memcmp(k->via.str.ptr, "phase", 5) == 0 && v->type == MSGPACK_OBJECT_STR)
@@ -662,6 +671,24 @@ void tool_format_progress(const tool_progress *p, char *buf, size_t len)
         snprintf(buf, len, "done%s: walked %" PRIu64 " records in %.1f s, sent %" PRIu64 " records (%s) in %.1f s",
                  full, p->walked, p->walk_seconds, p->sent, bytes, p->elapsed);
     else snprintf(buf, len, "idle: no replace copy since the server started");
+}
+
+void tool_format_backup_progress(const tool_progress *p, char *buf, size_t len)
+{
+    double rate = p->backup_elapsed > 0 ? (double)p->backup_walked / p->backup_elapsed : 0;
+    if (strcmp(p->backup_phase, "walk") == 0) {
+        char eta[32] = "ETA unknown";
+        if (rate > 0)
+            snprintf(eta, sizeof(eta), "ETA %.0f s",
+                     (double)(p->backup_total > p->backup_walked ? p->backup_total - p->backup_walked : 0) / rate);
+        snprintf(buf, len, "backup walk: %" PRIu64 " of %" PRIu64 " records (%.1f%%), %.0f records/s, %s", p->backup_walked,
+                 p->backup_total, percent(p->backup_walked, p->backup_total), rate, eta);
+    } else if (strcmp(p->backup_phase, "done") == 0) {
+        snprintf(buf, len, "backup done: %" PRIu64 " of %" PRIu64 " records in %.1f s", p->backup_walked, p->backup_total,
+                 p->backup_elapsed);
+    } else {
+        buf[0] = '\0';
+    }
 }
 
 const char *tool_replace_word(uint64_t flags)

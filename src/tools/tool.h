@@ -84,6 +84,9 @@ typedef struct tool_progress {
     bool full;
     uint64_t total, walked, queued, sent, sent_bytes;
     double elapsed, walk_seconds;
+    char backup_phase[8]; /* the last backup: "idle", "walk", "done" */
+    uint64_t backup_total, backup_walked;
+    double backup_elapsed;
 } tool_progress;
 /* 0, or -1 + err (an older server that does not know the id included). */
 int tool_replace_progress(tool_conn *t, tool_progress *out, char *err);
@@ -93,6 +96,10 @@ int tool_replace_progress(tool_conn *t, tool_progress *out, char *err);
  *   "done: walked 1000000 records in 25.0 s, sent 3400 records (1.5 MiB) in 30.2 s"
  *   "idle: no replace copy since the server started" */
 void tool_format_progress(const tool_progress *p, char *buf, size_t len);
+/* The last backup, or "" when there was none since the server started:
+ *   "backup walk: 12000 of 30000 records (40.0%), 50000 records/s, ETA 0 s"
+ *   "backup done: 30000 of 30000 records in 0.6 s" */
+void tool_format_backup_progress(const tool_progress *p, char *buf, size_t len);
 /* Seconds until the copy ends at its present rate; < 0 when unknown or done. */
 double tool_progress_eta(const tool_progress *p);
 

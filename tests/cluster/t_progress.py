@@ -12,7 +12,9 @@ copy to a third server lasts about a second. While it runs:
   * kumotop shows "Copying walk N%" (or send) in the state column;
   * a server's /metrics has the walk's total and the records walked.
 Afterwards every server says "done", and the two old ones walked every
-record they held (the walk's total is the database's record count).
+record they held (the walk's total is the database's record count). Then
+`kumoctl backup`: kumostat progress says each server's backup copied N of N
+records, and so does /metrics.
 """
 import os
 import re
@@ -97,6 +99,15 @@ def body():
                          for s in old)
         tap.ok(st.returncode == 0 and walked_all,
                "afterwards each old server says done, having walked every record it held (%d)" % NKEYS, st.stdout)
+        r = c.kumoctl("backup", "t1")
+        st = kt.run_tool([kt.binary("kumostat"), "-m", c.mgr_addr, "progress"])
+        counts = {s.addr: c.items(s) for s in c.servers}
+        want = ["%s:  backup done: %d of %d records in " % (a, n, n) for a, n in counts.items()]
+        tap.ok(r.returncode == 0 and all(w in st.stdout for w in want),
+               "after kumoctl backup, kumostat -m progress: each server's backup done, N of N records",
+               r.stdout + r.stderr + st.stdout)
+        tap.eq(metric(metrics_port, "kumo_server_backup_walked_records"), float(counts[old[0].addr]),
+               "an old server's /metrics: the backup's records")
         total = metric(metrics_port, "kumo_server_replace_walk_total_records")
         walked = metric(metrics_port, "kumo_server_replace_walked_records")
         tap.ok(total == NKEYS and walked == total,
