@@ -63,7 +63,8 @@ static int send_all(tool_conn *t, const char *p, size_t n, double deadline, char
 /* Every daemon says hello at once: a port that has not is no kumofs port. */
 static const char *no_hello(const tool_conn *t)
 {
-    return t->peer_role < 0 ? " before any kumofs hello (a memcached or stream port, not a manager's or server's?)"
+    return t->peer_role < 0 ? " before any kumofs hello (a hung daemon, or not a manager's or server's port:"
+                              " memcached, stream?)"
                             : "";
 }
 
@@ -511,6 +512,10 @@ static bool same_hs(const hashspace *a, const hashspace *b)
     return a->clocktime == b->clocktime && hashspace_same_nodes(a, b);
 }
 
+/* A health check must end within a container's probe timeout (5 s in the
+ * image) even when the partner hangs: it gets this long. */
+#define PARTNER_TIMEOUT 2.0
+
 /* Whether the partner holds the same hash spaces as *c; "" or why not in
  * `why` (the partner's answer, or the error reaching it). */
 static bool partner_agrees(tool_conn *t, tool_cluster *c, char *why)
@@ -519,7 +524,8 @@ static bool partner_agrees(tool_conn *t, tool_cluster *c, char *why)
         tool_conn p;
         tool_cluster pc;
         char err[KUMO_ERRLEN], ours[CLOCK_FORMAT_LEN], theirs[CLOCK_FORMAT_LEN];
-        int rc = tool_connect_addr(&p, &c->partner, RPC_ROLE_MANAGER, t->timeout, err) < 0 ? -1 : tool_cluster_get(&p, &pc, err);
+        double timeout = t->timeout < PARTNER_TIMEOUT ? t->timeout : PARTNER_TIMEOUT;
+        int rc = tool_connect_addr(&p, &c->partner, RPC_ROLE_MANAGER, timeout, err) < 0 ? -1 : tool_cluster_get(&p, &pc, err);
         tool_close(&p);
         if (rc < 0) {
             snprintf(why, TOOL_HEALTH_LINE, "the partner manager does not answer: %s", err);

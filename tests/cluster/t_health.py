@@ -35,11 +35,14 @@ Three servers, one manager, no gateway. In order:
     and a get with SERVER_ERROR at once, not after its retries;
     the server's stdout is named by JOURNAL_STREAM: its WARN line starts
     with "<4>"; the gateway runs with --log-json: its WARN is a JSON object;
-  * a manager whose -p partner does not answer: degraded, naming it.
+  * a manager whose -p partner is not up: health names it (not linked);
+    once linked and agreeing, nothing about it; SIGSTOPped: "does not
+    answer", and health still ends within 4.5 s.
 """
 import os
 import json
 import re
+import signal
 import sys
 import time
 
@@ -232,13 +235,28 @@ def body():
            and warn[0]["file"] == "links.c" and isinstance(warn[0]["line"], int),
            "--log-json: the WARN is a JSON object with time, level, file, line and msg", gw.tail(20))
 
-    # A manager whose partner never answers.
-    lone = kt.Cluster(nservers=0, gateway=False, start=False, manager_args=["-p", "127.0.0.1:%d" % kt.free_port()])
+    # A manager whose partner is not there yet, then there, then hung.
+    bport, bctl = kt.free_port(), kt.free_port()
+    lone = kt.Cluster(nservers=0, gateway=False, start=False, manager_args=["-p", "127.0.0.1:%d" % bport])
     with lone:
         lone.start_manager()
         r = lone.kumoctl("health")
         tap.ok(r.returncode == 2 and re.search(r"the partner manager 127\.0\.0\.1:\d+ is not linked", r.stdout),
                "health names the partner manager that is not linked", out_of(r))
+        b = kt.Daemon("kumo-manager-B", [kt.binary("kumo-manager"), "-o", "-", "-l", "127.0.0.1:%d" % bport,
+                                         "-c", bctl, "-p", lone.mgr_addr], lone.log("managerB")).start()
+        kt.wait_until(lambda: "partner" not in lone.kumoctl("health").stdout, 20, "the partner linked and agreeing",
+                      interval=0.3, daemons=[b])
+        tap.ok(True, "with the partner linked (both blank, so agreeing), health names no partner problem")
+        os.kill(b.pid, signal.SIGSTOP)
+        t0 = time.time()
+        r = lone.kumoctl("health")
+        took = time.time() - t0
+        os.kill(b.pid, signal.SIGCONT)
+        tap.ok(r.returncode == 2 and "the partner manager does not answer" in r.stdout and took < 4.5,
+               "a hung partner: health says it does not answer, within a container probe's 5 s (%.1f s)" % took,
+               out_of(r))
+        b.stop()
 
 
 if __name__ == "__main__":
