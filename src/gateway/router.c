@@ -680,7 +680,8 @@ int router_start(gateway *g, char *err)
     g->whs = hashspace_new(NULL, 0, 0);
     g->rhs = hashspace_ref(g->whs);
     links_config lc = {.names = names, .default_port = KUMO_MANAGER_PORT, .retry = g->cfg->common.clock_interval,
-                       .connect_timeout = g->cfg->common.connect_timeout, .on_unreachable = manager_link};
+                       .connect_timeout = g->cfg->common.connect_timeout, .on_unreachable = manager_link,
+                       .quiet = g->index != 0}; /* every worker has links: one WARN is enough */
     rpc_handlers h = {.on_request = manager_on_request, .on_hello = manager_hello, .arg = g};
     g->managers = links_new(g->base, &lc, &h, &g->rpc_self);
     if (!g->managers) return kumo_err(err, "out of memory");

@@ -150,7 +150,8 @@ static void on_hello(void *arg, rpc_conn *c)
     char buf[NET_ADDRSTRLEN];
     k->down_since = 0;
     k->owner->none_up_since = 0;
-    if (k->owner->warned_at > 0) log_warn("manager %s reached", net_format(&k->addr, buf, sizeof(buf)));
+    if (k->owner->warned_at > 0 && !k->owner->cfg.quiet)
+        log_warn("manager %s reached", net_format(&k->addr, buf, sizeof(buf)));
     else log_info("manager connected %s", net_format(&k->addr, buf, sizeof(buf)));
     k->owner->warned_at = 0;
     if (k->owner->user.on_hello) k->owner->user.on_hello(k->owner->user.arg, c);
@@ -236,7 +237,8 @@ static void warn_unreachable(links *l, double now)
         used += (size_t)snprintf(names + used, sizeof(names) - used, "%s%s", used ? ", " : "", *name);
     bool first = l->warned_at == 0;
     l->warned_at = now;
-    log_warn("no manager reachable for %.0f s (%s): retrying; check -m/-p and that a kumo-manager listens there",
+    if (!l->cfg.quiet)
+        log_warn("no manager reachable for %.0f s (%s): retrying; check -m/-p and that a kumo-manager listens there",
              now - l->none_up_since, names);
     if (first && l->cfg.on_unreachable) l->cfg.on_unreachable(l->user.arg);
 }

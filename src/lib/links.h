@@ -46,6 +46,7 @@ typedef struct links_config {
     double connect_timeout; /* -Ys */
     const net_addr *ignore; /* our own address, or NULL */
     void (*on_unreachable)(void *arg); /* handlers->arg; may be NULL */
+    bool quiet; /* no WARN of its own (another link set of the process says it) */
 } links_config;
 
 #define LINKS_UNREACHABLE_WARN 5.0

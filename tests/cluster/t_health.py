@@ -231,6 +231,7 @@ def body():
         except ValueError:
             pass
     warn = [o for o in objs if "no manager reachable for" in o.get("msg", "")]
+    tap.eq(len(warn), 1, "the gateway's workers each keep manager links, but one WARN is written")
     tap.ok(warn and warn[0]["level"] == "WARN" and re.fullmatch(ISO_US, warn[0]["time"])
            and warn[0]["file"] == "links.c" and isinstance(warn[0]["line"], int),
            "--log-json: the WARN is a JSON object with time, level, file, line and msg", gw.tail(20))
