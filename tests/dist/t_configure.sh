@@ -16,6 +16,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 
 command -v autoreconf >/dev/null || missing "autoreconf (apt-get install autoconf automake libtool)"
 command -v git >/dev/null || missing "git"
+git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1 || skip_all "not a git checkout (a release tarball ships the man pages)"
 WORK=$(mktemp -d /tmp/kumofs-configure.XXXXXX)
 tap_cleanup() { rm -rf "$WORK"; }
 trap tap_cleanup EXIT
