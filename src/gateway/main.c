@@ -79,9 +79,11 @@ typedef struct gateway_main {
 } gateway_main;
 
 /* --metrics: what a scrape shows (metrics.h); the counters are the ones
- * memcached's `stats` shows, under memcached's names, summed over the
- * workers and never reset (`stats reset` resets what `stats` shows). The
- * connection gauges are worker 0's: each worker keeps links of its own. */
+ * memcached's `stats` shows, named and labelled as memcached_exporter does
+ * (kumo_gateway_commands_total{command,status}, _read_bytes_total,
+ * _connections_total, _current_connections), summed over the workers and
+ * never reset (`stats reset` resets what `stats` shows). The connection
+ * gauges are worker 0's: each worker keeps links of its own. */
 static void collect_metrics(void *arg, metrics_out *o)
 {
     gateway_group *grp = arg;
@@ -89,29 +91,43 @@ static void collect_metrics(void *arg, metrics_out *o)
     gateway_totals tot;
     workers_totals(grp, false, &tot);
     const gateway_totals *st = &tot;
+#define F(f) offsetof(gateway_totals, f)
+    static const struct {
+        const char *command, *status;
+        size_t off;
+    } commands[] = {
+        {"get", "hit", F(get_hits)},       {"get", "miss", F(get_misses)},       {"get", "expired", F(get_expired)},
+        {"set", "hit", F(cmd_set)},        {"delete", "hit", F(delete_hits)},   {"delete", "miss", F(delete_misses)},
+        {"incr", "hit", F(incr_hits)},     {"incr", "miss", F(incr_misses)},    {"decr", "hit", F(decr_hits)},
+        {"decr", "miss", F(decr_misses)},  {"cas", "hit", F(cas_hits)},         {"cas", "miss", F(cas_misses)},
+        {"cas", "badval", F(cas_badval)},  {"touch", "hit", F(touch_hits)},     {"touch", "miss", F(touch_misses)},
+        {"flush", "hit", F(cmd_flush)},
+    };
     static const struct {
         const char *name, *help;
         size_t off;
     } counters[] = {
-#define C(f, h) {"kumo_gateway_" #f, h, offsetof(gateway_totals, f)}
-        C(cmd_get, "keys asked for by get, gets, gat, gats and mg"), C(cmd_set, "storage commands"),
-        C(cmd_flush, "flush_all commands"), C(cmd_touch, "touch, gat and gats keys"), C(cmd_meta, "meta commands"),
-        C(get_hits, "keys found"), C(get_misses, "keys not found"), C(get_expired, "keys found expired"),
-        C(delete_hits, "deletes of a present key"), C(delete_misses, "deletes of a missing key"),
-        C(incr_hits, "incr of a present key"), C(incr_misses, "incr of a missing key"),
-        C(decr_hits, "decr of a present key"), C(decr_misses, "decr of a missing key"),
-        C(cas_hits, "cas that stored"), C(cas_misses, "cas of a missing key"), C(cas_badval, "cas with a stale unique"),
-        C(touch_hits, "touch of a present key"), C(touch_misses, "touch of a missing key"),
-        C(store_too_large, "values refused as larger than -I"), C(bytes_read, "bytes read from clients"),
-        C(bytes_written, "bytes written to clients"), C(errors, "operations that failed after every retry"),
-        C(retries, "attempts repeated at another owner or after a pause"),
-#undef C
+        {"kumo_gateway_get_keys", "keys asked for by get, gets, gat, gats and mg (memcached's cmd_get)", F(cmd_get)},
+        {"kumo_gateway_touch_keys", "keys touched by touch, gat and gats (memcached's cmd_touch)", F(cmd_touch)},
+        {"kumo_gateway_meta_commands", "meta commands (mg, ms, md, ma, mn)", F(cmd_meta)},
+        {"kumo_gateway_store_too_large", "values refused as larger than -I", F(store_too_large)},
+        {"kumo_gateway_read_bytes", "bytes read from clients", F(bytes_read)},
+        {"kumo_gateway_written_bytes", "bytes written to clients", F(bytes_written)},
+        {"kumo_gateway_errors", "operations that failed after every retry", F(errors)},
+        {"kumo_gateway_retries", "attempts repeated at another owner or after a pause", F(retries)},
+        {"kumo_gateway_connections", "client connections accepted", F(total_connections)},
     };
+#undef F
+#define AT(off) (*(const uint64_t *)(const void *)((const char *)st + (off)))
+    metrics_family(o, "kumo_gateway_commands", METRICS_COUNTER,
+                   "commands by kind and outcome (hit, miss, expired, badval), as memcached_exporter counts them");
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        metrics_sample(o, (double)AT(commands[i].off), "command", commands[i].command, "status", commands[i].status,
+                       NULL);
     for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++)
-        metrics_counter(o, counters[i].name, counters[i].help,
-                        *(const uint64_t *)(const void *)((const char *)st + counters[i].off));
-    metrics_counter(o, "kumo_gateway_total_connections", "client connections accepted", st->total_connections);
-    metrics_gauge(o, "kumo_gateway_curr_connections", "client connections open", (double)st->curr_connections);
+        metrics_counter(o, counters[i].name, counters[i].help, AT(counters[i].off));
+#undef AT
+    metrics_gauge(o, "kumo_gateway_current_connections", "client connections open", (double)st->curr_connections);
     size_t servers = 0, managers = 0;
     for (size_t i = 0; i < g->nservers; i++) servers += g->servers[i]->conn != NULL;
     if (g->managers) managers = links_up(g->managers);
@@ -203,12 +219,8 @@ int main(int argc, char **argv)
         return fail(err);
     daemon_signals sigs;
     daemon_signals_init(&sigs, g0->base, stop, &gm);
-    int status = 0;
-    if (workers_run(grp, err) < 0) {
-        log_error("%s", err);
-        stop(&gm);
-        status = 1;
-    }
+    /* "start" before the workers run: their loops log the hash spaces they
+     * receive, and the binary log starts with "start" (kumolog). */
     char buf[NET_ADDRSTRLEN];
     if (cfg.text) log_info("start gateway, memcached text protocol on %s", net_format(&text_addr, buf, sizeof(buf)));
     if (cfg.binary) log_info("start gateway, memcached binary protocol on %s", net_format(&binary_addr, buf, sizeof(buf)));
@@ -216,6 +228,12 @@ int main(int argc, char **argv)
     binlog_event(LOG_LVL_INFO, "start", BL_STR("role", "gateway"),
                  BL_ADDR("listen", cfg.text ? &text_addr : &binary_addr), BL_STR("manager1", cfg.manager1),
                  BL_STR("manager2", cfg.manager2), BL_UINT("pid", getpid()), BL_STR("version", PACKAGE_VERSION));
+    int status = 0;
+    if (workers_run(grp, err) < 0) {
+        log_error("%s", err);
+        stop(&gm);
+        status = 1;
+    }
 
     event_base_dispatch(g0->base);
 

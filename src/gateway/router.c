@@ -63,7 +63,10 @@ static void notify_state(gateway *g)
         g->ready_notified = true;
         if (workers_ready(g)) daemon_notify("READY=1");
     }
-    if (g->index == 0) daemon_notify("STATUS=%s, %zu active servers", active ? "serving" : "waiting for servers", active);
+    if (g->index == 0)
+        daemon_notify("STATUS=%s%s, %zu active servers",
+                      g->managers && links_unreachable(g->managers) ? "no manager reachable (check -m/-p), " : "",
+                      active ? "serving" : "waiting for servers", active);
 }
 
 static void adopt(gateway *g, const msgpack_object *pair)
@@ -126,6 +129,22 @@ static void manager_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t 
         return;
     }
     rpc_reply_error(c, msgid, "unknown method %u", method);
+}
+
+/* STATUS= says when no manager is reachable, and when one is again. */
+static void manager_link(void *arg) { notify_state(arg); }
+
+static void manager_hello(void *arg, rpc_conn *c) { notify_state(arg); }
+
+/* Why nothing can serve a request whose key has no owner to go to, when
+ * waiting will not help: no manager reachable (no fresh hash space can
+ * come), or a hash space without a single active server. NULL: retry. */
+static const char *nothing_serves(const gateway *g)
+{
+    if (g->managers && links_up(g->managers) == 0)
+        return hashspace_blank(g->whs) ? "no manager reachable and no hash space yet" : "no manager reachable";
+    if (!hashspace_blank(g->whs) && hashspace_empty(g->whs) && hashspace_empty(g->rhs)) return "no active server";
+    return NULL;
 }
 
 /* ---- server connections ---- */
@@ -440,7 +459,9 @@ static void attempt(rop *r)
     const net_addr *to = r->kind == ROP_GET ? NULL : hashspace_coordinator(g->whs, g->rhs, r->hash);
     int k = r->attempt++;
     if (r->kind == ROP_GET ? n == 0 : !to) {
-        failed(r, RPC_ERR_REMOTE, NULL);
+        const char *why = nothing_serves(g);
+        if (why) finish_error(r, why); /* answer now, not after every retry */
+        else failed(r, RPC_ERR_REMOTE, NULL);
         return;
     }
     if (r->kind == ROP_GET) {
@@ -662,8 +683,9 @@ int router_start(gateway *g, char *err)
     g->whs = hashspace_new(NULL, 0, 0);
     g->rhs = hashspace_ref(g->whs);
     links_config lc = {.names = names, .default_port = KUMO_MANAGER_PORT, .retry = g->cfg->common.clock_interval,
-                       .connect_timeout = g->cfg->common.connect_timeout};
-    rpc_handlers h = {.on_request = manager_on_request, .arg = g};
+                       .connect_timeout = g->cfg->common.connect_timeout, .on_unreachable = manager_link,
+                       .quiet = g->index != 0}; /* every worker has links: one WARN is enough */
+    rpc_handlers h = {.on_request = manager_on_request, .on_hello = manager_hello, .arg = g};
     g->managers = links_new(g->base, &lc, &h, &g->rpc_self);
     if (!g->managers) return kumo_err(err, "out of memory");
     notify_state(g);

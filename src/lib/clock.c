@@ -18,6 +18,10 @@
  */
 #include "clock.h"
 
+#include <stdio.h>
+
+#include "kumo.h"
+
 #include <time.h>
 
 static uint64_t wall_ct(void)
@@ -72,3 +76,11 @@ uint64_t clock_now(const clock_hlc *c)
 }
 
 uint32_t clock_now_seconds(const clock_hlc *c) { return clock_seconds(clock_now(c)); }
+
+char *clock_format(uint64_t ct, char buf[CLOCK_FORMAT_LEN])
+{
+    char when[KUMO_TIMELEN];
+    if (ct == 0) snprintf(buf, CLOCK_FORMAT_LEN, "none");
+    else snprintf(buf, CLOCK_FORMAT_LEN, "%s clock %u", kumo_format_time((time_t)clock_seconds(ct), -1, when), clock_counter(ct));
+    return buf;
+}

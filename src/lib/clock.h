@@ -9,7 +9,7 @@
  * wall clocks to agree (kumofs 0.4 needed < 5 s skew).
  *
  * Thread rule: all functions are lock-free and safe from any thread.
- * Calls: nothing.
+ * Calls: kumo (the time format).
  */
 #ifndef KUMO_CLOCK_H
 #define KUMO_CLOCK_H
@@ -40,5 +40,11 @@ uint64_t clock_now(const clock_hlc *c);
 
 static inline uint32_t clock_seconds(uint64_t ct) { return (uint32_t)(ct >> 32); }
 static inline uint32_t clock_counter(uint64_t ct) { return (uint32_t)ct; }
+
+/* A ClockTime for people: "2026-12-06T14:31:52+09:00 clock 2" (local time,
+ * ISO 8601, then the logical counter); "none" for 0, the ClockTime of a
+ * blank hash space. Returns buf. */
+#define CLOCK_FORMAT_LEN 64
+char *clock_format(uint64_t ct, char buf[CLOCK_FORMAT_LEN]);
 
 #endif

@@ -15,6 +15,7 @@
 typedef struct daemon_common {
     bool verbose;
     const char *log_path;
+    bool log_json;          /* --log-json: JSON lines (log.h) */
     const char *binlog_path;
     const char *pidfile;
     double clock_interval;  /* -Ci: timer tick, seconds */
@@ -37,6 +38,8 @@ typedef struct daemon_common {
      "log everything, not only warnings and errors"},                                               \
     {"-o", "--log", OPT_STRING, offsetof(T, F.log_path), "<path.log>", NULL, 0, 0, false,            \
      "write the log to this file ('-' = stdout without colour); default: stdout"},                  \
+    {"--log-json", NULL, OPT_FLAG, offsetof(T, F.log_json), NULL, NULL, 0, 0, false,                 \
+     "write the log as JSON lines: time, level, file, line, msg"},                                  \
     {"-g", "--binary-log", OPT_STRING, offsetof(T, F.binlog_path), "<path.mpac>", NULL, 0, 0, false, \
      "write the binary (msgpack) log to this file"},                                                \
     {"-d", "--daemon", OPT_STRING, offsetof(T, F.pidfile), "<path.pid>", NULL, 0, 0, false,          \

@@ -190,6 +190,7 @@ int daemon_start(const char *prog, const daemon_common *c)
         fprintf(stderr, "%s: %s\n", prog, err);
         return -1;
     }
+    log_set_json(c->log_json);
     /* Opened before detaching, so a bad -g path is reported on the terminal. */
     if (c->binlog_path && binlog_open(c->binlog_path, err) < 0) {
         log_fatal("binary log: %s", err);

@@ -12,6 +12,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #define KUMO_ERRLEN 256
 
@@ -25,6 +26,18 @@
 
 /* memcached's limits, named once. */
 #define KUMO_MAX_KEY 250
+
+/* Local time as ISO 8601 with the zone's offset, the one human form of a
+ * time in logs and tool output: "2026-12-06T14:31:52+09:00", with
+ * ".123456" after the seconds when usec >= 0. Returns buf. */
+#define KUMO_TIMELEN 40
+char *kumo_format_time(time_t sec, long usec, char buf[KUMO_TIMELEN]);
+
+/* `--version` among argv[1..] (before a "--"): print "prog (kumofs X.Y.Z)"
+ * on stdout and return 1, else 0. Every binary answers it the same way. */
+int kumo_version_asked(const char *prog, int argc, char **argv);
+/* The line itself. */
+void kumo_print_version(const char *prog);
 
 /* printf into err (NULL-safe); always returns -1 so callers can `return kumo_err(...)`. */
 int kumo_err(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

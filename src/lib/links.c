@@ -44,6 +44,9 @@ struct links {
     bool resolved_once;
     struct rjob *job; /* a resolution running on its own thread */
     struct event *job_ev;
+
+    double none_up_since; /* monotonic time no link has been up since (0: one is) */
+    double warned_at;     /* the last "no manager reachable" WARN (0: none this outage) */
 };
 
 static double now_mono(void)
@@ -154,7 +157,11 @@ static void on_hello(void *arg, rpc_conn *c)
     mlink *k = arg;
     char buf[NET_ADDRSTRLEN];
     k->down_since = 0;
-    log_info("manager connected %s", net_format(&k->addr, buf, sizeof(buf)));
+    k->owner->none_up_since = 0;
+    if (k->owner->warned_at > 0 && !k->owner->cfg.quiet)
+        log_warn("manager %s reached", net_format(&k->addr, buf, sizeof(buf)));
+    else log_info("manager connected %s", net_format(&k->addr, buf, sizeof(buf)));
+    k->owner->warned_at = 0;
     if (k->owner->user.on_hello) k->owner->user.on_hello(k->owner->user.arg, c);
 }
 
@@ -166,6 +173,7 @@ static void on_close(void *arg, rpc_conn *c)
     k->conn = NULL;
     if (rpc_hello_done(c)) log_warn("lost manager %s", net_format(&k->addr, buf, sizeof(buf)));
     if (k->down_since == 0) k->down_since = now_mono();
+    if (links_up(k->owner) == 0 && k->owner->none_up_since == 0) k->owner->none_up_since = now_mono();
     if (k->owner->user.on_close) k->owner->user.on_close(k->owner->user.arg, c);
 }
 
@@ -356,10 +364,28 @@ fail:
     job_free(j);
 }
 
+/* The WARN of an outage: every name, so a wrong -m is plain to see. */
+static void warn_unreachable(links *l, double now)
+{
+    char names[512] = "";
+    size_t used = 0;
+    for (const char *const *name = l->cfg.names; *name && used < sizeof(names); name++)
+        used += (size_t)snprintf(names + used, sizeof(names) - used, "%s%s", used ? ", " : "", *name);
+    bool first = l->warned_at == 0;
+    l->warned_at = now;
+    if (!l->cfg.quiet)
+        log_warn("no manager reachable for %.0f s (%s): retrying; check -m/-p and that a kumo-manager listens there",
+             now - l->none_up_since, names);
+    if (first && l->cfg.on_unreachable) l->cfg.on_unreachable(l->user.arg);
+}
+
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     links *l = arg;
     double now = now_mono();
+    if (l->none_up_since > 0 && now - l->none_up_since >= LINKS_UNREACHABLE_WARN &&
+        (l->warned_at == 0 || now - l->warned_at >= LINKS_UNREACHABLE_REPEAT))
+        warn_unreachable(l, now);
     bool long_down = false;
     for (size_t i = 0; i < l->n; i++)
         if (!l->items[i]->conn && l->items[i]->down_since && now - l->items[i]->down_since > DOWN_RESOLVE)
@@ -384,6 +410,7 @@ links *links_new(struct event_base *base, const links_config *cfg, const rpc_han
     l->cfg.names = (const char *const *)l->names_copy;
     l->user = *handlers;
     l->self = *self;
+    l->none_up_since = now_mono();
     resolve(l); /* dials what it finds (now, or when the thread is back) */
     l->tick = event_new(base, -1, EV_PERSIST, tick_cb, l);
     double t = cfg->retry > 0.1 ? cfg->retry : 0.1;
@@ -458,6 +485,8 @@ rpc_conn *links_conn(const links *l, size_t i)
 }
 
 const net_addr *links_addr(const links *l, size_t i) { return &l->items[i]->addr; }
+
+bool links_unreachable(const links *l) { return l->warned_at > 0; }
 
 size_t links_up(const links *l)
 {

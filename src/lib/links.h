@@ -15,6 +15,13 @@
  * Each link is an rpc connection, redialled every tick while down; the
  * caller's handlers see every request, hello and close on them.
  *
+ * When no link has been up for LINKS_UNREACHABLE_WARN seconds (from the
+ * start, or since the last one closed) a WARN names the managers and says
+ * what to check, again every LINKS_UNREACHABLE_REPEAT seconds while it
+ * lasts, and a WARN says when one is reached again: a wrong -m is seen
+ * without -v. on_unreachable (if set) is called when the first WARN of an
+ * outage is written, so the daemon can say it in its sd_notify STATUS.
+ *
  * Resolution that needs DNS runs on a thread of its own (one at a time),
  * so a name server that never answers stalls no loop: the links go on with
  * the addresses they have. SRV names follow the resolver's search list, as
@@ -42,7 +49,12 @@ typedef struct links_config {
     double retry;           /* seconds between redials of a down link */
     double connect_timeout; /* -Ys */
     const net_addr *ignore; /* our own address, or NULL */
+    void (*on_unreachable)(void *arg); /* handlers->arg; may be NULL */
+    bool quiet; /* no WARN of its own (another link set of the process says it) */
 } links_config;
+
+#define LINKS_UNREACHABLE_WARN 5.0
+#define LINKS_UNREACHABLE_REPEAT 60.0
 
 /* handlers->arg is passed through; rpc_get_data(c) is yours to use.
  * The names are copied. */
@@ -68,6 +80,8 @@ rpc_conn *links_conn(const links *l, size_t i);
 const net_addr *links_addr(const links *l, size_t i);
 /* How many links have completed their hello. */
 size_t links_up(const links *l);
+/* Whether no link has been up for LINKS_UNREACHABLE_WARN seconds. */
+bool links_unreachable(const links *l);
 /* Any live link (for a one-off request), or NULL. */
 rpc_conn *links_any(const links *l);
 

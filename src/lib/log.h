@@ -1,9 +1,17 @@
 /*
  * log — the text log of every daemon (user guide 6.2):
- *   "YYYY-MM-DD HH:MM:SS LEVEL file.c:LINE: message"
- * to stdout with ANSI colours per level when stdout is a tty, plain
- * otherwise; "-o path" appends to a file (reopened by log_reopen(), called on
- * SIGHUP); "-o -" is plain stdout. Without -v only WARN and above are shown.
+ *   "2026-12-06T14:38:35.123456+09:00 LEVEL file.c:LINE: message"
+ * (local time, ISO 8601 with the zone's offset) to stdout with ANSI colours
+ * per level when stdout is a tty, plain otherwise; "-o path" appends to a
+ * file (reopened by log_reopen(), called on SIGHUP); "-o -" is plain stdout.
+ * Without -v only WARN and above are shown.
+ *
+ * When stdout is the journal (systemd sets JOURNAL_STREAM to its
+ * device:inode) and the log goes there, each line starts with its syslog
+ * priority, "<3>" error, "<4>" warning, "<6>" info, "<7>" debug ("<2>"
+ * fatal), so journald files it at that level. With log_set_json (the
+ * daemons' --log-json) each line is one JSON object instead:
+ *   {"time":"...","level":"WARN","file":"links.c","line":212,"msg":"..."}
  *
  * The logger is the one piece of process-wide state outside a daemon's state
  * struct: it is set once in main() before threads start and then only read,
@@ -33,6 +41,8 @@ typedef enum log_level {
  * else a file opened for append. verbose: show TRACE and up, else WARN and up.
  * 0 / -1 + err naming the file. */
 int log_init(const char *path, bool verbose, char *err);
+/* JSON lines instead of text (no colour). Call after log_init. */
+void log_set_json(bool json);
 /* Reopen the file (no-op for stdout). 0 / -1 (the old handle stays). */
 int log_reopen(void);
 void log_close(void);

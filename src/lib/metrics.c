@@ -23,10 +23,12 @@
 #include <event2/buffer.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <dirent.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "binlog.h"
@@ -216,6 +218,39 @@ void metrics_hash_spaces(metrics_out *o, const char *prefix, const hashspace *wh
     }
 }
 
+/* ---- the process (Prometheus' process_* conventions) ---- */
+
+static void process_metrics(metrics_out *o)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0) {
+        metrics_family(o, "process_cpu_seconds", METRICS_COUNTER, "user and system CPU time spent, in seconds");
+        metrics_sample(o,
+                       (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6,
+                       NULL);
+    }
+    unsigned long long vsz, rss;
+    FILE *f = fopen("/proc/self/statm", "re");
+    if (f && fscanf(f, "%llu %llu", &vsz, &rss) == 2) {
+        double page = (double)sysconf(_SC_PAGESIZE);
+        metrics_gauge(o, "process_virtual_memory_bytes", "virtual memory size in bytes", (double)vsz * page);
+        metrics_gauge(o, "process_resident_memory_bytes", "resident memory size in bytes", (double)rss * page);
+    }
+    if (f) fclose(f);
+    /* Running out of descriptors pauses accepting (docs/operations.md). */
+    DIR *d = opendir("/proc/self/fd");
+    if (d) {
+        size_t n = 0;
+        for (struct dirent *e; (e = readdir(d));) n += e->d_name[0] != '.';
+        closedir(d);
+        metrics_gauge(o, "process_open_fds", "open file descriptors", (double)(n > 0 ? n - 1 : 0)); /* not opendir's own */
+    }
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        metrics_gauge(o, "process_max_fds", "the limit of open file descriptors (soft)", (double)rl.rlim_cur);
+}
+
 /* ---- HTTP ---- */
 
 static bool wants_openmetrics(struct evhttp_request *req)
@@ -236,10 +271,12 @@ static void handle(struct evhttp_request *req, void *arg)
         return;
     }
     if (!path || strcmp(path, "/metrics") != 0) {
-        bool root = path && strcmp(path, "/") == 0;
+        /* /healthz: the process and its loop answer (liveness). */
+        bool root = path && strcmp(path, "/") == 0, health = path && strcmp(path, "/healthz") == 0;
         evhttp_add_header(out, "Content-Type", "text/plain; charset=utf-8");
-        evbuffer_add_printf(body, "%s\n", root ? "kumofs: the metrics are at /metrics" : "not found; try /metrics");
-        evhttp_send_reply(req, root ? HTTP_OK : HTTP_NOTFOUND, root ? "OK" : "Not Found", body);
+        evbuffer_add_printf(body, "%s\n", health ? "ok" : root ? "kumofs: the metrics are at /metrics, liveness at /healthz"
+                                                                 : "not found; try /metrics or /healthz");
+        evhttp_send_reply(req, root || health ? HTTP_OK : HTTP_NOTFOUND, root || health ? "OK" : "Not Found", body);
         evbuffer_free(body);
         return;
     }
@@ -248,6 +285,13 @@ static void handle(struct evhttp_request *req, void *arg)
     metrics_sample(&o, 1, "role", m->role, "version", PACKAGE_VERSION, NULL);
     metrics_gauge(&o, "process_start_time_seconds", "start time of the process since the epoch, in seconds",
                   (double)m->started);
+    process_metrics(&o);
+    /* The host's clock as the daemon sees it: Prometheus compares it with
+     * its own (timestamp()), as node_exporter's node_time_seconds. */
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    metrics_gauge(&o, "kumo_time_seconds", "the host's wall clock when scraped, in seconds since the epoch",
+                  (double)now.tv_sec + (double)now.tv_nsec / 1e9);
     metrics_counter(&o, "kumo_binlog_write_errors", "binary log records that could not be written",
                     binlog_write_errors());
     m->fn(m->arg, &o);

@@ -7,7 +7,10 @@
  * function, which reads its own state struct and describes each metric
  * family with metrics_counter / metrics_gauge (or metrics_family +
  * metrics_sample for labelled series). The module adds kumo_build_info,
- * process_start_time_seconds and kumo_binlog_write_errors itself. The HTTP server is libevent's evhttp
+ * the process_* metrics (start time, CPU seconds, virtual and resident
+ * memory, open and maximum descriptors) and kumo_binlog_write_errors
+ * itself, and answers GET /healthz with 200 "ok" (liveness: the loop
+ * answers). The HTTP server is libevent's evhttp
  * on the daemon's own event_base: the collect function runs on the loop
  * thread, between other callbacks, so it reads the state without locks.
  *

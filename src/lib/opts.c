@@ -18,6 +18,7 @@
 #include "config.h"
 #endif
 
+#include "kumo.h"
 #include "opts.h"
 
 #include <ctype.h>
@@ -196,7 +197,7 @@ void opts_parse(const opts_spec *spec, void *cfg, int argc, char **argv,
                 exit(0);
             }
             if (strcmp(a, "--version") == 0 && !find(spec, a, strlen(a))) {
-                printf("%s (kumofs %s)\n", spec->prog, PACKAGE_VERSION);
+                kumo_print_version(spec->prog);
                 exit(0);
             }
             /* "--long=value" */

@@ -17,12 +17,12 @@ enum {
 
 /* kumo-manager, control port (-c) — kumoctl */
 enum {
-    CTL_STATUS = 99,        /* [] -> [whs, [newcomer addr...], rhs, auto_replace, replace_state] */
+    CTL_STATUS = 99,        /* [] -> [whs, [newcomer addr...], rhs, replace_state, auto_replace, partner] */
     CTL_ATTACH = 100,       /* [replace:bool] -> [attached addr...] */
     CTL_DETACH = 101,       /* [replace:bool] -> [detached addr...] */
     CTL_BACKUP = 102,       /* [suffix] -> [[addr, path-or-nil, error-or-nil]...] */
     CTL_AUTO_REPLACE = 103, /* [enable:bool] -> bool */
-    CTL_REPLACE = 104,      /* [full:bool] -> nil */
+    CTL_REPLACE = 104,      /* [full:bool] -> servers asked to copy */
 };
 
 /* kumo-server, RPC port (-l) */
@@ -120,6 +120,7 @@ enum {
     ST_DB_BYTES = 12, /* size of the database file */
     ST_REPLACE_MOVED = 13, /* [records sent, bytes sent, records received, bytes received] by replaces */
     ST_ACCEPT = 14,        /* map: accept failures and unauthenticated connections (protocol.md §5.3) */
+    ST_REPLACE_PROGRESS = 15, /* map: the last copy phase, records walked/total, queued, sent (protocol.md §5.3) */
 };
 
 /* Remote error text the gateway reacts to by refreshing its hash spaces. */

@@ -25,7 +25,7 @@ static void ctl_status(manager *m, rpc_conn *c, uint32_t msgid)
     msgpack_packer *pk = rpc_reply_begin(c, msgid);
     size_t n = 0;
     for (size_t i = 0; i < m->nservers; i++) n += m->servers[i]->newcomer && m->servers[i]->conn;
-    msgpack_pack_array(pk, 5);
+    msgpack_pack_array(pk, 6);
     hashspace_pack(m->whs, pk);
     msgpack_pack_array(pk, (uint32_t)n);
     for (size_t i = 0; i < m->nservers; i++) {
@@ -43,6 +43,14 @@ static void ctl_status(manager *m, rpc_conn *c, uint32_t msgid)
                      : m->catchup_blocked ? "catch-up blocked" : "");
     msgpack_pack_uint64(pk, m->replacing ? (m->copy_pending ? m->copy_pending : m->delete_pending) : m->catchup_blocked);
     if (m->auto_replace) msgpack_pack_true(pk);
+    else msgpack_pack_false(pk);
+    /* [partner, linked]: the partner's address (empty while its name does
+     * not resolve; nil without -p) lets a tool ask it for its hash spaces
+     * and tell when the two managers disagree. */
+    msgpack_pack_array(pk, 2);
+    if (m->has_partner) rpc_pack_bytes(pk, m->partner.id, m->partner.len);
+    else msgpack_pack_nil(pk);
+    if (partner_up(m)) msgpack_pack_true(pk);
     else msgpack_pack_false(pk);
     rpc_call_end(c);
 }
@@ -256,12 +264,16 @@ bool control_handle(manager *m, rpc_conn *c, uint32_t msgid, uint32_t method, co
         rpc_arg_bool(params, 0, &flag);
         ctl_change(m, c, msgid, false, flag);
         return true;
-    case CTL_REPLACE:
+    case CTL_REPLACE: {
         flag = false;
         rpc_arg_bool(params, 0, &flag);
+        uint64_t linked = 0;
+        for (size_t i = 0; i < m->nservers; i++) linked += m->servers[i]->conn != NULL;
         replace_start(m, flag);
-        rpc_reply_nil(c, msgid);
+        msgpack_pack_uint64(rpc_reply_begin(c, msgid), linked);
+        rpc_call_end(c);
         return true;
+    }
     case CTL_BACKUP: ctl_backup(m, c, msgid, params); return true;
     case CTL_AUTO_REPLACE:
         if (!rpc_arg_bool(params, 0, &flag)) {

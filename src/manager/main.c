@@ -85,6 +85,12 @@ static void collect_metrics(void *arg, metrics_out *o)
                   (double)skew);
     metrics_gauge(o, "kumo_manager_partner_connected", "1 when the other manager (-p) is connected",
                   m->partner_conn != NULL);
+    metrics_gauge(o, "kumo_manager_partner_configured", "1 when this manager was given another (-p)", m->has_partner);
+    metrics_gauge(o, "kumo_manager_catchup_blocked_servers",
+                  "servers whose catch-up waits for an in-sync copy on a fault server (kumoctl: catch-up blocked)",
+                  (double)(m->replacing ? 0 : m->catchup_blocked));
+    metrics_gauge(o, "kumo_manager_replace_retrying", "1 while a replace redoes a copy that failed",
+                  m->replacing && m->copy_failed && !m->copy_pending);
     metrics_gauge(o, "kumo_manager_replace_running", "1 while a replace runs", m->replacing);
     metrics_gauge(o, "kumo_manager_replace_copy_pending", "servers still copying in the running replace",
                   (double)m->copy_pending);

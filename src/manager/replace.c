@@ -43,10 +43,9 @@ static void send_phase(manager *m, mserver *ms, uint32_t method, bool full)
 
 static void finish(manager *m)
 {
-    char buf[64];
+    char buf[CLOCK_FORMAT_LEN];
     m->replacing = false;
-    snprintf(buf, sizeof(buf), "%llu", (unsigned long long)m->replace_ct);
-    log_info("replace finished time(%s)", buf);
+    log_info("replace finished: hash space of %s", clock_format(m->replace_ct, buf));
     binlog_event(LOG_LVL_INFO, "replace_finished", BL_UINT("clocktime", m->replace_ct));
 }
 

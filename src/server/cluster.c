@@ -33,7 +33,10 @@ static void notify_state(server *s)
         daemon_notify("READY=1");
         s->ready_notified = true;
     }
-    daemon_notify("STATUS=%s, %s, %zu active servers", known ? "manager connected" : "no manager",
+    daemon_notify("STATUS=%s, %s, %zu active servers",
+                  known ? "manager connected"
+                  : s->managers && links_unreachable(s->managers) ? "no manager reachable (check -m/-p)"
+                                                                   : "no manager",
                   attached ? "attached" : "not attached", active);
 }
 
@@ -170,6 +173,8 @@ static void manager_on_hello(void *arg, rpc_conn *c) { notify_state(arg); }
 
 static void manager_on_close(void *arg, rpc_conn *c) { notify_state(arg); }
 
+static void manager_unreachable(void *arg) { notify_state(arg); }
+
 static void manager_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
 {
     cluster_dispatch(arg, c, msgid, method, params);
@@ -189,7 +194,7 @@ int cluster_start(server *s, char *err)
 {
     const char *names[3] = {s->cfg->manager1, s->cfg->manager2, NULL};
     links_config lc = {.names = names, .default_port = KUMO_MANAGER_PORT, .retry = tick(s),
-                       .connect_timeout = s->cfg->common.connect_timeout};
+                       .connect_timeout = s->cfg->common.connect_timeout, .on_unreachable = manager_unreachable};
     rpc_handlers h = {.on_request = manager_on_request, .on_hello = manager_on_hello, .on_close = manager_on_close,
                       .arg = s};
     s->managers = links_new(s->base, &lc, &h, &s->rpc_self);

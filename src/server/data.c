@@ -869,6 +869,7 @@ static void handle_flush(server *s, rpc_conn *c, uint32_t msgid, const msgpack_o
  * whole; writes made during the walk may or may not be in it, which is what
  * kumomergedb's newest-wins merge expects of backups. */
 typedef struct backup_job {
+    server *s;
     rpc_conn *client; /* held */
     uint32_t msgid;
     store *dst;
@@ -886,6 +887,7 @@ static int backup_record(void *arg, const void *key, size_t klen, const void *va
         return 1;
     }
     b->records++;
+    b->s->backup.walked++;
     return 0;
 }
 
@@ -897,6 +899,7 @@ static void backup_walked(server *s, void *arg, bool ok)
         snprintf(b->err, sizeof(b->err), "%s: the database walk failed", store_path(s->db));
     }
     store_close(b->dst); /* syncs the copy */
+    s->backup.ended = progress_now();
     if (!b->failed && rename(b->tmp, b->path) != 0) {
         b->failed = true;
         snprintf(b->err, sizeof(b->err), "%s: %s", b->path, strerror(errno));
@@ -944,9 +947,11 @@ static void handle_backup(server *s, rpc_conn *c, uint32_t msgid, const msgpack_
         free(b);
         return;
     }
+    b->s = s;
     b->client = c;
     b->msgid = msgid;
     rpc_hold(c);
+    s->backup = (backup_progress){.started = progress_now(), .total = store_count(s->db)};
     data_walk(s, backup_record, backup_walked, b);
 }
 

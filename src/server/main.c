@@ -197,6 +197,11 @@ static void on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, 
         status_accept(s, c, msgid);
         return;
     }
+    if (method == SRV_STATUS && rpc_arg_uint(params, 0, &what) && what == ST_REPLACE_PROGRESS) {
+        replace_pack_progress(s, rpc_reply_begin(c, msgid));
+        rpc_call_end(c);
+        return;
+    }
     if (!s->metrics) {
         cluster_dispatch(s, c, msgid, method, params);
         return;
@@ -232,6 +237,23 @@ static void collect_metrics(void *arg, metrics_out *o)
                   s->catching_up);
     metrics_counter(o, "kumo_server_replace_received_records", "records applied from replace streams, since start",
                     s->moved_recv);
+    /* The last copy phase: walked of total tells how far the walk is,
+     * sent of queued how far the transfers are (kumostat progress). */
+    const replace_progress *p = &s->progress;
+    metrics_gauge(o, "kumo_server_replace_walk_total_records", "records to walk in the last replace copy (the database)",
+                  (double)p->total);
+    metrics_gauge(o, "kumo_server_replace_walked_records", "records the last replace copy has walked", (double)p->walked);
+    metrics_gauge(o, "kumo_server_replace_queued_records", "records the last replace copy queued to send",
+                  (double)p->queued);
+    metrics_gauge(o, "kumo_server_replace_sent_records", "records of the last replace copy acknowledged by their receiver",
+                  (double)(s->moved_sent - p->sent_base));
+    metrics_gauge(o, "kumo_server_replace_sent_bytes", "compressed bytes of the last replace copy acknowledged",
+                  (double)(s->moved_sent_bytes - p->sent_bytes_base));
+    metrics_gauge(o, "kumo_server_replace_started_timestamp_seconds", "when the last replace copy began (0: none)",
+                  p->started);
+    metrics_gauge(o, "kumo_server_backup_walk_total_records", "records to copy in the last backup (the database)",
+                  (double)s->backup.total);
+    metrics_gauge(o, "kumo_server_backup_walked_records", "records the last backup has copied", (double)s->backup.walked);
     metrics_gauge(o, "kumo_server_tombstones_remembered", "tombstones waiting for collection (-gX/-gN)",
                   (double)g.entries);
     metrics_gauge(o, "kumo_server_tombstones_memory_bytes", "memory they take, as -gS counts it", (double)g.bytes);

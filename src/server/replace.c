@@ -22,6 +22,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "links.h"
 #include "log.h"
@@ -117,9 +118,24 @@ static void report_end(server *s, rpc_conn *manager, uint32_t method, uint64_t r
     end_send(e);
 }
 
+double progress_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* The progress record, if it is still this job's (a newer replace resets it). */
+static replace_progress *progress_of(const copy_job *j)
+{
+    return j->s->progress.replace_ct == j->replace_ct ? &j->s->progress : NULL;
+}
+
 static void job_release(copy_job *j)
 {
     if (--j->outstanding > 0) return;
+    replace_progress *p = progress_of(j);
+    if (p) p->ended = progress_now();
     log_info("replace copy done: %llu records sent, %llu failed", (unsigned long long)j->sent,
              (unsigned long long)j->failed);
     j->s->replace_copying = false;
@@ -207,6 +223,8 @@ static void queue_record(copy_job *j, const net_addr *to, const void *key, size_
         }
     }
     stream_file_add(d->file, key, klen, val, vlen);
+    replace_progress *p = progress_of(j);
+    if (p) p->queued++;
 }
 
 static int copy_record(void *arg, const void *key, size_t klen, const void *val, size_t vlen)
@@ -217,6 +235,8 @@ static int copy_record(void *arg, const void *key, size_t klen, const void *val,
         j->failed++;
         return 1;
     }
+    replace_progress *prog = progress_of(j);
+    if (prog) prog->walked++;
     if (klen <= RECORD_KEY_HEADER || vlen < RECORD_TOMBSTONE) return 0;
     uint64_t h = record_key_hash(key, klen);
     uint32_t old[KUMO_REPLICAS], nw[KUMO_REPLICAS];
@@ -241,6 +261,8 @@ static int copy_record(void *arg, const void *key, size_t klen, const void *val,
 static void copy_walked(server *s, void *arg, bool ok)
 {
     copy_job *j = arg;
+    replace_progress *p = progress_of(j);
+    if (p) p->walk_ended = progress_now();
     if (!ok) j->failed++; /* the manager retries the copy */
     for (size_t i = 0; i < j->ndests; i++) {
         if (ok) offer_dest(j, &j->dests[i]);
@@ -272,7 +294,9 @@ static void copy_phase(server *s, rpc_conn *c, uint64_t replace_ct, bool full, h
     for (size_t i = 0; i < w->ring.nnodes; i++) j->dests[j->ndests++].addr = w->ring.nodes[i].addr;
     j->outstanding = 1; /* the walk itself */
     s->replace_copying = true;
-    log_info("replace copy start%s", full ? " (full)" : "");
+    s->progress = (replace_progress){.replace_ct = replace_ct, .started = progress_now(), .total = store_count(s->db),
+                                     .sent_base = s->moved_sent, .sent_bytes_base = s->moved_sent_bytes, .full = full};
+    log_info("replace copy start%s: %llu records to walk", full ? " (full)" : "", (unsigned long long)s->progress.total);
     data_walk(s, copy_record, copy_walked, j);
 }
 
@@ -380,4 +404,48 @@ bool replace_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, con
     }
     default: return false;
     }
+}
+
+/* ---- progress ---- */
+
+const char *replace_progress_phase(const server *s)
+{
+    const replace_progress *p = &s->progress;
+    return p->started == 0 ? "idle" : p->ended > 0 ? "done" : p->walk_ended > 0 ? "send" : "walk";
+}
+
+void replace_pack_progress(const server *s, msgpack_packer *pk)
+{
+    const replace_progress *p = &s->progress;
+    double end = p->ended > 0 ? p->ended : progress_now();
+    const backup_progress *b = &s->backup;
+    msgpack_pack_map(pk, 13);
+    rpc_pack_str(pk, "phase");
+    rpc_pack_str(pk, replace_progress_phase(s));
+    rpc_pack_str(pk, "full");
+    if (p->full) msgpack_pack_true(pk);
+    else msgpack_pack_false(pk);
+    rpc_pack_str(pk, "total");
+    msgpack_pack_uint64(pk, p->total);
+    rpc_pack_str(pk, "walked");
+    msgpack_pack_uint64(pk, p->walked);
+    rpc_pack_str(pk, "queued");
+    msgpack_pack_uint64(pk, p->queued);
+    rpc_pack_str(pk, "sent");
+    msgpack_pack_uint64(pk, s->moved_sent - p->sent_base);
+    rpc_pack_str(pk, "sent_bytes");
+    msgpack_pack_uint64(pk, s->moved_sent_bytes - p->sent_bytes_base);
+    rpc_pack_str(pk, "elapsed");
+    msgpack_pack_double(pk, p->started > 0 ? end - p->started : 0);
+    rpc_pack_str(pk, "walk_seconds");
+    msgpack_pack_double(pk, p->walk_ended > 0 ? p->walk_ended - p->started : 0);
+    /* the last backup, a walk too */
+    rpc_pack_str(pk, "backup_phase");
+    rpc_pack_str(pk, b->started == 0 ? "idle" : b->ended > 0 ? "done" : "walk");
+    rpc_pack_str(pk, "backup_total");
+    msgpack_pack_uint64(pk, b->total);
+    rpc_pack_str(pk, "backup_walked");
+    msgpack_pack_uint64(pk, b->walked);
+    rpc_pack_str(pk, "backup_elapsed");
+    msgpack_pack_double(pk, b->started > 0 ? (b->ended > 0 ? b->ended : progress_now()) - b->started : 0);
 }

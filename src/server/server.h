@@ -50,6 +50,24 @@ typedef struct peer {
     rpc_conn *conn; /* NULL when not connected */
 } peer;
 
+/* The last copy phase of a replace (replace.c), for kumostat progress,
+ * kumoctl status and --metrics. Wall-clock seconds; 0 = not yet. */
+typedef struct replace_progress {
+    uint64_t replace_ct;       /* the replace it belongs to */
+    double started, walk_ended, ended;
+    uint64_t total;            /* records in the database when the walk began */
+    uint64_t walked;           /* records looked at so far */
+    uint64_t queued;           /* records to send (one per destination) */
+    uint64_t sent_base, sent_bytes_base; /* moved_sent(_bytes) when it began */
+    bool full;
+} replace_progress;
+
+/* The last backup (data.c): records walked of the database's. */
+typedef struct backup_progress {
+    double started, ended; /* wall clock; 0 = not yet */
+    uint64_t total, walked;
+} backup_progress;
+
 typedef struct server {
     struct event_base *base;
     const server_config *cfg;
@@ -85,6 +103,8 @@ typedef struct server {
     uint64_t replace_latest; /* ClockTime of the newest replace asked of us */
     bool replace_deleting;   /* a delete phase is walking */
     uint64_t moved_sent, moved_sent_bytes, moved_recv, moved_recv_bytes; /* by replaces, since start */
+    replace_progress progress; /* the last copy phase */
+    backup_progress backup;    /* the last backup */
     daemon_listener *stream_listener; /* -L */
     admit *stream_admit;              /* -L connections that have not sent a token yet */
     struct offer *offers;                   /* stream files waiting to be collected */
@@ -110,6 +130,12 @@ void cluster_dispatch(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, c
 
 /* replace.c: copy and delete phases, and the batches they send. */
 bool replace_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
+/* Wall-clock seconds, for the progress records. */
+double progress_now(void);
+/* The answer to ST_REPLACE_PROGRESS: a map (protocol.md §5.3). */
+void replace_pack_progress(const server *s, msgpack_packer *pk);
+/* "idle", "walk", "send" or "done": where the last copy phase is. */
+const char *replace_progress_phase(const server *s);
 
 /* stream.c: the bulk copy of a replace over the stream port. A stream file
  * collects [key, value] records, compressed, in an unlinked file under -f;

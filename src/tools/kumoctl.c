@@ -4,9 +4,13 @@
  *   kumoctl address[:port=19799] command [options]
  *
  * Exit status: 0 done, 1 the manager could not be reached or refused,
- * 64 usage error. verify and repair (verify.c) have their own: 0 the
+ * 64 usage error. status: 2 when it answered and the cluster is degraded
+ * or down (tool_cluster_health), listed under "health:". health: 0 ok,
+ * 1 degraded, 2 down (no manager answers, or some keys have no live
+ * in-sync owner). verify and repair (verify.c) have their own: 0 the
  * replicas agree, 1 divergent keys, 2 the run could not finish.
  */
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +25,7 @@ static const struct {
     const char *help;
 } commands[] = {
     {"status", "get status"},
+    {"health", "ok, degraded or down, with the reasons; exit 0, 1 or 2"},
     {"attach", "attach all new servers and start replace"},
     {"attach-noreplace", "attach all new servers"},
     {"detach", "detach all fault servers and start replace"},
@@ -36,47 +41,125 @@ static const struct {
 
 static void usage(FILE *out)
 {
-    fprintf(out, "Usage: kumoctl address[:port=%d] command [options]\ncommand:\n", KUMO_CONTROL_PORT);
+    fprintf(out, "Usage: kumoctl address[:port=%d][,address...] [-p address] command [options]\ncommand:\n",
+            KUMO_CONTROL_PORT);
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
         fprintf(out, "   %-22s %s\n", commands[i].name, commands[i].help);
     fprintf(out, "options:\n"
+                 "   -p <addr[:port]>       another manager, asked when the first does not answer\n"
+                 "                          (repeatable; so is a comma-separated address list)\n"
                  "   --cluster-key-file <file>\n"
-                 "                          the cluster key, the daemons' file (default: $KUMO_CLUSTER_KEY_FILE)\n");
+                 "                          the cluster key, the daemons' file (default: $KUMO_CLUSTER_KEY_FILE)\n"
+                 "   --version              print the version and exit\n"
+                 "exit status: 0 done; 1 the manager could not be reached or refused; status: 2 the\n"
+                 "cluster is degraded or down; health: 0 ok, 1 degraded, 2 down; 64 usage\n");
 }
 
-static int print_status(const msgpack_object *r)
+static void print_health(const tool_health *h, const char *indent)
+{
+    for (size_t i = 0; i < h->n; i++) printf("%s%s\n", indent, h->why[i]);
+}
+
+/* Under "replace:", each live server's copy with its totals, then the
+ * sum over them with the latest ETA. A server that does not answer is
+ * said so and skipped. */
+static void print_progress(const hashspace *whs)
+{
+    char err[KUMO_ERRLEN], buf[NET_ADDRSTRLEN], line[512];
+    uint64_t walked = 0, total = 0, queued = 0, sent = 0;
+    double eta = -1; /* the latest of the known ETAs */
+    size_t n = 0;
+    for (size_t i = 0; i < whs->ring.nnodes; i++) {
+        if (!whs->ring.nodes[i].active) continue;
+        tool_conn t;
+        tool_progress p;
+        net_format(&whs->ring.nodes[i].addr, buf, sizeof(buf));
+        if (tool_connect_addr(&t, &whs->ring.nodes[i].addr, RPC_ROLE_SERVER, TOOL_TIMEOUT, err) < 0 ||
+            tool_replace_progress(&t, &p, err) < 0) {
+            printf("  %s: no progress: %s\n", buf, err);
+        } else {
+            tool_format_progress(&p, line, sizeof(line));
+            printf("  %s: %s\n", buf, line);
+            walked += p.walked;
+            total += p.total;
+            queued += p.queued;
+            sent += p.sent;
+            double e = tool_progress_eta(&p);
+            if (e > eta) eta = e;
+            n++;
+        }
+        tool_close(&t);
+    }
+    if (n > 1) {
+        char when[32] = "ETA unknown";
+        if (eta >= 0) snprintf(when, sizeof(when), "ETA %.0f s", eta);
+        printf("  all: walked %" PRIu64 " of %" PRIu64 " records, sent %" PRIu64 " of %" PRIu64 " queued, %s\n", walked,
+               total, sent, queued, when);
+    }
+}
+
+/* The guide's block, then what it does not show: a replace in progress,
+ * the auto-replace switch ("settings:"), and the health verdict with its
+ * reasons. */
+static int print_status(tool_conn *t)
 {
     char err[KUMO_ERRLEN], buf[NET_ADDRSTRLEN];
-    if (r->type != MSGPACK_OBJECT_ARRAY || r->via.array.size < 2 ||
-        r->via.array.ptr[1].type != MSGPACK_OBJECT_ARRAY) {
+    tool_cluster c;
+    tool_health h;
+    if (tool_cluster_get(t, &c, err) < 0) {
+        fprintf(stderr, "kumoctl: %s\n", err);
+        return 1;
+    }
+    tool_cluster_health(t, &c, &h);
+    tool_print_hashspace(stdout, c.whs, "attached node");
+    printf("not attached node:\n");
+    for (size_t i = 0; i < c.nnewcomers; i++) printf("  %s\n", net_format(&c.newcomers[i], buf, sizeof(buf)));
+    if (c.phase[0]) {
+        bool blocked = strncmp(c.phase, "catch-up", 8) == 0;
+        printf("replace:\n  %s, %" PRIu64 " servers %s\n", c.phase, c.phase_servers,
+               blocked ? "catching up" : "working");
+        if (!blocked) print_progress(c.whs);
+    }
+    /* Not "auto replace:": scripts look for "replace:" to see a replace running. */
+    if (c.auto_replace >= 0) printf("settings:\n  auto replace %s\n", c.auto_replace ? "enabled" : "disabled");
+    printf("health:\n  %s\n", tool_health_word(h.verdict));
+    print_health(&h, "  ");
+    tool_cluster_free(&c);
+    return h.verdict == TOOL_HEALTH_OK ? 0 : 2;
+}
+
+/* kumoctl health: the verdict on the first line, one reason a line. */
+static int print_verdict(tool_conn *t)
+{
+    char err[KUMO_ERRLEN];
+    tool_cluster c;
+    tool_health h;
+    if (tool_cluster_get(t, &c, err) < 0) {
+        printf("down\n  no manager answers: %s\n", err);
+        return TOOL_HEALTH_DOWN;
+    }
+    tool_cluster_health(t, &c, &h);
+    printf("%s\n", tool_health_word(h.verdict));
+    print_health(&h, "  ");
+    tool_cluster_free(&c);
+    return h.verdict;
+}
+
+/* attach/detach: each server changed, or that nothing was to be done. */
+static int print_changed(const msgpack_object *r, const char *verb, const char *nothing)
+{
+    char buf[NET_ADDRSTRLEN];
+    if (r->type != MSGPACK_OBJECT_ARRAY) {
         fprintf(stderr, "kumoctl: unexpected answer from the manager\n");
         return 1;
     }
-    hashspace *whs = hashspace_unpack(&r->via.array.ptr[0], err);
-    if (!whs) {
-        fprintf(stderr, "kumoctl: bad hash space from the manager: %s\n", err);
-        return 1;
-    }
-    tool_print_hashspace(stdout, whs, "attached node");
-    printf("not attached node:\n");
-    const msgpack_object_array *nc = &r->via.array.ptr[1].via.array;
-    for (uint32_t i = 0; i < nc->size; i++) {
+    for (uint32_t i = 0; i < r->via.array.size; i++) {
+        const msgpack_object *o = &r->via.array.ptr[i];
         net_addr a;
-        const msgpack_object *o = &nc->ptr[i];
         if (o->type == MSGPACK_OBJECT_BIN && net_from_id(&a, o->via.bin.ptr, o->via.bin.size) == 0)
-            printf("  %s\n", net_format(&a, buf, sizeof(buf)));
+            printf("%s %s\n", verb, net_format(&a, buf, sizeof(buf)));
     }
-    /* A replace in progress is shown after the guide's lines. */
-    const msgpack_object *rp = r->via.array.size > 3 ? &r->via.array.ptr[3] : NULL;
-    if (rp && rp->type == MSGPACK_OBJECT_ARRAY && rp->via.array.size == 3 &&
-        rp->via.array.ptr[0].type == MSGPACK_OBJECT_BOOLEAN && rp->via.array.ptr[0].via.boolean &&
-        rp->via.array.ptr[1].type == MSGPACK_OBJECT_STR && rp->via.array.ptr[2].type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
-        const msgpack_object_str *phase = &rp->via.array.ptr[1].via.str;
-        bool blocked = phase->size > 8 && memcmp(phase->ptr, "catch-up", 8) == 0;
-        printf("replace:\n  %.*s, %llu servers %s\n", (int)phase->size, phase->ptr,
-               (unsigned long long)rp->via.array.ptr[2].via.u64, blocked ? "catching up" : "working");
-    }
-    hashspace_unref(whs);
+    if (r->via.array.size == 0) printf("%s\n", nothing);
     return 0;
 }
 
@@ -114,11 +197,14 @@ static int print_backup(const msgpack_object *r)
 int main(int argc, char **argv)
 {
     char err[KUMO_ERRLEN];
+    if (kumo_version_asked("kumoctl", argc, argv)) return 0;
     if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
         usage(stdout);
         return 0;
     }
-    if (tool_cluster_key("kumoctl", usage, &argc, argv)) return TOOL_EX_USAGE;
+    size_t more = 0;
+    if (tool_cluster_key("kumoctl", usage, &argc, argv) || tool_more_managers("kumoctl", usage, &argc, argv, &more))
+        return TOOL_EX_USAGE;
     if (argc < 3) return tool_usage_error("kumoctl", usage, "%s", argc < 2 ? "missing manager address" : "missing command");
     const char *cmd = argv[2];
     if (strcmp(cmd, "verify") == 0 || strcmp(cmd, "repair") == 0) {
@@ -130,7 +216,7 @@ int main(int argc, char **argv)
     msgpack_packer pk;
     msgpack_sbuffer_init(&params);
     msgpack_packer_init(&pk, &params, msgpack_sbuffer_write);
-    if (strcmp(cmd, "status") == 0 || strcmp(cmd, "stat") == 0) {
+    if (strcmp(cmd, "status") == 0 || strcmp(cmd, "stat") == 0 || strcmp(cmd, "health") == 0) {
         method = CTL_STATUS;
         msgpack_pack_array(&pk, 0);
     } else if (strcmp(cmd, "attach") == 0 || strcmp(cmd, "attach-noreplace") == 0) {
@@ -178,11 +264,25 @@ int main(int argc, char **argv)
     int rc = 1;
     /* a backup takes as long as the largest database takes to copy */
     double timeout = method == CTL_BACKUP ? 3600.0 : TOOL_TIMEOUT;
-    if (tool_connect(&t, argv[1], KUMO_CONTROL_PORT, timeout, err) < 0 ||
-        tool_call(&t, method, &params, &res, err) < 0) {
-        fprintf(stderr, "kumoctl: %s\n", err);
+    bool health = strcmp(cmd, "health") == 0;
+    if (tool_connect(&t, argv[1], KUMO_CONTROL_PORT, timeout, err) < 0) {
+        if (health) printf("down\n  no manager answers: %s\n", err);
+        else fprintf(stderr, "kumoctl: %s\n", err);
+        rc = health ? TOOL_HEALTH_DOWN : 1;
     } else if (method == CTL_STATUS) {
-        rc = print_status(&res.data);
+        rc = health ? print_verdict(&t) : print_status(&t);
+    } else if (tool_call(&t, method, &params, &res, err) < 0) {
+        fprintf(stderr, "kumoctl: %s\n", err);
+    } else if (method == CTL_ATTACH) {
+        rc = print_changed(&res.data, "attached", "nothing to attach: no new server waits under \"not attached node\"");
+    } else if (method == CTL_DETACH) {
+        rc = print_changed(&res.data, "detached", "nothing to detach: no attached server is fault");
+    } else if (method == CTL_REPLACE) {
+        if (res.data.type == MSGPACK_OBJECT_POSITIVE_INTEGER && res.data.via.u64 == 0)
+            printf("nothing to replace: no server is connected\n");
+        else if (res.data.type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+            printf("%s started: %" PRIu64 " servers copying\n", cmd, res.data.via.u64);
+        rc = 0;
     } else if (method == CTL_BACKUP) {
         rc = print_backup(&res.data);
     } else if (method == CTL_AUTO_REPLACE) {

@@ -37,7 +37,7 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "Usage: kumohash server-address[:port=%d] ... -- command [options]\n"
-            "       kumohash -m manager-address[:port=%d] [-r] command [options]\n"
+            "       kumohash -m manager-address[:port=%d][,address...] [-p address] [-r] command [options]\n"
             "command:\n"
             "   hash keys...     calculate hash of keys\n"
             "   assign keys...   calculate assign node (the three owners; the first live one\n"
@@ -45,11 +45,13 @@ static void usage(FILE *out)
             "   dump             dump hash space (every virtual node in ring order)\n"
             "options:\n"
             "   -m <addr[:port]> take the hash space from this manager (its cluster port)\n"
+            "   -p <addr[:port]> with -m: another manager, asked when the first does not answer\n"
             "   -r               with -m: use the manager's rhs (reads) instead of whs (writes)\n"
             "   --cluster-key-file <file>\n"
             "                    with -m: the cluster key, the daemons' file\n"
             "                    (default: $KUMO_CLUSTER_KEY_FILE)\n"
             "   --help           show this help\n"
+            "   --version        print the version and exit\n"
             "Exit status: 0 ok, 1 the manager could not be reached or has no server, 64 usage.\n",
             KUMO_SERVER_PORT, KUMO_MANAGER_PORT);
 }
@@ -137,6 +139,7 @@ static int cmd_dump(const hashspace *hs)
 
 int main(int argc, char **argv)
 {
+    if (kumo_version_asked("kumohash", argc, argv)) return 0;
     const char *manager = NULL;
     bool use_rhs = false;
     const char **servers = calloc((size_t)argc + 1, sizeof(*servers));
@@ -152,7 +155,8 @@ int main(int argc, char **argv)
         }
         if (strcmp(argv[j], "--") == 0) break;
     }
-    if (tool_cluster_key("kumohash", usage, &argc, argv)) {
+    size_t more = 0;
+    if (tool_cluster_key("kumohash", usage, &argc, argv) || tool_more_managers("kumohash", usage, &argc, argv, &more)) {
         free(servers);
         return TOOL_EX_USAGE;
     }
@@ -170,6 +174,10 @@ int main(int argc, char **argv)
             free(servers);
             return tool_usage_error("kumohash", usage, "unknown option '%s'", argv[i]);
         }
+    }
+    if (more && !manager) {
+        free(servers);
+        return tool_usage_error("kumohash", usage, "%s", "-p names another manager: it needs -m");
     }
     if (!manager) {
         /* server... -- command */

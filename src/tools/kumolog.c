@@ -58,6 +58,7 @@ static void usage(FILE *out)
             "  -h, --head         show only the first N records (default N=10)\n"
             "  -n, --lines=[-]N   set N (without -h it implies -t)\n"
             "      --help         show this help\n"
+            "      --version      print the version and exit\n"
             "'-' reads standard input. Damaged records are reported on stderr\n"
             "(\"recover at OFFSET\") and skipped. Exit status: 0, 1 when nothing could be\n"
             "read (no such file, or not one valid record in it), 64 usage.\n");
@@ -104,9 +105,12 @@ static void put_value(FILE *o, const msgpack_object *v, bool clocktime)
     case MSGPACK_OBJECT_NIL: fputs("nil", o); break;
     case MSGPACK_OBJECT_BOOLEAN: fputs(v->via.boolean ? "true" : "false", o); break;
     case MSGPACK_OBJECT_POSITIVE_INTEGER:
-        if (clocktime)
-            fprintf(o, "%" PRIu32 ":%" PRIu32, (uint32_t)(v->via.u64 >> 32), (uint32_t)v->via.u64);
-        else
+        if (clocktime && v->via.u64 == 0) { /* a blank hash space's */
+            fputs("none", o);
+        } else if (clocktime) { /* one token: the time, "/", the logical counter */
+            char when[KUMO_TIMELEN];
+            fprintf(o, "%s/%" PRIu32, kumo_format_time((time_t)(v->via.u64 >> 32), -1, when), (uint32_t)v->via.u64);
+        } else
             fprintf(o, "%" PRIu64, v->via.u64);
         break;
     case MSGPACK_OBJECT_NEGATIVE_INTEGER: fprintf(o, "%" PRId64, v->via.i64); break;
@@ -143,13 +147,9 @@ static char *format_record(const binlog_record *r)
     size_t len = 0;
     FILE *o = open_memstream(&buf, &len);
     if (!o) return NULL;
-    time_t sec = (time_t)(r->time_us / 1000000u);
-    struct tm tm;
-    char date[32];
-    localtime_r(&sec, &tm);
-    strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S", &tm);
+    char date[KUMO_TIMELEN];
     const char *lvl = binlog_level_name(r->level);
-    fprintf(o, "%s.%06u ", date, (unsigned)(r->time_us % 1000000u));
+    fprintf(o, "%s ", kumo_format_time((time_t)(r->time_us / 1000000u), (long)(r->time_us % 1000000u), date));
     if (lvl) fprintf(o, "%-5s ", lvl);
     else fprintf(o, "L%-4u ", r->level);
     put_text(o, r->node_len ? r->node : "-", r->node_len ? r->node_len : 1);
@@ -360,6 +360,7 @@ static void follow(reader *r, out *o, const char *path)
 
 int main(int argc, char **argv)
 {
+    if (kumo_version_asked("kumolog", argc, argv)) return 0;
     static const struct option longopts[] = {
         {"follow", no_argument, NULL, 'f'}, {"tail", no_argument, NULL, 't'},
         {"head", no_argument, NULL, 'h'},   {"lines", required_argument, NULL, 'n'},

@@ -83,6 +83,7 @@ static int purge_tombstone(void *arg, const void *key, size_t klen, const void *
 int main(int argc, char **argv)
 {
     char err[KUMO_ERRLEN];
+    if (kumo_version_asked("kumomergedb", argc, argv)) return 0;
     if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
         printf("Usage: kumomergedb <dst.tch> <src.tch> [src.tch...]\n"
                "Merge kumofs databases (backups); the newest write of each key wins, deletes are dropped.\n");

@@ -54,7 +54,8 @@ static const struct {
     {"unset_delay", CMD_UNSET_DELAY, "minimize latency at the expense of throughput"},
     {"replace", ST_REPLACE, "get replace state: ready, WAIT, Copying, Deleting or inactive"},
     {"moved", ST_REPLACE_MOVED, "records and bytes replaces sent and received since the server started"},
-    {"clocktime", ST_CLOCKTIME, "get the server's clock (ClockTime: seconds << 32 | counter)"},
+    {"progress", ST_REPLACE_PROGRESS, "the last replace copy and backup: records done of total, rate, ETA"},
+    {"clocktime", ST_CLOCKTIME, "get the server's clock: time, logical counter, (ClockTime: seconds << 32 | counter)"},
     {"bytes", ST_DB_BYTES, "get size of the database file in bytes"},
     {"stats", CMD_STATS, "get memcached-style STAT lines"},
     {"accept", ST_ACCEPT, "get accept failures and unauthenticated connections, one \"name value\" line each"},
@@ -70,16 +71,18 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "Usage: kumostat server-address[:port=%d] command\n"
-            "       kumostat -m manager-address[:port=%d] command\ncommand:\n",
+            "       kumostat -m manager-address[:port=%d][,address...] [-p address] command\ncommand:\n",
             KUMO_SERVER_PORT, KUMO_MANAGER_PORT);
     for (size_t i = 0; i < NCOMMANDS; i++) fprintf(out, "  %-12s %s\n", commands[i].name, commands[i].help);
     fprintf(out,
             "options:\n"
             "  -m <addr[:port]>  run the command on every attached, active server of this manager,\n"
             "                    each answer prefixed with \"host:port:  \"\n"
+            "  -p <addr[:port]>  with -m: another manager, asked when the first does not answer\n"
             "  --cluster-key-file <file>\n"
             "                    the cluster key, the daemons' file (default: $KUMO_CLUSTER_KEY_FILE)\n"
             "  --help            show this help\n"
+            "  --version         print the version and exit\n"
             "Each connect and call times out after %.0f s.\n"
             "Exit status: 0 ok, 1 a node could not be reached or answered wrongly, 64 usage.\n",
             TOOL_TIMEOUT);
@@ -163,7 +166,7 @@ static int query(const net_addr *addr, int what, const char *prefix)
     msgpack_unpacked_init(&res);
     int rc = 1;
     uint64_t u = 0;
-    if (tool_connect_addr(&t, addr, TOOL_TIMEOUT, err) < 0) goto fail;
+    if (tool_connect_addr(&t, addr, RPC_ROLE_SERVER, TOOL_TIMEOUT, err) < 0) goto fail;
     switch (what) {
     case CMD_HSCCHECK: {
         hashspace *w = NULL, *r = NULL;
@@ -172,9 +175,14 @@ static int query(const net_addr *addr, int what, const char *prefix)
             hashspace_unref(w);
             goto fail;
         }
-        printf("%s%s\n", prefix, (w->clocktime == r->clocktime && hashspace_same_nodes(w, r)) ? "true" : "false");
+        bool same = w->clocktime == r->clocktime && hashspace_same_nodes(w, r);
+        printf("%s%s\n", prefix, same ? "true" : "false");
         hashspace_unref(w);
         hashspace_unref(r);
+        if (!same) { /* a check that says false fails, for shells and health checks */
+            tool_close(&t);
+            return 1;
+        }
         break;
     }
     case CMD_SET_DELAY:
@@ -192,6 +200,12 @@ static int query(const net_addr *addr, int what, const char *prefix)
         print_block_head(prefix);
         tool_print_hashspace(stdout, hs, "node");
         hashspace_unref(hs);
+        break;
+    }
+    case ST_CLOCKTIME: {
+        char when[CLOCK_FORMAT_LEN];
+        if (tool_status_uint(&t, what, &u, err) < 0) goto fail;
+        printf("%s%s (%" PRIu64 ")\n", prefix, clock_format(u, when), u);
         break;
     }
     case ST_REPLACE:
@@ -212,6 +226,16 @@ static int query(const net_addr *addr, int what, const char *prefix)
         }
         printf("%ssent %" PRIu64 " records (%" PRIu64 " bytes compressed), applied %" PRIu64
                " received records (%" PRIu64 " bytes compressed)\n", prefix, v[0], v[1], v[2], v[3]);
+        break;
+    }
+    case ST_REPLACE_PROGRESS: {
+        tool_progress p;
+        char line[512];
+        if (tool_replace_progress(&t, &p, err) < 0) goto fail;
+        tool_format_progress(&p, line, sizeof(line));
+        printf("%s%s\n", prefix, line);
+        tool_format_backup_progress(&p, line, sizeof(line));
+        if (line[0]) printf("%s%s\n", prefix, line);
         break;
     }
     case ST_ACCEPT: {
@@ -251,45 +275,59 @@ fail:
     return rc;
 }
 
-/* Every attached, active server in the manager's whs. */
+/* Every attached, active server in the manager's whs. hsccheck also lists
+ * the fault ones ("host:port:  fault") and fails, as it does on whatever
+ * else makes the cluster unhealthy (tool_cluster_health, on stderr). */
 static int via_manager(const char *manager, int what)
 {
-    char err[KUMO_ERRLEN];
+    char err[KUMO_ERRLEN], buf[NET_ADDRSTRLEN];
     tool_conn t;
-    hashspace *whs = NULL;
-    int rc = 1;
-    if (tool_connect(&t, manager, KUMO_MANAGER_PORT, TOOL_TIMEOUT, err) < 0 || !(whs = tool_manager_hs(&t, false, err)))
+    tool_cluster c;
+    tool_health h = {0};
+    if (tool_connect(&t, manager, KUMO_MANAGER_PORT, TOOL_TIMEOUT, err) < 0 || tool_cluster_get(&t, &c, err) < 0) {
         fprintf(stderr, "kumostat: %s\n", err);
+        tool_close(&t);
+        return 1;
+    }
+    if (what == CMD_HSCCHECK) tool_cluster_health(&t, &c, &h);
     tool_close(&t);
-    if (!whs) return 1;
+    hashspace *whs = c.whs;
     size_t n = 0;
-    rc = 0;
+    int rc = 0;
     for (size_t i = 0; i < whs->ring.nnodes; i++) {
         if (!whs->ring.nodes[i].active) continue;
-        char buf[NET_ADDRSTRLEN], prefix[NET_ADDRSTRLEN + 4];
+        char prefix[NET_ADDRSTRLEN + 4];
         snprintf(prefix, sizeof(prefix), "%s:  ", net_format(&whs->ring.nodes[i].addr, buf, sizeof(buf)));
         rc |= query(&whs->ring.nodes[i].addr, what, prefix);
         n++;
     }
+    for (size_t i = 0; what == CMD_HSCCHECK && i < whs->ring.nnodes; i++)
+        if (!whs->ring.nodes[i].active) printf("%s:  fault\n", net_format(&whs->ring.nodes[i].addr, buf, sizeof(buf)));
+    for (size_t i = 0; i < h.n; i++) fprintf(stderr, "kumostat: %s\n", h.why[i]);
+    if (h.verdict != TOOL_HEALTH_OK) rc = 1;
     if (n == 0) {
         fprintf(stderr, "kumostat: %s has no attached, active server\n", manager);
         rc = 1;
     }
-    hashspace_unref(whs);
+    tool_cluster_free(&c);
     return rc;
 }
 
 int main(int argc, char **argv)
 {
     char err[KUMO_ERRLEN];
+    if (kumo_version_asked("kumostat", argc, argv)) return 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
             return 0;
         }
     }
-    if (tool_cluster_key("kumostat", usage, &argc, argv)) return TOOL_EX_USAGE;
+    size_t more = 0;
+    if (tool_cluster_key("kumostat", usage, &argc, argv) || tool_more_managers("kumostat", usage, &argc, argv, &more))
+        return TOOL_EX_USAGE;
     bool manager = argc >= 2 && strcmp(argv[1], "-m") == 0;
+    if (more && !manager) return tool_usage_error("kumostat", usage, "%s", "-p names another manager: it needs -m");
     int base = manager ? 2 : 1;
     if (argc >= 2 && argv[1][0] == '-' && !manager) {
         fprintf(stderr, "kumostat: unknown option '%s'\n", argv[1]);

@@ -52,6 +52,7 @@ typedef struct sample {
     bool ok;
     double at; /* monotonic seconds */
     uint64_t get, set, del, items, ct, repl;
+    char progress[48]; /* while Copying: "walk 12% ETA 22 s" (kumostat progress in short) */
 } sample;
 
 typedef struct node {
@@ -95,17 +96,20 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "Usage: kumotop [options] server-address[:port=%d] ...\n"
-            "       kumotop [options] -m manager-address[:port=%d]\n"
+            "       kumotop [options] -m manager-address[:port=%d][,address...] [-p address]\n"
             "options:\n"
             "  -m <addr[:port]>  show every server attached to this manager\n"
+            "  -p <addr[:port]>  with -m: another manager, asked when the first does not answer\n"
             "  -i <sec>          refresh interval (default 1; 0.1 to 3600)\n"
             "  -n <count>        stop after this many refreshes (default: until 'q')\n"
             "  --cluster-key-file <file>\n"
             "                    the cluster key, the daemons' file (default: $KUMO_CLUSTER_KEY_FILE)\n"
             "  --help            show this help\n"
+            "  --version         print the version and exit\n"
             "Columns: address, gets/sets/deletes per second (and totals on a wide terminal),\n"
             "items (records, tombstones included), the server's clock (time and counter),\n"
-            "replace state (ready, WAIT, Copying, Deleting, inactive, fault; down: no answer).\n"
+            "replace state (ready, WAIT, Copying, Deleting, inactive, fault; down: no answer),\n"
+            "and while Copying how far: \"walk 12%% ETA 22 s\" or \"send 58%% ETA 3 s\" (kumostat progress).\n"
             "On a terminal: 'q' or Ctrl-C quits. Piped: one snapshot per interval, plain lines.\n"
             "Exit status: 0; 1 when the manager cannot be reached at start; 64 usage.\n",
             KUMO_SERVER_PORT, KUMO_MANAGER_PORT);
@@ -145,7 +149,7 @@ static void sample_node(node *n)
         return;
     }
     if (!n->connected) {
-        if (tool_connect_addr(&n->t, &n->addr, TOP_TIMEOUT, n->err) < 0) {
+        if (tool_connect_addr(&n->t, &n->addr, RPC_ROLE_SERVER, TOP_TIMEOUT, n->err) < 0) {
             tool_close(&n->t);
             n->retry_at = now + RETRY_AFTER;
             n->cur.ok = false;
@@ -160,6 +164,15 @@ static void sample_node(node *n)
         n->retry_at = now + RETRY_AFTER;
         n->cur.ok = false;
         return;
+    }
+    tool_progress p;
+    if ((s.repl & 0x04) && tool_replace_progress(&n->t, &p, n->err) == 0) {
+        bool walk = strcmp(p.phase, "walk") == 0;
+        double e = tool_progress_eta(&p);
+        uint64_t done = walk ? p.walked : p.sent, of = walk ? p.total : p.queued;
+        int pct = of ? (int)(100 * (done < of ? done : of) / of) : 100;
+        if (e >= 0) snprintf(s.progress, sizeof(s.progress), "%s %d%% ETA %.0f s", p.phase, pct, e);
+        else snprintf(s.progress, sizeof(s.progress), "%s %d%%", p.phase, pct);
     }
     s.ok = true;
     s.at = now_mono();
@@ -297,14 +310,17 @@ static void put_node(FILE *f, const node *n, layout l, bool colour)
     fmt_rate(s, sizeof(s), n, n->cur.set, n->prev.set);
     fmt_rate(d, sizeof(d), n, n->cur.del, n->prev.del);
     fmt_clock(date, sizeof(date), hms, sizeof(hms), n->cur.ct);
+    const char *sp = n->cur.progress[0] ? " " : "";
     if (l == LAYOUT_WIDE)
-        fprintf(f, "%-21s %10" PRIu64 " %10" PRIu64 " %10" PRIu64 " %8s %8s %8s %10" PRIu64 " %-19s %7u %s%s%s\n",
+        fprintf(f, "%-21s %10" PRIu64 " %10" PRIu64 " %10" PRIu64 " %8s %8s %8s %10" PRIu64 " %-19s %7u %s%s%s%s%s\n",
                 n->name, n->cur.get, n->cur.set, n->cur.del, g, s, d, n->cur.items, date,
-                clock_counter(n->cur.ct), on, w, off);
+                clock_counter(n->cur.ct), on, w, off, sp, n->cur.progress);
     else if (l == LAYOUT_COMPACT)
-        fprintf(f, "%-21s %8s %8s %8s %10" PRIu64 " %8s %s%s%s\n", n->name, g, s, d, n->cur.items, hms, on, w, off);
+        fprintf(f, "%-21s %8s %8s %8s %10" PRIu64 " %8s %s%s%s%s%s\n", n->name, g, s, d, n->cur.items, hms, on, w, off, sp,
+                n->cur.progress);
     else
-        fprintf(f, "%-21s %s%s%s\n%8s %8s %8s %10" PRIu64 "\n", n->name, on, w, off, g, s, d, n->cur.items);
+        fprintf(f, "%-21s %s%s%s%s%s\n%8s %8s %8s %10" PRIu64 "\n", n->name, on, w, off, sp, n->cur.progress, g, s, d,
+                n->cur.items);
 }
 
 static int term_cols(void)
@@ -488,6 +504,7 @@ static bool parse_double(const char *s, double *out)
 
 int main(int argc, char **argv)
 {
+    if (kumo_version_asked("kumotop", argc, argv)) return 0;
     top tp;
     char err[KUMO_ERRLEN];
     memset(&tp, 0, sizeof(tp));
@@ -495,7 +512,8 @@ int main(int argc, char **argv)
     const char **servers = calloc((size_t)argc + 1, sizeof(*servers));
     size_t nservers = 0;
     if (!servers) return 1;
-    if (tool_cluster_key("kumotop", usage, &argc, argv)) {
+    size_t more = 0;
+    if (tool_cluster_key("kumotop", usage, &argc, argv) || tool_more_managers("kumotop", usage, &argc, argv, &more)) {
         free(servers);
         return TOOL_EX_USAGE;
     }
@@ -540,6 +558,10 @@ int main(int argc, char **argv)
     if (tp.manager && nservers > 0) {
         free(servers);
         return tool_usage_error("kumotop", usage, "%s", "give either -m manager or server addresses, not both");
+    }
+    if (more && !tp.manager) {
+        free(servers);
+        return tool_usage_error("kumotop", usage, "%s", "-p names another manager: it needs -m");
     }
     if (!tp.manager && nservers == 0) {
         free(servers);

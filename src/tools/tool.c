@@ -4,7 +4,10 @@
 #include "tool.h"
 
 #include <errno.h>
+#include <stddef.h>
+#include <inttypes.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -18,6 +21,9 @@
 
 /* Set once by tool_cluster_key before any connection; NULL = no key. */
 static auth_key *cluster_key;
+/* Set once by tool_more_managers: the -p names. */
+static const char *more_managers[TOOL_MAX_MANAGERS];
+static size_t nmore_managers;
 
 static double now_mono(void)
 {
@@ -54,6 +60,14 @@ static int send_all(tool_conn *t, const char *p, size_t n, double deadline, char
     return 0;
 }
 
+/* Every daemon says hello at once: a port that has not is no kumofs port. */
+static const char *no_hello(const tool_conn *t)
+{
+    return t->peer_role < 0 ? " before any kumofs hello (a hung daemon, or not a manager's or server's port:"
+                              " memcached, stream?)"
+                            : "";
+}
+
 /* The next message from the peer, whole; -1 + err on a transport error,
  * a timeout or garbage. */
 static int next_frame(tool_conn *t, msgpack_unpacked *out, double deadline, char *err)
@@ -71,14 +85,40 @@ static int next_frame(tool_conn *t, msgpack_unpacked *out, double deadline, char
         if (msgpack_unpacker_message_size(&t->up) > RPC_MAX_FRAME) return kumo_err(err, "%s: reply too large", t->name);
         if (!msgpack_unpacker_reserve_buffer(&t->up, 64 * 1024)) return kumo_err(err, "out of memory");
         ssize_t n = recv(t->fd, msgpack_unpacker_buffer(&t->up), msgpack_unpacker_buffer_capacity(&t->up), 0);
-        if (n == 0) return kumo_err(err, "%s: connection closed", t->name);
+        if (n == 0) return kumo_err(err, "%s: connection closed%s", t->name, no_hello(t));
         if (n < 0) {
-            if (errno != EAGAIN && errno != EINTR) return kumo_err(err, "%s: %s", t->name, strerror(errno));
-            if (wait_fd(t->fd, POLLIN, deadline) <= 0) return kumo_err(err, "%s: timed out", t->name);
+            if (errno != EAGAIN && errno != EINTR)
+                return kumo_err(err, "%s: %s%s", t->name, strerror(errno), no_hello(t));
+            if (wait_fd(t->fd, POLLIN, deadline) <= 0) return kumo_err(err, "%s: timed out%s", t->name, no_hello(t));
             continue;
         }
         msgpack_unpacker_buffer_consumed(&t->up, (size_t)n);
     }
+}
+
+static const char *role_name(int role)
+{
+    switch (role) {
+    case RPC_ROLE_MANAGER: return "kumo-manager";
+    case RPC_ROLE_SERVER: return "kumo-server";
+    case RPC_ROLE_GATEWAY: return "kumo-gateway";
+    default: return "tool";
+    }
+}
+
+/* -1 + err when the peer said hello as another kind of daemon than meant. */
+static int role_ok(tool_conn *t, char *err)
+{
+    if (t->want_role < 0 || t->peer_role < 0 || t->peer_role == t->want_role) return 0;
+    return kumo_err(err, "%s is a %s, not a %s", t->name, role_name(t->peer_role), role_name(t->want_role));
+}
+
+/* Note the role of a hello, then role_ok. */
+static int check_role(tool_conn *t, const msgpack_object *hello, char *err)
+{
+    const msgpack_object *r = hello->via.array.size >= 2 ? &hello->via.array.ptr[1] : NULL;
+    if (r && r->type == MSGPACK_OBJECT_POSITIVE_INTEGER && r->via.u64 <= RPC_ROLE_TOOL) t->peer_role = (int)r->via.u64;
+    return role_ok(t, err);
 }
 
 /* The nonce of a hello (rpc.h), if it carries one. */
@@ -119,6 +159,7 @@ static int handshake(tool_conn *t, const uint8_t nonce[AUTH_NONCE_LEN], double d
         goto out;
     }
     role = m.data.via.array.ptr[1].via.u64;
+    if (check_role(t, &m.data, err) < 0) goto out;
     if (!hello_nonce(&m.data, &p, &len) || len != AUTH_NONCE_LEN) {
         kumo_err(err, "%s: the daemon has no cluster key, this tool was given one (--cluster-key-file)", t->name);
         goto out;
@@ -194,10 +235,12 @@ int tool_cluster_key(const char *prog, void (*usage)(FILE *out), int *argc, char
     return 0;
 }
 
-int tool_connect_addr(tool_conn *t, const net_addr *addr, double timeout, char *err)
+int tool_connect_addr(tool_conn *t, const net_addr *addr, int want_role, double timeout, char *err)
 {
     memset(t, 0, sizeof(*t));
     t->fd = -1;
+    t->want_role = want_role;
+    t->peer_role = -1;
     t->addr = *addr;
     t->timeout = timeout;
     t->next_msgid = 1;
@@ -215,20 +258,71 @@ int tool_connect_addr(tool_conn *t, const net_addr *addr, double timeout, char *
     return send_hello(t, deadline, err);
 }
 
-int tool_connect(tool_conn *t, const char *addr, uint16_t default_port, double timeout, char *err)
+int tool_more_managers(const char *prog, void (*usage)(FILE *out), int *argc, char **argv, size_t *count)
+{
+    int n = 1;
+    bool rest = false;
+    for (int i = 1; i < *argc; i++) {
+        const char *a = argv[i], *name = NULL;
+        if (strcmp(a, "--") == 0) rest = true;
+        if (!rest && strncmp(a, "-p=", 3) == 0) {
+            name = a + 3;
+        } else if (!rest && strcmp(a, "-p") == 0) {
+            if (i + 1 >= *argc) return tool_usage_error(prog, usage, "option '%s' needs a value", a);
+            name = argv[++i];
+        } else {
+            argv[n++] = argv[i];
+            continue;
+        }
+        if (nmore_managers == TOOL_MAX_MANAGERS) return tool_usage_error(prog, usage, "too many managers (-p %s)", name);
+        more_managers[nmore_managers++] = name;
+    }
+    *argc = n;
+    argv[n] = NULL;
+    *count = nmore_managers;
+    return 0;
+}
+
+/* Every address one name stands for (A records, SRV), the first that
+ * answers. */
+static int connect_name(tool_conn *t, const char *name, uint16_t default_port, int role, double timeout, char *err)
 {
     net_addr a[LINKS_MAX];
-    memset(t, 0, sizeof(*t));
-    t->fd = -1;
-    /* A name may stand for several managers (A records, SRV): the first
-     * that answers will do. */
-    int n = links_resolve(addr, default_port, a, LINKS_MAX, err);
-    if (n <= 0) return n == 0 ? kumo_err(err, "'%s': no address", addr) : -1;
+    int n = links_resolve(name, default_port, a, LINKS_MAX, err);
+    if (n <= 0) return n == 0 ? kumo_err(err, "'%s': no address", name) : -1;
     for (int i = 0; i < n; i++) {
         if (i > 0) tool_close(t);
-        if (tool_connect_addr(t, &a[i], timeout, err) == 0) return 0;
+        if (tool_connect_addr(t, &a[i], role, timeout, err) == 0) return 0;
     }
     return -1;
+}
+
+int tool_connect(tool_conn *t, const char *addr, uint16_t default_port, double timeout, char *err)
+{
+    memset(t, 0, sizeof(*t));
+    t->fd = -1;
+    if (default_port == KUMO_SERVER_PORT) return connect_name(t, addr, default_port, RPC_ROLE_SERVER, timeout, err);
+    /* Managers: each comma-separated name, then the -p ones. */
+    const char *names[TOOL_MAX_MANAGERS * 2 + 1];
+    size_t n = 0;
+    char *list = strdup(addr), *save = NULL;
+    if (!list) return kumo_err(err, "out of memory");
+    for (char *tok = strtok_r(list, ",", &save); tok && n < TOOL_MAX_MANAGERS; tok = strtok_r(NULL, ",", &save))
+        names[n++] = tok;
+    for (size_t i = 0; i < nmore_managers; i++) names[n++] = more_managers[i];
+    char why[KUMO_ERRLEN] = "";
+    int rc = n == 0 ? kumo_err(err, "'%s': no manager named", addr) : -1;
+    for (size_t i = 0; i < n && rc < 0; i++) {
+        if (i > 0) tool_close(t);
+        rc = connect_name(t, names[i], default_port, RPC_ROLE_MANAGER, timeout, err);
+        if (rc < 0 && n > 1) { /* say why each one failed */
+            size_t used = strlen(why);
+            snprintf(why + used, sizeof(why) - used, "%s%s", used ? "; " : "", err);
+        }
+    }
+    if (rc < 0 && n > 1) memcpy(err, why, sizeof(why));
+    free(list);
+    return rc;
 }
 
 void tool_close(tool_conn *t)
@@ -243,6 +337,7 @@ int tool_call(tool_conn *t, uint32_t method, const msgpack_sbuffer *params, msgp
 {
     double deadline = now_mono() + t->timeout;
     uint32_t id = t->next_msgid++;
+    if (role_ok(t, err) < 0) return -1;
     msgpack_sbuffer sb;
     msgpack_packer pk;
     msgpack_sbuffer_init(&sb);
@@ -259,6 +354,7 @@ int tool_call(tool_conn *t, uint32_t method, const msgpack_sbuffer *params, msgp
         if (next_frame(t, out, deadline, err) < 0) return -1;
         const msgpack_object *o = &out->data;
         const msgpack_object *a = o->via.array.ptr;
+        if (a[0].via.u64 == 2 && check_role(t, o, err) < 0) return -1;
         if (!cluster_key && hello_nonce(o, &np, &nlen))
             return kumo_err(err, "%s: the daemon requires the cluster key (--cluster-key-file or $%s)", t->name,
                             AUTH_ENV);
@@ -300,27 +396,305 @@ int tool_status_uint(tool_conn *t, int what, uint64_t *out, char *err)
     return rc;
 }
 
-hashspace *tool_manager_hs(tool_conn *t, bool rhs, char *err)
+static void cluster_clear(tool_cluster *c)
+{
+    memset(c, 0, sizeof(*c));
+    c->auto_replace = -1;
+}
+
+void tool_cluster_free(tool_cluster *c)
+{
+    hashspace_unref(c->whs);
+    hashspace_unref(c->rhs);
+    free(c->newcomers);
+    cluster_clear(c);
+}
+
+static const msgpack_object *arg_at(const msgpack_object *o, uint32_t i)
+{
+    return o->type == MSGPACK_OBJECT_ARRAY && i < o->via.array.size ? &o->via.array.ptr[i] : NULL;
+}
+
+static bool arg_bool(const msgpack_object *o) { return o && o->type == MSGPACK_OBJECT_BOOLEAN && o->via.boolean; }
+
+/* The optional tail of a CTL_STATUS answer: older managers stop earlier. */
+static void cluster_tail(tool_cluster *c, const msgpack_object *r)
+{
+    const msgpack_object *rp = arg_at(r, 3), *phase = arg_at(rp, 1), *count = arg_at(rp, 2);
+    if (arg_bool(arg_at(rp, 0)) && phase && phase->type == MSGPACK_OBJECT_STR && count &&
+        count->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+        snprintf(c->phase, sizeof(c->phase), "%.*s", (int)phase->via.str.size, phase->via.str.ptr);
+        c->phase_servers = count->via.u64;
+    }
+    const msgpack_object *ar = arg_at(r, 4);
+    if (ar && ar->type == MSGPACK_OBJECT_BOOLEAN) c->auto_replace = ar->via.boolean;
+    const msgpack_object *pa = arg_at(arg_at(r, 5), 0);
+    if (pa && pa->type == MSGPACK_OBJECT_BIN) {
+        c->has_partner = true;
+        if (pa->via.bin.size > 0 && net_from_id(&c->partner, pa->via.bin.ptr, pa->via.bin.size) < 0)
+            c->partner.len = 0;
+        c->partner_linked = arg_bool(arg_at(arg_at(r, 5), 1));
+    }
+}
+
+int tool_cluster_get(tool_conn *t, tool_cluster *out, char *err)
 {
     msgpack_sbuffer sb;
     msgpack_packer pk;
     msgpack_unpacked res;
-    hashspace *hs = NULL;
+    tool_cluster c;
     char why[KUMO_ERRLEN];
-    uint32_t at = rhs ? 2 : 0; /* CTL_STATUS: [whs, newcomers, rhs, ...] */
+    int rc = -1;
+    cluster_clear(&c);
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
     msgpack_unpacked_init(&res);
     msgpack_pack_array(&pk, 0);
-    if (tool_call(t, CTL_STATUS, &sb, &res, err) == 0) {
-        if (res.data.type != MSGPACK_OBJECT_ARRAY || res.data.via.array.size <= at)
-            kumo_err(err, "%s: unexpected answer to the status request", t->name);
-        else if (!(hs = hashspace_unpack(&res.data.via.array.ptr[at], why)))
-            kumo_err(err, "%s: bad hash space: %s", t->name, why);
+    if (tool_call(t, CTL_STATUS, &sb, &res, err) < 0) goto out;
+    const msgpack_object *r = &res.data, *nc = arg_at(r, 1);
+    if (!nc || nc->type != MSGPACK_OBJECT_ARRAY || !arg_at(r, 2)) {
+        kumo_err(err, "%s: unexpected answer to the status request", t->name);
+        goto out;
     }
+    if (!(c.whs = hashspace_unpack(arg_at(r, 0), why)) || !(c.rhs = hashspace_unpack(arg_at(r, 2), why))) {
+        kumo_err(err, "%s: bad hash space: %s", t->name, why);
+        goto out;
+    }
+    c.newcomers = calloc(nc->via.array.size + 1, sizeof(net_addr));
+    if (!c.newcomers) {
+        kumo_err(err, "out of memory");
+        goto out;
+    }
+    for (uint32_t i = 0; i < nc->via.array.size; i++) {
+        const msgpack_object *o = &nc->via.array.ptr[i];
+        if (o->type == MSGPACK_OBJECT_BIN && net_from_id(&c.newcomers[c.nnewcomers], o->via.bin.ptr, o->via.bin.size) == 0)
+            c.nnewcomers++;
+    }
+    cluster_tail(&c, r);
+    rc = 0;
+out:
+    if (rc == 0) *out = c;
+    else tool_cluster_free(&c);
     msgpack_unpacked_destroy(&res);
     msgpack_sbuffer_destroy(&sb);
+    return rc;
+}
+
+const char *tool_health_word(int verdict)
+{
+    return verdict == TOOL_HEALTH_OK ? "ok" : verdict == TOOL_HEALTH_DEGRADED ? "degraded" : "down";
+}
+
+static void health_add(tool_health *h, int verdict, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void health_add(tool_health *h, int verdict, const char *fmt, ...)
+{
+    va_list ap;
+    if (verdict > h->verdict) h->verdict = verdict;
+    if (h->n == TOOL_HEALTH_MAXWHY) return;
+    va_start(ap, fmt);
+    vsnprintf(h->why[h->n++], sizeof(h->why[0]), fmt, ap);
+    va_end(ap);
+}
+
+/* Ranges of whs/rhs without a live in-sync owner to coordinate writes. */
+static size_t orphan_ranges(const hashspace *whs, const hashspace *rhs)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < whs->ring.nvnodes; i++)
+        n += hashspace_coordinator(whs, rhs, whs->ring.vnodes[i].hash) == NULL;
+    for (size_t i = 0; i < rhs->ring.nvnodes; i++)
+        n += hashspace_coordinator(whs, rhs, rhs->ring.vnodes[i].hash) == NULL;
+    return n;
+}
+
+static bool same_hs(const hashspace *a, const hashspace *b)
+{
+    return a->clocktime == b->clocktime && hashspace_same_nodes(a, b);
+}
+
+/* A health check must end within a container's probe timeout (5 s in the
+ * image) even when the partner hangs: it gets this long. */
+#define PARTNER_TIMEOUT 2.0
+
+/* Whether the partner holds the same hash spaces as *c; "" or why not in
+ * `why` (the partner's answer, or the error reaching it). */
+static bool partner_agrees(tool_conn *t, tool_cluster *c, char *why)
+{
+    for (int attempt = 0;; attempt++) {
+        tool_conn p;
+        tool_cluster pc;
+        char err[KUMO_ERRLEN], ours[CLOCK_FORMAT_LEN], theirs[CLOCK_FORMAT_LEN];
+        double timeout = t->timeout < PARTNER_TIMEOUT ? t->timeout : PARTNER_TIMEOUT;
+        int rc = tool_connect_addr(&p, &c->partner, RPC_ROLE_MANAGER, timeout, err) < 0 ? -1 : tool_cluster_get(&p, &pc, err);
+        tool_close(&p);
+        if (rc < 0) {
+            snprintf(why, TOOL_HEALTH_LINE, "the partner manager does not answer: %s", err);
+            return false;
+        }
+        bool same = same_hs(c->whs, pc.whs) && same_hs(c->rhs, pc.rhs);
+        if (!same) {
+            clock_format(c->whs->clocktime, ours);
+            clock_format(pc.whs->clocktime, theirs);
+            snprintf(why, TOOL_HEALTH_LINE, "the managers disagree: %s holds whs %s, %s holds whs %s%s", t->name, ours,
+                     p.name, theirs, c->whs->clocktime == pc.whs->clocktime ? " (rhs or nodes differ)" : "");
+        }
+        tool_cluster_free(&pc);
+        if (same || attempt == 1) return same;
+        /* A change may be on its way from one manager to the other. */
+        struct timespec second = {1, 0};
+        nanosleep(&second, NULL);
+        tool_cluster fresh;
+        if (tool_cluster_get(t, &fresh, err) == 0) {
+            tool_cluster_free(c);
+            *c = fresh;
+        }
+    }
+}
+
+void tool_cluster_health(tool_conn *t, tool_cluster *c, tool_health *h)
+{
+    char buf[NET_ADDRSTRLEN], why[TOOL_HEALTH_LINE];
+    memset(h, 0, sizeof(*h));
+    if (c->has_partner && c->partner.len > 0 && c->partner_linked && !partner_agrees(t, c, why))
+        health_add(h, TOOL_HEALTH_DEGRADED, "%s", why);
+    else if (c->has_partner && c->partner.len == 0)
+        health_add(h, TOOL_HEALTH_DEGRADED, "the partner manager's name (-p) does not resolve");
+    else if (c->has_partner && !c->partner_linked)
+        health_add(h, TOOL_HEALTH_DEGRADED, "the partner manager %s is not linked to %s",
+                   net_format(&c->partner, buf, sizeof(buf)), t->name);
+    if (hashspace_blank(c->whs)) health_add(h, TOOL_HEALTH_DOWN, "no server is attached");
+    for (size_t i = 0; i < c->whs->ring.nnodes; i++)
+        if (!c->whs->ring.nodes[i].active)
+            health_add(h, TOOL_HEALTH_DEGRADED, "server %s is down (fault)",
+                       net_format(&c->whs->ring.nodes[i].addr, buf, sizeof(buf)));
+    size_t orphans = hashspace_blank(c->whs) ? 0 : orphan_ranges(c->whs, c->rhs);
+    if (orphans > 0)
+        health_add(h, TOOL_HEALTH_DOWN, "%zu ranges have no live in-sync owner: their keys can be neither read nor written",
+                   orphans);
+    if (strcmp(c->phase, "catch-up blocked") == 0)
+        health_add(h, TOOL_HEALTH_DEGRADED,
+                   "catch-up blocked: %" PRIu64 " servers wait for an in-sync copy held only by a fault server",
+                   c->phase_servers);
+    else if (strcmp(c->phase, "retry") == 0)
+        health_add(h, TOOL_HEALTH_DEGRADED, "replace stuck: a copy failed and is being retried (%" PRIu64 " servers)",
+                   c->phase_servers);
+}
+
+hashspace *tool_manager_hs(tool_conn *t, bool rhs, char *err)
+{
+    tool_cluster c;
+    if (tool_cluster_get(t, &c, err) < 0) return NULL;
+    hashspace *hs = hashspace_ref(rhs ? c.rhs : c.whs);
+    tool_cluster_free(&c);
     return hs;
+}
+
+int tool_replace_progress(tool_conn *t, tool_progress *out, char *err)
+{
+    msgpack_unpacked res;
+    msgpack_unpacked_init(&res);
+    int rc = tool_status(t, ST_REPLACE_PROGRESS, &res, err);
+    const msgpack_object *o = &res.data;
+    if (rc == 0 && o->type != MSGPACK_OBJECT_MAP) rc = kumo_err(err, "%s: unexpected answer (not a map)", t->name);
+    if (rc == 0) {
+        memset(out, 0, sizeof(*out));
+        snprintf(out->phase, sizeof(out->phase), "idle");
+        snprintf(out->backup_phase, sizeof(out->backup_phase), "idle");
+        for (uint32_t i = 0; i < o->via.map.size; i++) {
+            const msgpack_object *k = &o->via.map.ptr[i].key, *v = &o->via.map.ptr[i].val;
+            if (k->type != MSGPACK_OBJECT_STR) continue;
+            static const struct {
+                const char *name;
+                size_t off;
+            } u[] = {{"total", offsetof(tool_progress, total)},
+                     {"walked", offsetof(tool_progress, walked)},
+                     {"queued", offsetof(tool_progress, queued)},
+                     {"sent", offsetof(tool_progress, sent)},
+                     {"sent_bytes", offsetof(tool_progress, sent_bytes)},
+                     {"backup_total", offsetof(tool_progress, backup_total)},
+                     {"backup_walked", offsetof(tool_progress, backup_walked)}};
+            for (size_t j = 0; j < sizeof(u) / sizeof(u[0]); j++)
+                if (k->via.str.size == strlen(u[j].name) && memcmp(k->via.str.ptr, u[j].name, k->via.str.size) == 0 &&
+                    v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+                    *(uint64_t *)((char *)out + u[j].off) = v->via.u64;
+            bool is_float = v->type == MSGPACK_OBJECT_FLOAT64 || v->type == MSGPACK_OBJECT_FLOAT32;
+            if (k->via.str.size == 7 && memcmp(k->via.str.ptr, "elapsed", 7) == 0 && is_float) out->elapsed = v->via.f64;
+            if (k->via.str.size == 12 && memcmp(k->via.str.ptr, "walk_seconds", 12) == 0 && is_float)
+                out->walk_seconds = v->via.f64;
+            if (k->via.str.size == 14 && memcmp(k->via.str.ptr, "backup_elapsed", 14) == 0 && is_float)
+                out->backup_elapsed = v->via.f64;
+            if (k->via.str.size == 12 && memcmp(k->via.str.ptr, "backup_phase", 12) == 0 && v->type == MSGPACK_OBJECT_STR)
+                snprintf(out->backup_phase, sizeof(out->backup_phase), "%.*s", (int)v->via.str.size, v->via.str.ptr);
+            if (k->via.str.size == 4 && memcmp(k->via.str.ptr, "full", 4) == 0 && v->type == MSGPACK_OBJECT_BOOLEAN)
+                out->full = v->via.boolean;
+            if (k->via.str.size == 5 && memcmp(k->via.str.ptr, "phase", 5) == 0 && v->type == MSGPACK_OBJECT_STR)
+                snprintf(out->phase, sizeof(out->phase), "%.*s", (int)v->via.str.size, v->via.str.ptr);
+        }
+    }
+    msgpack_unpacked_destroy(&res);
+    return rc;
+}
+
+double tool_progress_eta(const tool_progress *p)
+{
+    if (strcmp(p->phase, "walk") == 0 && p->walked > 0 && p->elapsed > 0)
+        return (double)(p->total > p->walked ? p->total - p->walked : 0) / ((double)p->walked / p->elapsed);
+    double sending = p->elapsed - p->walk_seconds;
+    if (strcmp(p->phase, "send") == 0 && p->sent > 0 && sending > 0)
+        return (double)(p->queued > p->sent ? p->queued - p->sent : 0) / ((double)p->sent / sending);
+    return -1;
+}
+
+static void format_bytes(uint64_t n, char *buf, size_t len)
+{
+    if (n >= 1 << 30) snprintf(buf, len, "%.1f GiB", (double)n / (1 << 30));
+    else if (n >= 1 << 20) snprintf(buf, len, "%.1f MiB", (double)n / (1 << 20));
+    else if (n >= 1 << 10) snprintf(buf, len, "%.1f KiB", (double)n / (1 << 10));
+    else snprintf(buf, len, "%" PRIu64 " B", n);
+}
+
+static double percent(uint64_t part, uint64_t whole)
+{
+    return whole ? 100.0 * (double)(part < whole ? part : whole) / (double)whole : 100.0;
+}
+
+void tool_format_progress(const tool_progress *p, char *buf, size_t len)
+{
+    char bytes[32], eta[32] = "ETA unknown";
+    double e = tool_progress_eta(p);
+    format_bytes(p->sent_bytes, bytes, sizeof(bytes));
+    if (e >= 0) snprintf(eta, sizeof(eta), "ETA %.0f s", e);
+    const char *full = p->full ? " (full)" : "";
+    if (strcmp(p->phase, "walk") == 0)
+        snprintf(buf, len, "walk%s: %" PRIu64 " of %" PRIu64 " records (%.1f%%), %.0f records/s, %s; %" PRIu64
+                 " queued to send", full, p->walked, p->total, percent(p->walked, p->total),
+                 p->elapsed > 0 ? (double)p->walked / p->elapsed : 0.0, eta, p->queued);
+    else if (strcmp(p->phase, "send") == 0)
+        snprintf(buf, len, "send%s: %" PRIu64 " of %" PRIu64 " records sent (%.1f%%, %s), walked %" PRIu64
+                 " in %.1f s, %s", full, p->sent, p->queued, percent(p->sent, p->queued), bytes, p->walked,
+                 p->walk_seconds, eta);
+    else if (strcmp(p->phase, "done") == 0)
+        snprintf(buf, len, "done%s: walked %" PRIu64 " records in %.1f s, sent %" PRIu64 " records (%s) in %.1f s",
+                 full, p->walked, p->walk_seconds, p->sent, bytes, p->elapsed);
+    else snprintf(buf, len, "idle: no replace copy since the server started");
+}
+
+void tool_format_backup_progress(const tool_progress *p, char *buf, size_t len)
+{
+    double rate = p->backup_elapsed > 0 ? (double)p->backup_walked / p->backup_elapsed : 0;
+    if (strcmp(p->backup_phase, "walk") == 0) {
+        char eta[32] = "ETA unknown";
+        if (rate > 0)
+            snprintf(eta, sizeof(eta), "ETA %.0f s",
+                     (double)(p->backup_total > p->backup_walked ? p->backup_total - p->backup_walked : 0) / rate);
+        snprintf(buf, len, "backup walk: %" PRIu64 " of %" PRIu64 " records (%.1f%%), %.0f records/s, %s", p->backup_walked,
+                 p->backup_total, percent(p->backup_walked, p->backup_total), rate, eta);
+    } else if (strcmp(p->backup_phase, "done") == 0) {
+        snprintf(buf, len, "backup done: %" PRIu64 " of %" PRIu64 " records in %.1f s", p->backup_walked, p->backup_total,
+                 p->backup_elapsed);
+    } else {
+        buf[0] = '\0';
+    }
 }
 
 const char *tool_replace_word(uint64_t flags)
@@ -346,10 +720,14 @@ void tool_print_clocktime(FILE *out, uint64_t ct)
 {
     time_t sec = (time_t)clock_seconds(ct);
     struct tm tm;
-    char buf[64];
+    char when[48];
+    if (ct == 0) { /* a blank hash space: no time to show */
+        fprintf(out, "  none");
+        return;
+    }
     localtime_r(&sec, &tm);
-    strftime(buf, sizeof(buf), "%a %b %d %H:%M:%S %z %Y", &tm);
-    fprintf(out, "  %s clock %u", buf, clock_counter(ct));
+    strftime(when, sizeof(when), "%a %b %d %H:%M:%S %z %Y", &tm);
+    fprintf(out, "  %s clock %u", when, clock_counter(ct));
 }
 
 void tool_print_hashspace(FILE *out, const hashspace *hs, const char *nodes_title)

@@ -163,13 +163,20 @@ static const char *copy_text(const copy *c, char *buf, size_t len)
     return buf;
 }
 
-static void progress(run *r, const char *what, uint64_t walked, uint64_t total)
+/* On stderr, every PROGRESS_EVERY s of a run longer than PROGRESS_AFTER:
+ * records walked of the total, the rate since the walk began (at `since`)
+ * and the ETA at that rate. */
+static void progress(run *r, const char *what, uint64_t walked, uint64_t total, double since)
 {
     double now = now_mono();
     if (now - r->t0 < PROGRESS_AFTER || now - r->shown < PROGRESS_EVERY) return;
     r->shown = now;
-    fprintf(stderr, "kumoctl: %s: %llu of %llu records walked (%.0f%%), %.0f s\n", what, (unsigned long long)walked,
-            (unsigned long long)total, total ? 100.0 * (double)walked / (double)total : 100.0, now - r->t0);
+    double rate = now > since ? (double)walked / (now - since) : 0;
+    char eta[32] = "ETA unknown";
+    if (rate > 0) snprintf(eta, sizeof(eta), "ETA %.0f s", (double)(total > walked ? total - walked : 0) / rate);
+    fprintf(stderr, "kumoctl: %s: %llu of %llu records walked (%.0f%%), %.0f records/s, %s, %.0f s\n", what,
+            (unsigned long long)walked, (unsigned long long)total,
+            total ? 100.0 * (double)walked / (double)total : 100.0, rate, eta, now - r->t0);
 }
 
 /* ---- walks on every server at once ---- */
@@ -215,7 +222,7 @@ static int start_walk(run *r, node *n, uint32_t method, result_fn fn)
 /* Poll every node asked until each walk is over. */
 static int wait_walks(run *r, uint32_t method, const char *what, result_fn fn)
 {
-    double pause = POLL_FIRST;
+    double pause = POLL_FIRST, since = now_mono();
     for (;;) {
         bool all = true;
         uint64_t walked = 0, total = 0;
@@ -236,7 +243,7 @@ static int wait_walks(run *r, uint32_t method, const char *what, result_fn fn)
             walked += r->nodes[i].asked ? r->nodes[i].walked : 0;
             total += r->nodes[i].asked ? r->nodes[i].total : 0;
         }
-        progress(r, what, walked, total);
+        progress(r, what, walked, total, since);
         if (all) break;
         pause_for(pause);
         pause = pause * 2 < POLL_MAX ? pause * 2 : POLL_MAX;
@@ -751,7 +758,7 @@ static int connect_nodes(run *r, const char *manager)
         n->addr = r->whs->ring.nodes[i].addr;
         net_format(&n->addr, n->name, sizeof(n->name));
         n->live = r->whs->ring.nodes[i].active;
-        if (n->live && tool_connect_addr(&n->t, &n->addr, TOOL_TIMEOUT, r->err) < 0) return -1;
+        if (n->live && tool_connect_addr(&n->t, &n->addr, RPC_ROLE_SERVER, TOOL_TIMEOUT, r->err) < 0) return -1;
         n->connected = n->live;
         if (n->live && r->whs->ring.nodes[i].catchup)
             printf("note: %s is catching up: it may lack records until the manager says it is active\n", n->name);

@@ -57,6 +57,7 @@ TOOLS = ("kumoctl", "kumostat")
 
 EX_USAGE = 64
 KEY_ENV = "KUMO_CLUSTER_KEY_FILE"   # the tools' fallback for --cluster-key-file
+LINKS_UNREACHABLE_WARN = 5.0         # links.h: seconds without a manager before the WARN
 
 
 def binary(name):
@@ -207,13 +208,15 @@ def daemon_env():
 
 
 class Daemon:
-    """One daemon process; stdout+stderr appended to self.log."""
+    """One daemon process; stdout+stderr appended to self.log; env: variables
+    added to daemon_env() (NOTIFY_SOCKET, JOURNAL_STREAM, ...)."""
 
-    def __init__(self, name, argv, log, cwd=None):
+    def __init__(self, name, argv, log, cwd=None, env=None):
         self.name = name
         self.argv = [str(a) for a in argv]
         self.log = log
         self.cwd = cwd
+        self.extra_env = dict(env or {})
         self.proc = None
         self.expected_exit = False   # set when a test stops/kills it on purpose
         self.starts = 0
@@ -222,12 +225,13 @@ class Daemon:
         with open(self.log, "ab") as f:
             f.write(("=== kumotest: %s start #%d at %s: %s\n" % (
                 self.name, self.starts + 1, time.strftime("%H:%M:%S"),
-                " ".join(self.argv))).encode())
+                " ".join(["%s=%s" % kv for kv in self.extra_env.items()] + self.argv))).encode())
+        env = daemon_env()
+        env.update(self.extra_env)
         logf = open(self.log, "ab")
         try:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=logf,
-                                         stderr=subprocess.STDOUT, cwd=self.cwd,
-                                         env=daemon_env())
+                                         stderr=subprocess.STDOUT, cwd=self.cwd, env=env)
         finally:
             logf.close()
         self.starts += 1
@@ -474,6 +478,11 @@ def wait_until(cond, timeout, what, interval=0.1, daemons=()):
 # kumoctl status
 # --------------------------------------------------------------------------
 
+# `kumoctl status` exits 0 when the cluster is healthy, 2 when the manager
+# answered and the cluster is degraded or down (1: no answer, 64: usage).
+STATUS_ANSWERED = (0, 2)
+
+
 class Status:
     """Parsed `kumoctl <mgr> status`: attached [(addr, state)], not_attached [addr]."""
 
@@ -615,7 +624,7 @@ class Cluster:
 
     def status(self):
         r = self.kumoctl("status")
-        if r.returncode != 0:
+        if r.returncode not in STATUS_ANSWERED:
             raise OSError("kumoctl status: exit %s: %s" % (r.returncode, (r.stderr or r.stdout).strip()))
         return Status(r.stdout)
 
@@ -635,13 +644,17 @@ class Cluster:
         return Status(self.kumostat(server, which))
 
     def hsccheck(self, server):
-        out = self.kumostat(server, "hsccheck")
-        return out.split()[-1].lower() == "true" if out else False
+        """True or False (hsccheck exits 1 when it prints false); OSError if no answer."""
+        r = run_tool([binary("kumostat"), server.addr, "hsccheck"], key_file=self.key_file)
+        out = r.stdout.strip()
+        if (r.returncode, out) not in ((0, "true"), (1, "false")):
+            raise OSError("kumostat %s hsccheck: exit %s: %s" % (server.addr, r.returncode, (r.stderr or out).strip()))
+        return out == "true"
 
     # -- start-up
     def start_manager(self):
         self.manager = Daemon("kumo-manager", self.manager_argv(), self.log("manager")).start()
-        wait_until(lambda: self.kumoctl("status", timeout=5).returncode == 0, 20,
+        wait_until(lambda: self.kumoctl("status", timeout=5).returncode in STATUS_ANSWERED, 20,
                    "kumo-manager to answer `kumoctl %s status`" % self.ctl_addr,
                    interval=0.2, daemons=[self.manager])
 

@@ -17,7 +17,9 @@ with -g and --metrics. In order:
   * kumotop: piped snapshots (-n), a closed pipe, a pseudo-terminal in a wide
     and a narrow window quitting on 'q';
   * /metrics on the manager, a server and the gateway, in both formats,
-    checked by the parser below and against kumostat and what was sent;
+    checked by the parser below and against kumostat and what was sent,
+    and by `promtool check metrics` (Debian's prometheus package); the
+    process_* metrics; /healthz;
     a 100-key get reaches the servers as a few batched requests, not 100;
   * tombstones: deletes leave tombstones that -gX 3 collects;
   * kumolog: each daemon's log, `kumolog -f` following a server's log across
@@ -345,7 +347,7 @@ def kumolog_lines(path, *opts):
     return r.returncode, [l for l in r.stdout.splitlines() if l], r.stderr
 
 
-LOGLINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}) (TRACE|DEBUG|INFO |WARN |ERROR|FATAL) (\S+)  (\S+)(  (.*))?$")
+LOGLINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}[+-]\d\d:\d\d) (TRACE|DEBUG|INFO |WARN |ERROR|FATAL) (\S+)  (\S+)(  (.*))?$")
 
 
 def logline(line):
@@ -631,6 +633,23 @@ def check_metrics(c, sets_done, deletes_done):
             want_ct = "application/openmetrics-text" if om else "text/plain; version=0.0.4"
             tap.ok(ctype.startswith(want_ct), "%s /metrics Content-Type %s" % (name, want_ct), ctype)
             tap.eq(metric(fams, "kumo_build_info", role=name), 1, "%s: kumo_build_info{role=%s}" % (name, name))
+            if not om:
+                proc = {k: metric(fams, k) for k in ("process_cpu_seconds_total", "process_resident_memory_bytes",
+                                                      "process_virtual_memory_bytes", "process_open_fds",
+                                                      "process_max_fds", "process_start_time_seconds")}
+                tap.ok(all(v is not None for v in proc.values()) and proc["process_cpu_seconds_total"] >= 0
+                       and 1 << 20 < proc["process_resident_memory_bytes"] <= proc["process_virtual_memory_bytes"]
+                       and 3 <= proc["process_open_fds"] <= proc["process_max_fds"],
+                       "%s: process_* metrics (CPU seconds, memory, open and max descriptors)" % name, repr(proc))
+                if shutil.which("promtool"):
+                    r = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True,
+                                       text=True, timeout=30)
+                    tap.ok(r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(),
+                           "%s: promtool check metrics finds nothing to say" % name, r.stdout + r.stderr)
+                elif kt.REQUIRE:
+                    tap.ok(False, "%s: promtool check metrics" % name, "promtool not installed (apt-get install prometheus)")
+                else:
+                    tap.skip("%s: promtool check metrics" % name, "promtool not installed (apt-get install prometheus)")
             if name == "manager":
                 tap.eq(metric(fams, "kumo_manager_hash_space_servers", space="whs", state="active"), NSERVERS,
                        "manager: %d active servers in whs" % NSERVERS)
@@ -657,14 +676,20 @@ def check_metrics(c, sets_done, deletes_done):
                        "server: request latency histogram (set: cumulative buckets, +Inf = count = cmd_set)",
                        str(buckets))
             else:
-                tap.eq(metric(fams, "kumo_gateway_cmd_set_total"), sets_done,
-                       "gateway: kumo_gateway_cmd_set_total = the %d sets sent" % sets_done)
-                tap.eq(metric(fams, "kumo_gateway_delete_hits_total"), deletes_done,
-                       "gateway: kumo_gateway_delete_hits_total = the %d deletes" % deletes_done)
-                tap.ok((metric(fams, "kumo_gateway_curr_connections") or 0) >= 0 and
-                       (metric(fams, "kumo_gateway_total_connections_total") or 0) >= 1, "gateway: connections")
+                tap.eq(metric(fams, "kumo_gateway_commands_total", command="set", status="hit"), sets_done,
+                       "gateway: kumo_gateway_commands_total{command=set,status=hit} = the %d sets sent" % sets_done)
+                tap.eq(metric(fams, "kumo_gateway_commands_total", command="delete", status="hit"), deletes_done,
+                       "gateway: kumo_gateway_commands_total{command=delete,status=hit} = the %d deletes" % deletes_done)
+                tap.ok((metric(fams, "kumo_gateway_current_connections") or 0) >= 0 and
+                       (metric(fams, "kumo_gateway_connections_total") or 0) >= 1 and
+                       (metric(fams, "kumo_gateway_read_bytes_total") or 0) > 0, "gateway: connections, bytes read")
+                # memcached_exporter's names, not memcached's stats names with _total glued on
+                tap.ok(not [n for n in fams if re.search(r"_total_|^kumo_gateway_(cmd|bytes|curr|total)_", n)],
+                       "gateway: no metric named like a stats field (cmd_*, bytes_*, total_*)", " ".join(fams))
     status, _, body = scrape(srv.metrics_port, path="/")
     tap.eq(status, 200, "GET / answers (a pointer to /metrics)")
+    status, _, body = scrape(srv.metrics_port, path="/healthz")
+    tap.ok(status == 200 and body == "ok\n", "GET /healthz: 200 ok", repr(body))
     try:
         scrape(srv.metrics_port, path="/nothing")
         code = 200
@@ -713,6 +738,10 @@ def check_kumolog(c):
         bad = [l for l in lines if not logline(l)]
         tap.ok(not bad, "kumolog %s.mpac: every line is 'time level node event key=value...'" % name,
                "\n".join(bad[:5]))
+        cts = [v for l in lines if logline(l) for k, v in logline(l)["fields"].items() if k.endswith("_ct")]
+        tap.ok(cts and all(re.fullmatch(r"none|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d/\d+", v) for v in cts)
+               and any(v != "none" for v in cts),
+               "kumolog %s.mpac: ClockTimes as ISO 8601 time/counter, a blank one as none" % name, " ".join(cts[:10]))
     return True
 
 

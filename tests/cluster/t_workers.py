@@ -166,8 +166,8 @@ def main():
 
         # 5. metrics: summed, never reset
         m = scrape(c.gw_metrics)
-        tap.eq(sample(m, "kumo_gateway_cmd_set_total"), float(nsets + 1),
-               "/metrics kumo_gateway_cmd_set_total = every set, the reset not applied (%d)" % (nsets + 1))
+        tap.eq(sample(m, "kumo_gateway_commands_total", command="set", status="hit"), float(nsets + 1),
+               "/metrics kumo_gateway_commands_total{command=set} = every set, the reset not applied (%d)" % (nsets + 1))
         cnt = sample(m, "kumo_gateway_request_duration_seconds_count", kind="write")
         tap.ok(cnt is not None and cnt >= nsets + 1, "/metrics write latency count sums the workers",
                "count %s" % cnt)
