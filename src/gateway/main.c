@@ -136,7 +136,7 @@ static void collect_metrics(void *arg, metrics_out *o)
     uint64_t parts, bytes, paused, pauses;
     workers_flow(grp, &parts, &bytes, &paused, &pauses);
     metrics_gauge(o, "kumo_gateway_gets_in_flight", "gets sent to servers and not yet answered", (double)parts);
-    metrics_gauge(o, "kumo_gateway_bytes_in_flight", "their answers' estimated size (--max-inflight)", (double)bytes);
+    metrics_gauge(o, "kumo_gateway_in_flight_bytes", "their answers' estimated size (--max-inflight)", (double)bytes);
     metrics_gauge(o, "kumo_gateway_paused_connections", "client connections not being read now", (double)paused);
     metrics_counter(o, "kumo_gateway_connection_pauses",
                     "times a client connection stopped being read (order, --max-conn-buffer, queue)", pauses);
