@@ -2,7 +2,7 @@
  * binlog — the binary log writer and the record codec (see binlog.h).
  *
  * Owns: the process-wide writer below (like log.c's logger, the one kind of
- * global STYLE.md habit 2 allows): path, node name, descriptor, error count.
+ * global docs/hacking.md allows): path, node name, descriptor, error count.
  * binlog_set_node/binlog_open set it once in main() before threads start;
  * afterwards only `fd` changes, in binlog_reopen, under `mu`.
  * Calls: net (address text), msgpack-c.

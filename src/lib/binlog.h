@@ -1,5 +1,5 @@
 /*
- * binlog — the binary log of every daemon (-g path.mpac, user guide 6.2)
+ * binlog — the binary log of every daemon (-g path.mpac, kumolog(1))
  * and the decoder kumolog reads it with.
  *
  * File format (docs/protocol.md, "Binary log"): records back to back, each

@@ -1,5 +1,5 @@
 /*
- * cmdline — the flags every daemon shares (user guide 6.3, plus --metrics),
+ * cmdline — the flags every daemon shares (kumofs(7), plus --metrics),
  * as opts.h table rows, so each daemon's table is its own flags plus
  * DAEMON_COMMON_OPTS.
  * Header only.

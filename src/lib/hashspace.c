@@ -1,6 +1,6 @@
 /*
  * hashspace — immutable, reference-counted ring snapshots and their seed
- * wire form (see hashspace.h, reference/kumofs-0.4-spec.md §2.4–§2.6).
+ * wire form (see hashspace.h, docs/protocol.md §2.2).
  *
  * Owns: each snapshot and its ring, freed by the last hashspace_unref.
  * Calls: ring (placement), net (net_equal, net_from_id), msgpack-c.

@@ -2,7 +2,7 @@
  * log — the text log of every daemon (see log.h).
  *
  * Owns: the process-wide logger below (the one global allowed outside a
- * daemon's state struct, STYLE.md habit 2): level floor, colour flag, path
+ * daemon's state struct, docs/hacking.md "State"): level floor, colour flag, path
  * and FILE*. log_init sets all of it once in main() before threads start;
  * afterwards only `fp` changes, in log_reopen, under `mu`.
  * Calls: nothing.

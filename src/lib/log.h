@@ -1,5 +1,5 @@
 /*
- * log — the text log of every daemon (user guide 6.2):
+ * log — the text log of every daemon (kumofs(7), "Logs"):
  *   "2026-12-06T14:38:35.123456+09:00 LEVEL file.c:LINE: message"
  * (local time, ISO 8601 with the zone's offset) to stdout with ANSI colours
  * per level when stdout is a tty, plain otherwise; "-o path" appends to a

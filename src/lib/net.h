@@ -3,7 +3,7 @@
  * the node identity bytes used for placement, text form, and listening
  * sockets.
  *
- * Node identity (DESIGN.md §2): IPv4 = 6 bytes, port big-endian then the
+ * Node identity (docs/protocol.md §2.1): IPv4 = 6 bytes, port big-endian then the
  * address; IPv6 = 18 bytes, port big-endian then the 16 address bytes.
  * The identity is also the wire form of an address in every RPC.
  *

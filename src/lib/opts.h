@@ -1,7 +1,7 @@
 /*
  * opts — the command line of every binary, from one table.
  *
- * Flags are the user guide's: single dash, possibly several letters
+ * Flags are kumofs 0.4's: single dash, possibly several letters
  * ("-TR 4", "-Ci 0.5", "-gS 2048"), each with an optional --long name.
  * A flag's value is the next argument. The table gives type, bounds,
  * default and help; opts_usage() prints them all (defaults included) and the

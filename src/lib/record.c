@@ -1,6 +1,6 @@
 /*
  * record — encode and parse the stored key and value bytes (see record.h,
- * DESIGN.md §2, reference/kumofs-0.4-spec.md §3.2).
+ * docs/protocol.md §7).
  *
  * Owns: nothing; every function works on caller-owned buffers.
  * Calls: nothing.

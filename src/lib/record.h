@@ -1,6 +1,6 @@
 /*
  * record — the bytes of a stored key and value, on disk (Tokyo Cabinet)
- * and on the wire alike, compatible with kumofs 0.4 (DESIGN.md §2):
+ * and on the wire alike, compatible with kumofs 0.4 (docs/protocol.md §7):
  *
  *   key   = be64(hash) | user key bytes
  *   value = be64(clocktime) | be16(meta) | data

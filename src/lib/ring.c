@@ -1,6 +1,6 @@
 /*
  * ring — consistent-hash placement compatible with kumofs 0.4 (see ring.h,
- * DESIGN.md §2, reference/kumofs-0.4-spec.md §2).
+ * docs/protocol.md §8).
  *
  * Owns: the node and vnode arrays of a ring (allocated by ring_build, freed
  * by ring_free).

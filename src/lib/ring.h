@@ -1,6 +1,6 @@
 /*
  * ring — consistent-hash placement, bit-compatible with kumofs 0.4
- * (DESIGN.md §2; known answers in tests/unit/test_ring.c).
+ * (docs/protocol.md §8; known answers in tests/unit/test_ring.c).
  *
  *   hash(key)   = first 8 bytes of SHA-1(key) read as a little-endian u64
  *   vnode 0     = hash(node identity bytes)      (net.h: 6 bytes for IPv4)

@@ -53,7 +53,7 @@
 #include "record.h"
 
 /* Buckets for a database store_open creates (TC rounds up to a prime).
- * A file made beforehand with tchmgr keeps its own tuning (user guide 5.1). */
+ * A file made beforehand with tchmgr keeps its own tuning (kumo-server(8) -s). */
 #define STORE_NEW_BUCKETS 1048576
 /* How much of the file Tokyo Cabinet maps when -s gives no #xmsiz. TC's own
  * default (HDBDEFXMSIZ, 64 MiB) is about 300,000 records of 100 B: past it

@@ -5,7 +5,7 @@
  * read-compare-write (store_modify), atomic because one thread owns the
  * handle (see the thread rule; store.c says why TC's mutex is not used).
  *
- * Spec string (user guide 5.1): "path.tch[#xmsiz=SIZE][#rcnum=N]" with k/m/g
+ * Spec string (kumo-server(8) -s): "path.tch[#xmsiz=SIZE][#rcnum=N]" with k/m/g
  * suffixes; other "#name=value" parts are rejected with an error naming them.
  *
  * Thread rule: one thread at a time per handle.

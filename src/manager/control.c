@@ -1,5 +1,5 @@
 /*
- * control — the commands of kumoctl (user guide 6.7), served on the control
+ * control — the commands of kumoctl (kumoctl(1)), served on the control
  * port and, for tools, on the cluster port: status, attach, detach (each
  * with or without replace), replace, full-replace, backup, and the
  * auto-replace switch.

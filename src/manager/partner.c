@@ -1,5 +1,5 @@
 /*
- * partner — the second manager (user guide 3, 4.2).
+ * partner — the second manager (-p; docs/architecture.md §9).
  *
  * Each manager keeps a link to the other (-p), reconnected every tick while
  * down. The partner's name is resolved at start and again every few seconds

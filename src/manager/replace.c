@@ -1,5 +1,5 @@
 /*
- * replace — moving data after the membership changed (user guide ch. 9).
+ * replace — moving data after the membership changed (docs/architecture.md §11).
  *
  * whs already names the new owners and rhs the old ones, so writes reach
  * both and reads stay where the data is. The manager asks every connected

@@ -1,5 +1,5 @@
 /*
- * gc — collection of delete tombstones on kumo-server (user guide 6.1.2;
+ * gc — collection of delete tombstones on kumo-server (kumo-server(8) -gS -gN -gX;
  * flags -gS KiB, -gN seconds, -gX seconds).
  *
  * A delete writes an 8-byte tombstone carrying the delete's ClockTime, so

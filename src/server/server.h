@@ -152,7 +152,7 @@ void stream_file_offer(server *s, stream_file *f, const net_addr *to, stream_don
 void stream_file_abandon(stream_file *f);
 bool stream_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
 
-/* gc.c: tombstone collection (-gS, -gN, -gX; user guide 6.1.2). */
+/* gc.c: tombstone collection (-gS, -gN, -gX; kumo-server(8)). */
 typedef struct gc_stats {
     uint64_t entries, bytes;        /* remembered now */
     uint64_t pushed, collected;     /* tombstones remembered / removed from the database, since start */

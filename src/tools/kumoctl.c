@@ -1,5 +1,5 @@
 /*
- * kumoctl — the operator's client of a manager (user guide 6.7).
+ * kumoctl — the operator's client of a manager (kumoctl(1)).
  *
  *   kumoctl address[:port=19799] command [options]
  *

@@ -1,5 +1,5 @@
 /*
- * kumohash — where a key lives (user guide 6.12).
+ * kumohash — where a key lives (kumohash(1)).
  *
  *   kumohash server-address[:port=19800] ... -- command [args]
  *   kumohash -m manager-address[:port=19700] command [args]
@@ -14,7 +14,7 @@
  * Placement is src/lib/ring.c itself, not a re-implementation, so the
  * answers are the daemons' answers.
  *
- * Output (reference/kumofs-0.4-spec.md §9):
+ * Output (kumofs 0.4's, unchanged; man/kumohash.1.scd):
  *   hash k...    "%016x  key"
  *   assign k...  "%016x  key", then "  0: ip:port" ... for the (up to) three
  *                distinct owners clockwise, " (fault)" after a fault one;

@@ -1,5 +1,5 @@
 /*
- * kumolog — print a binary log (-g path.mpac) readably (user guide 6.9).
+ * kumolog — print a binary log (-g path.mpac) readably (kumolog(1)).
  *
  *   kumolog [-f] [-t] [-h] [-n N] <file.mpac | ->
  *

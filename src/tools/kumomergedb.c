@@ -1,5 +1,5 @@
 /*
- * kumomergedb — merge database files (backups) into one (user guide 6.8).
+ * kumomergedb — merge database files (backups) into one (kumomergedb(1)).
  *
  *   kumomergedb <dst.tch> <src.tch> [src.tch...]
  *

@@ -1,6 +1,6 @@
 /*
  * kumostat — statistics of one server, or of every active server a
- * manager knows (user guide 6.10).
+ * manager knows (kumostat(1)).
  *
  *   kumostat server-address[:port=19800] command
  *   kumostat -m manager-address[:port=19700] command

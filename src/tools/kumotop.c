@@ -1,5 +1,5 @@
 /*
- * kumotop — a live view of every server (user guide 6.11).
+ * kumotop — a live view of every server (kumotop(1)).
  *
  *   kumotop [-i sec] [-n count] server-address[:port=19800] ...
  *   kumotop [-i sec] [-n count] -m manager-address[:port=19700]

@@ -1,7 +1,7 @@
 /*
  * tool — what the admin tools share: a blocking, time-bounded RPC call to
  * a manager or server (the same framing as rpc.h, role "tool"), and the
- * printing of hash spaces in the user guide's format.
+ * printing of hash spaces in kumofs 0.4's format (kumoctl(1)).
  *
  * With a cluster key (tool_cluster_key) every connection first runs the
  * key handshake of rpc.h and checks the daemon's proof too, so a tool that

@@ -11,8 +11,8 @@ What it does for a test:
     `version` and a `get` for the gateway.  No fixed sleeps.
   * Every process it starts is stopped by pid at exit (atexit, SIGINT/SIGTERM/
     SIGHUP handlers, and a SIGALRM watchdog): SIGTERM, then SIGKILL.
-  * Placement in Python (SHA-1 ring, DESIGN.md §2) checked against the known
-    answers of reference/placement-vectors.txt, and the Tokyo Cabinet record
+  * Placement in Python (SHA-1 ring, docs/protocol.md §8) checked against the known
+    answers of kumofs 0.4.13 (below), and the Tokyo Cabinet record
     layout (src/lib/record.h), for tests that look at the data on disk.
   * A seed for everything random: printed, and taken back from KUMO_TEST_SEED.
 
@@ -601,7 +601,7 @@ class Cluster:
     def log(self, name):
         return os.path.join(self.logdir, name + ".log")
 
-    # -- argv of each daemon (the user guide's localhost command lines)
+    # -- argv of each daemon (the localhost command lines of README.md)
     def manager_argv(self):
         return [binary("kumo-manager")] + self._v() + [
             "-o", "-", "-l", self.mgr_addr, "-c", self.ctl_port] + self.manager_args
@@ -1074,7 +1074,7 @@ def bin_version(port, timeout=2.0):
 
 
 # --------------------------------------------------------------------------
-# placement (DESIGN.md §2) and the record layout (src/lib/record.h)
+# placement (docs/protocol.md §8) and the record layout (src/lib/record.h)
 # --------------------------------------------------------------------------
 
 VNODES = 128
@@ -1200,7 +1200,7 @@ def tch_records(path):
 # self-test (no daemons needed)
 # --------------------------------------------------------------------------
 
-# reference/placement-vectors.txt (known answers from kumofs 0.4.13)
+# known answers computed by kumofs 0.4.13 (also in tests/unit/test_ring.c)
 VECTOR_HASH = [
     ("", 0x0d4b6b5eeea339da), ("61", 0xfca7a5fa37e4f786), ("68656c6c6f", 0xa2e8c5dc1dc6f4aa),
     ("757365723a3432", 0x29a1cad3234df1ad), ("e381826b6579", 0x3b48ff3bae83bfd5),
@@ -1285,7 +1285,7 @@ def _selftest():
     install_handlers()
     tap.note("kumotest self-test (no daemons): placement, record layout, status parsing")
     bad = ring_selftest()
-    tap.ok(not bad, "python placement matches reference/placement-vectors.txt", "\n".join(bad))
+    tap.ok(not bad, "python placement matches the known answers of kumofs 0.4.13", "\n".join(bad))
 
     st = Status(GUIDE_STATUS)
     tap.eq(st.attached, [("192.168.0.101:19800", "active"), ("192.168.0.102:19800", "active"),

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""t_basic — the user guide's localhost cluster (a manager, three servers, a
+"""t_basic — kumofs 0.4's localhost cluster (a manager, three servers, a
 gateway), driven with real memcached clients (pymemcache, pylibmc) and raw
 sockets: storage commands, cas, delete, multi-get, value sizes, binary
 safety, flags, pipelining order, error replies, noreply.

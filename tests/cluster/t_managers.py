@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""t_managers — two managers (user guide 3, 4.2, 6.4; issue 3).
+"""t_managers — two managers (docs/architecture.md §9).
 
 Managers A (`-l A -p B -c ctlA`) and B (`-l B -p A -c ctlB`); every server
 and the gateway get `-m A -p B`.

@@ -1,12 +1,13 @@
 #!/usr/bin/python3
 """t_placement — data lands where the placement rule says, in the 0.4 record
-layout (DESIGN.md §2).
+layout (docs/protocol.md §7, §8).
 
 Five servers, so that each key lives on three of them and the owner sets
 differ (with three servers every key is on every server and placement would
 go untested). For 200 keys the three owners are computed here in Python
 (SHA-1 ring, nodes in the order of `kumoctl status`'s attached list; the
-Python ring is first checked against reference/placement-vectors.txt). The
+Python ring is first checked against the known answers of kumofs 0.4.13 kept in
+kumotest.py). The
 keys are set through the gateway; `kumostat <server> items` must equal the
 keys the server owns and `kumostat <server> cmd_set` the keys it is primary
 for (the primary takes the gateway's set, replicas get it from the primary);

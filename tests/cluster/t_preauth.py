@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """t_preauth.py — nothing buffered before authentication, and daemons that
-keep serving at their descriptor limit (issue 19, docs/hostile-input.md).
+keep serving at their descriptor limit (docs/hostile-input.md).
 
 A keyed cluster (--cluster-key-file): a manager, one server started under
 `prlimit --nofile=256`, a gateway.

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """t_rejoin — a server restarted on its own database never serves its stale
-copy (issue 17): no wrong answer, no lost write, no resurrected delete.
+copy: no wrong answer, no lost write, no resurrected delete.
 
 Every cluster: 3 kumo-servers with `-Rr 1` (replace copies at 1 MiB/s per
 stream) and FILLER_MB (12 MiB) of incompressible filler values (os.urandom,

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """t_replace — rebalancing: attach, detach, full-replace, backup/merge/restore,
-rejoin of a stale server (user guide ch. 4, 6.7, 6.8, 9; issue 3).
+rejoin of a stale server (docs/architecture.md §11).
 
 Each scenario runs on its own fresh cluster (manager, servers, gateway on
 loopback) and ends with a clean stop (SIGTERM) and, where it says so, a look

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""t_tools — the operator tools against a live cluster (user guide 6.9-6.12):
+"""t_tools — the operator tools against a live cluster (kumostat(1), kumotop(1), kumolog(1), kumohash(1)):
 kumohash, kumostat, kumotop, kumolog; the binary log (-g) across a SIGHUP
 rotation; /metrics (--metrics) read by a Prometheus text-format parser;
 tombstone collection (-gX, -gS, -gN).

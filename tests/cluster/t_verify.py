@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """t_verify — anti-entropy: `kumoctl verify` names exactly the keys one
-replica lacks or holds old, `kumoctl repair` restores them (issue 17,
+replica lacks or holds old, `kumoctl repair` restores them (docs/anti-entropy.md,
 docs/anti-entropy.md).
 
   1. 3 servers, a gateway; 3,000 keys set through the gateway (pymemcache),
@@ -28,7 +28,7 @@ docs/anti-entropy.md).
 
 How the divergence is planted, and why this way. The server keeps its
 database open with a 1 GiB mmap, and restarting it would let the catch-up
-copy (issue 17) restore the keys before `verify` could see them. So the
+copy restore the keys before `verify` could see them. So the
 victim is frozen with SIGSTOP, `tchmgr out -nl` / `tchmgr put -nl -sx`
 edit its file, and SIGCONT follows well within the 4 s after which the
 manager declares a silent server lost (the window is measured, noted, and

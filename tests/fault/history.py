@@ -3,7 +3,7 @@
 
 A pure module: it reads a history of client operations and reports the
 anomalies the consistency contract forbids (docs/architecture.md §12,
-DESIGN.md §3, user guide 6.1). Run alone it checks itself on hand-made
+docs/protocol.md §9). Run alone it checks itself on hand-made
 histories (TAP), proving that every anomaly class is detected and that
 allowed behaviour is not reported.
 

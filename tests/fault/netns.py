@@ -10,7 +10,7 @@
     net.set_records(records); net.reload_dns()     # rewrite the hosts file, SIGHUP
     net.down()                       # stop dnsmasq, delete namespaces and /etc/netns dirs
 
-Layout (reference/test-infrastructure.md §1, §1b): the bridge lives in its own
+Layout: the bridge lives in its own
 namespace (nothing is added to the root namespace: the veth pairs are created
 directly inside the bridge and host namespaces); each host has eth0 with
 10.A.B.i/24 and fd00:A:B::i/64 (nodad), and lo up.

@@ -155,7 +155,7 @@ def die_skip_or_fail():
 # ---------------------------------------------------------------- placement (v4 and v6)
 
 def identity(addr):
-    """DESIGN.md §2 node identity: port BE + 4 (IPv4) or 16 (IPv6) address bytes."""
+    """docs/protocol.md §2.1 node identity: port BE + 4 (IPv4) or 16 (IPv6) address bytes."""
     host, port = addr.rsplit(":", 1)
     if host.startswith("["):
         return struct.pack(">H", int(port)) + socket.inet_pton(socket.AF_INET6, host[1:-1])

@@ -4,7 +4,7 @@
 Hosts are network namespaces on one bridge (tests/fault/netns.py): m1, m2
 (two managers, partners), s1..s5 (servers; s5's database is on a small
 tmpfs), gw (two gateways and the clients). Copies take seconds, as on a real
-data set (issue 17): 8 MiB of incompressible filler, replace streams at
+data set: 8 MiB of incompressible filler, replace streams at
 0.5 MiB/s (-Rr), the servers' TCP buffers capped (SOCK_MAX). Client threads
 (a process inside gw, pymemcache) record every operation with its invoke and
 completion time on the machine's monotonic clock:
@@ -56,7 +56,7 @@ torn, phantom, resurrected and wrong (a read-modify-write answered from an
 old or missing copy); all must be 0. The figures give each class by kind of
 key and by the episode last begun when the offending operation completed.
 
-On 48bffc3 (before catch-up, issue 17) each of the five operator's episodes
+On 48bffc3 (before catch-up) each of the five operator's episodes
 alone fails (--episodes NAME, seeds 21 and 22): wrong answers 14-284, stale
 reads 0-143, lost 0-3, and after a rolling restart resurrected deletes (1-2)
 and keys whose newest record is on fewer than three owners (11-12); with
@@ -94,7 +94,7 @@ EPISODES = ["kill", "stop", "partition", "manager", "managers", "disk", "stale",
             "restart_rmw", "rolling", "reattach", "emptydb", "backup"]
 COUNTERS = ["ck%d" % i for i in range(8)]       # history: counter keys (incr)
 LISTS = ["lk%d" % i for i in range(8)]          # history: list keys (add, append, delete)
-# Copies that take seconds, as on a real data set (issue 17): FILLER_MB of
+# Copies that take seconds, as on a real data set: FILLER_MB of
 # incompressible values (the replace deflates its streams), replace streams
 # at REPLACE_RATE MiB/s, and the servers' TCP buffers capped at SOCK_MAX bytes
 # (sysctl in their namespaces): a stream file goes out by sendfile, whose

@@ -1,5 +1,5 @@
 /*
- * test_record — stored key/value bytes exactly as record.h and DESIGN.md §2
+ * test_record — stored key/value bytes exactly as record.h and docs/protocol.md §7
  * say: big-endian headers, 8-byte tombstones, meta = 0 original values,
  * memcached flags/exptime, and the memcached exptime rule.
  */

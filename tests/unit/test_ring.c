@@ -1,6 +1,6 @@
 /*
- * test_ring — placement known answers (reference/placement-vectors.txt,
- * checked against kumofs 0.4.13) and the ring's structural rules.
+ * test_ring — placement known answers (computed by kumofs 0.4.13 itself,
+ * kept here and in tests/cluster/kumotest.py) and the ring's structural rules.
  */
 #include "ring.h"
 
