@@ -26,6 +26,7 @@
 #include "proto.h"
 #include "record.h"
 #include "server.h"
+#include "xalloc.h"
 
 #define REPLICATE_TIMEOUT 5.0
 #define REPLICATE_RETRY_USEC 200000
@@ -370,13 +371,9 @@ static void replicate(server *s, rpc_conn *client, uint32_t msgid, uint64_t hash
     const void *val = w->out;
     size_t vlen = w->outlen;
     bool async = w->wflags & WF_ASYNC;
-    repl *r = calloc(1, sizeof(*r));
+    repl *r = xcalloc(1, sizeof(*r));
     bool with_value = w->op == OP_GAT || w->op == OP_INCR || w->op == OP_DECR;
-    if (!r || (with_value && !(r->value = malloc(vlen)))) {
-        free(r);
-        rpc_reply_error(client, msgid, "out of memory");
-        return;
-    }
+    if (with_value) r->value = xmalloc(vlen);
     r->s = s;
     r->epoch = s->write_epoch;
     s->writes_inflight++;
@@ -403,22 +400,13 @@ static void replicate(server *s, rpc_conn *client, uint32_t msgid, uint64_t hash
     r->max_tries = w->op == OP_DELETE_INTERNAL ? s->cfg->delete_retries : s->cfg->set_retries;
     r->klen = klen;
     r->rlen = vlen;
-    if (n > 0 && !(r->rec = malloc(klen + vlen))) {
-        r->failed = true;
-        snprintf(r->why, sizeof(r->why), "out of memory");
-        n = 0;
-    } else if (n > 0) {
+    if (n > 0) {
+        r->rec = xmalloc(klen + vlen);
         memcpy(r->rec, key, klen);
         memcpy(r->rec + klen, val, vlen);
     }
     for (size_t i = 0; i < n; i++) {
-        repl_to *t = calloc(1, sizeof(*t));
-        if (!t) {
-            r->failed = true;
-            snprintf(r->why, sizeof(r->why), "out of memory");
-            r->waiting--;
-            continue;
-        }
+        repl_to *t = xcalloc(1, sizeof(*t));
         t->r = r;
         t->to = to[i];
         repl_send(t);
@@ -558,11 +546,7 @@ static void handle_set(server *s, rpc_conn *c, uint32_t msgid, const msgpack_obj
         return;
     }
     s->cmd_set++;
-    uint8_t *copy = malloc(vlen);
-    if (!copy) {
-        rpc_reply_error(c, msgid, "out of memory");
-        return;
-    }
+    uint8_t *copy = xmalloc(vlen);
     memcpy(copy, val, vlen);
     /* The write's time is its ClockTime's: a relative exptime ends that
      * many seconds after it, the same moment for every owner. */
