@@ -11,8 +11,8 @@ enum {
     MGR_KEEPALIVE = 0,      /* [clock] -> nil */
     MGR_HS_REQUEST = 1,     /* [] -> [whs, rhs] */
     MGR_HS_SYNC = 2,        /* partner only: [whs, rhs] -> true adopted / false */
-    MGR_REPLACE_COPY_END = 10,   /* [replace_clocktime] -> true */
-    MGR_REPLACE_DELETE_END = 11, /* [replace_clocktime] -> true */
+    MGR_REPLACE_COPY_END = 10,   /* [replace_clocktime, ok] -> true */
+    MGR_REPLACE_DELETE_END = 11, /* [replace_clocktime, ok] -> true */
 };
 
 /* kumo-manager, control port (-c) — kumoctl */
@@ -27,13 +27,14 @@ enum {
 
 /* kumo-server, RPC port (-l) */
 enum {
-    SRV_KEEPALIVE = 0,       /* [clock] -> nil */
+    SRV_KEEPALIVE = 0,       /* [clock] -> our clock (clock_now) */
     SRV_HS_SYNC = 2,         /* [whs, rhs] -> true (adopted) / false */
-    SRV_REPLACE_COPY = 8,    /* [whs, full:bool] -> true; later MGR_REPLACE_COPY_END */
-    SRV_REPLACE_DELETE = 9,  /* [whs] -> true; later MGR_REPLACE_DELETE_END */
+    SRV_REPLACE_COPY = 8,    /* [whs, replace_ct, full:bool, rhs] -> true; later MGR_REPLACE_COPY_END */
+    SRV_REPLACE_DELETE = 9,  /* [whs, replace_ct, false] -> true; later MGR_REPLACE_DELETE_END */
     SRV_REPLACE_OFFER = 16,  /* [stream_port, token, size] -> records applied, once
                                 pulled from the sender's stream port */
-    SRV_REPLICATE = 32,      /* [flags, dbkey, dbvalue-or-tombstone] -> true stored / false older */
+    SRV_REPLICATE = 32,      /* [flags, dbkey, dbvalue-or-tombstone] -> true stored, false the
+                                same ClockTime, or the ClockTime of the newer record kept */
     SRV_GET = 34,            /* [dbkey] -> dbvalue | nil */
     SRV_SET = 35,            /* [op, flags, dbkey, dbvalue, cas, delta, initial]
                                 -> [code, clocktime, number, value] */
