@@ -508,7 +508,7 @@ static void dispatch(client *c, const memproto_request *q)
     }
 }
 
-static size_t binary_parse(client *c, const char *buf, size_t len)
+size_t binary_parse(client *c, const char *buf, size_t len)
 {
     gateway *g = c->g;
     memproto_request q;
@@ -540,4 +540,6 @@ static size_t binary_parse(client *c, const char *buf, size_t len)
     return used;
 }
 
-void binary_accept(gateway *g, int fd) { client_new(g, fd, binary_parse, NULL); }
+/* The -b port negotiates like -t (text.c): memcached serves both protocols
+ * on every port, and kumofs 0.4 command lines keep working. */
+void binary_accept(gateway *g, int fd) { text_accept(g, fd); }

@@ -49,7 +49,9 @@ typedef struct gateway_config {
     bool async_delete;     /* -Ad */
     bool keep_flags;       /* -F (always on; accepted for compatibility) */
     bool keep_exptime;     /* -E (always on; accepted for compatibility) */
+    const char *item_size;  /* -I as given: bytes, or with a k/m suffix */
     int item_size_max;     /* -I, bytes */
+    bool shutdown_command; /* -A: the shutdown command is served */
 } gateway_config;
 
 /* The gets one loop turn sends a server in one SRV_GET_MANY (router.c). */
@@ -224,9 +226,13 @@ void stats_settings(const gateway *g, stats_emit_fn emit, void *arg);
  * worker. */
 void stats_reset(gateway *g);
 
-/* text.c: the text protocol, classic and meta commands */
+/* text.c: the text protocol, classic and meta commands; a connection whose
+ * first byte is 0x80 goes to binary_parse instead (either listener) */
 void text_accept(gateway *g, int fd);
-/* binary.c: the binary protocol */
+/* binary.c: the binary protocol. binary_parse is a client_parse_fn
+ * (client.h). binary_accept = text_accept. */
+struct client;
+size_t binary_parse(struct client *c, const char *buf, size_t len);
 void binary_accept(gateway *g, int fd);
 
 #endif

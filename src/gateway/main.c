@@ -29,7 +29,7 @@ static const opt_def gateway_opts[] = {
     {"-t", "--memproto-text", OPT_STRING, offsetof(gateway_config, text), "<[addr:]port>", NULL, 0, 0, false,
      "serve the memcached text protocol here"},
     {"-b", "--memproto-binary", OPT_STRING, offsetof(gateway_config, binary), "<[addr:]port>", NULL, 0, 0, false,
-     "serve the memcached binary protocol here"},
+     "another client port (kumofs 0.4's binary port; every port serves both protocols)"},
     {"-G", "--get-retry", OPT_INT, offsetof(gateway_config, get_retries), "<num>", "5", 1, 1000, false,
      "rounds over a key's three servers before a get fails"},
     {"-S", "--set-retry", OPT_INT, offsetof(gateway_config, set_retries), "<num>", "20", 0, 1000, false,
@@ -44,8 +44,10 @@ static const opt_def gateway_opts[] = {
      "store memcached flags (always done; accepted for compatibility)"},
     {"-E", "--save-expire", OPT_FLAG, offsetof(gateway_config, keep_exptime), NULL, NULL, 0, 0, false,
      "store expiration times (always done; accepted for compatibility)"},
-    {"-I", "--max-item-size", OPT_INT, offsetof(gateway_config, item_size_max), "<bytes>", "1048576", 1024,
-     32 * 1024 * 1024, false, "largest value accepted (at most 32 MiB: a value travels in one node message)"},
+    {"-I", "--max-item-size", OPT_STRING, offsetof(gateway_config, item_size), "<bytes[k|m]>", "1m", 0, 0, false,
+     "largest value accepted, from 1k to 32m (a value travels in one node message)"},
+    {"-A", "--enable-shutdown", OPT_FLAG, offsetof(gateway_config, shutdown_command), NULL, NULL, 0, 0, false,
+     "serve the text command shutdown (stops the gateway as SIGTERM does)"},
     DAEMON_COMMON_OPTS_TR(gateway_config, common, NULL,
                           "event loops (threads) serving clients; each connection stays on one (default: 4, "
                           "or the number of CPUs this process may run on if that is fewer)"),
@@ -57,6 +59,25 @@ static const opts_spec gateway_spec = {
     .defs = gateway_opts,
     .ndefs = sizeof(gateway_opts) / sizeof(gateway_opts[0]),
 };
+
+/* -I as memcached reads it: a number of bytes, or of KiB or MiB with a
+ * k or m suffix (either case). -1 when it does not parse or is out of
+ * 1 KiB..32 MiB. */
+static int item_size(const char *s)
+{
+    long long v = 0;
+    size_t i = 0;
+    if (!s || !s[0]) return -1;
+    for (; s[i] >= '0' && s[i] <= '9'; i++) {
+        v = v * 10 + (s[i] - '0');
+        if (v > 32LL * 1024 * 1024) return -1;
+    }
+    if (i == 0) return -1;
+    if ((s[i] == 'k' || s[i] == 'K') && !s[i + 1]) v *= 1024;
+    else if ((s[i] == 'm' || s[i] == 'M') && !s[i + 1]) v *= 1024 * 1024;
+    else if (s[i]) return -1;
+    return v < 1024 || v > 32LL * 1024 * 1024 ? -1 : (int)v;
+}
 
 static void on_text_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len, void *arg)
 {
@@ -161,6 +182,9 @@ int main(int argc, char **argv)
     opts_parse(&gateway_spec, &cfg, argc, argv, NULL, 0, NULL);
     net_addr text_addr, binary_addr;
     if (!cfg.text && !cfg.binary) opts_die(&gateway_spec, "-t or -b is required");
+    if ((cfg.item_size_max = item_size(cfg.item_size)) < 0)
+        opts_die(&gateway_spec, "invalid value '%s' for -I (bytes, or with a k or m suffix, from 1k to 32m)",
+                 cfg.item_size);
     if (cfg.text && net_parse_listen(cfg.text, 11211, &text_addr, err) < 0) opts_die(&gateway_spec, "-t: %s", err);
     if (cfg.binary && net_parse_listen(cfg.binary, 11211, &binary_addr, err) < 0)
         opts_die(&gateway_spec, "-b: %s", err);

@@ -97,7 +97,7 @@ void stats_settings(const gateway *g, stats_emit_fn emit, void *arg)
     put(emit, arg, "cas_enabled", "yes");
     put(emit, arg, "evictions", "off");
     put(emit, arg, "item_size_max", "%d", cfg->item_size_max);
-    put(emit, arg, "binding_protocol", "%s", cfg->binary ? "auto-negotiate" : "ascii");
+    put(emit, arg, "binding_protocol", "auto-negotiate"); /* every port, by the first byte */
     put(emit, arg, "tcp_backlog", "1024");
     put(emit, arg, "kumofs_get_retry", "%d", cfg->get_retries);
     put(emit, arg, "kumofs_set_retry", "%d", cfg->set_retries);

@@ -14,6 +14,7 @@
  * Calls: memtext (parser), client, router, record, log. Thread rule: its worker's loop.
  */
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,29 +25,94 @@
 #include "client.h"
 #include "config.h"
 #include "log.h"
+#include "memproto.h"
 #include "memtext.h"
 #include "proto.h"
 #include "record.h"
 
 /* ---- meta flags ---- */
 
+/* memcached's bound on an opaque token, its 'O' included. */
 #define META_MAX_OPAQUE 32
 
 typedef struct meta {
     char ret[MEMTEXT_MAX_TOKENS]; /* return flags, in request order */
     size_t nret;
-    bool v, q, has_cas, has_ttl, has_flags, vivify;
+    bool v, q, b, has_cas, has_ttl, has_flags, vivify, invalidate;
     uint64_t cas;
     int64_t ttl, vivify_ttl;
     uint32_t flags;
     char mode;
     uint64_t delta, initial;
-    char opaque[META_MAX_OPAQUE + 1];
+    char opaque[META_MAX_OPAQUE + 1]; /* with its 'O' */
+    uint8_t key[MEMTEXT_MAX_KEY];    /* b: the decoded key */
+    size_t klen;
 } meta;
 
+/* base64 as memcached decodes it (its base64.c): bytes outside the
+ * alphabet are skipped, '=' counts as a zero digit, the digits must come in
+ * fours, and the first padded four ends the key. Returns the decoded length,
+ * 0 when that is not base64 (memcached's "error decoding key"). */
+static size_t b64_decode(const char *src, size_t len, uint8_t *out, size_t cap)
+{
+    static const char alpha[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    uint8_t block[4];
+    size_t n = 0, count = 0, o = 0, pad = 0;
+    for (size_t i = 0; i < len; i++)
+        if (src[i] == '=' || (src[i] && strchr(alpha, src[i]))) n++;
+    if (n == 0 || n % 4 || n / 4 * 3 > cap) return 0;
+    for (size_t i = 0; i < len; i++) {
+        const char *d = src[i] && src[i] != '=' ? strchr(alpha, src[i]) : NULL;
+        if (!d && src[i] != '=') continue;
+        if (src[i] == '=') pad++;
+        block[count++] = d ? (uint8_t)(d - alpha) : 0;
+        if (count < 4) continue;
+        out[o++] = (uint8_t)(block[0] << 2 | block[1] >> 4);
+        out[o++] = (uint8_t)(block[1] << 4 | block[2] >> 2);
+        out[o++] = (uint8_t)(block[2] << 6 | block[3]);
+        count = 0;
+        if (pad) {
+            if (pad > 2) return 0;
+            o -= pad;
+            break;
+        }
+    }
+    return o;
+}
+
+static void b64_put(struct evbuffer *out, const uint8_t *in, size_t len)
+{
+    static const char alpha[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    char buf[(MEMTEXT_MAX_KEY + 2) / 3 * 4], *p = buf;
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < len ? (uint32_t)in[i + 1] << 8 : 0) |
+                     (i + 2 < len ? in[i + 2] : 0);
+        *p++ = alpha[v >> 18 & 63];
+        *p++ = alpha[v >> 12 & 63];
+        *p++ = i + 1 < len ? alpha[v >> 6 & 63] : '=';
+        *p++ = i + 2 < len ? alpha[v & 63] : '=';
+    }
+    evbuffer_add(out, buf, (size_t)(p - buf));
+}
+
+/* " k<key>", or " k<base64> b" for a key that came base64-encoded. */
+static void meta_key(struct evbuffer *out, const meta *m, const char *key, size_t klen)
+{
+    evbuffer_add(out, " k", 2);
+    if (!m->b) {
+        evbuffer_add(out, key, klen);
+        return;
+    }
+    b64_put(out, (const uint8_t *)key, klen);
+    evbuffer_add(out, " b", 2);
+}
+
+/* memcached's safe_strto* (an optional sign, decimal digits), with the
+ * range of the C type memcached reads into. */
 static bool parse_u64(const char *p, size_t n, uint64_t *out)
 {
     uint64_t v = 0;
+    if (n > 0 && p[0] == '+') p++, n--;
     if (n == 0 || n > 20) return false;
     for (size_t i = 0; i < n; i++) {
         if (p[i] < '0' || p[i] > '9') return false;
@@ -58,78 +124,102 @@ static bool parse_u64(const char *p, size_t n, uint64_t *out)
     return true;
 }
 
-static bool parse_i64(const char *p, size_t n, int64_t *out)
+static bool parse_i32(const char *p, size_t n, int64_t *out)
 {
     uint64_t v;
     bool neg = n > 0 && p[0] == '-';
-    if (!parse_u64(p + neg, n - neg, &v) || v > INT64_MAX) return false;
+    if (!parse_u64(p + neg, n - neg, &v) || v > (neg ? 2147483648u : 2147483647u)) return false;
     *out = neg ? -(int64_t)v : (int64_t)v;
     return true;
 }
 
-/* Parse the flag tokens of a meta command; NULL or a CLIENT_ERROR text. */
+/* Parse the flag tokens of a meta command as memcached 1.6's
+ * _meta_flag_preparse does, and refuse what kumofs cannot honour with the
+ * answer memcached gives a flag it does not know. NULL, or the
+ * CLIENT_ERROR text. key/klen: the key token, decoded in place into m->key
+ * under b. */
 static const char *parse_meta(const memtext_request *q, meta *m)
 {
     bool seen[128] = {false};
-    bool arith = q->cmd == MEMTEXT_MA;
-    /* memcached words a bad number differently for ma than for the others */
-    const char *bad_num = arith ? "invalid or duplicate flag" : "bad token in command line format";
+    int cmd = q->cmd;
+    const char *err = NULL;
+    uint64_t u;
+    int64_t ignored;
     memset(m, 0, sizeof(*m));
     m->delta = 1;
     for (size_t i = 0; i < q->ntokens; i++) {
         const char *t = q->tokens[i].p, *a = t + 1;
         size_t n = q->tokens[i].len - 1;
-        uint64_t u;
-        if ((unsigned char)t[0] < 128) {
-            if (seen[(unsigned char)t[0]]) return arith ? "invalid or duplicate flag" : "duplicate flag";
-            seen[(unsigned char)t[0]] = true;
-        }
-        switch (t[0]) {
-        case 'v': m->v = true; break;
-        case 'q': m->q = true; break;
-        case 'c': case 'f': case 'k': case 's': case 't': case 'h': case 'l':
-            m->ret[m->nret++] = t[0];
-            break;
-        case 'O':
-            if (n > META_MAX_OPAQUE) return "opaque token too long";
-            memcpy(m->opaque, a, n);
-            m->opaque[n] = '\0';
-            m->ret[m->nret++] = 'O';
-            break;
-        case 'C':
-            if (!parse_u64(a, n, &m->cas)) return bad_num;
-            m->has_cas = true;
-            break;
-        case 'T':
-            if (!parse_i64(a, n, &m->ttl)) return bad_num;
-            m->has_ttl = true;
+        unsigned char f = (unsigned char)t[0];
+        if (f >= 127 || seen[f]) return "duplicate flag";
+        seen[f] = true;
+        switch (f) {
+        case 'b':
+            m->b = true;
+            m->klen = b64_decode(q->keys[0].p, q->keys[0].len, m->key, sizeof(m->key));
+            if (m->klen == 0) err = "error decoding key";
             break;
         case 'N':
-            if (!parse_i64(a, n, &m->vivify_ttl)) return bad_num;
+            /* ma creates a missing key; mg's vivify hands out a win token,
+             * state a kumofs record does not keep (docs/protocol.md) */
+            if (cmd != MEMTEXT_MA && cmd != MEMTEXT_MS && cmd != MEMTEXT_MD) return "invalid flag";
+            if (!parse_i32(a, n, &m->vivify_ttl)) err = "bad token in command line format";
             m->vivify = true;
             break;
+        case 'T':
+            if (!parse_i32(a, n, &m->ttl)) err = "bad token in command line format";
+            m->has_ttl = true;
+            break;
+        case 'R':
+            if (cmd == MEMTEXT_MG) return "invalid flag"; /* recache: a win token, as N */
+            if (!parse_i32(a, n, &ignored)) err = "bad token in command line format";
+            break;
+        case 'I':
+            /* invalidation marks an item stale instead of deleting it (md),
+             * or stores it stale when its CAS is older (ms with C) */
+            if (cmd == MEMTEXT_MD) return "invalid flag";
+            m->invalidate = cmd == MEMTEXT_MS;
+            break;
+        case 'h': case 'l':
+            /* hit-before and last-access: every read would have to write */
+            if (cmd == MEMTEXT_MG) return "invalid flag";
+            break;
+        case 'v': m->v = true; break;
+        case 'q': m->q = true; break;
+        case 'u': case 'P': case 'L': break;
+        case 'c': case 'f': case 'k': case 's': case 't':
+            m->ret[m->nret++] = (char)f;
+            break;
+        case 'O':
+            m->ret[m->nret++] = 'O';
+            if (n + 1 <= META_MAX_OPAQUE) memcpy(m->opaque, t, n + 1);
+            break;
         case 'F':
-            if (!parse_u64(a, n, &u) || u > UINT32_MAX) return bad_num;
-            m->flags = (uint32_t)u;
+            if (!parse_u64(a, n, &u) || u > UINT32_MAX) err = "bad command line format";
+            else m->flags = (uint32_t)u;
             m->has_flags = true;
             break;
-        case 'D':
-            if (!parse_u64(a, n, &m->delta)) return bad_num;
-            break;
-        case 'J':
-            if (!parse_u64(a, n, &m->initial)) return bad_num;
+        case 'C':
+            if (!parse_u64(a, n, &m->cas)) err = "bad token in command line format";
+            m->has_cas = true;
             break;
         case 'M':
-            if (n != 1) return "bad token in command line format";
-            m->mode = a[0];
+            if (n != 1) err = "incorrect length for M token";
+            else m->mode = a[0];
             break;
-        case 'b': return "base64 keys are not supported";
-        case 'E': case 'I': case 'R': case 'S': case 'u': case 'x': case 'P': case 'L':
-            /* cache-control flags with no meaning in a replicated store */
-            return "unsupported flag";
+        case 'J':
+            if (!parse_u64(a, n, &m->initial)) err = "invalid numeric initial value";
+            break;
+        case 'D':
+            if (!parse_u64(a, n, &m->delta)) err = "invalid numeric delta value";
+            break;
         default: return "invalid flag";
         }
     }
+    if (err) return err;
+    if (m->invalidate && m->has_cas && (m->mode == 0 || m->mode == 'S' || m->mode == 'R')) return "invalid flag";
+    for (size_t i = 0; i < q->ntokens; i++)
+        if (q->tokens[i].p[0] == 'O' && q->tokens[i].len > META_MAX_OPAQUE) return "opaque token too long";
     return NULL;
 }
 
@@ -141,15 +231,13 @@ static void meta_ret(struct evbuffer *out, const meta *m, const char *key, size_
         switch (m->ret[i]) {
         case 'c': evbuffer_add_printf(out, " c%" PRIu64, v ? v->clocktime : ct); break;
         case 'f': evbuffer_add_printf(out, " f%" PRIu32, v ? v->flags : 0); break;
-        case 'k': evbuffer_add_printf(out, " k%.*s", (int)klen, key); break;
-        case 'O': evbuffer_add_printf(out, " O%s", m->opaque); break;
+        case 'k': meta_key(out, m, key, klen); break;
+        case 'O': evbuffer_add_printf(out, " %s", m->opaque); break;
         case 's': evbuffer_add_printf(out, " s%zu", v ? v->payload_len : 0); break;
         case 't':
             if (!v || v->exptime == 0) evbuffer_add_printf(out, " t-1");
             else evbuffer_add_printf(out, " t%lld", (long long)v->exptime - (long long)now);
             break;
-        case 'h': evbuffer_add(out, " h0", 3); break;
-        case 'l': evbuffer_add(out, " l0", 3); break;
         default: break;
         }
     }
@@ -188,13 +276,13 @@ static void tstate_free(void *p)
     free(t);
 }
 
-/* A request with state for `nkeys` keys copied from q (keys[0] for writes). */
-static creq *req_with_state(client *c, const memtext_request *q, size_t nkeys, bool quiet)
+/* A request of command cmd with state for `nkeys` keys copied from keys. */
+static creq *req_with_state(client *c, int cmd, const memtext_token *keys, size_t nkeys, bool quiet)
 {
     creq *r = client_req(c, quiet);
     if (!r) return NULL;
     size_t keybytes = 0;
-    for (size_t i = 0; i < nkeys; i++) keybytes += q->keys[i].len;
+    for (size_t i = 0; i < nkeys; i++) keybytes += keys[i].len;
     tstate *t = calloc(1, sizeof(*t) + nkeys * (sizeof(kslot) + sizeof(kctx)) + keybytes);
     r->state = t;
     r->free_state = tstate_free;
@@ -202,15 +290,15 @@ static creq *req_with_state(client *c, const memtext_request *q, size_t nkeys, b
         client_reply(r, "SERVER_ERROR out of memory\r\n");
         return NULL;
     }
-    t->cmd = q->cmd;
+    t->cmd = cmd;
     t->keys = (kslot *)(t + 1);
     t->ctx = (kctx *)(t->keys + nkeys);
     char *kb = (char *)(t->ctx + nkeys);
     for (size_t i = 0; i < nkeys; i++) {
         kslot *k = &t->keys[i];
-        k->klen = q->keys[i].len;
+        k->klen = keys[i].len;
         k->key = kb;
-        memcpy(kb, q->keys[i].p, k->klen);
+        memcpy(kb, keys[i].p, k->klen);
         kb += k->klen;
         t->ctx[i] = (kctx){r, i};
         t->nkeys++;
@@ -330,7 +418,7 @@ static void do_retrieve(client *c, const memtext_request *q)
 {
     gateway *g = c->g;
     bool touch = q->cmd == MEMTEXT_GAT || q->cmd == MEMTEXT_GATS;
-    creq *r = req_with_state(c, q, q->nkeys, false);
+    creq *r = req_with_state(c, q->cmd, q->keys, q->nkeys, false);
     if (!r) return;
     tstate *t = r->state;
     g->stats.cmd_get += q->nkeys;
@@ -402,7 +490,7 @@ static bool too_large(creq *r, size_t len)
 static void do_store(client *c, const memtext_request *q)
 {
     gateway *g = c->g;
-    creq *r = req_with_state(c, q, 1, q->noreply);
+    creq *r = req_with_state(c, q->cmd, q->keys, 1, q->noreply);
     if (!r || too_large(r, q->data_len)) return;
     size_t vlen;
     uint8_t *val = make_value(q->flags, q->exptime, q->data, q->data_len, &vlen);
@@ -472,7 +560,7 @@ static void touch_done(void *arg, const router_result *res)
 static void do_keyed_write(client *c, const memtext_request *q)
 {
     gateway *g = c->g;
-    creq *r = req_with_state(c, q, 1, q->noreply);
+    creq *r = req_with_state(c, q->cmd, q->keys, 1, q->noreply);
     if (!r) return;
     router_write w = {.op = OP_DELETE};
     router_write_fn fn = delete_done;
@@ -563,6 +651,9 @@ static creq *meta_req(client *c, const memtext_request *q, meta *m)
 {
     const char *bad = parse_meta(q, m);
     c->g->stats.cmd_meta++;
+    /* memcached's md and ma word every flag error alike */
+    if (bad && (q->cmd == MEMTEXT_MD || q->cmd == MEMTEXT_MA) && strcmp(bad, "opaque token too long") != 0)
+        bad = "invalid or duplicate flag";
     if (bad) {
         creq *r = client_req(c, false);
         if (r) {
@@ -571,7 +662,8 @@ static creq *meta_req(client *c, const memtext_request *q, meta *m)
         }
         return NULL;
     }
-    creq *r = req_with_state(c, q, q->cmd == MEMTEXT_MN ? 0 : 1, false);
+    memtext_token key = m->b ? (memtext_token){(const char *)m->key, m->klen} : q->keys[0];
+    creq *r = req_with_state(c, q->cmd, &key, 1, false);
     if (r) ((tstate *)r->state)->m = *m;
     return r;
 }
@@ -612,8 +704,8 @@ static void mg_finish(creq *r, bool ok, const void *rec, size_t len)
         /* a miss echoes only the key and the opaque */
         evbuffer_add(r->out, "EN", 2);
         for (size_t i = 0; i < t->m.nret; i++) {
-            if (t->m.ret[i] == 'k') evbuffer_add_printf(r->out, " k%.*s", (int)t->keys[0].klen, t->keys[0].key);
-            else if (t->m.ret[i] == 'O') evbuffer_add_printf(r->out, " O%s", t->m.opaque);
+            if (t->m.ret[i] == 'k') meta_key(r->out, &t->m, t->keys[0].key, t->keys[0].klen);
+            else if (t->m.ret[i] == 'O') evbuffer_add_printf(r->out, " %s", t->m.opaque);
         }
         evbuffer_add(r->out, "\r\n", 2);
         client_done(r);
@@ -659,8 +751,10 @@ static void me_done(void *arg, bool ok, const void *rec, size_t len)
         if (!hit(r->c->g, &t->keys[0], &v, now)) {
             client_reply(r, "EN\r\n");
         } else {
-            evbuffer_add_printf(r->out, "ME %.*s exp=%lld la=0 cas=%" PRIu64 " fetch=no cls=1 size=%zu\r\n",
-                                (int)t->keys[0].klen, t->keys[0].key,
+            evbuffer_add(r->out, "ME ", 3);
+            if (t->m.b) b64_put(r->out, (const uint8_t *)t->keys[0].key, t->keys[0].klen);
+            else evbuffer_add(r->out, t->keys[0].key, t->keys[0].klen);
+            evbuffer_add_printf(r->out, " exp=%lld la=0 cas=%" PRIu64 " fetch=no cls=1 size=%zu\r\n",
                                 v.exptime ? (long long)v.exptime - now : -1LL, v.clocktime, v.payload_len);
             client_done(r);
         }
@@ -723,6 +817,32 @@ static void ma_done(void *arg, const router_result *res)
     client_call_end(r);
 }
 
+/* me <key> [b]: memcached reads no flags but a b right after the key, and
+ * answers a key that came base64-encoded in base64 when it is not printable. */
+static void do_me(client *c, const memtext_request *q)
+{
+    meta m;
+    memset(&m, 0, sizeof(m));
+    memtext_token key = q->keys[0];
+    c->g->stats.cmd_meta++;
+    if (q->ntokens >= 1 && q->tokens[0].len == 1 && q->tokens[0].p[0] == 'b') {
+        m.klen = b64_decode(key.p, key.len, m.key, sizeof(m.key));
+        creq *e;
+        if (m.klen == 0) {
+            if ((e = client_req(c, false))) client_reply(e, "CLIENT_ERROR bad command line format\r\n");
+            return;
+        }
+        for (size_t i = 0; i < m.klen; i++) m.b = m.b || m.key[i] <= ' ' || m.key[i] >= 0x7f;
+        key = (memtext_token){(const char *)m.key, m.klen};
+    }
+    creq *r = req_with_state(c, q->cmd, &key, 1, false);
+    if (!r) return;
+    tstate *t = r->state;
+    t->m = m;
+    client_call_begin(r);
+    router_get(c->g, t->keys[0].key, t->keys[0].klen, client_settled(c), me_done, r);
+}
+
 static void do_meta(client *c, const memtext_request *q)
 {
     gateway *g = c->g;
@@ -732,6 +852,10 @@ static void do_meta(client *c, const memtext_request *q)
         if ((r = client_req(c, false))) client_reply(r, "MN\r\n");
         return;
     }
+    if (q->cmd == MEMTEXT_ME) {
+        do_me(c, q);
+        return;
+    }
     if (!(r = meta_req(c, q, &m))) return;
     tstate *t = r->state;
     const char *key = t->keys[0].key;
@@ -739,10 +863,6 @@ static void do_meta(client *c, const memtext_request *q)
     uint8_t *val = NULL;
     router_write w = {.cas = m.has_cas ? m.cas : 0};
     switch (q->cmd) {
-    case MEMTEXT_ME:
-        client_call_begin(r);
-        router_get(g, key, klen, client_settled(c), me_done, r);
-        return;
     case MEMTEXT_MG:
         g->stats.cmd_get++;
         client_call_begin(r);
@@ -759,11 +879,11 @@ static void do_meta(client *c, const memtext_request *q)
     case MEMTEXT_MS:
         if (too_large(r, q->data_len)) return;
         switch (m.mode ? m.mode : 'S') {
-        case 'S': case 's': w.op = OP_SET; break;
-        case 'E': case 'e': w.op = OP_ADD; break;
-        case 'A': case 'a': w.op = OP_APPEND; break;
-        case 'P': case 'p': w.op = OP_PREPEND; break;
-        case 'R': case 'r': w.op = OP_REPLACE; break;
+        case 'S': w.op = OP_SET; break;
+        case 'E': w.op = OP_ADD; break;
+        case 'A': w.op = OP_APPEND; break;
+        case 'P': w.op = OP_PREPEND; break;
+        case 'R': w.op = OP_REPLACE; break;
         default: client_reply(r, "CLIENT_ERROR invalid mode for ms M token\r\n"); return;
         }
         g->stats.cmd_set++;
@@ -778,8 +898,8 @@ static void do_meta(client *c, const memtext_request *q)
         return;
     case MEMTEXT_MA:
         switch (m.mode ? m.mode : 'I') {
-        case 'I': case 'i': case '+': w.op = OP_INCR; break;
-        case 'D': case 'd': case '-': w.op = OP_DECR; break;
+        case 'I': case '+': w.op = OP_INCR; break;
+        case 'D': case '-': w.op = OP_DECR; break;
         default: client_reply(r, "CLIENT_ERROR invalid mode for ma M token\r\n"); return;
         }
         w.delta = m.delta;
@@ -792,6 +912,39 @@ static void do_meta(client *c, const memtext_request *q)
         return;
     default: client_reply(r, "ERROR\r\n"); return;
     }
+}
+
+/* ---- administration ---- */
+
+/* shutdown [graceful]: only with -A, as memcached. Both forms stop the
+ * gateway the way SIGTERM does (it finishes what is in flight), and close
+ * this connection without a reply. */
+static void do_shutdown(client *c, const memtext_request *q)
+{
+    creq *r;
+    if (!c->g->cfg->shutdown_command) {
+        if ((r = client_req(c, false))) client_reply(r, "ERROR: shutdown not enabled\r\n");
+        return;
+    }
+    if (q->arg.len == 0 || (q->arg.len == 8 && memcmp(q->arg.p, "graceful", 8) == 0 && q->ntokens == 0)) {
+        log_info("shutdown command from a client");
+        c->close_after_flush = true;
+        kill(getpid(), SIGTERM);
+        return;
+    }
+    if ((r = client_req(c, false))) client_reply(r, "CLIENT_ERROR invalid shutdown mode\r\n");
+}
+
+/* cache_memlimit <megabytes>: memcached's answers, but no effect: the
+ * gateway caches nothing, the servers' databases are sized on disk. */
+static void do_memlimit(client *c, const memtext_request *q)
+{
+    creq *r = client_req(c, q->noreply);
+    if (!r) return;
+    if (q->delay < 0) client_reply(r, "ERROR\r\n");
+    else if (q->delay < 8) client_reply(r, "MEMLIMIT_TOO_SMALL cannot set maxbytes to less than 8m\r\n");
+    else if (q->delay > 1000000000) client_reply(r, "MEMLIMIT_ADJUST_FAILED input value is megabytes not bytes\r\n");
+    else client_reply(r, "OK\r\n");
 }
 
 /* ---- dispatch ---- */
@@ -823,6 +976,8 @@ static void dispatch(client *c, const memtext_request *q)
         if ((r = client_req(c, q->noreply))) client_reply(r, "OK\r\n");
         break;
     case MEMTEXT_QUIT: c->close_after_flush = true; break;
+    case MEMTEXT_SHUTDOWN: do_shutdown(c, q); break;
+    case MEMTEXT_CACHE_MEMLIMIT: do_memlimit(c, q); break;
     default: do_meta(c, q); break;
     }
 }
@@ -849,6 +1004,10 @@ static size_t text_parse(client *c, const char *buf, size_t len)
     case MEMTEXT_ERROR:
         if ((r = client_req(c, false))) client_reply(r, "ERROR\r\n");
         break;
+    case MEMTEXT_HANGUP:
+        /* replies to earlier requests still go out (memcached drops them) */
+        c->close_after_flush = true;
+        break;
     case MEMTEXT_CLIENT_ERROR:
     case MEMTEXT_CLOSE:
         if ((r = client_req(c, st == MEMTEXT_CLIENT_ERROR && q->noreply))) {
@@ -863,6 +1022,14 @@ static size_t text_parse(client *c, const char *buf, size_t len)
     return consumed;
 }
 
+/* The first byte of a connection picks its protocol, as memcached does:
+ * 0x80 (a binary request's magic) is binary, anything else is text. */
+static size_t negotiate(client *c, const char *buf, size_t len)
+{
+    c->parse = (unsigned char)buf[0] == MEMPROTO_REQ_MAGIC ? binary_parse : text_parse;
+    return c->parse(c, buf, len);
+}
+
 void text_accept(gateway *g, int fd)
 {
     memtext_request *q = calloc(1, sizeof(*q));
@@ -870,5 +1037,5 @@ void text_accept(gateway *g, int fd)
         close(fd);
         return;
     }
-    client_new(g, fd, text_parse, q);
+    client_new(g, fd, negotiate, q);
 }

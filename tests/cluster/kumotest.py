@@ -747,14 +747,14 @@ class PlainMemcached:
     """A plain memcached on a free port, to check the tests' own expectations
     against the reference server (KUMO_TEST_AGAINST=memcached)."""
 
-    def __init__(self):
+    def __init__(self, extra_args=()):
         exe = shutil.which("memcached") or "/usr/bin/memcached"
         if not os.access(exe, os.X_OK):
             tap.skip_all("memcached not installed")
         self.dir = new_tmpdir()
         self.gateway_port = free_port()
         self.gateway_binary_port = self.gateway_port   # memcached auto-negotiates text/binary
-        argv = [exe, "-l", "127.0.0.1", "-p", self.gateway_port, "-U", "0", "-m", "64"]
+        argv = [exe, "-l", "127.0.0.1", "-p", self.gateway_port, "-U", "0", "-m", "64"] + list(extra_args)
         if os.geteuid() == 0:
             argv += ["-u", "root"]
         self.daemon = Daemon("memcached", argv, os.path.join(self.dir, "memcached.log"))

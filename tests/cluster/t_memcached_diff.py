@@ -1,0 +1,299 @@
+#!/usr/bin/python3
+"""t_memcached_diff — the gateway beside a real memcached 1.6, byte for byte.
+
+The test starts a one-server cluster and a plain memcached (`-A`, shutdown
+enabled, as the gateway's `-A`) on free ports, sends every exchange below to
+both over a fresh connection each, and compares what comes back: the bytes,
+and whether the connection was closed. Differences that cannot be avoided are
+masked, and only these: CAS uniques (memcached counts, kumofs uses its clock),
+the `c` meta flag, the `t` meta flag's seconds, the version string, and the
+fields of `me` after the key (memcached's slab class, last access, size).
+
+What it covers:
+  * memcached's hang-up rules: HTTP-looking request lines, and lines over 2048
+    bytes without a newline that are not get/gets, close the connection;
+    look-alikes that do not qualify answer ERROR or wait;
+  * both protocols on the text port: a connection whose first byte is 0x80
+    speaks binary;
+  * the meta protocol: mg ms md ma mn me with their flags, base64 keys (b),
+    opaque, quiet mode, the flags memcached 1.6 refuses, and the ones kumofs
+    cannot honour (answered as memcached answers an unknown flag);
+  * cache_memlimit, verbosity, shutdown (refused without -A, then with -A on
+    both: the connection closes and the process exits).
+
+Each exchange is written at once (or in the listed chunks, 0.2 s apart), then
+`mn` is sent and the reply read up to its `MN`, to EOF, or for 1.5 s.
+Prints the number of exchanges compared identical.
+
+Run: /usr/bin/python3 tests/cluster/t_memcached_diff.py
+"""
+import base64
+import os
+import re
+import socket
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import kumotest as kt  # noqa: E402
+
+tap = kt.tap
+
+MASKS = [
+    (re.compile(rb"^(VALUE \S+ \d+ \d+) \d+\r$", re.M), rb"\1 <CAS>\r"),
+    (re.compile(rb"^VERSION [^\r\n]*", re.M), b"VERSION <V>"),
+    (re.compile(rb"^(ME \S+) [^\r\n]*", re.M), rb"\1 <ME>"),
+    (re.compile(rb"^((?:HD|VA|EN|NS|EX|NF)(?: [^\r\n]*)?)$", re.M), None),  # meta lines: see mask_meta
+]
+META_LINE = re.compile(rb"^(?:HD|VA \d+|EN|NS|EX|NF)(?: [^\r\n]*)?\r$", re.M)
+
+
+def mask_meta(m):
+    line = m.group(0)
+    line = re.sub(rb" c\d+", b" c<CAS>", line)
+    line = re.sub(rb" t(\d+)", b" t<TTL>", line)
+    return line
+
+
+def mask(data):
+    for rx, rep in MASKS:
+        if rep is not None:
+            data = rx.sub(rep, data)
+    return META_LINE.sub(mask_meta, data)
+
+
+def exchange(port, chunks, sentinel=True, wait=1.5):
+    """Send chunks (0.2 s apart), then `mn` if sentinel; read to MN, EOF or
+    `wait` s of silence. Returns (bytes, closed)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf, closed = b"", False
+    mns = b"".join(chunks).count(b"mn\r\n") + 1  # MN lines that end the reply
+    try:
+        for i, c in enumerate(chunks):
+            if i:
+                time.sleep(0.2)
+            s.sendall(c)
+        if sentinel:
+            s.sendall(b"mn\r\n")
+        s.settimeout(wait)
+        while not (sentinel and buf.endswith(b"MN\r\n") and buf.count(b"MN\r\n") >= mns):
+            d = s.recv(65536)
+            if not d:
+                closed = True
+                break
+            buf += d
+    except socket.timeout:
+        pass
+    except (ConnectionResetError, BrokenPipeError):
+        closed = True
+    finally:
+        s.close()
+    return buf, closed
+
+
+def bin_packet(opcode, key=b"", value=b"", extras=b"", opaque=0, cas=0):
+    return kt.bin_packet(opcode, key=key, value=value, extras=extras, opaque=opaque, cas=cas)
+
+
+def bin_mask(data):
+    """Binary responses: zero the CAS field of each packet, drop version bodies."""
+    out, i = b"", 0
+    while i + 24 <= len(data):
+        hdr = bytearray(data[i:i + 24])
+        blen = int.from_bytes(hdr[8:12], "big")
+        body = data[i + 24:i + 24 + blen]
+        hdr[16:24] = b"\0" * 8
+        if hdr[1] == 0x0b:  # version: the body is the version string
+            body = b"<V>"
+            hdr[8:12] = b"\0" * 4
+        out += bytes(hdr) + body
+        i += 24 + blen
+    return out + data[i:]
+
+
+def b64(k):
+    return base64.b64encode(k)
+
+
+LONG_SET = b"set lk 0 0 1" + b" " * 3000
+GET_SPREAD = b"get " + b"k123456789abcd " * 200   # 200 keys: within the gateway's 256
+
+# (name, chunks, sentinel). Keys are unique per exchange where state matters.
+CASES = [
+    # -- hang-up rules
+    ("HTTP GET request line", [b"GET / HTTP/1.0\r\n\r\n"], True),
+    ("HTTP PUT request", [b"PUT /a HTTP/1.1\r\nHost: x\r\n\r\n"], True),
+    ("HTTP DELETE without a path", [b"DELETE HTTP/1.1\r\n"], True),
+    ("HTTP version alone", [b"HTTP/1.1\r\n"], True),
+    ("HTTP OPTIONS", [b"OPTIONS * HTTP/1.1\r\n"], True),
+    ("HTTP after a served request", [b"version\r\n", b"POST /x HTTP/1.1\r\n"], True),
+    ("not HTTP: no version token", [b"GET /\r\n"], True),
+    ("not HTTP: a g-word", [b"gxx / HTTP/1.1\r\n"], True),
+    ("not HTTP: one-letter word", [b"Z HTTP/1.1\r\n"], True),
+    ("not HTTP: version not last", [b"FOO HTTP/1.1 x\r\n"], True),
+    ("not HTTP: lowercase http", [b"FOO / http/1.1\r\n"], True),
+    ("not HTTP: known word", [b"version HTTP/1.1\r\n"], True),
+    ("long set line without newline", [LONG_SET], False),
+    ("long junk without newline", [b"x" * 3000], False),
+    ("long line in two writes", [b"y" * 2000, b"y" * 100], False),
+    ("2000 bytes without newline wait", [b"z" * 2000], False),
+    ("long get line waits for its newline", [GET_SPREAD, b"\r\n"], True),
+    ("long gets line waits", [b"gets " + b"k123456789abcd " * 200, b"\r\n"], True),
+    ("long gat line closes", [b"gat 0 " + b"k123456789abcd " * 200], False),
+    ("get after 101 spaces closes", [b" " * 101 + GET_SPREAD], False),
+    # -- binary on the text port
+    ("binary version on the text port", [bin_packet(0x0b, opaque=7)], False),
+    ("binary set/get/noop on the text port",
+     [bin_packet(0x01, b"bk1", b"hello", extras=b"\0\0\0\x05\0\0\0\0", opaque=1) +
+      bin_packet(0x0c, b"bk1", opaque=2) + bin_packet(0x0a, opaque=3)], False),
+    ("binary unknown opcode", [bin_packet(0x50, opaque=9) + bin_packet(0x0a, opaque=10)], False),
+    ("text after binary is binary", [bin_packet(0x0a, opaque=4) + b"version\r\n" * 3], False),
+    # -- -I 2m on both
+    ("a value over 1 MiB under -I 2m", [b"set big 0 0 1500000\r\n" + b"v" * 1500000 + b"\r\nmg big s\r\n"], True),
+    ("a value over -I 2m", [b"set big2 0 0 2097153\r\n" + b"v" * 2097153 + b"\r\nmg big2 s\r\n"], True),
+    # -- administration
+    ("cache_memlimit 100", [b"cache_memlimit 100\r\n"], True),
+    ("cache_memlimit too small", [b"cache_memlimit 7\r\n"], True),
+    ("cache_memlimit bytes", [b"cache_memlimit 2000000000\r\n"], True),
+    ("cache_memlimit junk", [b"cache_memlimit x\r\n"], True),
+    ("cache_memlimit noreply", [b"cache_memlimit 100 noreply\r\ncache_memlimit x noreply\r\n"], True),
+    ("cache_memlimit arity", [b"cache_memlimit\r\ncache_memlimit 1 2 3\r\n"], True),
+    ("verbosity", [b"verbosity 1\r\nverbosity 0 noreply\r\nverbosity\r\nverbosity x\r\n"], True),
+    ("shutdown bad mode", [b"shutdown now\r\n"], True),
+    # -- meta: mn me
+    ("mn", [b"mn\r\n"], True),
+    ("me miss", [b"me mek1\r\n"], True),
+    ("me hit", [b"set mek2 0 0 1\r\nx\r\nme mek2\r\n"], True),
+    ("me without key", [b"me\r\n"], True),
+    ("me base64 key", [b"set mek3 0 0 1\r\nx\r\nme " + b64(b"mek3") + b" b\r\n"], True),
+    # -- mg
+    ("mg miss", [b"mg mg1 v\r\n"], True),
+    ("mg miss flags", [b"mg mg2 v k Oabc s t f c\r\n"], True),
+    ("mg miss quiet", [b"mg mg3 v q\r\nmg mg3 q k\r\n"], True),
+    ("mg hit no flags", [b"set mg4 5 0 2\r\nhi\r\nmg mg4\r\n"], True),
+    ("mg hit all return flags", [b"set mg5 7 100 3\r\nabc\r\nmg mg5 s v f t k Oxy c q\r\n"], True),
+    ("mg hit flags order", [b"set mg6 7 0 3\r\nabc\r\nmg mg6 Oz k f s v\r\n"], True),
+    ("mg t without ttl", [b"set mg7 0 0 1\r\na\r\nmg mg7 t v\r\n"], True),
+    ("mg T touches", [b"set mg8 0 0 1\r\na\r\nmg mg8 T100 t\r\nmg mg8 t\r\n"], True),
+    ("mg duplicate flag", [b"mg mg9 v v\r\n"], True),
+    ("mg unknown flag E", [b"mg mg10 E5\r\n"], True),
+    ("mg unknown flag x", [b"mg mg10 x\r\n"], True),
+    ("mg unknown flag S", [b"mg mg10 S100\r\n"], True),
+    ("mg flag u P L accepted", [b"set mg11 0 0 1\r\na\r\nmg mg11 u P L v\r\n"], True),
+    ("mg opaque 32 bytes", [b"set mg12 0 0 1\r\na\r\nmg mg12 O" + b"o" * 31 + b"\r\n"], True),
+    ("mg opaque too long on hit", [b"set mg13 0 0 1\r\na\r\nmg mg13 O" + b"o" * 32 + b"\r\n"], True),
+    ("mg opaque too long on miss", [b"mg mg14 O" + b"o" * 32 + b"\r\n"], True),
+    ("mg bad T", [b"mg mg15 Tx\r\n"], True),
+    ("mg no key", [b"mg\r\n"], True),
+    ("mg key too long", [b"mg " + b"k" * 251 + b" v\r\n"], True),
+    ("mg base64 key miss", [b"mg " + b64(b"mg 16") + b" b k v\r\n"], True),
+    ("mg base64 key hit", [b"ms " + b64(b"mg\n17") + b" 2 b\r\nhi\r\nmg " + b64(b"mg\n17") + b" b k v s\r\n"], True),
+    ("mg base64 same as plain", [b"set mg18 3 0 2\r\nyo\r\nmg " + b64(b"mg18") + b" b v f\r\n"], True),
+    ("mg base64 bad", [b"mg !!!! b v\r\n"], True),
+    ("mg many flags", [b"mg mg19 " + b" ".join(b"O%d" % i for i in range(20)) + b"\r\n"], True),
+    ("mg q on hit answers", [b"set mg20 0 0 1\r\na\r\nmg mg20 q v\r\nmg mg20 q\r\n"], True),
+    # -- ms
+    ("ms plain", [b"ms ms1 2\r\nhi\r\nget ms1\r\n"], True),
+    ("ms flags T F", [b"ms ms2 2 T100 F9\r\nhi\r\nmg ms2 f t v\r\n"], True),
+    ("ms return flags", [b"ms ms3 2 k Oab c\r\nhi\r\n"], True),
+    ("ms quiet", [b"ms ms4 2 q\r\nhi\r\nms ms4 2 q ME\r\nhi\r\n"], True),
+    ("ms mode add", [b"ms ms5 1 ME\r\na\r\nms ms5 1 ME\r\nb\r\nget ms5\r\n"], True),
+    ("ms mode replace", [b"ms ms6 1 MR\r\na\r\nset ms6 0 0 1\r\nb\r\nms ms6 1 MR\r\nc\r\nget ms6\r\n"], True),
+    ("ms mode append prepend", [b"set ms7 0 0 1\r\nb\r\nms ms7 1 MA\r\nc\r\nms ms7 1 MP\r\na\r\nget ms7\r\n"], True),
+    ("ms append miss", [b"ms ms8 1 MA\r\nc\r\n"], True),
+    ("ms bad mode", [b"ms ms9 1 MX\r\na\r\nmn\r\n"], True),
+    ("ms long mode", [b"ms ms9 1 MXY\r\na\r\n"], True),
+    ("ms cas", [b"ms ms10 1\r\na\r\nms ms10 1 C1\r\nb\r\n"], True),
+    ("ms no datalen", [b"ms ms11\r\n"], True),
+    ("ms bad datalen", [b"ms ms12 x\r\nab\r\n"], True),
+    ("ms bad chunk", [b"ms ms13 1\r\nabc\r\n"], True),
+    ("ms base64 key", [b"ms " + b64(b"ms 14") + b" 1 b k\r\nz\r\nmg " + b64(b"ms 14") + b" b v\r\n"], True),
+    ("ms I without C (no effect)", [b"ms ms15 1 I\r\na\r\n"], True),
+    ("ms I with C in add mode (no effect)", [b"ms ms15b 1 I C5 ME\r\na\r\n"], True),
+    ("ms lowercase mode", [b"ms ms15c 1 Ms\r\na\r\n"], True),
+    ("ma lowercase mode", [b"ma ma15 Mi\r\n"], True),
+    ("mg I (no effect)", [b"set mg21 0 0 1\r\na\r\nmg mg21 I v\r\n"], True),
+    ("ms unknown flag", [b"ms ms16 1 E5\r\na\r\n"], True),
+    ("ms F not a number", [b"ms ms17 1 Fx\r\na\r\n"], True),
+    # -- md
+    ("md hit and miss", [b"set md1 0 0 1\r\na\r\nmd md1\r\nmd md1\r\n"], True),
+    ("md flags", [b"set md2 0 0 1\r\na\r\nmd md2 k Oq\r\nmd md2 k Oq\r\n"], True),
+    ("md quiet", [b"set md3 0 0 1\r\na\r\nmd md3 q\r\nmd md3 q\r\n"], True),
+    ("md cas mismatch", [b"set md4 0 0 1\r\na\r\nmd md4 C1\r\n"], True),
+    ("md base64", [b"set md5 0 0 1\r\na\r\nmd " + b64(b"md5") + b" b k\r\nget md5\r\n"], True),
+    ("md unknown flag", [b"md md6 E5\r\n"], True),
+    # -- ma
+    ("ma miss", [b"ma ma1\r\n"], True),
+    ("ma incr", [b"set ma2 0 0 1\r\n5\r\nma ma2\r\nma ma2 v\r\nma ma2 v D10\r\n"], True),
+    ("ma decr", [b"set ma3 0 0 2\r\n10\r\nma ma3 MD v D3\r\nma ma3 M- v D100\r\n"], True),
+    ("ma vivify", [b"ma ma4 N0 J13 v\r\nma ma4 v\r\n"], True),
+    ("ma flags", [b"set ma5 0 0 1\r\n1\r\nma ma5 k Ot v t\r\n"], True),
+    ("ma quiet", [b"set ma6 0 0 1\r\n1\r\nma ma6 q\r\nma ma6x q\r\n"], True),
+    ("ma non numeric", [b"set ma7 0 0 1\r\nx\r\nma ma7\r\n"], True),
+    ("ma bad delta", [b"ma ma8 Dx\r\n"], True),
+    ("ma bad mode", [b"ma ma8 MX\r\n"], True),
+    ("ma base64", [b"set ma9 0 0 1\r\n1\r\nma " + b64(b"ma9") + b" b v k\r\n"], True),
+    ("ma unknown flag", [b"ma ma10 E1\r\n"], True),
+]
+
+
+# Flags kumofs cannot honour (they need per-item state a kumofs record does not
+# keep: stale and win-token bits, hit-before, last access). The gateway must
+# answer them exactly as memcached answers a flag it does not know: each is
+# compared with memcached's reply to the same line with the flag replaced by
+# an unknown one ("x").
+UNHONOURED = [
+    ("mg N (vivify, win token)", b"mg un1 N30 v\r\n", b"N30"),
+    ("mg R (recache, win token)", b"set un2 0 100 1\r\na\r\nmg un2 R30 v\r\n", b"R30"),
+    ("mg h (hit before)", b"set un3 0 0 1\r\na\r\nmg un3 h v\r\n", b"h"),
+    ("mg l (last access)", b"set un4 0 0 1\r\na\r\nmg un4 l v\r\n", b"l"),
+    ("md I (invalidate)", b"set un5 0 0 1\r\na\r\nmd un5 I\r\nget un5\r\n", b"I"),
+    ("ms I with C (store stale)", b"ms un6 1 I C1\r\na\r\n", b"I"),
+]
+
+
+def compare(mc_port, gw_port):
+    """Every CASES exchange on both, then every UNHONOURED line: the gateway
+    given the flag, memcached given "x" in its place. Returns how many were
+    identical."""
+    runs = [("as memcached: " + name, chunks, chunks, sentinel) for name, chunks, sentinel in CASES]
+    runs += [("unsupported as memcached answers an unknown flag: " + name, [line],
+              [line.replace(b" " + flag, b" x")], True) for name, line, flag in UNHONOURED]
+    same = 0
+    for name, gw_chunks, mc_chunks, sentinel in runs:
+        want, want_closed = exchange(mc_port, mc_chunks, sentinel)
+        got, got_closed = exchange(gw_port, gw_chunks, sentinel)
+        masker = bin_mask if gw_chunks[0][:1] == b"\x80" else mask
+        same += tap.ok(masker(got) == masker(want) and got_closed == want_closed, name,
+                       "memcached: %s closed=%s\ngateway:   %s closed=%s" %
+                       (kt.short(masker(want), 400), want_closed, kt.short(masker(got), 400), got_closed))
+    return same
+
+
+def body():
+    kt.require_binaries()
+    with kt.PlainMemcached(extra_args=["-A", "-I", "2m"]) as mc, \
+            kt.Cluster(nservers=1, gateway_args=["-A", "-I", "2m"], gateway_binary=True) as c:
+        same = compare(mc.gateway_port, c.gateway_port)
+        tap.note("%d of %d exchanges identical to memcached" % (same, len(CASES) + len(UNHONOURED)))
+
+        # the -b port negotiates too: text on it works
+        buf, closed = exchange(c.gateway_binary_port, [b"set bp 0 0 1\r\nz\r\nget bp\r\n"])
+        tap.eq(buf, b"STORED\r\nVALUE bp 0 1\r\nz\r\nEND\r\nMN\r\n", "the -b port serves text too")
+        st, _ = kt.raw_stats(c.gateway_port, b"stats settings")
+        mst, _ = kt.raw_stats(mc.gateway_port, b"stats settings")
+        tap.eq(st.get("binding_protocol"), "auto-negotiate", "stats settings: binding_protocol auto-negotiate")
+        tap.eq(st.get("item_size_max"), mst.get("item_size_max"), "-I 2m: item_size_max as memcached's")
+
+        # shutdown with -A: the connection closes without a word, the process exits
+        for who, port, daemon in (("memcached", mc.gateway_port, mc.daemon), ("gateway", c.gateway_port, c.gateway)):
+            buf, closed = exchange(port, [b"shutdown\r\n"], sentinel=False, wait=5)
+            tap.ok(buf == b"" and closed, "%s: shutdown closes the connection silently" % who,
+                   "got %r closed=%s" % (buf, closed))
+            kt.wait_until(lambda: not daemon.alive(), 15, "%s to exit after shutdown" % who)
+            tap.ok(not daemon.alive(), "%s: shutdown stops the process" % who)
+
+
+if __name__ == "__main__":
+    kt.main(body)
