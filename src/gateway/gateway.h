@@ -107,7 +107,7 @@ typedef struct gateway {
     gw_server **servers; /* each allocated once: events point at them */
     size_t nservers, servers_cap;
     gw_server *open_batch; /* the server whose get batch this turn opened last, or NULL */
-    daemon_listener *text_listener, *binary_listener;
+    daemon_listener *text_listener, *binary_listener; /* main.c's, for stats (read-only here) */
     struct client *clients; /* open memcached connections (client.c) */
     double last_refresh;
     bool stopping;       /* router_stop ran: fail, do not retry */

@@ -210,6 +210,10 @@ int main(int argc, char **argv)
     }
     if (tfd >= 0) gm.text_listener = daemon_listen(g0->base, tfd, on_text_accept, grp);
     if (bfd >= 0) gm.binary_listener = daemon_listen(g0->base, bfd, on_binary_accept, grp);
+    for (size_t i = 0; i < grp->n; i++) { /* for stats: accepting_conns */
+        grp->w[i]->text_listener = gm.text_listener;
+        grp->w[i]->binary_listener = gm.binary_listener;
+    }
     metrics_server *metrics = NULL;
     if (cfg.common.metrics &&
         !(metrics = metrics_start(g0->base, cfg.common.metrics, "gateway", g0->started, collect_metrics, grp, err)))

@@ -70,8 +70,16 @@ void stats_general(const gateway *g, const router_sizes *sz, stats_emit_fn emit,
         put(emit, arg, counters[i].name, "%" PRIu64, v);
     }
     put(emit, arg, "limit_maxbytes", "0");
-    put(emit, arg, "accepting_conns", "1");
-    put(emit, arg, "listen_disabled_num", "0");
+    /* memcached stops accepting when it runs out of connections; the
+     * gateway's listeners pause for a moment when accept() fails (out of
+     * descriptors): accepting_conns is 0 while one is paused, and
+     * listen_disabled_num counts the pauses */
+    uint64_t tf, bf;
+    bool tp, bp;
+    daemon_listener_stats(g->text_listener, &tf, &tp);
+    daemon_listener_stats(g->binary_listener, &bf, &bp);
+    put(emit, arg, "accepting_conns", "%d", !(tp || bp));
+    put(emit, arg, "listen_disabled_num", "%" PRIu64, tf + bf);
     put(emit, arg, "threads", "%zu", g->group->n);
     put(emit, arg, "conn_yields", "0");
     put(emit, arg, "curr_items", "%" PRIu64, sz->items);

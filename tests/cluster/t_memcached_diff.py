@@ -271,6 +271,39 @@ def compare(mc_port, gw_port):
     return same
 
 
+def accept_pause(c):
+    """stats accepting_conns / listen_disabled_num follow the listener's pause
+    when accept() fails: a gateway limited to 64 descriptors gets 80
+    connections and is asked on the first one."""
+    port = kt.free_port()
+    argv = ["prlimit", "--nofile=64:64", kt.binary("kumo-gateway"), "-o", "-", "-m", c.mgr_addr,
+            "-t", "127.0.0.1:%d" % port]
+    d = kt.Daemon("kumo-gateway(64 fds)", argv, c.log("gateway-fdlimit")).start()
+    try:
+        kt.wait_until(lambda: kt.raw_version(port), 30, "the limited gateway", daemons=[d])
+        st0, _ = kt.raw_stats(port)
+        with kt.Raw(port) as first:
+            socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(80)]
+            time.sleep(0.5)
+            first.send(b"stats\r\n")
+            st = {}
+            while True:
+                line = first.readline()
+                if line == b"END\r\n":
+                    break
+                parts = line.split()
+                st[parts[1].decode()] = parts[2].decode()
+            for s in socks:
+                s.close()
+        tap.ok(st0.get("accepting_conns") == "1" and st0.get("listen_disabled_num") == "0",
+               "stats before the limit: accepting_conns 1, listen_disabled_num 0", repr(st0))
+        tap.ok(int(st.get("listen_disabled_num", "0")) > 0,
+               "stats at the descriptor limit: listen_disabled_num counts the pauses (%s), accepting_conns %s"
+               % (st.get("listen_disabled_num"), st.get("accepting_conns")))
+    finally:
+        d.stop()
+
+
 def body():
     kt.require_binaries()
     with kt.PlainMemcached(extra_args=["-A", "-I", "2m"]) as mc, \
@@ -285,6 +318,8 @@ def body():
         mst, _ = kt.raw_stats(mc.gateway_port, b"stats settings")
         tap.eq(st.get("binding_protocol"), "auto-negotiate", "stats settings: binding_protocol auto-negotiate")
         tap.eq(st.get("item_size_max"), mst.get("item_size_max"), "-I 2m: item_size_max as memcached's")
+
+        accept_pause(c)
 
         # shutdown with -A: the connection closes without a word, the process exits
         for who, port, daemon in (("memcached", mc.gateway_port, mc.daemon), ("gateway", c.gateway_port, c.gateway)):
