@@ -46,6 +46,9 @@ static const opt_def gateway_opts[] = {
      "store expiration times (always done; accepted for compatibility)"},
     {"-I", "--max-item-size", OPT_STRING, offsetof(gateway_config, item_size), "<bytes[k|m]>", "1m", 0, 0, false,
      "largest value accepted, from 1k to 32m (a value travels in one node message)"},
+    {"-Y", "--auth-file", OPT_STRING, offsetof(gateway_config, auth_file), "<file>", NULL, 0, 0, false,
+     "clients must authenticate as a user:password line of this file: text as memcached -Y (a set whose "
+     "data is \"user password\"), binary with SASL PLAIN"},
     {"-A", "--enable-shutdown", OPT_FLAG, offsetof(gateway_config, shutdown_command), NULL, NULL, 0, 0, false,
      "serve the text command shutdown (stops the gateway as SIGTERM does)"},
     DAEMON_COMMON_OPTS_TR(gateway_config, common, NULL,
@@ -189,6 +192,7 @@ int main(int argc, char **argv)
     if (cfg.binary && net_parse_listen(cfg.binary, 11211, &binary_addr, err) < 0)
         opts_die(&gateway_spec, "-b: %s", err);
     binlog_set_node_addr("gateway", cfg.text ? &text_addr : &binary_addr);
+    if (cfg.auth_file && !(cfg.users = text_users_load(cfg.auth_file, err))) opts_die(&gateway_spec, "%s", err);
     if (links_check_name(cfg.manager1, KUMO_MANAGER_PORT, err) < 0) opts_die(&gateway_spec, "-m: %s", err);
     if (cfg.manager2 && links_check_name(cfg.manager2, KUMO_MANAGER_PORT, err) < 0)
         opts_die(&gateway_spec, "-p: %s", err);
@@ -242,6 +246,7 @@ int main(int argc, char **argv)
     workers_join(grp); /* worker 0's drain waited for their loops to end */
     daemon_signals_free(&sigs);
     workers_free(grp);
+    text_users_free(cfg.users);
     log_info("end");
     binlog_event(LOG_LVL_INFO, "stop");
     binlog_close();

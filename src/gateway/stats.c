@@ -60,7 +60,7 @@ void stats_general(const gateway *g, const router_sizes *sz, stats_emit_fn emit,
         C(cmd_get), C(cmd_set), C(cmd_flush), C(cmd_touch), C(cmd_meta), C(get_hits), C(get_misses),
         C(get_expired), {"get_flushed", SIZE_MAX}, C(delete_misses), C(delete_hits), C(incr_misses), C(incr_hits),
         C(decr_misses), C(decr_hits), C(cas_misses), C(cas_hits), C(cas_badval), C(touch_hits), C(touch_misses),
-        C(store_too_large), {"store_no_memory", SIZE_MAX}, {"auth_cmds", SIZE_MAX}, {"auth_errors", SIZE_MAX},
+        C(store_too_large), {"store_no_memory", SIZE_MAX}, C(auth_cmds), C(auth_errors),
         C(bytes_read), C(bytes_written),
 #undef C
     };
@@ -106,6 +106,8 @@ void stats_settings(const gateway *g, stats_emit_fn emit, void *arg)
     put(emit, arg, "evictions", "off");
     put(emit, arg, "item_size_max", "%d", cfg->item_size_max);
     put(emit, arg, "binding_protocol", "auto-negotiate"); /* every port, by the first byte */
+    put(emit, arg, "auth_enabled_sasl", "%s", cfg->users ? "yes" : "no");
+    put(emit, arg, "auth_enabled_ascii", "%s", cfg->auth_file ? cfg->auth_file : "no");
     put(emit, arg, "tcp_backlog", "1024");
     put(emit, arg, "kumofs_get_retry", "%d", cfg->get_retries);
     put(emit, arg, "kumofs_set_retry", "%d", cfg->set_retries);

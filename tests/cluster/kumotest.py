@@ -748,7 +748,10 @@ class PlainMemcached:
     against the reference server (KUMO_TEST_AGAINST=memcached)."""
 
     def __init__(self, extra_args=()):
+        """extra_args: more memcached flags; with -Y readiness is the open
+        port (every command before authenticating is refused)."""
         exe = shutil.which("memcached") or "/usr/bin/memcached"
+        self.probe = port_open if "-Y" in extra_args else raw_version
         if not os.access(exe, os.X_OK):
             tap.skip_all("memcached not installed")
         self.dir = new_tmpdir()
@@ -762,7 +765,7 @@ class PlainMemcached:
     def __enter__(self):
         tap.note("KUMO_TEST_AGAINST=memcached: plain memcached on 127.0.0.1:%d" % self.gateway_port)
         self.daemon.start()
-        wait_until(lambda: raw_version(self.gateway_port), 10, "memcached", daemons=[self.daemon])
+        wait_until(lambda: self.probe(self.gateway_port), 10, "memcached", daemons=[self.daemon])
         return self
 
     def __exit__(self, *a):

@@ -304,6 +304,97 @@ def accept_pause(c):
         d.stop()
 
 
+# One command a write, no sentinel: before a client authenticates, memcached's
+# replies to the commands of one read share one buffer and only the last is
+# sent (the gateway answers each), so every exchange writes one command a time.
+AUTH_CASES = [
+    ("-Y: a command before authenticating", [b"get a\r\n", b"version\r\n"]),
+    ("-Y: a wrong password", [b"set x 0 0 11\r\nalice wrong\r\n", b"get a\r\n"]),
+    ("-Y: no password", [b"set x 0 0 5\r\nalice\r\n"]),
+    ("-Y: data without CRLF", [b"set x 0 0 3\r\nabcde"]),
+    ("-Y: a set too short", [b"set x 0 0\r\n"]),
+    ("-Y: another command word", [b"add x 0 0 12\r\n", b"alice wonder\r\n"]),
+    ("-Y: authenticate, then served", [b"set x 0 0 12\r\nalice wonder\r\n", b"set k 0 0 1\r\nv\r\nget k\r\n"]),
+    ("-Y: the second user, extra tokens", [b"set y 1 2 16\r\nbob builder more\r\n", b"get k\r\n"]),
+    ("-Y: retry after a failure", [b"set x 0 0 10\r\nbob wonder\r\n", b"set x 0 0 11\r\nbob builder\r\n",
+                                   b"get k\r\n"]),
+    ("-Y: the set line and its data apart", [b"set x 0 0 12\r\n", b"alice wonder\r\n", b"get k\r\n"]),
+    ("-Y: 2049 bytes without a newline", [b"s" * 2049]),
+]
+
+
+def client_auth(c, mc_port, users):
+    """-Y: the text protocol's authentication compared with memcached -Y on the
+    same file; binary SASL PLAIN (memcached -Y refuses binary, and Debian's
+    memcached -S reads only a sasldb: memcached's answers are written out);
+    pymemcache and pylibmc authenticating."""
+    port = kt.free_port()
+    argv = [kt.binary("kumo-gateway"), "-o", "-", "-m", c.mgr_addr, "-t", "127.0.0.1:%d" % port, "-Y", users]
+    d = kt.Daemon("kumo-gateway(-Y)", argv, c.log("gateway-auth")).start()
+    try:
+        kt.wait_until(lambda: kt.raw_roundtrip(port, b"set x 0 0 12\r\nalice wonder\r\nget k\r\n") ==
+                      b"STORED\r\n", 30, "the -Y gateway", daemons=[d])
+        same = 0
+        for name, chunks in AUTH_CASES:
+            want, want_closed = exchange(mc_port, chunks, False, wait=0.5)
+            got, got_closed = exchange(port, chunks, False, wait=0.5)
+            same += tap.ok(got == want and got_closed == want_closed, "as memcached " + name,
+                           "memcached: %r closed=%s\ngateway:   %r closed=%s" % (want, want_closed, got, got_closed))
+        tap.note("%d of %d -Y exchanges identical to memcached" % (same, len(AUTH_CASES)))
+
+        # binary SASL on the same port
+        with kt.Raw(port) as r:
+            r.send(kt.bin_packet(0x0b, opaque=1) + kt.bin_packet(0x20, opaque=2) + kt.bin_packet(0x21, b"PLAIN", b"\0alice\0nope", opaque=3))
+            p = [kt.bin_read(r) for _ in range(3)]
+            tap.ok(p[0]["status"] == 0 and p[1]["status"] == 0 and p[1]["value"] == b"PLAIN",
+                   "SASL: VERSION and LIST_MECHS (PLAIN) before authenticating", repr(p[:2]))
+            tap.ok(p[2]["status"] == 0x20 and p[2]["value"] == b"Auth failure.",
+                   "SASL PLAIN with a wrong password: 0x20 Auth failure.", repr(p[2]))
+            r.send(kt.bin_packet(0x21, b"PLAIN", b"\0alice\0wonder", opaque=4) + kt.bin_packet(0x0a, opaque=5))
+            p = [kt.bin_read(r) for _ in range(2)]
+            tap.ok(p[0]["status"] == 0 and p[0]["value"] == b"Authenticated" and p[1]["opaque"] == 5,
+                   "SASL PLAIN alice: Authenticated, then served", repr(p))
+        with kt.Raw(port) as r:
+            r.send(kt.bin_packet(0x0c, b"k", opaque=6))
+            p = kt.bin_read(r)
+            tap.ok(p["status"] == 0x20 and p["opaque"] == 6, "binary GETK before SASL: 0x20", repr(p))
+            try:
+                closed = r.sock.recv(1) == b""
+            except OSError:
+                closed = True
+            tap.ok(closed, "... and the connection is closed, as memcached -S does")
+
+        # real clients
+        from pymemcache.client.base import Client
+        from pymemcache.exceptions import MemcacheClientError
+        pm = Client(("127.0.0.1", port), connect_timeout=5, timeout=5)
+        try:
+            pm.get("k")
+            refused = False
+        except MemcacheClientError as e:
+            refused = "unauthenticated" in str(e)
+        tap.ok(refused, "pymemcache: a get before authenticating raises CLIENT_ERROR unauthenticated")
+        tap.ok(pm.set("auth", b"bob builder", noreply=False) is True and pm.set("pk", b"pv", noreply=False)
+               and pm.get("pk") == b"pv", "pymemcache: set <any> 'bob builder' authenticates, then set/get work")
+        pm.close()
+        import pylibmc
+        lm = pylibmc.Client(["127.0.0.1:%d" % port], binary=True, username="alice", password="wonder")
+        tap.ok(lm.set("lk", b"lv") and lm.get("lk") == b"lv" and lm.get("pk") == b"pv",
+               "pylibmc binary=True with username/password (SASL PLAIN): set/get work")
+        bad = pylibmc.Client(["127.0.0.1:%d" % port], binary=True, username="alice", password="no")
+        try:
+            bad.get("lk")
+            refused = False
+        except pylibmc.Error as e:
+            refused = "AUTH" in str(e).upper()
+        tap.ok(refused, "pylibmc with a wrong password is refused")
+        st, _ = kt.raw_stats(c.gateway_port, b"stats settings")
+        tap.eq((st.get("auth_enabled_sasl"), st.get("auth_enabled_ascii")), ("no", "no"),
+               "without -Y: auth_enabled_sasl no, auth_enabled_ascii no")
+    finally:
+        d.stop()
+
+
 def body():
     kt.require_binaries()
     with kt.PlainMemcached(extra_args=["-A", "-I", "2m"]) as mc, \
@@ -320,6 +411,12 @@ def body():
         tap.eq(st.get("item_size_max"), mst.get("item_size_max"), "-I 2m: item_size_max as memcached's")
 
         accept_pause(c)
+
+        users = os.path.join(kt.new_tmpdir(), "users")
+        with open(users, "w") as f:
+            f.write("alice:wonder\nbob:builder\n")
+        with kt.PlainMemcached(extra_args=["-Y", users]) as mcy:
+            client_auth(c, mcy.gateway_port, users)
 
         # shutdown with -A: the connection closes without a word, the process exits
         for who, port, daemon in (("memcached", mc.gateway_port, mc.daemon), ("gateway", c.gateway_port, c.gateway)):
