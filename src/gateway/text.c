@@ -224,11 +224,24 @@ static const char *parse_meta(const memtext_request *q, meta *m)
     return NULL;
 }
 
-/* Append " c123 f0 kfoo …" for the requested return flags. */
-static void meta_ret(struct evbuffer *out, const meta *m, const char *key, size_t klen, const record_value *v,
-                     uint64_t ct, uint32_t now)
+/* The return flags each meta reply carries in memcached 1.6.18: mg's hit
+ * all of them, ms's answers O k c, ma's success c t O k, and every other
+ * answer (a miss, md, a failed ms or ma) only O and k. */
+static const char *meta_fills(int cmd, const char *word)
+{
+    if (cmd == MEMTEXT_MG && word[0] != 'E') return "cfkOst";
+    if (cmd == MEMTEXT_MS) return "ckO";
+    if (cmd == MEMTEXT_MA && (word[0] == 'H' || word[0] == 'V')) return "ctkO";
+    return "kO";
+}
+
+/* Append " c123 f0 kfoo …" for the requested return flags that `fills`
+ * names. */
+static void meta_ret(struct evbuffer *out, const meta *m, const char *fills, const char *key, size_t klen,
+                     const record_value *v, uint64_t ct, uint32_t now)
 {
     for (size_t i = 0; i < m->nret; i++) {
+        if (!strchr(fills, m->ret[i])) continue;
         switch (m->ret[i]) {
         case 'c': evbuffer_add_printf(out, " c%" PRIu64, v ? v->clocktime : ct); break;
         case 'f': evbuffer_add_printf(out, " f%" PRIu32, v ? v->flags : 0); break;
@@ -679,8 +692,7 @@ static void meta_answer(creq *r, const char *word, const record_value *v, uint64
         return;
     }
     evbuffer_add(r->out, word, 2);
-    if (word[0] == 'H' || word[0] == 'V' || word[0] == 'N' || word[0] == 'E')
-        meta_ret(r->out, &t->m, t->keys[0].key, t->keys[0].klen, v, ct, (uint32_t)time(NULL));
+    meta_ret(r->out, &t->m, meta_fills(t->cmd, word), t->keys[0].key, t->keys[0].klen, v, ct, (uint32_t)time(NULL));
     evbuffer_add(r->out, "\r\n", 2);
     client_done(r);
 }
@@ -702,12 +714,8 @@ static void mg_finish(creq *r, bool ok, const void *rec, size_t len)
             client_done(r);
             return;
         }
-        /* a miss echoes only the key and the opaque */
         evbuffer_add(r->out, "EN", 2);
-        for (size_t i = 0; i < t->m.nret; i++) {
-            if (t->m.ret[i] == 'k') meta_key(r->out, &t->m, t->keys[0].key, t->keys[0].klen);
-            else if (t->m.ret[i] == 'O') evbuffer_add_printf(r->out, " %s", t->m.opaque);
-        }
+        meta_ret(r->out, &t->m, meta_fills(t->cmd, "EN"), t->keys[0].key, t->keys[0].klen, NULL, 0, 0);
         evbuffer_add(r->out, "\r\n", 2);
         client_done(r);
         return;
@@ -718,7 +726,8 @@ static void mg_finish(creq *r, bool ok, const void *rec, size_t len)
         return;
     }
     evbuffer_add_printf(r->out, "VA %zu", v.payload_len);
-    meta_ret(r->out, &t->m, t->keys[0].key, t->keys[0].klen, &v, v.clocktime, (uint32_t)time(NULL));
+    meta_ret(r->out, &t->m, meta_fills(t->cmd, "VA"), t->keys[0].key, t->keys[0].klen, &v, v.clocktime,
+             (uint32_t)time(NULL));
     evbuffer_add(r->out, "\r\n", 2);
     evbuffer_add(r->out, v.payload, v.payload_len);
     evbuffer_add(r->out, "\r\n", 2);
@@ -805,7 +814,8 @@ static void ma_done(void *arg, const router_result *res)
             char num[24];
             int n = snprintf(num, sizeof(num), "%" PRIu64, res->number);
             evbuffer_add_printf(r->out, "VA %d", n);
-            meta_ret(r->out, &t->m, t->keys[0].key, t->keys[0].klen, vp, res->ct, (uint32_t)time(NULL));
+            meta_ret(r->out, &t->m, meta_fills(t->cmd, "VA"), t->keys[0].key, t->keys[0].klen, vp, res->ct,
+                     (uint32_t)time(NULL));
             evbuffer_add_printf(r->out, "\r\n%s\r\n", num);
             client_done(r);
         } else {

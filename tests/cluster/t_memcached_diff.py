@@ -215,6 +215,16 @@ CASES = [
     ("ma lowercase mode", [b"ma ma15 Mi\r\n"], True),
     ("mg I (no effect)", [b"set mg21 0 0 1\r\na\r\nmg mg21 I v\r\n"], True),
     ("ms unknown flag", [b"ms ms16 1 E5\r\na\r\n"], True),
+    ("ms return flags it does not fill", [b"ms ms18 1 f s t h l v u c k\r\na\r\n"], True),
+    ("ms flags of other commands", [b"ms ms19 1 D5 J3 N10 R5 C0 ME\r\na\r\nmg ms19 v\r\n"], True),
+    ("md return flags", [b"set md7 0 0 1\r\na\r\nmd md7 f s t c v h l u k\r\n"], True),
+    ("md T without I", [b"set md8 0 100 1\r\na\r\nmd md8 T5\r\nget md8\r\n"], True),
+    ("md miss return flags", [b"md md9 k Ox c\r\n"], True),
+    ("ms failures' return flags", [b"ms ms20 1 MR k Ox c\r\na\r\nms ms20 1 MA k c\r\na\r\n"
+                                   b"set ms20 0 0 1\r\na\r\nms ms20 1 C1 c k Oy\r\nb\r\nms ms20 1 ME c O1\r\nb\r\n"], True),
+    ("ma failures' return flags", [b"ma ma12 k Ox c t v\r\nset ma12 0 0 1\r\nx\r\nma ma12 C1 k c t Oq\r\n"], True),
+    ("ma return flags", [b"ma ma11 N0 J5 f s t c k Oz h l u v\r\n"], True),
+    ("mg flags of other commands", [b"set mg22 0 0 1\r\na\r\nmg mg22 C5 D1 J2 F3 M1 v\r\n"], True),
     ("ms F not a number", [b"ms ms17 1 Fx\r\na\r\n"], True),
     # -- md
     ("md hit and miss", [b"set md1 0 0 1\r\na\r\nmd md1\r\nmd md1\r\n"], True),
