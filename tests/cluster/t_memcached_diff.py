@@ -22,7 +22,7 @@ What it covers:
     both: the connection closes and the process exits).
 
 Each exchange is written at once (or in the listed chunks, 0.2 s apart), then
-`mn` is sent and the reply read up to its `MN`, to EOF, or for 1.5 s.
+`mn` is sent and the reply read up to its `MN`, to EOF, or for 0.7 s of silence.
 Prints the number of exchanges compared identical.
 
 Run: /usr/bin/python3 tests/cluster/t_memcached_diff.py
@@ -62,7 +62,7 @@ def mask(data):
     return META_LINE.sub(mask_meta, data)
 
 
-def exchange(port, chunks, sentinel=True, wait=1.5):
+def exchange(port, chunks, sentinel=True, wait=0.7):
     """Send chunks (0.2 s apart), then `mn` if sentinel; read to MN, EOF or
     `wait` s of silence. Returns (bytes, closed)."""
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
