@@ -5,11 +5,15 @@
  *
  * Retrievals fan out one router call per key and answer when the last one
  * is back. Every write and read-modify-write (set … cas, incr/decr, touch,
- * gat, ms, md, ma, mg with T) is one router_write_op: it runs atomically at
- * the key's coordinator, which answers with memcached's result word.
- * Meta return flags are echoed in the order the client asked for them.
- * Not supported, answered with CLIENT_ERROR: base64 keys (b) and the
- * stale-while-revalidate flags (mg N/R, md I, ms I) — see docs/protocol.md.
+ * gat, ms, md, ma, mg with T, md I, an mg that may win a recache token) is
+ * one router_write_op: it runs atomically at the key's coordinator, which
+ * answers with memcached's result word.
+ * Meta flags are read as memcached 1.6.18 reads them; return flags are
+ * echoed in the order the client asked for them. Base64 keys (b) are
+ * decoded here. Not supported, answered as memcached answers an unknown
+ * flag: mg h l, ms I with C (docs/protocol.md §9.3).
+ * Also here: -Y (the users file, text authentication), the protocol chosen
+ * by a connection's first byte, shutdown and cache_memlimit.
  *
  * Calls: memtext (parser), client, router, record, log. Thread rule: its worker's loop.
  */
@@ -39,9 +43,9 @@
 typedef struct meta {
     char ret[MEMTEXT_MAX_TOKENS]; /* return flags, in request order */
     size_t nret;
-    bool v, q, b, has_cas, has_ttl, has_flags, vivify, invalidate;
+    bool v, q, b, has_cas, has_ttl, has_flags, vivify, invalidate, recache;
     uint64_t cas;
-    int64_t ttl, vivify_ttl;
+    int64_t ttl, vivify_ttl, recache_ttl;
     uint32_t flags;
     char mode;
     uint64_t delta, initial;
@@ -145,7 +149,6 @@ static const char *parse_meta(const memtext_request *q, meta *m)
     int cmd = q->cmd;
     const char *err = NULL;
     uint64_t u;
-    int64_t ignored;
     memset(m, 0, sizeof(*m));
     m->delta = 1;
     for (size_t i = 0; i < q->ntokens; i++) {
@@ -161,9 +164,6 @@ static const char *parse_meta(const memtext_request *q, meta *m)
             if (m->klen == 0) err = "error decoding key";
             break;
         case 'N':
-            /* ma creates a missing key; mg's vivify hands out a win token,
-             * state a kumofs record does not keep (docs/protocol.md) */
-            if (cmd != MEMTEXT_MA && cmd != MEMTEXT_MS && cmd != MEMTEXT_MD) return "invalid flag";
             if (!parse_i32(a, n, &m->vivify_ttl)) err = "bad token in command line format";
             m->vivify = true;
             break;
@@ -172,14 +172,14 @@ static const char *parse_meta(const memtext_request *q, meta *m)
             m->has_ttl = true;
             break;
         case 'R':
-            if (cmd == MEMTEXT_MG) return "invalid flag"; /* recache: a win token, as N */
-            if (!parse_i32(a, n, &ignored)) err = "bad token in command line format";
+            if (!parse_i32(a, n, &m->recache_ttl)) err = "bad token in command line format";
+            m->recache = true;
             break;
         case 'I':
-            /* invalidation marks an item stale instead of deleting it (md),
-             * or stores it stale when its CAS is older (ms with C) */
-            if (cmd == MEMTEXT_MD) return "invalid flag";
-            m->invalidate = cmd == MEMTEXT_MS;
+            /* md: mark stale instead of deleting (OP_INVALIDATE); ms with C:
+             * store stale when the CAS is older, which needs the CAS order
+             * of two stores: not done */
+            m->invalidate = true;
             break;
         case 'h': case 'l':
             /* hit-before and last-access: every read would have to write */
@@ -218,7 +218,8 @@ static const char *parse_meta(const memtext_request *q, meta *m)
         }
     }
     if (err) return err;
-    if (m->invalidate && m->has_cas && (m->mode == 0 || m->mode == 'S' || m->mode == 'R')) return "invalid flag";
+    if (cmd == MEMTEXT_MS && m->invalidate && m->has_cas && (m->mode == 0 || m->mode == 'S' || m->mode == 'R'))
+        return "invalid flag";
     for (size_t i = 0; i < q->ntokens; i++)
         if (q->tokens[i].p[0] == 'O' && q->tokens[i].len > META_MAX_OPAQUE) return "opaque token too long";
     return NULL;
@@ -697,17 +698,15 @@ static void meta_answer(creq *r, const char *word, const record_value *v, uint64
     client_done(r);
 }
 
-static void mg_finish(creq *r, bool ok, const void *rec, size_t len)
+/* mg's answer: the record v (NULL: a miss). won: this reader was handed
+ * the win token. Z (a token is out), X (stale) and W (won) follow the
+ * return flags in memcached's order. */
+static void mg_reply(creq *r, const record_value *v, bool won)
 {
     tstate *t = r->state;
     gateway *g = r->c->g;
-    record_value v;
-    if (!ok) {
-        client_reply(r, "SERVER_ERROR get failed\r\n");
-        return;
-    }
-    keep_record(&t->keys[0], rec, len);
-    if (!hit(g, &t->keys[0], &v, (uint32_t)time(NULL))) {
+    uint32_t now = (uint32_t)time(NULL);
+    if (!v) {
         g->stats.get_misses++;
         if (t->m.q) {
             r->quiet = true;
@@ -721,17 +720,59 @@ static void mg_finish(creq *r, bool ok, const void *rec, size_t len)
         return;
     }
     g->stats.get_hits++;
-    if (!t->m.v) {
-        meta_answer(r, "HD", &v, v.clocktime, false);
+    if (t->m.v) evbuffer_add_printf(r->out, "VA %zu", v->payload_len);
+    else evbuffer_add(r->out, "HD", 2);
+    meta_ret(r->out, &t->m, meta_fills(t->cmd, "VA"), t->keys[0].key, t->keys[0].klen, v, v->clocktime, now);
+    if (!won && (v->meta & RECORD_META_WON)) evbuffer_add(r->out, " Z", 2);
+    if (v->meta & RECORD_META_STALE) evbuffer_add(r->out, " X", 2);
+    if (won) evbuffer_add(r->out, " W", 2);
+    evbuffer_add(r->out, "\r\n", 2);
+    if (t->m.v) {
+        evbuffer_add(r->out, v->payload, v->payload_len);
+        evbuffer_add(r->out, "\r\n", 2);
+    }
+    client_done(r);
+}
+
+static void mg_win_done(void *arg, const router_result *res)
+{
+    creq *r = arg;
+    record_value v;
+    bool found = res->ok && res->value && record_value_parse(res->value, res->vlen, &v) == 0 && !v.tombstone;
+    if (!res->ok) client_reply(r, "SERVER_ERROR get failed\r\n");
+    else mg_reply(r, found && res->code != CODE_NOT_FOUND ? &v : NULL, found && res->code == CODE_STORED);
+    client_call_end(r);
+}
+
+/* The record mg read (or touched). A reader may win the token that tells
+ * it to recache: with N on a miss (the key is created empty), on a stale
+ * record, or with R on one expiring sooner than R seconds, when no token
+ * is out yet. The coordinator decides who wins (OP_MG_WIN), atomically. */
+static void mg_finish(creq *r, bool ok, const void *rec, size_t len)
+{
+    tstate *t = r->state;
+    gateway *g = r->c->g;
+    uint32_t now = (uint32_t)time(NULL);
+    record_value v;
+    if (!ok) {
+        client_reply(r, "SERVER_ERROR get failed\r\n");
         return;
     }
-    evbuffer_add_printf(r->out, "VA %zu", v.payload_len);
-    meta_ret(r->out, &t->m, meta_fills(t->cmd, "VA"), t->keys[0].key, t->keys[0].klen, &v, v.clocktime,
-             (uint32_t)time(NULL));
-    evbuffer_add(r->out, "\r\n", 2);
-    evbuffer_add(r->out, v.payload, v.payload_len);
-    evbuffer_add(r->out, "\r\n", 2);
-    client_done(r);
+    keep_record(&t->keys[0], rec, len);
+    bool live = hit(g, &t->keys[0], &v, now);
+    uint32_t recache = t->m.recache ? record_exptime(t->m.recache_ttl, now) : 0;
+    bool may_win = live ? !(v.meta & RECORD_META_WON) &&
+                              ((v.meta & RECORD_META_STALE) || (recache && v.exptime && v.exptime < recache))
+                        : t->m.vivify;
+    if (!may_win) {
+        mg_reply(r, live ? &v : NULL, false);
+        return;
+    }
+    size_t vlen;
+    uint8_t *val = make_value(0, t->m.vivify ? t->m.vivify_ttl : 0, NULL, 0, &vlen);
+    router_write w = {.op = OP_MG_WIN, .flags = t->m.vivify ? WF_VIVIFY : 0, .initial = recache};
+    client_call_begin(r);
+    router_write_op(g, &w, t->keys[0].key, t->keys[0].klen, val, val ? vlen : 0, mg_win_done, r);
 }
 
 static void mg_get_done(void *arg, bool ok, const void *value, size_t vlen)
@@ -903,6 +944,14 @@ static void do_meta(client *c, const memtext_request *q)
         router_write_op(g, &w, key, klen, val, val ? vlen : 0, ms_done, r);
         return;
     case MEMTEXT_MD:
+        if (m.invalidate) { /* mark stale, bump the CAS, T sets the TTL */
+            w.op = OP_INVALIDATE;
+            if (m.has_ttl) w.flags |= WF_TOUCH;
+            val = make_value(0, m.has_ttl ? m.ttl : 0, NULL, 0, &vlen);
+            client_call_begin(r);
+            router_write_op(g, &w, key, klen, val, val ? vlen : 0, md_done, r);
+            return;
+        }
         w.op = OP_DELETE;
         client_call_begin(r);
         router_write_op(g, &w, key, klen, NULL, 0, md_done, r);
