@@ -11,7 +11,7 @@
  * Meta flags are read as memcached 1.6.18 reads them; return flags are
  * echoed in the order the client asked for them. Base64 keys (b) are
  * decoded here. Not supported, answered as memcached answers an unknown
- * flag: mg h l, ms I with C (docs/protocol.md §9.3).
+ * flag: mg h l (docs/protocol.md §9.3).
  * Also here: -Y (the users file, text authentication), the protocol chosen
  * by a connection's first byte, shutdown and cache_memlimit.
  *
@@ -177,8 +177,7 @@ static const char *parse_meta(const memtext_request *q, meta *m)
             break;
         case 'I':
             /* md: mark stale instead of deleting (OP_INVALIDATE); ms with C:
-             * store stale when the CAS is older, which needs the CAS order
-             * of two stores: not done */
+             * store stale when the CAS is older (WF_STALE) */
             m->invalidate = true;
             break;
         case 'h': case 'l':
@@ -218,8 +217,6 @@ static const char *parse_meta(const memtext_request *q, meta *m)
         }
     }
     if (err) return err;
-    if (cmd == MEMTEXT_MS && m->invalidate && m->has_cas && (m->mode == 0 || m->mode == 'S' || m->mode == 'R'))
-        return "invalid flag";
     for (size_t i = 0; i < q->ntokens; i++)
         if (q->tokens[i].p[0] == 'O' && q->tokens[i].len > META_MAX_OPAQUE) return "opaque token too long";
     return NULL;
@@ -937,6 +934,12 @@ static void do_meta(client *c, const memtext_request *q)
         case 'P': w.op = OP_PREPEND; break;
         case 'R': w.op = OP_REPLACE; break;
         default: client_reply(r, "CLIENT_ERROR invalid mode for ms M token\r\n"); return;
+        }
+        /* memcached turns set and replace with a CAS into its cas command,
+         * which a CAS of 0 never matches */
+        if (m.has_cas && (w.op == OP_SET || w.op == OP_REPLACE)) {
+            w.op = OP_CAS;
+            if (m.invalidate) w.flags |= WF_STALE;
         }
         g->stats.cmd_set++;
         val = make_value(m.flags, m.has_ttl ? m.ttl : 0, q->data, q->data_len, &vlen);

@@ -111,6 +111,9 @@ enum {
     WF_ASYNC = 0x01,  /* answer after the primary's own write (-As/-Ad, noreply) */
     WF_VIVIFY = 0x02, /* incr/decr of a missing key creates it with `initial` */
     WF_TOUCH = 0x04,  /* incr/decr also sets the exptime of dbvalue's header */
+    WF_STALE = 0x08,  /* meta-set I: a non-zero cas older than the record's
+                         stores the value anyway, marked STALE, keeping the
+                         record's exptime and win token (memcached's CAS_STALE) */
 };
 
 /* SRV_STATUS what */

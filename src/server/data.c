@@ -186,6 +186,12 @@ static store_verdict apply_set(void *arg, const void *old, size_t oldlen, const 
             return STORE_KEEP;
         }
         if (ov.clocktime != w->cas) {
+            if ((w->wflags & WF_STALE) && w->cas != 0 && w->cas < ov.clocktime &&
+                (w->op == OP_SET || w->op == OP_CAS || w->op == OP_REPLACE)) {
+                store_verdict v = write_new(w, nv.flags, ov.exptime, nv.payload, nv.payload_len, NULL, 0, out, outlen);
+                if (v == STORE_WRITE) record_mc_state(w->buf, RECORD_META_STALE | (ov.meta & RECORD_META_WON));
+                return v;
+            }
             w->code = CODE_EXISTS;
             return STORE_KEEP;
         }

@@ -250,6 +250,13 @@ CASES = [
     ("mg R without a TTL", [b"set sw8 0 0 1\r\na\r\n", b"mg sw8 R30 v\r\n"], True),
     ("mg N on a stale item", [b"set sw12 0 0 1\r\na\r\n", b"md sw12 I\r\n", b"mg sw12 N30 v\r\n",
                               b"mg sw12 N30 v\r\n"], True),
+    ("ms C0 on an item, on a miss", [b"set sw14 0 0 1\r\na\r\n", b"ms sw14 1 C0\r\nb\r\n", b"ms sw14x 1 C0\r\nb\r\n",
+                                      b"get sw14\r\n"], True),
+    ("ms I with an older CAS: stored stale, TTL kept",
+     [b"set sw15 0 100 1\r\na\r\n", b"ms sw15 1 I C1 T0 F5\r\nb\r\n", b"mg sw15 v t f\r\n", b"mg sw15 v\r\n"], True),
+    ("ms I with C: a miss, replace mode, a token kept",
+     [b"ms sw16 1 I C1\r\nb\r\n", b"set sw16 0 0 1\r\na\r\n", b"md sw16 I\r\n", b"mg sw16\r\n",
+      b"ms sw16 1 I C1 MR\r\nc\r\n", b"mg sw16 v\r\n"], True),
     ("mg T on a stale item", [b"set sw13 0 0 1\r\na\r\n", b"md sw13 I\r\n", b"mg sw13 T30 t\r\n", b"mg sw13 t\r\n"],
      True),
     # -- md
@@ -275,14 +282,13 @@ CASES = [
 
 
 # Flags kumofs cannot honour (hit-before and last access would make every read
-# a replicated write; ms I needs the CAS order of two stores). The gateway must
+# a replicated write). The gateway must
 # answer them exactly as memcached answers a flag it does not know: each is
 # compared with memcached's reply to the same line with the flag replaced by
 # an unknown one ("x").
 UNHONOURED = [
     ("mg h (hit before)", b"set un3 0 0 1\r\na\r\nmg un3 h v\r\n", b"h"),
     ("mg l (last access)", b"set un4 0 0 1\r\na\r\nmg un4 l v\r\n", b"l"),
-    ("ms I with C (store stale)", b"ms un6 1 I C1\r\na\r\n", b"I"),
 ]
 
 
