@@ -478,6 +478,39 @@ static void do_simple(client *c, const memproto_request *q)
     client_done(b->r);
 }
 
+/* SASL, served only under -Y: PLAIN ("[authzid] NUL user NUL password")
+ * against -Y's file, as memcached -S checks a MEMCACHED_SASL_PWDB file.
+ * Without -Y: UNKNOWN_COMMAND, as memcached without -S. */
+static void do_sasl(client *c, const memproto_request *q)
+{
+    gateway *g = c->g;
+    bop *b = op_new(c, q);
+    if (!b) return;
+    const char *v = q->value, *user, *pass;
+    const char *z1 = q->vlen ? memchr(v, '\0', q->vlen) : NULL;
+    const char *z2 = z1 ? memchr(z1 + 1, '\0', (size_t)(v + q->vlen - z1 - 1)) : NULL;
+    if (!g->cfg->users) {
+        put_error(b, MEMPROTO_STATUS_UNKNOWN_COMMAND, NULL);
+    } else if (q->cmd == MEMPROTO_SASL_LIST_MECHS) {
+        put_header(b, MEMPROTO_STATUS_SUCCESS, 0, 0, 5, 0);
+        evbuffer_add(b->r->out, "PLAIN", 5);
+    } else if (q->keylen > MEMPROTO_SASL_MECH_MAX) {
+        put_error(b, MEMPROTO_STATUS_EINVAL, NULL);
+    } else if (q->cmd == MEMPROTO_SASL_AUTH && q->keylen == 5 && memcmp(q->key, "PLAIN", 5) == 0 && z2 &&
+               (user = z1 + 1, pass = z2 + 1,
+                text_users_check(g->cfg->users, user, (size_t)(z2 - user), pass, (size_t)(v + q->vlen - pass)))) {
+        g->stats.auth_cmds++;
+        put_header(b, MEMPROTO_STATUS_SUCCESS, 0, 0, 13, 0);
+        evbuffer_add(b->r->out, "Authenticated", 13);
+        c->parse = binary_parse;
+    } else {
+        g->stats.auth_cmds++;
+        g->stats.auth_errors++;
+        put_error(b, MEMPROTO_STATUS_AUTH_ERROR, NULL);
+    }
+    client_done(b->r);
+}
+
 static void dispatch(client *c, const memproto_request *q)
 {
     switch (q->cmd) {
@@ -496,6 +529,9 @@ static void dispatch(client *c, const memproto_request *q)
     case MEMPROTO_GATK: do_touch(c, q); break;
     case MEMPROTO_FLUSH: do_flush(c, q); break;
     case MEMPROTO_STAT: do_stat(c, q); break;
+    case MEMPROTO_SASL_LIST_MECHS:
+    case MEMPROTO_SASL_AUTH:
+    case MEMPROTO_SASL_STEP: do_sasl(c, q); break;
     default: do_simple(c, q); break; /* NOOP VERSION QUIT VERBOSITY */
     }
 }
@@ -511,17 +547,21 @@ static creq_kind kind_of(const memproto_request *q)
     case MEMPROTO_NOOP:
     case MEMPROTO_VERSION:
     case MEMPROTO_QUIT:
-    case MEMPROTO_VERBOSITY: return CREQ_LOCAL;
+    case MEMPROTO_VERBOSITY:
+    case MEMPROTO_SASL_LIST_MECHS:
+    case MEMPROTO_SASL_AUTH:
+    case MEMPROTO_SASL_STEP: return CREQ_LOCAL;
     default: return CREQ_WRITE;
     }
 }
 
-static size_t binary_parse(client *c, const char *buf, size_t len)
+/* Parse and start one request; value_max bounds a value. */
+static size_t parse_with(client *c, const char *buf, size_t len, size_t value_max)
 {
     gateway *g = c->g;
     memproto_request q;
     size_t used = 0;
-    memproto_result st = memproto_parse(buf, len, (size_t)g->cfg->item_size_max, &q, &used);
+    memproto_result st = memproto_parse(buf, len, value_max, &q, &used);
     switch (st) {
     case MEMPROTO_NEED_MORE: return 0;
     case MEMPROTO_OK:
@@ -553,4 +593,35 @@ static size_t binary_parse(client *c, const char *buf, size_t len)
     return used;
 }
 
-void binary_accept(gateway *g, int fd) { client_new(g, fd, binary_parse, NULL); }
+size_t binary_parse(client *c, const char *buf, size_t len)
+{
+    return parse_with(c, buf, len, (size_t)c->g->cfg->item_size_max);
+}
+
+/* The largest SASL exchange read before a client has authenticated. */
+#define SASL_VALUE_MAX 1024
+
+size_t binary_auth_parse(client *c, const char *buf, size_t len)
+{
+    const uint8_t *p = (const uint8_t *)buf;
+    /* memcached refuses every other opcode once the lengths add up, before
+     * looking at the key or the opcode, and closes */
+    if (len >= MEMPROTO_HEADER && p[0] == MEMPROTO_REQ_MAGIC) {
+        uint8_t op = p[1];
+        uint32_t keylen = (uint32_t)p[2] << 8 | p[3], bodylen = (uint32_t)p[8] << 24 | (uint32_t)p[9] << 16 |
+                                                                   (uint32_t)p[10] << 8 | p[11];
+        if (keylen + p[4] <= bodylen && op != MEMPROTO_SASL_LIST_MECHS && op != MEMPROTO_SASL_AUTH &&
+            op != MEMPROTO_SASL_STEP && op != MEMPROTO_VERSION) {
+            memproto_request q = {.opcode = op,
+                                  .opaque = (uint32_t)p[12] << 24 | (uint32_t)p[13] << 16 | (uint32_t)p[14] << 8 | p[15]};
+            reply_error(c, &q, MEMPROTO_STATUS_AUTH_ERROR);
+            c->close_after_flush = true;
+            return len;
+        }
+    }
+    return parse_with(c, buf, len, SASL_VALUE_MAX);
+}
+
+/* The -b port negotiates like -t (text.c): memcached serves both protocols
+ * on every port, and kumofs 0.4 command lines keep working. */
+void binary_accept(gateway *g, int fd) { text_accept(g, fd); }

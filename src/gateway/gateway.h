@@ -49,9 +49,13 @@ typedef struct gateway_config {
     bool async_delete;     /* -Ad */
     bool keep_flags;       /* -F (always on; accepted for compatibility) */
     bool keep_exptime;     /* -E (always on; accepted for compatibility) */
+    const char *item_size;  /* -I as given: bytes, or with a k/m suffix */
     int item_size_max;     /* -I, bytes */
     int max_conn_buffer_kib; /* --max-conn-buffer: one connection's unsent answers and gets in flight */
     int max_inflight_kib;    /* --max-inflight: one worker's gets in flight, estimated */
+    bool shutdown_command; /* -A: the shutdown command is served */
+    const char *auth_file; /* -Y: clients authenticate against this file */
+    struct gw_users *users; /* -Y's contents (text.c), NULL without -Y */
 } gateway_config;
 
 /* The gets one loop turn sends a server in one SRV_GET_MANY (router.c). */
@@ -71,7 +75,7 @@ typedef struct gw_server {
     X(cmd_get) X(cmd_set) X(cmd_flush) X(cmd_touch) X(cmd_meta) X(get_hits) X(get_misses) X(get_expired)    \
     X(delete_hits) X(delete_misses) X(incr_hits) X(incr_misses) X(decr_hits) X(decr_misses) X(cas_hits)      \
     X(cas_misses) X(cas_badval) X(touch_hits) X(touch_misses) X(store_too_large) X(bytes_read)              \
-    X(bytes_written) X(curr_connections) X(total_connections) X(errors)                                      \
+    X(bytes_written) X(curr_connections) X(total_connections) X(errors) X(auth_cmds) X(auth_errors)          \
     X(retries) /* attempts after the first, every operation */
 
 /* One worker's counters. Only the worker's thread changes them; they are
@@ -117,7 +121,7 @@ typedef struct gateway {
     gw_server **servers; /* each allocated once: events point at them */
     size_t nservers, servers_cap;
     gw_server *open_batch; /* the server whose get batch this turn opened last, or NULL */
-    daemon_listener *text_listener, *binary_listener;
+    daemon_listener *text_listener, *binary_listener; /* main.c's, for stats (read-only here) */
     struct client *clients; /* open memcached connections (client.c) */
     double last_refresh;
     bool stopping;       /* router_stop ran: fail, do not retry */
@@ -242,9 +246,24 @@ void stats_settings(const gateway *g, stats_emit_fn emit, void *arg);
  * worker. */
 void stats_reset(gateway *g);
 
-/* text.c: the text protocol, classic and meta commands */
+/* text.c: the text protocol, classic and meta commands; a connection whose
+ * first byte is 0x80 goes to binary_parse instead (either listener) */
 void text_accept(gateway *g, int fd);
-/* binary.c: the binary protocol */
+/* -Y: load `user:password` lines, as memcached's authfile.c reads them;
+ * NULL + err when the file cannot be read or a line has no ':'. Start-up. */
+struct gw_users *text_users_load(const char *path, char *err);
+void text_users_free(struct gw_users *u);
+/* True when user/pass is one of u's entries (compared in constant time for
+ * entries of the same length). Any thread. */
+bool text_users_check(const struct gw_users *u, const char *user, size_t ulen, const char *pass, size_t plen);
+/* binary.c: the binary protocol. binary_parse is a client_parse_fn
+ * (client.h). binary_accept = text_accept. */
+struct client;
+size_t binary_parse(struct client *c, const char *buf, size_t len);
+/* binary_parse for a connection that has not authenticated (-Y): only
+ * SASL (PLAIN, against -Y's file) and VERSION are served; it switches the
+ * connection to binary_parse when the client authenticates. */
+size_t binary_auth_parse(struct client *c, const char *buf, size_t len);
 void binary_accept(gateway *g, int fd);
 
 #endif

@@ -29,7 +29,7 @@ static const opt_def gateway_opts[] = {
     {"-t", "--memproto-text", OPT_STRING, offsetof(gateway_config, text), "<[addr:]port>", NULL, 0, 0, false,
      "serve the memcached text protocol here"},
     {"-b", "--memproto-binary", OPT_STRING, offsetof(gateway_config, binary), "<[addr:]port>", NULL, 0, 0, false,
-     "serve the memcached binary protocol here"},
+     "another client port (kumofs 0.4's binary port; every port serves both protocols)"},
     {"-G", "--get-retry", OPT_INT, offsetof(gateway_config, get_retries), "<num>", "5", 1, 1000, false,
      "rounds over a key's three servers before a get fails"},
     {"-S", "--set-retry", OPT_INT, offsetof(gateway_config, set_retries), "<num>", "20", 0, 1000, false,
@@ -48,8 +48,13 @@ static const opt_def gateway_opts[] = {
      1 << 21, false, "one connection's unsent answers plus its gets in flight: reading it pauses beyond this"},
     {"--max-inflight", NULL, OPT_INT, offsetof(gateway_config, max_inflight_kib), "<KiB>", "65536", 64, 1 << 21,
      false, "each worker's gets in flight, by their estimated answers: connections wait in line beyond this"},
-    {"-I", "--max-item-size", OPT_INT, offsetof(gateway_config, item_size_max), "<bytes>", "1048576", 1024,
-     32 * 1024 * 1024, false, "largest value accepted (at most 32 MiB: a value travels in one node message)"},
+    {"-I", "--max-item-size", OPT_STRING, offsetof(gateway_config, item_size), "<bytes[k|m]>", "1m", 0, 0, false,
+     "largest value accepted, from 1k to 32m (a value travels in one node message)"},
+    {"-Y", "--auth-file", OPT_STRING, offsetof(gateway_config, auth_file), "<file>", NULL, 0, 0, false,
+     "clients must authenticate as a user:password line of this file: text as memcached -Y (a set whose "
+     "data is \"user password\"), binary with SASL PLAIN"},
+    {"-A", "--enable-shutdown", OPT_FLAG, offsetof(gateway_config, shutdown_command), NULL, NULL, 0, 0, false,
+     "serve the text command shutdown (stops the gateway as SIGTERM does)"},
     DAEMON_COMMON_OPTS_TR(gateway_config, common, NULL,
                           "event loops (threads) serving clients; each connection stays on one (default: 4, "
                           "or the number of CPUs this process may run on if that is fewer)"),
@@ -61,6 +66,25 @@ static const opts_spec gateway_spec = {
     .defs = gateway_opts,
     .ndefs = sizeof(gateway_opts) / sizeof(gateway_opts[0]),
 };
+
+/* -I as memcached reads it: a number of bytes, or of KiB or MiB with a
+ * k or m suffix (either case). -1 when it does not parse or is out of
+ * 1 KiB..32 MiB. */
+static int item_size(const char *s)
+{
+    long long v = 0;
+    size_t i = 0;
+    if (!s || !s[0]) return -1;
+    for (; s[i] >= '0' && s[i] <= '9'; i++) {
+        v = v * 10 + (s[i] - '0');
+        if (v > 32LL * 1024 * 1024) return -1;
+    }
+    if (i == 0) return -1;
+    if ((s[i] == 'k' || s[i] == 'K') && !s[i + 1]) v *= 1024;
+    else if ((s[i] == 'm' || s[i] == 'M') && !s[i + 1]) v *= 1024 * 1024;
+    else if (s[i]) return -1;
+    return v < 1024 || v > 32LL * 1024 * 1024 ? -1 : (int)v;
+}
 
 static void on_text_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len, void *arg)
 {
@@ -188,10 +212,14 @@ int main(int argc, char **argv)
     opts_parse(&gateway_spec, &cfg, argc, argv, NULL, 0, NULL);
     net_addr text_addr, binary_addr;
     if (!cfg.text && !cfg.binary) opts_die(&gateway_spec, "-t or -b is required");
+    if ((cfg.item_size_max = item_size(cfg.item_size)) < 0)
+        opts_die(&gateway_spec, "invalid value '%s' for -I (bytes, or with a k or m suffix, from 1k to 32m)",
+                 cfg.item_size);
     if (cfg.text && net_parse_listen(cfg.text, 11211, &text_addr, err) < 0) opts_die(&gateway_spec, "-t: %s", err);
     if (cfg.binary && net_parse_listen(cfg.binary, 11211, &binary_addr, err) < 0)
         opts_die(&gateway_spec, "-b: %s", err);
     binlog_set_node_addr("gateway", cfg.text ? &text_addr : &binary_addr);
+    if (cfg.auth_file && !(cfg.users = text_users_load(cfg.auth_file, err))) opts_die(&gateway_spec, "%s", err);
     if (links_check_name(cfg.manager1, KUMO_MANAGER_PORT, err) < 0) opts_die(&gateway_spec, "-m: %s", err);
     if (cfg.manager2 && links_check_name(cfg.manager2, KUMO_MANAGER_PORT, err) < 0)
         opts_die(&gateway_spec, "-p: %s", err);
@@ -213,6 +241,10 @@ int main(int argc, char **argv)
     }
     if (tfd >= 0) gm.text_listener = daemon_listen(g0->base, tfd, on_text_accept, grp);
     if (bfd >= 0) gm.binary_listener = daemon_listen(g0->base, bfd, on_binary_accept, grp);
+    for (size_t i = 0; i < grp->n; i++) { /* for stats: accepting_conns */
+        grp->w[i]->text_listener = gm.text_listener;
+        grp->w[i]->binary_listener = gm.binary_listener;
+    }
     metrics_server *metrics = NULL;
     if (cfg.common.metrics &&
         !(metrics = metrics_start(g0->base, cfg.common.metrics, "gateway", g0->started, collect_metrics, grp, err)))
@@ -243,6 +275,7 @@ int main(int argc, char **argv)
     workers_join(grp); /* worker 0's drain waited for their loops to end */
     daemon_signals_free(&sigs);
     workers_free(grp);
+    text_users_free(cfg.users);
     log_info("end");
     binlog_event(LOG_LVL_INFO, "stop");
     binlog_close();

@@ -81,6 +81,9 @@ static const shape shapes[256] = {
     [MEMPROTO_GATQ] = S(MEMPROTO_GAT, true, 4, 4, KEY_ONE, false),
     [MEMPROTO_GATK] = S(MEMPROTO_GATK, false, 4, 4, KEY_ONE, false),
     [MEMPROTO_GATKQ] = S(MEMPROTO_GATK, true, 4, 4, KEY_ONE, false),
+    [MEMPROTO_SASL_LIST_MECHS] = S(MEMPROTO_SASL_LIST_MECHS, false, 0, 0, KEY_NONE, false),
+    [MEMPROTO_SASL_AUTH] = S(MEMPROTO_SASL_AUTH, false, 0, 0, KEY_ONE, true),
+    [MEMPROTO_SASL_STEP] = S(MEMPROTO_SASL_STEP, false, 0, 0, KEY_ONE, true),
 };
 #undef S
 
@@ -154,8 +157,8 @@ memproto_result memproto_parse(const void *buf, size_t len, size_t value_max, me
     }
     if (!shape_ok(s, req)) return MEMPROTO_INVALID;
 
-    /* Only storage commands get here with a value, so the body of any other
-     * is at most extras + key: small. */
+    /* Only storage and SASL commands get here with a value, so the body of
+     * any other is at most extras + key: small. */
     size_t vlen = req->bodylen - req->extlen - req->keylen;
     if (value_max > MEMPROTO_VALUE_MAX) value_max = MEMPROTO_VALUE_MAX;
     if (vlen > value_max) {
@@ -201,6 +204,7 @@ const char *memproto_status_text(uint16_t status)
     case MEMPROTO_STATUS_EINVAL: return "Invalid arguments";
     case MEMPROTO_STATUS_NOT_STORED: return "Not stored.";
     case MEMPROTO_STATUS_DELTA_BADVAL: return "Non-numeric server-side value for incr or decr";
+    case MEMPROTO_STATUS_AUTH_ERROR: return "Auth failure.";
     case MEMPROTO_STATUS_UNKNOWN_COMMAND: return "Unknown command";
     case MEMPROTO_STATUS_ENOMEM: return "Out of memory";
     default: return "Unknown error";

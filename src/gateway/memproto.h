@@ -12,6 +12,7 @@
  *   key + extras > body          answer 0x0081, close
  *   key longer than 250 bytes    answer 0x0004, close
  *   opcode unknown               answer 0x0081, skip the body, go on
+ *   (the SASL opcodes are known: the gateway answers them, see binary.c)
  *   wrong extras/key/value shape answer 0x0004, close
  *   value over the limit         answer 0x0003, skip the body, go on
  *
@@ -80,7 +81,11 @@ enum {
     MEMPROTO_GATQ = 0x1e,
     MEMPROTO_GATK = 0x23,
     MEMPROTO_GATKQ = 0x24,
+    MEMPROTO_SASL_LIST_MECHS = 0x20,
+    MEMPROTO_SASL_AUTH = 0x21,
+    MEMPROTO_SASL_STEP = 0x22,
 };
+#define MEMPROTO_SASL_MECH_MAX 32 /* memcached's MAX_SASL_MECH_LEN */
 
 /* Response statuses (memcached protocol_binary.h). */
 enum {
@@ -91,6 +96,7 @@ enum {
     MEMPROTO_STATUS_EINVAL = 0x0004,
     MEMPROTO_STATUS_NOT_STORED = 0x0005,
     MEMPROTO_STATUS_DELTA_BADVAL = 0x0006,
+    MEMPROTO_STATUS_AUTH_ERROR = 0x0020,
     MEMPROTO_STATUS_UNKNOWN_COMMAND = 0x0081,
     MEMPROTO_STATUS_ENOMEM = 0x0082,
 };

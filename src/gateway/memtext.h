@@ -9,8 +9,8 @@
  *
  * Grammar: memcached 1.6 protocol.txt. Commands: get gets gat gats set add
  * replace append prepend cas incr decr delete touch flush_all stats version
- * verbosity quit, and the meta commands mg ms md ma mn me (their flags are
- * returned as raw tokens for the gateway to interpret).
+ * verbosity quit shutdown cache_memlimit, and the meta commands mg ms md ma
+ * mn me (their flags are returned as raw tokens for the gateway to interpret).
  * Keys: 1..250 bytes of anything but space, NUL, CR and LF.
  * A command line ends in "\r\n" or a bare "\n" (memcached accepts both); a
  * data block must be followed by exactly "\r\n".
@@ -26,6 +26,8 @@
 
 #define MEMTEXT_MAX_KEYS 256       /* keys in one get line */
 #define MEMTEXT_MAX_LINE 65536     /* a command line longer than this is an error */
+#define MEMTEXT_LONG_LINE 2048     /* memcached's bound on a line without its newline
+                                      yet, get and gets excepted: HANGUP beyond it */
 #define MEMTEXT_MAX_TOKENS 24      /* meta-command flags */
 #define MEMTEXT_MAX_KEY 250        /* bytes in a key (memcached KEY_MAX_LENGTH) */
 #define MEMTEXT_MAX_DATA (1u << 30) /* data block bytes the parser will wait for at
@@ -58,6 +60,8 @@ typedef enum memtext_cmd {
     MEMTEXT_MA,
     MEMTEXT_MN,
     MEMTEXT_ME,
+    MEMTEXT_SHUTDOWN,       /* arg: "graceful" or another word; ntokens: any more */
+    MEMTEXT_CACHE_MEMLIMIT, /* delay: the megabytes, -1 when not a number */
 } memtext_cmd;
 
 typedef struct memtext_token {
@@ -106,12 +110,19 @@ typedef enum memtext_status {
                              "ERROR\r\n" (never suppressed by noreply) */
     MEMTEXT_CLIENT_ERROR, /* reply "CLIENT_ERROR <*errmsg>\r\n" */
     MEMTEXT_CLOSE,        /* reply as CLIENT_ERROR, then close (e.g. line too long) */
+    MEMTEXT_HANGUP,       /* close without a reply, as memcached 1.6 does: an
+                             unknown command whose last token starts "HTTP/"
+                             (a browser's request: cross-protocol defence), or
+                             more than MEMTEXT_LONG_LINE bytes without a
+                             newline that are not a get or gets line */
 } memtext_status;
 
 /* Parse the request at buf[0..len). On OK and on the error statuses
  * *consumed says how many bytes to drop (the bad line, and for a storage
  * command whose line parsed, its data block as memcached swallows it);
- * it is > 0 and <= len (CLOSE: len). *errmsg is a static string such as
+ * it is > 0 and <= len (CLOSE, HANGUP: len). Because memcached judges a
+ * line without its newline by the bytes it has read, so does this parser:
+ * the same line may be NEED_MORE at 2048 bytes and HANGUP at 2049. *errmsg is a static string such as
  * "bad data chunk" or "bad command line format" for CLIENT_ERROR and CLOSE,
  * NULL otherwise. noreply on an erroring command is reported in req->noreply
  * so the caller can stay quiet as memcached does (memcached suppresses

@@ -43,8 +43,17 @@
  *  - <bytes> above MEMTEXT_MAX_DATA is refused before waiting for the data,
  *    and the caller swallows the block (memcached: "SERVER_ERROR object too
  *    large for cache" + conn_swallow);
- *  - a line with no newline after MEMTEXT_MAX_LINE+2 bytes closes the
- *    connection for every command (memcached: after 2048 bytes, except get).
+ *  - a get or gets line with no newline after MEMTEXT_MAX_LINE+2 bytes
+ *    closes the connection (memcached grows its buffer without bound).
+ *
+ * Where memcached hangs up without a word, so does this parser (HANGUP):
+ *  - more than MEMTEXT_LONG_LINE bytes and no newline, unless the line
+ *    starts with "get " or "gets " after at most 100 spaces;
+ *  - an unknown command whose last token (of memcached's first 23) starts
+ *    with "HTTP/": a browser tricked into posting to the port must not get
+ *    its request lines executed. memcached applies the test only to words
+ *    that fall through its whole dispatch, so it is repeated here with the
+ *    same shape (see http_like).
  */
 #include "memtext.h"
 
@@ -67,6 +76,13 @@ static const char E_LARGE[] = "object too large for cache";
 static const char E_LINE[] = "line too long";
 static const char E_MFLAGS[] = "options flags too long";
 static const char E_MGFLAGS[] = "options flags are too long"; /* sic, mg only */
+
+/* memcached's tokenizer keeps at most this many tokens, the command word
+ * included; the rest of the line is one more, unsplit. */
+#define MC_TOKENS 23
+/* memcached's MFLAG_MAX_OPT_LENGTH: tokens of a meta command, its command
+ * word, key and an end marker included */
+#define MC_META_TOKENS 20
 
 typedef struct line {
     memtext_cmd cmd;
@@ -118,7 +134,9 @@ typedef struct line {
       | 'md'        %{ ln->cmd = MEMTEXT_MD; }
       | 'ma'        %{ ln->cmd = MEMTEXT_MA; }
       | 'mn'        %{ ln->cmd = MEMTEXT_MN; }
-      | 'me'        %{ ln->cmd = MEMTEXT_ME; };
+      | 'me'        %{ ln->cmd = MEMTEXT_ME; }
+      | 'shutdown'  %{ ln->cmd = MEMTEXT_SHUTDOWN; }
+      | 'cache_memlimit' %{ ln->cmd = MEMTEXT_CACHE_MEMLIMIT; };
 
     # Leading, repeated and trailing spaces are allowed, as memcached's
     # tokenizer skips them (libmemcached sends "get a " with a trailing one).
@@ -209,6 +227,56 @@ static bool key_ok(const line *ln, size_t i)
 static bool last_is_noreply(const line *ln)
 {
     return ln->ntok > 0 && ln->ntok <= LINE_TOKENS && tok_is(&ln->tok[ln->ntok - 1], "noreply");
+}
+
+/* memcached's verdict on a line whose command word it does not know:
+ * close when the last token it split off starts with "HTTP/". Its dispatch
+ * answers ERROR before reaching that test for a word shorter than 2 bytes,
+ * a two-byte word starting with 'm', and any word whose first letter is one
+ * of its command initials g s a c i d t. (Its other commands, bget lru
+ * lru_crawler watch, answer ERROR here: they are not served.) */
+static bool http_like(const char *p, const char *pe)
+{
+    const char *last = NULL, *word = NULL;
+    size_t last_len = 0, word_len = 0, ntok = 0;
+    while (p < pe && ntok < MC_TOKENS) {
+        while (p < pe && *p == ' ')
+            p++;
+        if (p == pe)
+            break;
+        const char *s = p;
+        while (p < pe && *p != ' ')
+            p++;
+        if (ntok++ == 0) {
+            word = s;
+            word_len = (size_t)(p - s);
+        }
+        last = s;
+        last_len = (size_t)(p - s);
+    }
+    if (!word || word_len < 2)
+        return false;
+    if ((word[0] == 'm' && word_len == 2) || memchr("gsacidt", word[0], 7))
+        return false;
+    static const char *const known[] = {"bget", "lru", "lru_crawler", "watch", "replace", "prepend",
+                                        "flush_all", "version", "quit", "verbosity"};
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+        if (word_len == strlen(known[i]) && memcmp(word, known[i], word_len) == 0)
+            return false;
+    return last_len >= 5 && memcmp(last, "HTTP/", 5) == 0;
+}
+
+/* memcached's verdict on len > MEMTEXT_LONG_LINE bytes without a newline:
+ * only a get or gets line may be that long. */
+static bool long_line_ok(const char *buf, size_t len)
+{
+    size_t sp = 0;
+    while (sp < len && buf[sp] == ' ')
+        sp++;
+    if (sp > 100)
+        return false;
+    return (len - sp >= 4 && memcmp(buf + sp, "get ", 4) == 0) ||
+           (len - sp >= 5 && memcmp(buf + sp, "gets ", 5) == 0);
 }
 
 /* ---- commands. Each returns OK when the line is complete and valid (for
@@ -372,6 +440,18 @@ static memtext_status do_verbosity(const line *ln, memtext_request *req, const c
     return MEMTEXT_OK;
 }
 
+/* cache_memlimit <megabytes> [noreply]: a bad number is ERROR, as in
+ * memcached (quiet under noreply, like all its replies to this command). */
+static memtext_status do_memlimit(const line *ln, memtext_request *req)
+{
+    uint64_t mb;
+    if (ln->ntok != 1 && ln->ntok != 2)
+        return MEMTEXT_ERROR;
+    req->noreply = last_is_noreply(ln);
+    req->delay = parse_u64(&ln->tok[0], UINT32_MAX, &mb) ? (int64_t)mb : -1;
+    return MEMTEXT_OK;
+}
+
 /* stats [sub-command [args…]]: memcached judges the sub-command itself;
  * arguments past MEMTEXT_MAX_TOKENS are dropped (no stats takes > 3). */
 static void do_stats(const line *ln, memtext_request *req)
@@ -405,11 +485,14 @@ static memtext_status do_meta(const line *ln, memtext_request *req, const char *
         *errmsg = E_FORMAT;
         return MEMTEXT_CLIENT_ERROR;
     }
-    if (ln->ntok - first > MEMTEXT_MAX_TOKENS) {
+    /* memcached refuses more than 20 tokens, counting the command, the
+     * key and a terminator (me reads only what it needs) */
+    if (req->cmd != MEMTEXT_ME && ln->ntok + 2 > MC_META_TOKENS) {
         *errmsg = req->cmd == MEMTEXT_MG ? E_MGFLAGS : E_MFLAGS;
         return MEMTEXT_CLIENT_ERROR;
     }
-    for (size_t i = first; i < ln->ntok; i++)
+    /* me: tokens past MEMTEXT_MAX_TOKENS are not read */
+    for (size_t i = first; i < ln->ntok && i < LINE_TOKENS && req->ntokens < MEMTEXT_MAX_TOKENS; i++)
         req->tokens[req->ntokens++] = ln->tok[i];
     if (req->cmd == MEMTEXT_MS)
         return data_len(&ln->tok[1], req, errmsg);
@@ -467,6 +550,10 @@ memtext_status memtext_parse(const char *buf, size_t len, memtext_request *req,
      * (memcached: only when the line has something else in it). */
     const char *nl = memchr(buf, '\n', len < LINE_SCAN ? len : LINE_SCAN);
     if (!nl) {
+        if (len > MEMTEXT_LONG_LINE && !long_line_ok(buf, len)) {
+            *consumed = len;
+            return MEMTEXT_HANGUP;
+        }
         if (len < LINE_SCAN)
             return MEMTEXT_NEED_MORE;
         *consumed = len;
@@ -484,8 +571,12 @@ memtext_status memtext_parse(const char *buf, size_t len, memtext_request *req,
     }
 
     *consumed = line_end;
-    if (!scan_line(buf, buf + n, &ln))
-        return MEMTEXT_ERROR;
+    if (!scan_line(buf, buf + n, &ln)) {
+        if (!http_like(buf, buf + n))
+            return MEMTEXT_ERROR;
+        *consumed = len;
+        return MEMTEXT_HANGUP;
+    }
     req->cmd = ln.cmd;
 
     switch (ln.cmd) {
@@ -520,8 +611,12 @@ memtext_status memtext_parse(const char *buf, size_t len, memtext_request *req,
         st = do_verbosity(&ln, req, errmsg);
         break;
     case MEMTEXT_STATS:
+    case MEMTEXT_SHUTDOWN:
         do_stats(&ln, req);
         st = MEMTEXT_OK;
+        break;
+    case MEMTEXT_CACHE_MEMLIMIT:
+        st = do_memlimit(&ln, req);
         break;
     case MEMTEXT_MG:
     case MEMTEXT_MS:

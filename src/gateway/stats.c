@@ -60,7 +60,7 @@ void stats_general(const gateway *g, const router_sizes *sz, stats_emit_fn emit,
         C(cmd_get), C(cmd_set), C(cmd_flush), C(cmd_touch), C(cmd_meta), C(get_hits), C(get_misses),
         C(get_expired), {"get_flushed", SIZE_MAX}, C(delete_misses), C(delete_hits), C(incr_misses), C(incr_hits),
         C(decr_misses), C(decr_hits), C(cas_misses), C(cas_hits), C(cas_badval), C(touch_hits), C(touch_misses),
-        C(store_too_large), {"store_no_memory", SIZE_MAX}, {"auth_cmds", SIZE_MAX}, {"auth_errors", SIZE_MAX},
+        C(store_too_large), {"store_no_memory", SIZE_MAX}, C(auth_cmds), C(auth_errors),
         C(bytes_read), C(bytes_written),
 #undef C
     };
@@ -70,8 +70,16 @@ void stats_general(const gateway *g, const router_sizes *sz, stats_emit_fn emit,
         put(emit, arg, counters[i].name, "%" PRIu64, v);
     }
     put(emit, arg, "limit_maxbytes", "0");
-    put(emit, arg, "accepting_conns", "1");
-    put(emit, arg, "listen_disabled_num", "0");
+    /* memcached stops accepting when it runs out of connections; the
+     * gateway's listeners pause for a moment when accept() fails (out of
+     * descriptors): accepting_conns is 0 while one is paused, and
+     * listen_disabled_num counts the pauses */
+    uint64_t tf, bf;
+    bool tp, bp;
+    daemon_listener_stats(g->text_listener, &tf, &tp);
+    daemon_listener_stats(g->binary_listener, &bf, &bp);
+    put(emit, arg, "accepting_conns", "%d", !(tp || bp));
+    put(emit, arg, "listen_disabled_num", "%" PRIu64, tf + bf);
     put(emit, arg, "threads", "%zu", g->group->n);
     put(emit, arg, "conn_yields", "0");
     put(emit, arg, "curr_items", "%" PRIu64, sz->items);
@@ -97,7 +105,9 @@ void stats_settings(const gateway *g, stats_emit_fn emit, void *arg)
     put(emit, arg, "cas_enabled", "yes");
     put(emit, arg, "evictions", "off");
     put(emit, arg, "item_size_max", "%d", cfg->item_size_max);
-    put(emit, arg, "binding_protocol", "%s", cfg->binary ? "auto-negotiate" : "ascii");
+    put(emit, arg, "binding_protocol", "auto-negotiate"); /* every port, by the first byte */
+    put(emit, arg, "auth_enabled_sasl", "%s", cfg->users ? "yes" : "no");
+    put(emit, arg, "auth_enabled_ascii", "%s", cfg->auth_file ? cfg->auth_file : "no");
     put(emit, arg, "tcp_backlog", "1024");
     put(emit, arg, "kumofs_get_retry", "%d", cfg->get_retries);
     put(emit, arg, "kumofs_set_retry", "%d", cfg->set_retries);

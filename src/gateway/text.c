@@ -6,15 +6,21 @@
  * Retrievals send one router call per key, as many at once as the
  * connection's window and budgets allow (client.c), and stream the answer
  * in key order as the keys come back. Every write and read-modify-write (set … cas, incr/decr, touch,
- * gat, ms, md, ma, mg with T) is one router_write_op: it runs atomically at
- * the key's coordinator, which answers with memcached's result word.
- * Meta return flags are echoed in the order the client asked for them.
- * Not supported, answered with CLIENT_ERROR: base64 keys (b) and the
- * stale-while-revalidate flags (mg N/R, md I, ms I) — see docs/protocol.md.
+ * gat, ms, md, ma, mg with T, md I, an mg that may win a recache token) is
+ * one router_write_op: it runs atomically at the key's coordinator, which
+ * answers with memcached's result word.
+ * Meta flags are read as memcached 1.6.18 reads them; return flags are
+ * echoed in the order the client asked for them. Base64 keys (b) are
+ * decoded here. Not supported, answered as memcached answers an unknown
+ * flag: mg h l (docs/protocol.md §9.3).
+ * Also here: -Y (the users file, text authentication), the protocol chosen
+ * by a connection's first byte, shutdown and cache_memlimit.
  *
  * Calls: memtext (parser), client, router, record, log. Thread rule: its worker's loop.
  */
+#include <errno.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,29 +31,94 @@
 #include "client.h"
 #include "config.h"
 #include "log.h"
+#include "memproto.h"
 #include "memtext.h"
 #include "proto.h"
 #include "record.h"
 
 /* ---- meta flags ---- */
 
+/* memcached's bound on an opaque token, its 'O' included. */
 #define META_MAX_OPAQUE 32
 
 typedef struct meta {
     char ret[MEMTEXT_MAX_TOKENS]; /* return flags, in request order */
     size_t nret;
-    bool v, q, has_cas, has_ttl, has_flags, vivify;
+    bool v, q, b, has_cas, has_ttl, has_flags, vivify, invalidate, recache;
     uint64_t cas;
-    int64_t ttl, vivify_ttl;
+    int64_t ttl, vivify_ttl, recache_ttl;
     uint32_t flags;
     char mode;
     uint64_t delta, initial;
-    char opaque[META_MAX_OPAQUE + 1];
+    char opaque[META_MAX_OPAQUE + 1]; /* with its 'O' */
+    uint8_t key[MEMTEXT_MAX_KEY];    /* b: the decoded key */
+    size_t klen;
 } meta;
 
+/* base64 as memcached decodes it (its base64.c): bytes outside the
+ * alphabet are skipped, '=' counts as a zero digit, the digits must come in
+ * fours, and the first padded four ends the key. Returns the decoded length,
+ * 0 when that is not base64 (memcached's "error decoding key"). */
+static size_t b64_decode(const char *src, size_t len, uint8_t *out, size_t cap)
+{
+    static const char alpha[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    uint8_t block[4];
+    size_t n = 0, count = 0, o = 0, pad = 0;
+    for (size_t i = 0; i < len; i++)
+        if (src[i] == '=' || (src[i] && strchr(alpha, src[i]))) n++;
+    if (n == 0 || n % 4 || n / 4 * 3 > cap) return 0;
+    for (size_t i = 0; i < len; i++) {
+        const char *d = src[i] && src[i] != '=' ? strchr(alpha, src[i]) : NULL;
+        if (!d && src[i] != '=') continue;
+        if (src[i] == '=') pad++;
+        block[count++] = d ? (uint8_t)(d - alpha) : 0;
+        if (count < 4) continue;
+        out[o++] = (uint8_t)(block[0] << 2 | block[1] >> 4);
+        out[o++] = (uint8_t)(block[1] << 4 | block[2] >> 2);
+        out[o++] = (uint8_t)(block[2] << 6 | block[3]);
+        count = 0;
+        if (pad) {
+            if (pad > 2) return 0;
+            o -= pad;
+            break;
+        }
+    }
+    return o;
+}
+
+static void b64_put(struct evbuffer *out, const uint8_t *in, size_t len)
+{
+    static const char alpha[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    char buf[(MEMTEXT_MAX_KEY + 2) / 3 * 4], *p = buf;
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < len ? (uint32_t)in[i + 1] << 8 : 0) |
+                     (i + 2 < len ? in[i + 2] : 0);
+        *p++ = alpha[v >> 18 & 63];
+        *p++ = alpha[v >> 12 & 63];
+        *p++ = i + 1 < len ? alpha[v >> 6 & 63] : '=';
+        *p++ = i + 2 < len ? alpha[v & 63] : '=';
+    }
+    evbuffer_add(out, buf, (size_t)(p - buf));
+}
+
+/* " k<key>", or " k<base64> b" for a key that came base64-encoded. */
+static void meta_key(struct evbuffer *out, const meta *m, const char *key, size_t klen)
+{
+    evbuffer_add(out, " k", 2);
+    if (!m->b) {
+        evbuffer_add(out, key, klen);
+        return;
+    }
+    b64_put(out, (const uint8_t *)key, klen);
+    evbuffer_add(out, " b", 2);
+}
+
+/* memcached's safe_strto* (an optional sign, decimal digits), with the
+ * range of the C type memcached reads into. */
 static bool parse_u64(const char *p, size_t n, uint64_t *out)
 {
     uint64_t v = 0;
+    if (n > 0 && p[0] == '+') p++, n--;
     if (n == 0 || n > 20) return false;
     for (size_t i = 0; i < n; i++) {
         if (p[i] < '0' || p[i] > '9') return false;
@@ -59,98 +130,127 @@ static bool parse_u64(const char *p, size_t n, uint64_t *out)
     return true;
 }
 
-static bool parse_i64(const char *p, size_t n, int64_t *out)
+static bool parse_i32(const char *p, size_t n, int64_t *out)
 {
     uint64_t v;
     bool neg = n > 0 && p[0] == '-';
-    if (!parse_u64(p + neg, n - neg, &v) || v > INT64_MAX) return false;
+    if (!parse_u64(p + neg, n - neg, &v) || v > (neg ? 2147483648u : 2147483647u)) return false;
     *out = neg ? -(int64_t)v : (int64_t)v;
     return true;
 }
 
-/* Parse the flag tokens of a meta command; NULL or a CLIENT_ERROR text. */
+/* Parse the flag tokens of a meta command as memcached 1.6's
+ * _meta_flag_preparse does, and refuse what kumofs cannot honour with the
+ * answer memcached gives a flag it does not know. NULL, or the
+ * CLIENT_ERROR text. key/klen: the key token, decoded in place into m->key
+ * under b. */
 static const char *parse_meta(const memtext_request *q, meta *m)
 {
     bool seen[128] = {false};
-    bool arith = q->cmd == MEMTEXT_MA;
-    /* memcached words a bad number differently for ma than for the others */
-    const char *bad_num = arith ? "invalid or duplicate flag" : "bad token in command line format";
+    int cmd = q->cmd;
+    const char *err = NULL;
+    uint64_t u;
     memset(m, 0, sizeof(*m));
     m->delta = 1;
     for (size_t i = 0; i < q->ntokens; i++) {
         const char *t = q->tokens[i].p, *a = t + 1;
         size_t n = q->tokens[i].len - 1;
-        uint64_t u;
-        if ((unsigned char)t[0] < 128) {
-            if (seen[(unsigned char)t[0]]) return arith ? "invalid or duplicate flag" : "duplicate flag";
-            seen[(unsigned char)t[0]] = true;
-        }
-        switch (t[0]) {
-        case 'v': m->v = true; break;
-        case 'q': m->q = true; break;
-        case 'c': case 'f': case 'k': case 's': case 't': case 'h': case 'l':
-            m->ret[m->nret++] = t[0];
-            break;
-        case 'O':
-            if (n > META_MAX_OPAQUE) return "opaque token too long";
-            memcpy(m->opaque, a, n);
-            m->opaque[n] = '\0';
-            m->ret[m->nret++] = 'O';
-            break;
-        case 'C':
-            if (!parse_u64(a, n, &m->cas)) return bad_num;
-            m->has_cas = true;
-            break;
-        case 'T':
-            if (!parse_i64(a, n, &m->ttl)) return bad_num;
-            m->has_ttl = true;
+        unsigned char f = (unsigned char)t[0];
+        if (f >= 127 || seen[f]) return "duplicate flag";
+        seen[f] = true;
+        switch (f) {
+        case 'b':
+            m->b = true;
+            m->klen = b64_decode(q->keys[0].p, q->keys[0].len, m->key, sizeof(m->key));
+            if (m->klen == 0) err = "error decoding key";
             break;
         case 'N':
-            if (!parse_i64(a, n, &m->vivify_ttl)) return bad_num;
+            if (!parse_i32(a, n, &m->vivify_ttl)) err = "bad token in command line format";
             m->vivify = true;
             break;
+        case 'T':
+            if (!parse_i32(a, n, &m->ttl)) err = "bad token in command line format";
+            m->has_ttl = true;
+            break;
+        case 'R':
+            if (!parse_i32(a, n, &m->recache_ttl)) err = "bad token in command line format";
+            m->recache = true;
+            break;
+        case 'I':
+            /* md: mark stale instead of deleting (OP_INVALIDATE); ms with C:
+             * store stale when the CAS is older (WF_STALE) */
+            m->invalidate = true;
+            break;
+        case 'h': case 'l':
+            /* hit-before and last-access: every read would have to write */
+            if (cmd == MEMTEXT_MG) return "invalid flag";
+            break;
+        case 'v': m->v = true; break;
+        case 'q': m->q = true; break;
+        case 'u': case 'P': case 'L': break;
+        case 'c': case 'f': case 'k': case 's': case 't':
+            m->ret[m->nret++] = (char)f;
+            break;
+        case 'O':
+            m->ret[m->nret++] = 'O';
+            if (n + 1 <= META_MAX_OPAQUE) memcpy(m->opaque, t, n + 1);
+            break;
         case 'F':
-            if (!parse_u64(a, n, &u) || u > UINT32_MAX) return bad_num;
-            m->flags = (uint32_t)u;
+            if (!parse_u64(a, n, &u) || u > UINT32_MAX) err = "bad command line format";
+            else m->flags = (uint32_t)u;
             m->has_flags = true;
             break;
-        case 'D':
-            if (!parse_u64(a, n, &m->delta)) return bad_num;
-            break;
-        case 'J':
-            if (!parse_u64(a, n, &m->initial)) return bad_num;
+        case 'C':
+            if (!parse_u64(a, n, &m->cas)) err = "bad token in command line format";
+            m->has_cas = true;
             break;
         case 'M':
-            if (n != 1) return "bad token in command line format";
-            m->mode = a[0];
+            if (n != 1) err = "incorrect length for M token";
+            else m->mode = a[0];
             break;
-        case 'b': return "base64 keys are not supported";
-        case 'E': case 'I': case 'R': case 'S': case 'u': case 'x': case 'P': case 'L':
-            /* cache-control flags with no meaning in a replicated store */
-            return "unsupported flag";
+        case 'J':
+            if (!parse_u64(a, n, &m->initial)) err = "invalid numeric initial value";
+            break;
+        case 'D':
+            if (!parse_u64(a, n, &m->delta)) err = "invalid numeric delta value";
+            break;
         default: return "invalid flag";
         }
     }
+    if (err) return err;
+    for (size_t i = 0; i < q->ntokens; i++)
+        if (q->tokens[i].p[0] == 'O' && q->tokens[i].len > META_MAX_OPAQUE) return "opaque token too long";
     return NULL;
 }
 
-/* Append " c123 f0 kfoo …" for the requested return flags. */
-static void meta_ret(struct evbuffer *out, const meta *m, const char *key, size_t klen, const record_value *v,
-                     uint64_t ct, uint32_t now)
+/* The return flags each meta reply carries in memcached 1.6.18: mg's hit
+ * all of them, ms's answers O k c, ma's success c t O k, and every other
+ * answer (a miss, md, a failed ms or ma) only O and k. */
+static const char *meta_fills(int cmd, const char *word)
+{
+    if (cmd == MEMTEXT_MG && word[0] != 'E') return "cfkOst";
+    if (cmd == MEMTEXT_MS) return "ckO";
+    if (cmd == MEMTEXT_MA && (word[0] == 'H' || word[0] == 'V')) return "ctkO";
+    return "kO";
+}
+
+/* Append " c123 f0 kfoo …" for the requested return flags that `fills`
+ * names. */
+static void meta_ret(struct evbuffer *out, const meta *m, const char *fills, const char *key, size_t klen,
+                     const record_value *v, uint64_t ct, uint32_t now)
 {
     for (size_t i = 0; i < m->nret; i++) {
+        if (!strchr(fills, m->ret[i])) continue;
         switch (m->ret[i]) {
         case 'c': evbuffer_add_printf(out, " c%" PRIu64, v ? v->clocktime : ct); break;
         case 'f': evbuffer_add_printf(out, " f%" PRIu32, v ? v->flags : 0); break;
-        case 'k': evbuffer_add_printf(out, " k%.*s", (int)klen, key); break;
-        case 'O': evbuffer_add_printf(out, " O%s", m->opaque); break;
+        case 'k': meta_key(out, m, key, klen); break;
+        case 'O': evbuffer_add_printf(out, " %s", m->opaque); break;
         case 's': evbuffer_add_printf(out, " s%zu", v ? v->payload_len : 0); break;
         case 't':
             if (!v || v->exptime == 0) evbuffer_add_printf(out, " t-1");
             else evbuffer_add_printf(out, " t%lld", (long long)v->exptime - (long long)now);
             break;
-        case 'h': evbuffer_add(out, " h0", 3); break;
-        case 'l': evbuffer_add(out, " l0", 3); break;
         default: break;
         }
     }
@@ -197,13 +297,13 @@ static void tstate_free(void *p)
     free(t);
 }
 
-/* A request with state for `nkeys` keys copied from q (keys[0] for writes). */
-static creq *req_with_state(client *c, const memtext_request *q, size_t nkeys, bool quiet)
+/* A request of command cmd with state for `nkeys` keys copied from keys. */
+static creq *req_with_state(client *c, int cmd, const memtext_token *keys, size_t nkeys, bool quiet)
 {
     creq *r = client_req(c, quiet);
     if (!r) return NULL;
     size_t keybytes = 0;
-    for (size_t i = 0; i < nkeys; i++) keybytes += q->keys[i].len;
+    for (size_t i = 0; i < nkeys; i++) keybytes += keys[i].len;
     tstate *t = calloc(1, sizeof(*t) + nkeys * (sizeof(kslot) + sizeof(kctx)) + keybytes);
     r->state = t;
     r->free_state = tstate_free;
@@ -211,15 +311,15 @@ static creq *req_with_state(client *c, const memtext_request *q, size_t nkeys, b
         client_reply(r, "SERVER_ERROR out of memory\r\n");
         return NULL;
     }
-    t->cmd = q->cmd;
+    t->cmd = cmd;
     t->keys = (kslot *)(t + 1);
     t->ctx = (kctx *)(t->keys + nkeys);
     char *kb = (char *)(t->ctx + nkeys);
     for (size_t i = 0; i < nkeys; i++) {
         kslot *k = &t->keys[i];
-        k->klen = q->keys[i].len;
+        k->klen = keys[i].len;
         k->key = kb;
-        memcpy(kb, q->keys[i].p, k->klen);
+        memcpy(kb, keys[i].p, k->klen);
         kb += k->klen;
         t->ctx[i] = (kctx){r, i};
         t->nkeys++;
@@ -371,7 +471,7 @@ static void do_retrieve(client *c, const memtext_request *q)
 {
     gateway *g = c->g;
     bool touch = q->cmd == MEMTEXT_GAT || q->cmd == MEMTEXT_GATS;
-    creq *r = req_with_state(c, q, q->nkeys, false);
+    creq *r = req_with_state(c, q->cmd, q->keys, q->nkeys, false);
     if (!r) return;
     tstate *t = r->state;
     g->stats.cmd_get += q->nkeys;
@@ -433,7 +533,7 @@ static bool too_large(creq *r, size_t len)
 static void do_store(client *c, const memtext_request *q)
 {
     gateway *g = c->g;
-    creq *r = req_with_state(c, q, 1, q->noreply);
+    creq *r = req_with_state(c, q->cmd, q->keys, 1, q->noreply);
     if (!r || too_large(r, q->data_len)) return;
     size_t vlen;
     uint8_t *val = make_value(q->flags, q->exptime, q->data, q->data_len, &vlen);
@@ -503,7 +603,7 @@ static void touch_done(void *arg, const router_result *res)
 static void do_keyed_write(client *c, const memtext_request *q)
 {
     gateway *g = c->g;
-    creq *r = req_with_state(c, q, 1, q->noreply);
+    creq *r = req_with_state(c, q->cmd, q->keys, 1, q->noreply);
     if (!r) return;
     router_write w = {.op = OP_DELETE};
     router_write_fn fn = delete_done;
@@ -594,6 +694,9 @@ static creq *meta_req(client *c, const memtext_request *q, meta *m)
 {
     const char *bad = parse_meta(q, m);
     c->g->stats.cmd_meta++;
+    /* memcached's md and ma word every flag error alike */
+    if (bad && (q->cmd == MEMTEXT_MD || q->cmd == MEMTEXT_MA) && strcmp(bad, "opaque token too long") != 0)
+        bad = "invalid or duplicate flag";
     if (bad) {
         creq *r = client_req(c, false);
         if (r) {
@@ -602,7 +705,8 @@ static creq *meta_req(client *c, const memtext_request *q, meta *m)
         }
         return NULL;
     }
-    creq *r = req_with_state(c, q, q->cmd == MEMTEXT_MN ? 0 : 1, false);
+    memtext_token key = m->b ? (memtext_token){(const char *)m->key, m->klen} : q->keys[0];
+    creq *r = req_with_state(c, q->cmd, &key, 1, false);
     if (r) ((tstate *)r->state)->m = *m;
     return r;
 }
@@ -617,50 +721,86 @@ static void meta_answer(creq *r, const char *word, const record_value *v, uint64
         return;
     }
     evbuffer_add(r->out, word, 2);
-    if (word[0] == 'H' || word[0] == 'V' || word[0] == 'N' || word[0] == 'E')
-        meta_ret(r->out, &t->m, t->keys[0].key, t->keys[0].klen, v, ct, (uint32_t)time(NULL));
+    meta_ret(r->out, &t->m, meta_fills(t->cmd, word), t->keys[0].key, t->keys[0].klen, v, ct, (uint32_t)time(NULL));
     evbuffer_add(r->out, "\r\n", 2);
     client_done(r);
 }
 
-static void mg_finish(creq *r, bool ok, const void *rec, size_t len)
+/* mg's answer: the record v (NULL: a miss). won: this reader was handed
+ * the win token. Z (a token is out), X (stale) and W (won) follow the
+ * return flags in memcached's order. */
+static void mg_reply(creq *r, const record_value *v, bool won)
 {
     tstate *t = r->state;
     gateway *g = r->c->g;
-    record_value v;
-    if (!ok) {
-        client_reply(r, "SERVER_ERROR get failed\r\n");
-        return;
-    }
-    keep_record(&t->keys[0], rec, len);
-    if (!hit(&t->keys[0], &v)) {
+    uint32_t now = (uint32_t)time(NULL);
+    if (!v) {
         g->stats.get_misses++;
         if (t->m.q) {
             r->quiet = true;
             client_done(r);
             return;
         }
-        /* a miss echoes only the key and the opaque */
         evbuffer_add(r->out, "EN", 2);
-        for (size_t i = 0; i < t->m.nret; i++) {
-            if (t->m.ret[i] == 'k') evbuffer_add_printf(r->out, " k%.*s", (int)t->keys[0].klen, t->keys[0].key);
-            else if (t->m.ret[i] == 'O') evbuffer_add_printf(r->out, " O%s", t->m.opaque);
-        }
+        meta_ret(r->out, &t->m, meta_fills(t->cmd, "EN"), t->keys[0].key, t->keys[0].klen, NULL, 0, 0);
         evbuffer_add(r->out, "\r\n", 2);
         client_done(r);
         return;
     }
     g->stats.get_hits++;
-    if (!t->m.v) {
-        meta_answer(r, "HD", &v, v.clocktime, false);
+    if (t->m.v) evbuffer_add_printf(r->out, "VA %zu", v->payload_len);
+    else evbuffer_add(r->out, "HD", 2);
+    meta_ret(r->out, &t->m, meta_fills(t->cmd, "VA"), t->keys[0].key, t->keys[0].klen, v, v->clocktime, now);
+    if (!won && (v->meta & RECORD_META_WON)) evbuffer_add(r->out, " Z", 2);
+    if (v->meta & RECORD_META_STALE) evbuffer_add(r->out, " X", 2);
+    if (won) evbuffer_add(r->out, " W", 2);
+    evbuffer_add(r->out, "\r\n", 2);
+    if (t->m.v) {
+        evbuffer_add(r->out, v->payload, v->payload_len);
+        evbuffer_add(r->out, "\r\n", 2);
+    }
+    client_done(r);
+}
+
+static void mg_win_done(void *arg, const router_result *res)
+{
+    creq *r = arg;
+    record_value v;
+    bool found = res->ok && res->value && record_value_parse(res->value, res->vlen, &v) == 0 && !v.tombstone;
+    if (!res->ok) client_reply(r, "SERVER_ERROR get failed\r\n");
+    else mg_reply(r, found && res->code != CODE_NOT_FOUND ? &v : NULL, found && res->code == CODE_STORED);
+    client_call_end(r);
+}
+
+/* The record mg read (or touched). A reader may win the token that tells
+ * it to recache: with N on a miss (the key is created empty), on a stale
+ * record, or with R on one expiring sooner than R seconds, when no token
+ * is out yet. The coordinator decides who wins (OP_MG_WIN), atomically. */
+static void mg_finish(creq *r, bool ok, const void *rec, size_t len)
+{
+    tstate *t = r->state;
+    gateway *g = r->c->g;
+    uint32_t now = (uint32_t)time(NULL);
+    record_value v;
+    if (!ok) {
+        client_reply(r, "SERVER_ERROR get failed\r\n");
         return;
     }
-    evbuffer_add_printf(r->out, "VA %zu", v.payload_len);
-    meta_ret(r->out, &t->m, t->keys[0].key, t->keys[0].klen, &v, v.clocktime, (uint32_t)time(NULL));
-    evbuffer_add(r->out, "\r\n", 2);
-    evbuffer_add(r->out, v.payload, v.payload_len);
-    evbuffer_add(r->out, "\r\n", 2);
-    client_done(r);
+    keep_record(&t->keys[0], rec, len);
+    bool live = hit(&t->keys[0], &v);
+    uint32_t recache = t->m.recache ? record_exptime(t->m.recache_ttl, now) : 0;
+    bool may_win = live ? !(v.meta & RECORD_META_WON) &&
+                              ((v.meta & RECORD_META_STALE) || (recache && v.exptime && v.exptime < recache))
+                        : t->m.vivify;
+    if (!may_win) {
+        mg_reply(r, live ? &v : NULL, false);
+        return;
+    }
+    size_t vlen;
+    uint8_t *val = make_value(0, t->m.vivify ? t->m.vivify_ttl : 0, NULL, 0, &vlen);
+    router_write w = {.op = OP_MG_WIN, .flags = t->m.vivify ? WF_VIVIFY : 0, .initial = recache};
+    client_call_begin(r);
+    router_write_op(g, &w, t->keys[0].key, t->keys[0].klen, val, val ? vlen : 0, mg_win_done, r);
 }
 
 static void mg_get_done(void *arg, bool ok, const void *value, size_t vlen)
@@ -693,8 +833,10 @@ static void me_done(void *arg, bool ok, const void *rec, size_t len)
         if (!hit(&t->keys[0], &v)) {
             client_reply(r, "EN\r\n");
         } else {
-            evbuffer_add_printf(r->out, "ME %.*s exp=%lld la=0 cas=%" PRIu64 " fetch=no cls=1 size=%zu\r\n",
-                                (int)t->keys[0].klen, t->keys[0].key,
+            evbuffer_add(r->out, "ME ", 3);
+            if (t->m.b) b64_put(r->out, (const uint8_t *)t->keys[0].key, t->keys[0].klen);
+            else evbuffer_add(r->out, t->keys[0].key, t->keys[0].klen);
+            evbuffer_add_printf(r->out, " exp=%lld la=0 cas=%" PRIu64 " fetch=no cls=1 size=%zu\r\n",
                                 v.exptime ? (long long)v.exptime - now : -1LL, v.clocktime, v.payload_len);
             client_done(r);
         }
@@ -744,7 +886,8 @@ static void ma_done(void *arg, const router_result *res)
             char num[24];
             int n = snprintf(num, sizeof(num), "%" PRIu64, res->number);
             evbuffer_add_printf(r->out, "VA %d", n);
-            meta_ret(r->out, &t->m, t->keys[0].key, t->keys[0].klen, vp, res->ct, (uint32_t)time(NULL));
+            meta_ret(r->out, &t->m, meta_fills(t->cmd, "VA"), t->keys[0].key, t->keys[0].klen, vp, res->ct,
+                     (uint32_t)time(NULL));
             evbuffer_add_printf(r->out, "\r\n%s\r\n", num);
             client_done(r);
         } else {
@@ -757,6 +900,33 @@ static void ma_done(void *arg, const router_result *res)
     client_call_end(r);
 }
 
+/* me <key> [b]: memcached reads no flags but a b right after the key, and
+ * answers a key that came base64-encoded in base64 when it is not printable. */
+static void do_me(client *c, const memtext_request *q)
+{
+    meta m;
+    memset(&m, 0, sizeof(m));
+    memtext_token key = q->keys[0];
+    c->g->stats.cmd_meta++;
+    if (q->ntokens >= 1 && q->tokens[0].len == 1 && q->tokens[0].p[0] == 'b') {
+        m.klen = b64_decode(key.p, key.len, m.key, sizeof(m.key));
+        creq *e;
+        if (m.klen == 0) {
+            if ((e = client_req(c, false))) client_reply(e, "CLIENT_ERROR bad command line format\r\n");
+            return;
+        }
+        for (size_t i = 0; i < m.klen; i++) m.b = m.b || m.key[i] <= ' ' || m.key[i] >= 0x7f;
+        key = (memtext_token){(const char *)m.key, m.klen};
+    }
+    creq *r = req_with_state(c, q->cmd, &key, 1, false);
+    if (!r) return;
+    tstate *t = r->state;
+    t->m = m;
+    client_part_begin(c, t->keys[0].key, t->keys[0].klen);
+    client_call_begin(r);
+    router_get(c->g, t->keys[0].key, t->keys[0].klen, client_settled(c), me_done, r);
+}
+
 static void do_meta(client *c, const memtext_request *q)
 {
     gateway *g = c->g;
@@ -766,6 +936,10 @@ static void do_meta(client *c, const memtext_request *q)
         if ((r = client_req(c, false))) client_reply(r, "MN\r\n");
         return;
     }
+    if (q->cmd == MEMTEXT_ME) {
+        do_me(c, q);
+        return;
+    }
     if (!(r = meta_req(c, q, &m))) return;
     tstate *t = r->state;
     const char *key = t->keys[0].key;
@@ -773,11 +947,6 @@ static void do_meta(client *c, const memtext_request *q)
     uint8_t *val = NULL;
     router_write w = {.cas = m.has_cas ? m.cas : 0};
     switch (q->cmd) {
-    case MEMTEXT_ME:
-        client_part_begin(c, key, klen);
-        client_call_begin(r);
-        router_get(g, key, klen, client_settled(c), me_done, r);
-        return;
     case MEMTEXT_MG:
         g->stats.cmd_get++;
         client_call_begin(r);
@@ -795,12 +964,18 @@ static void do_meta(client *c, const memtext_request *q)
     case MEMTEXT_MS:
         if (too_large(r, q->data_len)) return;
         switch (m.mode ? m.mode : 'S') {
-        case 'S': case 's': w.op = OP_SET; break;
-        case 'E': case 'e': w.op = OP_ADD; break;
-        case 'A': case 'a': w.op = OP_APPEND; break;
-        case 'P': case 'p': w.op = OP_PREPEND; break;
-        case 'R': case 'r': w.op = OP_REPLACE; break;
+        case 'S': w.op = OP_SET; break;
+        case 'E': w.op = OP_ADD; break;
+        case 'A': w.op = OP_APPEND; break;
+        case 'P': w.op = OP_PREPEND; break;
+        case 'R': w.op = OP_REPLACE; break;
         default: client_reply(r, "CLIENT_ERROR invalid mode for ms M token\r\n"); return;
+        }
+        /* memcached turns set and replace with a CAS into its cas command,
+         * which a CAS of 0 never matches */
+        if (m.has_cas && (w.op == OP_SET || w.op == OP_REPLACE)) {
+            w.op = OP_CAS;
+            if (m.invalidate) w.flags |= WF_STALE;
         }
         g->stats.cmd_set++;
         val = make_value(m.flags, m.has_ttl ? m.ttl : 0, q->data, q->data_len, &vlen);
@@ -808,14 +983,22 @@ static void do_meta(client *c, const memtext_request *q)
         router_write_op(g, &w, key, klen, val, val ? vlen : 0, ms_done, r);
         return;
     case MEMTEXT_MD:
+        if (m.invalidate) { /* mark stale, bump the CAS, T sets the TTL */
+            w.op = OP_INVALIDATE;
+            if (m.has_ttl) w.flags |= WF_TOUCH;
+            val = make_value(0, m.has_ttl ? m.ttl : 0, NULL, 0, &vlen);
+            client_call_begin(r);
+            router_write_op(g, &w, key, klen, val, val ? vlen : 0, md_done, r);
+            return;
+        }
         w.op = OP_DELETE;
         client_call_begin(r);
         router_write_op(g, &w, key, klen, NULL, 0, md_done, r);
         return;
     case MEMTEXT_MA:
         switch (m.mode ? m.mode : 'I') {
-        case 'I': case 'i': case '+': w.op = OP_INCR; break;
-        case 'D': case 'd': case '-': w.op = OP_DECR; break;
+        case 'I': case '+': w.op = OP_INCR; break;
+        case 'D': case '-': w.op = OP_DECR; break;
         default: client_reply(r, "CLIENT_ERROR invalid mode for ma M token\r\n"); return;
         }
         w.delta = m.delta;
@@ -828,6 +1011,39 @@ static void do_meta(client *c, const memtext_request *q)
         return;
     default: client_reply(r, "ERROR\r\n"); return;
     }
+}
+
+/* ---- administration ---- */
+
+/* shutdown [graceful]: only with -A, as memcached. Both forms stop the
+ * gateway the way SIGTERM does (it finishes what is in flight), and close
+ * this connection without a reply. */
+static void do_shutdown(client *c, const memtext_request *q)
+{
+    creq *r;
+    if (!c->g->cfg->shutdown_command) {
+        if ((r = client_req(c, false))) client_reply(r, "ERROR: shutdown not enabled\r\n");
+        return;
+    }
+    if (q->arg.len == 0 || (q->arg.len == 8 && memcmp(q->arg.p, "graceful", 8) == 0 && q->ntokens == 0)) {
+        log_info("shutdown command from a client");
+        c->close_after_flush = true;
+        kill(getpid(), SIGTERM);
+        return;
+    }
+    if ((r = client_req(c, false))) client_reply(r, "CLIENT_ERROR invalid shutdown mode\r\n");
+}
+
+/* cache_memlimit <megabytes>: memcached's answers, but no effect: the
+ * gateway caches nothing, the servers' databases are sized on disk. */
+static void do_memlimit(client *c, const memtext_request *q)
+{
+    creq *r = client_req(c, q->noreply);
+    if (!r) return;
+    if (q->delay < 0) client_reply(r, "ERROR\r\n");
+    else if (q->delay < 8) client_reply(r, "MEMLIMIT_TOO_SMALL cannot set maxbytes to less than 8m\r\n");
+    else if (q->delay > 1000000000) client_reply(r, "MEMLIMIT_ADJUST_FAILED input value is megabytes not bytes\r\n");
+    else client_reply(r, "OK\r\n");
 }
 
 /* ---- dispatch ---- */
@@ -859,6 +1075,8 @@ static void dispatch(client *c, const memtext_request *q)
         if ((r = client_req(c, q->noreply))) client_reply(r, "OK\r\n");
         break;
     case MEMTEXT_QUIT: c->close_after_flush = true; break;
+    case MEMTEXT_SHUTDOWN: do_shutdown(c, q); break;
+    case MEMTEXT_CACHE_MEMLIMIT: do_memlimit(c, q); break;
     default: do_meta(c, q); break;
     }
 }
@@ -876,12 +1094,27 @@ static creq_kind kind_of(const memtext_request *q)
         return CREQ_READ;
     case MEMTEXT_FLUSH_ALL:
     case MEMTEXT_STATS: return CREQ_BARRIER;
+    case MEMTEXT_SHUTDOWN: return CREQ_BARRIER; /* after what came before it */
     case MEMTEXT_VERSION:
     case MEMTEXT_VERBOSITY:
     case MEMTEXT_QUIT:
+    case MEMTEXT_CACHE_MEMLIMIT:
     case MEMTEXT_MN: return CREQ_LOCAL;
     default: return CREQ_WRITE;
     }
+}
+
+/* Whether a write of the request's key may start: for a meta command with
+ * b, the key the router sees is the decoded one. */
+static bool may_write_key(client *c, const memtext_request *q, const memtext_token *key)
+{
+    bool b64 = false;
+    if (q->cmd >= MEMTEXT_MG && q->cmd <= MEMTEXT_ME)
+        for (size_t i = 0; i < q->ntokens; i++) b64 = b64 || q->tokens[i].p[0] == 'b';
+    if (!b64) return client_may_write(c, key->p, key->len);
+    uint8_t raw[MEMTEXT_MAX_KEY + 4];
+    size_t n = b64_decode(key->p, key->len, raw, sizeof(raw));
+    return client_may_write(c, (const char *)raw, n);
 }
 
 /* The order rules: a write waits for the earlier gets of its keys. */
@@ -891,7 +1124,7 @@ static bool may_start(client *c, const memtext_request *q)
     if (kind == CREQ_WRITE) {
         size_t n = q->cmd == MEMTEXT_GAT || q->cmd == MEMTEXT_GATS ? q->nkeys : 1;
         for (size_t i = 0; i < n; i++)
-            if (!client_may_write(c, q->keys[i].p, q->keys[i].len)) return false;
+            if (!may_write_key(c, q, &q->keys[i])) return false;
     }
     return client_may_start(c, kind);
 }
@@ -921,6 +1154,10 @@ static size_t text_parse(client *c, const char *buf, size_t len)
     case MEMTEXT_ERROR:
         if ((r = client_req(c, false))) client_reply(r, "ERROR\r\n");
         break;
+    case MEMTEXT_HANGUP:
+        /* replies to earlier requests still go out (memcached drops them) */
+        c->close_after_flush = true;
+        break;
     case MEMTEXT_CLIENT_ERROR:
     case MEMTEXT_CLOSE:
         if ((r = client_req(c, st == MEMTEXT_CLIENT_ERROR && q->noreply))) {
@@ -935,6 +1172,169 @@ static size_t text_parse(client *c, const char *buf, size_t len)
     return consumed;
 }
 
+/* ---- -Y: client authentication ---- */
+
+typedef struct gw_user {
+    const char *user, *pass;
+    size_t ulen, plen;
+} gw_user;
+
+struct gw_users {
+    char *data; /* the file; entries point into it */
+    size_t n;
+    gw_user e[];
+};
+
+struct gw_users *text_users_load(const char *path, char *err)
+{
+    FILE *f = fopen(path, "r");
+    char *data = NULL;
+    size_t len = 0, cap = 0, n = 0, lineno = 0;
+    if (!f) {
+        snprintf(err, KUMO_ERRLEN, "-Y %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    for (;;) {
+        if (len + 4096 + 1 > cap) {
+            char *d = realloc(data, cap = cap * 2 + 4096 + 1);
+            if (!d) break;
+            data = d;
+        }
+        size_t got = fread(data + len, 1, cap - len - 1, f);
+        len += got;
+        if (got == 0) break;
+    }
+    bool failed = ferror(f) || !data;
+    fclose(f);
+    if (failed) {
+        snprintf(err, KUMO_ERRLEN, "-Y %s: cannot read it", path);
+        free(data);
+        return NULL;
+    }
+    data[len] = '\0';
+    for (size_t i = 0; i < len; i++) n += data[i] == '\n';
+    struct gw_users *u = calloc(1, sizeof(*u) + (n + 1) * sizeof(gw_user));
+    if (!u) {
+        snprintf(err, KUMO_ERRLEN, "-Y %s: out of memory", path);
+        free(data);
+        return NULL;
+    }
+    u->data = data;
+    /* "user:password" a line, the password up to CR or LF, as memcached's
+     * authfile_load; a line without ':' is an error, as there */
+    for (char *p = data; p < data + len; lineno++) {
+        char *nl = memchr(p, '\n', (size_t)(data + len - p)), *end = nl ? nl : data + len;
+        char *colon = memchr(p, ':', (size_t)(end - p));
+        if (!colon) {
+            snprintf(err, KUMO_ERRLEN, "-Y %s: line %zu is not user:password", path, lineno + 1);
+            text_users_free(u);
+            return NULL;
+        }
+        char *pe = memchr(colon + 1, '\r', (size_t)(end - colon - 1));
+        u->e[u->n++] = (gw_user){p, colon + 1, (size_t)(colon - p), (size_t)((pe ? pe : end) - colon - 1)};
+        p = end + 1;
+    }
+    return u;
+}
+
+void text_users_free(struct gw_users *u)
+{
+    if (!u) return;
+    free(u->data);
+    free(u);
+}
+
+static bool same_bytes(const char *a, const char *b, size_t n)
+{
+    unsigned char d = 0;
+    for (size_t i = 0; i < n; i++) d |= (unsigned char)(a[i] ^ b[i]);
+    return d == 0;
+}
+
+bool text_users_check(const struct gw_users *u, const char *user, size_t ulen, const char *pass, size_t plen)
+{
+    bool found = false;
+    for (size_t i = 0; u && i < u->n; i++) {
+        const gw_user *e = &u->e[i];
+        if (e->ulen == ulen && e->plen == plen && same_bytes(user, e->user, ulen) & same_bytes(pass, e->pass, plen))
+            found = true;
+    }
+    return found;
+}
+
+/* Split s[0..n) on spaces into at most max tokens; returns how many. */
+static size_t split(const char *s, size_t n, memtext_token *t, size_t max)
+{
+    size_t k = 0, i = 0;
+    while (i < n && k < max) {
+        while (i < n && s[i] == ' ') i++;
+        if (i == n) break;
+        size_t b = i;
+        while (i < n && s[i] != ' ') i++;
+        t[k++] = (memtext_token){s + b, i - b};
+    }
+    return k;
+}
+
+/* A text connection before it authenticates (-Y), as memcached 1.5.15's
+ * try_read_command_asciiauth: the first command must be
+ * "set <any key> <flags> <exptime> <bytes>" whose data is "<user> <pass>";
+ * STORED and the connection is served, or an error and it may try again.
+ * The data is bounded by MEMTEXT_LONG_LINE (memcached waits for any size). */
+static size_t text_auth_parse(client *c, const char *buf, size_t len)
+{
+    gateway *g = c->g;
+    memtext_token t[6];
+    uint64_t size = 0;
+    creq *r;
+    const char *nl = memchr(buf, '\n', len);
+    if (!nl) {
+        if (len > MEMTEXT_LONG_LINE) c->close_after_flush = true;
+        return c->close_after_flush ? len : 0;
+    }
+    size_t line = (size_t)(nl - buf) + 1, n = line - 1;
+    if (n > 0 && buf[n - 1] == '\r') n--;
+    size_t k = split(buf, n, t, 6);
+    bool digits = k >= 5 && t[4].len > 0 && t[4].len <= 10;
+    for (size_t i = 0; digits && i < t[4].len; i++) {
+        digits = t[4].p[i] >= '0' && t[4].p[i] <= '9';
+        size = size * 10 + (uint64_t)(t[4].p[i] - '0');
+    }
+    if (!digits || t[0].len != 3 || memcmp(t[0].p, "set", 3) != 0 || size > MEMTEXT_LONG_LINE) {
+        if ((r = client_req(c, false))) client_reply(r, "CLIENT_ERROR unauthenticated\r\n");
+        return line;
+    }
+    if (len < line + size + 2) return 0;
+    const char *data = buf + line;
+    if (!(r = client_req(c, false))) return line + size + 2;
+    if (data[size] != '\r' || data[size + 1] != '\n') {
+        client_reply(r, "CLIENT_ERROR bad command line termination\r\n");
+    } else if (split(data, size, t, 2) < 2) {
+        client_reply(r, "CLIENT_ERROR bad authentication token format\r\n");
+    } else {
+        g->stats.auth_cmds++;
+        if (text_users_check(g->cfg->users, t[0].p, t[0].len, t[1].p, t[1].len)) {
+            client_reply(r, "STORED\r\n");
+            c->parse = text_parse;
+        } else {
+            g->stats.auth_errors++;
+            client_reply(r, "CLIENT_ERROR authentication failure\r\n");
+        }
+    }
+    g->stats.bytes_read += line + size + 2;
+    return line + size + 2;
+}
+
+/* The first byte of a connection picks its protocol, as memcached does:
+ * 0x80 (a binary request's magic) is binary, anything else is text. Under
+ * -Y both start unauthenticated. */
+static size_t negotiate(client *c, const char *buf, size_t len)
+{
+    bool bin = (unsigned char)buf[0] == MEMPROTO_REQ_MAGIC, auth = c->g->cfg->users != NULL;
+    c->parse = bin ? (auth ? binary_auth_parse : binary_parse) : (auth ? text_auth_parse : text_parse);
+    return c->parse(c, buf, len);
+}
+
 void text_accept(gateway *g, int fd)
 {
     memtext_request *q = calloc(1, sizeof(*q));
@@ -942,5 +1342,5 @@ void text_accept(gateway *g, int fd)
         close(fd);
         return;
     }
-    client_new(g, fd, text_parse, q);
+    client_new(g, fd, negotiate, q);
 }

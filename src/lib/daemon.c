@@ -24,6 +24,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -212,10 +213,12 @@ struct daemon_listener {
     void *arg;
     struct event *resume;
     bool stopped;
-    bool paused;          /* after an accept failure, until resume_cb */
-    unsigned long failed; /* accept failures since the last warning */
-    uint64_t failures;    /* since start */
+    atomic_bool paused;          /* after an accept failure, until resume_cb */
+    unsigned long failed;        /* accept failures since the last warning */
+    _Atomic uint64_t failures;   /* since start */
     time_t warned;
+    /* paused and failures are atomics: the gateway's `stats` reads them
+     * from its worker threads (daemon_listener_stats) */
 };
 
 /* libevent gives both callbacks one argument: ours; the daemon gets its own. */

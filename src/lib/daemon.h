@@ -77,7 +77,8 @@ daemon_listener *daemon_listen(struct event_base *base, int fd, evconnlistener_c
 /* Stop accepting for good (shutdown); a pending resume does nothing. */
 void daemon_listener_stop(daemon_listener *dl);
 /* accept() failures since start (each paused the listener), and whether it
- * is paused now: what a daemon's status and metrics show. NULL: 0, false. */
+ * is paused now: what a daemon's status and metrics show. NULL: 0, false.
+ * Any thread. */
 void daemon_listener_stats(const daemon_listener *dl, uint64_t *failures, bool *paused);
 /* Close the socket and free; NULL is allowed. */
 void daemon_listener_free(daemon_listener *dl);

@@ -85,7 +85,17 @@ enum {
     OP_DECR = 8,    /* by delta, not below 0 */
     OP_TOUCH = 9,   /* new exptime from dbvalue's header */
     OP_GAT = 10,    /* OP_TOUCH that also returns the stored value */
-    /* OP_INCR, OP_DECR and OP_GAT return the record they wrote as `value` */
+    OP_MG_WIN = 11, /* meta-get's win token (record.h STALE/WON): a live record
+                       that is stale, or expires before `initial` (unix s,
+                       0 = no such test), and has no token out gets WON:
+                       CODE_STORED. WF_VIVIFY: a missing key is created
+                       empty, WON, with dbvalue's exptime: CODE_STORED,
+                       number 1. Otherwise CODE_EXISTS with the record as
+                       it is, or CODE_NOT_FOUND. */
+    OP_INVALIDATE = 12, /* meta-delete I: mark a live record STALE (clearing
+                           WON), with dbvalue's exptime under WF_TOUCH */
+    /* OP_INCR, OP_DECR, OP_GAT and OP_MG_WIN return the record they wrote
+     * (OP_MG_WIN: or found) as `value` */
 };
 
 /* SRV_SET / SRV_DELETE result codes (memcached's words) */
@@ -102,6 +112,9 @@ enum {
     WF_ASYNC = 0x01,  /* answer after the primary's own write (-As/-Ad, noreply) */
     WF_VIVIFY = 0x02, /* incr/decr of a missing key creates it with `initial` */
     WF_TOUCH = 0x04,  /* incr/decr also sets the exptime of dbvalue's header */
+    WF_STALE = 0x08,  /* meta-set I: a non-zero cas older than the record's
+                         stores the value anyway, marked STALE, keeping the
+                         record's exptime and win token (memcached's CAS_STALE) */
 };
 
 /* SRV_STATUS what */

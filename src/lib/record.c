@@ -79,7 +79,8 @@ int record_value_parse(const void *buf, size_t len, record_value *out)
     }
 
     uint16_t meta = get_be16(p + 8);
-    if (meta & ~RECORD_META_MC)
+    if ((meta & ~(RECORD_META_MC | RECORD_META_STALE | RECORD_META_WON)) ||
+        ((meta & (RECORD_META_STALE | RECORD_META_WON)) && !(meta & RECORD_META_MC)))
         return -1;
     const uint8_t *data = p + RECORD_VALUE_HEADER;
     size_t dlen = len - RECORD_VALUE_HEADER;
@@ -116,6 +117,11 @@ void record_mc_header(uint8_t *out, uint64_t ct, uint32_t flags, uint32_t exptim
     put_be16(out + 8, RECORD_META_MC);
     put_be32(out + RECORD_VALUE_HEADER, flags);
     put_be32(out + RECORD_VALUE_HEADER + 4, exptime);
+}
+
+void record_mc_state(uint8_t *out, uint16_t bits)
+{
+    put_be16(out + 8, (uint16_t)(RECORD_META_MC | (bits & (RECORD_META_STALE | RECORD_META_WON))));
 }
 
 void record_tombstone(uint8_t out[RECORD_TOMBSTONE], uint64_t ct)

@@ -10,6 +10,11 @@
  *           expiry (kumofs 0.4 always wrote 0).
  * meta & RECORD_META_MC: data = be32(flags) | be32(exptime) | payload,
  *           exptime absolute unix seconds, 0 = never.
+ * meta & RECORD_META_STALE, RECORD_META_WON (with RECORD_META_MC): the
+ *           state memcached's meta protocol keeps per item for
+ *           stale-while-revalidate: invalidated by `md I` (still served,
+ *           marked X), and a win token handed out to one reader (the others
+ *           see Z). Any new write of the key clears them.
  * Other meta bits are reserved; a value with unknown bits is rejected.
  *
  * Thread rule: pure functions. Calls: nothing.
@@ -25,6 +30,8 @@
 #define RECORD_VALUE_HEADER 10
 #define RECORD_TOMBSTONE 8
 #define RECORD_META_MC 0x0001u
+#define RECORD_META_STALE 0x0002u
+#define RECORD_META_WON 0x0004u
 #define RECORD_MC_HEADER 8 /* flags + exptime */
 
 typedef struct record_value {
@@ -57,6 +64,9 @@ static inline size_t record_mc_size(size_t payload_len)
 }
 /* Write the 18-byte header of a memcached value; the payload follows. */
 void record_mc_header(uint8_t *out, uint64_t ct, uint32_t flags, uint32_t exptime);
+/* Set the STALE and WON bits of a memcached value's header (out from
+ * record_mc_header); other bits are kept. */
+void record_mc_state(uint8_t *out, uint16_t bits);
 /* Write an 8-byte tombstone. */
 void record_tombstone(uint8_t out[RECORD_TOMBSTONE], uint64_t ct);
 

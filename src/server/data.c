@@ -128,6 +128,47 @@ static store_verdict apply_arith(write_ctx *w, bool exists, const record_value *
     return write_new(w, ov->flags, exptime, (const uint8_t *)padded, len, NULL, 0, out, outlen);
 }
 
+/* OP_MG_WIN and OP_INVALIDATE (proto.h): memcached's stale and win-token
+ * item flags, kept in the record's meta bits. */
+static store_verdict apply_state(write_ctx *w, bool exists, const record_value *ov, const record_value *nv,
+                                 const void **out, size_t *outlen)
+{
+    store_verdict v;
+    if (!exists && w->op == OP_MG_WIN && (w->wflags & WF_VIVIFY)) {
+        w->number = 1;
+        if ((v = write_new(w, 0, nv->exptime, NULL, 0, NULL, 0, out, outlen)) == STORE_WRITE)
+            record_mc_state(w->buf, RECORD_META_WON);
+        return v;
+    }
+    if (!exists) {
+        w->code = CODE_NOT_FOUND;
+        return STORE_KEEP;
+    }
+    uint16_t bits = ov->meta;
+    if (w->op == OP_INVALIDATE) {
+        bits = (uint16_t)((bits | RECORD_META_STALE) & ~RECORD_META_WON);
+    } else if (!(bits & RECORD_META_WON) &&
+               ((bits & RECORD_META_STALE) || (w->initial && ov->exptime && ov->exptime < w->initial))) {
+        bits |= RECORD_META_WON;
+    } else {
+        /* no token for this reader: it gets the record as it is */
+        w->code = CODE_EXISTS;
+        w->buf = malloc(record_mc_size(ov->payload_len));
+        if (w->buf) {
+            record_mc_header(w->buf, ov->clocktime, ov->flags, ov->exptime);
+            record_mc_state(w->buf, bits);
+            memcpy(w->buf + record_mc_size(0), ov->payload, ov->payload_len);
+            w->out = w->buf;
+            w->outlen = record_mc_size(ov->payload_len);
+        }
+        return STORE_KEEP;
+    }
+    uint32_t exptime = w->op == OP_INVALIDATE && (w->wflags & WF_TOUCH) ? nv->exptime : ov->exptime;
+    if ((v = write_new(w, ov->flags, exptime, ov->payload, ov->payload_len, NULL, 0, out, outlen)) == STORE_WRITE)
+        record_mc_state(w->buf, bits);
+    return v;
+}
+
 static store_verdict apply_set(void *arg, const void *old, size_t oldlen, const void **out, size_t *outlen)
 {
     write_ctx *w = arg;
@@ -146,6 +187,12 @@ static store_verdict apply_set(void *arg, const void *old, size_t oldlen, const 
             return STORE_KEEP;
         }
         if (ov.clocktime != w->cas) {
+            if ((w->wflags & WF_STALE) && w->cas != 0 && w->cas < ov.clocktime &&
+                (w->op == OP_SET || w->op == OP_CAS || w->op == OP_REPLACE)) {
+                store_verdict v = write_new(w, nv.flags, ov.exptime, nv.payload, nv.payload_len, NULL, 0, out, outlen);
+                if (v == STORE_WRITE) record_mc_state(w->buf, RECORD_META_STALE | (ov.meta & RECORD_META_WON));
+                return v;
+            }
             w->code = CODE_EXISTS;
             return STORE_KEEP;
         }
@@ -178,7 +225,13 @@ static store_verdict apply_set(void *arg, const void *old, size_t oldlen, const 
             w->code = CODE_NOT_FOUND;
             return STORE_KEEP;
         }
-        return write_new(w, ov.flags, nv.exptime, ov.payload, ov.payload_len, NULL, 0, out, outlen);
+        /* a touch keeps the item's stale and win-token state, as memcached's */
+        if (write_new(w, ov.flags, nv.exptime, ov.payload, ov.payload_len, NULL, 0, out, outlen) != STORE_WRITE)
+            return STORE_KEEP;
+        record_mc_state(w->buf, ov.meta);
+        return STORE_WRITE;
+    case OP_MG_WIN:
+    case OP_INVALIDATE: return apply_state(w, exists, &ov, &nv, out, outlen);
     default: w->code = CODE_NOT_STORED; return STORE_KEEP;
     }
     *out = w->out = w->val;
@@ -372,7 +425,7 @@ static void replicate(server *s, rpc_conn *client, uint32_t msgid, uint64_t hash
     size_t vlen = w->outlen;
     bool async = w->wflags & WF_ASYNC;
     repl *r = xcalloc(1, sizeof(*r));
-    bool with_value = w->op == OP_GAT || w->op == OP_INCR || w->op == OP_DECR;
+    bool with_value = w->op == OP_GAT || w->op == OP_INCR || w->op == OP_DECR || w->op == OP_MG_WIN;
     if (with_value) r->value = xmalloc(vlen);
     r->s = s;
     r->epoch = s->write_epoch;
@@ -559,7 +612,7 @@ static void handle_set(server *s, rpc_conn *c, uint32_t msgid, const msgpack_obj
         log_error("set: %s", err);
         rpc_reply_error(c, msgid, "store failed: %s", err);
     } else if (!w.written) {
-        pack_result(c, msgid, w.code, 0, 0, NULL, 0);
+        pack_result(c, msgid, w.code, 0, 0, w.op == OP_MG_WIN ? w.out : NULL, w.outlen);
     } else {
         replicate(s, c, msgid, hash, key, klen, &w);
     }

@@ -850,14 +850,17 @@ class PlainMemcached:
     """A plain memcached on a free port, to check the tests' own expectations
     against the reference server (KUMO_TEST_AGAINST=memcached)."""
 
-    def __init__(self):
+    def __init__(self, extra_args=()):
+        """extra_args: more memcached flags; with -Y readiness is the open
+        port (every command before authenticating is refused)."""
         exe = shutil.which("memcached") or "/usr/bin/memcached"
+        self.probe = port_open if "-Y" in extra_args else raw_version
         if not os.access(exe, os.X_OK):
             tap.skip_all("memcached not installed")
         self.dir = new_tmpdir()
         self.gateway_port = free_port()
         self.gateway_binary_port = self.gateway_port   # memcached auto-negotiates text/binary
-        argv = [exe, "-l", "127.0.0.1", "-p", self.gateway_port, "-U", "0", "-m", "64"]
+        argv = [exe, "-l", "127.0.0.1", "-p", self.gateway_port, "-U", "0", "-m", "64"] + list(extra_args)
         if os.geteuid() == 0:
             argv += ["-u", "root"]
         self.daemon = Daemon("memcached", argv, os.path.join(self.dir, "memcached.log"))
@@ -865,7 +868,7 @@ class PlainMemcached:
     def __enter__(self):
         tap.note("KUMO_TEST_AGAINST=memcached: plain memcached on 127.0.0.1:%d" % self.gateway_port)
         self.daemon.start()
-        wait_until(lambda: raw_version(self.gateway_port), 10, "memcached", daemons=[self.daemon])
+        wait_until(lambda: self.probe(self.gateway_port), 10, "memcached", daemons=[self.daemon])
         return self
 
     def __exit__(self, *a):

@@ -20,8 +20,11 @@ What it checks:
     human-readable error texts are not compared);
   * memccapable (libmemcached's conformance suite; it FLUSHES the server):
     `memccapable -a` (27 ascii tests) on the text port and `memccapable -b`
-    (27 binary tests) on the binary port: all 54 must pass, as they do on
-    memcached 1.6.
+    (27 binary tests) on the binary port and again on the text port: all 81
+    must pass, as they do on memcached 1.6;
+  * the text port speaks binary to a connection whose first byte is 0x80, as
+    memcached does: pylibmc with binary=True, the raw binary checks and
+    memccapable -b run there too.
 
 The cluster's gateway is started with `-t PORT -b PORT2`. If kumo-gateway
 refuses -b, that is a failure (not a skip): the gateway is restarted without
@@ -143,15 +146,15 @@ def outcome(fn, *a):
         return type(e).__name__
 
 
-def pylibmc_checks(port, binary):
+def pylibmc_checks(port, binary, where=""):
     import pylibmc
     mode = "binary" if binary else "text"
-    tag = "pylibmc %s" % mode
+    tag = "pylibmc %s%s" % (mode, where)
     tap.note("pylibmc %s (libmemcached) with binary=%s on port %d" % (pylibmc.__version__, binary, port))
     m = pylibmc.Client(["127.0.0.1:%d" % port], binary=binary,
                        behaviors={"tcp_nodelay": True, "cas": True, "connect_timeout": 5000,
                                   "receive_timeout": 5000000, "send_timeout": 5000000})
-    p = "lmc%s:" % mode[0]
+    p = "lmc%s%s:" % (mode[0], "t" if where else "")
     tap.ok(m.set(p + "a", b"alpha") is True, "%s set" % tag)
     tap.eq(m.get(p + "a"), b"alpha", "%s get" % tag)
     tap.eq(m.get(p + "missing"), None, "%s get of a missing key -> None" % tag)
@@ -384,7 +387,8 @@ def memccapable(port, which):
 def memccapable_checks(text_port, bin_port):
     tap.note("memccapable (libmemcached's conformance tests; flushes the server)")
     total_pass = 0
-    for which, port, name in (("a", text_port, "ascii"), ("b", bin_port, "binary")):
+    for which, port, name in (("a", text_port, "ascii"), ("b", bin_port, "binary"),
+                              ("b", text_port, "binary on the text port")):
         passed, total, rc, out = memccapable(port, which)
         total_pass += passed
         fails = re.findall(r"^(?:ascii|binary) .+?\[(?!pass)\w+\]\s*$", out, re.M)
@@ -393,7 +397,7 @@ def memccapable_checks(text_port, bin_port):
                    which, name, port, passed, total),
                "rc %s; not passing:\n%s\nlast output:\n%s" % (rc, "\n".join(fails), out[-1500:]))
         tap.note("memccapable -%s: %d/%d pass" % (which, passed, total))
-    tap.eq(total_pass, 54, "memccapable: 54 of 54 tests pass in all")
+    tap.eq(total_pass, 81, "memccapable: 81 of 81 tests pass in all")
 
 
 # --------------------------------------------------------------------------
@@ -442,12 +446,15 @@ def body():
         if have_pylibmc:
             guarded("pylibmc text", pylibmc_checks, tport, False)
             guarded("pylibmc binary", pylibmc_checks, bport, True)
+            # memcached serves both protocols on one port, told apart by the first byte
+            guarded("pylibmc binary on the text port", pylibmc_checks, tport, True, " on the text port")
         elif kt.REQUIRE:
             tap.ok(False, "python3-pylibmc installed")
         else:
             tap.skip("pylibmc text and binary", "python3-pylibmc not installed")
 
         guarded("raw binary protocol", binary_raw_checks, bport)
+        guarded("raw binary protocol on the text port", binary_raw_checks, tport)
 
         workdir = kt.new_tmpdir("kumotest-tools-")
         if missing_tools and not kt.REQUIRE:

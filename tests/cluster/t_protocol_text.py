@@ -33,10 +33,11 @@ Not required (memcached-specific; documented here instead): the item-staleness
 machinery of the meta protocol (md/ms flag I, mg flags N R and the X W Z
 result flags) — `md I` and `ms ... I` must answer one well-formed line and keep
 the connection in step, and if `md I` answers HD a following mg must flag the
-item X; base64 keys (flag b); mg h l u; `me` output (only: one line, connection
-kept); memcached's space padding of decr results (either "9" or "9 " is
+item X; `me` output (only: one line, connection kept); memcached's space padding of decr results (either "9" or "9 " is
 accepted); quirks such as memcached dropping pipelined replies queued before a
-failing multi-get (exchanges are arranged so that never matters).
+failing multi-get (exchanges are arranged so that never matters). Base64 keys,
+every meta flag, the hang-up rules and the flags the gateway cannot honour are
+compared beside a real memcached by t_memcached_diff.py.
 
 Run against the cluster:        /usr/bin/python3 tests/cluster/t_protocol_text.py
 Prove the expectations against a real memcached 1.6 (started by the harness on

@@ -58,7 +58,10 @@ static void check_ok(const memproto_request *q, const uint8_t *p, size_t used, s
     case MEMPROTO_STAT: CHECK(q->extlen == 0 && q->vlen == 0); break;
     case MEMPROTO_NOOP:
     case MEMPROTO_VERSION:
-    case MEMPROTO_QUIT: CHECK(q->extlen == 0 && q->keylen == 0 && q->vlen == 0); break;
+    case MEMPROTO_QUIT:
+    case MEMPROTO_SASL_LIST_MECHS: CHECK(q->extlen == 0 && q->keylen == 0 && q->vlen == 0); break;
+    case MEMPROTO_SASL_AUTH:
+    case MEMPROTO_SASL_STEP: CHECK(q->extlen == 0 && q->keylen > 0); break;
     default: CHECK(!"OK for an opcode the parser does not know");
     }
     CHECK(q->quiet == (q->opcode != q->cmd));

@@ -5,7 +5,8 @@
  * repeat until the parser needs more bytes or closes. Besides the
  * sanitizers' checks, it asserts the contract of memtext.h:
  *  - NEED_MORE consumes nothing; every other status consumes 1..len bytes;
- *  - errmsg is set exactly for CLIENT_ERROR and CLOSE;
+ *  - errmsg is set exactly for CLIENT_ERROR and CLOSE; CLOSE and HANGUP
+ *    consume everything;
  *  - keys, tokens, arg and data lie inside the consumed bytes, within their
  *    bounds (nkeys <= MEMTEXT_MAX_KEYS, key <= MEMTEXT_MAX_KEY bytes with no
  *    space or control character, ntokens <= MEMTEXT_MAX_TOKENS);
@@ -36,7 +37,7 @@ static void check_request(memtext_status st, const char *buf, size_t used)
     CHECK(req.ntokens <= MEMTEXT_MAX_TOKENS);
     if (st != MEMTEXT_OK)
         return;
-    CHECK(req.cmd >= MEMTEXT_GET && req.cmd <= MEMTEXT_ME);
+    CHECK(req.cmd >= MEMTEXT_GET && req.cmd <= MEMTEXT_CACHE_MEMLIMIT);
     for (size_t i = 0; i < req.nkeys; i++) {
         const memtext_token *k = &req.keys[i];
         check_span(k->p, k->len, buf, end);
@@ -97,7 +98,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         const char *err = "unset", *err2 = "unset";
         memtext_status st = memtext_parse(buf + off, len, &req, &used, &err);
 
-        CHECK(st >= MEMTEXT_OK && st <= MEMTEXT_CLOSE);
+        CHECK(st >= MEMTEXT_OK && st <= MEMTEXT_HANGUP);
         if (st == MEMTEXT_NEED_MORE) {
             CHECK(used == 0);
             CHECK(err == NULL);
@@ -108,16 +109,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK((err != NULL) == (st == MEMTEXT_CLIENT_ERROR || st == MEMTEXT_CLOSE));
         CHECK(req.swallow == 0 || st == MEMTEXT_CLIENT_ERROR);
         check_request(st, buf + off, used);
-        if (st == MEMTEXT_CLOSE)
+        if (st == MEMTEXT_CLOSE || st == MEMTEXT_HANGUP) {
+            CHECK(used == len);
             break;
+        }
 
         /* Incremental: the consumed bytes alone give the same answer… */
         memtext_status st2 = memtext_parse(buf + off, used, &req2, &used2, &err2);
         CHECK(st2 == st && used2 == used && err2 == err);
         CHECK(req2.cmd == req.cmd && req2.nkeys == req.nkeys && req2.data == req.data);
-        /* …and one byte fewer is not yet a request. */
+        /* …and one byte fewer is not yet a request (or, past memcached's
+         * 2048 bytes without a newline, a reason to hang up). */
         st2 = memtext_parse(buf + off, used - 1, &req2, &used2, &err2);
-        CHECK(st2 == MEMTEXT_NEED_MORE && used2 == 0);
+        CHECK((st2 == MEMTEXT_NEED_MORE && used2 == 0) ||
+              (st2 == MEMTEXT_HANGUP && used - 1 > MEMTEXT_LONG_LINE));
 
         off += used;
     }

@@ -309,7 +309,18 @@ static void test_errors(void)
     n = pkt(b, 0x77, NULL, 0, key, NULL, 0, 0, 0);
     is_int(parse_n(b, n), MEMPROTO_INVALID, "long key beats unknown opcode, as in memcached");
 
-    static const uint8_t unknown[] = {0x1f, 0x20, 0x21, 0x22, 0x25, 0x30, 0x3d, 0x80, 0xff};
+    /* the SASL opcodes are known (the gateway answers them, with or without -Y) */
+    n = pkt(b, MEMPROTO_SASL_LIST_MECHS, NULL, 0, NULL, NULL, 0, 0, 0);
+    is_int(parse_n(b, n), MEMPROTO_OK, "SASL_LIST_MECHS: OK");
+    n = pkt(b, MEMPROTO_SASL_LIST_MECHS, NULL, 0, "k", NULL, 0, 0, 0);
+    is_int(parse_n(b, n), MEMPROTO_INVALID, "SASL_LIST_MECHS with a key: invalid, as memcached");
+    n = pkt(b, MEMPROTO_SASL_AUTH, NULL, 0, "PLAIN", "\0u\0p", 5, 0, 0);
+    is_int(parse_n(b, n), MEMPROTO_OK, "SASL_AUTH PLAIN: OK");
+    ok(req.vlen == 5 && req.keylen == 5, "SASL_AUTH: mechanism as key, the exchange as value");
+    n = pkt(b, MEMPROTO_SASL_STEP, NULL, 0, NULL, "x", 1, 0, 0);
+    is_int(parse_n(b, n), MEMPROTO_INVALID, "SASL_STEP without a mechanism: invalid, as memcached");
+
+    static const uint8_t unknown[] = {0x1f, 0x25, 0x30, 0x3d, 0x80, 0xff};
     for (size_t i = 0; i < sizeof(unknown); i++) {
         hdr(b, unknown[i], 3, 4, 1000);
         is_int(parse_n(b, MEMPROTO_HEADER), MEMPROTO_UNKNOWN, "opcode 0x%02x: unknown, on the header alone",

@@ -401,13 +401,14 @@ static void test_meta(void)
     is_int(req.ntokens, 0, "mg without flags: none");
     error_line("mg\r\n", "mg without key");
 
+    /* memcached: at most 20 tokens with the command, key and end marker */
     char buf[512];
     size_t n = (size_t)snprintf(buf, sizeof buf, "mg k");
-    for (int i = 0; i < MEMTEXT_MAX_TOKENS; i++)
+    for (int i = 0; i < 17; i++)
         n += (size_t)snprintf(buf + n, sizeof buf - n, " O%d", i);
     snprintf(buf + n, sizeof buf - n, "\r\n");
-    is_int(parse(buf), MEMTEXT_OK, "mg with %d flags", MEMTEXT_MAX_TOKENS);
-    is_int(req.ntokens, MEMTEXT_MAX_TOKENS, "mg: all flags returned");
+    is_int(parse(buf), MEMTEXT_OK, "mg with 17 flags");
+    is_int(req.ntokens, 17, "mg: all flags returned");
     n += (size_t)snprintf(buf + n, sizeof buf - n, " q\r\n");
     client_error(buf, "options flags are too long", n, "mg with too many flags");
     buf[1] = 'd';
@@ -464,11 +465,56 @@ static void test_line_endings(void)
     ok(req.noreply, "bare \\n: noreply is not eaten");
 }
 
+/* memcached's hang-ups: no reply, the connection closes */
+static void test_hangup(void)
+{
+    char *s = repeat('a', MEMTEXT_LONG_LINE + 1);
+    is_int(parse_n(s, MEMTEXT_LONG_LINE), MEMTEXT_NEED_MORE, "LONG_LINE bytes, no newline: waits");
+    is_int(parse_n(s, MEMTEXT_LONG_LINE + 1), MEMTEXT_HANGUP, "LONG_LINE+1 bytes, no newline: hang up");
+    ok(err == NULL && used == MEMTEXT_LONG_LINE + 1, "hang up: no message, everything consumed");
+    memcpy(s, "set k 0 0 1 ", 12);
+    is_int(parse_n(s, MEMTEXT_LONG_LINE + 1), MEMTEXT_HANGUP, "long set line: hang up");
+    memcpy(s, "gets ", 5);
+    is_int(parse_n(s, MEMTEXT_LONG_LINE + 1), MEMTEXT_NEED_MORE, "long gets line: waits");
+    memcpy(s, "gat 0", 5);
+    is_int(parse_n(s, MEMTEXT_LONG_LINE + 1), MEMTEXT_HANGUP, "long gat line: hang up");
+    memset(s, ' ', 100);
+    memcpy(s + 100, "get ", 4);
+    is_int(parse_n(s, MEMTEXT_LONG_LINE + 1), MEMTEXT_NEED_MORE, "get after 100 spaces: waits");
+    memset(s, ' ', 101);
+    memcpy(s + 101, "get ", 4);
+    is_int(parse_n(s, MEMTEXT_LONG_LINE + 1), MEMTEXT_HANGUP, "get after 101 spaces: hang up");
+    free(s);
+
+    static const char *const http[] = {"GET / HTTP/1.0\r\n", "PUT /a HTTP/1.1\r\n", "DELETE HTTP/1.1\r\n",
+                                       "HTTP/1.1\r\n", "OPTIONS * HTTP/1.1\n", "  POST  /x  HTTP/2  \r\n"};
+    for (size_t i = 0; i < sizeof(http) / sizeof(http[0]); i++) {
+        size_t len = strlen(http[i]) + 5; /* the rest of the request too */
+        char b[64];
+        snprintf(b, sizeof b, "%sHost", http[i]);
+        is_int(parse_n(b, len - 1), MEMTEXT_HANGUP, "HTTP line %zu: hang up", i);
+        is_int(used, len - 1, "HTTP line %zu: everything consumed", i);
+    }
+    error_line("GET /\r\n", "no HTTP/ token");
+    error_line("FOO HTTP/1.1 x\r\n", "HTTP/ not last");
+    error_line("gxx / HTTP/1.1\r\n", "a word memcached's g branch refuses");
+    error_line("Z HTTP/1.1\r\n", "a one-letter word");
+    error_line("mx HTTP/1.1\r\n", "a two-letter m word");
+    error_line("bget HTTP/1.1\r\n", "a word memcached knows");
+    /* the 23rd token is the last memcached looks at */
+    char b[256];
+    size_t n = (size_t)snprintf(b, sizeof b, "FOO");
+    for (int i = 0; i < 21; i++) n += (size_t)snprintf(b + n, sizeof b - n, " x");
+    snprintf(b + n, sizeof b - n, " HTTP/1.1 y\r\n");
+    is_int(parse(b), MEMTEXT_HANGUP, "HTTP/ as the 23rd token: hang up");
+}
+
 static void test_line_too_long(void)
 {
     char *s = repeat('a', MEMTEXT_MAX_LINE + 2);
-    is_int(parse_n(s, MEMTEXT_MAX_LINE + 1), MEMTEXT_NEED_MORE, "MAX_LINE+1 bytes, no newline: waits");
-    is_int(parse_n(s, MEMTEXT_MAX_LINE + 2), MEMTEXT_CLOSE, "MAX_LINE+2 bytes, no newline: close");
+    memcpy(s, "get ", 4);
+    is_int(parse_n(s, MEMTEXT_MAX_LINE + 1), MEMTEXT_NEED_MORE, "get: MAX_LINE+1 bytes, no newline: waits");
+    is_int(parse_n(s, MEMTEXT_MAX_LINE + 2), MEMTEXT_CLOSE, "get: MAX_LINE+2 bytes, no newline: close");
     is_str(err, "line too long", "close: message");
     is_int(used, MEMTEXT_MAX_LINE + 2, "close: consumed everything");
     free(s);
@@ -583,6 +629,7 @@ int main(void)
     test_unknown();
     test_line_endings();
     test_line_too_long();
+    test_hangup();
     test_prefixes();
     test_pipeline();
     return done_testing();

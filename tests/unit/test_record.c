@@ -51,6 +51,19 @@ static void test_mc_value(void)
     is_int(record_value_parse(buf, 17, &v), -1, "mc value too short for its header");
     is_int(record_value_parse(buf, 10, &v), -1, "mc meta with no header at all");
 
+    /* the stale and win-token bits of the meta protocol */
+    record_mc_state(buf, RECORD_META_STALE | RECORD_META_WON | 0x0100);
+    is_int(record_value_parse(buf, 21, &v), 0, "mc value with STALE and WON");
+    is_int(v.meta, RECORD_META_MC | RECORD_META_STALE | RECORD_META_WON, "  ... both kept, other bits not set");
+    ok(v.payload_len == 3 && v.flags == 0xdeadbeefu, "  ... the rest read alike");
+    record_mc_state(buf, 0);
+    v.meta = 0;
+    record_value_parse(buf, 21, &v);
+    is_int(v.meta, RECORD_META_MC, "record_mc_state(0) clears them");
+    buf[9] = RECORD_META_STALE;
+    is_int(record_value_parse(buf, 21, &v), -1, "STALE without the mc header: rejected");
+    buf[9] = RECORD_META_MC;
+
     ok(record_clocktime(buf, 21) == 0x1122334455667788ull, "record_clocktime of a value");
     record_set_clocktime(buf, 0x0a0b0c0d0e0f1011ull);
     const uint8_t ct[] = { 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f, 0x10, 0x11, 0x00, 0x01 };
@@ -95,7 +108,7 @@ static void test_original(void)
     uint8_t bad[20] = { 0 };
     bad[8] = 0x00;
     bad[9] = 0x02;
-    is_int(record_value_parse(bad, sizeof(bad), &v), -1, "unknown meta bit 0x0002 rejected");
+    is_int(record_value_parse(bad, sizeof(bad), &v), -1, "meta bit 0x0002 (STALE) without 0x0001 rejected");
     bad[8] = 0x80;
     bad[9] = 0x01;
     is_int(record_value_parse(bad, sizeof(bad), &v), -1, "unknown meta bit 0x8000 rejected");
