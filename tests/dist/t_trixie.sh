@@ -32,7 +32,9 @@
 #
 # Environment: KUMO_TRIXIE_CACHE (default /var/tmp/kumofs-dist/trixie),
 # DEBIAN_MIRROR (default: the host's apt mirror), MAKEFLAGS_J (make jobs,
-# default: the CPUs), KUMO_TRIXIE_KEEP=1 (keep the scratch root; printed).
+# default: the CPUs), KUMO_TRIXIE_KEEP=1 (keep the scratch root; printed),
+# KUMO_DEBS_OUT (the two packages of step 3, once installed and purged
+# cleanly, are copied to KUMO_DEBS_OUT/trixie, for t_ansible.sh).
 # shellcheck disable=SC2016  # the single-quoted command lines run in the root
 set -u -o pipefail
 
@@ -246,3 +248,8 @@ in_root "$R" isolated 'dpkg -r kumofs-tools kumofs-server && dpkg -P kumofs-tool
 rc=$?
 [ "$rc" = 0 ] || show "$WORK/purge.log"
 ok "$rc" "dpkg -r, dpkg -P: no file left behind"
+
+if [ -n "${KUMO_DEBS_OUT:-}" ] && [ "$FAILED" = 0 ]; then
+    mkdir -p "$KUMO_DEBS_OUT/trixie" && cp "${debs[@]/#/$R}" "$KUMO_DEBS_OUT/trixie/" &&
+        note "the packages copied to $KUMO_DEBS_OUT/trixie"
+fi
