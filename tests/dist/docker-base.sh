@@ -1,20 +1,32 @@
 #!/bin/bash
-# docker-base.sh — a Docker engine and a debian:bookworm-slim base image for
-# the tests in tests/dist, on a machine that can pull no image.
+# docker-base.sh — a Docker engine and the debian:trixie-slim and
+# debian:bookworm-slim base images for the tests in tests/dist, on a machine
+# that can pull no image.
 #
-# Sourced by t_docker.sh (and usable by hand: `tests/dist/docker-base.sh
-# tarball` prints the cached base tarball, building it first if needed).
+# Sourced by t_docker.sh and t_ansible.sh (and usable by hand:
+# `tests/dist/docker-base.sh tarball [SUITE]` prints the cached base tarball
+# of SUITE, trixie by default, building it first if needed).
 #
-#   kd_base_tarball   debootstrap --variant=minbase bookworm, once: the tar is
-#                     cached as $KD_CACHE/debian-bookworm-minbase.tar (116 MB),
-#                     so later runs skip the minute debootstrap takes
+#   kd_base_tarball [SUITE]
+#                     debootstrap --variant=minbase SUITE (trixie, bookworm),
+#                     trimmed as the official -slim images are (below), once:
+#                     the tar is cached as $KD_CACHE/debian-SUITE-slim.tar
+#                     (about 80 MB), so later runs skip the minute
+#                     debootstrap takes
 #   kd_engine_start   use $DOCKER_HOST when it answers; otherwise start our
 #                     own dockerd (socket and exec-root in a temporary
 #                     directory, data-root $KD_CACHE/engine so image layers
 #                     are reused by the next run) and export DOCKER_HOST
-#   kd_base_image     `docker import` the tarball as debian:bookworm-slim
-#                     unless the engine already has that image, so the
-#                     Dockerfile keeps its normal FROM line
+#   kd_base_image [SUITE]
+#                     `docker import` the tarball as debian:SUITE-slim unless
+#                     the engine already has that image, so the Dockerfiles
+#                     keep their normal FROM line
+#
+# Trimmed like the official debian:SUITE-slim: a dpkg configuration in the
+# image (/etc/dpkg/dpkg.cfg.d/docker-slim) keeps documentation (except the
+# copyright files), man and info pages, translations and lintian overrides
+# out of every package installed later, and what debootstrap installed of
+# them is deleted; no apt lists, caches or logs.
 #   kd_engine_stop    stop the dockerd we started (by its pid) and remove its
 #                     temporary directory
 #
@@ -34,14 +46,14 @@
 # (default: the host's apt mirror), DOCKER_HOST (an engine to use instead).
 
 KD_CACHE=${KUMO_DOCKER_CACHE:-/var/tmp/kumofs-dist/docker}
-KD_TARBALL=$KD_CACHE/debian-bookworm-minbase.tar
 KD_OWN_PID=
 KD_RUN=
 KD_LOCK_FD=
 
 kd_say() { printf '# %s\n' "$*" >&2; }
 
-# The Debian mirror apt uses on this host (bookworm suite), for debootstrap.
+# The Debian mirror apt uses on this host, for debootstrap: one of the
+# sources of the host's release (every Debian mirror carries every suite).
 kd_mirror() {
     if [ -n "${DEBIAN_MIRROR:-}" ]; then
         echo "$DEBIAN_MIRROR"
@@ -50,58 +62,79 @@ kd_mirror() {
     local f uri
     for f in /etc/apt/sources.list.d/*.sources; do
         [ -f "$f" ] || continue
-        uri=$(awk '/^URIs:/ { u = $2 } /^Suites:/ && / bookworm( |$)/ { print u; exit }' "$f")
+        uri=$(awk '/^URIs:/ && $2 !~ /security/ { print $2; exit }' "$f")
         [ -n "$uri" ] && { echo "$uri"; return; }
     done
-    uri=$(awk '$1 == "deb" && $3 == "bookworm" { print $2; exit }' /etc/apt/sources.list 2>/dev/null)
+    uri=$(awk '$1 == "deb" && $2 !~ /security/ { print $2; exit }' /etc/apt/sources.list 2>/dev/null)
     echo "${uri:-http://deb.debian.org/debian}"
 }
 
-kd_base_tarball() {
+kd_base_tarball() { # [suite]
+    local suite=${1:-trixie} tarball
+    tarball=$KD_CACHE/debian-$suite-slim.tar
     mkdir -p "$KD_CACHE" || return 1
-    if [ -s "$KD_TARBALL" ]; then
-        echo "$KD_TARBALL"
+    if [ -s "$tarball" ]; then
+        echo "$tarball"
         return 0
     fi
     (
         # One builder at a time; the loser of the race finds the tarball.
         exec 8>"$KD_CACHE/tarball.lock"
         flock -w 900 8 || { kd_say "timed out waiting for $KD_CACHE/tarball.lock"; exit 1; }
-        [ -s "$KD_TARBALL" ] && exit 0
+        [ -s "$tarball" ] && exit 0
         command -v debootstrap >/dev/null || { kd_say "debootstrap is not installed"; exit 1; }
         local root mirror t0=$SECONDS
         root=$(mktemp -d "$KD_CACHE/rootfs.XXXXXX") || exit 1
         trap 'rm -rf "$root"' EXIT
         mirror=$(kd_mirror)
-        kd_say "debootstrap --variant=minbase bookworm from $mirror (once; cached in $KD_TARBALL)"
-        if ! debootstrap --variant=minbase bookworm "$root" "$mirror" >"$KD_CACHE/debootstrap.log" 2>&1; then
-            kd_say "debootstrap failed; last lines of $KD_CACHE/debootstrap.log:"
-            tail -n 20 "$KD_CACHE/debootstrap.log" >&2
+        kd_say "debootstrap --variant=minbase $suite from $mirror (once; cached in $tarball)"
+        if ! debootstrap --variant=minbase "$suite" "$root" "$mirror" >"$KD_CACHE/debootstrap-$suite.log" 2>&1; then
+            kd_say "debootstrap failed; last lines of $KD_CACHE/debootstrap-$suite.log:"
+            tail -n 20 "$KD_CACHE/debootstrap-$suite.log" >&2
             exit 1
         fi
-        # Like the official image: deb822 sources (bookworm, -updates,
-        # -security) and no package caches.
+        # Like the official image: deb822 sources (SUITE, -updates,
+        # -security) ...
         rm -f "$root/etc/apt/sources.list"
         local sec=${mirror%/debian}/debian-security
         [ "$sec" = "$mirror/debian-security" ] && sec=http://deb.debian.org/debian-security
         cat >"$root/etc/apt/sources.list.d/debian.sources" <<EOF
 Types: deb
 URIs: $mirror
-Suites: bookworm bookworm-updates
+Suites: $suite $suite-updates
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb
 URIs: $sec
-Suites: bookworm-security
+Suites: $suite-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
-        rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/var/log/*.log
-        tar -C "$root" --numeric-owner -cf "$KD_TARBALL.tmp" . && mv -f "$KD_TARBALL.tmp" "$KD_TARBALL" || exit 1
-        kd_say "base tarball ready in $((SECONDS - t0)) s: $(du -h "$KD_TARBALL" | cut -f1)"
+        # ... -slim: no documentation but the copyright files, no man or
+        # info pages, no translations, now and for every later package ...
+        cat >"$root/etc/dpkg/dpkg.cfg.d/docker-slim" <<'EOF'
+# As in the official debian:*-slim images: what dpkg leaves out.
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/groff/*
+path-exclude /usr/share/lintian/*
+path-exclude /usr/share/linda/*
+path-exclude /usr/share/locale/*
+EOF
+        find "$root/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete
+        find "$root/usr/share/doc" -mindepth 1 -type d -empty -delete
+        rm -rf "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/usr/share/groff/* \
+            "$root"/usr/share/lintian/* "$root"/usr/share/linda/* "$root"/usr/share/locale/*
+        # ... and no package caches, lists or logs.
+        rm -rf "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
+            "$root"/var/log/*.log "$root"/var/log/apt/* "$root"/var/cache/debconf/*-old "$root"/var/lib/dpkg/*-old
+        tar -C "$root" --numeric-owner -cf "$tarball.tmp" . && mv -f "$tarball.tmp" "$tarball" || exit 1
+        kd_say "base tarball ready in $((SECONDS - t0)) s: $(du -h "$tarball" | cut -f1)"
     ) || return 1
-    echo "$KD_TARBALL"
+    echo "$tarball"
 }
 
 # The docker CLI that matches our daemon (Debian's), else the first on PATH.
@@ -185,15 +218,15 @@ kd_engine_start() {
     return 0
 }
 
-kd_base_image() {
-    if "$KD_DOCKER" image inspect debian:bookworm-slim >/dev/null 2>&1; then
-        kd_say "debian:bookworm-slim is already in the engine"
+kd_base_image() { # [suite]
+    local suite=${1:-trixie} tar
+    if "$KD_DOCKER" image inspect "debian:$suite-slim" >/dev/null 2>&1; then
+        kd_say "debian:$suite-slim is already in the engine"
         return 0
     fi
-    local tar
-    tar=$(kd_base_tarball) || return 1
-    "$KD_DOCKER" import -c 'CMD ["bash"]' "$tar" debian:bookworm-slim >/dev/null || return 1
-    kd_say "imported $tar as debian:bookworm-slim"
+    tar=$(kd_base_tarball "$suite") || return 1
+    "$KD_DOCKER" import -c 'CMD ["bash"]' "$tar" "debian:$suite-slim" >/dev/null || return 1
+    kd_say "imported $tar as debian:$suite-slim"
 }
 
 kd_engine_stop() {
@@ -223,7 +256,7 @@ kd_engine_stop() {
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     case ${1:-} in
-    tarball) kd_base_tarball ;;
-    *) echo "usage: $0 tarball   (build or find the cached debootstrap tarball)" >&2; exit 64 ;;
+    tarball) kd_base_tarball "${2:-trixie}" ;;
+    *) echo "usage: $0 tarball [SUITE]   (build or find the cached debootstrap tarball; trixie)" >&2; exit 64 ;;
     esac
 fi

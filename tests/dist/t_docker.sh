@@ -3,13 +3,19 @@
 # Docker engine (TAP; ends with "N passed, N failed").
 #
 #   1. a Docker engine: $DOCKER_HOST if it answers, else our own dockerd
-#      (docker-base.sh); the base image debian:bookworm-slim is debootstrapped
-#      once, cached under /var/tmp/kumofs-dist/docker, and `docker import`ed
-#   2. docker build of deploy/docker/Dockerfile from this checkout; the image
-#      runs as kumofs, declares the volume and a health check, and its
-#      entrypoint refuses to guess a role
-#   3. docker-compose up: two managers (-a), three servers, a gateway published
-#      on a free 127.0.0.1 port; the servers are attached with no kumoctl;
+#      (docker-base.sh); the base image debian:trixie-slim is debootstrapped
+#      once (minbase, trimmed as the official one), cached under
+#      /var/tmp/kumofs-dist/docker, and `docker import`ed
+#   2. docker build of deploy/docker/Dockerfile from this checkout; its size
+#      is printed and must stay under $KUMO_IMAGE_MAX_MB (120) MB; the OCI
+#      labels (title, description, version = configure.ac's, source,
+#      licenses = Apache-2.0, authors); stripped binaries, LICENSE and
+#      NOTICE in the image; the image runs as kumofs, declares the volume
+#      and a health check, and its entrypoint refuses to guess a role
+#   3. docker-compose up: two managers (-a), three servers, a gateway
+#      published on a free port of 127.0.0.1 (the compose file's default
+#      binding; KUMO_BIND=0.0.0.0 makes it every interface, checked with
+#      docker-compose config); the servers are attached with no kumoctl;
 #      keys set and read back through the gateway with a memcached client
 #   4. --scale server=4: the fourth server is attached by itself, both
 #      managers agree, the keys still read back, every container is healthy
@@ -23,7 +29,8 @@
 # python3-pymemcache) fails instead of skipping.
 #
 # Environment: KUMO_DOCKER_CACHE (default /var/tmp/kumofs-dist/docker), DOCKER_HOST,
-# KUMO_DOCKER_KEEP=1 (leave the cluster up on failure, for a look).
+# KUMO_DOCKER_KEEP=1 (leave the cluster up on failure, for a look),
+# KUMO_IMAGE_MAX_MB (default 120).
 set -u -o pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -100,9 +107,9 @@ DOCKER=$KD_DOCKER
 COMPOSE+=(-p "$PROJECT" -f "$COMPOSE_FILE")
 
 # docker run works at all (kernel, cgroups, storage)?
-kd_base_image
-ok $? "base image debian:bookworm-slim present ($(elapsed))"
-if ! out=$("$DOCKER" run --rm --network none debian:bookworm-slim true 2>&1); then
+kd_base_image trixie
+ok $? "base image debian:trixie-slim present ($(elapsed))"
+if ! out=$("$DOCKER" run --rm --network none debian:trixie-slim true 2>&1); then
     note "$out"
     trap - EXIT
     kd_engine_stop
@@ -124,7 +131,45 @@ rc=$?
 [ "$rc" -eq 0 ] || sed 's/^/#   /' "$build_log" | tail -n 40
 ok "$rc" "docker build -f deploy/docker/Dockerfile ($((SECONDS - t)) s)"
 [ "$rc" -eq 0 ] || exit 1
-note "image size: $("$DOCKER" image inspect -f '{{.Size}}' "$IMAGE" | awk '{ printf "%.0f MB", $1 / 1e6 }')"
+size=$("$DOCKER" image inspect -f '{{.Size}}' "$IMAGE")
+base=$("$DOCKER" image inspect -f '{{.Size}}' debian:trixie-slim)
+max=${KUMO_IMAGE_MAX_MB:-120}
+[ "$size" -lt $((max * 1000000)) ]
+ok $? "image size $((size / 1000000)) MB (base debian:trixie-slim $((base / 1000000)) MB), under $max MB"
+
+# The OCI labels: every one set, the version the one configure.ac gives.
+version=$(sed -n 's/^AC_INIT(\[[^]]*\], *\[\([^]]*\)\].*/\1/p' "$ROOT/configure.ac")
+labels=$("$DOCKER" image inspect -f '{{json .Config.Labels}}' "$IMAGE")
+"$PY" - "$labels" "$version" <<'EOF'
+import json, sys
+labels, version = json.loads(sys.argv[1]) or {}, sys.argv[2]
+want = {
+    "org.opencontainers.image.title": "kumofs",
+    "org.opencontainers.image.version": version,
+    "org.opencontainers.image.source": "https://github.com/kumofs/kumofs",
+    "org.opencontainers.image.licenses": "Apache-2.0",
+    "org.opencontainers.image.authors": "kumofs maintainers <maintainers@kumofs.org>",
+}
+bad = ["%s=%r (want %r)" % (k, labels.get(k), v) for k, v in want.items() if labels.get(k) != v]
+if len(labels.get("org.opencontainers.image.description", "")) < 20:
+    bad.append("org.opencontainers.image.description is missing")
+for b in bad:
+    print("# " + b)
+sys.exit(1 if bad else 0)
+EOF
+ok $? "OCI labels: title, description, version $version, source, licenses Apache-2.0, authors"
+
+# make install-strip: no symbol table in the binaries; the licence and the
+# credits travel with the image.
+cid=$("$DOCKER" create "$IMAGE") && "$DOCKER" cp "$cid:/usr/bin/kumo-server" "$WORK/kumo-server" >/dev/null &&
+    "$DOCKER" rm "$cid" >/dev/null
+# (readelf: binutils, which build-essential brings)
+sections=$(readelf -S -W "$WORK/kumo-server" 2>&1)
+[[ $sections == *" .text "* && $sections != *" .symtab "* && $sections != *" .debug_"* ]]
+ok $? "the binaries are stripped (kumo-server: no .symtab, no .debug_* section)"
+out=$("$DOCKER" run --rm --network none "$IMAGE" sh -c 'head -n 3 /usr/share/doc/kumofs/LICENSE; cat /usr/share/doc/kumofs/NOTICE' 2>&1)
+[[ $out == *"Apache License"* && $out == *"Copyright (C) 2009 FURUHASHI Sadayuki"* ]]
+ok $? "LICENSE and NOTICE (kumofs 0.4, FURUHASHI Sadayuki) in /usr/share/doc/kumofs"
 
 uid=$("$DOCKER" run --rm --network none "$IMAGE" id -un 2>&1)
 [ "$uid" = kumofs ]
@@ -149,7 +194,14 @@ free_port() {
     "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 GW_PORT=$(free_port)
-export KUMO_IMAGE=$IMAGE KUMO_GATEWAY_PUBLISH=127.0.0.1:$GW_PORT KUMO_REPLACE_DELAY=2 KUMO_VERBOSE=1
+unset KUMO_BIND
+export KUMO_IMAGE=$IMAGE KUMO_GATEWAY_PORT=$GW_PORT KUMO_REPLACE_DELAY=2 KUMO_VERBOSE=1
+
+# KUMO_BIND opens the published port wider; without it, 127.0.0.1 only.
+cfg_local=$("${COMPOSE[@]}" config 2>&1 | grep -A3 '^ *ports:' | tr -s ' \n' ' ')
+cfg_open=$(KUMO_BIND=0.0.0.0 "${COMPOSE[@]}" config 2>&1 | grep -A3 '^ *ports:' | tr -s ' \n' ' ')
+[[ $cfg_local == *"127.0.0.1:$GW_PORT:11211"* && $cfg_local != *0.0.0.0* && $cfg_open == *"0.0.0.0:$GW_PORT:11211"* ]]
+ok $? "compose publishes the gateway on 127.0.0.1 by default, KUMO_BIND=0.0.0.0 on every interface ($cfg_local/$cfg_open)"
 
 status_of() { # manager-service: kumoctl status inside it
     "${COMPOSE[@]}" exec -T "$1" kumoctl 127.0.0.1 status 2>/dev/null
@@ -231,6 +283,9 @@ ok $? "three servers attached by the managers (-a), no kumoctl attach ($((SECOND
 
 gateway_answers 60
 ok $? "gateway answers 'version' on the published port 127.0.0.1:$GW_PORT"
+binding=$("$DOCKER" inspect -f '{{json .HostConfig.PortBindings}}' "$("${COMPOSE[@]}" ps -q gateway)")
+[[ $binding == *'"HostIp":"127.0.0.1","HostPort":"'$GW_PORT'"'* ]]
+ok $? "the gateway container is published on 127.0.0.1 only ($binding)"
 
 memc setall
 ok $? "set $KEYS keys through the gateway (pymemcache)"

@@ -16,8 +16,9 @@
 #      lintian --fail-on error,warning, the packages' contents (units in
 #      /usr/lib/systemd/system), the unpacked daemons serve
 #   4. apt-get install of the two packages (every dependency is in the root
-#      already): the user kumofs, no unit enabled, systemd-analyze verify of
-#      the installed units; the installed daemons serve a set and a get;
+#      already): the user kumofs (systemd-sysusers) and its directories
+#      (systemd-tmpfiles), no unit enabled, systemd-analyze verify of the
+#      installed units; the installed daemons serve a set and a get;
 #      dpkg -P leaves no file behind
 #
 # Steps 2 to 4 run in mount, pid and network namespaces of their own
@@ -31,7 +32,9 @@
 #
 # Environment: KUMO_TRIXIE_CACHE (default /var/tmp/kumofs-dist/trixie),
 # DEBIAN_MIRROR (default: the host's apt mirror), MAKEFLAGS_J (make jobs,
-# default: the CPUs), KUMO_TRIXIE_KEEP=1 (keep the scratch root; printed).
+# default: the CPUs), KUMO_TRIXIE_KEEP=1 (keep the scratch root; printed),
+# KUMO_DEBS_OUT (the two packages of step 3, once installed and purged
+# cleanly, are copied to KUMO_DEBS_OUT/trixie, for t_ansible.sh).
 # shellcheck disable=SC2016  # the single-quoted command lines run in the root
 set -u -o pipefail
 
@@ -169,6 +172,7 @@ t=$SECONDS
 mkdir -p "$R/build/dist"
 in_root "$R" isolated 'cd /build/kumofs && KUMO_BUILD_DIR=/build/kumofs KUMO_DIST_PARTS="man systemd deb" \
     KUMO_DIST_KEEP=1 KUMO_TEST_REQUIRE=1 TMPDIR=/build/dist tests/dist/run' >"$WORK/dist.log" 2>&1
+sed -n '/^==> deb: lintian/,/^==> deb: the daemons/p' "$WORK/dist.log" | sed '1d;$d' | sed 's/^/# lintian: /'
 for part in man systemd deb; do
     line=$(grep "^dist $part: " "$WORK/dist.log")
     [ "${line#dist "$part": }" = PASS ]
@@ -193,12 +197,18 @@ rc=$?
 [ "$rc" = 0 ] || show "$WORK/install.log" 20
 ok "$rc" "apt-get install of kumofs-server and kumofs-tools (${#debs[@]} packages)"
 
-in_root "$R" isolated "getent passwd kumofs >/dev/null && [ \"\$(stat -c %U /var/lib/kumofs)\" = kumofs ] &&
+# The user from /usr/lib/sysusers.d/kumofs.conf (systemd-sysusers in the
+# postinst), its directories from /usr/lib/tmpfiles.d/kumofs.conf
+# (systemd-tmpfiles: /proc is mounted here), no unit enabled.
+in_root "$R" isolated "getent passwd kumofs | grep -E '^kumofs:x:[0-9]+:[0-9]+:kumofs daemons:/var/lib/kumofs:/usr/sbin/nologin\$' &&
+    stat -c '%n %U:%G %a' /var/lib/kumofs /var/log/kumofs | tee /dev/stderr | grep -c ' kumofs:kumofs 750\$' | grep -qx 2 &&
+    ls /usr/lib/sysusers.d/kumofs.conf /usr/lib/tmpfiles.d/kumofs.conf /etc/logrotate.d/kumofs-server &&
     ! ls /etc/systemd/system/*.wants/kumo* 2>/dev/null &&
     cd /usr/lib/systemd/system && ls $UNITS" >"$WORK/installed.log" 2>&1
 rc=$?
 [ "$rc" = 0 ] || show "$WORK/installed.log"
-ok "$rc" "the user kumofs, no unit enabled, the units in /usr/lib/systemd/system"
+ok "$rc" "the user kumofs and its directories (sysusers.d, tmpfiles.d), no unit enabled, the units in /usr/lib/systemd/system"
+
 
 in_root "$R" isolated 'for u in kumo-manager.service kumo-server@a.service kumo-gateway.service kumofs.target; do
         systemd-analyze verify --man=no "$u" 2>&1 | sed "s/^/$u: /"
@@ -232,8 +242,14 @@ ok "$rc" "the installed daemons serve a set and a get"
 
 in_root "$R" isolated 'dpkg -r kumofs-tools kumofs-server && dpkg -P kumofs-tools kumofs-server || exit 1
     left=$(ls -d /usr/bin/kumo* /etc/default/kumo* /usr/lib/systemd/system/kumo* /var/log/kumofs \
+        /etc/logrotate.d/kumofs* /usr/lib/sysusers.d/kumofs.conf /usr/lib/tmpfiles.d/kumofs.conf \
         /usr/share/man/man*/kumo* 2>/dev/null)
     [ -z "$left" ] || { echo "left behind:" $left; exit 1; }' >"$WORK/purge.log" 2>&1
 rc=$?
 [ "$rc" = 0 ] || show "$WORK/purge.log"
 ok "$rc" "dpkg -r, dpkg -P: no file left behind"
+
+if [ -n "${KUMO_DEBS_OUT:-}" ] && [ "$FAILED" = 0 ]; then
+    mkdir -p "$KUMO_DEBS_OUT/trixie" && cp "${debs[@]/#/$R}" "$KUMO_DEBS_OUT/trixie/" &&
+        note "the packages copied to $KUMO_DEBS_OUT/trixie"
+fi
