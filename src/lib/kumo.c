@@ -5,6 +5,9 @@
 #ifdef HAVE_CONFIG_H
 #include "config.h"
 #endif
+#ifndef PACKAGE_VERSION /* built without configure (tests/fuzz/run) */
+#define PACKAGE_VERSION "unknown"
+#endif
 
 #include "kumo.h"
 
