@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """mcload.py - small memcached text-protocol load generator (asyncio).
 
-Copied unchanged in behaviour from the project's benchmark anchors
-(/work/shared/bench/mcload.py, see bench/README.md "Credits"); bench/compare
+Copied unchanged in behaviour from the benchmark anchors the project
+started from (bench/README.md, "Credits"); bench/compare
 runs it for the pipelined (--depth 8) workload and for bench/compare --replace.
 
 Fixed key space, optional prefill, N connections, pipelined get/set,

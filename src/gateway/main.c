@@ -183,7 +183,7 @@ static void stop(void *arg)
     workers_stop(gm->grp);
 }
 
-/* -TR, or by default the user guide's 4, but no more loops than the CPUs
+/* -TR, or by default kumofs 0.4's 4, but no more loops than the CPUs
  * this process may run on: a loop more than there are CPUs only adds
  * context switches (docs/architecture.md §3). */
 static size_t worker_count(int given)
