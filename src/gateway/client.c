@@ -4,8 +4,8 @@
  */
 #include "client.h"
 
-#include "log.h"
 #include "ring.h"
+#include "xalloc.h"
 
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -120,12 +120,7 @@ void client_part_begin(client *c, const char *key, size_t klen)
 {
     if (c->nreading == c->capreading) {
         size_t ncap = c->capreading ? c->capreading * 2 : 16;
-        uint64_t *n = realloc(c->reading, ncap * sizeof(*n));
-        if (!n) {
-            log_fatal("out of memory");
-            abort();
-        }
-        c->reading = n;
+        c->reading = xrealloc(c->reading, ncap * sizeof(*c->reading));
         c->capreading = ncap;
     }
     c->reading[c->nreading++] = ring_hash(key, klen);

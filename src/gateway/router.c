@@ -34,6 +34,7 @@
 #include "log.h"
 #include "proto.h"
 #include "record.h"
+#include "xalloc.h"
 
 #define GET_TIMEOUT 2.0 /* then the next owner: reads see latency, not errors */
 #define WRITE_TIMEOUT 10.0
@@ -226,13 +227,9 @@ typedef struct rop {
 
 static rop *rop_new(gateway *g, int kind, const char *key, size_t klen)
 {
-    rop *r = calloc(1, sizeof(*r) + RECORD_KEY_HEADER + klen);
-    if (!r) {
-        /* Callers rely on callbacks never running inside the call; with no
-         * memory for a few dozen bytes there is no sane way on. */
-        log_fatal("out of memory");
-        abort();
-    }
+    /* Callers rely on callbacks never running inside the call; with no
+     * memory for a few dozen bytes there is no sane way on (xalloc.h). */
+    rop *r = xcalloc(1, sizeof(*r) + RECORD_KEY_HEADER + klen);
     r->g = g;
     r->started = now_mono();
     g->ops_inflight++;
@@ -574,11 +571,7 @@ void router_flush(gateway *g, int64_t when, router_write_fn fn, void *arg)
     /* The servers take a delay, and count it on the cluster's clock. */
     uint32_t now = (uint32_t)time(NULL), at = when > 0 ? record_exptime(when, now) : 0;
     uint64_t delay = at > now ? at - now : 0;
-    flush_op *f = calloc(1, sizeof(*f));
-    if (!f) {
-        log_fatal("out of memory");
-        abort();
-    }
+    flush_op *f = xcalloc(1, sizeof(*f));
     f->g = g;
     g->ops_inflight++;
     f->fn = fn;
@@ -648,11 +641,7 @@ static void sizes_start_cb(evutil_socket_t fd, short what, void *arg) { sizes_do
 
 void router_sizes_get(gateway *g, router_sizes_fn fn, void *arg)
 {
-    sizes_op *op = calloc(1, sizeof(*op));
-    if (!op) {
-        log_fatal("out of memory");
-        abort();
-    }
+    sizes_op *op = xcalloc(1, sizeof(*op));
     op->g = g;
     g->ops_inflight++;
     op->fn = fn;

@@ -32,6 +32,7 @@
 #include <time.h>
 
 #include "digest.h"
+#include "xalloc.h"
 #include "log.h"
 #include "metrics.h"
 #include "proto.h"
@@ -170,8 +171,7 @@ static bool make_room(server *s)
 
 static job *job_new(server *s, enum job_kind kind)
 {
-    job *j = calloc(1, sizeof(*j));
-    if (!j) return NULL;
+    job *j = xcalloc(1, sizeof(*j));
     j->s = s;
     j->id = s->digest->next_id++;
     j->kind = kind;
@@ -314,16 +314,9 @@ static void start_digest(server *s, rpc_conn *c, uint32_t msgid, const msgpack_o
         return;
     }
     job *j = job_new(s, JOB_DIGEST);
-    if (j) {
-        j->whs = hashspace_ref(s->whs);
-        j->count = calloc(nv, sizeof(*j->count));
-        j->sum = calloc(nv, sizeof(*j->sum));
-    }
-    if (!j || !j->count || !j->sum) {
-        job_free(j);
-        rpc_reply_error(c, msgid, "out of memory");
-        return;
-    }
+    j->whs = hashspace_ref(s->whs);
+    j->count = xcalloc(nv, sizeof(*j->count));
+    j->sum = xcalloc(nv, sizeof(*j->sum));
     job_run(s, c, msgid, j, digest_visit);
 }
 
@@ -380,10 +373,6 @@ static bool parse_spans(const msgpack_object *o, job *j)
 static void start_keys(server *s, rpc_conn *c, uint32_t msgid, const msgpack_object *params)
 {
     job *j = job_new(s, JOB_KEYS);
-    if (!j) {
-        rpc_reply_error(c, msgid, "out of memory");
-        return;
-    }
     if (!parse_spans(rpc_arg(params, 1), j)) {
         job_free(j);
         rpc_reply_error(c, msgid, "bad params: an array of at most %d [lo, hi] pairs", SRV_RANGE_KEYS_MAX_SPANS);

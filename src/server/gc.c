@@ -38,6 +38,7 @@
 #include "log.h"
 #include "record.h"
 #include "server.h"
+#include "xalloc.h"
 
 #define GC_TIMER 1.0 /* seconds between collections when nothing is deleted */
 
@@ -117,12 +118,7 @@ void gc_tombstone(server *s, const void *key, size_t klen, const void *val, size
 {
     struct gc *g = s->gc;
     if (!g || !val || vlen != RECORD_TOMBSTONE || klen == 0) return;
-    gc_entry *e = malloc(entry_size(klen));
-    if (!e) {
-        log_error("tombstone collection: out of memory; this tombstone stays in the database");
-        g->st.errors++;
-        return;
-    }
+    gc_entry *e = xmalloc(entry_size(klen));
     e->next = NULL;
     e->ct = record_clocktime(val, vlen);
     e->klen = klen;

@@ -29,6 +29,7 @@
 #include "proto.h"
 #include "record.h"
 #include "server.h"
+#include "xalloc.h"
 
 #define END_TIMEOUT 10.0
 #define END_TRIES 60
@@ -104,11 +105,7 @@ static void end_send(end_report *e)
 
 static void report_end(server *s, rpc_conn *manager, uint32_t method, uint64_t replace_ct, bool ok)
 {
-    end_report *e = calloc(1, sizeof(*e));
-    if (!e) {
-        log_error("replace: out of memory");
-        return;
-    }
+    end_report *e = xcalloc(1, sizeof(*e)); /* a lost report would stall the replace */
     e->s = s;
     e->manager = manager;
     if (manager) rpc_hold(manager);
@@ -276,14 +273,8 @@ static void copy_walked(server *s, void *arg, bool ok)
  * manager: then our own rhs). Both taken. */
 static void copy_phase(server *s, rpc_conn *c, uint64_t replace_ct, bool full, hashspace *w, hashspace *round_rhs)
 {
-    copy_job *j = calloc(1, sizeof(*j));
-    if (!j || !(j->dests = calloc(w->ring.nnodes + 1, sizeof(dest)))) {
-        free(j);
-        hashspace_unref(w);
-        hashspace_unref(round_rhs);
-        log_error("replace: out of memory");
-        return;
-    }
+    copy_job *j = xcalloc(1, sizeof(*j));
+    j->dests = xcalloc(w->ring.nnodes + 1, sizeof(dest));
     j->s = s;
     j->manager = c;
     rpc_hold(c);
@@ -345,11 +336,7 @@ static void delete_phase(server *s, rpc_conn *c, uint64_t replace_ct)
         report_end(s, c, MGR_REPLACE_DELETE_END, replace_ct, true);
         return;
     }
-    delete_ctx *x = calloc(1, sizeof(*x));
-    if (!x) {
-        log_error("replace delete: out of memory");
-        return;
-    }
+    delete_ctx *x = xcalloc(1, sizeof(*x));
     *x = (delete_ctx){.s = s, .manager = c, .whs = hashspace_ref(s->whs), .replace_ct = replace_ct};
     rpc_hold(c);
     s->replace_deleting = true;

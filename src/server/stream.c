@@ -40,6 +40,7 @@
 #include "proto.h"
 #include "record.h"
 #include "server.h"
+#include "xalloc.h"
 #include "streamdec.h"
 
 #define OFFER_TTL 120.0
@@ -433,10 +434,11 @@ static void handle_offer(server *s, rpc_conn *c, uint32_t msgid, const msgpack_o
         rpc_reply_error(c, msgid, "bad params");
         return;
     }
-    pull *p = calloc(1, sizeof(*p));
-    if (!p || streamdec_init(&p->dec, RPC_MAX_FRAME, NULL) < 0) {
+    pull *p = xcalloc(1, sizeof(*p));
+    char err[KUMO_ERRLEN];
+    if (streamdec_init(&p->dec, RPC_MAX_FRAME, err) < 0) {
         free(p);
-        rpc_reply_error(c, msgid, "out of memory");
+        rpc_reply_error(c, msgid, "%s", err);
         return;
     }
     p->s = s;
