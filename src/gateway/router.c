@@ -40,19 +40,6 @@
 #define WRITE_TIMEOUT 10.0
 #define HS_REQUEST_TIMEOUT 5.0
 
-static double now_mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static struct timeval tv_of(double sec)
-{
-    struct timeval tv = {(time_t)sec, (suseconds_t)((sec - (double)(time_t)sec) * 1e6)};
-    return tv;
-}
-
 /* ---- hash spaces ---- */
 
 static void notify_state(gateway *g)
@@ -108,7 +95,7 @@ static void hs_reply(void *arg, rpc_status st, const msgpack_object *result)
 /* Ask every connected manager for its hash spaces, at most once a tick. */
 static void refresh(gateway *g)
 {
-    double now = now_mono();
+    double now = clock_mono();
     if (now - g->last_refresh < g->cfg->common.clock_interval) return;
     g->last_refresh = now;
     for (size_t i = 0; g->managers && i < links_count(g->managers); i++) {
@@ -231,7 +218,7 @@ static rop *rop_new(gateway *g, int kind, const char *key, size_t klen)
      * memory for a few dozen bytes there is no sane way on (xalloc.h). */
     rop *r = xcalloc(1, sizeof(*r) + RECORD_KEY_HEADER + klen);
     r->g = g;
-    r->started = now_mono();
+    r->started = clock_mono();
     g->ops_inflight++;
     r->kind = kind;
     r->hash = ring_hash(key, klen);
@@ -244,7 +231,7 @@ static void rop_free(rop *r)
 {
     int kind = r->kind == ROP_GET ? GW_LAT_GET : r->kind == ROP_SET ? GW_LAT_WRITE : GW_LAT_DELETE;
     pthread_mutex_lock(&r->g->latency_lock);
-    metrics_hist_observe(&r->g->latency[kind], now_mono() - r->started);
+    metrics_hist_observe(&r->g->latency[kind], clock_mono() - r->started);
     pthread_mutex_unlock(&r->g->latency_lock);
     if (r->attempt > 1) r->g->stats.retries += (uint64_t)(r->attempt - 1);
     r->g->ops_inflight--;
@@ -258,7 +245,7 @@ static void retry_cb(evutil_socket_t fd, short what, void *arg) { attempt(arg); 
 
 static void retry_later(rop *r)
 {
-    struct timeval tv = tv_of(r->g->cfg->common.clock_interval);
+    struct timeval tv = clock_timeval(r->g->cfg->common.clock_interval);
     event_base_once(r->g->base, -1, EV_TIMEOUT, retry_cb, r, &tv);
 }
 

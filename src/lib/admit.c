@@ -17,6 +17,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "clock.h"
 #include "log.h"
 #include "net.h"
 
@@ -38,13 +39,6 @@ struct admit {
     uint64_t refused_logged, evicted_logged; /* st's counts at the last log line */
     double logged;                           /* when it was written; < 0: never */
 };
-
-static double now_mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* What "one address" means: an IPv4 address (also when it comes mapped into
  * IPv6), or the first 64 bits of an IPv6 one. */
@@ -125,7 +119,7 @@ static void note(admit *a, const struct sockaddr *peer, double now)
 
 admit_entry *admit_enter(admit *a, const struct sockaddr *peer, admit_evict_fn fn, void *arg)
 {
-    double now = now_mono();
+    double now = clock_mono();
     uint8_t key[KEY_MAX];
     make_key(peer, key);
     size_t same = 0;

@@ -27,7 +27,7 @@
  * the counts since the last line: a flood does not flood the log.
  *
  * Thread rule: one admit per event loop; every call from its thread.
- * Calls: net (addresses), log.
+ * Calls: net (addresses), clock, log.
  */
 #ifndef KUMO_ADMIT_H
 #define KUMO_ADMIT_H

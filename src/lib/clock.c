@@ -84,3 +84,17 @@ char *clock_format(uint64_t ct, char buf[CLOCK_FORMAT_LEN])
     else snprintf(buf, CLOCK_FORMAT_LEN, "%s clock %u", kumo_format_time((time_t)clock_seconds(ct), -1, when), clock_counter(ct));
     return buf;
 }
+
+double clock_mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+struct timeval clock_timeval(double sec)
+{
+    if (sec < 0) sec = 0;
+    struct timeval tv = {(time_t)sec, (suseconds_t)((sec - (double)(time_t)sec) * 1e6)};
+    return tv;
+}

@@ -16,6 +16,7 @@
 
 #include <stdatomic.h>
 #include <stdint.h>
+#include <sys/time.h>
 
 typedef struct clock_hlc {
     _Atomic uint64_t last;
@@ -37,6 +38,12 @@ uint32_t clock_now_seconds(const clock_hlc *c);
  * node tells the others in keepalives, so that the cluster's time moves on
  * with its fastest clock even when nothing is written. */
 uint64_t clock_now(const clock_hlc *c);
+
+/* Seconds on the monotonic clock, for timeouts and rates (never compared
+ * across hosts, never a ClockTime). */
+double clock_mono(void);
+/* `sec` seconds as a timeval, for libevent timers. */
+struct timeval clock_timeval(double sec);
 
 static inline uint32_t clock_seconds(uint64_t ct) { return (uint32_t)(ct >> 32); }
 static inline uint32_t clock_counter(uint64_t ct) { return (uint32_t)ct; }

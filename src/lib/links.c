@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "log.h"
 
 #define REFRESH 30.0      /* re-resolve every this many seconds */
@@ -48,13 +49,6 @@ struct links {
     double none_up_since; /* monotonic time no link has been up since (0: one is) */
     double warned_at;     /* the last "no manager reachable" WARN (0: none this outage) */
 };
-
-static double now_mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* ---- resolution ---- */
 
@@ -172,8 +166,8 @@ static void on_close(void *arg, rpc_conn *c)
     if (k->conn != c) return;
     k->conn = NULL;
     if (rpc_hello_done(c)) log_warn("lost manager %s", net_format(&k->addr, buf, sizeof(buf)));
-    if (k->down_since == 0) k->down_since = now_mono();
-    if (links_up(k->owner) == 0 && k->owner->none_up_since == 0) k->owner->none_up_since = now_mono();
+    if (k->down_since == 0) k->down_since = clock_mono();
+    if (links_up(k->owner) == 0 && k->owner->none_up_since == 0) k->owner->none_up_since = clock_mono();
     if (k->owner->user.on_close) k->owner->user.on_close(k->owner->user.arg, c);
 }
 
@@ -223,7 +217,7 @@ static void resolve_all(const char *const *names, uint16_t default_port, rresult
 static void apply(links *l, const rresult *r)
 {
     for (size_t i = 0; i < r->nerrs; i++) log_warn("%s (will retry)", r->errs[i]);
-    double now = now_mono();
+    double now = clock_mono();
     l->last_resolve = now;
     l->backoff = r->ok ? 0 : (l->backoff ? l->backoff * 2 : 1);
     if (l->backoff > BACKOFF_MAX) l->backoff = BACKOFF_MAX;
@@ -354,7 +348,7 @@ static void resolve(links *l)
     if (rc != 0) goto fail;
     l->job = j;
     /* Not again before the next tick decides so. */
-    l->last_resolve = now_mono();
+    l->last_resolve = clock_mono();
     l->next_resolve = l->last_resolve + REFRESH;
     return;
 fail:
@@ -382,7 +376,7 @@ static void warn_unreachable(links *l, double now)
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     links *l = arg;
-    double now = now_mono();
+    double now = clock_mono();
     if (l->none_up_since > 0 && now - l->none_up_since >= LINKS_UNREACHABLE_WARN &&
         (l->warned_at == 0 || now - l->warned_at >= LINKS_UNREACHABLE_REPEAT))
         warn_unreachable(l, now);
@@ -410,7 +404,7 @@ links *links_new(struct event_base *base, const links_config *cfg, const rpc_han
     l->cfg.names = (const char *const *)l->names_copy;
     l->user = *handlers;
     l->self = *self;
-    l->none_up_since = now_mono();
+    l->none_up_since = clock_mono();
     resolve(l); /* dials what it finds (now, or when the thread is back) */
     l->tick = event_new(base, -1, EV_PERSIST, tick_cb, l);
     double t = cfg->retry > 0.1 ? cfg->retry : 0.1;

@@ -91,13 +91,6 @@ struct rpc_conn {
     void *data;
 };
 
-static double now_mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static int pk_write(void *data, const char *buf, size_t len)
 {
     rpc_conn *c = data;
@@ -228,14 +221,14 @@ static pending *table_take(rpc_conn *c, uint32_t msgid)
 static void sweep_cb(evutil_socket_t fd, short what, void *arg)
 {
     rpc_conn *c = arg;
-    if (!c->hello_done && c->connected && (!c->outbound || c->self.key) && now_mono() > c->hello_deadline) {
+    if (!c->hello_done && c->connected && (!c->outbound || c->self.key) && clock_mono() > c->hello_deadline) {
         if (c->self.key) log_warn("%s: no cluster key proof within %.0f s, closing", c->name, RPC_HELLO_TIMEOUT);
         else log_warn("%s: no hello within %.0f s, closing", c->name, RPC_HELLO_TIMEOUT);
         teardown(c, true);
         return;
     }
     if (c->npending == 0) return;
-    double now = now_mono();
+    double now = clock_mono();
     c->busy++;
     for (uint32_t i = 0; i < c->cap && !c->dead; i++) {
         pending p = c->slots[i];
@@ -352,7 +345,7 @@ msgpack_packer *rpc_call_begin(rpc_conn *c, uint32_t method, double timeout, rpc
     p->msgid = id;
     p->fn = fn;
     p->arg = arg;
-    p->deadline = now_mono() + timeout;
+    p->deadline = clock_mono() + timeout;
     c->npending++;
     msgpack_pack_array(&c->pk, 4);
     msgpack_pack_uint8(&c->pk, 0);
@@ -643,7 +636,7 @@ static void connect_cb(void *arg, sio *io)
     rpc_conn *c = arg;
     (void)io;
     c->connected = true;
-    c->hello_deadline = now_mono() + RPC_HELLO_TIMEOUT;
+    c->hello_deadline = clock_mono() + RPC_HELLO_TIMEOUT;
     if (c->connect_timer) event_del(c->connect_timer);
 }
 
@@ -699,7 +692,7 @@ static rpc_conn *conn_new(struct event_base *base, const rpc_handlers *h, const 
             return NULL;
         }
     }
-    c->hello_deadline = now_mono() + RPC_HELLO_TIMEOUT;
+    c->hello_deadline = clock_mono() + RPC_HELLO_TIMEOUT;
     if (self->key) msgpack_packer_init(&c->pk, c->held, held_write);
     else msgpack_packer_init(&c->pk, c, pk_write);
     c->sweep = event_new(base, -1, EV_PERSIST, sweep_cb, c);

@@ -32,12 +32,6 @@
 #define KEEPALIVE_TIMEOUT KEEPALIVE_LIMIT
 #define PUSH_TIMEOUT 10.0
 
-static struct timeval tv_of(double sec)
-{
-    struct timeval tv = {(time_t)sec, (suseconds_t)((sec - (double)(time_t)sec) * 1e6)};
-    return tv;
-}
-
 static void mgr_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
 static void mgr_on_hello(void *arg, rpc_conn *c);
 static void mgr_on_close(void *arg, rpc_conn *c);
@@ -197,7 +191,7 @@ static void probe_next(mserver *ms)
     rpc_handlers h = membership_handlers(m);
     ms->probe = rpc_connect(m->base, &ms->addr, m->cfg->common.connect_timeout, &h, &m->rpc_self);
     if (ms->probe) rpc_set_data(ms->probe, ms);
-    struct timeval tv = tv_of(m->cfg->common.connect_timeout);
+    struct timeval tv = clock_timeval(m->cfg->common.connect_timeout);
     evtimer_add(ms->probe_timer, &tv); /* the hello must arrive by then */
 }
 
@@ -222,19 +216,12 @@ static void start_probing(manager *m, mserver *ms)
     probe_next(ms);
 }
 
-static double now_mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static void keepalive_done(void *arg, rpc_status st, const msgpack_object *r)
 {
     mserver *ms = arg;
     ms->keepalive_out = false;
     if (st != RPC_OK) return;
-    ms->last_answer = now_mono();
+    ms->last_answer = clock_mono();
     /* The server's clock: the next keepalives carry the newest one to every
      * server, so the cluster's time follows its fastest clock (clock.h). */
     if (r->type == MSGPACK_OBJECT_POSITIVE_INTEGER) clock_update(&ms->m->clock, r->via.u64);
@@ -243,7 +230,7 @@ static void keepalive_done(void *arg, rpc_status st, const msgpack_object *r)
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     manager *m = arg;
-    double now = now_mono();
+    double now = clock_mono();
     /* Time the manager itself did not run (starved on a loaded machine, a
      * paused VM, SIGSTOP) is not the servers' silence: answers that came
      * meanwhile are still unread. Without this, a manager that wakes from
@@ -420,7 +407,7 @@ static void server_hello(manager *m, rpc_conn *c)
     if (inc) ms->incarnation = inc;
     ms->conn = c; /* the newest link wins; an older one is ignored until it closes */
     bool learning = learn_from(m, ms);
-    ms->last_answer = now_mono();
+    ms->last_answer = clock_mono();
     ms->keepalive_out = false;
     replace_resend(m, ms); /* a server that came back mid-replace lost its task */
     if (!is_active_member(m, a) && !ms->newcomer) {
@@ -481,7 +468,7 @@ static void mgr_on_close(void *arg, rpc_conn *c)
         if (ms && ms->probe == c) { /* a probe that failed before its hello */
             ms->probe = NULL;
             evtimer_del(ms->probe_timer);
-            struct timeval tv = tv_of(m->cfg->common.clock_interval);
+            struct timeval tv = clock_timeval(m->cfg->common.clock_interval);
             evtimer_add(ms->probe_timer, &tv);
         }
         return;
@@ -494,7 +481,7 @@ static void mgr_on_close(void *arg, rpc_conn *c)
     } else if (ms->probe == c) {
         ms->probe = NULL;
         evtimer_del(ms->probe_timer);
-        struct timeval tv = tv_of(m->cfg->common.clock_interval);
+        struct timeval tv = clock_timeval(m->cfg->common.clock_interval);
         evtimer_add(ms->probe_timer, &tv);
     }
 }
@@ -549,7 +536,7 @@ static void auto_cb(evutil_socket_t fd, short what, void *arg)
 void membership_schedule_auto_replace(manager *m)
 {
     if (!m->auto_replace) return;
-    struct timeval tv = tv_of(m->cfg->replace_delay);
+    struct timeval tv = clock_timeval(m->cfg->replace_delay);
     evtimer_add(m->auto_timer, &tv); /* re-arming restarts the wait: the last change counts */
 }
 
@@ -559,7 +546,7 @@ void membership_start(manager *m)
     m->auto_replace = m->cfg->auto_replace;
     m->auto_timer = evtimer_new(m->base, auto_cb, m);
     m->tick = event_new(m->base, -1, EV_PERSIST, tick_cb, m);
-    struct timeval tv = tv_of(m->cfg->common.clock_interval);
+    struct timeval tv = clock_timeval(m->cfg->common.clock_interval);
     event_add(m->tick, &tv);
     notify_status(m);
 }

@@ -29,12 +29,6 @@
 
 #define SYNC_TIMEOUT 10.0
 
-static struct timeval tv_of(double sec)
-{
-    struct timeval tv = {(time_t)sec, (suseconds_t)((sec - (double)(time_t)sec) * 1e6)};
-    return tv;
-}
-
 static void ignore_reply(void *arg, rpc_status st, const msgpack_object *r) {}
 
 void partner_sync(manager *m)
@@ -123,7 +117,7 @@ static void on_close(void *arg, rpc_conn *c)
     if (c == m->partner_dialed) m->partner_dialed = NULL;
     if (m->partner_conn != c) {
         if (!m->partner_conn && !m->partner_dialed && !m->stopping) {
-            struct timeval tv = tv_of(m->cfg->common.clock_interval);
+            struct timeval tv = clock_timeval(m->cfg->common.clock_interval);
             evtimer_add(m->partner_retry, &tv);
         }
         return;
@@ -138,7 +132,7 @@ static void on_close(void *arg, rpc_conn *c)
         }
     }
     if (!m->stopping) {
-        struct timeval tv = tv_of(m->cfg->common.clock_interval);
+        struct timeval tv = clock_timeval(m->cfg->common.clock_interval);
         evtimer_add(m->partner_retry, &tv);
     }
 }
@@ -200,13 +194,11 @@ static void retry_cb(evutil_socket_t fd, short what, void *arg)
 {
     manager *m = arg;
     if (m->partner_conn || m->partner_dialed) return;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    double now = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    double now = clock_mono();
     if (m->partner.len == 0 || now - m->partner_resolved > RESOLVE_EVERY) {
         m->partner_resolved = now;
         if (!resolve_partner(m)) {
-            struct timeval tv = tv_of(m->cfg->common.clock_interval);
+            struct timeval tv = clock_timeval(m->cfg->common.clock_interval);
             evtimer_add(m->partner_retry, &tv);
             return;
         }

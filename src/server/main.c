@@ -109,13 +109,6 @@ struct server_metrics {
     metrics_hist req[REQ_KINDS];
 };
 
-static double mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* The two listeners and their strangers (admit.h), for ST_ACCEPT and
  * --metrics: per port, the values named by port_fields. */
 enum { PF_PAUSED, PF_FAILURES, PF_HELD, PF_REFUSED, PF_EVICTED, PF_FAILED, PF_N };
@@ -206,12 +199,12 @@ static void on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, 
         cluster_dispatch(s, c, msgid, method, params);
         return;
     }
-    double t0 = mono();
+    double t0 = clock_mono();
     cluster_dispatch(s, c, msgid, method, params);
     int k = method == SRV_GET || method == SRV_GET_MANY ? REQ_GET : method == SRV_SET ? REQ_SET : method == SRV_DELETE ? REQ_DELETE
           : method == SRV_REPLICATE ? REQ_REPLICATE
           : method == SRV_STATUS ? REQ_STATUS : REQ_OTHER;
-    metrics_hist_observe(&s->metrics->req[k], mono() - t0);
+    metrics_hist_observe(&s->metrics->req[k], clock_mono() - t0);
 }
 
 /* --metrics: what a scrape shows (metrics.h). */

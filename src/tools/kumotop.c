@@ -85,13 +85,6 @@ static volatile sig_atomic_t stop_flag, winch_flag;
 static void on_stop(int sig) { stop_flag = 1; }
 static void on_winch(int sig) { winch_flag = 1; }
 
-static double now_mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static void usage(FILE *out)
 {
     fprintf(out,
@@ -142,7 +135,7 @@ static void node_drop_conn(node *n)
 
 static void sample_node(node *n)
 {
-    double now = now_mono();
+    double now = clock_mono();
     sample s = {.ok = false};
     if (!n->connected && now < n->retry_at) {
         n->cur.ok = false;
@@ -175,7 +168,7 @@ static void sample_node(node *n)
         else snprintf(s.progress, sizeof(s.progress), "%s %d%%", p.phase, pct);
     }
     s.ok = true;
-    s.at = now_mono();
+    s.at = clock_mono();
     if (n->cur.ok) n->prev = n->cur;
     n->cur = s;
     n->err[0] = '\0';
@@ -185,7 +178,7 @@ static void sample_node(node *n)
 static void refresh_manager(top *tp)
 {
     char err[KUMO_ERRLEN];
-    double now = now_mono();
+    double now = clock_mono();
     if (!tp->mconnected && now < tp->mretry_at) return;
     if (!tp->mconnected) {
         if (tool_connect(&tp->mt, tp->manager, KUMO_MANAGER_PORT, TOP_TIMEOUT, err) < 0) {
@@ -468,7 +461,7 @@ static void term_setup(void)
 static bool wait_keys(double deadline, bool keys)
 {
     while (!stop_flag) {
-        double left = deadline - now_mono();
+        double left = deadline - clock_mono();
         if (left <= 0 || winch_flag) return true;
         struct pollfd p = {.fd = STDIN_FILENO, .events = POLLIN};
         int rc = poll(&p, keys ? 1 : 0, (int)(left * 1000) + 1);
@@ -603,7 +596,7 @@ int main(int argc, char **argv)
     bool keys = tp.tty && isatty(STDIN_FILENO) == 1;
     if (tp.tty) term_setup();
     long done = 0;
-    double next = now_mono();
+    double next = clock_mono();
     if (!tp.tty) {
         /* The first plain snapshot waits one interval so that it has rates. */
         sample_all(&tp);
@@ -616,7 +609,7 @@ int main(int argc, char **argv)
         if (!(tp.tty ? render_tty(&tp) : render_plain(&tp))) break; /* stdout closed */
         if (tp.iterations && ++done >= tp.iterations) break;
         next += tp.interval;
-        if (next < now_mono()) next = now_mono(); /* slow servers: do not try to catch up */
+        if (next < clock_mono()) next = clock_mono(); /* slow servers: do not try to catch up */
         for (;;) {
             if (!wait_keys(next, keys)) goto out;
             if (!winch_flag) break;

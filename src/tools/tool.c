@@ -25,17 +25,10 @@ static auth_key *cluster_key;
 static const char *more_managers[TOOL_MAX_MANAGERS];
 static size_t nmore_managers;
 
-static double now_mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static int wait_fd(int fd, short ev, double deadline)
 {
     for (;;) {
-        double left = deadline - now_mono();
+        double left = deadline - clock_mono();
         if (left <= 0) return 0;
         struct pollfd p = {.fd = fd, .events = ev};
         int rc = poll(&p, 1, (int)(left * 1000) + 1);
@@ -247,7 +240,7 @@ int tool_connect_addr(tool_conn *t, const net_addr *addr, int want_role, double 
     net_format(addr, t->name, sizeof(t->name));
     if (!msgpack_unpacker_init(&t->up, 64 * 1024)) return kumo_err(err, "out of memory");
     t->up_ready = true;
-    double deadline = now_mono() + timeout;
+    double deadline = clock_mono() + timeout;
     t->fd = net_connect(addr, err);
     if (t->fd < 0) return -1;
     if (wait_fd(t->fd, POLLOUT, deadline) <= 0) return kumo_err(err, "%s: connect timed out", t->name);
@@ -335,7 +328,7 @@ void tool_close(tool_conn *t)
 
 int tool_call(tool_conn *t, uint32_t method, const msgpack_sbuffer *params, msgpack_unpacked *out, char *err)
 {
-    double deadline = now_mono() + t->timeout;
+    double deadline = clock_mono() + t->timeout;
     uint32_t id = t->next_msgid++;
     if (role_ok(t, err) < 0) return -1;
     msgpack_sbuffer sb;

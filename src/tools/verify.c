@@ -104,13 +104,6 @@ typedef struct run {
     char err[KUMO_ERRLEN];
 } run;
 
-static double now_mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static void pause_for(double s)
 {
     struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
@@ -168,7 +161,7 @@ static const char *copy_text(const copy *c, char *buf, size_t len)
  * and the ETA at that rate. */
 static void progress(run *r, const char *what, uint64_t walked, uint64_t total, double since)
 {
-    double now = now_mono();
+    double now = clock_mono();
     if (now - r->t0 < PROGRESS_AFTER || now - r->shown < PROGRESS_EVERY) return;
     r->shown = now;
     double rate = now > since ? (double)walked / (now - since) : 0;
@@ -222,7 +215,7 @@ static int start_walk(run *r, node *n, uint32_t method, result_fn fn)
 /* Poll every node asked until each walk is over. */
 static int wait_walks(run *r, uint32_t method, const char *what, result_fn fn)
 {
-    double pause = POLL_FIRST, since = now_mono();
+    double pause = POLL_FIRST, since = clock_mono();
     for (;;) {
         bool all = true;
         uint64_t walked = 0, total = 0;
@@ -790,7 +783,7 @@ int verify_run(const char *manager, bool repair)
     int rc = VERIFY_EX_FAILED;
     memset(&r, 0, sizeof(r));
     r.repair = repair;
-    r.t0 = now_mono();
+    r.t0 = clock_mono();
     msgpack_sbuffer_init(&r.sb);
     msgpack_packer_init(&r.pk, &r.sb, msgpack_sbuffer_write);
     if (connect_nodes(&r, manager) < 0 || digests(&r) < 0 || compare_ranges(&r, &items, &nitems) < 0 ||
@@ -810,8 +803,8 @@ int verify_run(const char *manager, bool repair)
         summary(&r, true);
         rc = r.ndk ? VERIFY_EX_DIVERGENT : VERIFY_EX_AGREE;
     }
-    if (now_mono() - r.t0 >= PROGRESS_AFTER)
-        fprintf(stderr, "kumoctl: %s took %.1f s\n", repair ? "repair" : "verify", now_mono() - r.t0);
+    if (clock_mono() - r.t0 >= PROGRESS_AFTER)
+        fprintf(stderr, "kumoctl: %s took %.1f s\n", repair ? "repair" : "verify", clock_mono() - r.t0);
 out:
     if (rc == VERIFY_EX_FAILED) fprintf(stderr, "kumoctl: %s: %s\n", repair ? "repair" : "verify", r.err);
     fflush(stdout);
