@@ -254,7 +254,7 @@ static void send_hello(rpc_conn *c)
     msgpack_packer pk;
     msgpack_packer_init(&pk, c, pk_write);
     msgpack_pack_array(&pk, 8);
-    msgpack_pack_uint8(&pk, 2);
+    msgpack_pack_uint8(&pk, RPC_MSG_HELLO);
     msgpack_pack_uint8(&pk, (uint8_t)c->self.role);
     rpc_pack_bytes(&pk, c->self.addr.id, c->self.addr.len);
     msgpack_pack_uint32(&pk, RPC_VERSION);
@@ -274,7 +274,7 @@ static void send_proof(rpc_conn *c)
     msgpack_packer_init(&pk, c, pk_write);
     auth_proof(c->self.key, c->outbound, (uint8_t)c->self.role, c->peer_nonce, c->nonce, proof);
     msgpack_pack_array(&pk, 2);
-    msgpack_pack_uint8(&pk, 3);
+    msgpack_pack_uint8(&pk, RPC_MSG_PROOF);
     rpc_pack_bytes(&pk, proof, sizeof(proof));
     evbuffer_add_buffer(sio_output(c->io), c->held);
     msgpack_packer_init(&c->pk, c, pk_write);
@@ -348,7 +348,7 @@ msgpack_packer *rpc_call_begin(rpc_conn *c, uint32_t method, double timeout, rpc
     p->deadline = clock_mono() + timeout;
     c->npending++;
     msgpack_pack_array(&c->pk, 4);
-    msgpack_pack_uint8(&c->pk, 0);
+    msgpack_pack_uint8(&c->pk, RPC_MSG_REQUEST);
     msgpack_pack_uint32(&c->pk, id);
     msgpack_pack_uint32(&c->pk, method);
     return &c->pk;
@@ -360,7 +360,7 @@ msgpack_packer *rpc_notify_begin(rpc_conn *c, uint32_t method)
 {
     if (c->dead) return dead_packer(c);
     msgpack_pack_array(&c->pk, 4);
-    msgpack_pack_uint8(&c->pk, 0);
+    msgpack_pack_uint8(&c->pk, RPC_MSG_REQUEST);
     msgpack_pack_uint32(&c->pk, 0);
     msgpack_pack_uint32(&c->pk, method);
     return &c->pk;
@@ -370,7 +370,7 @@ msgpack_packer *rpc_reply_begin(rpc_conn *c, uint32_t msgid)
 {
     if (c->dead || msgid == 0) return dead_packer(c);
     msgpack_pack_array(&c->pk, 4);
-    msgpack_pack_uint8(&c->pk, 1);
+    msgpack_pack_uint8(&c->pk, RPC_MSG_RESPONSE);
     msgpack_pack_uint32(&c->pk, msgid);
     msgpack_pack_nil(&c->pk);
     return &c->pk;
@@ -385,7 +385,7 @@ void rpc_reply_error(rpc_conn *c, uint32_t msgid, const char *fmt, ...)
     va_end(ap);
     if (c->dead || msgid == 0) return;
     msgpack_pack_array(&c->pk, 4);
-    msgpack_pack_uint8(&c->pk, 1);
+    msgpack_pack_uint8(&c->pk, RPC_MSG_RESPONSE);
     msgpack_pack_uint32(&c->pk, msgid);
     rpc_pack_str(&c->pk, msg);
     msgpack_pack_nil(&c->pk);
@@ -437,7 +437,7 @@ static bool dispatch(rpc_conn *c, const msgpack_object *o)
     const msgpack_object *a = o->via.array.ptr;
     if (!obj_uint(&a[0], &type)) return false;
 
-    if (type == 2) {
+    if (type == RPC_MSG_HELLO) {
         const char *p, *np = NULL;
         size_t len, nlen = 0;
         uint64_t role, ct;
@@ -471,7 +471,7 @@ static bool dispatch(rpc_conn *c, const msgpack_object *o)
         send_proof(c);
         return true;
     }
-    if (type == 3) {
+    if (type == RPC_MSG_PROOF) {
         const char *p;
         size_t len;
         if (!c->self.key || !c->peer_hello || c->hello_done || o->via.array.size != 2 || !obj_bytes(&a[1], &p, &len))
@@ -489,12 +489,12 @@ static bool dispatch(rpc_conn *c, const msgpack_object *o)
     }
     if (!c->hello_done || o->via.array.size != 4 || !obj_uint(&a[1], &msgid) || msgid > UINT32_MAX)
         return false;
-    if (type == 0) {
+    if (type == RPC_MSG_REQUEST) {
         if (!obj_uint(&a[2], &v) || v > UINT32_MAX || a[3].type != MSGPACK_OBJECT_ARRAY) return false;
         if (c->h.on_request) c->h.on_request(c->h.arg, c, (uint32_t)msgid, (uint32_t)v, &a[3]);
         return true;
     }
-    if (type == 1) {
+    if (type == RPC_MSG_RESPONSE) {
         pending *slot = table_take(c, (uint32_t)msgid);
         if (!slot) return true; /* late reply to a call that already timed out */
         pending p = *slot;

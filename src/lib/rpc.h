@@ -62,6 +62,14 @@
 #define RPC_CLOCK_SKEW_WARN 2
 #define RPC_HELLO_TIMEOUT 5.0
 
+/* The first element of every frame. */
+typedef enum rpc_msg {
+    RPC_MSG_REQUEST = 0,  /* [0, msgid, method, params] (msgid 0: one-way) */
+    RPC_MSG_RESPONSE = 1, /* [1, msgid, error, result] */
+    RPC_MSG_HELLO = 2,    /* [2, role, address, version, clock, incarnation, nonce|nil, wall] */
+    RPC_MSG_PROOF = 3,    /* [3, proof] (cluster key only) */
+} rpc_msg;
+
 typedef enum rpc_role {
     RPC_ROLE_MANAGER = 0,
     RPC_ROLE_SERVER = 1,

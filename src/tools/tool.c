@@ -117,7 +117,7 @@ static int check_role(tool_conn *t, const msgpack_object *hello, char *err)
 /* The nonce of a hello (rpc.h), if it carries one. */
 static bool hello_nonce(const msgpack_object *o, const char **p, size_t *len)
 {
-    if (o->via.array.ptr[0].via.u64 != 2 || o->via.array.size < 7) return false;
+    if (o->via.array.ptr[0].via.u64 != RPC_MSG_HELLO || o->via.array.size < 7) return false;
     const msgpack_object *n = &o->via.array.ptr[6];
     if (n->type != MSGPACK_OBJECT_BIN && n->type != MSGPACK_OBJECT_STR) return false;
     *p = n->via.bin.ptr; /* bin and str share the layout */
@@ -146,7 +146,7 @@ static int handshake(tool_conn *t, const uint8_t nonce[AUTH_NONCE_LEN], double d
     int rc = -1;
     msgpack_unpacked_init(&m);
     if (next_frame(t, &m, deadline, err) < 0) goto out;
-    if (m.data.via.array.ptr[0].via.u64 != 2 || m.data.via.array.size < 5 ||
+    if (m.data.via.array.ptr[0].via.u64 != RPC_MSG_HELLO || m.data.via.array.size < 5 ||
         m.data.via.array.ptr[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
         kumo_err(err, "%s: no hello from the peer", t->name);
         goto out;
@@ -162,11 +162,11 @@ static int handshake(tool_conn *t, const uint8_t nonce[AUTH_NONCE_LEN], double d
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
     msgpack_pack_array(&pk, 2);
-    msgpack_pack_uint8(&pk, 3);
+    msgpack_pack_uint8(&pk, RPC_MSG_PROOF);
     rpc_pack_bytes(&pk, proof, sizeof(proof));
     if (send_packed(t, &sb, deadline, err) < 0) goto out;
     if (next_frame(t, &m, deadline, err) < 0) goto out;
-    if (m.data.via.array.ptr[0].via.u64 != 3 || m.data.via.array.size != 2 ||
+    if (m.data.via.array.ptr[0].via.u64 != RPC_MSG_PROOF || m.data.via.array.size != 2 ||
         m.data.via.array.ptr[1].type != MSGPACK_OBJECT_BIN) {
         kumo_err(err, "%s: no cluster key proof from the daemon", t->name);
         goto out;
@@ -191,7 +191,7 @@ static int send_hello(tool_conn *t, double deadline, char *err)
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
     msgpack_pack_array(&pk, cluster_key ? 7 : 6);
-    msgpack_pack_uint8(&pk, 2);
+    msgpack_pack_uint8(&pk, RPC_MSG_HELLO);
     msgpack_pack_uint8(&pk, RPC_ROLE_TOOL);
     msgpack_pack_bin(&pk, 0);
     msgpack_pack_uint32(&pk, RPC_VERSION);
@@ -336,7 +336,7 @@ int tool_call(tool_conn *t, uint32_t method, const msgpack_sbuffer *params, msgp
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
     msgpack_pack_array(&pk, 4);
-    msgpack_pack_uint8(&pk, 0);
+    msgpack_pack_uint8(&pk, RPC_MSG_REQUEST);
     msgpack_pack_uint32(&pk, id);
     msgpack_pack_uint32(&pk, method);
     msgpack_sbuffer_write(&sb, params->data, params->size);
@@ -347,11 +347,11 @@ int tool_call(tool_conn *t, uint32_t method, const msgpack_sbuffer *params, msgp
         if (next_frame(t, out, deadline, err) < 0) return -1;
         const msgpack_object *o = &out->data;
         const msgpack_object *a = o->via.array.ptr;
-        if (a[0].via.u64 == 2 && check_role(t, o, err) < 0) return -1;
+        if (a[0].via.u64 == RPC_MSG_HELLO && check_role(t, o, err) < 0) return -1;
         if (!cluster_key && hello_nonce(o, &np, &nlen))
             return kumo_err(err, "%s: the daemon requires the cluster key (--cluster-key-file or $%s)", t->name,
                             AUTH_ENV);
-        if (a[0].via.u64 != 1) continue; /* the peer's hello, or a push meant for others */
+        if (a[0].via.u64 != RPC_MSG_RESPONSE) continue; /* the peer's hello, or a push meant for others */
         if (o->via.array.size != 4 || a[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
             return kumo_err(err, "%s: garbage reply", t->name);
         if (a[1].via.u64 != id) continue;
