@@ -147,17 +147,6 @@ static void reply_error(client *c, const memproto_request *q, uint16_t status)
     client_done(b->r);
 }
 
-/* A value record with memcached's header for a write. */
-static uint8_t *make_value(uint32_t flags, uint32_t exptime, const void *data, size_t len, size_t *vlen)
-{
-    uint8_t *v = malloc(record_mc_size(len));
-    if (!v) return NULL;
-    record_mc_header(v, 0, flags, record_exptime_wire(exptime));
-    if (len) memcpy(v + record_mc_size(0), data, len);
-    *vlen = record_mc_size(len);
-    return v;
-}
-
 /* The last thing a router callback does. */
 static void finish(bop *b)
 {
@@ -246,7 +235,7 @@ static void do_store(client *c, const memproto_request *q)
     bool concat = q->cmd == MEMPROTO_APPEND || q->cmd == MEMPROTO_PREPEND;
     size_t vlen;
     /* append/prepend keep the stored flags and exptime (the server does). */
-    uint8_t *val = make_value(concat ? 0 : q->flags, concat ? 0 : q->exptime, q->value, q->vlen, &vlen);
+    uint8_t *val = record_mc_value(concat ? 0 : q->flags, concat ? 0 : q->exptime, q->value, q->vlen, &vlen);
     if (!val) {
         put_error(b, MEMPROTO_STATUS_ENOMEM, NULL);
         client_done(b->r);
@@ -328,7 +317,7 @@ static void do_arith(client *c, const memproto_request *q)
     bool create = q->exptime != MEMPROTO_INCR_NO_CREATE;
     size_t vlen;
     /* The header is what a created item gets: flags 0, the exptime given. */
-    uint8_t *val = make_value(0, create ? q->exptime : 0, NULL, 0, &vlen);
+    uint8_t *val = record_mc_value(0, create ? q->exptime : 0, NULL, 0, &vlen);
     if (!val) {
         put_error(b, MEMPROTO_STATUS_ENOMEM, NULL);
         client_done(b->r);
@@ -372,7 +361,7 @@ static void do_touch(client *c, const memproto_request *q)
     bop *b = op_new(c, q);
     if (!b) return;
     size_t vlen;
-    uint8_t *val = make_value(0, q->exptime, NULL, 0, &vlen);
+    uint8_t *val = record_mc_value(0, q->exptime, NULL, 0, &vlen);
     if (!val) {
         put_error(b, MEMPROTO_STATUS_ENOMEM, NULL);
         client_done(b->r);

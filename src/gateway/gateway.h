@@ -174,8 +174,10 @@ void workers_free(gateway_group *grp);
  * last of them, so the process is ready. */
 bool workers_ready(gateway *g);
 /* The counters summed over the workers; since_reset subtracts the totals
- * at the last `stats reset` (not from curr_connections). */
+ * at the last workers_reset_base (not from curr_connections). */
 void workers_totals(gateway_group *grp, bool since_reset, gateway_totals *t);
+/* The totals now become the base that since_reset subtracts. */
+void workers_reset_base(gateway_group *grp);
 /* Flow control summed over the workers: gets in flight, their estimated
  * bytes, connections not being read, and pauses since start. */
 void workers_flow(gateway_group *grp, uint64_t *parts, uint64_t *bytes, uint64_t *paused, uint64_t *pauses);

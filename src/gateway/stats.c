@@ -117,3 +117,5 @@ void stats_settings(const gateway *g, stats_emit_fn emit, void *arg)
     put(emit, arg, "kumofs_max_conn_buffer", "%lld", (long long)cfg->max_conn_buffer_kib * 1024);
     put(emit, arg, "kumofs_max_inflight", "%lld", (long long)cfg->max_inflight_kib * 1024);
 }
+
+void stats_reset(gateway *g) { workers_reset_base(g->group); }

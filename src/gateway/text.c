@@ -339,17 +339,6 @@ static void keep_record(kslot *k, const void *rec, size_t len)
     k->rlen = len;
 }
 
-/* A value record for a write: header (flags, exptime) and payload. */
-static uint8_t *make_value(uint32_t flags, int64_t exptime, const void *data, size_t len, size_t *vlen)
-{
-    uint8_t *v = malloc(record_mc_size(len));
-    if (!v) return NULL;
-    record_mc_header(v, 0, flags, record_exptime_wire(exptime));
-    if (len) memcpy(v + record_mc_size(0), data, len);
-    *vlen = record_mc_size(len);
-    return v;
-}
-
 /* ---- get gets gat gats ---- */
 
 /* Whether a key's answer is a value. The servers judged its expiry, by
@@ -460,7 +449,7 @@ static void retrieve_more(creq *r)
             continue;
         }
         size_t vlen;
-        uint8_t *val = make_value(0, t->exptime, NULL, 0, &vlen);
+        uint8_t *val = record_mc_value(0, t->exptime, NULL, 0, &vlen);
         router_write w = {.op = OP_GAT};
         router_write_op(c->g, &w, k->key, k->klen, val, val ? vlen : 0, gat_done, &t->ctx[i]);
     }
@@ -536,7 +525,7 @@ static void do_store(client *c, const memtext_request *q)
     creq *r = req_with_state(c, q->cmd, q->keys, 1, q->noreply);
     if (!r || too_large(r, q->data_len)) return;
     size_t vlen;
-    uint8_t *val = make_value(q->flags, q->exptime, q->data, q->data_len, &vlen);
+    uint8_t *val = record_mc_value(q->flags, q->exptime, q->data, q->data_len, &vlen);
     if (!val) {
         client_reply(r, "SERVER_ERROR out of memory\r\n");
         return;
@@ -612,7 +601,7 @@ static void do_keyed_write(client *c, const memtext_request *q)
     if (q->cmd == MEMTEXT_DELETE) {
         if (g->cfg->async_delete) w.flags = WF_ASYNC;
     } else {
-        val = make_value(0, q->cmd == MEMTEXT_TOUCH ? q->exptime : 0, NULL, 0, &vlen);
+        val = record_mc_value(0, q->cmd == MEMTEXT_TOUCH ? q->exptime : 0, NULL, 0, &vlen);
         if (!val) {
             client_reply(r, "SERVER_ERROR out of memory\r\n");
             return;
@@ -797,7 +786,7 @@ static void mg_finish(creq *r, bool ok, const void *rec, size_t len)
         return;
     }
     size_t vlen;
-    uint8_t *val = make_value(0, t->m.vivify ? t->m.vivify_ttl : 0, NULL, 0, &vlen);
+    uint8_t *val = record_mc_value(0, t->m.vivify ? t->m.vivify_ttl : 0, NULL, 0, &vlen);
     router_write w = {.op = OP_MG_WIN, .flags = t->m.vivify ? WF_VIVIFY : 0, .initial = recache};
     client_call_begin(r);
     router_write_op(g, &w, t->keys[0].key, t->keys[0].klen, val, val ? vlen : 0, mg_win_done, r);
@@ -956,7 +945,7 @@ static void do_meta(client *c, const memtext_request *q)
             return;
         }
         g->stats.cmd_touch++;
-        val = make_value(0, m.ttl, NULL, 0, &vlen);
+        val = record_mc_value(0, m.ttl, NULL, 0, &vlen);
         w.op = OP_GAT;
         w.cas = 0;
         router_write_op(g, &w, key, klen, val, val ? vlen : 0, mg_gat_done, r);
@@ -978,7 +967,7 @@ static void do_meta(client *c, const memtext_request *q)
             if (m.invalidate) w.flags |= WF_STALE;
         }
         g->stats.cmd_set++;
-        val = make_value(m.flags, m.has_ttl ? m.ttl : 0, q->data, q->data_len, &vlen);
+        val = record_mc_value(m.flags, m.has_ttl ? m.ttl : 0, q->data, q->data_len, &vlen);
         client_call_begin(r);
         router_write_op(g, &w, key, klen, val, val ? vlen : 0, ms_done, r);
         return;
@@ -986,7 +975,7 @@ static void do_meta(client *c, const memtext_request *q)
         if (m.invalidate) { /* mark stale, bump the CAS, T sets the TTL */
             w.op = OP_INVALIDATE;
             if (m.has_ttl) w.flags |= WF_TOUCH;
-            val = make_value(0, m.has_ttl ? m.ttl : 0, NULL, 0, &vlen);
+            val = record_mc_value(0, m.has_ttl ? m.ttl : 0, NULL, 0, &vlen);
             client_call_begin(r);
             router_write_op(g, &w, key, klen, val, val ? vlen : 0, md_done, r);
             return;
@@ -1005,7 +994,7 @@ static void do_meta(client *c, const memtext_request *q)
         w.initial = m.initial;
         if (m.vivify) w.flags |= WF_VIVIFY;
         if (m.has_ttl) w.flags |= WF_TOUCH;
-        val = make_value(0, m.has_ttl ? m.ttl : m.vivify ? m.vivify_ttl : 0, NULL, 0, &vlen);
+        val = record_mc_value(0, m.has_ttl ? m.ttl : m.vivify ? m.vivify_ttl : 0, NULL, 0, &vlen);
         client_call_begin(r);
         router_write_op(g, &w, key, klen, val, val ? vlen : 0, ma_done, r);
         return;

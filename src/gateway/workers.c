@@ -261,9 +261,8 @@ void workers_totals(gateway_group *grp, bool since_reset, gateway_totals *t)
     pthread_mutex_unlock(&grp->reset_lock);
 }
 
-void stats_reset(gateway *g)
+void workers_reset_base(gateway_group *grp)
 {
-    gateway_group *grp = g->group;
     gateway_totals t;
     sum(grp, &t);
     pthread_mutex_lock(&grp->reset_lock);

@@ -11,6 +11,7 @@
  */
 #include "record.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 
@@ -154,4 +155,14 @@ void record_resolve_exptime(uint8_t *val, size_t vlen, uint32_t now)
     if (record_value_parse(val, vlen, &v) < 0 || v.tombstone || v.exptime == 0 || v.exptime > RECORD_RELATIVE_MAX)
         return;
     put_be32(val + RECORD_VALUE_HEADER + 4, record_exptime(v.exptime, now));
+}
+
+uint8_t *record_mc_value(uint32_t flags, int64_t exptime, const void *data, size_t len, size_t *vlen)
+{
+    uint8_t *v = malloc(record_mc_size(len));
+    if (!v) return NULL;
+    record_mc_header(v, 0, flags, record_exptime_wire(exptime));
+    if (len) memcpy(v + record_mc_size(0), data, len);
+    *vlen = record_mc_size(len);
+    return v;
 }

@@ -81,6 +81,9 @@ uint32_t record_exptime(int64_t exptime, uint32_t now);
  * absolute unix time, or for a negative one RECORD_EXPTIME_PAST. */
 #define RECORD_EXPTIME_PAST (RECORD_RELATIVE_MAX + 1) /* a unix time long past */
 uint32_t record_exptime_wire(int64_t exptime);
+/* A new memcached value (header with ClockTime 0, flags, the exptime as the
+ * gateway sends it, then the payload), malloc'd; NULL without memory. */
+uint8_t *record_mc_value(uint32_t flags, int64_t exptime, const void *data, size_t len, size_t *vlen);
 /* At the coordinator: a value's relative exptime becomes now + exptime. */
 void record_resolve_exptime(uint8_t *val, size_t vlen, uint32_t now);
 static inline bool record_expired(const record_value *v, uint32_t now)
