@@ -166,9 +166,6 @@ void gc_tombstone(server *s, const void *key, size_t klen, const void *val, size
 void gc_get_stats(const server *s, gc_stats *out);
 
 /* data.c */
-/* A stored record that is a live value (not a tombstone, not expired, not
- * flushed); fills *v. */
-bool data_live(const void *rec, size_t len, uint32_t now, uint64_t floor, record_value *v);
 /* Walk the whole database in steps, serving requests in between; done runs
  * once (ok = false on a database error or at shutdown). */
 typedef void (*data_walk_done_fn)(server *s, void *arg, bool ok);
