@@ -224,7 +224,8 @@ static int store_op(const memproto_request *q)
     default: break;
     }
     if (q->cas != 0) return OP_CAS; /* set, add and replace alike, as memcached */
-    return q->cmd == MEMPROTO_ADD ? OP_ADD : q->cmd == MEMPROTO_REPLACE ? OP_REPLACE : OP_SET;
+    return q->cmd == MEMPROTO_ADD ? OP_ADD : q->cmd == MEMPROTO_REPLACE ? OP_REPLACE
+                                                                        : OP_SET;
 }
 
 static void do_store(client *c, const memproto_request *q)
@@ -598,7 +599,7 @@ size_t binary_auth_parse(client *c, const char *buf, size_t len)
     if (len >= MEMPROTO_HEADER && p[0] == MEMPROTO_REQ_MAGIC) {
         uint8_t op = p[1];
         uint32_t keylen = (uint32_t)p[2] << 8 | p[3], bodylen = (uint32_t)p[8] << 24 | (uint32_t)p[9] << 16 |
-                                                                   (uint32_t)p[10] << 8 | p[11];
+                                                                (uint32_t)p[10] << 8 | p[11];
         if (keylen + p[4] <= bodylen && op != MEMPROTO_SASL_LIST_MECHS && op != MEMPROTO_SASL_AUTH &&
             op != MEMPROTO_SASL_STEP && op != MEMPROTO_VERSION) {
             memproto_request q = {.opcode = op,

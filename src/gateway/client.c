@@ -362,8 +362,8 @@ void client_close_all(gateway *g)
     while (g->clients) {
         client *c = g->clients;
         bool busy = c->inflight > 0;
-        conn_close(c);              /* frees c unless requests are in flight */
-        if (busy) conn_free(c);     /* their callbacks will not come any more */
+        conn_close(c);          /* frees c unless requests are in flight */
+        if (busy) conn_free(c); /* their callbacks will not come any more */
     }
 }
 

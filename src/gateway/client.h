@@ -83,20 +83,20 @@ struct client {
     client_parse_fn parse;
     creq *head, *tail;
     size_t queued;
-    size_t unanswered; /* queued requests not yet done */
+    size_t unanswered;       /* queued requests not yet done */
     size_t open[CREQ_KINDS]; /* ... by kind */
-    creq_kind next_kind; /* what client_req makes: set by client_may_start, LOCAL otherwise */
-    creq *partial;       /* the request still sending parts, if any (at most one) */
-    size_t parts;        /* its gets (and any other request's) in flight */
-    uint64_t *reading;   /* the key hashes of those gets (a multiset) */
+    creq_kind next_kind;     /* what client_req makes: set by client_may_start, LOCAL otherwise */
+    creq *partial;           /* the request still sending parts, if any (at most one) */
+    size_t parts;            /* its gets (and any other request's) in flight */
+    uint64_t *reading;       /* the key hashes of those gets (a multiset) */
     size_t nreading, capreading;
-    client *wait_next;   /* in g->flow.waiting: room in the worker's budget is awaited */
+    client *wait_next; /* in g->flow.waiting: room in the worker's budget is awaited */
     bool waiting;
     int inflight; /* router callbacks still to come */
     bool closed;
     bool close_after_flush;
     bool paused;
-    bool held; /* the next request waits for earlier ones or for room */
+    bool held;      /* the next request waits for earlier ones or for room */
     size_t discard; /* input bytes to drop before parsing again */
     void *proto;    /* the protocol's per-connection scratch, freed at close */
 };

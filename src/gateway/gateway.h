@@ -38,24 +38,24 @@
 
 typedef struct gateway_config {
     daemon_common common;
-    const char *manager1;  /* -m */
-    const char *manager2;  /* -p */
-    const char *text;      /* -t [addr:]port */
-    const char *binary;    /* -b [addr:]port */
-    int get_retries;       /* -G: rounds over the three owners */
-    int set_retries;       /* -S */
-    int delete_retries;    /* -D */
-    bool async_set;        /* -As */
-    bool async_delete;     /* -Ad */
-    bool keep_flags;       /* -F (always on; accepted for compatibility) */
-    bool keep_exptime;     /* -E (always on; accepted for compatibility) */
-    const char *item_size;  /* -I as given: bytes, or with a k/m suffix */
-    int item_size_max;     /* -I, bytes */
+    const char *manager1;    /* -m */
+    const char *manager2;    /* -p */
+    const char *text;        /* -t [addr:]port */
+    const char *binary;      /* -b [addr:]port */
+    int get_retries;         /* -G: rounds over the three owners */
+    int set_retries;         /* -S */
+    int delete_retries;      /* -D */
+    bool async_set;          /* -As */
+    bool async_delete;       /* -Ad */
+    bool keep_flags;         /* -F (always on; accepted for compatibility) */
+    bool keep_exptime;       /* -E (always on; accepted for compatibility) */
+    const char *item_size;   /* -I as given: bytes, or with a k/m suffix */
+    int item_size_max;       /* -I, bytes */
     int max_conn_buffer_kib; /* --max-conn-buffer: one connection's unsent answers and gets in flight */
     int max_inflight_kib;    /* --max-inflight: one worker's gets in flight, estimated */
-    bool shutdown_command; /* -A: the shutdown command is served */
-    const char *auth_file; /* -Y: clients authenticate against this file */
-    struct gw_users *users; /* -Y's contents (text.c), NULL without -Y */
+    bool shutdown_command;   /* -A: the shutdown command is served */
+    const char *auth_file;   /* -Y: clients authenticate against this file */
+    struct gw_users *users;  /* -Y's contents (text.c), NULL without -Y */
 } gateway_config;
 
 /* The gets one loop turn sends a server in one SRV_GET_MANY (router.c). */
@@ -71,12 +71,14 @@ typedef struct gw_server {
 } gw_server;
 
 /* memcached's counters, under memcached's names (stats, metrics). */
+/* clang-format off */
 #define GATEWAY_COUNTERS(X)                                                                                  \
     X(cmd_get) X(cmd_set) X(cmd_flush) X(cmd_touch) X(cmd_meta) X(get_hits) X(get_misses) X(get_expired)    \
     X(delete_hits) X(delete_misses) X(incr_hits) X(incr_misses) X(decr_hits) X(decr_misses) X(cas_hits)      \
     X(cas_misses) X(cas_badval) X(touch_hits) X(touch_misses) X(store_too_large) X(bytes_read)              \
-    X(bytes_written) X(curr_connections) X(total_connections) X(errors) X(auth_cmds) X(auth_errors)          \
+    X(bytes_written) X(curr_connections) X(total_connections) X(errors) X(auth_cmds) X(auth_errors)         \
     X(retries) /* attempts after the first, every operation */
+/* clang-format on */
 
 /* One worker's counters. Only the worker's thread changes them; they are
  * atomics so that `stats` on another worker can sum them. Uncontended: each
@@ -98,15 +100,18 @@ typedef struct gateway_totals {
 /* Flow control of one worker (client.c). Atomics only so that worker 0's
  * metrics can read them; the worker's thread alone changes them. */
 typedef struct gw_flow {
-    _Atomic uint64_t parts;    /* gets in flight */
-    _Atomic uint64_t estimate; /* bytes: running estimate of one get's answer */
-    _Atomic uint64_t paused;   /* client connections not being read now */
-    _Atomic uint64_t pauses;   /* times one stopped being read */
+    _Atomic uint64_t parts;               /* gets in flight */
+    _Atomic uint64_t estimate;            /* bytes: running estimate of one get's answer */
+    _Atomic uint64_t paused;              /* client connections not being read now */
+    _Atomic uint64_t pauses;              /* times one stopped being read */
     struct client *wait_head, *wait_tail; /* connections waiting for room in the budget */
 } gw_flow;
 
 /* Latency of the operations the router runs, by kind (metrics). */
-enum { GW_LAT_GET, GW_LAT_WRITE, GW_LAT_DELETE, GW_LAT_KINDS };
+enum { GW_LAT_GET,
+       GW_LAT_WRITE,
+       GW_LAT_DELETE,
+       GW_LAT_KINDS };
 
 struct gateway_group;
 
@@ -117,15 +122,15 @@ typedef struct gateway {
     const gateway_config *cfg;
     rpc_self rpc_self;
     struct links *managers; /* links.h: -m and -p, found by name */
-    hashspace *whs, *rhs; /* never NULL */
-    gw_server **servers; /* each allocated once: events point at them */
+    hashspace *whs, *rhs;   /* never NULL */
+    gw_server **servers;    /* each allocated once: events point at them */
     size_t nservers, servers_cap;
-    gw_server *open_batch; /* the server whose get batch this turn opened last, or NULL */
+    gw_server *open_batch;                            /* the server whose get batch this turn opened last, or NULL */
     daemon_listener *text_listener, *binary_listener; /* main.c's, for stats (read-only here) */
-    struct client *clients; /* open memcached connections (client.c) */
+    struct client *clients;                           /* open memcached connections (client.c) */
     double last_refresh;
-    bool stopping;       /* router_stop ran: fail, do not retry */
-    int ops_inflight;    /* router operations not yet answered */
+    bool stopping;    /* router_stop ran: fail, do not retry */
+    int ops_inflight; /* router operations not yet answered */
     bool ready_notified;
     time_t started;
     long max_connections; /* RLIMIT_NOFILE, shown by stats */
@@ -135,11 +140,11 @@ typedef struct gateway {
     pthread_mutex_t latency_lock; /* a scrape on worker 0 reads `latency` */
     metrics_hist latency[GW_LAT_KINDS];
     /* workers.c */
-    int inbox[2];              /* pipe: accepted fds and stop, from the main thread */
+    int inbox[2]; /* pipe: accepted fds and stop, from the main thread */
     struct event *inbox_ev;
-    pthread_t thread;          /* index > 0, when thread_started */
+    pthread_t thread; /* index > 0, when thread_started */
     bool thread_started;
-    atomic_bool loop_done;     /* its thread left its loop (read by worker 0's drain) */
+    atomic_bool loop_done; /* its thread left its loop (read by worker 0's drain) */
     bool draining;
 } gateway;
 

@@ -120,11 +120,21 @@ static void collect_metrics(void *arg, metrics_out *o)
         const char *command, *status;
         size_t off;
     } commands[] = {
-        {"get", "hit", F(get_hits)},       {"get", "miss", F(get_misses)},       {"get", "expired", F(get_expired)},
-        {"set", "hit", F(cmd_set)},        {"delete", "hit", F(delete_hits)},   {"delete", "miss", F(delete_misses)},
-        {"incr", "hit", F(incr_hits)},     {"incr", "miss", F(incr_misses)},    {"decr", "hit", F(decr_hits)},
-        {"decr", "miss", F(decr_misses)},  {"cas", "hit", F(cas_hits)},         {"cas", "miss", F(cas_misses)},
-        {"cas", "badval", F(cas_badval)},  {"touch", "hit", F(touch_hits)},     {"touch", "miss", F(touch_misses)},
+        {"get", "hit", F(get_hits)},
+        {"get", "miss", F(get_misses)},
+        {"get", "expired", F(get_expired)},
+        {"set", "hit", F(cmd_set)},
+        {"delete", "hit", F(delete_hits)},
+        {"delete", "miss", F(delete_misses)},
+        {"incr", "hit", F(incr_hits)},
+        {"incr", "miss", F(incr_misses)},
+        {"decr", "hit", F(decr_hits)},
+        {"decr", "miss", F(decr_misses)},
+        {"cas", "hit", F(cas_hits)},
+        {"cas", "miss", F(cas_misses)},
+        {"cas", "badval", F(cas_badval)},
+        {"touch", "hit", F(touch_hits)},
+        {"touch", "miss", F(touch_misses)},
         {"flush", "hit", F(cmd_flush)},
     };
     static const struct {

@@ -34,19 +34,24 @@ static void put64(uint8_t *p, uint64_t v)
 
 /* What an opcode takes. memcached 1.6's dispatch_bin_command checks, with
  * "no value" added where memcached would read the value as a next command. */
-enum { KEY_NONE, KEY_ONE, KEY_ANY };
+enum { KEY_NONE,
+       KEY_ONE,
+       KEY_ANY };
 
 typedef struct shape {
-    uint8_t cmd;     /* the non-quiet opcode */
+    uint8_t cmd; /* the non-quiet opcode */
     bool known;
     bool quiet;
-    uint8_t ext1;    /* allowed extras lengths: ext1, or ext2 if different */
+    uint8_t ext1; /* allowed extras lengths: ext1, or ext2 if different */
     uint8_t ext2;
-    uint8_t key;     /* KEY_NONE: keylen 0; KEY_ONE: 1..250; KEY_ANY: 0..250 */
-    bool value;      /* a value may follow the key (storage commands) */
+    uint8_t key; /* KEY_NONE: keylen 0; KEY_ONE: 1..250; KEY_ANY: 0..250 */
+    bool value;  /* a value may follow the key (storage commands) */
 } shape;
 
-#define S(c, q, e1, e2, k, v) {c, true, q, e1, e2, k, v}
+#define S(c, q, e1, e2, k, v)    \
+    {                            \
+        c, true, q, e1, e2, k, v \
+    }
 static const shape shapes[256] = {
     [MEMPROTO_GET] = S(MEMPROTO_GET, false, 0, 0, KEY_ONE, false),
     [MEMPROTO_GETQ] = S(MEMPROTO_GET, true, 0, 0, KEY_ONE, false),

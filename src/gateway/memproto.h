@@ -37,12 +37,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MEMPROTO_HEADER 24                /* bytes in a request or response header */
+#define MEMPROTO_HEADER 24 /* bytes in a request or response header */
 #define MEMPROTO_REQ_MAGIC 0x80
 #define MEMPROTO_RES_MAGIC 0x81
-#define MEMPROTO_KEY_MAX 250              /* memcached KEY_MAX_LENGTH */
-#define MEMPROTO_EXTRAS_MAX 20            /* incr/decr: delta, initial, expiration */
-#define MEMPROTO_VALUE_MAX (64u << 20)    /* the largest value ever waited for (= -I's bound) */
+#define MEMPROTO_KEY_MAX 250           /* memcached KEY_MAX_LENGTH */
+#define MEMPROTO_EXTRAS_MAX 20         /* incr/decr: delta, initial, expiration */
+#define MEMPROTO_VALUE_MAX (64u << 20) /* the largest value ever waited for (= -I's bound) */
 #define MEMPROTO_PACKET_MAX (MEMPROTO_HEADER + MEMPROTO_EXTRAS_MAX + MEMPROTO_KEY_MAX + MEMPROTO_VALUE_MAX)
 #define MEMPROTO_INCR_NO_CREATE 0xffffffffu /* incr/decr expiration: a miss stays a miss */
 
@@ -103,43 +103,43 @@ enum {
 
 /* What memproto_parse() found at the head of the buffer. */
 typedef enum memproto_result {
-    MEMPROTO_OK,           /* one whole request; consumed = 24 + body */
-    MEMPROTO_NEED_MORE,    /* consumed = 0; req->need = bytes the packet needs, when known */
-    MEMPROTO_BAD_MAGIC,    /* not a request packet: close without answering; consumed = 0 */
-    MEMPROTO_BAD_LENGTHS,  /* key + extras > body: answer UNKNOWN_COMMAND and close; consumed = 0 */
-    MEMPROTO_INVALID,      /* key > 250, or a shape the opcode does not take:
+    MEMPROTO_OK,          /* one whole request; consumed = 24 + body */
+    MEMPROTO_NEED_MORE,   /* consumed = 0; req->need = bytes the packet needs, when known */
+    MEMPROTO_BAD_MAGIC,   /* not a request packet: close without answering; consumed = 0 */
+    MEMPROTO_BAD_LENGTHS, /* key + extras > body: answer UNKNOWN_COMMAND and close; consumed = 0 */
+    MEMPROTO_INVALID,     /* key > 250, or a shape the opcode does not take:
                               answer EINVAL and close; consumed = 0 */
-    MEMPROTO_UNKNOWN,      /* unknown opcode: answer UNKNOWN_COMMAND, then skip
+    MEMPROTO_UNKNOWN,     /* unknown opcode: answer UNKNOWN_COMMAND, then skip
                               req->swallow bytes after the consumed header */
-    MEMPROTO_TOO_LARGE,    /* a storage request's value is over the limit: answer
+    MEMPROTO_TOO_LARGE,   /* a storage request's value is over the limit: answer
                               E2BIG, then skip req->swallow bytes after the header */
 } memproto_result;
 
 /* A parsed request. The header fields are set for every result but
  * NEED_MORE and BAD_MAGIC; the rest only for OK. */
 typedef struct memproto_request {
-    uint8_t opcode;    /* as sent: the response echoes it */
-    uint8_t cmd;       /* the opcode without its quiet bit: GETQ -> GET, SETQ -> SET ... */
-    bool quiet;        /* a quiet variant (GETQ, SETQ, ..., GATKQ) */
+    uint8_t opcode; /* as sent: the response echoes it */
+    uint8_t cmd;    /* the opcode without its quiet bit: GETQ -> GET, SETQ -> SET ... */
+    bool quiet;     /* a quiet variant (GETQ, SETQ, ..., GATKQ) */
     uint8_t extlen;
-    uint8_t datatype;  /* ignored, as memcached does */
-    uint16_t vbucket;  /* ignored */
+    uint8_t datatype; /* ignored, as memcached does */
+    uint16_t vbucket; /* ignored */
     uint16_t keylen;
     uint32_t bodylen;
-    uint32_t opaque;   /* echoed */
+    uint32_t opaque; /* echoed */
     uint64_t cas;
     const uint8_t *extras;
     const char *key;   /* keylen bytes, NULL when keylen is 0 */
     const char *value; /* vlen bytes: set/add/replace/append/prepend */
     size_t vlen;
     /* The extras, decoded. */
-    uint32_t flags;    /* set/add/replace */
-    uint32_t exptime;  /* set/add/replace, touch/gat*, incr/decr, flush (0 if absent) */
-    uint64_t delta;    /* incr/decr */
-    uint64_t initial;  /* incr/decr */
-    uint32_t level;    /* verbosity */
-    size_t swallow;    /* UNKNOWN, TOO_LARGE: body bytes the caller must skip */
-    size_t need;       /* NEED_MORE: total bytes of the packet once its header is in; else 0 */
+    uint32_t flags;   /* set/add/replace */
+    uint32_t exptime; /* set/add/replace, touch/gat*, incr/decr, flush (0 if absent) */
+    uint64_t delta;   /* incr/decr */
+    uint64_t initial; /* incr/decr */
+    uint32_t level;   /* verbosity */
+    size_t swallow;   /* UNKNOWN, TOO_LARGE: body bytes the caller must skip */
+    size_t need;      /* NEED_MORE: total bytes of the packet once its header is in; else 0 */
 } memproto_request;
 
 /* Parse the request at the head of buf[0..len). value_max: the largest

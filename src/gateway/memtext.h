@@ -24,12 +24,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MEMTEXT_MAX_KEYS 256       /* keys in one get line */
-#define MEMTEXT_MAX_LINE 65536     /* a command line longer than this is an error */
-#define MEMTEXT_LONG_LINE 2048     /* memcached's bound on a line without its newline
+#define MEMTEXT_MAX_KEYS 256        /* keys in one get line */
+#define MEMTEXT_MAX_LINE 65536      /* a command line longer than this is an error */
+#define MEMTEXT_LONG_LINE 2048      /* memcached's bound on a line without its newline
                                       yet, get and gets excepted: HANGUP beyond it */
-#define MEMTEXT_MAX_TOKENS 24      /* meta-command flags */
-#define MEMTEXT_MAX_KEY 250        /* bytes in a key (memcached KEY_MAX_LENGTH) */
+#define MEMTEXT_MAX_TOKENS 24       /* meta-command flags */
+#define MEMTEXT_MAX_KEY 250         /* bytes in a key (memcached KEY_MAX_LENGTH) */
 #define MEMTEXT_MAX_DATA (1u << 30) /* data block bytes the parser will wait for at
                                        all; the gateway applies the real item-size
                                        limit itself (see memtext_request.need) */
@@ -72,31 +72,31 @@ typedef struct memtext_token {
 /* Only the scalar fields are reset by each call; keys[] and tokens[] are
  * valid up to nkeys / ntokens. */
 typedef struct memtext_request {
-    memtext_cmd cmd;    /* 0 when the command word is unknown */
-    size_t nkeys;       /* get/gets: >= 1; gat/gats: >= 0 ("gat 10" answers END,
+    memtext_cmd cmd;                      /* 0 when the command word is unknown */
+    size_t nkeys;                         /* get/gets: >= 1; gat/gats: >= 0 ("gat 10" answers END,
                            as memcached); other keyed commands: 1; else 0 */
     memtext_token keys[MEMTEXT_MAX_KEYS]; /* get/gets/gat/gats: all; others: keys[0] */
-    uint32_t flags;     /* storage commands */
-    int64_t exptime;    /* storage, touch, gat: as sent (may be negative) */
-    uint64_t cas;       /* cas */
-    uint64_t delta;     /* incr/decr */
-    int64_t delay;      /* flush_all [delay]; verbosity level; -1 if absent */
-    bool noreply;       /* classic commands: the last token is "noreply" (meta
+    uint32_t flags;                       /* storage commands */
+    int64_t exptime;                      /* storage, touch, gat: as sent (may be negative) */
+    uint64_t cas;                         /* cas */
+    uint64_t delta;                       /* incr/decr */
+    int64_t delay;                        /* flush_all [delay]; verbosity level; -1 if absent */
+    bool noreply;                         /* classic commands: the last token is "noreply" (meta
                            commands: always false, their 'q' flag is a token) */
-    const char *data;   /* storage commands: the data block (without CRLF) */
-    size_t data_len;    /* storage commands (ms: its <datalen>) */
-    memtext_token arg;  /* stats: the optional sub-command ("settings"…) */
-    size_t ntokens;     /* meta commands: flag tokens after the key (ms: after
+    const char *data;                     /* storage commands: the data block (without CRLF) */
+    size_t data_len;                      /* storage commands (ms: its <datalen>) */
+    memtext_token arg;                    /* stats: the optional sub-command ("settings"…) */
+    size_t ntokens;                       /* meta commands: flag tokens after the key (ms: after
                            <datalen>); stats: arguments after the sub-command */
     memtext_token tokens[MEMTEXT_MAX_TOKENS];
-    size_t need;        /* NEED_MORE of a storage command whose line is complete:
+    size_t need;    /* NEED_MORE of a storage command whose line is complete:
                            the bytes the whole request will take (line + data +
                            2), with cmd, keys[0], flags, exptime, cas, data_len
                            and noreply already filled in, so the caller can
                            refuse an oversized value before buffering it
                            (reply, then discard `need` bytes as they arrive).
                            0 otherwise. */
-    size_t swallow;     /* CLIENT_ERROR "object too large for cache"
+    size_t swallow; /* CLIENT_ERROR "object too large for cache"
                            (data_len > MEMTEXT_MAX_DATA): after dropping
                            *consumed bytes (the line), discard this many more
                            as they arrive (the data block and its CRLF), as

@@ -191,7 +191,9 @@ static rpc_conn *server_conn(gateway *g, const net_addr *addr)
 
 /* ---- operations ---- */
 
-enum { ROP_GET, ROP_SET, ROP_DELETE };
+enum { ROP_GET,
+       ROP_SET,
+       ROP_DELETE };
 
 typedef struct rop {
     gateway *g;
@@ -229,7 +231,8 @@ static rop *rop_new(gateway *g, int kind, const char *key, size_t klen)
 
 static void rop_free(rop *r)
 {
-    int kind = r->kind == ROP_GET ? GW_LAT_GET : r->kind == ROP_SET ? GW_LAT_WRITE : GW_LAT_DELETE;
+    int kind = r->kind == ROP_GET ? GW_LAT_GET : r->kind == ROP_SET ? GW_LAT_WRITE
+                                                                    : GW_LAT_DELETE;
     pthread_mutex_lock(&r->g->latency_lock);
     metrics_hist_observe(&r->g->latency[kind], clock_mono() - r->started);
     pthread_mutex_unlock(&r->g->latency_lock);
@@ -267,8 +270,12 @@ static void finish_error(rop *r, const char *why)
     struct timeval zero = {0, 0};
     r->g->stats.errors++;
     log_warn("%s of a key failed after %d attempts: %s",
-             r->kind == ROP_GET ? "get" : r->kind == ROP_SET ? "write" : "delete", r->attempt, why);
-    binlog_event(LOG_LVL_WARN, r->kind == ROP_GET ? "get_failed" : r->kind == ROP_SET ? "set_failed" : "delete_failed", BL_BYTES("key", r->dbkey + 8, r->dklen - 8), BL_UINT("attempts", r->attempt), BL_STR("error", why));
+             r->kind == ROP_GET ? "get" : r->kind == ROP_SET ? "write"
+                                                             : "delete",
+             r->attempt, why);
+    binlog_event(LOG_LVL_WARN, r->kind == ROP_GET ? "get_failed" : r->kind == ROP_SET ? "set_failed"
+                                                                                      : "delete_failed",
+                 BL_BYTES("key", r->dbkey + 8, r->dklen - 8), BL_UINT("attempts", r->attempt), BL_STR("error", why));
     event_base_once(r->g->base, -1, EV_TIMEOUT, finish_error_cb, r, &zero);
 }
 
@@ -658,9 +665,7 @@ int router_start(gateway *g, char *err)
     const char *names[3] = {g->cfg->manager1, g->cfg->manager2, NULL};
     g->whs = hashspace_new(NULL, 0, 0);
     g->rhs = hashspace_ref(g->whs);
-    links_config lc = {.names = names, .default_port = KUMO_MANAGER_PORT, .retry = g->cfg->common.clock_interval,
-                       .connect_timeout = g->cfg->common.connect_timeout, .on_unreachable = manager_link,
-                       .quiet = g->index != 0}; /* every worker has links: one WARN is enough */
+    links_config lc = {.names = names, .default_port = KUMO_MANAGER_PORT, .retry = g->cfg->common.clock_interval, .connect_timeout = g->cfg->common.connect_timeout, .on_unreachable = manager_link, .quiet = g->index != 0}; /* every worker has links: one WARN is enough */
     rpc_handlers h = {.on_request = manager_on_request, .on_hello = manager_hello, .arg = g};
     g->managers = links_new(g->base, &lc, &h, &g->rpc_self);
     if (!g->managers) return kumo_err(err, "out of memory");

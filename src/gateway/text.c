@@ -51,7 +51,7 @@ typedef struct meta {
     char mode;
     uint64_t delta, initial;
     char opaque[META_MAX_OPAQUE + 1]; /* with its 'O' */
-    uint8_t key[MEMTEXT_MAX_KEY];    /* b: the decoded key */
+    uint8_t key[MEMTEXT_MAX_KEY];     /* b: the decoded key */
     size_t klen;
 } meta;
 
@@ -181,14 +181,21 @@ static const char *parse_meta(const memtext_request *q, meta *m)
              * store stale when the CAS is older (WF_STALE) */
             m->invalidate = true;
             break;
-        case 'h': case 'l':
+        case 'h':
+        case 'l':
             /* hit-before and last-access: every read would have to write */
             if (cmd == MEMTEXT_MG) return "invalid flag";
             break;
         case 'v': m->v = true; break;
         case 'q': m->q = true; break;
-        case 'u': case 'P': case 'L': break;
-        case 'c': case 'f': case 'k': case 's': case 't':
+        case 'u':
+        case 'P':
+        case 'L': break;
+        case 'c':
+        case 'f':
+        case 'k':
+        case 's':
+        case 't':
             m->ret[m->nret++] = (char)f;
             break;
         case 'O':
@@ -354,7 +361,8 @@ static char *put_uint(char *p, uint64_t n)
 {
     char tmp[20];
     size_t i = 0;
-    do tmp[i++] = (char)('0' + n % 10); while (n /= 10);
+    do tmp[i++] = (char)('0' + n % 10);
+    while (n /= 10);
     *p++ = ' ';
     while (i) *p++ = tmp[--i];
     return p;
@@ -531,8 +539,7 @@ static void do_store(client *c, const memtext_request *q)
         return;
     }
     g->stats.cmd_set++;
-    router_write w = {.op = store_op(q->cmd), .cas = q->cmd == MEMTEXT_CAS ? q->cas : 0,
-                      .flags = g->cfg->async_set ? WF_ASYNC : 0};
+    router_write w = {.op = store_op(q->cmd), .cas = q->cmd == MEMTEXT_CAS ? q->cas : 0, .flags = g->cfg->async_set ? WF_ASYNC : 0};
     client_call_begin(r);
     router_write_op(g, &w, q->keys[0].p, q->keys[0].len, val, vlen, store_done, r);
 }
@@ -669,9 +676,9 @@ static void do_stats(client *c, const memtext_request *q)
         stats_reset(c->g);
         evbuffer_add(r->out, "RESET\r\n", 7);
     } else if ((q->arg.len == 5 && memcmp(q->arg.p, "items", 5) == 0) ||
-             (q->arg.len == 5 && memcmp(q->arg.p, "slabs", 5) == 0) ||
-             (q->arg.len == 5 && memcmp(q->arg.p, "sizes", 5) == 0) ||
-             (q->arg.len == 5 && memcmp(q->arg.p, "conns", 5) == 0))
+               (q->arg.len == 5 && memcmp(q->arg.p, "slabs", 5) == 0) ||
+               (q->arg.len == 5 && memcmp(q->arg.p, "sizes", 5) == 0) ||
+               (q->arg.len == 5 && memcmp(q->arg.p, "conns", 5) == 0))
         evbuffer_add(r->out, "END\r\n", 5); /* no slabs in a replicated store */
     else evbuffer_add_printf(r->out, "ERROR\r\n");
     client_done(r);
@@ -986,15 +993,19 @@ static void do_meta(client *c, const memtext_request *q)
         return;
     case MEMTEXT_MA:
         switch (m.mode ? m.mode : 'I') {
-        case 'I': case '+': w.op = OP_INCR; break;
-        case 'D': case '-': w.op = OP_DECR; break;
+        case 'I':
+        case '+': w.op = OP_INCR; break;
+        case 'D':
+        case '-': w.op = OP_DECR; break;
         default: client_reply(r, "CLIENT_ERROR invalid mode for ma M token\r\n"); return;
         }
         w.delta = m.delta;
         w.initial = m.initial;
         if (m.vivify) w.flags |= WF_VIVIFY;
         if (m.has_ttl) w.flags |= WF_TOUCH;
-        val = record_mc_value(0, m.has_ttl ? m.ttl : m.vivify ? m.vivify_ttl : 0, NULL, 0, &vlen);
+        val = record_mc_value(0, m.has_ttl ? m.ttl : m.vivify ? m.vivify_ttl
+                                                              : 0,
+                              NULL, 0, &vlen);
         client_call_begin(r);
         router_write_op(g, &w, key, klen, val, val ? vlen : 0, ma_done, r);
         return;

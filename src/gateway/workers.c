@@ -30,7 +30,9 @@
 
 #define DRAIN_SECONDS 5.0
 
-enum { MSG_TEXT, MSG_BINARY, MSG_STOP };
+enum { MSG_TEXT,
+       MSG_BINARY,
+       MSG_STOP };
 typedef struct inbox_msg {
     int32_t kind;
     int32_t fd;

@@ -235,15 +235,15 @@ static bool mp_check(const uint8_t **p, const uint8_t *end, int depth)
     } else {
         static const int8_t fixed[] = {
             /* c4..df: bytes after the type byte, -N = an N-byte length field follows */
-            -1, -2, -4,          /* bin 8/16/32 */
-            -11, -12, -14,       /* ext 8/16/32 (length, then 1 type byte) */
-            4, 8,                /* float 32/64 */
-            1, 2, 4, 8,          /* uint */
-            1, 2, 4, 8,          /* int */
-            2, 3, 5, 9, 17,      /* fixext 1/2/4/8/16 (type byte + data) */
-            -1, -2, -4,          /* str 8/16/32 */
-            -22, -24,            /* array 16/32 */
-            -32, -34,            /* map 16/32 */
+            -1, -2, -4,     /* bin 8/16/32 */
+            -11, -12, -14,  /* ext 8/16/32 (length, then 1 type byte) */
+            4, 8,           /* float 32/64 */
+            1, 2, 4, 8,     /* uint */
+            1, 2, 4, 8,     /* int */
+            2, 3, 5, 9, 17, /* fixext 1/2/4/8/16 (type byte + data) */
+            -1, -2, -4,     /* str 8/16/32 */
+            -22, -24,       /* array 16/32 */
+            -32, -34,       /* map 16/32 */
         };
         if (c == 0xc1) return false;
         int8_t k = fixed[c - 0xc4];

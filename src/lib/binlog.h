@@ -102,10 +102,10 @@ uint64_t binlog_write_errors(void);
 
 /* binlog_event(LOG_LVL_WARN, "server_lost", BL_ADDR("addr", &a), BL_UINT("clocktime", ct));
  * The fields are evaluated only when a binary log is open. */
-#define binlog_event(lvl, event, ...)                                                                   \
+#define binlog_event(lvl, event, ...)                                                                  \
     do {                                                                                               \
         if (binlog_enabled()) {                                                                        \
-            const binlog_field binlog_f_[] = {{.key = NULL}, __VA_ARGS__};                              \
+            const binlog_field binlog_f_[] = {{.key = NULL}, __VA_ARGS__};                             \
             binlog_write((lvl), (event), binlog_f_ + 1, sizeof(binlog_f_) / sizeof(binlog_f_[0]) - 1); \
         }                                                                                              \
     } while (0)
@@ -118,9 +118,9 @@ int binlog_encode(msgpack_sbuffer *sb, uint64_t time_us, unsigned level, const c
                   const binlog_field *fields, size_t n);
 
 typedef enum binlog_status {
-    BINLOG_OK = 0,    /* a record was decoded; *used bytes consumed */
-    BINLOG_MORE,      /* buf holds the start of a record only: read more */
-    BINLOG_CORRUPT,   /* buf does not start with a record (resync: try buf + 1) */
+    BINLOG_OK = 0,  /* a record was decoded; *used bytes consumed */
+    BINLOG_MORE,    /* buf holds the start of a record only: read more */
+    BINLOG_CORRUPT, /* buf does not start with a record (resync: try buf + 1) */
 } binlog_status;
 
 typedef struct binlog_record {

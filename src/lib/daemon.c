@@ -213,9 +213,9 @@ struct daemon_listener {
     void *arg;
     struct event *resume;
     bool stopped;
-    atomic_bool paused;          /* after an accept failure, until resume_cb */
-    unsigned long failed;        /* accept failures since the last warning */
-    _Atomic uint64_t failures;   /* since start */
+    atomic_bool paused;        /* after an accept failure, until resume_cb */
+    unsigned long failed;      /* accept failures since the last warning */
+    _Atomic uint64_t failures; /* since start */
     time_t warned;
     /* paused and failures are atomics: the gateway's `stats` reads them
      * from its worker threads (daemon_listener_stats) */

@@ -18,9 +18,9 @@
 #include "clock.h"
 #include "log.h"
 
-#define REFRESH 30.0      /* re-resolve every this many seconds */
-#define DOWN_RESOLVE 5.0  /* and when a link has been down this long */
-#define BACKOFF_MAX 30.0  /* longest wait after a failed resolution */
+#define REFRESH 30.0     /* re-resolve every this many seconds */
+#define DOWN_RESOLVE 5.0 /* and when a link has been down this long */
+#define BACKOFF_MAX 30.0 /* longest wait after a failed resolution */
 #define SRV_PREFIX "dnssrv+"
 
 typedef struct mlink {
@@ -262,8 +262,8 @@ typedef struct rjob {
     uint16_t default_port;
     rresult result;
     int pipe[2];
-    atomic_int refs;        /* the loop's and the thread's */
-    atomic_bool abandoned;  /* the loop let go: do not signal */
+    atomic_int refs;       /* the loop's and the thread's */
+    atomic_bool abandoned; /* the loop let go: do not signal */
 } rjob;
 
 static void job_free(rjob *j)
@@ -369,7 +369,7 @@ static void warn_unreachable(links *l, double now)
     l->warned_at = now;
     if (!l->cfg.quiet)
         log_warn("no manager reachable for %.0f s (%s): retrying; check -m/-p and that a kumo-manager listens there",
-             now - l->none_up_since, names);
+                 now - l->none_up_since, names);
     if (first && l->cfg.on_unreachable) l->cfg.on_unreachable(l->user.arg);
 }
 

@@ -46,11 +46,11 @@ typedef struct links links;
 typedef struct links_config {
     const char *const *names; /* NULL-terminated */
     uint16_t default_port;
-    double retry;           /* seconds between redials of a down link */
-    double connect_timeout; /* -Ys */
-    const net_addr *ignore; /* our own address, or NULL */
+    double retry;                      /* seconds between redials of a down link */
+    double connect_timeout;            /* -Ys */
+    const net_addr *ignore;            /* our own address, or NULL */
     void (*on_unreachable)(void *arg); /* handlers->arg; may be NULL */
-    bool quiet; /* no WARN of its own (another link set of the process says it) */
+    bool quiet;                        /* no WARN of its own (another link set of the process says it) */
 } links_config;
 
 #define LINKS_UNREACHABLE_WARN 5.0

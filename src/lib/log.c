@@ -36,17 +36,22 @@
 
 static struct {
     pthread_mutex_t mu;
-    FILE *fp;      /* NULL = stdout (stdout is not a constant initializer) */
-    char *path;    /* NULL when logging to stdout */
+    FILE *fp;   /* NULL = stdout (stdout is not a constant initializer) */
+    char *path; /* NULL when logging to stdout */
     bool colour;
-    bool journal;  /* stdout is journald's stream: "<N>" priority prefixes */
+    bool journal; /* stdout is journald's stream: "<N>" priority prefixes */
     bool json;
     log_level min;
 } logger = {PTHREAD_MUTEX_INITIALIZER, NULL, NULL, false, false, false, LOG_LVL_WARN};
 
 static const char *const level_name[] = {"TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"};
 static const char *const level_colour[] = {
-    "\033[0;39m", "\033[1;37m", "\033[1;32m", "\033[1;33m", "\033[1;35m", "\033[1;31m",
+    "\033[0;39m",
+    "\033[1;37m",
+    "\033[1;32m",
+    "\033[1;33m",
+    "\033[1;35m",
+    "\033[1;31m",
 };
 /* syslog priorities (sd-daemon.h's SD_DEBUG .. SD_CRIT) */
 static const int level_priority[] = {7, 7, 6, 4, 3, 2};

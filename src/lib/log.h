@@ -50,8 +50,8 @@ bool log_enabled(log_level lvl);
 void log_write(log_level lvl, const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-#define log_at(lvl, ...)                                          \
-    do {                                                          \
+#define log_at(lvl, ...)                                                       \
+    do {                                                                       \
         if (log_enabled(lvl)) log_write(lvl, __FILE__, __LINE__, __VA_ARGS__); \
     } while (0)
 #define log_trace(...) log_at(LOG_LVL_TRACE, __VA_ARGS__)

@@ -275,7 +275,7 @@ static void handle(struct evhttp_request *req, void *arg)
         bool root = path && strcmp(path, "/") == 0, health = path && strcmp(path, "/healthz") == 0;
         evhttp_add_header(out, "Content-Type", "text/plain; charset=utf-8");
         evbuffer_add_printf(body, "%s\n", health ? "ok" : root ? "kumofs: the metrics are at /metrics, liveness at /healthz"
-                                                                 : "not found; try /metrics or /healthz");
+                                                               : "not found; try /metrics or /healthz");
         evhttp_send_reply(req, root || health ? HTTP_OK : HTTP_NOTFOUND, root || health ? "OK" : "Not Found", body);
         evbuffer_free(body);
         return;

@@ -45,8 +45,10 @@ typedef enum metrics_type {
  * shows. Upper bounds in seconds: METRICS_HIST_BOUNDS; not cumulative here,
  * the writer sums them. Zero-initialise. Same thread rule as the rest. */
 #define METRICS_HIST_BUCKETS 14
-#define METRICS_HIST_BOUNDS \
-    {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 10}
+#define METRICS_HIST_BOUNDS                                                                         \
+    {                                                                                               \
+        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 10 \
+    }
 typedef struct metrics_hist {
     uint64_t count;
     double sum;

@@ -15,11 +15,31 @@ static int header_extra(uint8_t b)
 {
     if (b <= 0x7f || b >= 0xe0 || (b >= 0x80 && b <= 0xbf) || b == 0xc0 || b == 0xc2 || b == 0xc3) return 0;
     switch (b) {
-    case 0xc4: case 0xd9: case 0xcc: case 0xd0: return 1; /* bin8 str8 uint8 int8 */
-    case 0xc5: case 0xda: case 0xdc: case 0xde: case 0xcd: case 0xd1: return 2;
-    case 0xc6: case 0xdb: case 0xdd: case 0xdf: case 0xce: case 0xd2: case 0xca: return 4;
-    case 0xcf: case 0xd3: case 0xcb: return 8;
-    case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8: return 1; /* fixext: the type byte */
+    case 0xc4:
+    case 0xd9:
+    case 0xcc:
+    case 0xd0: return 1; /* bin8 str8 uint8 int8 */
+    case 0xc5:
+    case 0xda:
+    case 0xdc:
+    case 0xde:
+    case 0xcd:
+    case 0xd1: return 2;
+    case 0xc6:
+    case 0xdb:
+    case 0xdd:
+    case 0xdf:
+    case 0xce:
+    case 0xd2:
+    case 0xca: return 4;
+    case 0xcf:
+    case 0xd3:
+    case 0xcb: return 8;
+    case 0xd4:
+    case 0xd5:
+    case 0xd6:
+    case 0xd7:
+    case 0xd8: return 1; /* fixext: the type byte */
     case 0xc7: return 2; /* ext8: len, type */
     case 0xc8: return 3; /* ext16 */
     case 0xc9: return 5; /* ext32 */
@@ -44,19 +64,26 @@ static int header_done(mpguard *g)
     else if (b >= 0x80 && b <= 0x8f) elems = 2u * (b & 0x0f);
     else if (b >= 0xa0 && b <= 0xbf) payload = b & 0x1f;
     else switch (b) {
-    case 0xdc: case 0xdd: elems = be(g->hdr + 1, g->need - 1); break;
-    case 0xde: case 0xdf: elems = 2 * be(g->hdr + 1, g->need - 1); break;
-    case 0xc4: case 0xc5: case 0xc6: case 0xd9: case 0xda: case 0xdb: payload = be(g->hdr + 1, g->need - 1); break;
-    case 0xd4: payload = 1; break; /* fixext: the type byte is in the header, the data follows */
-    case 0xd5: payload = 2; break;
-    case 0xd6: payload = 4; break;
-    case 0xd7: payload = 8; break;
-    case 0xd8: payload = 16; break;
-    case 0xc7: payload = be(g->hdr + 1, 1); break;
-    case 0xc8: payload = be(g->hdr + 1, 2); break;
-    case 0xc9: payload = be(g->hdr + 1, 4); break;
-    default: break;
-    }
+        case 0xdc:
+        case 0xdd: elems = be(g->hdr + 1, g->need - 1); break;
+        case 0xde:
+        case 0xdf: elems = 2 * be(g->hdr + 1, g->need - 1); break;
+        case 0xc4:
+        case 0xc5:
+        case 0xc6:
+        case 0xd9:
+        case 0xda:
+        case 0xdb: payload = be(g->hdr + 1, g->need - 1); break;
+        case 0xd4: payload = 1; break; /* fixext: the type byte is in the header, the data follows */
+        case 0xd5: payload = 2; break;
+        case 0xd6: payload = 4; break;
+        case 0xd7: payload = 8; break;
+        case 0xd8: payload = 16; break;
+        case 0xc7: payload = be(g->hdr + 1, 1); break;
+        case 0xc8: payload = be(g->hdr + 1, 2); break;
+        case 0xc9: payload = be(g->hdr + 1, 4); break;
+        default: break;
+        }
     g->declared += elems + payload;
     if (g->declared > g->limit) return -1;
     g->expected += elems;

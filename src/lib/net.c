@@ -174,10 +174,16 @@ static int resolve(const char *text, const char *host, uint16_t port, bool passi
     /* IPv4 first: placement of an IPv4 cluster must not depend on resolver order. */
     const struct addrinfo *pick = NULL;
     for (ai = res; ai; ai = ai->ai_next)
-        if (ai->ai_family == AF_INET) { pick = ai; break; }
+        if (ai->ai_family == AF_INET) {
+            pick = ai;
+            break;
+        }
     if (!pick)
         for (ai = res; ai; ai = ai->ai_next)
-            if (ai->ai_family == AF_INET6) { pick = ai; break; }
+            if (ai->ai_family == AF_INET6) {
+                pick = ai;
+                break;
+            }
     if (!pick) {
         freeaddrinfo(res);
         return kumo_err(err, "'%s': no IPv4 or IPv6 address", text);

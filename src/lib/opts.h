@@ -36,10 +36,10 @@ typedef struct opt_def {
     const char *name;     /* "-TR" */
     const char *longname; /* "--read-threads" or NULL */
     opt_type type;
-    size_t offset;        /* offsetof(config struct, field) */
-    const char *metavar;  /* "<num>" shown in usage; NULL for flags */
-    const char *def;      /* default as text ("4", "0.5", NULL = none) */
-    double min, max;      /* bounds for OPT_INT / OPT_DOUBLE */
+    size_t offset;       /* offsetof(config struct, field) */
+    const char *metavar; /* "<num>" shown in usage; NULL for flags */
+    const char *def;     /* default as text ("4", "0.5", NULL = none) */
+    double min, max;     /* bounds for OPT_INT / OPT_DOUBLE */
     bool required;
     const char *help;
 } opt_def;

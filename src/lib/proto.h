@@ -8,9 +8,9 @@
 
 /* kumo-manager, cluster port (-l) */
 enum {
-    MGR_KEEPALIVE = 0,      /* [clock] -> nil */
-    MGR_HS_REQUEST = 1,     /* [] -> [whs, rhs] */
-    MGR_HS_SYNC = 2,        /* partner only: [whs, rhs] -> true adopted / false */
+    MGR_KEEPALIVE = 0,           /* [clock] -> nil */
+    MGR_HS_REQUEST = 1,          /* [] -> [whs, rhs] */
+    MGR_HS_SYNC = 2,             /* partner only: [whs, rhs] -> true adopted / false */
     MGR_REPLACE_COPY_END = 10,   /* [replace_clocktime, ok] -> true */
     MGR_REPLACE_DELETE_END = 11, /* [replace_clocktime, ok] -> true */
 };
@@ -27,32 +27,32 @@ enum {
 
 /* kumo-server, RPC port (-l) */
 enum {
-    SRV_KEEPALIVE = 0,       /* [clock] -> our clock (clock_now) */
-    SRV_HS_SYNC = 2,         /* [whs, rhs] -> true (adopted) / false */
-    SRV_REPLACE_COPY = 8,    /* [whs, replace_ct, full:bool, rhs] -> true; later MGR_REPLACE_COPY_END */
-    SRV_REPLACE_DELETE = 9,  /* [whs, replace_ct, false] -> true; later MGR_REPLACE_DELETE_END */
-    SRV_REPLACE_OFFER = 16,  /* [stream_port, token, size] -> records applied, once
+    SRV_KEEPALIVE = 0,      /* [clock] -> our clock (clock_now) */
+    SRV_HS_SYNC = 2,        /* [whs, rhs] -> true (adopted) / false */
+    SRV_REPLACE_COPY = 8,   /* [whs, replace_ct, full:bool, rhs] -> true; later MGR_REPLACE_COPY_END */
+    SRV_REPLACE_DELETE = 9, /* [whs, replace_ct, false] -> true; later MGR_REPLACE_DELETE_END */
+    SRV_REPLACE_OFFER = 16, /* [stream_port, token, size] -> records applied, once
                                 pulled from the sender's stream port */
-    SRV_REPLICATE = 32,      /* [flags, dbkey, dbvalue-or-tombstone] -> true stored, false the
+    SRV_REPLICATE = 32,     /* [flags, dbkey, dbvalue-or-tombstone] -> true stored, false the
                                 same ClockTime, or the ClockTime of the newer record kept */
-    SRV_GET = 34,            /* [dbkey] -> dbvalue | nil */
-    SRV_SET = 35,            /* [op, flags, dbkey, dbvalue, cas, delta, initial]
+    SRV_GET = 34,           /* [dbkey] -> dbvalue | nil */
+    SRV_SET = 35,           /* [op, flags, dbkey, dbvalue, cas, delta, initial]
                                 -> [code, clocktime, number, value] */
-    SRV_DELETE = 36,         /* [flags, dbkey, cas] -> [code, clocktime] */
-    SRV_FLUSH = 37,          /* [delay_seconds] -> true */
-    SRV_GET_MANY = 38,       /* [[dbkey...]] -> [dbvalue | nil | error...], in order;
+    SRV_DELETE = 36,        /* [flags, dbkey, cas] -> [code, clocktime] */
+    SRV_FLUSH = 37,         /* [delay_seconds] -> true */
+    SRV_GET_MANY = 38,      /* [[dbkey...]] -> [dbvalue | nil | error...], in order;
                                 at most SRV_GET_MANY_MAX keys */
-    SRV_DIGEST = 40,         /* [job] -> [job, walked, total, result | nil]; job 0 starts a walk
+    SRV_DIGEST = 40,        /* [job] -> [job, walked, total, result | nil]; job 0 starts a walk
                                 (or joins the one running); result = [whs_clocktime,
                                 start_clocktime, vnodes, [[vnode, count, digest]...]] */
-    SRV_RANGE_KEYS = 41,     /* [0, [[lo, hi]...]] starts a walk, [job] polls it -> [job, walked,
+    SRV_RANGE_KEYS = 41,    /* [0, [[lo, hi]...]] starts a walk, [job] polls it -> [job, walked,
                                 total, result | nil]; result = [complete, matched,
                                 [[dbkey, clocktime, tombstone:bool]...]] */
-    SRV_FETCH = 42,          /* [[dbkey...]] -> [record | nil...], in order, tombstones
+    SRV_FETCH = 42,         /* [[dbkey...]] -> [record | nil...], in order, tombstones
                                 included; at most SRV_FETCH_MAX keys */
-    SRV_BACKUP = 96,         /* [suffix] -> path written */
-    SRV_STATUS = 97,         /* [what] -> value */
-    SRV_SET_CONFIG = 98,     /* [what, arg] -> count */
+    SRV_BACKUP = 96,        /* [suffix] -> path written */
+    SRV_STATUS = 97,        /* [what] -> value */
+    SRV_SET_CONFIG = 98,    /* [what, arg] -> count */
 };
 
 /* The most keys one SRV_GET_MANY may carry (a gateway sends fewer). */
@@ -76,16 +76,16 @@ enum {
  * makes any operation but OP_ADD conditional on the stored ClockTime. */
 enum {
     OP_SET = 0,
-    OP_CAS = 2,     /* OP_SET whose cas must match (also when cas is 0) */
+    OP_CAS = 2, /* OP_SET whose cas must match (also when cas is 0) */
     OP_ADD = 3,
     OP_REPLACE = 4,
     OP_APPEND = 5,
     OP_PREPEND = 6,
-    OP_INCR = 7,    /* by delta; result `number` is the new value */
-    OP_DECR = 8,    /* by delta, not below 0 */
-    OP_TOUCH = 9,   /* new exptime from dbvalue's header */
-    OP_GAT = 10,    /* OP_TOUCH that also returns the stored value */
-    OP_MG_WIN = 11, /* meta-get's win token (record.h STALE/WON): a live record
+    OP_INCR = 7,        /* by delta; result `number` is the new value */
+    OP_DECR = 8,        /* by delta, not below 0 */
+    OP_TOUCH = 9,       /* new exptime from dbvalue's header */
+    OP_GAT = 10,        /* OP_TOUCH that also returns the stored value */
+    OP_MG_WIN = 11,     /* meta-get's win token (record.h STALE/WON): a live record
                        that is stale, or expires before `initial` (unix s,
                        0 = no such test), and has no token out gets WON:
                        CODE_STORED. WF_VIVIFY: a missing key is created
@@ -131,9 +131,9 @@ enum {
     ST_RHS = 9,
     ST_WHS = 10,
     ST_REPLACE = 11,
-    ST_DB_BYTES = 12, /* size of the database file */
-    ST_REPLACE_MOVED = 13, /* [records sent, bytes sent, records received, bytes received] by replaces */
-    ST_ACCEPT = 14,        /* map: accept failures and unauthenticated connections (protocol.md §5.3) */
+    ST_DB_BYTES = 12,         /* size of the database file */
+    ST_REPLACE_MOVED = 13,    /* [records sent, bytes sent, records received, bytes received] by replaces */
+    ST_ACCEPT = 14,           /* map: accept failures and unauthenticated connections (protocol.md §5.3) */
     ST_REPLACE_PROGRESS = 15, /* map: the last copy phase, records walked/total, queued, sent (protocol.md §5.3) */
 };
 

@@ -14,7 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
 static void put_be16(uint8_t *p, uint16_t v)
 {
     p[0] = (uint8_t)(v >> 8);

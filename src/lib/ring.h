@@ -42,7 +42,7 @@ typedef struct ring_vnode {
 
 typedef struct ring {
     size_t nnodes;
-    ring_node *nodes;   /* in the order given (whs order) */
+    ring_node *nodes; /* in the order given (whs order) */
     size_t nvnodes;
     ring_vnode *vnodes; /* sorted by hash */
 } ring;

@@ -68,15 +68,15 @@ struct rpc_conn {
     uint32_t npending;
     uint32_t next_msgid;
     bool hello_done; /* with a key: and the peer's proof checked out */
-    bool connected; /* the TCP connection was established */
+    bool connected;  /* the TCP connection was established */
     /* cluster-key handshake (auth.h), when self.key is set */
-    bool outbound;    /* we opened the TCP connection */
-    bool peer_hello;  /* the peer's hello arrived; its proof is awaited */
-    bool proof_sent;  /* ours is out, and c->held was flushed after it */
-    struct evbuffer *held; /* what c->pk wrote before our proof went out */
-    double hello_deadline; /* RPC_HELLO_TIMEOUT */
+    bool outbound;          /* we opened the TCP connection */
+    bool peer_hello;        /* the peer's hello arrived; its proof is awaited */
+    bool proof_sent;        /* ours is out, and c->held was flushed after it */
+    struct evbuffer *held;  /* what c->pk wrote before our proof went out */
+    double hello_deadline;  /* RPC_HELLO_TIMEOUT */
     admit_entry *admission; /* accepted, hello not done yet: held by self.admit */
-    size_t hello_bytes;    /* read before the hello was done (RPC_MAX_HELLO) */
+    size_t hello_bytes;     /* read before the hello was done (RPC_MAX_HELLO) */
     uint64_t peer_clock;
     int64_t peer_skew; /* its wall clock minus ours at its hello, s (0: unknown) */
     bool skewed;       /* counted in clock_skewed_now */

@@ -105,14 +105,14 @@ typedef struct rpc_handlers {
 
 typedef struct rpc_self {
     rpc_role role;
-    net_addr addr;   /* what the peer should know us as (may be unset for tools) */
-    clock_hlc *clock; /* may be NULL (gateways have no clock) */
-    const auth_key *key; /* the cluster key, or NULL for none; must outlive the connections */
+    net_addr addr;        /* what the peer should know us as (may be unset for tools) */
+    clock_hlc *clock;     /* may be NULL (gateways have no clock) */
+    const auth_key *key;  /* the cluster key, or NULL for none; must outlive the connections */
     uint64_t incarnation; /* random per server process, so a manager can tell a restart from a
                              reconnect; 0 for the other roles */
-    admit *admit; /* accepted connections wait here until their hello is done; NULL: no bound. Must
+    admit *admit;         /* accepted connections wait here until their hello is done; NULL: no bound. Must
                      outlive the connections, and every rpc_accept sharing it runs on one loop */
-    size_t max_output; /* an accepted connection stops reading while this many bytes of ours wait
+    size_t max_output;    /* an accepted connection stops reading while this many bytes of ours wait
                           for the peer, until it took them all; 0 = no bound */
 } rpc_self;
 

@@ -29,7 +29,7 @@ struct sio {
     struct evbuffer *in, *out;
     sio_ops ops;
     void *arg;
-    int connect_err;   /* a connect that failed before it started */
+    int connect_err; /* a connect that failed before it started */
     bool connecting;
     bool shut;         /* on_close ran (or is running): no more I/O */
     bool reading;      /* ev_read is added */

@@ -71,11 +71,11 @@
 
 struct store {
     TCHDB *hdb;
-    char *path; /* the file, without "#name=value" options */
-    int lock_fd; /* see "fcntl" above and "reservation" below; -1 if not open */
-    bool walking; /* a walk holds TC's one iterator */
-    int64_t map_end;  /* the mapped region: [0, map_end) of the file */
-    int64_t reserved; /* [0, reserved) has its disk blocks (fallocate) */
+    char *path;           /* the file, without "#name=value" options */
+    int lock_fd;          /* see "fcntl" above and "reservation" below; -1 if not open */
+    bool walking;         /* a walk holds TC's one iterator */
+    int64_t map_end;      /* the mapped region: [0, map_end) of the file */
+    int64_t reserved;     /* [0, reserved) has its disk blocks (fallocate) */
     time_t reserve_retry; /* after a failed extension, the next try */
 };
 
@@ -102,9 +102,21 @@ static int parse_size(const char *s, size_t len, int64_t max, int64_t *out)
     if (len == 0) return -1;
     int64_t mult = 1;
     switch (s[len - 1]) {
-    case 'k': case 'K': mult = INT64_C(1) << 10; len--; break;
-    case 'm': case 'M': mult = INT64_C(1) << 20; len--; break;
-    case 'g': case 'G': mult = INT64_C(1) << 30; len--; break;
+    case 'k':
+    case 'K':
+        mult = INT64_C(1) << 10;
+        len--;
+        break;
+    case 'm':
+    case 'M':
+        mult = INT64_C(1) << 20;
+        len--;
+        break;
+    case 'g':
+    case 'G':
+        mult = INT64_C(1) << 30;
+        len--;
+        break;
     default: break;
     }
     if (len == 0) return -1;

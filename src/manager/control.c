@@ -39,8 +39,10 @@ static void ctl_status(manager *m, rpc_conn *c, uint32_t msgid)
     msgpack_pack_array(pk, 3);
     if (m->replacing || m->catchup_blocked) msgpack_pack_true(pk);
     else msgpack_pack_false(pk);
-    rpc_pack_str(pk, m->replacing ? (m->copy_pending ? "copy" : m->copy_failed ? "retry" : "delete")
-                     : m->catchup_blocked ? "catch-up blocked" : "");
+    rpc_pack_str(pk, m->replacing         ? (m->copy_pending ? "copy" : m->copy_failed ? "retry"
+                                                                                       : "delete")
+                     : m->catchup_blocked ? "catch-up blocked"
+                                          : "");
     msgpack_pack_uint64(pk, m->replacing ? (m->copy_pending ? m->copy_pending : m->delete_pending) : m->catchup_blocked);
     if (m->auto_replace) msgpack_pack_true(pk);
     else msgpack_pack_false(pk);
@@ -288,4 +290,3 @@ bool control_handle(manager *m, rpc_conn *c, uint32_t msgid, uint32_t method, co
     default: return false;
     }
 }
-

@@ -156,8 +156,7 @@ int main(int argc, char **argv)
     m.whs = hashspace_new(NULL, 0, 0);
     m.rhs = hashspace_ref(m.whs);
     m.base = event_base_new();
-    m.rpc_self = (rpc_self){.role = RPC_ROLE_MANAGER, .addr = m.self, .clock = &m.clock, .key = key,
-                            .admit = admit_new("rpc", 0, 0)}; /* -l and -c together */
+    m.rpc_self = (rpc_self){.role = RPC_ROLE_MANAGER, .addr = m.self, .clock = &m.clock, .key = key, .admit = admit_new("rpc", 0, 0)}; /* -l and -c together */
     if (!m.rpc_self.admit) {
         log_fatal("out of memory");
         return 1;

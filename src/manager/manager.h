@@ -35,10 +35,10 @@ typedef struct manager_config {
 /* A server the manager has heard from. */
 typedef struct mserver {
     net_addr addr;
-    rpc_conn *conn;       /* the live link, NULL while down */
-    rpc_conn *probe;      /* our reconnect attempt after a loss */
-    int probes_left;      /* reconnect attempts before it is declared lost */
-    double last_answer;   /* monotonic time of the last keepalive answer */
+    rpc_conn *conn;     /* the live link, NULL while down */
+    rpc_conn *probe;    /* our reconnect attempt after a loss */
+    int probes_left;    /* reconnect attempts before it is declared lost */
+    double last_answer; /* monotonic time of the last keepalive answer */
     bool keepalive_out;
     bool newcomer;        /* shown under "not attached node" */
     uint64_t incarnation; /* of the process that said hello last (0: unknown) */
@@ -58,7 +58,7 @@ typedef struct manager {
     rpc_self rpc_self;
     daemon_listener *cluster_listener, *control_listener;
     hashspace *whs, *rhs; /* never NULL */
-    bool learning; /* whs is blank or was learned from servers (membership.c) */
+    bool learning;        /* whs is blank or was learned from servers (membership.c) */
     mserver **servers;
     size_t nservers, servers_cap;
     rpc_conn **gateways;
@@ -79,12 +79,12 @@ typedef struct manager {
     bool replacing;
     uint64_t replace_ct; /* whs clocktime the running replace moves data to */
     size_t copy_pending, delete_pending;
-    bool copy_failed;          /* some server could not copy everything */
+    bool copy_failed;                 /* some server could not copy everything */
     hashspace *round_whs, *round_rhs; /* the layout the running copy started from */
-    uint64_t round_gen;        /* counts rounds, so a late barrier answer is known */
-    size_t barrier_pending;    /* servers yet to confirm the layout before the copy */
-    size_t catchup_blocked;    /* catching-up servers the last round could not clear */
-    struct event *retry_timer; /* restarts a replace whose copy failed */
+    uint64_t round_gen;               /* counts rounds, so a late barrier answer is known */
+    size_t barrier_pending;           /* servers yet to confirm the layout before the copy */
+    size_t catchup_blocked;           /* catching-up servers the last round could not clear */
+    struct event *retry_timer;        /* restarts a replace whose copy failed */
 } manager;
 
 /* membership.c */

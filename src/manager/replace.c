@@ -110,7 +110,9 @@ static bool round_copied(manager *m, const net_addr *a)
     return ms && ms->copied;
 }
 
-enum verdict { PIECE_DONE, PIECE_BLOCKED, PIECE_MISSED };
+enum verdict { PIECE_DONE,
+               PIECE_BLOCKED,
+               PIECE_MISSED };
 
 static enum verdict piece_verdict(manager *m, const hashspace_plan *p)
 {
@@ -286,7 +288,8 @@ static void copy_done(manager *m)
         }
         m->replacing = false;
         log_warn("replace: %zu servers still catching up; reads stay on the old owners until the missing "
-                 "copies are back", left);
+                 "copies are back",
+                 left);
         binlog_event(LOG_LVL_WARN, "catch_up_blocked", BL_UINT("servers", left));
         return;
     }

@@ -11,7 +11,6 @@
 #include "proto.h"
 #include "xalloc.h"
 
-
 bool apply_live(const void *old, size_t oldlen, uint32_t now, uint64_t floor, record_value *v)
 {
     if (!old || record_value_parse(old, oldlen, v) < 0 || v->tombstone) return false;

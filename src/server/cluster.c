@@ -34,9 +34,9 @@ static void notify_state(server *s)
         s->ready_notified = true;
     }
     daemon_notify("STATUS=%s, %s, %zu active servers",
-                  known ? "manager connected"
+                  known                                           ? "manager connected"
                   : s->managers && links_unreachable(s->managers) ? "no manager reachable (check -m/-p)"
-                                                                   : "no manager",
+                                                                  : "no manager",
                   attached ? "attached" : "not attached", active);
 }
 
@@ -193,10 +193,8 @@ void cluster_dispatch(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, c
 int cluster_start(server *s, char *err)
 {
     const char *names[3] = {s->cfg->manager1, s->cfg->manager2, NULL};
-    links_config lc = {.names = names, .default_port = KUMO_MANAGER_PORT, .retry = tick(s),
-                       .connect_timeout = s->cfg->common.connect_timeout, .on_unreachable = manager_unreachable};
-    rpc_handlers h = {.on_request = manager_on_request, .on_hello = manager_on_hello, .on_close = manager_on_close,
-                      .arg = s};
+    links_config lc = {.names = names, .default_port = KUMO_MANAGER_PORT, .retry = tick(s), .connect_timeout = s->cfg->common.connect_timeout, .on_unreachable = manager_unreachable};
+    rpc_handlers h = {.on_request = manager_on_request, .on_hello = manager_on_hello, .on_close = manager_on_close, .arg = s};
     s->managers = links_new(s->base, &lc, &h, &s->rpc_self);
     if (!s->managers) return kumo_err(err, "out of memory");
     return 0;

@@ -49,7 +49,7 @@ typedef struct repl {
     size_t vlen;
     uint64_t hash;
     uint64_t epoch; /* s->write_epoch when the targets were chosen */
-    uint8_t *rec; /* dbkey | record, resent on a retry */
+    uint8_t *rec;   /* dbkey | record, resent on a retry */
     size_t klen, rlen;
     int max_tries;
     char why[96];
@@ -372,8 +372,7 @@ static void handle_set(server *s, rpc_conn *c, uint32_t msgid, const msgpack_obj
     /* The write's time is its ClockTime's: a relative exptime ends that
      * many seconds after it, the same moment for every owner. */
     uint64_t ct = clock_next(&s->clock);
-    write_ctx w = {.op = (int)op, .wflags = (uint32_t)flags, .cas = cas, .delta = delta, .initial = initial,
-                   .ct = ct, .floor = s->flush_floor, .now = clock_seconds(ct), .val = copy, .vlen = vlen};
+    write_ctx w = {.op = (int)op, .wflags = (uint32_t)flags, .cas = cas, .delta = delta, .initial = initial, .ct = ct, .floor = s->flush_floor, .now = clock_seconds(ct), .val = copy, .vlen = vlen};
     record_set_clocktime(copy, w.ct);
     record_resolve_exptime(copy, vlen, w.now);
     if (store_modify(s->db, key, klen, apply_set, &w, err) < 0) {
@@ -407,8 +406,7 @@ static void handle_delete(server *s, rpc_conn *c, uint32_t msgid, const msgpack_
     }
     s->cmd_delete++;
     uint64_t ct = clock_next(&s->clock);
-    write_ctx w = {.op = OP_DELETE_INTERNAL, .wflags = (uint32_t)flags, .cas = cas, .ct = ct,
-                   .floor = s->flush_floor, .now = clock_seconds(ct)};
+    write_ctx w = {.op = OP_DELETE_INTERNAL, .wflags = (uint32_t)flags, .cas = cas, .ct = ct, .floor = s->flush_floor, .now = clock_seconds(ct)};
     if (store_modify(s->db, key, klen, apply_delete, &w, err) < 0) {
         log_error("delete: %s", err);
         rpc_reply_error(c, msgid, "store failed: %s", err);
@@ -480,7 +478,7 @@ static void handle_status(server *s, rpc_conn *c, uint32_t msgid, const msgpack_
         uint64_t flags = 0;
         int at = hashspace_find(s->whs, &s->self);
         if (at < 0 || !s->whs->ring.nodes[at].active) flags |= 0x01; /* not an attached, live member */
-        else if (s->whs->ring.nodes[at].catchup) flags |= 0x10;     /* catching up */
+        else if (s->whs->ring.nodes[at].catchup) flags |= 0x10;      /* catching up */
         if (s->whs->clocktime != s->rhs->clocktime) flags |= 0x02;
         if (s->replace_copying) flags |= 0x04;
         if (s->replace_deleting) flags |= 0x08;

@@ -41,8 +41,11 @@
 #define DIGEST_MAX_JOBS 4
 #define DIGEST_KEEP_SECONDS 60
 
-enum job_kind { JOB_DIGEST, JOB_KEYS };
-enum job_state { JOB_WALKING, JOB_DONE, JOB_FAILED };
+enum job_kind { JOB_DIGEST,
+                JOB_KEYS };
+enum job_state { JOB_WALKING,
+                 JOB_DONE,
+                 JOB_FAILED };
 
 /* A closed interval [a, b] of key hashes. */
 typedef struct span {
@@ -476,7 +479,11 @@ bool digest_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, cons
 #define PASS_BATCH 200000     /* records of divergent ranges listed per peer and pass */
 #define PASS_WINDOW 8         /* SRV_REPLICATE calls in flight */
 
-enum pass_phase { PH_IDLE, PH_OWN_DIGEST, PH_PEER_DIGEST, PH_LISTING, PH_SYNC };
+enum pass_phase { PH_IDLE,
+                  PH_OWN_DIGEST,
+                  PH_PEER_DIGEST,
+                  PH_LISTING,
+                  PH_SYNC };
 
 typedef struct pent { /* a record listed by this server or a peer */
     uint8_t *key;
@@ -492,15 +499,15 @@ typedef struct pent_list {
 struct pass {
     server *s;
     enum pass_phase phase;
-    bool again;           /* digest_pass_now() during a pass: another one after it */
-    struct event *timer;  /* the next pass */
-    struct event *poll;   /* the next poll of the peer's walk */
-    hashspace *whs;       /* the layout of this pass */
+    bool again;          /* digest_pass_now() during a pass: another one after it */
+    struct event *timer; /* the next pass */
+    struct event *poll;  /* the next poll of the peer's walk */
+    hashspace *whs;      /* the layout of this pass */
     uint64_t start_ct;
-    job *mine, *keys;     /* own digest, own listing (not in the job table) */
-    net_addr *peers;      /* the co-owners of the led ranges */
+    job *mine, *keys; /* own digest, own listing (not in the job table) */
+    net_addr *peers;  /* the co-owners of the led ranges */
     size_t npeers, at;
-    uint32_t method;      /* the walk polled on the peer */
+    uint32_t method; /* the walk polled on the peer */
     uint64_t peer_job;
     bool peer_listed, skip;
     pent_list ours, theirs;
@@ -696,7 +703,8 @@ static void pass_merge(pass *p)
     if (p->theirs.n) qsort(p->theirs.v, p->theirs.n, sizeof(pent), pent_cmp);
     const pent *o = p->ours.v, *oe = o + p->ours.n, *t = p->theirs.v, *te = t + p->theirs.n;
     while (o < oe || t < te) {
-        int c = o == oe ? 1 : t == te ? -1 : key_cmp(o, t);
+        int c = o == oe ? 1 : t == te ? -1
+                                      : key_cmp(o, t);
         if (c <= 0 && o->ct <= p->start_ct && (c < 0 || o->ct > t->ct)) p->push[p->npush++] = (size_t)(o - p->ours.v);
         if (c >= 0 && t->ct <= p->start_ct && (c > 0 || t->ct > o->ct)) p->pull[p->npull++] = (size_t)(t - p->theirs.v);
         const pent *first = c <= 0 ? o : t; /* past every listing of this key, on both sides */

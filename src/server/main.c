@@ -103,7 +103,13 @@ static void set_config(rpc_conn *c, uint32_t msgid, const msgpack_object *params
 
 /* --metrics: the time each request spends in its handler on this server
  * (a write's replication is answered later and not included). */
-enum { REQ_GET, REQ_SET, REQ_DELETE, REQ_REPLICATE, REQ_STATUS, REQ_OTHER, REQ_KINDS };
+enum { REQ_GET,
+       REQ_SET,
+       REQ_DELETE,
+       REQ_REPLICATE,
+       REQ_STATUS,
+       REQ_OTHER,
+       REQ_KINDS };
 static const char *const req_names[REQ_KINDS] = {"get", "set", "delete", "replicate", "status", "other"};
 struct server_metrics {
     metrics_hist req[REQ_KINDS];
@@ -111,7 +117,13 @@ struct server_metrics {
 
 /* The two listeners and their strangers (admit.h), for ST_ACCEPT and
  * --metrics: per port, the values named by port_fields. */
-enum { PF_PAUSED, PF_FAILURES, PF_HELD, PF_REFUSED, PF_EVICTED, PF_FAILED, PF_N };
+enum { PF_PAUSED,
+       PF_FAILURES,
+       PF_HELD,
+       PF_REFUSED,
+       PF_EVICTED,
+       PF_FAILED,
+       PF_N };
 static const struct {
     const char *key; /* in ST_ACCEPT, after "rpc_"/"stream_" from PF_HELD on */
     const char *metric;
@@ -201,9 +213,11 @@ static void on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, 
     }
     double t0 = clock_mono();
     cluster_dispatch(s, c, msgid, method, params);
-    int k = method == SRV_GET || method == SRV_GET_MANY ? REQ_GET : method == SRV_SET ? REQ_SET : method == SRV_DELETE ? REQ_DELETE
-          : method == SRV_REPLICATE ? REQ_REPLICATE
-          : method == SRV_STATUS ? REQ_STATUS : REQ_OTHER;
+    int k = method == SRV_GET || method == SRV_GET_MANY ? REQ_GET : method == SRV_SET     ? REQ_SET
+                                                                : method == SRV_DELETE    ? REQ_DELETE
+                                                                : method == SRV_REPLICATE ? REQ_REPLICATE
+                                                                : method == SRV_STATUS    ? REQ_STATUS
+                                                                                          : REQ_OTHER;
     metrics_hist_observe(&s->metrics->req[k], clock_mono() - t0);
 }
 
@@ -313,7 +327,10 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 
 #define DRAIN_SECONDS 5.0
 
-static int pending(void *arg) { return ((server *)arg)->writes_inflight; }
+static int pending(void *arg)
+{
+    return ((server *)arg)->writes_inflight;
+}
 
 /* SIGTERM: take no new connections, let what is in flight finish
  * (bounded), then leave the loop; main() closes everything. */
@@ -397,9 +414,7 @@ int main(int argc, char **argv)
     uint64_t incarnation = 0;
     while (incarnation == 0)
         if (getrandom(&incarnation, sizeof(incarnation), 0) != sizeof(incarnation)) incarnation = (uint64_t)time(NULL);
-    s.rpc_self = (rpc_self){.role = RPC_ROLE_SERVER, .addr = s.self, .clock = &s.clock, .incarnation = incarnation,
-                                .key = key, .admit = admit_new("rpc", 0, 0),
-                                .max_output = (size_t)cfg.max_peer_output_kib * 1024};
+    s.rpc_self = (rpc_self){.role = RPC_ROLE_SERVER, .addr = s.self, .clock = &s.clock, .incarnation = incarnation, .key = key, .admit = admit_new("rpc", 0, 0), .max_output = (size_t)cfg.max_peer_output_kib * 1024};
     if (!s.rpc_self.admit) {
         log_fatal("out of memory");
         store_close(s.db);

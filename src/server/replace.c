@@ -285,8 +285,7 @@ static void copy_phase(server *s, rpc_conn *c, uint64_t replace_ct, bool full, h
     for (size_t i = 0; i < w->ring.nnodes; i++) j->dests[j->ndests++].addr = w->ring.nodes[i].addr;
     j->outstanding = 1; /* the walk itself */
     s->replace_copying = true;
-    s->progress = (replace_progress){.replace_ct = replace_ct, .started = progress_now(), .total = store_count(s->db),
-                                     .sent_base = s->moved_sent, .sent_bytes_base = s->moved_sent_bytes, .full = full};
+    s->progress = (replace_progress){.replace_ct = replace_ct, .started = progress_now(), .total = store_count(s->db), .sent_base = s->moved_sent, .sent_bytes_base = s->moved_sent_bytes, .full = full};
     log_info("replace copy start%s: %llu records to walk", full ? " (full)" : "", (unsigned long long)s->progress.total);
     data_walk(s, copy_record, copy_walked, j);
 }
@@ -398,7 +397,9 @@ bool replace_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, con
 const char *replace_progress_phase(const server *s)
 {
     const replace_progress *p = &s->progress;
-    return p->started == 0 ? "idle" : p->ended > 0 ? "done" : p->walk_ended > 0 ? "send" : "walk";
+    return p->started == 0 ? "idle" : p->ended > 0    ? "done"
+                                  : p->walk_ended > 0 ? "send"
+                                                      : "walk";
 }
 
 void replace_pack_progress(const server *s, msgpack_packer *pk)
@@ -428,7 +429,8 @@ void replace_pack_progress(const server *s, msgpack_packer *pk)
     msgpack_pack_double(pk, p->walk_ended > 0 ? p->walk_ended - p->started : 0);
     /* the last backup, a walk too */
     rpc_pack_str(pk, "backup_phase");
-    rpc_pack_str(pk, b->started == 0 ? "idle" : b->ended > 0 ? "done" : "walk");
+    rpc_pack_str(pk, b->started == 0 ? "idle" : b->ended > 0 ? "done"
+                                                             : "walk");
     rpc_pack_str(pk, "backup_total");
     msgpack_pack_uint64(pk, b->total);
     rpc_pack_str(pk, "backup_walked");

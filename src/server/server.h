@@ -29,19 +29,19 @@
 
 typedef struct server_config {
     daemon_common common;
-    const char *listen;     /* -l */
-    int stream_port;        /* -L */
-    const char *manager1;   /* -m */
-    const char *manager2;   /* -p */
-    const char *db_spec;    /* -s */
-    const char *tmpdir;     /* -f */
-    int set_retries;        /* -S */
-    int delete_retries;     /* -D */
-    int gc_mem_kib;         /* -gS */
-    int gc_min_sec;         /* -gN */
-    int gc_max_sec;         /* -gX */
-    double replace_rate;    /* --replace-rate, MiB/s; 0 = unlimited */
-    int verify_interval;    /* --verify-interval, s; 0 = no background anti-entropy pass */
+    const char *listen;      /* -l */
+    int stream_port;         /* -L */
+    const char *manager1;    /* -m */
+    const char *manager2;    /* -p */
+    const char *db_spec;     /* -s */
+    const char *tmpdir;      /* -f */
+    int set_retries;         /* -S */
+    int delete_retries;      /* -D */
+    int gc_mem_kib;          /* -gS */
+    int gc_min_sec;          /* -gN */
+    int gc_max_sec;          /* -gX */
+    double replace_rate;     /* --replace-rate, MiB/s; 0 = unlimited */
+    int verify_interval;     /* --verify-interval, s; 0 = no background anti-entropy pass */
     int max_peer_output_kib; /* --max-peer-output: answers held for one peer before its requests wait */
 } server_config;
 
@@ -53,11 +53,11 @@ typedef struct peer {
 /* The last copy phase of a replace (replace.c), for kumostat progress,
  * kumoctl status and --metrics. Wall-clock seconds; 0 = not yet. */
 typedef struct replace_progress {
-    uint64_t replace_ct;       /* the replace it belongs to */
+    uint64_t replace_ct; /* the replace it belongs to */
     double started, walk_ended, ended;
-    uint64_t total;            /* records in the database when the walk began */
-    uint64_t walked;           /* records looked at so far */
-    uint64_t queued;           /* records to send (one per destination) */
+    uint64_t total;                      /* records in the database when the walk began */
+    uint64_t walked;                     /* records looked at so far */
+    uint64_t queued;                     /* records to send (one per destination) */
     uint64_t sent_base, sent_bytes_base; /* moved_sent(_bytes) when it began */
     bool full;
 } replace_progress;
@@ -80,7 +80,7 @@ typedef struct server {
     rpc_conn **accepted; /* connections others opened to us */
     size_t naccepted, accepted_cap;
     struct links *managers; /* links.h: -m and -p, found by name */
-    hashspace *whs; /* never NULL: empty until a manager sends one */
+    hashspace *whs;         /* never NULL: empty until a manager sends one */
     hashspace *rhs;
     peer *peers;
     size_t npeers, peers_cap;
@@ -98,20 +98,20 @@ typedef struct server {
      * them before a replace copies). */
     uint64_t write_epoch;
     int writes_old;
-    bool catching_up; /* this server is catching up in whs (derived on adoption) */
-    bool replace_copying; /* a copy phase has transfers in flight */
-    uint64_t replace_latest; /* ClockTime of the newest replace asked of us */
-    bool replace_deleting;   /* a delete phase is walking */
+    bool catching_up;                                                    /* this server is catching up in whs (derived on adoption) */
+    bool replace_copying;                                                /* a copy phase has transfers in flight */
+    uint64_t replace_latest;                                             /* ClockTime of the newest replace asked of us */
+    bool replace_deleting;                                               /* a delete phase is walking */
     uint64_t moved_sent, moved_sent_bytes, moved_recv, moved_recv_bytes; /* by replaces, since start */
-    replace_progress progress; /* the last copy phase */
-    backup_progress backup;    /* the last backup */
-    daemon_listener *stream_listener; /* -L */
-    admit *stream_admit;              /* -L connections that have not sent a token yet */
-    struct offer *offers;                   /* stream files waiting to be collected */
-    struct ev_token_bucket_cfg *rate;       /* --replace-rate */
+    replace_progress progress;                                           /* the last copy phase */
+    backup_progress backup;                                              /* the last backup */
+    daemon_listener *stream_listener;                                    /* -L */
+    admit *stream_admit;                                                 /* -L connections that have not sent a token yet */
+    struct offer *offers;                                                /* stream files waiting to be collected */
+    struct ev_token_bucket_cfg *rate;                                    /* --replace-rate */
     struct event *flush_timer;
-    struct gc *gc; /* gc.c: remembered tombstones */
-    struct digest *digest; /* digest.c: anti-entropy walks and their results */
+    struct gc *gc;                  /* gc.c: remembered tombstones */
+    struct digest *digest;          /* digest.c: anti-entropy walks and their results */
     struct server_metrics *metrics; /* main.c: request latencies for --metrics */
 } server;
 
@@ -154,9 +154,9 @@ bool stream_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, cons
 
 /* gc.c: tombstone collection (-gS, -gN, -gX; kumo-server(8)). */
 typedef struct gc_stats {
-    uint64_t entries, bytes;        /* remembered now */
-    uint64_t pushed, collected;     /* tombstones remembered / removed from the database, since start */
-    uint64_t forgotten, errors;     /* dropped under -gS before -gN (left in the database); store errors */
+    uint64_t entries, bytes;    /* remembered now */
+    uint64_t pushed, collected; /* tombstones remembered / removed from the database, since start */
+    uint64_t forgotten, errors; /* dropped under -gS before -gN (left in the database); store errors */
 } gc_stats;
 int gc_start(server *s, char *err);
 void gc_stop(server *s);

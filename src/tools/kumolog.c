@@ -172,7 +172,9 @@ static char *format_record(const binlog_record *r)
 
 /* ---- output: all, the first N, or the last N ---- */
 
-typedef enum mode { MODE_ALL, MODE_HEAD, MODE_TAIL } mode;
+typedef enum mode { MODE_ALL,
+                    MODE_HEAD,
+                    MODE_TAIL } mode;
 
 typedef struct out {
     mode mode;
@@ -227,7 +229,7 @@ typedef struct reader {
     int fd;
     char *buf;
     size_t len, cap;
-    uint64_t base;  /* file offset of buf[0] */
+    uint64_t base; /* file offset of buf[0] */
     uint64_t records, bad;
     bool any_bytes;
     bool in_bad; /* inside a run of damage that started at bad_at */
@@ -362,9 +364,12 @@ int main(int argc, char **argv)
 {
     if (kumo_version_asked("kumolog", argc, argv)) return 0;
     static const struct option longopts[] = {
-        {"follow", no_argument, NULL, 'f'}, {"tail", no_argument, NULL, 't'},
-        {"head", no_argument, NULL, 'h'},   {"lines", required_argument, NULL, 'n'},
-        {"help", no_argument, NULL, 'H'},   {NULL, 0, NULL, 0},
+        {"follow", no_argument, NULL, 'f'},
+        {"tail", no_argument, NULL, 't'},
+        {"head", no_argument, NULL, 'h'},
+        {"lines", required_argument, NULL, 'n'},
+        {"help", no_argument, NULL, 'H'},
+        {NULL, 0, NULL, 0},
     };
     bool do_follow = false, do_tail = false, do_head = false, have_n = false;
     long n = 10;

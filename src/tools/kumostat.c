@@ -145,9 +145,7 @@ static int print_stats(tool_conn *t, const char *prefix, char *err)
     static const struct {
         const char *name;
         int what;
-    } rows[] = {{"pid", ST_PID},         {"uptime", ST_UPTIME},         {"time", ST_TIME},
-                {"cmd_get", ST_CMD_GET}, {"cmd_set", ST_CMD_SET},       {"cmd_delete", ST_CMD_DELETE},
-                {"curr_items", ST_ITEMS}};
+    } rows[] = {{"pid", ST_PID}, {"uptime", ST_UPTIME}, {"time", ST_TIME}, {"cmd_get", ST_CMD_GET}, {"cmd_set", ST_CMD_SET}, {"cmd_delete", ST_CMD_DELETE}, {"curr_items", ST_ITEMS}};
     uint64_t v[sizeof(rows) / sizeof(rows[0])];
     for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++)
         if (tool_status_uint(t, rows[i].what, &v[i], err) < 0) return -1;
@@ -225,7 +223,8 @@ static int query(const net_addr *addr, int what, const char *prefix)
             v[i] = o->via.array.ptr[i].via.u64;
         }
         printf("%ssent %" PRIu64 " records (%" PRIu64 " bytes compressed), applied %" PRIu64
-               " received records (%" PRIu64 " bytes compressed)\n", prefix, v[0], v[1], v[2], v[3]);
+               " received records (%" PRIu64 " bytes compressed)\n",
+               prefix, v[0], v[1], v[2], v[3]);
         break;
     }
     case ST_REPLACE_PROGRESS: {
@@ -336,7 +335,8 @@ int main(int argc, char **argv)
     }
     if (argc != base + 2) {
         fprintf(stderr, "kumostat: %s\n",
-                argc <= base ? "missing address" : argc == base + 1 ? "missing command" : "too many arguments");
+                argc <= base ? "missing address" : argc == base + 1 ? "missing command"
+                                                                    : "too many arguments");
         usage(stderr);
         return TOOL_EX_USAGE;
     }

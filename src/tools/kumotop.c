@@ -43,8 +43,8 @@
 #include "proto.h"
 #include "tool.h"
 
-#define TOP_TIMEOUT 1.0   /* seconds per connect and per call */
-#define RETRY_AFTER 3.0   /* seconds before a failed server is tried again */
+#define TOP_TIMEOUT 1.0 /* seconds per connect and per call */
+#define RETRY_AFTER 3.0 /* seconds before a failed server is tried again */
 #define WIDE_COLS 118
 #define NARROW_COLS 72
 
@@ -267,7 +267,9 @@ static void fmt_clock(char *date, size_t dlen, char *hms, size_t hlen, uint64_t 
     strftime(hms, hlen, "%H:%M:%S", &tm);
 }
 
-typedef enum layout { LAYOUT_WIDE, LAYOUT_COMPACT, LAYOUT_NARROW } layout;
+typedef enum layout { LAYOUT_WIDE,
+                      LAYOUT_COMPACT,
+                      LAYOUT_NARROW } layout;
 
 /* The lines of one frame go to an in-memory stream first, so a frame is
  * written with one fwrite and never half-drawn. */
@@ -364,7 +366,8 @@ static bool render_plain(top *tp)
 static bool render_tty(top *tp)
 {
     int cols = term_cols(), rows = term_rows();
-    layout l = cols >= WIDE_COLS ? LAYOUT_WIDE : cols >= NARROW_COLS ? LAYOUT_COMPACT : LAYOUT_NARROW;
+    layout l = cols >= WIDE_COLS ? LAYOUT_WIDE : cols >= NARROW_COLS ? LAYOUT_COMPACT
+                                                                     : LAYOUT_NARROW;
     char *body = NULL, *buf = NULL;
     size_t blen = 0, len = 0;
     FILE *f = open_memstream(&body, &blen);

@@ -475,7 +475,8 @@ out:
 
 const char *tool_health_word(int verdict)
 {
-    return verdict == TOOL_HEALTH_OK ? "ok" : verdict == TOOL_HEALTH_DEGRADED ? "degraded" : "down";
+    return verdict == TOOL_HEALTH_OK ? "ok" : verdict == TOOL_HEALTH_DEGRADED ? "degraded"
+                                                                              : "down";
 }
 
 static void health_add(tool_health *h, int verdict, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -659,12 +660,10 @@ void tool_format_progress(const tool_progress *p, char *buf, size_t len)
     if (e >= 0) snprintf(eta, sizeof(eta), "ETA %.0f s", e);
     const char *full = p->full ? " (full)" : "";
     if (strcmp(p->phase, "walk") == 0)
-        snprintf(buf, len, "walk%s: %" PRIu64 " of %" PRIu64 " records (%.1f%%), %.0f records/s, %s; %" PRIu64
-                 " queued to send", full, p->walked, p->total, percent(p->walked, p->total),
+        snprintf(buf, len, "walk%s: %" PRIu64 " of %" PRIu64 " records (%.1f%%), %.0f records/s, %s; %" PRIu64 " queued to send", full, p->walked, p->total, percent(p->walked, p->total),
                  p->elapsed > 0 ? (double)p->walked / p->elapsed : 0.0, eta, p->queued);
     else if (strcmp(p->phase, "send") == 0)
-        snprintf(buf, len, "send%s: %" PRIu64 " of %" PRIu64 " records sent (%.1f%%, %s), walked %" PRIu64
-                 " in %.1f s, %s", full, p->sent, p->queued, percent(p->sent, p->queued), bytes, p->walked,
+        snprintf(buf, len, "send%s: %" PRIu64 " of %" PRIu64 " records sent (%.1f%%, %s), walked %" PRIu64 " in %.1f s, %s", full, p->sent, p->queued, percent(p->sent, p->queued), bytes, p->walked,
                  p->walk_seconds, eta);
     else if (strcmp(p->phase, "done") == 0)
         snprintf(buf, len, "done%s: walked %" PRIu64 " records in %.1f s, sent %" PRIu64 " records (%s) in %.1f s",
@@ -731,5 +730,6 @@ void tool_print_hashspace(FILE *out, const hashspace *hs, const char *nodes_titl
     fprintf(out, "\n%s:\n", nodes_title);
     for (size_t i = 0; i < hs->ring.nnodes; i++)
         fprintf(out, "  %s (%s)\n", net_format(&hs->ring.nodes[i].addr, buf, sizeof(buf)),
-                !hs->ring.nodes[i].active ? "fault" : hs->ring.nodes[i].catchup ? "catching up" : "active");
+                !hs->ring.nodes[i].active ? "fault" : hs->ring.nodes[i].catchup ? "catching up"
+                                                                                : "active");
 }

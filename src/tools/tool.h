@@ -114,11 +114,11 @@ typedef struct tool_cluster {
     hashspace *whs, *rhs; /* owned; never NULL after tool_cluster_get */
     net_addr *newcomers;  /* connected, not attached (owned) */
     size_t nnewcomers;
-    char phase[32];          /* "copy", "retry", "delete", "catch-up blocked"; "" when idle */
-    uint64_t phase_servers;  /* servers still working on it (or still catching up) */
-    int auto_replace;        /* 1 on, 0 off, -1 the manager does not say */
-    bool has_partner;        /* started with -p */
-    net_addr partner;        /* len 0 while its name does not resolve */
+    char phase[32];         /* "copy", "retry", "delete", "catch-up blocked"; "" when idle */
+    uint64_t phase_servers; /* servers still working on it (or still catching up) */
+    int auto_replace;       /* 1 on, 0 off, -1 the manager does not say */
+    bool has_partner;       /* started with -p */
+    net_addr partner;       /* len 0 while its name does not resolve */
     bool partner_linked;
 } tool_cluster;
 
@@ -128,7 +128,9 @@ int tool_cluster_get(tool_conn *t, tool_cluster *out, char *err);
 void tool_cluster_free(tool_cluster *c);
 
 /* The verdict of `kumoctl health` (and of `status`, `kumostat hsccheck`). */
-enum { TOOL_HEALTH_OK = 0, TOOL_HEALTH_DEGRADED = 1, TOOL_HEALTH_DOWN = 2 };
+enum { TOOL_HEALTH_OK = 0,
+       TOOL_HEALTH_DEGRADED = 1,
+       TOOL_HEALTH_DOWN = 2 };
 #define TOOL_HEALTH_MAXWHY 16
 #define TOOL_HEALTH_LINE 512
 typedef struct tool_health {

@@ -45,7 +45,9 @@
 #define PROGRESS_AFTER 2.0 /* s: runs shorter than this print no progress */
 #define PROGRESS_EVERY 2.0
 
-enum { ST_MISSING = 0, ST_VALUE = 1, ST_TOMB = 2 };
+enum { ST_MISSING = 0,
+       ST_VALUE = 1,
+       ST_TOMB = 2 };
 
 typedef struct node { /* a node of whs */
     net_addr addr;

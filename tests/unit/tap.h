@@ -22,17 +22,17 @@ static int tap_n, tap_failed;
             printf("#   failed at %s:%d: %s\n", __FILE__, __LINE__, #cond); \
         }                                                                   \
     } while (0)
-#define is_int(got, want, ...)                                                \
-    do {                                                                      \
-        long long g_ = (long long)(got), w_ = (long long)(want);              \
-        ok(g_ == w_, __VA_ARGS__);                                            \
-        if (g_ != w_) printf("#   got %lld, want %lld\n", g_, w_);            \
+#define is_int(got, want, ...)                                     \
+    do {                                                           \
+        long long g_ = (long long)(got), w_ = (long long)(want);   \
+        ok(g_ == w_, __VA_ARGS__);                                 \
+        if (g_ != w_) printf("#   got %lld, want %lld\n", g_, w_); \
     } while (0)
-#define is_str(got, want, ...)                                                \
-    do {                                                                      \
-        const char *g_ = (got), *w_ = (want);                                 \
-        int same_ = g_ && w_ && strcmp(g_, w_) == 0;                          \
-        ok(same_, __VA_ARGS__);                                               \
+#define is_str(got, want, ...)                                                                   \
+    do {                                                                                         \
+        const char *g_ = (got), *w_ = (want);                                                    \
+        int same_ = g_ && w_ && strcmp(g_, w_) == 0;                                             \
+        ok(same_, __VA_ARGS__);                                                                  \
         if (!same_) printf("#   got '%s', want '%s'\n", g_ ? g_ : "(null)", w_ ? w_ : "(null)"); \
     } while (0)
 /* A test that cannot run here (TAP's SKIP directive: counted, not failed). */

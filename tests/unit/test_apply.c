@@ -40,8 +40,7 @@ static result set(int op, const uint8_t *old, size_t oldlen, uint32_t flags, uin
     size_t vlen;
     uint8_t *val = rec(CT(NOW, 7), flags, exptime, payload, &vlen);
     memset(&r, 0, sizeof(r));
-    r.w = (write_ctx){.op = op, .wflags = wflags, .cas = cas, .delta = delta, .initial = initial, .ct = CT(NOW, 7),
-                      .floor = floor, .now = NOW, .val = val, .vlen = vlen};
+    r.w = (write_ctx){.op = op, .wflags = wflags, .cas = cas, .delta = delta, .initial = initial, .ct = CT(NOW, 7), .floor = floor, .now = NOW, .val = val, .vlen = vlen};
     const void *out = NULL;
     size_t outlen = 0;
     r.verdict = apply_set(&r.w, old, oldlen, &out, &outlen);
@@ -73,7 +72,8 @@ int main(void)
 
     r = set(OP_SET, NULL, 0, 3, 0, "v", 0, 0, 0, 0, 0);
     ok(r.verdict == STORE_WRITE && r.w.code == CODE_STORED && r.has_out && payload_is(&r.out, "v") &&
-           r.out.flags == 3, "set of a missing key writes the value");
+           r.out.flags == 3,
+       "set of a missing key writes the value");
     r = set(OP_ADD, live, n, 0, 0, "x", 0, 0, 0, 0, 0);
     ok(r.verdict == STORE_KEEP && r.w.code == CODE_NOT_STORED, "add of a live key: NOT_STORED, nothing written");
     r = set(OP_ADD, expired, expn, 0, 0, "x", 0, 0, 0, 0, 0);
@@ -142,7 +142,8 @@ int main(void)
     size_t outlen = 0;
     store_verdict v = apply_delete(&w, live, n, &out, &outlen);
     ok(v == STORE_WRITE && w.code == CODE_STORED && outlen == RECORD_TOMBSTONE &&
-           record_clocktime(out, outlen) == CT(NOW, 9), "delete of a live key writes a tombstone with its ClockTime");
+           record_clocktime(out, outlen) == CT(NOW, 9),
+       "delete of a live key writes a tombstone with its ClockTime");
     w = (write_ctx){.op = OP_DELETE_INTERNAL, .ct = CT(NOW, 9), .now = NOW};
     v = apply_delete(&w, NULL, 0, &out, &outlen);
     ok(v == STORE_WRITE && w.code == CODE_NOT_FOUND, "delete of a missing key: NOT_FOUND, a tombstone still written");
@@ -156,7 +157,8 @@ int main(void)
 
     record_value rv;
     ok(apply_live(live, n, NOW, 0, &rv) && !apply_live(expired, expn, NOW, 0, &rv) &&
-           !apply_live(tomb, sizeof(tomb), NOW, 0, &rv), "apply_live: a value yes, an expired one and a tombstone no");
+           !apply_live(tomb, sizeof(tomb), NOW, 0, &rv),
+       "apply_live: a value yes, an expired one and a tombstone no");
 
     free(live);
     free(expired);

@@ -34,9 +34,14 @@ static void test_roundtrip(void)
     ok(net_parse("127.0.0.1:19801", 19800, &a, err) == 0, "parse an address");
     static const unsigned char key[] = {'k', 0, 0xff, '\n'};
     binlog_field f[] = {
-        BL_STR("s", "hello world"), BL_BYTES("key", key, sizeof(key)), BL_UINT("clocktime", 0x123456789abcdefULL),
-        BL_INT("neg", -42),         BL_BOOL("yes", true),              BL_ADDR("addr", &a),
-        BL_STR("none", NULL),       BL_BYTES("empty", NULL, 0),
+        BL_STR("s", "hello world"),
+        BL_BYTES("key", key, sizeof(key)),
+        BL_UINT("clocktime", 0x123456789abcdefULL),
+        BL_INT("neg", -42),
+        BL_BOOL("yes", true),
+        BL_ADDR("addr", &a),
+        BL_STR("none", NULL),
+        BL_BYTES("empty", NULL, 0),
     };
     ok(binlog_encode(&sb, 1700000000123456ULL, LOG_LVL_WARN, "server@127.0.0.1:19800", "server_lost", f,
                      sizeof(f) / sizeof(f[0])) == 0,

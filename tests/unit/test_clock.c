@@ -98,7 +98,7 @@ int main(void)
     clock_hlc shared;
     clock_init(&shared);
     uint64_t *vals = malloc(2 * PER_THREAD * sizeof(*vals));
-    struct run r[2] = { { &shared, vals, 0 }, { &shared, vals + PER_THREAD, 0 } };
+    struct run r[2] = {{&shared, vals, 0}, {&shared, vals + PER_THREAD, 0}};
     pthread_t t[2];
     for (int i = 0; i < 2; i++)
         pthread_create(&t[i], NULL, draw, &r[i]);

@@ -52,8 +52,8 @@ static void pack_raw_node(msgpack_packer *pk, uint8_t flag, const uint8_t *id, s
 
 static void test_round_trip(void)
 {
-    ring_node nodes[4] = { node4(101, true), node4(102, false), node4(103, true),
-                           node4(104, true) };
+    ring_node nodes[4] = {node4(101, true), node4(102, false), node4(103, true),
+                          node4(104, true)};
     /* An IPv6 identity too: port then 16 address bytes (::1). */
     ring_node v6;
     memset(&v6, 0, sizeof(v6));
@@ -62,7 +62,7 @@ static void test_round_trip(void)
     v6.addr.id[1] = 19800 & 0xff;
     v6.addr.id[17] = 1;
     v6.active = true;
-    ring_node all[5] = { nodes[0], nodes[1], nodes[2], nodes[3], v6 };
+    ring_node all[5] = {nodes[0], nodes[1], nodes[2], nodes[3], v6};
 
     hashspace *hs = hashspace_new(all, 5, 0x1234567800000009ull);
     ok(hs != NULL, "new");
@@ -73,10 +73,10 @@ static void test_round_trip(void)
     is_int(hashspace_pack(hs, &pk), 0, "pack");
 
     /* The exact bytes of the first node: bin8 of 7 = c4 07, flag, id. */
-    const uint8_t head[] = { 0x92, 0x95, 0xc4, 0x07, 0x01, 0x4d, 0x58, 192, 168, 0, 101 };
+    const uint8_t head[] = {0x92, 0x95, 0xc4, 0x07, 0x01, 0x4d, 0x58, 192, 168, 0, 101};
     ok(sb.size > sizeof(head) && memcmp(sb.data, head, sizeof(head)) == 0,
        "wire form starts [ [ bin(1 active | port BE | ip) ...");
-    const uint8_t tail[] = { 0xcf, 0x12, 0x34, 0x56, 0x78, 0, 0, 0, 9 };
+    const uint8_t tail[] = {0xcf, 0x12, 0x34, 0x56, 0x78, 0, 0, 0, 9};
     ok(memcmp(sb.data + sb.size - sizeof(tail), tail, sizeof(tail)) == 0,
        "... and ends with clocktime as uint64");
 
@@ -110,19 +110,19 @@ static void test_round_trip(void)
     msgpack_sbuffer_destroy(&sb);
 
     /* Only fault nodes: empty too. */
-    ring_node faults[2] = { node4(101, false), node4(102, false) };
+    ring_node faults[2] = {node4(101, false), node4(102, false)};
     hashspace *f = hashspace_new(faults, 2, 1);
     ok(hashspace_empty(f), "all-fault hash space is empty");
     ok(!hashspace_empty(hs), "one active node: not empty");
     ok(!hashspace_same_nodes(f, hs), "different node lists differ");
     hashspace_unref(f);
 
-    ring_node flipped[5] = { all[0], all[1], all[2], all[3], all[4] };
+    ring_node flipped[5] = {all[0], all[1], all[2], all[3], all[4]};
     flipped[1].active = true;
     f = hashspace_new(flipped, 5, 0x1234567800000009ull);
     ok(!hashspace_same_nodes(f, hs), "an active flag differs: not the same");
     hashspace_unref(f);
-    ring_node reordered[5] = { all[1], all[0], all[2], all[3], all[4] };
+    ring_node reordered[5] = {all[1], all[0], all[2], all[3], all[4]};
     f = hashspace_new(reordered, 5, 0x1234567800000009ull);
     ok(!hashspace_same_nodes(f, hs), "order differs: not the same");
     hashspace_unref(f);
@@ -143,7 +143,7 @@ static void test_accept(void)
     msgpack_packer pk;
     char err[KUMO_ERRLEN] = "";
     ring_node n = node4(101, true);
-    uint8_t buf[7] = { 1 };
+    uint8_t buf[7] = {1};
     memcpy(buf + 1, n.addr.id, 6);
 
     msgpack_sbuffer_init(&sb);
@@ -160,27 +160,49 @@ static void test_accept(void)
     msgpack_sbuffer_destroy(&sb);
 }
 
-enum bad { BAD_NOT_ARRAY, BAD_ARRAY1, BAD_ARRAY3, BAD_NODES_MAP, BAD_NODE_INT, BAD_LEN0,
-           BAD_LEN5, BAD_LEN8, BAD_FLAG2, BAD_CT_STR, BAD_CT_NEG, BAD_CT_FLOAT, BAD_CT_NIL,
-           BAD_DUP, BAD_COUNT };
+enum bad { BAD_NOT_ARRAY,
+           BAD_ARRAY1,
+           BAD_ARRAY3,
+           BAD_NODES_MAP,
+           BAD_NODE_INT,
+           BAD_LEN0,
+           BAD_LEN5,
+           BAD_LEN8,
+           BAD_FLAG2,
+           BAD_CT_STR,
+           BAD_CT_NEG,
+           BAD_CT_FLOAT,
+           BAD_CT_NIL,
+           BAD_DUP,
+           BAD_COUNT };
 
 static const char *bad_name[BAD_COUNT] = {
-    "not an array",         "array of 1",       "array of 3",
-    "node list is a map",   "node is an int",   "node bytes of length 0",
-    "node bytes of length 5", "node bytes of length 8", "state byte 4",
-    "clocktime is a string", "clocktime negative", "clocktime is a float",
-    "clocktime is nil",     "a node listed twice",
+    "not an array",
+    "array of 1",
+    "array of 3",
+    "node list is a map",
+    "node is an int",
+    "node bytes of length 0",
+    "node bytes of length 5",
+    "node bytes of length 8",
+    "state byte 4",
+    "clocktime is a string",
+    "clocktime negative",
+    "clocktime is a float",
+    "clocktime is nil",
+    "a node listed twice",
 };
 
 static void pack_bad(msgpack_packer *pk, enum bad b)
 {
     ring_node n = node4(101, true), m = node4(102, true);
-    const uint8_t zeros[8] = { 0 };
+    const uint8_t zeros[8] = {0};
     if (b == BAD_NOT_ARRAY) {
         msgpack_pack_map(pk, 0);
         return;
     }
-    msgpack_pack_array(pk, b == BAD_ARRAY1 ? 1 : b == BAD_ARRAY3 ? 3 : 2);
+    msgpack_pack_array(pk, b == BAD_ARRAY1 ? 1 : b == BAD_ARRAY3 ? 3
+                                                                 : 2);
     if (b == BAD_NODES_MAP) {
         msgpack_pack_map(pk, 0);
     } else {
@@ -306,7 +328,7 @@ static void test_owners(void)
     ok(!hashspace_is_owner(s, 1, &stranger.addr) && !hashspace_is_primary(s, 1, &stranger.addr),
        "a node outside the ring owns nothing");
 
-    ring_node dead[3] = { node4(101, false), node4(102, false), node4(103, false) };
+    ring_node dead[3] = {node4(101, false), node4(102, false), node4(103, false)};
     hashspace *d = hashspace_new(dead, 3, 3);
     uint32_t out[3];
     is_int(hashspace_live_owners(d, 99, out), 0, "all three owners fault: 0 live owners");
@@ -336,7 +358,7 @@ static uint64_t key_owned_by(const hashspace *hs, uint32_t a, uint32_t b, uint32
 static void test_catchup(void)
 {
     /* Wire form: the state byte carries the catching-up bit. */
-    ring_node nodes[3] = { node4(101, true), node4(102, true), node4(103, false) };
+    ring_node nodes[3] = {node4(101, true), node4(102, true), node4(103, false)};
     nodes[1].catchup = true;
     nodes[2].catchup = true;
     hashspace *hs = hashspace_new(nodes, 3, 9);
@@ -351,7 +373,7 @@ static void test_catchup(void)
            !back->ring.nodes[2].active && back->ring.nodes[2].catchup,
        "catching-up flag survives the wire, alone and with fault (%s)", err);
     ok(back && hashspace_same_nodes(back, hs), "  ... same nodes");
-    ring_node flipped[3] = { nodes[0], nodes[1], nodes[2] };
+    ring_node flipped[3] = {nodes[0], nodes[1], nodes[2]};
     flipped[1].catchup = false;
     hashspace *f = hashspace_new(flipped, 3, 9);
     ok(!hashspace_same_nodes(f, hs), "a catching-up flag differs: not the same");
@@ -376,8 +398,8 @@ static void test_catchup(void)
 
     /* Copy plans. A: 101 restarted (catching up), 102 and 103 in sync; rhs
      * is the layout from before the attach, 101 fault. */
-    ring_node w_a[3] = { node4(101, true), node4(102, true), node4(103, true) };
-    ring_node r_a[3] = { node4(101, false), node4(102, true), node4(103, true) };
+    ring_node w_a[3] = {node4(101, true), node4(102, true), node4(103, true)};
+    ring_node r_a[3] = {node4(101, false), node4(102, true), node4(103, true)};
     w_a[0].catchup = true;
     hashspace *wa = hashspace_new(w_a, 3, 20), *ra = hashspace_new(r_a, 3, 10);
     hashspace_plan p;
@@ -387,14 +409,14 @@ static void test_catchup(void)
        "restart: the first in-sync old owner (102) alone sends");
 
     /* B: every owner catching up (the whole cluster restarted). */
-    ring_node w_b[3] = { node4(101, true), node4(102, true), node4(103, true) };
+    ring_node w_b[3] = {node4(101, true), node4(102, true), node4(103, true)};
     for (int i = 0; i < 3; i++) w_b[i].catchup = true;
     hashspace *wb = hashspace_new(w_b, 3, 30), *rb = hashspace_new(NULL, 0, 0);
     hashspace_copy_plan(wb, rb, ha, &p);
     ok(p.n == 3 && p.sender < 0 && p.exchange && !p.blocked, "all catching up: every holder exchanges");
 
     /* C: 101 and 102 catching up, 103 in sync but down: blocked. */
-    ring_node w_c[3] = { node4(101, true), node4(102, true), node4(103, false) };
+    ring_node w_c[3] = {node4(101, true), node4(102, true), node4(103, false)};
     w_c[0].catchup = w_c[1].catchup = true;
     hashspace *wc = hashspace_new(w_c, 3, 40);
     hashspace_copy_plan(wc, wc, ha, &p);
@@ -402,7 +424,7 @@ static void test_catchup(void)
 
     /* D: the in-sync copy that is down was detached: gone from whs, fault
      * in rhs. The operator said its data is lost, so the rest exchange. */
-    ring_node w_d[3] = { node4(101, true), node4(102, true), node4(104, true) };
+    ring_node w_d[3] = {node4(101, true), node4(102, true), node4(104, true)};
     w_d[0].catchup = w_d[1].catchup = w_d[2].catchup = true;
     hashspace *wd = hashspace_new(w_d, 3, 50);
     hashspace_copy_plan(wd, wc, ha, &p);
@@ -420,10 +442,10 @@ static void test_catchup(void)
 
     /* An owner in rhs only, fault there, is no sender even if whs says it
      * is in sync now: it missed the piece's writes while it was away. */
-    ring_node w_e[3] = { node4(104, true), node4(105, true), node4(106, true) };
+    ring_node w_e[3] = {node4(104, true), node4(105, true), node4(106, true)};
     w_e[0].catchup = true;
-    ring_node r_e[3] = { node4(101, false), node4(102, true), node4(103, true) };
-    ring_node w_e2[6] = { w_e[0], w_e[1], w_e[2], node4(101, true), node4(102, false), node4(103, false) };
+    ring_node r_e[3] = {node4(101, false), node4(102, true), node4(103, true)};
+    ring_node w_e2[6] = {w_e[0], w_e[1], w_e[2], node4(101, true), node4(102, false), node4(103, false)};
     hashspace *we = hashspace_new(w_e2, 6, 60), *re = hashspace_new(r_e, 3, 55);
     uint64_t he = key_owned_by(re, 0, 1, 2);
     hashspace_copy_plan(we, re, he, &p);

@@ -114,9 +114,12 @@ static void test_storage(void)
         bool quiet;
         const char *name;
     } ops[] = {
-        {MEMPROTO_SET, MEMPROTO_SET, false, "SET"},         {MEMPROTO_SETQ, MEMPROTO_SET, true, "SETQ"},
-        {MEMPROTO_ADD, MEMPROTO_ADD, false, "ADD"},         {MEMPROTO_ADDQ, MEMPROTO_ADD, true, "ADDQ"},
-        {MEMPROTO_REPLACE, MEMPROTO_REPLACE, false, "REPLACE"}, {MEMPROTO_REPLACEQ, MEMPROTO_REPLACE, true, "REPLACEQ"},
+        {MEMPROTO_SET, MEMPROTO_SET, false, "SET"},
+        {MEMPROTO_SETQ, MEMPROTO_SET, true, "SETQ"},
+        {MEMPROTO_ADD, MEMPROTO_ADD, false, "ADD"},
+        {MEMPROTO_ADDQ, MEMPROTO_ADD, true, "ADDQ"},
+        {MEMPROTO_REPLACE, MEMPROTO_REPLACE, false, "REPLACE"},
+        {MEMPROTO_REPLACEQ, MEMPROTO_REPLACE, true, "REPLACEQ"},
     };
     for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
         size_t n = pkt(b, ops[i].op, ext8, 8, "key", "hello", 5, 7, 0x1122334455667788ull);
@@ -144,8 +147,10 @@ static void test_storage(void)
         bool quiet;
         const char *name;
     } cat[] = {
-        {MEMPROTO_APPEND, MEMPROTO_APPEND, false, "APPEND"},    {MEMPROTO_APPENDQ, MEMPROTO_APPEND, true, "APPENDQ"},
-        {MEMPROTO_PREPEND, MEMPROTO_PREPEND, false, "PREPEND"}, {MEMPROTO_PREPENDQ, MEMPROTO_PREPEND, true, "PREPENDQ"},
+        {MEMPROTO_APPEND, MEMPROTO_APPEND, false, "APPEND"},
+        {MEMPROTO_APPENDQ, MEMPROTO_APPEND, true, "APPENDQ"},
+        {MEMPROTO_PREPEND, MEMPROTO_PREPEND, false, "PREPEND"},
+        {MEMPROTO_PREPENDQ, MEMPROTO_PREPEND, true, "PREPENDQ"},
     };
     for (size_t i = 0; i < sizeof(cat) / sizeof(cat[0]); i++) {
         size_t n = pkt(b, cat[i].op, NULL, 0, "key", " world", 6, 0, 0);
@@ -206,8 +211,10 @@ static void test_keyed_others(void)
         bool quiet;
         const char *name;
     } t[] = {
-        {MEMPROTO_TOUCH, MEMPROTO_TOUCH, false, "TOUCH"}, {MEMPROTO_GAT, MEMPROTO_GAT, false, "GAT"},
-        {MEMPROTO_GATQ, MEMPROTO_GAT, true, "GATQ"},      {MEMPROTO_GATK, MEMPROTO_GATK, false, "GATK"},
+        {MEMPROTO_TOUCH, MEMPROTO_TOUCH, false, "TOUCH"},
+        {MEMPROTO_GAT, MEMPROTO_GAT, false, "GAT"},
+        {MEMPROTO_GATQ, MEMPROTO_GAT, true, "GATQ"},
+        {MEMPROTO_GATK, MEMPROTO_GATK, false, "GATK"},
         {MEMPROTO_GATKQ, MEMPROTO_GATK, true, "GATKQ"},
     };
     for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
@@ -233,9 +240,12 @@ static void test_keyless(void)
         bool quiet;
         const char *name;
     } z[] = {
-        {MEMPROTO_NOOP, MEMPROTO_NOOP, false, "NOOP"},       {MEMPROTO_VERSION, MEMPROTO_VERSION, false, "VERSION"},
-        {MEMPROTO_QUIT, MEMPROTO_QUIT, false, "QUIT"},       {MEMPROTO_QUITQ, MEMPROTO_QUIT, true, "QUITQ"},
-        {MEMPROTO_FLUSH, MEMPROTO_FLUSH, false, "FLUSH"},    {MEMPROTO_FLUSHQ, MEMPROTO_FLUSH, true, "FLUSHQ"},
+        {MEMPROTO_NOOP, MEMPROTO_NOOP, false, "NOOP"},
+        {MEMPROTO_VERSION, MEMPROTO_VERSION, false, "VERSION"},
+        {MEMPROTO_QUIT, MEMPROTO_QUIT, false, "QUIT"},
+        {MEMPROTO_QUITQ, MEMPROTO_QUIT, true, "QUITQ"},
+        {MEMPROTO_FLUSH, MEMPROTO_FLUSH, false, "FLUSH"},
+        {MEMPROTO_FLUSHQ, MEMPROTO_FLUSH, true, "FLUSHQ"},
         {MEMPROTO_STAT, MEMPROTO_STAT, false, "STAT"},
     };
     for (size_t i = 0; i < sizeof(z) / sizeof(z[0]); i++) {
@@ -415,7 +425,7 @@ static void test_response(void)
     uint8_t h[MEMPROTO_HEADER];
     memproto_response_header(h, MEMPROTO_GETK, MEMPROTO_STATUS_KEY_ENOENT, 4, 0x0102, 0x0a0b0c0d, 0xdeadbeef,
                              0x1122334455667788ull);
-    static const uint8_t want[MEMPROTO_HEADER] = {0x81, 0x0c, 0x01, 0x02, 4,    0,    0x00, 0x01,
+    static const uint8_t want[MEMPROTO_HEADER] = {0x81, 0x0c, 0x01, 0x02, 4, 0, 0x00, 0x01,
                                                   0x0a, 0x0b, 0x0c, 0x0d, 0xde, 0xad, 0xbe, 0xef,
                                                   0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88};
     ok(memcmp(h, want, sizeof(want)) == 0, "response header bytes");

@@ -110,7 +110,8 @@ static void test_get(void)
 
     is_int(parse("gat 100 k1 k2\r\n"), MEMTEXT_OK, "gat");
     ok(req.cmd == MEMTEXT_GAT && req.exptime == 100 && req.nkeys == 2 &&
-       tok_eq(req.keys[0], "k1") && tok_eq(req.keys[1], "k2"), "gat: exptime and keys");
+           tok_eq(req.keys[0], "k1") && tok_eq(req.keys[1], "k2"),
+       "gat: exptime and keys");
     is_int(parse("gats -1 k\r\n"), MEMTEXT_OK, "gats negative exptime");
     ok(req.cmd == MEMTEXT_GATS && req.exptime == -1 && req.nkeys == 1, "gats: fields");
     is_int(parse("gat 10\r\n"), MEMTEXT_OK, "gat without keys (memcached answers END)");
@@ -206,9 +207,11 @@ static void test_storage(void)
         const char *word;
         memtext_cmd cmd;
     } cmds[] = {
-        { "set", MEMTEXT_SET },         { "add", MEMTEXT_ADD },
-        { "replace", MEMTEXT_REPLACE }, { "append", MEMTEXT_APPEND },
-        { "prepend", MEMTEXT_PREPEND },
+        {"set", MEMTEXT_SET},
+        {"add", MEMTEXT_ADD},
+        {"replace", MEMTEXT_REPLACE},
+        {"append", MEMTEXT_APPEND},
+        {"prepend", MEMTEXT_PREPEND},
     };
     char buf[256];
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
@@ -240,7 +243,8 @@ static void test_storage(void)
 
     is_int(parse("cas k 1 2 3 12345678901234\r\nabc\r\n"), MEMTEXT_OK, "cas");
     ok(req.cmd == MEMTEXT_CAS && req.cas == 12345678901234ULL && req.flags == 1 &&
-       req.exptime == 2 && req.data_len == 3 && !req.noreply, "cas: fields");
+           req.exptime == 2 && req.data_len == 3 && !req.noreply,
+       "cas: fields");
     is_int(parse("cas k 0 0 1 18446744073709551615 noreply\r\nx\r\n"), MEMTEXT_OK, "cas noreply, max unique");
     ok(req.noreply && req.cas == UINT64_MAX, "cas noreply: fields");
     client_error("cas k 0 0 1 x\r\n", "bad command line format", 15, "cas bad unique");
@@ -303,7 +307,7 @@ static void test_need(void)
     is_int(used, 0, "waiting: nothing consumed");
     is_int(req.need, 26 + 100 + 2, "waiting: need = line + bytes + 2");
     ok(req.cmd == MEMTEXT_SET && tok_eq(req.keys[0], "key") && req.flags == 5 &&
-       req.exptime == 10 && req.data_len == 100 && req.noreply && req.data == NULL,
+           req.exptime == 10 && req.data_len == 100 && req.noreply && req.data == NULL,
        "waiting: line fields filled in");
     is_int(parse("get a"), MEMTEXT_NEED_MORE, "incomplete line");
     is_int(req.need, 0, "incomplete line: need unknown");
@@ -395,7 +399,7 @@ static void test_meta(void)
 {
     is_int(parse("mg foo v f t k Oabc\r\n"), MEMTEXT_OK, "mg");
     ok(req.cmd == MEMTEXT_MG && tok_eq(req.keys[0], "foo") && req.ntokens == 5 &&
-       tok_eq(req.tokens[0], "v") && tok_eq(req.tokens[4], "Oabc") && !req.noreply,
+           tok_eq(req.tokens[0], "v") && tok_eq(req.tokens[4], "Oabc") && !req.noreply,
        "mg: key and raw flags");
     is_int(parse("mg foo\r\n"), MEMTEXT_OK, "mg without flags");
     is_int(req.ntokens, 0, "mg without flags: none");
@@ -416,8 +420,9 @@ static void test_meta(void)
 
     is_int(parse("ms foo 3 T60 F5 q\r\nbar\r\n"), MEMTEXT_OK, "ms");
     ok(req.cmd == MEMTEXT_MS && tok_eq(req.keys[0], "foo") && req.data_len == 3 &&
-       memcmp(req.data, "bar", 3) == 0 && req.ntokens == 3 && tok_eq(req.tokens[0], "T60") &&
-       tok_eq(req.tokens[2], "q") && !req.noreply, "ms: key, data, flags after datalen");
+           memcmp(req.data, "bar", 3) == 0 && req.ntokens == 3 && tok_eq(req.tokens[0], "T60") &&
+           tok_eq(req.tokens[2], "q") && !req.noreply,
+       "ms: key, data, flags after datalen");
     is_int(used, 24, "ms: consumed");
     is_int(parse("ms foo 0\r\n\r\n"), MEMTEXT_OK, "ms zero length");
     client_error("ms foo\r\n", "bad command line format", 8, "ms without datalen");
@@ -587,15 +592,32 @@ static void test_pipeline(void)
         "delete a\r\n"
         "quit\r\n";
     static const memtext_status want[] = {
-        MEMTEXT_OK,    MEMTEXT_OK,           MEMTEXT_ERROR, MEMTEXT_CLIENT_ERROR,
-        MEMTEXT_OK,    MEMTEXT_CLIENT_ERROR, MEMTEXT_ERROR, MEMTEXT_OK,
-        MEMTEXT_OK,    MEMTEXT_OK,           MEMTEXT_OK,
+        MEMTEXT_OK,
+        MEMTEXT_OK,
+        MEMTEXT_ERROR,
+        MEMTEXT_CLIENT_ERROR,
+        MEMTEXT_OK,
+        MEMTEXT_CLIENT_ERROR,
+        MEMTEXT_ERROR,
+        MEMTEXT_OK,
+        MEMTEXT_OK,
+        MEMTEXT_OK,
+        MEMTEXT_OK,
     };
     /* "set c 0 0 1" then "xyz\r\n": the bad data chunk drops the line and
      * 1 + 2 bytes ("xyz"), leaving "\r\n", a line with no command (ERROR). */
     static const memtext_cmd want_cmd[] = {
-        MEMTEXT_SET, MEMTEXT_GET, 0, MEMTEXT_INCR, MEMTEXT_SET, MEMTEXT_SET,
-        0, MEMTEXT_GETS, MEMTEXT_MN, MEMTEXT_DELETE, MEMTEXT_QUIT,
+        MEMTEXT_SET,
+        MEMTEXT_GET,
+        0,
+        MEMTEXT_INCR,
+        MEMTEXT_SET,
+        MEMTEXT_SET,
+        0,
+        MEMTEXT_GETS,
+        MEMTEXT_MN,
+        MEMTEXT_DELETE,
+        MEMTEXT_QUIT,
     };
     size_t len = sizeof buf - 1, off = 0, i = 0, bad = (size_t)-1;
     while (off < len && i < sizeof want / sizeof want[0]) {

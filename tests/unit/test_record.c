@@ -13,14 +13,14 @@ static void test_key(void)
 {
     uint8_t out[RECORD_KEY_HEADER + 5];
     record_key_write(out, 0x0102030405060708ull, "hello", 5);
-    const uint8_t want[] = { 1, 2, 3, 4, 5, 6, 7, 8, 'h', 'e', 'l', 'l', 'o' };
+    const uint8_t want[] = {1, 2, 3, 4, 5, 6, 7, 8, 'h', 'e', 'l', 'l', 'o'};
     ok(memcmp(out, want, sizeof(want)) == 0, "key = be64(hash) | key bytes");
     ok(record_key_hash(out, sizeof(out)) == 0x0102030405060708ull, "key hash read back");
     ok(record_key_hash(out, 8) == 0x0102030405060708ull, "key hash of an empty user key");
     is_int(record_key_hash(out, 7), 0, "key shorter than 8: hash 0");
     uint8_t k8[8];
     record_key_write(k8, 0xa2e8c5dc1dc6f4aaull, NULL, 0);
-    const uint8_t w8[] = { 0xa2, 0xe8, 0xc5, 0xdc, 0x1d, 0xc6, 0xf4, 0xaa };
+    const uint8_t w8[] = {0xa2, 0xe8, 0xc5, 0xdc, 0x1d, 0xc6, 0xf4, 0xaa};
     ok(memcmp(k8, w8, 8) == 0, "hash written big-endian (digest bytes 7..0)");
 }
 
@@ -30,11 +30,11 @@ static void test_mc_value(void)
     is_int(record_mc_size(3), 21, "mc value size = 10 + 8 + payload");
     record_mc_header(buf, 0x1122334455667788ull, 0xdeadbeefu, 0x01020304u);
     memcpy(buf + 18, "abc", 3);
-    const uint8_t want[] = { 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, /* clocktime */
-                             0x00, 0x01,                                     /* meta MC */
-                             0xde, 0xad, 0xbe, 0xef,                         /* flags */
-                             0x01, 0x02, 0x03, 0x04,                         /* exptime */
-                             'a',  'b',  'c' };
+    const uint8_t want[] = {0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, /* clocktime */
+                            0x00, 0x01,                                     /* meta MC */
+                            0xde, 0xad, 0xbe, 0xef,                         /* flags */
+                            0x01, 0x02, 0x03, 0x04,                         /* exptime */
+                            'a', 'b', 'c'};
     ok(memcmp(buf, want, sizeof(want)) == 0, "mc value bytes exactly");
 
     record_value v;
@@ -66,7 +66,7 @@ static void test_mc_value(void)
 
     ok(record_clocktime(buf, 21) == 0x1122334455667788ull, "record_clocktime of a value");
     record_set_clocktime(buf, 0x0a0b0c0d0e0f1011ull);
-    const uint8_t ct[] = { 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f, 0x10, 0x11, 0x00, 0x01 };
+    const uint8_t ct[] = {0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f, 0x10, 0x11, 0x00, 0x01};
     ok(memcmp(buf, ct, sizeof(ct)) == 0, "set_clocktime rewrites only the first 8 bytes");
     ok(memcmp(buf + 10, want + 10, 11) == 0, "  ... rest untouched");
 }
@@ -75,7 +75,7 @@ static void test_tombstone(void)
 {
     uint8_t t[RECORD_TOMBSTONE + 1];
     record_tombstone(t, 0x0000000100000002ull);
-    const uint8_t want[] = { 0, 0, 0, 1, 0, 0, 0, 2 };
+    const uint8_t want[] = {0, 0, 0, 1, 0, 0, 0, 2};
     ok(memcmp(t, want, 8) == 0, "tombstone = be64(clocktime)");
     record_value v;
     is_int(record_value_parse(t, 8, &v), 0, "parse tombstone");
@@ -93,7 +93,7 @@ static void test_tombstone(void)
 static void test_original(void)
 {
     /* A kumofs 0.4 value: clocktime, meta 0, raw payload. */
-    const uint8_t v04[] = { 0x4b, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x05, 0, 0, 'v', 'a', 'l' };
+    const uint8_t v04[] = {0x4b, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x05, 0, 0, 'v', 'a', 'l'};
     record_value v;
     is_int(record_value_parse(v04, sizeof(v04), &v), 0, "meta = 0 original value parses");
     ok(!v.tombstone && v.meta == 0, "  ... meta 0, not a tombstone");
@@ -105,7 +105,7 @@ static void test_original(void)
     is_int(v.payload_len, 0, "  ... length 0");
     ok(!record_expired(&v, 0xffffffffu), "meta = 0 never expires");
 
-    uint8_t bad[20] = { 0 };
+    uint8_t bad[20] = {0};
     bad[8] = 0x00;
     bad[9] = 0x02;
     is_int(record_value_parse(bad, sizeof(bad), &v), -1, "meta bit 0x0002 (STALE) without 0x0001 rejected");

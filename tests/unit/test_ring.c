@@ -56,11 +56,11 @@ static void test_hash(void)
     static const struct {
         const char *want, *hex;
     } v[] = {
-        { "0d4b6b5eeea339da", "" },
-        { "fca7a5fa37e4f786", "61" },
-        { "a2e8c5dc1dc6f4aa", "68656c6c6f" },
-        { "29a1cad3234df1ad", "757365723a3432" },
-        { "3b48ff3bae83bfd5", "e381826b6579" },
+        {"0d4b6b5eeea339da", ""},
+        {"fca7a5fa37e4f786", "61"},
+        {"a2e8c5dc1dc6f4aa", "68656c6c6f"},
+        {"29a1cad3234df1ad", "757365723a3432"},
+        {"3b48ff3bae83bfd5", "e381826b6579"},
     };
     char buf[17];
     for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
@@ -94,10 +94,10 @@ static bool ring_sorted(const ring *r)
 static void test_vnodes(void)
 {
     static const char *want[4][3] = {
-        { "2bdac55e8582516d", "521cb9dee1732014", "cf50cc8b3a8798a2" },
-        { "adf29c0fe70f3294", "6e7f5bdc30da2740", "80c8cf6371dd9f16" },
-        { "08c10f344c6e3d30", "100a1c86608acd43", "052cbdf8791bad0a" },
-        { "1862c1b1931ee8d9", "4096efe84547ed95", "b05097799f0b8078" },
+        {"2bdac55e8582516d", "521cb9dee1732014", "cf50cc8b3a8798a2"},
+        {"adf29c0fe70f3294", "6e7f5bdc30da2740", "80c8cf6371dd9f16"},
+        {"08c10f344c6e3d30", "100a1c86608acd43", "052cbdf8791bad0a"},
+        {"1862c1b1931ee8d9", "4096efe84547ed95", "b05097799f0b8078"},
     };
     ring_node nodes[4];
     for (int i = 0; i < 4; i++)
@@ -154,20 +154,32 @@ static void check_assign(const char *tag, int nnodes, const struct assign_vec *v
 static void test_assign(void)
 {
     static const struct assign_vec a4[] = {
-        { "6b65792d30", { 102, 103, 101 } },   { "6b65792d31", { 103, 102, 101 } },
-        { "6b65792d32", { 104, 101, 102 } },   { "6b65792d33", { 103, 104, 102 } },
-        { "6b65792d34", { 103, 102, 104 } },   { "6b65792d35", { 102, 103, 104 } },
-        { "6b65792d36", { 104, 103, 102 } },   { "6b65792d37", { 102, 103, 101 } },
-        { "6b65792d38", { 101, 102, 104 } },   { "6b65792d39", { 103, 102, 104 } },
-        { "6b65792d3130", { 104, 101, 102 } }, { "6b65792d3131", { 101, 102, 103 } },
+        {"6b65792d30", {102, 103, 101}},
+        {"6b65792d31", {103, 102, 101}},
+        {"6b65792d32", {104, 101, 102}},
+        {"6b65792d33", {103, 104, 102}},
+        {"6b65792d34", {103, 102, 104}},
+        {"6b65792d35", {102, 103, 104}},
+        {"6b65792d36", {104, 103, 102}},
+        {"6b65792d37", {102, 103, 101}},
+        {"6b65792d38", {101, 102, 104}},
+        {"6b65792d39", {103, 102, 104}},
+        {"6b65792d3130", {104, 101, 102}},
+        {"6b65792d3131", {101, 102, 103}},
     };
     static const struct assign_vec a3[] = {
-        { "6b65792d30", { 102, 103, 101 } },   { "6b65792d31", { 103, 102, 101 } },
-        { "6b65792d32", { 101, 102, 103 } },   { "6b65792d33", { 103, 102, 101 } },
-        { "6b65792d34", { 103, 102, 101 } },   { "6b65792d35", { 102, 103, 101 } },
-        { "6b65792d36", { 103, 102, 101 } },   { "6b65792d37", { 102, 103, 101 } },
-        { "6b65792d38", { 101, 102, 103 } },   { "6b65792d39", { 103, 102, 101 } },
-        { "6b65792d3130", { 101, 102, 103 } }, { "6b65792d3131", { 101, 102, 103 } },
+        {"6b65792d30", {102, 103, 101}},
+        {"6b65792d31", {103, 102, 101}},
+        {"6b65792d32", {101, 102, 103}},
+        {"6b65792d33", {103, 102, 101}},
+        {"6b65792d34", {103, 102, 101}},
+        {"6b65792d35", {102, 103, 101}},
+        {"6b65792d36", {103, 102, 101}},
+        {"6b65792d37", {102, 103, 101}},
+        {"6b65792d38", {101, 102, 103}},
+        {"6b65792d39", {103, 102, 101}},
+        {"6b65792d3130", {101, 102, 103}},
+        {"6b65792d3131", {101, 102, 103}},
     };
     check_assign("[assign]", 4, a4, sizeof(a4) / sizeof(a4[0]));
     check_assign("[assign3]", 3, a3, sizeof(a3) / sizeof(a3[0]));
@@ -206,7 +218,7 @@ static void test_fault_keeps_slots(void)
  * vnode hash a tie. */
 static void test_stable_ties(void)
 {
-    ring_node nodes[3] = { node4(101, true), node4(102, true), node4(101, false) };
+    ring_node nodes[3] = {node4(101, true), node4(102, true), node4(101, false)};
     ring r;
     ring_build(&r, nodes, 3);
     ok(ring_sorted(&r), "sorted with ties");
@@ -282,7 +294,7 @@ static void test_small(void)
     is_int(out[0], 0, "  ... the node");
     ring_free(&r);
 
-    ring_node two[2] = { node4(101, true), node4(102, false) };
+    ring_node two[2] = {node4(101, true), node4(102, false)};
     ring_build(&r, two, 2);
     int good = 0;
     for (int k = 0; k < 200; k++) {
