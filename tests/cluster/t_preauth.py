@@ -430,9 +430,12 @@ def body():
     kt.require_program("prlimit", "util-linux")
     tmp = kt.new_tmpdir()
     key_path = os.path.join(tmp, "cluster.key")
-    key = os.urandom(32)
+    raw = os.urandom(32)
     with open(key_path, "wb") as f:
-        f.write(key)
+        f.write(raw)
+    # The key is the file's bytes without one trailing newline
+    # (docs/protocol.md §1.1): one random key in 256 ends in one.
+    key = raw[:-1] if raw.endswith(b"\n") else raw
     os.chmod(key_path, 0o600)
     with kt.Cluster(nservers=1, key_file=key_path, start=False) as c:
         argv = c.server_argv
