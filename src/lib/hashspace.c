@@ -67,7 +67,8 @@ bool hashspace_same_nodes(const hashspace *a, const hashspace *b)
         return false;
     for (size_t i = 0; i < a->ring.nnodes; i++) {
         const ring_node *x = &a->ring.nodes[i], *y = &b->ring.nodes[i];
-        if (x->active != y->active || x->catchup != y->catchup || !net_equal(&x->addr, &y->addr))
+        if (x->active != y->active || x->catchup != y->catchup || !net_equal(&x->addr, &y->addr) ||
+            x->keylen != y->keylen || memcmp(x->key, y->key, x->keylen) != 0)
             return false;
     }
     return true;
@@ -199,11 +200,19 @@ int hashspace_pack(const hashspace *hs, msgpack_packer *pk)
         return -1;
     for (size_t i = 0; i < r->nnodes; i++) {
         const ring_node *nd = &r->nodes[i];
-        uint8_t buf[1 + NET_ID_MAX];
-        size_t len = nd->addr.len <= NET_ID_MAX ? nd->addr.len : NET_ID_MAX;
-        buf[0] = (uint8_t)((nd->active ? 0x01 : 0) | (nd->catchup ? 0x02 : 0));
-        memcpy(buf + 1, nd->addr.id, len);
-        if (msgpack_pack_bin(pk, 1 + len) != 0 || msgpack_pack_bin_body(pk, buf, 1 + len) != 0)
+        uint8_t buf[2 + NET_ID_MAX + RING_KEY_MAX];
+        size_t len = nd->addr.len <= NET_ID_MAX ? nd->addr.len : NET_ID_MAX, n = 0;
+        buf[n++] = (uint8_t)((nd->active ? HS_NODE_ACTIVE : 0) | (nd->catchup ? HS_NODE_CATCHUP : 0) |
+                             (nd->keylen ? HS_NODE_KEYED : 0));
+        if (nd->keylen) buf[n++] = (uint8_t)len;
+        memcpy(buf + n, nd->addr.id, len);
+        n += len;
+        if (nd->keylen) {
+            size_t kl = nd->keylen <= RING_KEY_MAX ? nd->keylen : RING_KEY_MAX;
+            memcpy(buf + n, nd->key, kl);
+            n += kl;
+        }
+        if (msgpack_pack_bin(pk, n) != 0 || msgpack_pack_bin_body(pk, buf, n) != 0)
             return -1;
     }
     return msgpack_pack_uint64(pk, hs->clocktime) != 0 ? -1 : 0;
@@ -223,13 +232,25 @@ static int unpack_node(const msgpack_object *o, ring_node *out, size_t idx, char
     } else {
         return kumo_err(err, "hash space seed: node %zu is not raw bytes", idx);
     }
-    if (len < 1 || p[0] > 3)
+    if (len < 1 || (p[0] & ~(HS_NODE_ACTIVE | HS_NODE_CATCHUP | HS_NODE_KEYED)))
         return kumo_err(err, "hash space seed: node %zu has no valid state byte", idx);
     memset(out, 0, sizeof(*out));
-    if (net_from_id(&out->addr, p + 1, len - 1) != 0)
-        return kumo_err(err, "hash space seed: node %zu has a %zu-byte address", idx, len - 1);
-    out->active = p[0] & 0x01;
-    out->catchup = p[0] & 0x02;
+    size_t alen = len - 1, at = 1;
+    if (p[0] & HS_NODE_KEYED) {
+        if (len < 2 || (size_t)p[1] > len - 2)
+            return kumo_err(err, "hash space seed: node %zu has no valid address length", idx);
+        alen = p[1];
+        at = 2;
+        size_t klen = len - 2 - alen;
+        if (klen < 1 || klen > RING_KEY_MAX)
+            return kumo_err(err, "hash space seed: node %zu has a %zu-byte ring key (1 to %d)", idx, klen, RING_KEY_MAX);
+        memcpy(out->key, p + 2 + alen, klen);
+        out->keylen = (uint8_t)klen;
+    }
+    if (net_from_id(&out->addr, p + at, alen) != 0)
+        return kumo_err(err, "hash space seed: node %zu has a %zu-byte address", idx, alen);
+    out->active = p[0] & HS_NODE_ACTIVE;
+    out->catchup = p[0] & HS_NODE_CATCHUP;
     return 0;
 }
 
@@ -268,7 +289,7 @@ hashspace *hashspace_unpack(const msgpack_object *o, char *err)
             goto fail;
         /* A node listed twice would own two slots of one key's replicas. */
         for (size_t j = 0; j < i; j++) {
-            if (net_equal(&list[j].addr, &list[i].addr)) {
+            if (net_equal(&list[j].addr, &list[i].addr) || ring_same_key(&list[j], &list[i])) {
                 kumo_err(err, "hash space seed: node %zu repeats node %zu", i, j);
                 goto fail;
             }

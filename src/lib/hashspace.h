@@ -10,7 +10,9 @@
  * Wire form ("seed", msgpack): [ [node...], clocktime:uint ]
  *   node = bin(1 + identity): byte 0 = state bits (0x01 active, else fault;
  *   0x02 catching up), then the identity bytes of net.h (6 for IPv4, 18
- *   for IPv6).
+ *   for IPv6): a node placed by its address, as in 0.4.
+ *   A node with a ring key of its own (ring.h) sets 0x04 in byte 0, and
+ *   byte 1 is the address's length: bin(2 + address + key).
  *
  * Node states (docs/architecture.md §12): an *in-sync* node (active, not
  * catching up) holds every acknowledged write of its ranges; a *catching-up*
@@ -38,6 +40,10 @@
 
 #define HASHSPACE_MAX_NODES 4096
 
+#define HS_NODE_ACTIVE 0x01
+#define HS_NODE_CATCHUP 0x02
+#define HS_NODE_KEYED 0x04
+
 typedef struct hashspace {
     _Atomic int refs;
     uint64_t clocktime;
@@ -55,7 +61,7 @@ bool hashspace_empty(const hashspace *hs);
  * manager holds, which must never replace a real one. (All nodes fault is
  * not blank: it is news that must reach every router.) */
 static inline bool hashspace_blank(const hashspace *hs) { return !hs || hs->ring.nnodes == 0; }
-/* Same nodes, same order, same state flags (clocktime ignored). */
+/* Same nodes, same order, same state flags and keys (clocktime ignored). */
 bool hashspace_same_nodes(const hashspace *a, const hashspace *b);
 /* Index of `addr` in hs->ring.nodes, or -1. */
 int hashspace_find(const hashspace *hs, const net_addr *addr);
@@ -110,7 +116,8 @@ void hashspace_copy_plan(const hashspace *whs, const hashspace *rhs, uint64_t ha
 
 int hashspace_pack(const hashspace *hs, msgpack_packer *pk);
 /* Parse a seed; NULL + err if malformed (wrong types, bad node bytes, a
- * node twice, more than HASHSPACE_MAX_NODES nodes). */
+ * node twice, by address or by ring key, more than HASHSPACE_MAX_NODES
+ * nodes). */
 hashspace *hashspace_unpack(const msgpack_object *o, char *err);
 
 #endif

@@ -43,6 +43,23 @@ uint64_t ring_hash(const void *data, size_t len)
            (uint64_t)d[7] << 56;
 }
 
+size_t ring_node_key(const ring_node *n, const uint8_t **out)
+{
+    if (n->keylen > 0) {
+        *out = n->key;
+        return n->keylen <= RING_KEY_MAX ? n->keylen : RING_KEY_MAX;
+    }
+    *out = n->addr.id;
+    return n->addr.len <= NET_ID_MAX ? n->addr.len : NET_ID_MAX;
+}
+
+bool ring_same_key(const ring_node *a, const ring_node *b)
+{
+    const uint8_t *ka, *kb;
+    size_t la = ring_node_key(a, &ka), lb = ring_node_key(b, &kb);
+    return la == lb && memcmp(ka, kb, la) == 0;
+}
+
 static int vnode_cmp(const void *pa, const void *pb)
 {
     const ring_vnode *a = pa, *b = pb;
@@ -72,8 +89,9 @@ int ring_build(ring *r, const ring_node *nodes, size_t n)
 
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
-        const net_addr *a = &nodes[i].addr;
-        uint64_t h = ring_hash(a->id, a->len <= NET_ID_MAX ? a->len : NET_ID_MAX);
+        const uint8_t *key;
+        size_t keylen = ring_node_key(&nodes[i], &key);
+        uint64_t h = ring_hash(key, keylen);
         for (int v = 0; v < RING_VNODES; v++) {
             if (v > 0) {
                 unsigned char le[8];

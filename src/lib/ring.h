@@ -3,7 +3,9 @@
  * (docs/protocol.md §8; known answers in tests/unit/test_ring.c).
  *
  *   hash(key)   = first 8 bytes of SHA-1(key) read as a little-endian u64
- *   vnode 0     = hash(node identity bytes)      (net.h: 6 bytes for IPv4)
+ *   vnode 0     = hash(node's ring key)          (its address's identity
+ *                 bytes, net.h: 6 for IPv4, as in 0.4; or the key its
+ *                 database carries, server/identity.h)
  *   vnode i     = hash(8 little-endian bytes of vnode i-1), 128 per node
  *   the vnodes of all nodes, fault ones included, stable-sorted by hash
  *   (ties keep node order); a key's owners are the first 3 distinct nodes
@@ -26,9 +28,15 @@
 #include "net.h"
 
 #define RING_VNODES 128
+#define RING_KEY_MAX 64 /* bytes of a node's own ring key */
 
 typedef struct ring_node {
-    net_addr addr;
+    net_addr addr; /* where it is reached */
+    /* What it is placed by: keylen 0 = its address's identity bytes (0.4's
+     * placement, the user guide's chapter 7); else key[0..keylen), which
+     * stays when the address changes. */
+    uint8_t keylen;
+    uint8_t key[RING_KEY_MAX];
     bool active;  /* false = fault */
     bool catchup; /* attached but not yet holding every acknowledged write of
                    * its ranges: receives replications, never coordinates a
@@ -48,6 +56,10 @@ typedef struct ring {
 } ring;
 
 uint64_t ring_hash(const void *data, size_t len);
+/* The bytes node n is placed by (its key, or its address's identity). */
+size_t ring_node_key(const ring_node *n, const uint8_t **out);
+/* Same placement: equal ring keys. */
+bool ring_same_key(const ring_node *a, const ring_node *b);
 
 /* Build from nodes[0..n) (copied). Returns 0, or -1 on allocation failure.
  * n == 0 is allowed (an empty ring owns nothing). */

@@ -87,6 +87,8 @@ struct rpc_conn {
     rpc_role peer_role;
     net_addr peer_addr;
     uint64_t peer_incarnation;
+    uint8_t peer_ring_keylen;
+    uint8_t peer_ring_key[RING_KEY_MAX];
     char name[NET_ADDRSTRLEN];
     void *data;
 };
@@ -253,7 +255,7 @@ static void send_hello(rpc_conn *c)
 {
     msgpack_packer pk;
     msgpack_packer_init(&pk, c, pk_write);
-    msgpack_pack_array(&pk, 8);
+    msgpack_pack_array(&pk, c->self.ring_keylen ? 9 : 8);
     msgpack_pack_uint8(&pk, RPC_MSG_HELLO);
     msgpack_pack_uint8(&pk, (uint8_t)c->self.role);
     rpc_pack_bytes(&pk, c->self.addr.id, c->self.addr.len);
@@ -263,6 +265,7 @@ static void send_hello(rpc_conn *c)
     if (c->self.key) rpc_pack_bytes(&pk, c->nonce, AUTH_NONCE_LEN);
     else msgpack_pack_nil(&pk);
     msgpack_pack_uint64(&pk, (uint64_t)time(NULL)); /* our wall clock, for the peer's skew check */
+    if (c->self.ring_keylen) rpc_pack_bytes(&pk, c->self.ring_key, c->self.ring_keylen);
 }
 
 /* The peer's nonce is known: prove we hold the key, then let out what
@@ -457,6 +460,13 @@ static bool dispatch(rpc_conn *c, const msgpack_object *o)
         if (o->via.array.size >= 6) obj_uint(&a[5], &c->peer_incarnation); /* optional: older peers send 5 */
         c->peer_clock = ct;
         if (o->via.array.size >= 8 && obj_uint(&a[7], &v) && v > 0) c->peer_skew = (int64_t)v - (int64_t)time(NULL);
+        const char *rk;
+        size_t rklen;
+        if (o->via.array.size >= 9 && obj_bytes(&a[8], &rk, &rklen)) {
+            if (rklen == 0 || rklen > RING_KEY_MAX) return false;
+            memcpy(c->peer_ring_key, rk, rklen);
+            c->peer_ring_keylen = (uint8_t)rklen;
+        }
         if (!c->self.key) {
             if (has_nonce) refuse(c, "the peer requires a cluster key and we have none (--cluster-key-file)");
             else hello_complete(c);
@@ -774,6 +784,11 @@ rpc_role rpc_peer_role(const rpc_conn *c) { return c->peer_role; }
 const net_addr *rpc_peer_addr(const rpc_conn *c) { return &c->peer_addr; }
 const char *rpc_peer_name(const rpc_conn *c) { return c->name; }
 uint64_t rpc_peer_incarnation(const rpc_conn *c) { return c->peer_incarnation; }
+size_t rpc_peer_ring_key(const rpc_conn *c, const uint8_t **key)
+{
+    *key = c->peer_ring_key;
+    return c->peer_ring_keylen;
+}
 size_t rpc_pending(const rpc_conn *c) { return c->npending; }
 void *rpc_get_data(const rpc_conn *c) { return c->data; }
 void rpc_set_data(rpc_conn *c, void *data) { c->data = data; }

@@ -47,6 +47,7 @@
 #include "clock.h"
 #include "kumo.h"
 #include "net.h"
+#include "ring.h"
 
 #define RPC_VERSION 1
 #define RPC_MAX_FRAME (64u * 1024 * 1024)
@@ -114,6 +115,8 @@ typedef struct rpc_self {
                      outlive the connections, and every rpc_accept sharing it runs on one loop */
     size_t max_output;    /* an accepted connection stops reading while this many bytes of ours wait
                           for the peer, until it took them all; 0 = no bound */
+    uint8_t ring_keylen;  /* a server placed by a key of its own (ring.h): its 9th hello element */
+    const uint8_t *ring_key;
 } rpc_self;
 
 /* Take over an accepted socket. NULL: refused by self->admit, the peer
@@ -138,6 +141,8 @@ rpc_role rpc_peer_role(const rpc_conn *c);
 const net_addr *rpc_peer_addr(const rpc_conn *c); /* announced address */
 const char *rpc_peer_name(const rpc_conn *c);     /* "1.2.3.4:19800" or the socket peer */
 uint64_t rpc_peer_incarnation(const rpc_conn *c); /* 0 if the peer sent none */
+/* The ring key the peer said it is placed by; 0 if none (placed by its address). */
+size_t rpc_peer_ring_key(const rpc_conn *c, const uint8_t **key);
 size_t rpc_pending(const rpc_conn *c);
 
 /* Flow control (rpc_self.max_output), over every connection of the process. */

@@ -80,7 +80,9 @@ static long reconfigure(manager *m, bool attach, bool detach, bool replace, bool
         if (!rn->active && attach && ms && ms->newcomer && ms->conn) {
             /* Recovered, same slots; its database missed what was written
              * while it was away, so it catches up before it serves. */
-            nodes[n++] = (ring_node){.addr = rn->addr, .active = true, .catchup = true};
+            nodes[n] = *rn;
+            nodes[n].active = nodes[n].catchup = true;
+            n++;
             ms->newcomer = false;
             list[nchanged++] = rn->addr;
             log_info("attach %s", fmt(&rn->addr, buf));
@@ -108,7 +110,7 @@ static long reconfigure(manager *m, bool attach, bool detach, bool replace, bool
             log_warn("attach: a hash space holds at most %d servers; the rest stay unattached", HASHSPACE_MAX_NODES);
             break;
         }
-        nodes[n++] = (ring_node){.addr = ms->addr, .active = true, .catchup = true};
+        nodes[n++] = membership_node_of(ms, true, true);
         ms->newcomer = false;
         list[nchanged++] = ms->addr;
         log_info("attach %s", fmt(&ms->addr, buf));

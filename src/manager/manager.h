@@ -42,10 +42,12 @@ typedef struct mserver {
     bool keepalive_out;
     bool newcomer;        /* shown under "not attached node" */
     uint64_t incarnation; /* of the process that said hello last (0: unknown) */
-    bool fresh;           /* answered a blank layout while we learned: a new process */
-    bool copying;         /* replace: its copy phase has not ended */
-    bool copied;          /* replace: it copied everything it had to send in this round */
-    bool deleting;        /* replace: its delete phase has not ended */
+    uint8_t keylen;       /* the ring key its database is placed by (ring.h); 0: its address */
+    uint8_t key[RING_KEY_MAX];
+    bool fresh;    /* answered a blank layout while we learned: a new process */
+    bool copying;  /* replace: its copy phase has not ended */
+    bool copied;   /* replace: it copied everything it had to send in this round */
+    bool deleting; /* replace: its delete phase has not ended */
     struct event *probe_timer;
     struct manager *m;
 } mserver;
@@ -93,6 +95,8 @@ void membership_stop(manager *m);
 /* A new connection on the cluster port (servers and gateways). */
 void membership_accept(manager *m, int fd);
 mserver *membership_find_server(manager *m, const net_addr *a);
+/* ms as a ring entry: its address and the key its database is placed by. */
+ring_node membership_node_of(const mserver *ms, bool active, bool catchup);
 /* The handlers of every manager connection (cluster port). */
 rpc_handlers membership_handlers(manager *m);
 /* Take hash spaces that came from the partner (refs owned): no sync back. */

@@ -154,6 +154,117 @@ static mserver *add_server(manager *m, const net_addr *a)
     return ms;
 }
 
+ring_node membership_node_of(const mserver *ms, bool active, bool catchup)
+{
+    ring_node n = {.addr = ms->addr, .active = active, .catchup = catchup, .keylen = ms->keylen};
+    memcpy(n.key, ms->key, ms->keylen);
+    return n;
+}
+
+/* "name cache-a", "id 5f0c…" or the address: what a node's key is, for the log. */
+static const char *key_text(const ring_node *n, char *buf, size_t len)
+{
+    const uint8_t *k;
+    size_t kl = ring_node_key(n, &k);
+    if (n->keylen == 0) return net_format(&n->addr, buf, len);
+    bool printable = true;
+    for (size_t i = 0; i < kl; i++) printable = printable && k[i] > 0x20 && k[i] < 0x7f;
+    if (printable) {
+        snprintf(buf, len, "name %.*s", (int)kl, (const char *)k);
+        return buf;
+    }
+    size_t at = (size_t)snprintf(buf, len, "key ");
+    for (size_t i = 0; i < kl && at + 3 <= len; i++) at += (size_t)snprintf(buf + at, len - at, "%02x", k[i]);
+    return buf;
+}
+
+/* n, now reached at a: its key stays what it was (its old address's bytes,
+ * if it had none of its own), written out only when it is not a's. */
+static void place_at(ring_node *n, const net_addr *a)
+{
+    if (n->keylen == 0) {
+        n->keylen = n->addr.len;
+        memcpy(n->key, n->addr.id, n->addr.len);
+    }
+    n->addr = *a;
+    if (n->keylen == a->len && memcmp(n->key, a->id, a->len) == 0) n->keylen = 0;
+}
+
+/* Where the entry of a node goes when another node's database answers at
+ * its address, until its own says hello from somewhere: an address nothing
+ * answers at (the discard-only prefix 100::/64, port 0), made unique by its
+ * key's hash. It is fault there; detach it if it never returns. */
+static net_addr nowhere(const ring_node *n)
+{
+    const uint8_t *k;
+    size_t kl = ring_node_key(n, &k);
+    uint64_t h = ring_hash(k, kl);
+    net_addr a = {.len = NET_ID_V6};
+    a.id[2] = 0x01; /* port 0, then 0100:0000:0000:0000: the discard prefix */
+    for (int i = 0; i < 8; i++) a.id[10 + i] = (uint8_t)(h >> (8 * i));
+    return a;
+}
+
+/* hs with the server ms (a new process saying hello at ms->addr) at the
+ * entry of its own key: the entry of its key elsewhere moves here, fault
+ * until it is attached again; another node's entry at this address goes
+ * nowhere(). NULL if nothing moves. */
+static hashspace *with_moves(hashspace *hs, const mserver *ms, uint64_t ct)
+{
+    ring_node me = membership_node_of(ms, false, false);
+    int at_addr = hashspace_find(hs, &ms->addr), at_key = -1;
+    for (size_t i = 0; i < hs->ring.nnodes; i++)
+        if (ring_same_key(&hs->ring.nodes[i], &me)) at_key = (int)i;
+    if (at_addr == at_key) return NULL; /* itself, or a stranger to this layout */
+    ring_node *nodes = malloc((hs->ring.nnodes + 1) * sizeof(*nodes));
+    if (!nodes) return NULL;
+    memcpy(nodes, hs->ring.nodes, hs->ring.nnodes * sizeof(*nodes));
+    if (at_addr >= 0) {
+        place_at(&nodes[at_addr], &(net_addr){0});
+        nodes[at_addr].addr = nowhere(&nodes[at_addr]);
+        nodes[at_addr].active = false;
+    }
+    if (at_key >= 0) {
+        place_at(&nodes[at_key], &ms->addr);
+        nodes[at_key].active = false;
+    }
+    hashspace *n = hashspace_new(nodes, hs->ring.nnodes, ct);
+    free(nodes);
+    return n;
+}
+
+/* A server's database is placed by its key, not its address: when one
+ * says hello at another address than its layout entry's (a container
+ * recreated with its volume, a moved VM), its entry follows it, with every
+ * key where it was. It is a new process, so it is fault until attached
+ * again, and catches up then like any returning server. */
+static void follow_moves(manager *m, mserver *ms)
+{
+    char a[NET_ADDRSTRLEN], k[2 * RING_KEY_MAX + 8];
+    uint64_t ct = clock_next(&m->clock);
+    hashspace *w = with_moves(m->whs, ms, ct), *r = with_moves(m->rhs, ms, ct);
+    if (!w && !r) return;
+    ring_node me = membership_node_of(ms, false, false);
+    log_warn("server %s holds the database of node %s: its layout entry moves here, fault until it is attached "
+             "again; a node whose entry was at this address waits for its own database",
+             fmt(&ms->addr, a), key_text(&me, k, sizeof(k)));
+    binlog_event(LOG_LVL_WARN, "server_moved", BL_ADDR("addr", &ms->addr));
+    membership_set_hashspaces(m, w ? w : hashspace_ref(m->whs), r ? r : hashspace_ref(m->rhs));
+}
+
+/* Another live server is placed by the same key: two copies of one
+ * database (a copied volume) must not both hold its place. */
+static mserver *key_holder(manager *m, const mserver *ms, const ring_node *me)
+{
+    for (size_t i = 0; i < m->nservers; i++) {
+        mserver *o = m->servers[i];
+        if (o == ms || !o->conn) continue;
+        ring_node on = membership_node_of(o, false, false);
+        if (ring_same_key(&on, me)) return o;
+    }
+    return NULL;
+}
+
 static bool is_active_member(manager *m, const net_addr *a)
 {
     int i = hashspace_find(m->whs, a);
@@ -328,6 +439,8 @@ static void learn_done(learn_ctx *x)
         hashspace *nw = without_fresh(m, hashspace_ref(w)), *nr = without_fresh(m, hashspace_ref(r));
         install(m, nw, nr);
         partner_sync(m);
+        for (size_t i = 0; i < m->nservers; i++) /* said hello before the layout was known */
+            if (m->servers[i]->conn) follow_moves(m, m->servers[i]);
         for (size_t i = 0; i < nw->ring.nnodes; i++) {
             const net_addr *a = &nw->ring.nodes[i].addr;
             mserver *o = membership_find_server(m, a);
@@ -385,12 +498,27 @@ static void server_hello(manager *m, rpc_conn *c)
         rpc_close(c);
         return;
     }
+    const uint8_t *key;
+    size_t keylen = rpc_peer_ring_key(c, &key);
+    ring_node me = {.addr = *a, .keylen = (uint8_t)keylen};
+    memcpy(me.key, key, keylen);
+    place_at(&me, a); /* a key that is its address's bytes is no key of its own */
     mserver *ms = membership_find_server(m, a);
+    mserver *holder = key_holder(m, ms, &me);
+    if (holder) {
+        char k[2 * RING_KEY_MAX + 8];
+        log_warn("server %s presents the database of node %s, which %s serves: refused (a copied volume?)",
+                 fmt(a, buf), key_text(&me, k, sizeof(k)), net_format(&holder->addr, k, sizeof(k)));
+        rpc_close(c);
+        return;
+    }
     if (!ms && !(ms = add_server(m, a))) {
         rpc_close(c);
         return;
     }
     rpc_set_data(c, ms);
+    ms->keylen = me.keylen;
+    memcpy(ms->key, me.key, me.keylen);
     if (ms->probe == c) {
         ms->probe = NULL;
         evtimer_del(ms->probe_timer);
@@ -406,6 +534,7 @@ static void server_hello(manager *m, rpc_conn *c)
     }
     if (inc) ms->incarnation = inc;
     ms->conn = c; /* the newest link wins; an older one is ignored until it closes */
+    follow_moves(m, ms);
     bool learning = learn_from(m, ms);
     ms->last_answer = clock_mono();
     ms->keepalive_out = false;

@@ -31,6 +31,9 @@ static const opt_def server_opts[] = {
     {"-l", "--listen", OPT_STRING, offsetof(server_config, listen), "<addr[:port]>", NULL, 0, 0, false,
      "address other nodes reach this server at (port 19800 if omitted); default: the address this host reaches "
      "its manager from"},
+    {"--node-name", NULL, OPT_STRING, offsetof(server_config, node_name), "<name>", NULL, 0, 0, false,
+     "place this server's database on the ring by this name, whatever its address (written beside the database "
+     "on first start; default: its -l address, else a random id)"},
     {"-L", "--stream-port", OPT_INT, offsetof(server_config, stream_port), "<port>", "19900", 1, 65535, false,
      "port of the bulk stream used by replace"},
     {"-m", "--manager1", OPT_STRING, offsetof(server_config, manager1), "<addr[:port]>", NULL, 0, 0, true,
@@ -387,6 +390,7 @@ int main(int argc, char **argv)
     opts_parse(&server_spec, &cfg, argc, argv, NULL, 0, NULL);
     if (cfg.gc_min_sec > cfg.gc_max_sec) cfg.gc_min_sec = cfg.gc_max_sec;
     if (cfg.listen && net_parse(cfg.listen, KUMO_SERVER_PORT, &s.self, err) < 0) opts_die(&server_spec, "-l: %s", err);
+    if (cfg.node_name && identity_check_name(cfg.node_name, err) < 0) opts_die(&server_spec, "--node-name: %s", err);
     if (cfg.manager2 && strcmp(cfg.manager1, cfg.manager2) == 0)
         opts_die(&server_spec, "-p must name a different manager than -m");
 
@@ -408,13 +412,22 @@ int main(int argc, char **argv)
         fprintf(stderr, "kumo-server: cannot open database: %s\n", err);
         return 1;
     }
+    if (identity_load(store_path(s.db), cfg.node_name, cfg.listen != NULL, &s.self, store_count(s.db) > 0, &s.identity,
+                      err) < 0) {
+        log_fatal("%s", err);
+        fprintf(stderr, "kumo-server: %s\n", err);
+        store_close(s.db);
+        return 1;
+    }
+    identity_ring_key(&s.identity, &s.self, &s.ring_keylen, s.ring_key);
+    char buf[NET_ADDRSTRLEN];
     data_load_flush(&s);
     s.base = event_base_new();
     /* The incarnation tells the managers this is a new process (membership.c). */
     uint64_t incarnation = 0;
     while (incarnation == 0)
         if (getrandom(&incarnation, sizeof(incarnation), 0) != sizeof(incarnation)) incarnation = (uint64_t)time(NULL);
-    s.rpc_self = (rpc_self){.role = RPC_ROLE_SERVER, .addr = s.self, .clock = &s.clock, .incarnation = incarnation, .key = key, .admit = admit_new("rpc", 0, 0), .max_output = (size_t)cfg.max_peer_output_kib * 1024};
+    s.rpc_self = (rpc_self){.role = RPC_ROLE_SERVER, .addr = s.self, .clock = &s.clock, .incarnation = incarnation, .key = key, .admit = admit_new("rpc", 0, 0), .max_output = (size_t)cfg.max_peer_output_kib * 1024, .ring_keylen = s.ring_keylen, .ring_key = s.ring_key};
     if (!s.rpc_self.admit) {
         log_fatal("out of memory");
         store_close(s.db);
@@ -451,8 +464,7 @@ int main(int argc, char **argv)
     }
     daemon_signals sigs;
     daemon_signals_init(&sigs, s.base, stop, &s);
-    char buf[NET_ADDRSTRLEN];
-    log_info("start server %s db %s", net_format(&s.self, buf, sizeof(buf)), store_path(s.db));
+    log_info("start server %s db %s node %s", net_format(&s.self, buf, sizeof(buf)), store_path(s.db), s.identity.text);
     binlog_event(LOG_LVL_INFO, "start", BL_STR("role", "server"), BL_ADDR("addr", &s.self),
                  BL_STR("db", store_path(s.db)), BL_STR("manager1", cfg.manager1), BL_STR("manager2", cfg.manager2),
                  BL_UINT("pid", getpid()), BL_STR("version", PACKAGE_VERSION));

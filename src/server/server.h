@@ -22,6 +22,7 @@
 #include "cmdline.h"
 #include "daemon.h"
 #include "hashspace.h"
+#include "identity.h"
 #include "net.h"
 #include "record.h"
 #include "rpc.h"
@@ -30,6 +31,7 @@
 typedef struct server_config {
     daemon_common common;
     const char *listen;      /* -l */
+    const char *node_name;   /* --node-name */
     int stream_port;         /* -L */
     const char *manager1;    /* -m */
     const char *manager2;    /* -p */
@@ -74,6 +76,9 @@ typedef struct server {
     clock_hlc clock;
     store *db;
     net_addr self;
+    node_identity identity; /* identity.h: the ring key this database is placed by */
+    uint8_t ring_keylen;    /* as announced: 0 when placed by self's address */
+    uint8_t ring_key[RING_KEY_MAX];
     rpc_self rpc_self;
     rpc_handlers handlers;
     daemon_listener *listener;

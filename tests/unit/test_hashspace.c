@@ -185,7 +185,7 @@ static const char *bad_name[BAD_COUNT] = {
     "node bytes of length 0",
     "node bytes of length 5",
     "node bytes of length 8",
-    "state byte 4",
+    "state byte 8",
     "clocktime is a string",
     "clocktime negative",
     "clocktime is a float",
@@ -216,7 +216,7 @@ static void pack_bad(msgpack_packer *pk, enum bad b)
             break;
         case BAD_LEN5: pack_raw_node(pk, 1, zeros, 4); break;
         case BAD_LEN8: pack_raw_node(pk, 1, zeros, 7); break;
-        case BAD_FLAG2: pack_raw_node(pk, 4, n.addr.id, 6); break;
+        case BAD_FLAG2: pack_raw_node(pk, 8, n.addr.id, 6); break;
         case BAD_DUP: pack_raw_node(pk, 0, m.addr.id, 6); break;
         default: pack_raw_node(pk, 1, n.addr.id, 6); break;
         }
@@ -479,9 +479,121 @@ static void test_refs(void)
     hashspace_unref(hs); /* freed here; ASan/valgrind would catch a leak or double free */
 }
 
+/* Nodes with ring keys of their own (ring.h): placement follows the key,
+ * not the address; the seed carries both. */
+static void test_keyed(void)
+{
+    char err[KUMO_ERRLEN] = "";
+    ring_node a[3] = {node4(101, true), node4(102, true), node4(103, true)};
+    ring_node k[3];
+    memcpy(k, a, sizeof(a));
+    /* A key equal to the address's bytes places exactly as the address. */
+    for (int i = 0; i < 3; i++) {
+        k[i].keylen = NET_ID_V4;
+        memcpy(k[i].key, a[i].addr.id, NET_ID_V4);
+    }
+    hashspace *ha = hashspace_new(a, 3, 1), *hk = hashspace_new(k, 3, 1);
+    bool same = ha && hk && ha->ring.nvnodes == hk->ring.nvnodes;
+    for (size_t v = 0; same && v < ha->ring.nvnodes; v++)
+        same = ha->ring.vnodes[v].hash == hk->ring.vnodes[v].hash && ha->ring.vnodes[v].node == hk->ring.vnodes[v].node;
+    ok(same, "a ring key equal to the address's identity bytes gives the address's placement");
+    hashspace_unref(hk);
+
+    /* Named nodes: moving every node to another address changes nothing
+     * of the placement; the same addresses with other keys do. */
+    static const char *names[3] = {"alpha", "bravo", "charlie"};
+    for (int i = 0; i < 3; i++) {
+        k[i].keylen = (uint8_t)strlen(names[i]);
+        memcpy(k[i].key, names[i], k[i].keylen);
+    }
+    ring_node moved[3];
+    memcpy(moved, k, sizeof(k));
+    moved[0].addr = a[1].addr; /* a shuffle: alpha at .102, bravo at .103, charlie at .101 */
+    moved[1].addr = a[2].addr;
+    moved[2].addr = a[0].addr;
+    hk = hashspace_new(k, 3, 1);
+    hashspace *hm = hashspace_new(moved, 3, 1);
+    int differ_addr = 0, differ_key = 0;
+    for (uint64_t h = 0; h < 2000; h++) {
+        uint64_t x = ring_hash(&h, sizeof(h));
+        uint32_t ok_[KUMO_REPLICAS], om[KUMO_REPLICAS], oa[KUMO_REPLICAS];
+        size_t n1 = hashspace_live_owners(hk, x, ok_), n2 = hashspace_live_owners(hm, x, om);
+        hashspace_live_owners(ha, x, oa);
+        differ_addr += n1 != n2 || ok_[0] != om[0] || ok_[1] != om[1] || ok_[2] != om[2];
+        differ_key += ok_[0] != oa[0] || ok_[1] != oa[1] || ok_[2] != oa[2];
+    }
+    ok(differ_addr == 0, "keyed nodes that change addresses keep every key's owners (%d of 2000 differ)", differ_addr);
+    ok(differ_key > 0, "... and the keys, not the addresses, decide (%d of 2000 differ from address placement)",
+       differ_key);
+
+    /* The seed round trip keeps keys, addresses and state; a mixed seed
+     * (keyed and address-placed nodes) too. */
+    moved[1].keylen = 0;
+    moved[2].active = false;
+    moved[0].catchup = true;
+    hashspace *mixed = hashspace_new(moved, 3, 77);
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    ok(mixed && hashspace_pack(mixed, &pk) == 0, "pack a mixed seed");
+    hashspace *back = parse(&sb, err);
+    ok(back && hashspace_same_nodes(mixed, back) && back->clocktime == 77, "mixed seed round trip (%s)", err);
+    ok(back && back->ring.nodes[0].keylen == 5 && memcmp(back->ring.nodes[0].key, "alpha", 5) == 0 &&
+           net_equal(&back->ring.nodes[0].addr, &a[1].addr) && back->ring.nodes[1].keylen == 0,
+       "  ... key and address of each node kept");
+    msgpack_sbuffer_destroy(&sb);
+    hashspace_unref(back);
+
+    /* Two nodes with one key would share their vnodes: refused. */
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    ring_node twins[2] = {k[0], k[1]};
+    twins[1].keylen = k[0].keylen;
+    memcpy(twins[1].key, k[0].key, k[0].keylen);
+    msgpack_pack_array(&pk, 2);
+    msgpack_pack_array(&pk, 2);
+    for (int i = 0; i < 2; i++) {
+        uint8_t buf[2 + NET_ID_V4 + 5];
+        buf[0] = HS_NODE_ACTIVE | HS_NODE_KEYED;
+        buf[1] = NET_ID_V4;
+        memcpy(buf + 2, twins[i].addr.id, NET_ID_V4);
+        memcpy(buf + 2 + NET_ID_V4, twins[i].key, 5);
+        msgpack_pack_bin(&pk, sizeof(buf));
+        msgpack_pack_bin_body(&pk, buf, sizeof(buf));
+    }
+    msgpack_pack_uint64(&pk, 3);
+    back = parse(&sb, err);
+    ok(!back && strstr(err, "repeats"), "two nodes with one ring key are refused: %s", err);
+    msgpack_sbuffer_destroy(&sb);
+
+    /* A keyed node whose address length runs past its bytes, or with no key. */
+    const uint8_t runs_past[] = {HS_NODE_KEYED, 9, 1, 2, 3, 4, 5, 6};
+    const uint8_t no_key[] = {HS_NODE_KEYED, 6, 1, 2, 3, 4, 5, 6};
+    const uint8_t *bad[2] = {runs_past, no_key};
+    for (int i = 0; i < 2; i++) {
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        msgpack_pack_array(&pk, 2);
+        msgpack_pack_array(&pk, 1);
+        msgpack_pack_bin(&pk, 8);
+        msgpack_pack_bin_body(&pk, bad[i], 8);
+        msgpack_pack_uint64(&pk, 3);
+        back = parse(&sb, err);
+        ok(!back && err[0], "a keyed node %s is refused: %s", i ? "without key bytes" : "whose address runs past it",
+           err);
+        msgpack_sbuffer_destroy(&sb);
+    }
+    hashspace_unref(mixed);
+    hashspace_unref(hm);
+    hashspace_unref(hk);
+    hashspace_unref(ha);
+}
+
 int main(void)
 {
     test_round_trip();
+    test_keyed();
     test_accept();
     test_reject();
     test_max_nodes();
