@@ -3,7 +3,7 @@
 # in this container whether it answers, over its own protocol.
 #
 #   manager  kumoctl 127.0.0.1:<-c port> status
-#   server   kumostat 127.0.0.1:<-l port> pid
+#   server   kumostat 127.0.0.1:<-l port> pid, else kumostat <-l> pid
 #   gateway  memcached "version" on the -t port (or a connect to the -b port)
 #
 # The daemon and its ports are read from its command line in /proc, so the
@@ -52,8 +52,12 @@ kumo-manager)
     [ "$rc" -eq 0 ] || [ "$rc" -eq 2 ] || exit 1
     ;;
 kumo-server)
-    port=$(port_of "$(flag_value -l --listen)" 19800)
-    timeout 4 kumostat "127.0.0.1:$port" pid >/dev/null || exit 1
+    l=$(flag_value -l --listen)
+    port=$(port_of "$l" 19800)
+    # A server listens on its -l address when that is this container's,
+    # else on every interface: 127.0.0.1 first, then the -l address.
+    timeout 4 kumostat "127.0.0.1:$port" pid >/dev/null 2>&1 ||
+        { [ -n "$l" ] && timeout 4 kumostat "$l" pid >/dev/null; } || exit 1
     ;;
 kumo-gateway)
     t=$(flag_value -t --memproto-text)

@@ -233,20 +233,49 @@ void net_tune(int fd)
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
-int net_listen(const net_addr *a, char *err)
+/* The socket, or -1 with *e = errno. */
+static int listen_fd(const net_addr *a, int *e)
 {
     struct sockaddr_storage ss;
     socklen_t sl = net_sockaddr(a, &ss);
-    char buf[NET_ADDRSTRLEN];
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return kumo_err(err, "socket: %s", strerror(errno));
+    if (fd < 0) {
+        *e = errno;
+        return -1;
+    }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     if (bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, 1024) < 0 || set_nonblock(fd) < 0) {
-        int e = errno;
+        *e = errno;
         close(fd);
-        return kumo_err(err, "cannot listen on %s: %s", net_format(a, buf, sizeof(buf)), strerror(e));
+        return -1;
     }
+    return fd;
+}
+
+int net_listen(const net_addr *a, char *err)
+{
+    char buf[NET_ADDRSTRLEN];
+    int e = 0, fd = listen_fd(a, &e);
+    if (fd < 0) return kumo_err(err, "cannot listen on %s: %s", net_format(a, buf, sizeof(buf)), strerror(e));
+    return fd;
+}
+
+int net_listen_at(const net_addr *a, uint16_t port, bool *everywhere, char *err)
+{
+    char buf[NET_ADDRSTRLEN];
+    net_addr at = *a, any = *a;
+    net_set_port(&at, port);
+    net_set_port(&any, port);
+    memset(any.id + 2, 0, any.len > 2 ? any.len - 2u : 0u);
+    int e = 0, fd = listen_fd(&at, &e);
+    *everywhere = false;
+    if (fd >= 0) return fd;
+    if (e != EADDRNOTAVAIL)
+        return kumo_err(err, "cannot listen on %s: %s", net_format(&at, buf, sizeof(buf)), strerror(e));
+    *everywhere = true;
+    if ((fd = listen_fd(&any, &e)) < 0)
+        return kumo_err(err, "cannot listen on %s: %s", net_format(&any, buf, sizeof(buf)), strerror(e));
     return fd;
 }
 

@@ -54,6 +54,11 @@ int net_from_sockaddr(net_addr *out, const struct sockaddr *sa);
 
 /* Non-blocking listening TCP socket (SO_REUSEADDR, backlog 1024); -1 + err. */
 int net_listen(const net_addr *a, char *err);
+/* Listen where a node was told it is reached (-l), at `port`: on that
+ * address when it is one of this host's, so two daemons on one host with
+ * the same port on two addresses both start; else (NAT, a published port:
+ * EADDRNOTAVAIL) on every interface, and *everywhere says so. */
+int net_listen_at(const net_addr *a, uint16_t port, bool *everywhere, char *err);
 /* Non-blocking connect in progress (TCP_NODELAY set); -1 + err. */
 int net_connect(const net_addr *a, char *err);
 /* Set TCP_NODELAY and O_NONBLOCK on an accepted socket. */

@@ -121,10 +121,10 @@ static void collect_metrics(void *arg, metrics_out *o)
                     "connections closed before authenticating: timeout, a bad hello or proof, the peer left", st.failed);
 }
 
-static daemon_listener *listen_on(manager *m, const net_addr *a, evconnlistener_cb cb, char *err)
+/* fd < 0: listen on a first. */
+static daemon_listener *listen_on(manager *m, int fd, const net_addr *a, evconnlistener_cb cb, char *err)
 {
-    int fd = net_listen(a, err);
-    if (fd < 0) return NULL;
+    if (fd < 0 && (fd = net_listen(a, err)) < 0) return NULL;
     daemon_listener *dl = daemon_listen(m->base, fd, cb, m);
     if (!dl) kumo_err(err, "out of memory");
     return dl;
@@ -163,7 +163,7 @@ int main(int argc, char **argv)
     }
 
     net_addr cluster_addr = m.self;
-    memset(cluster_addr.id + 2, 0, cluster_addr.len - 2); /* every interface, the port of -l */
+    memset(cluster_addr.id + 2, 0, cluster_addr.len - 2); /* every interface: a bare -c port's */
     if (cfg.control[strspn(cfg.control, "0123456789")] == '\0') {
         /* A bare port: every interface of -l's family, as the cluster port
          * (an IPv6 manager's kumoctl port must answer on IPv6). */
@@ -171,8 +171,16 @@ int main(int argc, char **argv)
         control_addr = cluster_addr;
         net_set_port(&control_addr, port);
     }
-    m.cluster_listener = listen_on(&m, &cluster_addr, on_cluster_accept, err);
-    if (m.cluster_listener) m.control_listener = listen_on(&m, &control_addr, on_control_accept, err);
+    /* -l: on its address when it is this host's (two managers on one host
+     * at 127.0.0.1 and 127.0.0.2 with one port), else every interface. */
+    bool everywhere;
+    char lbuf[NET_ADDRSTRLEN];
+    int cfd = net_listen_at(&m.self, net_port(&m.self), &everywhere, err);
+    if (cfd >= 0 && everywhere)
+        log_info("-l %s is not an address of this host (NAT, a published port?): listening on every interface",
+                 net_format(&m.self, lbuf, sizeof(lbuf)));
+    m.cluster_listener = cfd < 0 ? NULL : listen_on(&m, cfd, &cluster_addr, on_cluster_accept, err);
+    if (m.cluster_listener) m.control_listener = listen_on(&m, -1, &control_addr, on_control_accept, err);
     if (!m.cluster_listener || !m.control_listener) {
         log_fatal("%s", err);
         fprintf(stderr, "kumo-manager: %s\n", err);

@@ -434,9 +434,21 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    net_addr bind_addr = s.self;
-    memset(bind_addr.id + 2, 0, bind_addr.len - 2); /* every interface, the port of -l */
-    int fd = net_listen(&bind_addr, err);
+    /* Where -l says, if it is this host's; without -l (an address found,
+     * often a container's), every interface. */
+    bool everywhere = true;
+    int fd;
+    if (cfg.listen) {
+        fd = net_listen_at(&s.self, net_port(&s.self), &everywhere, err);
+        if (fd >= 0 && everywhere)
+            log_info("-l %s is not an address of this host (NAT, a published port?): listening on every interface",
+                     net_format(&s.self, buf, sizeof(buf)));
+    } else {
+        net_addr bind_addr = s.self;
+        memset(bind_addr.id + 2, 0, bind_addr.len - 2);
+        fd = net_listen(&bind_addr, err);
+    }
+    s.listen_everywhere = everywhere;
     if (fd < 0) {
         log_fatal("%s", err);
         fprintf(stderr, "kumo-server: %s\n", err);

@@ -76,6 +76,7 @@ typedef struct server {
     clock_hlc clock;
     store *db;
     net_addr self;
+    bool listen_everywhere; /* -l is not this host's, or not given: every interface */
     node_identity identity; /* identity.h: the ring key this database is placed by */
     uint8_t ring_keylen;    /* as announced: 0 when placed by self's address */
     uint8_t ring_key[RING_KEY_MAX];

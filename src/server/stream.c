@@ -476,8 +476,8 @@ bool stream_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, cons
 
 int stream_start(server *s, char *err)
 {
-    net_addr a = s->self;
-    memset(a.id + 2, 0, a.len - 2);
+    net_addr a = s->self; /* the interfaces of the cluster port (main.c) */
+    if (s->listen_everywhere) memset(a.id + 2, 0, a.len - 2);
     net_set_port(&a, (uint16_t)s->cfg->stream_port);
     int fd = net_listen(&a, err);
     if (fd < 0) return -1;
