@@ -1097,6 +1097,14 @@ def node_identity(addr):
     return struct.pack(">H", int(port)) + socket.inet_aton(host)
 
 
+def ring_key_of(db):
+    """The ring key the database at db is placed by, from "<db>.node"
+    (src/server/identity.h): bytes, or None when placed by its address."""
+    with open(db + ".node") as f:
+        kind, value = f.read().split()[2:4]
+    return {"id": bytes.fromhex, "name": str.encode}.get(kind, lambda v: None)(value)
+
+
 def vnode_hashes(addr):
     h = khash(node_identity(addr))
     out = []
