@@ -67,12 +67,12 @@ static void adopt(gateway *g, const msgpack_object *pair)
         log_warn("bad hash space from manager: %s", err);
     } else {
         bool changed = false;
-        if (!hashspace_blank(w) && w->clocktime >= g->whs->clocktime) {
+        if (hashspace_supersedes(w, g->whs, true)) {
             changed |= !hashspace_same_nodes(w, g->whs);
             hashspace_unref(g->whs);
             g->whs = hashspace_ref(w);
         }
-        if (!hashspace_blank(r) && r->clocktime >= g->rhs->clocktime) {
+        if (hashspace_supersedes(r, g->rhs, true)) {
             changed |= !hashspace_same_nodes(r, g->rhs);
             hashspace_unref(g->rhs);
             g->rhs = hashspace_ref(r);

@@ -74,6 +74,13 @@ bool hashspace_same_nodes(const hashspace *a, const hashspace *b)
     return true;
 }
 
+bool hashspace_supersedes(const hashspace *n, const hashspace *cur, bool ties)
+{
+    if (hashspace_blank(n)) return false;
+    if (hashspace_blank(cur) || n->clocktime > cur->clocktime) return true;
+    return ties && n->clocktime == cur->clocktime && !hashspace_same_nodes(n, cur);
+}
+
 int hashspace_find(const hashspace *hs, const net_addr *addr)
 {
     for (size_t i = 0; i < hs->ring.nnodes; i++)

@@ -63,6 +63,14 @@ bool hashspace_empty(const hashspace *hs);
 static inline bool hashspace_blank(const hashspace *hs) { return !hs || hs->ring.nnodes == 0; }
 /* Same nodes, same order, same state flags and keys (clocktime ignored). */
 bool hashspace_same_nodes(const hashspace *a, const hashspace *b);
+/* Whether a daemon holding `cur` adopts `n`, pushed by a manager or synced
+ * by the partner; the one rule of servers, gateways and managers. Never a
+ * blank one (what a manager that knows nothing yet holds); always one when
+ * cur is blank, or newer; with `ties`, one of the same ClockTime that lists
+ * other nodes or states (a manager repeats a change's ClockTime when it
+ * pushes the same change again with new flags). Managers take no ties from
+ * each other: two changes of one ClockTime would be swapped back and forth. */
+bool hashspace_supersedes(const hashspace *n, const hashspace *cur, bool ties);
 /* Index of `addr` in hs->ring.nodes, or -1. */
 int hashspace_find(const hashspace *hs, const net_addr *addr);
 

@@ -68,12 +68,12 @@ static bool adopt(manager *m, const msgpack_object *params)
     if (w && r) {
         hashspace *nw = hashspace_ref(m->whs), *nr = hashspace_ref(m->rhs);
         clock_update(&m->clock, w->clocktime > r->clocktime ? w->clocktime : r->clocktime);
-        if (!hashspace_blank(w) && (hashspace_blank(nw) || nw->clocktime < w->clocktime)) {
+        if (hashspace_supersedes(w, nw, false)) {
             hashspace_unref(nw);
             nw = hashspace_ref(w);
             changed = true;
         }
-        if (!hashspace_blank(r) && (hashspace_blank(nr) || nr->clocktime < r->clocktime)) {
+        if (hashspace_supersedes(r, nr, false)) {
             hashspace_unref(nr);
             nr = hashspace_ref(r);
             changed = true;

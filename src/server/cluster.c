@@ -83,16 +83,12 @@ static bool adopt(server *s, const msgpack_object *params)
         return false;
     }
     bool changed = false;
-    if (!hashspace_blank(w) && w->clocktime >= s->whs->clocktime && !hashspace_same_nodes(w, s->whs)) {
-        cluster_set_hashspaces(s, hashspace_ref(w), NULL);
-        changed = true;
-    } else if (!hashspace_blank(w) && w->clocktime > s->whs->clocktime) {
+    if (hashspace_supersedes(w, s->whs, true)) {
+        changed |= !hashspace_same_nodes(w, s->whs);
         cluster_set_hashspaces(s, hashspace_ref(w), NULL);
     }
-    if (!hashspace_blank(r) && r->clocktime >= s->rhs->clocktime && !hashspace_same_nodes(r, s->rhs)) {
-        cluster_set_hashspaces(s, NULL, hashspace_ref(r));
-        changed = true;
-    } else if (!hashspace_blank(r) && r->clocktime > s->rhs->clocktime) {
+    if (hashspace_supersedes(r, s->rhs, true)) {
+        changed |= !hashspace_same_nodes(r, s->rhs);
         cluster_set_hashspaces(s, NULL, hashspace_ref(r));
     }
     clock_update(&s->clock, w->clocktime);

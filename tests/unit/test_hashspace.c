@@ -590,9 +590,30 @@ static void test_keyed(void)
     hashspace_unref(ha);
 }
 
+/* The adoption rule of servers, gateways (ties) and managers (no ties). */
+static void test_supersedes(void)
+{
+    ring_node a[2] = {node4(101, true), node4(102, true)}, b[2] = {node4(101, true), node4(102, false)};
+    hashspace *blank = hashspace_new(NULL, 0, 9), *h5 = hashspace_new(a, 2, 5), *h6 = hashspace_new(a, 2, 6);
+    hashspace *h5b = hashspace_new(b, 2, 5), *h5same = hashspace_new(a, 2, 5);
+    ok(!hashspace_supersedes(blank, h5, true) && !hashspace_supersedes(blank, NULL, true),
+       "a blank one is never adopted, whatever its ClockTime");
+    ok(hashspace_supersedes(h5, blank, false) && hashspace_supersedes(h5, NULL, false), "anything over blank");
+    ok(hashspace_supersedes(h6, h5, false) && !hashspace_supersedes(h5, h6, true), "newer yes, older no");
+    ok(hashspace_supersedes(h5b, h5, true) && !hashspace_supersedes(h5b, h5, false),
+       "same ClockTime, other states: with ties only");
+    ok(!hashspace_supersedes(h5same, h5, true), "same ClockTime, same nodes: nothing to adopt");
+    hashspace_unref(blank);
+    hashspace_unref(h5);
+    hashspace_unref(h6);
+    hashspace_unref(h5b);
+    hashspace_unref(h5same);
+}
+
 int main(void)
 {
     test_round_trip();
+    test_supersedes();
     test_keyed();
     test_accept();
     test_reject();
