@@ -250,35 +250,46 @@ static msgpack_packer *dead_packer(rpc_conn *c)
     return &c->scratch_pk;
 }
 
+void rpc_pack_hello(msgpack_packer *pk, const rpc_self *self, uint64_t clock, const uint8_t *nonce)
+{
+    msgpack_pack_array(pk, self->ring_keylen ? 9 : 8);
+    msgpack_pack_uint8(pk, RPC_MSG_HELLO);
+    msgpack_pack_uint8(pk, (uint8_t)self->role);
+    rpc_pack_bytes(pk, self->addr.id, self->addr.len);
+    msgpack_pack_uint32(pk, RPC_VERSION);
+    msgpack_pack_uint64(pk, clock);
+    msgpack_pack_uint64(pk, self->incarnation);
+    if (nonce) rpc_pack_bytes(pk, nonce, AUTH_NONCE_LEN);
+    else msgpack_pack_nil(pk);
+    msgpack_pack_uint64(pk, (uint64_t)time(NULL)); /* our wall clock, for the peer's skew check */
+    if (self->ring_keylen) rpc_pack_bytes(pk, self->ring_key, self->ring_keylen);
+}
+
+void rpc_pack_proof(msgpack_packer *pk, const auth_key *key, bool connected, uint8_t role,
+                    const uint8_t peer_nonce[AUTH_NONCE_LEN], const uint8_t nonce[AUTH_NONCE_LEN])
+{
+    uint8_t proof[AUTH_PROOF_LEN];
+    auth_proof(key, connected, role, peer_nonce, nonce, proof);
+    msgpack_pack_array(pk, 2);
+    msgpack_pack_uint8(pk, RPC_MSG_PROOF);
+    rpc_pack_bytes(pk, proof, sizeof(proof));
+}
+
 /* Straight to the socket's buffer: c->pk may still be holding requests back. */
 static void send_hello(rpc_conn *c)
 {
     msgpack_packer pk;
     msgpack_packer_init(&pk, c, pk_write);
-    msgpack_pack_array(&pk, c->self.ring_keylen ? 9 : 8);
-    msgpack_pack_uint8(&pk, RPC_MSG_HELLO);
-    msgpack_pack_uint8(&pk, (uint8_t)c->self.role);
-    rpc_pack_bytes(&pk, c->self.addr.id, c->self.addr.len);
-    msgpack_pack_uint32(&pk, RPC_VERSION);
-    msgpack_pack_uint64(&pk, c->self.clock ? clock_peek(c->self.clock) : 0);
-    msgpack_pack_uint64(&pk, c->self.incarnation);
-    if (c->self.key) rpc_pack_bytes(&pk, c->nonce, AUTH_NONCE_LEN);
-    else msgpack_pack_nil(&pk);
-    msgpack_pack_uint64(&pk, (uint64_t)time(NULL)); /* our wall clock, for the peer's skew check */
-    if (c->self.ring_keylen) rpc_pack_bytes(&pk, c->self.ring_key, c->self.ring_keylen);
+    rpc_pack_hello(&pk, &c->self, c->self.clock ? clock_peek(c->self.clock) : 0, c->self.key ? c->nonce : NULL);
 }
 
 /* The peer's nonce is known: prove we hold the key, then let out what
  * was queued meanwhile, and write straight to the socket from now on. */
 static void send_proof(rpc_conn *c)
 {
-    uint8_t proof[AUTH_PROOF_LEN];
     msgpack_packer pk;
     msgpack_packer_init(&pk, c, pk_write);
-    auth_proof(c->self.key, c->outbound, (uint8_t)c->self.role, c->peer_nonce, c->nonce, proof);
-    msgpack_pack_array(&pk, 2);
-    msgpack_pack_uint8(&pk, RPC_MSG_PROOF);
-    rpc_pack_bytes(&pk, proof, sizeof(proof));
+    rpc_pack_proof(&pk, c->self.key, c->outbound, (uint8_t)c->self.role, c->peer_nonce, c->nonce);
     evbuffer_add_buffer(sio_output(c->io), c->held);
     msgpack_packer_init(&c->pk, c, pk_write);
     c->proof_sent = true;
@@ -290,6 +301,7 @@ static void send_proof(rpc_conn *c)
 static void check_skew(rpc_conn *c)
 {
     int64_t d = c->peer_skew;
+    if (c->peer_role == RPC_ROLE_TOOL) return; /* no part in the cluster's time */
     if (d <= RPC_CLOCK_SKEW_WARN && d >= -RPC_CLOCK_SKEW_WARN) return;
     c->skewed = true;
     atomic_fetch_add_explicit(&clock_skewed_now, 1, memory_order_relaxed);
@@ -432,6 +444,23 @@ static bool obj_bytes(const msgpack_object *o, const char **p, size_t *len)
     return false;
 }
 
+bool rpc_hello_parse(const msgpack_object *o, rpc_hello *h)
+{
+    memset(h, 0, sizeof(*h));
+    if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size < 5) return false;
+    const msgpack_object *a = o->via.array.ptr;
+    uint64_t type;
+    size_t n = o->via.array.size;
+    if (!obj_uint(&a[0], &type) || type != RPC_MSG_HELLO || !obj_uint(&a[1], &h->role) || h->role > RPC_ROLE_TOOL ||
+        !obj_bytes(&a[2], &h->addr, &h->addrlen) || !obj_uint(&a[3], &h->version) || !obj_uint(&a[4], &h->clock))
+        return false;
+    if (n >= 6) obj_uint(&a[5], &h->incarnation); /* optional: older peers send 5 */
+    if (n >= 7 && !obj_bytes(&a[6], &h->nonce, &h->noncelen)) h->nonce = NULL;
+    if (n >= 8) obj_uint(&a[7], &h->wall);
+    if (n >= 9 && (!obj_bytes(&a[8], &h->ring_key, &h->ring_keylen) || h->ring_keylen == 0)) return false;
+    return true;
+}
+
 /* Returns false if the peer broke the protocol (the caller closes). */
 static bool dispatch(rpc_conn *c, const msgpack_object *o)
 {
@@ -441,42 +470,34 @@ static bool dispatch(rpc_conn *c, const msgpack_object *o)
     if (!obj_uint(&a[0], &type)) return false;
 
     if (type == RPC_MSG_HELLO) {
-        const char *p, *np = NULL;
-        size_t len, nlen = 0;
-        uint64_t role, ct;
-        if (o->via.array.size < 5 || c->hello_done || c->peer_hello || !obj_uint(&a[1], &role) ||
-            role > RPC_ROLE_TOOL || !obj_bytes(&a[2], &p, &len) || !obj_uint(&a[3], &v) || !obj_uint(&a[4], &ct))
-            return false;
-        bool has_nonce = o->via.array.size >= 7 && obj_bytes(&a[6], &np, &nlen);
-        if (v != RPC_VERSION) {
-            log_warn("%s: protocol version %llu, expected %d", c->name, (unsigned long long)v, RPC_VERSION);
+        rpc_hello h;
+        if (c->hello_done || c->peer_hello || !rpc_hello_parse(o, &h)) return false;
+        bool has_nonce = h.nonce != NULL;
+        if (h.version != RPC_VERSION) {
+            log_warn("%s: protocol version %llu, expected %d", c->name, (unsigned long long)h.version, RPC_VERSION);
             return false;
         }
-        if (len > 0) {
-            if (net_from_id(&c->peer_addr, p, len) < 0) return false;
+        if (h.addrlen > 0) {
+            if (net_from_id(&c->peer_addr, h.addr, h.addrlen) < 0) return false;
             net_format(&c->peer_addr, c->name, sizeof(c->name));
         }
-        c->peer_role = (rpc_role)role;
-        if (o->via.array.size >= 6) obj_uint(&a[5], &c->peer_incarnation); /* optional: older peers send 5 */
-        c->peer_clock = ct;
-        if (o->via.array.size >= 8 && obj_uint(&a[7], &v) && v > 0) c->peer_skew = (int64_t)v - (int64_t)time(NULL);
-        const char *rk;
-        size_t rklen;
-        if (o->via.array.size >= 9 && obj_bytes(&a[8], &rk, &rklen)) {
-            if (rklen == 0 || rklen > RING_KEY_MAX) return false;
-            memcpy(c->peer_ring_key, rk, rklen);
-            c->peer_ring_keylen = (uint8_t)rklen;
-        }
+        c->peer_role = (rpc_role)h.role;
+        c->peer_incarnation = h.incarnation;
+        c->peer_clock = h.clock;
+        if (h.wall > 0) c->peer_skew = (int64_t)h.wall - (int64_t)time(NULL);
+        if (h.ring_keylen > RING_KEY_MAX) return false;
+        if (h.ring_keylen) memcpy(c->peer_ring_key, h.ring_key, h.ring_keylen);
+        c->peer_ring_keylen = (uint8_t)h.ring_keylen;
         if (!c->self.key) {
             if (has_nonce) refuse(c, "the peer requires a cluster key and we have none (--cluster-key-file)");
             else hello_complete(c);
             return true;
         }
-        if (!has_nonce || nlen != AUTH_NONCE_LEN) {
+        if (!has_nonce || h.noncelen != AUTH_NONCE_LEN) {
             refuse(c, "the peer has no cluster key and ours is set (--cluster-key-file)");
             return true;
         }
-        memcpy(c->peer_nonce, np, AUTH_NONCE_LEN);
+        memcpy(c->peer_nonce, h.nonce, AUTH_NONCE_LEN);
         c->peer_hello = true;
         send_proof(c);
         return true;

@@ -180,6 +180,23 @@ bool rpc_arg_uint(const msgpack_object *params, uint32_t i, uint64_t *out);
 bool rpc_arg_bool(const msgpack_object *params, uint32_t i, bool *out);
 bool rpc_arg_bytes(const msgpack_object *params, uint32_t i, const char **p, size_t *len);
 void rpc_pack_bytes(msgpack_packer *pk, const void *p, size_t len);
+
+/* The hello of docs/protocol.md §1.1 and the key proof of §1.1, the one
+ * encoder of daemons and tools: self's role, address, incarnation and
+ * ring key, the clock given, a nonce (NULL without a cluster key). */
+void rpc_pack_hello(msgpack_packer *pk, const rpc_self *self, uint64_t clock, const uint8_t *nonce);
+void rpc_pack_proof(msgpack_packer *pk, const auth_key *key, bool connected, uint8_t role,
+                    const uint8_t peer_nonce[AUTH_NONCE_LEN], const uint8_t nonce[AUTH_NONCE_LEN]);
+
+/* A hello's fields, pointing into the object; the one decoder. */
+typedef struct rpc_hello {
+    uint64_t role, version, clock, incarnation, wall; /* 0: not sent */
+    const char *addr, *nonce, *ring_key;              /* nonce NULL: none (nil, or an older peer) */
+    size_t addrlen, noncelen, ring_keylen;
+} rpc_hello;
+/* false when o is not a well-formed hello (types, role above 3, a 9th
+ * element that is not 1 or more bytes); the version is for the caller. */
+bool rpc_hello_parse(const msgpack_object *o, rpc_hello *h);
 void rpc_pack_str(msgpack_packer *pk, const char *s);
 /* Human text for a failed call (includes a remote error's message). */
 const char *rpc_strerror(rpc_status st, const msgpack_object *result, char *buf, size_t len);

@@ -37,6 +37,14 @@ static int wait_fd(int fd, short ev, double deadline)
     }
 }
 
+/* Every daemon says hello at once: a port that has not is no kumofs port. */
+static const char *no_hello(const tool_conn *t)
+{
+    return t->peer_role < 0 ? " before any kumofs hello (a hung daemon, or not a manager's or server's port:"
+                              " memcached, stream?)"
+                            : "";
+}
+
 static int send_all(tool_conn *t, const char *p, size_t n, double deadline, char *err)
 {
     while (n > 0) {
@@ -47,18 +55,10 @@ static int send_all(tool_conn *t, const char *p, size_t n, double deadline, char
             continue;
         }
         if (w < 0 && errno != EAGAIN && errno != EINTR)
-            return kumo_err(err, "%s: %s", t->name, strerror(errno));
-        if (wait_fd(t->fd, POLLOUT, deadline) <= 0) return kumo_err(err, "%s: timed out", t->name);
+            return kumo_err(err, "%s: %s%s", t->name, strerror(errno), no_hello(t));
+        if (wait_fd(t->fd, POLLOUT, deadline) <= 0) return kumo_err(err, "%s: timed out%s", t->name, no_hello(t));
     }
     return 0;
-}
-
-/* Every daemon says hello at once: a port that has not is no kumofs port. */
-static const char *no_hello(const tool_conn *t)
-{
-    return t->peer_role < 0 ? " before any kumofs hello (a hung daemon, or not a manager's or server's port:"
-                              " memcached, stream?)"
-                            : "";
 }
 
 /* The next message from the peer, whole; -1 + err on a transport error,
@@ -109,20 +109,9 @@ static int role_ok(tool_conn *t, char *err)
 /* Note the role of a hello, then role_ok. */
 static int check_role(tool_conn *t, const msgpack_object *hello, char *err)
 {
-    const msgpack_object *r = hello->via.array.size >= 2 ? &hello->via.array.ptr[1] : NULL;
-    if (r && r->type == MSGPACK_OBJECT_POSITIVE_INTEGER && r->via.u64 <= RPC_ROLE_TOOL) t->peer_role = (int)r->via.u64;
+    rpc_hello h;
+    if (rpc_hello_parse(hello, &h)) t->peer_role = (int)h.role;
     return role_ok(t, err);
-}
-
-/* The nonce of a hello (rpc.h), if it carries one. */
-static bool hello_nonce(const msgpack_object *o, const char **p, size_t *len)
-{
-    if (o->via.array.ptr[0].via.u64 != RPC_MSG_HELLO || o->via.array.size < 7) return false;
-    const msgpack_object *n = &o->via.array.ptr[6];
-    if (n->type != MSGPACK_OBJECT_BIN && n->type != MSGPACK_OBJECT_STR) return false;
-    *p = n->via.bin.ptr; /* bin and str share the layout */
-    *len = n->via.bin.size;
-    return true;
 }
 
 static int send_packed(tool_conn *t, msgpack_sbuffer *sb, double deadline, char *err)
@@ -139,31 +128,25 @@ static int handshake(tool_conn *t, const uint8_t nonce[AUTH_NONCE_LEN], double d
     msgpack_unpacked m;
     msgpack_sbuffer sb;
     msgpack_packer pk;
-    uint8_t peer_nonce[AUTH_NONCE_LEN], proof[AUTH_PROOF_LEN];
-    const char *p;
-    size_t len;
-    uint64_t role;
+    uint8_t peer_nonce[AUTH_NONCE_LEN];
+    rpc_hello h;
     int rc = -1;
     msgpack_unpacked_init(&m);
     if (next_frame(t, &m, deadline, err) < 0) goto out;
-    if (m.data.via.array.ptr[0].via.u64 != RPC_MSG_HELLO || m.data.via.array.size < 5 ||
-        m.data.via.array.ptr[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
+    if (!rpc_hello_parse(&m.data, &h)) {
         kumo_err(err, "%s: no hello from the peer", t->name);
         goto out;
     }
-    role = m.data.via.array.ptr[1].via.u64;
     if (check_role(t, &m.data, err) < 0) goto out;
-    if (!hello_nonce(&m.data, &p, &len) || len != AUTH_NONCE_LEN) {
+    if (!h.nonce || h.noncelen != AUTH_NONCE_LEN) {
         kumo_err(err, "%s: the daemon has no cluster key, this tool was given one (--cluster-key-file)", t->name);
         goto out;
     }
-    memcpy(peer_nonce, p, AUTH_NONCE_LEN);
-    auth_proof(cluster_key, true, RPC_ROLE_TOOL, peer_nonce, nonce, proof);
+    memcpy(peer_nonce, h.nonce, AUTH_NONCE_LEN);
+    uint8_t role = (uint8_t)h.role;
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_array(&pk, 2);
-    msgpack_pack_uint8(&pk, RPC_MSG_PROOF);
-    rpc_pack_bytes(&pk, proof, sizeof(proof));
+    rpc_pack_proof(&pk, cluster_key, true, RPC_ROLE_TOOL, peer_nonce, nonce);
     if (send_packed(t, &sb, deadline, err) < 0) goto out;
     if (next_frame(t, &m, deadline, err) < 0) goto out;
     if (m.data.via.array.ptr[0].via.u64 != RPC_MSG_PROOF || m.data.via.array.size != 2 ||
@@ -171,7 +154,7 @@ static int handshake(tool_conn *t, const uint8_t nonce[AUTH_NONCE_LEN], double d
         kumo_err(err, "%s: no cluster key proof from the daemon", t->name);
         goto out;
     }
-    if (!auth_verify(cluster_key, false, (uint8_t)role, nonce, peer_nonce, m.data.via.array.ptr[1].via.bin.ptr,
+    if (!auth_verify(cluster_key, false, role, nonce, peer_nonce, m.data.via.array.ptr[1].via.bin.ptr,
                      m.data.via.array.ptr[1].via.bin.size)) {
         kumo_err(err, "%s: the daemon has another cluster key (not the same --cluster-key-file)", t->name);
         goto out;
@@ -187,17 +170,11 @@ static int send_hello(tool_conn *t, double deadline, char *err)
     msgpack_sbuffer sb;
     msgpack_packer pk;
     uint8_t nonce[AUTH_NONCE_LEN];
+    const rpc_self self = {.role = RPC_ROLE_TOOL}; /* no address, clock or incarnation */
     if (cluster_key && auth_nonce(nonce, err) < 0) return -1;
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_array(&pk, cluster_key ? 7 : 6);
-    msgpack_pack_uint8(&pk, RPC_MSG_HELLO);
-    msgpack_pack_uint8(&pk, RPC_ROLE_TOOL);
-    msgpack_pack_bin(&pk, 0);
-    msgpack_pack_uint32(&pk, RPC_VERSION);
-    msgpack_pack_uint64(&pk, 0); /* clock */
-    msgpack_pack_uint64(&pk, 0); /* incarnation: tools have none */
-    if (cluster_key) rpc_pack_bytes(&pk, nonce, sizeof(nonce));
+    rpc_pack_hello(&pk, &self, 0, cluster_key ? nonce : NULL);
     if (send_packed(t, &sb, deadline, err) < 0) return -1;
     return cluster_key ? handshake(t, nonce, deadline, err) : 0;
 }
@@ -342,13 +319,12 @@ int tool_call(tool_conn *t, uint32_t method, const msgpack_sbuffer *params, msgp
     msgpack_sbuffer_write(&sb, params->data, params->size);
     if (send_packed(t, &sb, deadline, err) < 0) return -1;
     for (;;) {
-        const char *np;
-        size_t nlen;
+        rpc_hello h;
         if (next_frame(t, out, deadline, err) < 0) return -1;
         const msgpack_object *o = &out->data;
         const msgpack_object *a = o->via.array.ptr;
         if (a[0].via.u64 == RPC_MSG_HELLO && check_role(t, o, err) < 0) return -1;
-        if (!cluster_key && hello_nonce(o, &np, &nlen))
+        if (!cluster_key && rpc_hello_parse(o, &h) && h.nonce)
             return kumo_err(err, "%s: the daemon requires the cluster key (--cluster-key-file or $%s)", t->name,
                             AUTH_ENV);
         if (a[0].via.u64 != RPC_MSG_RESPONSE) continue; /* the peer's hello, or a push meant for others */
