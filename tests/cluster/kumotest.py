@@ -474,6 +474,38 @@ def wait_until(cond, timeout, what, interval=0.1, daemons=()):
         time.sleep(interval)
 
 
+class NotHeld(TimeoutError):
+    """A condition that had to stay true stopped holding (holds_for). A
+    TimeoutError, so that a step that waits for a condition and then checks
+    that it stays is handled as one wait by its caller."""
+
+
+def holds_for(cond, seconds, what, interval=0.3, daemons=()):
+    """Check that cond() stays true: poll it every `interval` s for `seconds`
+    (at least twice, the last poll at the end of the period). Returns the
+    last value; raises NotHeld on the first false value or error (a tool
+    that does not answer does not show the condition), DaemonDied if one of
+    `daemons` exits."""
+    deadline = time.time() + seconds
+    polls = 0
+    while True:
+        for d in daemons:
+            d.check_alive()
+        now = time.time()
+        try:
+            v = cond()
+        except (OSError, ValueError) as e:
+            raise NotHeld("%s stopped holding after %.1f s of %.0f (poll %d): %s" % (
+                what, seconds - (deadline - now), seconds, polls + 1, e))
+        polls += 1
+        if not v:
+            raise NotHeld("%s stopped holding after %.1f s of %.0f (poll %d)" % (
+                what, seconds - (deadline - now), seconds, polls))
+        if now >= deadline and polls >= 2:
+            return v
+        time.sleep(max(0.0, min(interval, deadline - time.time())))
+
+
 # --------------------------------------------------------------------------
 # kumoctl status
 # --------------------------------------------------------------------------
@@ -1026,6 +1058,25 @@ def raw_roundtrip(port, data, timeout=2.0):
             return r.readline()
     except (OSError, ConnectionError):
         return None
+
+
+def recv_until(sock, done=None, quiet=5.0):
+    """Receive from sock until done(the bytes so far) is true, the peer closes
+    the connection, or `quiet` s pass without a byte. Returns (the bytes,
+    closed): closed when it ended on EOF or a reset."""
+    buf = b""
+    sock.settimeout(quiet)
+    try:
+        while not (done and done(buf)):
+            d = sock.recv(65536)
+            if not d:
+                return buf, True
+            buf += d
+    except socket.timeout:
+        pass
+    except OSError:             # reset, or a broken pipe seen on the read side
+        return buf, True
+    return buf, False
 
 
 def raw_stats(port, cmd=b"stats", timeout=5.0):
