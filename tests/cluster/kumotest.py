@@ -471,7 +471,7 @@ def wait_until(cond, timeout, what, interval=0.1, daemons=()):
         if time.time() >= deadline:
             raise TimeoutError("timed out after %.0f s waiting for %s%s" % (
                 timeout, what, " (last error: %s)" % last_exc if last_exc else ""))
-        time.sleep(interval)
+        time.sleep(interval)    # between polls
 
 
 class NotHeld(TimeoutError):
@@ -862,7 +862,7 @@ class MemCgroup:
             except FileNotFoundError:
                 return
             except OSError:
-                time.sleep(0.1)
+                time.sleep(0.1)     # the group empties as its killed processes are reaped: retry
 
 
 def rss_anon(pid):
@@ -971,7 +971,7 @@ def read_mismatches(port, want, timeout=30.0, tries=1):
                 mc.close()
                 mc = mc_client(port, timeout=timeout)
                 if i + 1 < tries:
-                    time.sleep(0.5)
+                    time.sleep(0.5)     # between retries
         if got != v:
             name = k.decode("utf-8", "replace") if isinstance(k, bytes) else k
             bad.append("%s: got %s, want %s" % (name, short(got, 50), short(v, 50)))
