@@ -503,7 +503,7 @@ def holds_for(cond, seconds, what, interval=0.3, daemons=()):
                 what, seconds - (deadline - now), seconds, polls))
         if now >= deadline and polls >= 2:
             return v
-        time.sleep(max(0.0, min(interval, deadline - time.time())))
+        time.sleep(max(0.0, min(interval, deadline - time.time())))     # between polls
 
 
 # --------------------------------------------------------------------------
@@ -1113,7 +1113,7 @@ class LoadClient(threading.Thread):
                     v2 = self.own[k2]
                 self._get(k2, v2, "own, set earlier")
             n += 1
-            time.sleep(self.pause)
+            time.sleep(self.pause)      # the pace between rounds
         if self.c is not None:
             self._drop()
 
