@@ -471,7 +471,39 @@ def wait_until(cond, timeout, what, interval=0.1, daemons=()):
         if time.time() >= deadline:
             raise TimeoutError("timed out after %.0f s waiting for %s%s" % (
                 timeout, what, " (last error: %s)" % last_exc if last_exc else ""))
-        time.sleep(interval)
+        time.sleep(interval)    # between polls
+
+
+class NotHeld(TimeoutError):
+    """A condition that had to stay true stopped holding (holds_for). A
+    TimeoutError, so that a step that waits for a condition and then checks
+    that it stays is handled as one wait by its caller."""
+
+
+def holds_for(cond, seconds, what, interval=0.3, daemons=()):
+    """Check that cond() stays true: poll it every `interval` s for `seconds`
+    (at least twice, the last poll at the end of the period). Returns the
+    last value; raises NotHeld on the first false value or error (a tool
+    that does not answer does not show the condition), DaemonDied if one of
+    `daemons` exits."""
+    deadline = time.time() + seconds
+    polls = 0
+    while True:
+        for d in daemons:
+            d.check_alive()
+        now = time.time()
+        try:
+            v = cond()
+        except (OSError, ValueError) as e:
+            raise NotHeld("%s stopped holding after %.1f s of %.0f (poll %d): %s" % (
+                what, seconds - (deadline - now), seconds, polls + 1, e))
+        polls += 1
+        if not v:
+            raise NotHeld("%s stopped holding after %.1f s of %.0f (poll %d)" % (
+                what, seconds - (deadline - now), seconds, polls))
+        if now >= deadline and polls >= 2:
+            return v
+        time.sleep(max(0.0, min(interval, deadline - time.time())))     # between polls
 
 
 # --------------------------------------------------------------------------
@@ -830,7 +862,7 @@ class MemCgroup:
             except FileNotFoundError:
                 return
             except OSError:
-                time.sleep(0.1)
+                time.sleep(0.1)     # the group empties as its killed processes are reaped: retry
 
 
 def rss_anon(pid):
@@ -939,12 +971,197 @@ def read_mismatches(port, want, timeout=30.0, tries=1):
                 mc.close()
                 mc = mc_client(port, timeout=timeout)
                 if i + 1 < tries:
-                    time.sleep(0.5)
+                    time.sleep(0.5)     # between retries
         if got != v:
             name = k.decode("utf-8", "replace") if isinstance(k, bytes) else k
             bad.append("%s: got %s, want %s" % (name, short(got, 50), short(v, 50)))
     mc.close()
     return bad
+
+
+class LoadClient(threading.Thread):
+    """A client thread that keeps reading and writing through the gateway
+    while a test faults the cluster, and remembers what was acknowledged.
+
+    Each round, on one connection: set one of its own keys (prefix:n, or
+    prefix:(n % nown) to reuse nown keys) and read it back; if `overwrite`
+    (key -> value) is given, overwrite one of those keys and read it back;
+    read one of the `known` keys (key -> value, or None for a key that must
+    miss); every `multi_every` rounds a get_many of 8 known keys, every
+    `reread_every` rounds a get of an own key set earlier; then `pause` s,
+    a pace (not a wait) that leaves the daemons some CPU.
+
+    retry_for > 0: a failed op (an exception, or a set not STORED) is retried
+    on a fresh connection for up to retry_for s, 0.2 s apart (the gateway
+    may take seconds to route around a dead server); only an op that never
+    succeeds counts. retry_for = 0: every failure counts at once.
+
+    errors: reads that failed or returned a wrong value; set_errors: sets
+    never acknowledged (the key is dropped from acked(): its value is
+    uncertain). The thread ends by itself after 50 of them."""
+
+    MAX_FAILURES = 50
+
+    def __init__(self, port, known, rng, prefix="load", nown=None, overwrite=None, retry_for=0.0,
+                 timeout=10.0, multi_every=0, reread_every=0, pause=0.005):
+        super().__init__(daemon=True)
+        self.port = port
+        self.known = dict(known)
+        self.keys = sorted(self.known)
+        self.rng = random.Random(rng.randrange(1 << 32))
+        self.prefix = prefix
+        self.nown = nown
+        self.overwrite = dict(overwrite or {})     # key -> last acknowledged value
+        self.over_keys = sorted(self.overwrite)
+        self.own = {}                               # key -> last acknowledged value
+        self.retry_for = retry_for
+        self.timeout = timeout
+        self.multi_every = multi_every
+        self.reread_every = reread_every
+        self.pause = pause
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.errors = []
+        self.set_errors = []
+        self.sets = self.gets = self.retries = 0
+        self.max_stall = 0.0                        # the longest op, retries included
+        self.t0 = time.time()
+        self.c = None
+
+    def _drop(self):
+        c, self.c = self.c, None
+        try:
+            c.close()
+        except Exception:       # a broken connection may fail to close: it is dropped all the same
+            pass
+
+    def _op(self, what, fn):
+        """fn() -> (usable, result) until usable or retry_for passes: (done, result or last failure)."""
+        t0 = time.time()
+        while True:
+            try:
+                if self.c is None:
+                    self.c = mc_client(self.port, timeout=self.timeout)
+                ok, res = fn(self.c)
+                if ok:
+                    self.max_stall = max(self.max_stall, time.time() - t0)
+                    return True, res
+                last = "answer %r" % (res,)
+            except Exception as e:      # timeouts, SERVER_ERROR, a closed connection
+                last = "%s: %s" % (type(e).__name__, e)
+                self._drop()
+            self.max_stall = max(self.max_stall, time.time() - t0)
+            if time.time() - t0 >= self.retry_for:
+                return False, "t+%.1fs %s: %s%s" % (
+                    t0 - self.t0, what, last, " (no success within %.0f s)" % self.retry_for if self.retry_for else "")
+            self.retries += 1
+            time.sleep(0.2)             # between retries of one op
+
+    def _get(self, k, want, what):
+        done, got = self._op("get %s (%s)" % (short(k, 40), what), lambda c: (True, c.get(k)))
+        if not done:
+            self.errors.append(got)
+            return
+        self.gets += 1
+        if got != want:
+            self.errors.append("t+%.1fs get %s (%s) returned %s, want %s" % (
+                time.time() - self.t0, short(k, 40), what, short(got, 50), short(want, 50)))
+
+    def _set(self, k, v, into):
+        done, r = self._op("set %s" % short(k, 40), lambda c: (c.set(k, v, noreply=False) is True, None))
+        with self.lock:
+            if done:
+                self.sets += 1
+                into[k] = v
+            else:
+                self.set_errors.append(r)
+                into.pop(k, None)
+        return done
+
+    def _multi(self):
+        ks = self.rng.sample(self.keys, min(8, len(self.keys)))
+        done, got = self._op("multi-get of %d keys" % len(ks), lambda c: (True, c.get_many(ks)))
+        if not done:
+            self.errors.append(got)
+            return
+        self.gets += 1
+        want = {x: self.known[x] for x in ks if self.known[x] is not None}
+        if got != want:
+            self.errors.append("t+%.1fs multi-get of %d keys: %d differ" % (
+                time.time() - self.t0, len(ks), sum(1 for x in ks if got.get(x) != self.known[x])))
+
+    def run(self):
+        n = 0
+        while not self.stopping.is_set() and len(self.errors) + len(self.set_errors) < self.MAX_FAILURES:
+            k = ("%s:%d" % (self.prefix, n % self.nown if self.nown else n)).encode()
+            v = ("%s value %d " % (self.prefix, n)).encode() + self.rng.randbytes(self.rng.randrange(0, 100))
+            if self._set(k, v, self.own):
+                self._get(k, v, "own, just set")
+            if self.over_keys:
+                ok = self.rng.choice(self.over_keys)
+                ov = ("%s v%d" % (ok, n)).encode()
+                if self._set(ok, ov, self.overwrite):
+                    self._get(ok, ov, "overwritten")
+            if self.keys:
+                kk = self.rng.choice(self.keys)
+                self._get(kk, self.known[kk], "known")
+            if self.keys and self.multi_every and n % self.multi_every == 0:
+                self._multi()
+            if self.own and self.reread_every and n % self.reread_every == 0:
+                with self.lock:
+                    k2 = self.rng.choice(sorted(self.own))
+                    v2 = self.own[k2]
+                self._get(k2, v2, "own, set earlier")
+            n += 1
+            time.sleep(self.pause)      # the pace between rounds
+        if self.c is not None:
+            self._drop()
+
+    def failures(self):
+        """Every failure so far: errors, then set_errors."""
+        with self.lock:
+            return self.errors + self.set_errors
+
+    def snapshot(self):
+        """(sets, gets, failures) so far."""
+        with self.lock:
+            return self.sets, self.gets, len(self.errors) + len(self.set_errors)
+
+    def wait_progress(self, n=20, timeout=60.0):
+        """Wait until the client has done n more acknowledged sets and n more
+        gets than now: it runs through whatever the cluster is going through.
+        False if it did not within timeout (or the thread has ended)."""
+        s0, g0 = self.sets, self.gets
+        try:
+            wait_until(lambda: not self.is_alive() or (self.sets >= s0 + n and self.gets >= g0 + n),
+                       timeout, "the load client's next %d sets and gets" % n, interval=0.05)
+        except TimeoutError:
+            return False
+        return self.is_alive()
+
+    def acked(self):
+        """key -> value of every write it got acknowledged (own and overwritten keys)."""
+        with self.lock:
+            out = dict(self.overwrite)
+            out.update(self.own)
+            return out
+
+    def verify(self, also=None, timeout=30.0, tries=1):
+        """Read back `also` (key -> value or None) and every acknowledged write
+        through the gateway. Returns (what was read, read_mismatches())."""
+        want = dict(also or {})
+        want.update(self.acked())
+        return want, read_mismatches(self.port, want, timeout=timeout, tries=tries)
+
+    def stop(self):
+        """Stop after the current round; True if the thread ended."""
+        self.stopping.set()
+        self.join(self.retry_for * 5 + self.timeout * 3 + 10)
+        return not self.is_alive()
+
+    def summary(self):
+        return "%d sets, %d gets, %d retries, longest op %.2f s" % (
+            self.sets, self.gets, self.retries, self.max_stall)
 
 
 class Raw:
@@ -1026,6 +1243,25 @@ def raw_roundtrip(port, data, timeout=2.0):
             return r.readline()
     except (OSError, ConnectionError):
         return None
+
+
+def recv_until(sock, done=None, quiet=5.0):
+    """Receive from sock until done(the bytes so far) is true, the peer closes
+    the connection, or `quiet` s pass without a byte. Returns (the bytes,
+    closed): closed when it ended on EOF or a reset."""
+    buf = b""
+    sock.settimeout(quiet)
+    try:
+        while not (done and done(buf)):
+            d = sock.recv(65536)
+            if not d:
+                return buf, True
+            buf += d
+    except socket.timeout:
+        pass
+    except OSError:             # reset, or a broken pipe seen on the read side
+        return buf, True
+    return buf, False
 
 
 def raw_stats(port, cmd=b"stats", timeout=5.0):

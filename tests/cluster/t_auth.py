@@ -17,7 +17,6 @@ import hmac
 import os
 import socket
 import struct
-import time
 
 import kumotest as kt
 from kumotest import tap
@@ -283,10 +282,16 @@ def body():
         c.start_server(extra)
         tap.ok(log_has(extra.daemon, "another cluster key") or log_has(extra.daemon, "wrong cluster key proof"),
                "the server with another key logs the refusal")
-        time.sleep(2)   # a few ticks: it would have shown up by now
-        st = c.status()
-        tap.ok(extra.addr not in st.not_attached and extra.addr not in [a for a, _ in st.attached],
-               "kumoctl status does not list it", repr(st))
+        seen = []
+
+        def unlisted():
+            seen[:] = [c.status()]
+            return extra.addr not in seen[0].not_attached and extra.addr not in seen[0].attached_addrs()
+        try:    # over a few ticks: it would show up in one of them
+            kt.holds_for(unlisted, 3.0, "%s unlisted" % extra.addr, interval=0.25)
+            tap.ok(True, "kumoctl status does not list it", repr(seen))
+        except TimeoutError as e:
+            tap.ok(False, "kumoctl status does not list it", "%s: %r" % (e, seen))
         r = c.kumoctl("attach")
         st = c.status()
         tap.ok(r.returncode == 0 and extra.addr not in [a for a, _ in st.attached],

@@ -25,24 +25,35 @@ HANG = 10     # seconds a daemon may take to give up on bad input
 DNS_HANG = 40  # resolving nosuch.invalid may wait for the resolver's timeouts
 
 
-def expect_retry(argv, name, mention, wait=6):
-    """Run argv; check it keeps running, logs `mention`, and exits 0 on SIGTERM."""
+def expect_retry(argv, name, mention, keep=2):
+    """Run argv; check it retries the lookup, keeps running (`keep` s more after
+    the second failed lookup), logs `mention`, and exits 0 on SIGTERM."""
     import signal
     import subprocess
-    import time
     tap.note("$ " + " ".join(str(a) for a in argv))
-    p = subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    time.sleep(wait)
-    alive = p.poll() is None
+    log = os.path.join(kt.new_tmpdir(), "out.log")
+    with open(log, "wb") as f:
+        p = subprocess.Popen([str(a) for a in argv], stdout=f, stderr=subprocess.STDOUT)
+
+    def output():
+        with open(log, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    try:
+        kt.wait_until(lambda: output().count("cannot resolve") >= 2 or p.poll() is not None, DNS_HANG * 2,
+                      "%s to fail a lookup twice" % name, interval=0.2)
+        kt.holds_for(lambda: p.poll() is None, keep, "%s running" % name, interval=0.2)
+        alive = True
+    except TimeoutError:
+        alive = False
     p.send_signal(signal.SIGTERM)
     try:
-        out, _ = p.communicate(timeout=HANG)
+        p.wait(timeout=HANG)
         status = p.returncode
     except subprocess.TimeoutExpired:
         p.kill()
-        out, _ = p.communicate()
+        p.wait()
         status = None
-    text = out.decode("utf-8", "replace")
+    text = output()
     tap.ok(alive, "%s: keeps running while the name does not resolve" % name, text[-1500:])
     tap.ok(mention in text and "cannot resolve" in text, "%s: logs why, naming %s" % (name, mention), text[-1500:])
     tap.ok(text.count("cannot resolve") >= 2, "%s: retries the lookup" % name, text[-1500:])

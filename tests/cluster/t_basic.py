@@ -193,7 +193,7 @@ def noreply_checks(port):
                 d = b"v%d" % i
                 r.send(b"set %s 0 0 %d noreply\r\n%s\r\n" % (k, len(d), d))
                 if i % 2:
-                    time.sleep(0.0001 * (i % 7))
+                    time.sleep(0.0001 * (i % 7))    # a jitter, not a wait: varied gaps between set and get
                 r.send(b"get %s\r\n" % k)
                 got, _ = r.read_get_reply()
                 if got.get(k, (0, None))[1] != d:

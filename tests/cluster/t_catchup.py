@@ -357,7 +357,7 @@ def scenario_auto(rng):
             if not (all(st.state(s.addr) == "fault" for s in rest) and st.state(a.addr) == "catching up"
                     and "catch-up blocked" in st.text):
                 wrong.append("%.1f s: %s" % (time.time() - t0, summary(st)))
-            time.sleep(0.2)
+            time.sleep(0.2)     # the pace of a check that must hold for the whole window (every miss listed)
         tap.ok(not wrong, "for %.0f s B and C stay listed (fault), A (catching up), 'catch-up blocked' "
                "(%d statuses differ)" % (WATCH, len(wrong)), tr.listing(wrong))
 
@@ -408,6 +408,7 @@ def scenario_resume(rng):
                        "premise: the restarted manager learns A (catching up): %s" % summary(st))
             except TimeoutError as e:
                 tap.ok(False, "premise: the restarted manager learns A (catching up)", str(e))
+            # a duration of the scenario: B stays frozen 3 s with the manager up
             time.sleep(max(0.0, t_mgr + 3.0 - time.time()))
         finally:
             os.kill(b.daemon.pid, signal.SIGCONT)

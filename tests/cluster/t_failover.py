@@ -21,7 +21,6 @@
 import os
 import signal
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -32,87 +31,6 @@ NBASE = 500
 NUPD = 100
 OP_DEADLINE = 30.0
 FAULT_WITHIN = 10.0
-
-
-class Client(threading.Thread):
-    """Sets new keys, overwrites the upd: keys, reads back; records what was acknowledged."""
-
-    def __init__(self, port, base, upd, rng):
-        super().__init__(daemon=True)
-        self.port = port
-        self.base = base
-        self.upd = dict(upd)            # key -> last acknowledged value
-        self.live = {}                  # new keys written by this thread
-        self.rng = rng
-        self.stopping = threading.Event()
-        self.lock = threading.Lock()
-        self.errors = []                # hard failures (op never succeeded, wrong value)
-        self.retries = 0
-        self.sets = 0
-        self.gets = 0
-        self.max_stall = 0.0
-        self.c = None
-
-    def _op(self, what, fn):
-        """fn() until it gives a usable result or OP_DEADLINE passes: (done, result)."""
-        t0 = time.time()
-        last = None
-        while True:
-            try:
-                if self.c is None:
-                    self.c = kt.mc_client(self.port, timeout=OP_DEADLINE)
-                ok, res = fn()
-                if ok:
-                    self.max_stall = max(self.max_stall, time.time() - t0)
-                    return True, res
-                last = "answer %r" % (res,)
-            except Exception as e:          # timeouts, SERVER_ERROR, closed connection
-                last = "%s: %s" % (type(e).__name__, e)
-                try:
-                    self.c.close()
-                except Exception:
-                    pass
-                self.c = None
-            self.retries += 1
-            if time.time() - t0 > OP_DEADLINE:
-                self.errors.append("%s: no success within %.0f s (last: %s)" % (what, OP_DEADLINE, last))
-                return False, None
-            time.sleep(0.2)
-
-    def _set(self, k, v):
-        done, _ = self._op("set %s" % k, lambda: (self.c.set(k, v) is True, None))
-        self.sets += done
-        return done
-
-    def _get_check(self, k, want):
-        done, got = self._op("get %s" % k, lambda: (True, self.c.get(k)))
-        self.gets += done
-        if done and got != want:
-            self.errors.append("get %s returned %s, want %s" % (k, kt.short(got, 60), kt.short(want, 60)))
-
-    def run(self):
-        n = 0
-        while not self.stopping.is_set() and len(self.errors) < 20:
-            k = "live:%d" % n
-            v = ("live value %d " % n).encode() + self.rng.randbytes(self.rng.randrange(0, 100))
-            if self._set(k, v):
-                with self.lock:
-                    self.live[k] = v
-                self._get_check(k, v)
-            uk = self.rng.choice(sorted(self.upd))
-            uv = ("upd %s v%d" % (uk, n)).encode()
-            if self._set(uk, uv):
-                with self.lock:
-                    self.upd[uk] = uv
-                self._get_check(uk, uv)
-            bk = self.rng.choice(self.base_keys)
-            self._get_check(bk, self.base[bk])
-            n += 1
-            time.sleep(0.01)
-
-    def start(self):
-        self.base_keys = sorted(self.base)
-        super().start()
 
 
 def body():
@@ -133,10 +51,12 @@ def body():
 
         victim = rng.choice(c.servers)
         tap.note("victim: %s (pid %d)" % (victim.addr, victim.daemon.pid))
-        client = Client(port, base, upd, rng)
+        # sets new keys (live:n), overwrites the upd: keys, reads base keys; each op retried
+        client = kt.LoadClient(port, base, rng, prefix="live", overwrite=upd, retry_for=OP_DEADLINE,
+                               timeout=OP_DEADLINE, pause=0.01)
         client.start()
-        time.sleep(1.0)
-        sets0 = client.sets
+        tap.ok(client.wait_progress(20, OP_DEADLINE), "the client runs before the kill (%s)" % client.summary(),
+               "\n".join(client.failures()[:10]))
 
         tap.note("kill -9 %s while the client runs" % victim.addr)
         victim.daemon.kill9()
@@ -153,11 +73,10 @@ def body():
         except TimeoutError as e:
             tap.ok(False, "kumoctl status shows %s (fault)" % victim.addr, str(e))
 
-        time.sleep(3.0)
-        tap.ok(client.sets > sets0 and not client.errors,
-               "client keeps writing and reading while the server is down (%d sets, %d gets, %d retries, longest stall %.1f s)"
-               % (client.sets, client.gets, client.retries, client.max_stall),
-               "\n".join(client.errors[:10]))
+        progressed = client.wait_progress(20, OP_DEADLINE * 2)
+        tap.ok(progressed and not client.failures(),
+               "client keeps writing and reading while the server is down (%s)" % client.summary(),
+               "\n".join(client.failures()[:10]))
 
         tap.note("reading all %d base keys with one server down" % NBASE)
         bad = kt.read_mismatches(port, base, timeout=OP_DEADLINE)
@@ -197,25 +116,20 @@ def body():
                           interval=0.2, daemons=c.daemons())
             kt.wait_until(all_hsc, 60, "kumostat hsccheck true on every server", interval=0.5,
                           daemons=c.daemons())
-            time.sleep(1.0)
-            kt.wait_until(all_hsc, 30, "kumostat hsccheck true on every server (again)", interval=0.5,
-                          daemons=c.daemons())
-            tap.ok(True, "kumostat hsccheck is true on all three servers (rebalancing done)")
+            kt.holds_for(all_hsc, 3.0, "kumostat hsccheck true on every server", interval=0.5,
+                         daemons=c.daemons())
+            tap.ok(True, "kumostat hsccheck is true on all three servers and stays so (rebalancing done)")
         except (TimeoutError, kt.DaemonDied) as e:
             tap.ok(False, "kumostat hsccheck is true on all three servers", str(e))
 
-        client.stopping.set()
-        client.join(OP_DEADLINE * 3 + 10)
-        tap.ok(not client.is_alive() and not client.errors,
-               "client saw no failure over the whole run (%d sets, %d gets, %d retries, longest stall %.1f s)"
-               % (client.sets, client.gets, client.retries, client.max_stall),
-               "\n".join(client.errors[:10]))
+        ended = client.stop()
+        tap.ok(ended and not client.failures(),
+               "client saw no failure over the whole run (%s)" % client.summary(),
+               "\n".join(client.failures()[:10]))
 
-        want = dict(base)
-        want.update(client.upd)
-        want.update(client.live)
-        tap.note("verifying %d keys (%d written by the client)" % (len(want), len(client.live)))
-        bad = kt.read_mismatches(port, want, timeout=OP_DEADLINE)
+        tap.note("verifying %d keys (%d written by the client)" % (len(base) + len(upd) + len(client.own),
+                                                                   len(client.own)))
+        want, bad = client.verify(also=base, timeout=OP_DEADLINE)
         tap.ok(not bad, "every key reads back its last acknowledged value",
                "%d wrong, e.g.\n%s" % (len(bad), "\n".join(bad[:10])))
 
@@ -246,14 +160,22 @@ def body():
         tap.note("== a stalled manager: SIGSTOP for 6 s, then SIGCONT")
         os.kill(c.manager.pid, signal.SIGSTOP)
         try:
-            time.sleep(6.0)
+            time.sleep(6.0)     # the stall itself: a duration of the scenario
         finally:
             os.kill(c.manager.pid, signal.SIGCONT)
-        time.sleep(2.0)  # a few keepalive rounds after waking
-        st = c.status()
-        states = {s.addr: st.state(s.addr) for s in c.servers}
-        tap.ok(all(v == "active" for v in states.values()),
-               "after the manager's 6 s stall every server is still (active)", repr(states))
+        states = {}
+
+        def all_active():
+            st = c.status()
+            states.update((s.addr, st.state(s.addr)) for s in c.servers)
+            return all(v == "active" for v in states.values())
+        # a few keepalive rounds after waking: no server may be marked fault in any of them
+        try:
+            kt.holds_for(all_active, 3.0, "every server (active) after the stall", interval=0.25,
+                         daemons=c.daemons())
+            tap.ok(True, "after the manager's 6 s stall every server is still (active)", repr(states))
+        except (TimeoutError, kt.DaemonDied) as e:
+            tap.ok(False, "after the manager's 6 s stall every server is still (active)", "%s: %r" % (e, states))
         c.check_running()
 
 

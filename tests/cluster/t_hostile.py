@@ -62,7 +62,7 @@ def attack(port, chunks, delay=0.0, quiet=QUIET, limit=20.0):
     try:
         for i, c in enumerate(chunks):
             if i and delay:
-                time.sleep(delay)
+                time.sleep(delay)       # the attack's pace: the chunks arrive as separate reads
             s.sendall(c)
     except (BrokenPipeError, ConnectionResetError):
         closed = True
@@ -228,7 +228,7 @@ def run_slow(port, payload, enough, others):
             for i in range(len(payload)):
                 s.sendall(payload[i:i + 1])
                 left[0] -= 1
-                time.sleep(SLOW_DELAY)
+                time.sleep(SLOW_DELAY)      # the slow client's pace: what the test is about
             s.settimeout(QUIET + 3)
             while not enough(res["got"]):
                 d = s.recv(65536)
@@ -251,7 +251,7 @@ def run_slow(port, payload, enough, others):
                 errors.append("wrong answer")
         except Exception as e:
             errors.append("%s: %s" % (type(e).__name__, e))
-        time.sleep(0.05)
+        time.sleep(0.05)    # the normal client's pace while the slow one sends
     t.join(60)
     if "error" in res:
         errors.append("slow client: %s" % res["error"])
@@ -627,7 +627,7 @@ def fd_limit(c, chk):
         f = open("/proc/%d/stat" % d.pid).read().rsplit(")", 1)[1].split()
         return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
     size0, cpu0 = os.path.getsize(d.log), cpu()
-    time.sleep(3)
+    time.sleep(3)   # a measured period (CPU and log growth in it), not a wait
     used, grown = cpu() - cpu0, os.path.getsize(d.log) - size0
     # A listener retrying accept() at once burns the whole 3 s (and logs each try).
     tap.ok(used < 1.0, "at its limit the gateway does not spin (%.2f s CPU in 3 s)" % used)

@@ -29,7 +29,6 @@ Environment: KUMO_TEST_SEED (printed) and kumotest's usual variables.
 import os
 import random
 import sys
-import threading
 import time
 import traceback
 
@@ -144,7 +143,7 @@ def wait_same_status(c, timeout=15, what="the two managers' status"):
 
 def wait_replaced(c, which, live, timeout=REPLACE_TIMEOUT, what="the replace"):
     """Until neither reachable manager shows "replace:", every live server's whs
-    equals `which`'s (timestamp and nodes) and hsccheck is true; twice."""
+    equals `which`'s (timestamp and nodes) and hsccheck is true; and stays so for 2 s."""
     others = [w for w in ("A", "B") if w != which and c.mgr_daemon(w) and c.mgr_daemon(w).alive()]
 
     def cond():
@@ -163,95 +162,15 @@ def wait_replaced(c, which, live, timeout=REPLACE_TIMEOUT, what="the replace"):
     t0 = time.time()
     kt.wait_until(cond, timeout, what + " to finish (per manager %s)" % which, interval=0.3,
                   daemons=c.live_daemons())
-    time.sleep(0.5)
-    st = kt.wait_until(cond, 10, what + " to stay finished", interval=0.3)
+    st = kt.holds_for(cond, 2.0, what + " to stay finished", interval=0.3, daemons=c.live_daemons())
     tap.note("%s finished in %.1f s" % (what, time.time() - t0))
     return st
 
 
-class Client(threading.Thread):
-    """Sets its own keys and reads them and the known keys back; each op is
-    retried for up to OP_DEADLINE s. Records hard failures and wrong values."""
-
-    def __init__(self, port, known, rng, prefix="mgrload"):
-        super().__init__(daemon=True)
-        self.prefix = prefix
-        self.port = port
-        self.known = dict(known)
-        self.keys = sorted(known)
-        self.rng = random.Random(rng.randrange(1 << 32))
-        self.own = {}
-        self.stopping = threading.Event()
-        self.errors = []
-        self.retries = self.sets = self.gets = 0
-        self.max_stall = 0.0
-        self.c = None
-        self.t0 = time.time()
-        self.lock = threading.Lock()
-
-    def _op(self, what, fn):
-        t0 = time.time()
-        last = None
-        while True:
-            try:
-                if self.c is None:
-                    self.c = kt.mc_client(self.port, timeout=5.0)
-                ok, res = fn()
-                if ok:
-                    self.max_stall = max(self.max_stall, time.time() - t0)
-                    return True, res
-                last = "answer %r" % (res,)
-            except Exception as e:
-                last = "%s: %s" % (type(e).__name__, e)
-                try:
-                    self.c.close()
-                except Exception:
-                    pass
-                self.c = None
-            self.retries += 1
-            if time.time() - t0 > OP_DEADLINE:
-                self.errors.append("t+%.1fs %s: no success within %.0f s (last: %s)" % (
-                    t0 - self.t0, what, OP_DEADLINE, last))
-                return False, None
-            time.sleep(0.2)
-
-    def _get(self, k, want):
-        done, got = self._op("get %s" % k, lambda: (True, self.c.get(k)))
-        self.gets += done
-        if done and got != want:
-            self.errors.append("t+%.1fs get %s returned %s, want %s" % (
-                time.time() - self.t0, k, kt.short(got, 50), kt.short(want, 50)))
-
-    def run(self):
-        n = 0
-        while not self.stopping.is_set() and len(self.errors) < 30:
-            k = ("%s:%d" % (self.prefix, n % 300)).encode()
-            v = ("load value %d " % n).encode() + self.rng.randbytes(self.rng.randrange(0, 80))
-            done, _ = self._op("set %s" % k, lambda: (self.c.set(k, v, noreply=False) is True, None))
-            if done:
-                self.sets += 1
-                with self.lock:
-                    self.own[k] = v
-                self._get(k, v)
-            else:
-                with self.lock:
-                    self.own.pop(k, None)
-            kk = self.rng.choice(self.keys)
-            self._get(kk, self.known[kk])
-            n += 1
-            time.sleep(0.005)
-
-    def snapshot(self):
-        with self.lock:
-            return self.sets, self.gets, len(self.errors)
-
-    def stop(self):
-        self.stopping.set()
-        self.join(OP_DEADLINE * 3)
-
-    def summary(self):
-        return "%d sets, %d gets, %d retries, longest stall %.1f s" % (
-            self.sets, self.gets, self.retries, self.max_stall)
+def load_client(port, known, rng, prefix="mgrload"):
+    """Sets its own keys (300, reused) and reads them and the known keys back;
+    each op is retried for up to OP_DEADLINE s."""
+    return kt.LoadClient(port, known, rng, prefix=prefix, nown=300, retry_for=OP_DEADLINE, timeout=5.0)
 
 
 def write_all(port, items):
@@ -330,12 +249,14 @@ def part1(c, rng):
 
 def part2(c, rng, base):
     tap.note("== 2. manager A killed: B detects faults, attaches, detaches; A restarts and rejoins")
-    client = Client(c.gateway_port, base, rng)
+    client = load_client(c.gateway_port, base, rng)
     client.start()
-    time.sleep(1.0)
+    tap.ok(client.wait_progress(20, OP_DEADLINE), "the client runs (%s)" % client.summary(),
+           "\n".join(client.failures()[:10]))
     tap.note("kill -9 manager A (pid %d)" % c.manager.pid)
     c.manager.kill9()
-    time.sleep(1.0)
+    tap.ok(client.wait_progress(20, OP_DEADLINE), "the client runs on with A killed (%s)" % client.summary(),
+           "\n".join(client.failures()[:10]))
     victim = rng.choice(c.servers)
     tap.note("kill -9 server %s" % victim.addr)
     victim.daemon.kill9()
@@ -364,11 +285,9 @@ def part2(c, rng, base):
     if st:
         tap.eq(sorted(st.attached), sorted((s.addr, "active") for s in live),
                "B: the 4 live servers attached and (active), %s detached" % victim.addr)
-    sets0, gets0, _ = client.snapshot()
-    time.sleep(1.5)
-    sets1, gets1, nerr = client.snapshot()
-    tap.ok(sets1 > sets0 and gets1 > gets0 and nerr == 0,
-           "reads and writes continue with A down (%s)" % client.summary(), "\n".join(client.errors[:10]))
+    progressed = client.wait_progress(20, OP_DEADLINE)
+    tap.ok(progressed and not client.failures(),
+           "reads and writes continue with A down (%s)" % client.summary(), "\n".join(client.failures()[:10]))
 
     tap.note("restarting manager A on the same address")
     c.start_mgr("A")
@@ -381,37 +300,36 @@ def part2(c, rng, base):
         tap.eq(sta.not_attached, [], "restarted A lists nothing under 'not attached node'")
     except OSError as e:
         tap.ok(False, "kumoctl A status after restart", str(e))
-    time.sleep(1.0)
+    client.wait_progress(20, OP_DEADLINE)    # some load with A back; checked below
     client.stop()
-    tap.ok(not client.errors, "the client saw no failure through part 2 (%s)" % client.summary(),
-           "\n".join(client.errors[:10]))
-    want = dict(base)
-    want.update(client.own)
-    bad = kt.read_mismatches(c.gateway_port, want, timeout=10, tries=3)
+    tap.ok(not client.failures(), "the client saw no failure through part 2 (%s)" % client.summary(),
+           "\n".join(client.failures()[:10]))
+    want, bad = client.verify(also=base, timeout=10, tries=3)
     tap.ok(not bad, "all %d keys read back after part 2" % len(want), "%d wrong, e.g. %s" % (len(bad), bad[:10]))
     return want, live
 
 
 def part3(c, rng, want, live):
     tap.note("== 3. both managers down: the cluster keeps serving; attach restores control")
-    client = Client(c.gateway_port, want, rng, prefix="part3load")
+    client = load_client(c.gateway_port, want, rng, prefix="part3load")
     client.start()
-    time.sleep(0.5)
+    tap.ok(client.wait_progress(20, OP_DEADLINE), "the client runs (%s)" % client.summary(),
+           "\n".join(client.failures()[:10]))
     tap.note("kill -9 both managers")
     c.manager.kill9()
     c.manager2.kill9()
-    time.sleep(1.0)
+    t_kill = time.time()
     sets0, gets0, _ = client.snapshot()
     extra = {("nomgr:%d" % i).encode(): b"written without managers %d" % i for i in range(100)}
     bad = write_all(c.gateway_port, extra)
     tap.ok(not bad, "100 sets with both managers down", "failed: %s" % bad[:10])
     bad = kt.read_mismatches(c.gateway_port, extra, timeout=10, tries=3)
     tap.ok(not bad, "...and read back", "%s" % bad[:10])
-    time.sleep(3.0)
+    progressed = client.wait_progress(20, OP_DEADLINE)
     sets1, gets1, nerr = client.snapshot()
-    tap.ok(sets1 > sets0 and gets1 > gets0 and nerr == 0,
-           "the client keeps getting and setting with both managers down (%d sets, %d gets in 4 s)"
-           % (sets1 - sets0, gets1 - gets0), "\n".join(client.errors[:10]))
+    tap.ok(progressed and sets1 > sets0 and gets1 > gets0 and nerr == 0,
+           "the client keeps getting and setting with both managers down (%d sets, %d gets in %.1f s)"
+           % (sets1 - sets0, gets1 - gets0, time.time() - t_kill), "\n".join(client.failures()[:10]))
     c.check_running("servers and gateway still running with both managers down")
 
     tap.note("restarting both managers")
@@ -434,14 +352,13 @@ def part3(c, rng, want, live):
             tap.ok(False, "kumoctl %s status" % w, str(e))
     hsc = {s.addr: c.hsccheck(s) for s in live}
     tap.ok(all(hsc.values()), "kumostat hsccheck true on every server", "%s" % hsc)
-    time.sleep(1.0)
+    client.wait_progress(20, OP_DEADLINE)    # some load with the managers back; checked below
     client.stop()
-    tap.ok(not client.errors, "the client saw no failure through part 3 (%s)" % client.summary(),
-           "\n".join(client.errors[:10]))
+    tap.ok(not client.failures(), "the client saw no failure through part 3 (%s)" % client.summary(),
+           "\n".join(client.failures()[:10]))
     allk = dict(want)
-    allk.update(client.own)
     allk.update(extra)
-    bad = kt.read_mismatches(c.gateway_port, allk, timeout=10, tries=3)
+    allk, bad = client.verify(also=allk, timeout=10, tries=3)
     tap.ok(not bad, "all %d keys read back after part 3" % len(allk), "%d wrong, e.g. %s" % (len(bad), bad[:10]))
     c.check_running()
 

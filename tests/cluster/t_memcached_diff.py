@@ -70,29 +70,23 @@ def exchange(port, chunks, sentinel=True, wait=0.7):
     `wait` s of silence. Returns (bytes, closed)."""
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    buf, closed = b"", False
     mns = b"".join(chunks).count(b"mn\r\n") + 1  # MN lines that end the reply
     try:
         for i, c in enumerate(chunks):
             if i:
+                # a duration: the chunks must reach the server as separate reads
                 time.sleep(0.2)
             s.sendall(c)
         if sentinel:
             s.sendall(b"mn\r\n")
-        s.settimeout(wait)
-        while not (sentinel and buf.endswith(b"MN\r\n") and buf.count(b"MN\r\n") >= mns):
-            d = s.recv(65536)
-            if not d:
-                closed = True
-                break
-            buf += d
-    except socket.timeout:
-        pass
     except (ConnectionResetError, BrokenPipeError):
-        closed = True
+        s.close()
+        return b"", True
+    try:
+        return kt.recv_until(s, (lambda buf: buf.endswith(b"MN\r\n") and buf.count(b"MN\r\n") >= mns)
+                             if sentinel else None, quiet=wait)
     finally:
         s.close()
-    return buf, closed
 
 
 def bin_packet(opcode, key=b"", value=b"", extras=b"", opaque=0, cas=0):
@@ -340,15 +334,23 @@ def accept_pause(c):
         st0, _ = kt.raw_stats(port)
         with kt.Raw(port) as first:
             socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(80)]
-            time.sleep(0.5)
-            first.send(b"stats\r\n")
             st = {}
-            while True:
-                line = first.readline()
-                if line == b"END\r\n":
-                    break
-                parts = line.split()
-                st[parts[1].decode()] = parts[2].decode()
+
+            def paused():
+                # stats on the connection opened before the limit was reached
+                first.send(b"stats\r\n")
+                while True:
+                    line = first.readline()
+                    if line == b"END\r\n":
+                        break
+                    parts = line.split()
+                    st[parts[1].decode()] = parts[2].decode()
+                return int(st.get("listen_disabled_num", "0")) > 0
+            try:
+                kt.wait_until(paused, 15, "listen_disabled_num > 0 on the gateway limited to 64 descriptors",
+                              interval=0.1, daemons=[d])
+            except TimeoutError as e:
+                tap.note(str(e))
             for s in socks:
                 s.close()
         tap.ok(st0.get("accepting_conns") == "1" and st0.get("listen_disabled_num") == "0",

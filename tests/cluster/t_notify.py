@@ -148,7 +148,7 @@ class Writer(threading.Thread):
             except Exception:
                 self.failed += 1
                 c = None
-                time.sleep(0.05)
+                time.sleep(0.05)    # before the retry on a new connection
         if c is not None:
             c.close()
 
@@ -205,7 +205,7 @@ def get_all(port, keys, timeout=30):
             c = None
             if time.time() > deadline:
                 break
-        time.sleep(0.5)
+        time.sleep(0.5)     # between the rounds of a polling loop
     if c is not None:
         c.close()
     return got
@@ -240,7 +240,7 @@ def body():
     tap.note("1. kumo-server %s started while no manager listens on %s" % (srv.addr, c.mgr_addr))
     srv.daemon = NDaemon("kumo-server[1]", c.server_argv(srv), c.log("server1"), env("server")).start()
     t_srv = time.time()
-    time.sleep(2.0)
+    time.sleep(2.0)     # a period in which nothing must come (READY=1), and the watchdog must tick
     srv.daemon.check_alive()
     early = [m for m in socks["server"].lines("READY=", t_srv)]
     tap.ok(not early, "server with no manager reachable: no READY=1 within 2 s",
@@ -290,7 +290,7 @@ def body():
     c.gateway = NDaemon("kumo-gateway", c.gateway_argv(), c.log("gateway"), env("gateway")).start()
     kt.wait_until(lambda: kt.raw_version(c.gateway_port), 15, "gateway answering version",
                   daemons=c.daemons())
-    time.sleep(2.0)
+    time.sleep(2.0)     # a period in which nothing must come (READY=1, STATUS=... serving)
     early = socks["gateway"].lines("READY=", t_gw)
     tap.ok(not early, "gateway whose manager knows no attached server: not READY (2 s)", "got %s" % early)
     st = socks["gateway"].lines("STATUS=", t_gw)
@@ -320,8 +320,15 @@ def body():
     tap.ok(ms is not None, "manager: STATUS= counts the gateway (%s)" % (ms[2] if ms else "-"),
            socks["manager"].dump())
 
-    # 5. watchdog
-    time.sleep(max(0.0, 2.5 - (time.time() - t_gw)))
+    # 5. watchdog: until each daemon has sent a few WATCHDOG=1 (the checks need 3 and a median gap)
+    def ticks(name, pid, since):
+        return sum(1 for _, p, _ in socks[name].lines("WATCHDOG=1", since) if p == pid)
+    try:
+        kt.wait_until(lambda: ticks("manager", c.manager.pid, t_mgr) >= 5 and ticks("server", srv.daemon.pid, t_srv) >= 5
+                      and ticks("gateway", c.gateway.pid, t_gw) >= 5, 20, "5 WATCHDOG=1 from each daemon",
+                      interval=0.1, daemons=c.daemons())
+    except TimeoutError as e:
+        tap.note(str(e))
     watchdog_check(socks["manager"], c.manager.pid, "manager", t_mgr)
     watchdog_check(socks["server"], srv.daemon.pid, "server", t_srv)
     watchdog_check(socks["gateway"], c.gateway.pid, "gateway", t_gw)
@@ -343,7 +350,7 @@ def body():
     kt.wait_until(lambda: w.acked >= 20, 10, "the writer's first acknowledged sets", interval=0.05)
     t_stop = time.time()
     sigterm_check(srv.daemon, socks["server"], "server (writes in flight)")
-    time.sleep(0.5)
+    time.sleep(0.5)     # a duration: the writer goes on a little with the server gone
     w.stop.set()
     w.join(30)
     tap.note("writer: %d sets acknowledged (%d after the SIGTERM), %d failed" % (
@@ -413,7 +420,10 @@ def body():
     ok = mc.set("gone-key", b"gone-value", noreply=False) is True and mc.get("gone-key") == b"gone-value"
     mc.close()
     tap.ok(ok, "with a missing notify socket the cluster serves a set and a get")
-    time.sleep(2.0)     # a few watchdog ticks towards nowhere
+    try:    # over a few watchdog ticks towards nowhere
+        kt.holds_for(lambda: all(d.alive() for d in c2.daemons()), 2.0, "every daemon running", interval=0.1)
+    except kt.NotHeld:
+        pass
     dead = ["%s exited %s" % (d.name, d.returncode()) for d in c2.daemons() if not d.alive()]
     tap.ok(not dead, "with a missing notify socket every daemon keeps running", "; ".join(dead))
     for d in (c2.gateway, s2.daemon, c2.manager):
@@ -430,7 +440,13 @@ def body():
     argv[argv.index("-m") + 1] = NO_SUCH
     t3 = time.time()
     s3.daemon = NDaemon("kumo-server(waiting)", argv, c3.log("server1"), {"NOTIFY_SOCKET": n3.path}).start()
-    time.sleep(2.5)
+    try:    # it retries the lookup, and stays up without READY=1 meanwhile
+        kt.wait_until(lambda: s3.daemon.tail(200).count("cannot resolve") >= 2 or not s3.daemon.alive(), 60,
+                      "the waiting server to fail its lookup twice", interval=0.2)
+        kt.holds_for(lambda: s3.daemon.alive() and not n3.lines("READY=", t3), 1.0,
+                     "the waiting server running, not READY", interval=0.1)
+    except TimeoutError as e:
+        tap.note(str(e))
     tap.ok(s3.daemon.alive(), "a server whose manager name does not resolve keeps running (retrying)",
            s3.daemon.tail(10))
     tap.ok(not n3.lines("READY=", t3), "... and is not READY", n3.dump())

@@ -138,7 +138,8 @@ def hello_flood(port, pid):
             if sent[i] >= len(head) + FLOOD_BYTES - 1:
                 done[i] = True
         peak = max(peak, rss(pid))
-    # What is still in flight settles: sample a little longer.
+    # What is still in flight settles: sample a little longer (a measured
+    # period: the peak memory in it).
     end = time.time() + 2
     while time.time() < end:
         peak = max(peak, rss(pid))
@@ -265,10 +266,25 @@ def per_address(c, key):
     limit = accept_stats(c, srv)["unauthenticated_per_address_limit"]
     tap.note("per-address limit %d (ADMIT_PER_ADDR = %d, at most a quarter of the %d the server's descriptors "
              "allow)" % (limit, ADMIT_PER_ADDR, accept_stats(c, srv)["unauthenticated_limit"]))
+    def handled():
+        """Connections from 127.0.0.1 the server holds unauthenticated, refused or evicted (asked from 127.0.0.3)."""
+        p = Peer(srv.port, key, source="127.0.0.3")
+        try:
+            err, st = p.call(SRV_STATUS, [ST_ACCEPT])
+        finally:
+            p.close()
+        if err is not None or not isinstance(st, dict):
+            raise OSError("SRV_STATUS accept: %r" % ((err, st),))
+        return st.get("rpc_unauthenticated", 0) + st.get("rpc_refused", 0) + st.get("rpc_evicted", 0)
+    before = handled()
     socks = []
     for _ in range(100):
         socks.append(socket.create_connection(("127.0.0.1", srv.port), timeout=5))
-    time.sleep(0.5)     # let the daemon accept them all (no assertion on time)
+    try:    # until the daemon has taken them all in (no assertion on time: the checks below say it)
+        kt.wait_until(lambda: handled() >= before + 100, 30, "the server to accept the 100 connections",
+                      interval=0.1, daemons=c.daemons())
+    except TimeoutError as e:
+        tap.note(str(e))
     try:
         p = Peer(srv.port, key, source="127.0.0.2")
         err, pid = p.call(SRV_STATUS, [ST_PID])
@@ -387,7 +403,7 @@ def descriptor_limit(c, key):
         f = open("/proc/%d/stat" % srv.daemon.pid).read().rsplit(")", 1)[1].split()
         return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
     cpu0 = cpu()
-    time.sleep(3)
+    time.sleep(3)   # a measured period (CPU used in it), not a wait
     used = cpu() - cpu0
     tap.ok(used < 1.0, "at its limit the server does not spin (%.2f s CPU in 3 s)" % used)
     bad = []
@@ -407,7 +423,7 @@ def descriptor_limit(c, key):
         err, res = watch.call(SRV_STATUS, [ST_ACCEPT])
         if err is not None or not isinstance(res, dict) or res.get("accept_paused") == 1:
             break
-        time.sleep(0.03)
+        time.sleep(0.03)    # between the polls of a short polling loop
     tap.ok(err is None and isinstance(res, dict) and res.get("accept_paused") == 1 and res.get("accept_failures", 0) > 0,
            "SRV_STATUS accept (a connection opened before): accepting paused, failures counted", repr((err, res)))
     for p in peers:

@@ -83,7 +83,7 @@ def body():
             top = kt.run_tool([kt.binary("kumotop"), "-m", c.mgr_addr, "-n", "1", "-i", "0.1"])
             if not top_seen and re.search(r" Copying (walk|send) \d+%", top.stdout):
                 top_seen = top.stdout
-            time.sleep(0.02)
+            time.sleep(0.02)    # between the polls of a polling loop
         tap.note("seen: " + " | ".join(seen))
         tap.ok(seen, "kumoctl status during the replace: a line per server with its totals and an ETA",
                r.stdout)

@@ -209,7 +209,7 @@ def wait_active(c, s, timeout=ACTIVE_TIMEOUT):
 def wait_settled(c, what, timeout=SETTLE_TIMEOUT):
     """Until every server is (active) in `kumoctl status` and it shows no
     replace, every server's whs is the manager's and its hsccheck is true;
-    twice, 0.5 s apart. Returns the seconds it took."""
+    and stays so for 2 s. Returns the seconds it took."""
     def cond():
         text = status_text(c)
         if "replace:" in text:
@@ -225,8 +225,7 @@ def wait_settled(c, what, timeout=SETTLE_TIMEOUT):
     t0 = time.time()
     kt.wait_until(cond, timeout, what + " to settle (all (active), no replace in status, "
                   "whs = manager's, hsccheck true)", interval=0.3, daemons=live_daemons(c))
-    time.sleep(0.5)
-    kt.wait_until(cond, 15, what + " to stay settled", interval=0.3, daemons=live_daemons(c))
+    kt.holds_for(cond, 2.0, what + " to stay settled", interval=0.3, daemons=live_daemons(c))
     took = time.time() - t0
     tap.note("%s settled in %.1f s" % (what, took))
     return took

@@ -45,7 +45,6 @@ import random
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import traceback
 
@@ -119,8 +118,8 @@ def status_text(c):
 
 def wait_replaced(c, live, timeout=REPLACE_TIMEOUT, what="the replace"):
     """Until: `kumoctl status` shows no "replace:", every live server's whs is
-    the manager's (same timestamp and nodes) and its hsccheck is true; twice,
-    0.5 s apart. Returns the manager's Status."""
+    the manager's (same timestamp and nodes) and its hsccheck is true; and
+    stays so for 2 s. Returns the manager's Status."""
     def cond():
         text = status_text(c)
         if "replace:" in text:
@@ -136,8 +135,8 @@ def wait_replaced(c, live, timeout=REPLACE_TIMEOUT, what="the replace"):
     t0 = time.time()
     kt.wait_until(cond, timeout, what + " to finish (no 'replace:' in status, whs = manager's, hsccheck true)",
                   interval=0.3, daemons=[d for d in c.daemons() if not d.expected_exit])
-    time.sleep(0.5)
-    st = kt.wait_until(cond, 10, what + " to stay finished", interval=0.3)
+    st = kt.holds_for(cond, 2.0, what + " to stay finished", interval=0.3,
+                      daemons=[d for d in c.daemons() if not d.expected_exit])
     tap.note("%s finished in %.1f s" % (what, time.time() - t0))
     return st
 
@@ -235,102 +234,12 @@ def deleted_miss(port, deleted, label, ndelete=10):
            "answers other than NOT_FOUND: %s" % got[:10])
 
 
-class Load(threading.Thread):
-    """Continuous gets of known keys (expected value or miss) and sets of its
-    own keys, each read back. No retries: every error or wrong answer counts."""
-
-    def __init__(self, port, known, rng, nown=100, name="load"):
-        super().__init__(daemon=True)
-        self.port = port
-        self.known = dict(known)          # key -> value or None (deleted)
-        self.keys = sorted(self.known)
-        self.own = {}                     # key -> last acknowledged value
-        self.nown = nown
-        self.rng = random.Random(rng.randrange(1 << 32))
-        self.stopping = threading.Event()
-        self.errors = []
-        self.set_errors = []
-        self.gets = self.sets = 0
-        self.max_latency = 0.0
-        self.t0 = time.time()
-        self.c = None
-
-    def _client(self):
-        if self.c is None:
-            self.c = kt.mc_client(self.port, timeout=OP_TIMEOUT)
-        return self.c
-
-    def _drop(self):
-        try:
-            self.c.close()
-        except Exception:
-            pass
-        self.c = None
-
-    def _timed(self, fn):
-        t = time.time()
-        r = fn()
-        self.max_latency = max(self.max_latency, time.time() - t)
-        return r
-
-    def _get(self, k, want, what):
-        try:
-            got = self._timed(lambda: self._client().get(k))
-        except Exception as e:
-            self.errors.append("t+%.1fs get %s (%s): %s: %s" % (time.time() - self.t0, k, what, type(e).__name__, e))
-            self._drop()
-            return
-        self.gets += 1
-        if got != want:
-            self.errors.append("t+%.1fs get %s (%s) returned %s, want %s" % (
-                time.time() - self.t0, k, what, kt.short(got, 50), kt.short(want, 50)))
-
-    def run(self):
-        n = 0
-        while not self.stopping.is_set() and len(self.errors) < 50:
-            k = self.rng.choice(self.keys)
-            self._get(k, self.known[k], "known")
-            if n % 10 == 0:
-                ks = self.rng.sample(self.keys, 8)
-                try:
-                    got = self._timed(lambda: self._client().get_many(ks))
-                    self.gets += 1
-                    want = {x: self.known[x] for x in ks if self.known[x] is not None}
-                    if got != want:
-                        self.errors.append("t+%.1fs multi-get of %d keys: %d differ" % (
-                            time.time() - self.t0, len(ks),
-                            sum(1 for x in ks if got.get(x) != self.known[x])))
-                except Exception as e:
-                    self.errors.append("t+%.1fs multi-get: %s: %s" % (time.time() - self.t0, type(e).__name__, e))
-                    self._drop()
-            ok = ("own:%d" % (n % self.nown)).encode()
-            ov = ("own value %d " % n).encode() + self.rng.randbytes(self.rng.randrange(0, 64))
-            try:
-                r = self._timed(lambda: self._client().set(ok, ov, noreply=False))
-            except Exception as e:
-                r = "%s: %s" % (type(e).__name__, e)
-                self._drop()
-            if r is True:
-                self.sets += 1
-                self.own[ok] = ov
-                self._get(ok, ov, "own, just set")
-            else:
-                self.set_errors.append("t+%.1fs set %s: %r" % (time.time() - self.t0, ok, r))
-                self.own.pop(ok, None)     # its value is uncertain now
-            if self.own and n % 3 == 0:
-                k2 = self.rng.choice(sorted(self.own))
-                self._get(k2, self.own[k2], "own, set earlier")
-            n += 1
-            time.sleep(0.002)
-
-    def stop(self):
-        self.stopping.set()
-        self.join(OP_TIMEOUT * 3)
-        if self.c:
-            self._drop()
-
-    def summary(self):
-        return "%d gets, %d sets, longest op %.2f s" % (self.gets, self.sets, self.max_latency)
+def load_client(port, known, rng, nown=100):
+    """Continuous gets of known keys (expected value or miss), a multi-get every
+    10 rounds, and sets of its own keys (own:0 .. own:nown-1), each read back
+    and reread later. No retries: every error or wrong answer counts."""
+    return kt.LoadClient(port, known, rng, prefix="own", nown=nown, timeout=OP_TIMEOUT,
+                         multi_every=10, reread_every=3, pause=0.002)
 
 
 def wait_fault(c, victim, timeout=30):
@@ -359,9 +268,9 @@ def s1_attach_under_load(rng):
         known = dict(live)
         known.update({k: None for k in deleted})
 
-        load = Load(port, known, rng)
+        load = load_client(port, known, rng)
         load.start()
-        time.sleep(1.0)
+        load.wait_progress(20, 30)      # the client runs before the new server; checked below
         s4 = add_server(c)
         tap.note("starting a 4th server %s while the client runs" % s4.addr)
         c.start_server(s4)
@@ -370,7 +279,7 @@ def s1_attach_under_load(rng):
             tap.ok(True, "%s shows under 'not attached node'" % s4.addr)
         except TimeoutError as e:
             tap.ok(False, "%s shows under 'not attached node'" % s4.addr, str(e))
-        time.sleep(1.0)
+        load.wait_progress(20, 30)      # with the new server up, not attached yet
         r = c.kumoctl("attach")
         tap.ok(r.returncode == 0, "kumoctl attach exits 0", "exit %s: %s%s" % (r.returncode, r.stdout, r.stderr))
         try:
@@ -386,7 +295,7 @@ def s1_attach_under_load(rng):
         nums = {a: [int(x) for x in re.findall(r"\d+", line.split(":  ")[-1])] for a, line in moved.items()}
         tap.ok(sum(v[0] for a, v in nums.items() if a != s4.addr) > 0 and nums[s4.addr][2] > 0,
                "kumostat moved: the old owners sent records and %s applied them" % s4.addr, repr(moved))
-        time.sleep(1.0)
+        load.wait_progress(20, 30)      # reads after the replace too
         load.stop()
         tap.ok(load.gets > 100 and not load.errors,
                "no read failed or returned a wrong or older value during the attach (%s)" % load.summary(),
@@ -471,7 +380,15 @@ def s3_full_replace(rng):
         kt.wait_until(lambda: c.hash_space(victim, "whs").attached, 20,
                       "restarted %s to hold a hash space" % victim.addr, interval=0.2,
                       daemons=[victim.daemon, c.manager])
-        time.sleep(3.0)      # let the manager's probing of the old link settle
+        # The manager probes the old link's address: either a probe reaches the
+        # restarted server and it stays (active), or the manager marks it lost.
+        # Nothing to wait for in the first case, so: (active) for 3 s, or the
+        # moment it is not.
+        try:
+            kt.holds_for(lambda: c.status().state(victim.addr) == "active", 3.0,
+                         "%s (active)" % victim.addr, interval=0.25, daemons=[victim.daemon, c.manager])
+        except kt.NotHeld:
+            pass
         st = c.status()
         tap.note("after the restart the manager shows %s as %s%s" % (
             victim.addr, st.state(victim.addr),
@@ -798,7 +715,7 @@ def s5_stale_rejoin(rng):
         tap.note("restarting %s on its old database" % victim.addr)
         c.start_server(victim)
         c.wait_not_attached([victim], timeout=30)
-        load = Load(port, want, rng, nown=20, name="rejoin")
+        load = load_client(port, want, rng, nown=20)
         load.start()
         r = c.kumoctl("attach")
         tap.ok(r.returncode == 0, "kumoctl attach exits 0", r.stderr)
@@ -807,7 +724,7 @@ def s5_stale_rejoin(rng):
         except TimeoutError as e:
             tap.ok(False, "the replace after the rejoin finishes", str(e))
             st = c.status()
-        time.sleep(1.0)
+        load.wait_progress(20, 30)      # gets after the replace too
         load.stop()
         tap.ok(not load.errors, "no get during and after the attach returned an old value or a deleted key (%s)"
                % load.summary(), "%d errors:\n%s" % (len(load.errors), "\n".join(load.errors[:15])))

@@ -180,9 +180,16 @@ def plant_divergence(c, rng, items, check_visible=True):
     stopped = plant(victim, [kt.record_key(k) for k in missing + tomb_keys], stale_recs)
     tap.note("victim stopped for %.2f s while its file was edited" % stopped)
     tap.ok(stopped < STOP_BUDGET, "the victim was stopped for less than %.0f s" % STOP_BUDGET)
-    time.sleep(0.3)
-    st = c.status()
-    tap.ok(all(s == "active" for _, s in st.attached), "every server still active after the edit", repr(st))
+    seen = []
+
+    def all_active():
+        seen[:] = [c.status()]
+        return all(s == "active" for _, s in seen[0].attached)
+    try:
+        kt.holds_for(all_active, 2.0, "every server (active)", interval=0.2, daemons=c.daemons())
+        tap.ok(True, "every server still active after the edit", repr(seen))
+    except kt.NotHeld as e:
+        tap.ok(False, "every server still active after the edit", "%s: %r" % (e, seen))
     c.check_running("every daemon runs after the edit")
     if check_visible:  # the damage is visible through the victim's reads
         seen = {k: None for k in missing if k in primary}

@@ -205,11 +205,15 @@ def main():
         ts += [threading.Thread(target=stats_reader, daemon=True) for _ in range(3)]
         for t in ts:
             t.start()
-        time.sleep(0.5)
+        try:
+            kt.wait_until(lambda: len(acked) >= 60, 20, "the writers' first acknowledged sets", interval=0.05,
+                          daemons=c.daemons())
+        except TimeoutError as e:
+            tap.note(str(e))
         # the hand-off: 9 connections in turn over 3 workers, so every
         # worker's thread works (all on worker 0 would leave two idle)
         before = thread_ticks(gw_pid)
-        time.sleep(2.0)
+        time.sleep(2.0)     # a measured period (each thread's CPU in it), not a wait
         after = thread_ticks(gw_pid)
         used = sorted((after[t] - before.get(t, 0) for t in after), reverse=True)
         busy = [u for u in used if u >= max(2, used[0] // 10)]

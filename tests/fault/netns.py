@@ -208,7 +208,7 @@ def _selftest():
             r = net.run("a", ["getent", "ahosts", "x." + DOMAIN], timeout=5)
             if net.addr("b") in r.stdout or kt.time.time() > deadline:
                 break
-            kt.time.sleep(0.2)
+            kt.time.sleep(0.2)     # between polls
         got = {l.split()[0] for l in r.stdout.splitlines() if l.strip()}
         kt.tap.ok({net.addr("a"), net.addr("b")} <= got, "host a resolves x.%s to both A records through "
                   "dnsmasq in host b" % DOMAIN, r.stdout + r.stderr)
@@ -220,7 +220,7 @@ def _selftest():
         while net.addr("b") not in net.run("a", ["getent", "hosts", "z." + DOMAIN], timeout=5).stdout:
             if kt.time.time() > deadline:
                 break
-            kt.time.sleep(0.2)
+            kt.time.sleep(0.2)     # between polls
         kt.tap.ok(net.addr("b") in net.run("a", ["getent", "hosts", "z." + DOMAIN], timeout=5).stdout,
                   "records changed live (SIGHUP)")
     finally:

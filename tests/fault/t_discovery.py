@@ -93,7 +93,7 @@ elif op == "set":
             if time.time() > deadline:
                 failed.append(k)
                 break
-            time.sleep(0.2)
+            time.sleep(0.2)     # before the retry
     print(json.dumps({"failed": failed}))
 elif op == "get":
     keys, got, c, err = req["keys"], {}, None, None
@@ -109,7 +109,7 @@ elif op == "get":
             c, err = None, repr(e)
         if len(got) == len(keys) or time.time() > deadline:
             break
-        time.sleep(0.3)
+        time.sleep(0.3)     # between the rounds of a polling loop
     print(json.dumps({"got": got, "error": err}))
 elif op == "loop":
     # until the stop file appears: set a new key, read it back; count and time it
@@ -131,8 +131,8 @@ elif op == "loop":
             c = None
             res["errors"] += 1
             res["last_error"] = repr(e)
-            time.sleep(0.2)
-        time.sleep(0.05)
+            time.sleep(0.2)     # before the retry on a new connection
+        time.sleep(0.05)        # the loop's pace
     res["max_stall"] = max(res["max_stall"], time.time() - last_ok)
     res["keys"] = i
     with open(req["out"], "w") as f:
@@ -309,7 +309,11 @@ class T:
     def part_a(self):
         tap.note("a. two managers under one name (managers.kumo.test), servers with no -l, -a -Rs 1")
         m1 = self.manager("manager1", "m1", self.partner_arg)
-        time.sleep(1.0)
+        try:    # until it either answers kumoctl status or has exited (refusing the option)
+            kt.wait_until(lambda: not m1.alive() or self.status("%s:%d" % (self.A("m1"), CTL_PORT)), 20,
+                          "manager 1 to answer or exit", interval=0.2)
+        except TimeoutError as e:
+            tap.note(str(e))
         if not m1.alive():
             tap.note("kumo-manager refused -p managers.kumo.test (exit %s): giving partners by address" %
                      m1.returncode())
@@ -401,7 +405,7 @@ class T:
             json.dump(req, f)
         loop = kt.Daemon("client-loop", ["sh", "-c", 'exec "$@" < "$0"', os.path.join(self.dir, "loop.req")] +
                          self.net.argv("cl", [PY, self.client_py]), self.log("client-loop")).start()
-        time.sleep(1.0)
+        time.sleep(1.0)     # a duration: the client loop runs a while before the move
         st, killed = self.d["manager1"].stop()
         tap.ok(st == 0 and not killed, "manager 1: SIGTERM -> exit 0", "status %s" % st)
         recs = [r for r in self.records() if r[0] not in ("managers", "m1")]
@@ -470,7 +474,15 @@ class T:
         self.gateway("gateway-noport", "m1", "dnssrv+_noport._tcp.kumo.test", listen="11212")
         self.gateway("gateway-late", "dns", "late.kumo.test")
         waiter = self.server("server-never", "cl", "never.kumo.test")
-        time.sleep(4.0)
+        try:    # until each has logged the name it cannot resolve, then running on for a while
+            self.wait(lambda: self.log_has("server4", "late.kumo.test", "resolve") and
+                      self.log_has("gateway-late", "late.kumo.test", "resolve") and
+                      self.log_has("gateway-noport", "_noport._tcp.kumo.test", "without a port"), 30,
+                      "the unresolved names logged")
+            kt.holds_for(lambda: all(self.d[n].alive() for n in ("server4", "gateway-late", "gateway-noport")),
+                         2.0, "the daemons named to unknown names running", interval=0.2)
+        except TimeoutError as e:
+            tap.note(str(e))
         tap.ok(s4.alive() and self.log_has("server4", "late.kumo.test", "resolve"),
                "a server named to an unknown name keeps running and logs the name", s4.tail(10))
         gl = self.d["gateway-late"]
@@ -542,7 +554,7 @@ class T:
             except (OSError, ValueError):
                 worst = 99.0
             worst = max(worst, time.time() - t1)
-            time.sleep(1.0)
+            time.sleep(1.0)     # the pace of a check that must hold for the whole 25 s
         tap.ok(states == {"active"}, "it stays (active) for 25 s: its loop answers every keepalive",
                "states seen: %s" % sorted(states))
         tap.ok(worst < 4.0, "its /metrics answers within %.1f s every time (the lookups run off the loop)" % worst)
@@ -581,7 +593,10 @@ class T:
         self.gateway("gateway6", "gw", v6m, listen="[::]:%d" % GW_PORT)
         gw6 = [self.net.addr6("gw"), GW_PORT]
         self.wait(lambda: self.metric("gw", "kumo_gateway_manager_connections") == 1, 15, "v6 gateway linked")
-        time.sleep(2.0)    # let the replace of the last attach finish before writing
+        # the replace of the last attach finishes before writing
+        no_replace = lambda: "replace:" not in self.status(ctl6).text  # noqa: E731
+        self.wait(no_replace, 60, "the replace of the last attach to finish")
+        kt.holds_for(no_replace, 1.0, "no replace running", interval=0.2)
         keys = {"v6:%d:%d" % (i, self.rng.randrange(1 << 30)): "v6-%d" % i for i in range(200)}
         failed = self.set_keys(gw6, keys)
         tap.ok(not failed, "client over IPv6 ([%s]:%d): %d sets" % (gw6[0], GW_PORT, len(keys)), "%s" % failed[:5])

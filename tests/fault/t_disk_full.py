@@ -99,7 +99,7 @@ def body():
             resumed = time.time() - t0
         except MemcacheServerError as e:
             last = e
-            time.sleep(0.2)
+            time.sleep(0.2)     # between the tries of a polling loop
     tap.ok(resumed is not None, "writes succeed again once the filler is removed, without a restart",
            "still refused after 15 s: %s" % last)
     if resumed is not None:

@@ -59,7 +59,7 @@ class Sampler(threading.Thread):
                     v = kt.rss_anon(d.pid) or 0
                     if v > self.peak[d.name]:
                         self.peak[d.name] = v
-            time.sleep(0.02)
+            time.sleep(0.02)    # the sampling interval
 
 
 def metric(port, name):
@@ -141,7 +141,7 @@ def body():
     tap.ok(paused is not None and paused >= 1, "the gateway shows the stalled connection as paused",
            "kumo_gateway_paused_connections %r" % paused)
     stall.close()
-    time.sleep(1)
+    time.sleep(1)   # a measured period: the peaks go on being sampled while the gateway lets go of the stall
     sampler.stopping = True
     sampler.join()
 

@@ -182,7 +182,7 @@ def client_main(spec_path):
         while not stopped():
             k = rng.choice(keys)
             x = rng.random()
-            time.sleep(rng.uniform(0, spec["pause"]))
+            time.sleep(rng.uniform(0, spec["pause"]))    # a client's think time: the load's pace
             n += 1
             if x < 0.02:    # a fresh key with a large value: the database files keep growing
                 k = "nf%d_%d" % (wid, n)
@@ -232,7 +232,7 @@ def client_main(spec_path):
             got = mc.incr(k, 1)
             return ("fail", None) if got is None else ("ok", str(got))
         while not stopped():
-            time.sleep(rng.uniform(0, spec["pause"]))
+            time.sleep(rng.uniform(0, spec["pause"]))    # a client's think time: the load's pace
             n += 1
             x = rng.random()
             if x < 0.3:
@@ -264,7 +264,7 @@ def client_main(spec_path):
             for _ in range(3):
                 if w.get(k, final=True)["r"] == "ok":
                     break
-                time.sleep(1)
+                time.sleep(1)   # before the retry of a final read
     else:
         ts = [threading.Thread(target=worker, args=(i, outs[i]), daemon=True) for i in range(spec["threads"])]
         ts += [threading.Thread(target=rmw_worker, args=(i, outs[i]), daemon=True)
@@ -290,7 +290,7 @@ def probe_main(port):
                     sys.exit(0)
         except OSError:
             pass
-        time.sleep(0.2)
+        time.sleep(0.2)     # between polls
     sys.exit(1)
 
 
@@ -356,7 +356,7 @@ class Nemesis:
         tap.note("%7.1f s  %s  [%.3f]" % (time.monotonic() - self.t_start, msg, time.monotonic()))
 
     def sleep(self, lo, hi):
-        time.sleep(self.rng.uniform(lo, hi))
+        time.sleep(self.rng.uniform(lo, hi))   # a duration of the scenario (a fault held, a gap between steps)
 
     def start(self, name, host, argv):
         log = os.path.join(self.dir, name + ".log")
@@ -496,7 +496,7 @@ class Nemesis:
                     return dt
             except OSError:
                 pass
-            time.sleep(0.2)
+            time.sleep(0.2)     # between polls
         if record:
             self.detect.append((what, None))
         tap.ok(False, "%s (%s) is marked fault by the manager" % (h, what))
@@ -869,7 +869,7 @@ def body():
     try:
         n.setup()
         n.start_clients(nkeys=100 if ARGS.long else 30, threads=4, rmw_threads=2)
-        time.sleep(3)
+        time.sleep(3)   # a duration: the clients run a while before the first episode
         t_end = time.monotonic() + ARGS.minutes * 60
         pool = ARGS.episodes.split(",") if ARGS.episodes else list(EPISODES)
         order = list(pool)
@@ -883,7 +883,7 @@ def body():
             n.note("== episode %d: %s" % (len(done) + 1, name))
             n.run_episode(name)
             done.append(name)
-            time.sleep(rng.uniform(1, 3))
+            time.sleep(rng.uniform(1, 3))   # a duration: a quiet gap between episodes
         tap.ok(True, "schedule of %d episodes ran: %s" % (len(done), " ".join(done)))
         events = n.stop_clients()
         n.keys = sorted({e["k"] for e in events})
