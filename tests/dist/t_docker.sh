@@ -19,9 +19,15 @@
 #      keys set and read back through the gateway with a memcached client
 #   4. --scale server=4: the fourth server is attached by itself, both
 #      managers agree, the keys still read back, every container is healthy
-#   5. docker stop of a server: it exits 0 (SIGTERM reached it through tini)
+#   5. upgrades and restarts: the whole project recreated (new addresses),
+#      docker-compose restart, each service recreated alone, both managers
+#      together: each time the 4 servers are attached again by the
+#      managers, every key reads back, and each node (the identity beside
+#      its database) holds the records it held; then scaled down to 3 and
+#      back to 4: every key reads back
+#   6. docker stop of a server: it exits 0 (SIGTERM reached it through tini)
 #      and every key still reads back from the other replicas
-#   6. docker-compose down -v: containers, networks, volumes gone; the
+#   7. docker-compose down -v: containers, networks, volumes gone; the
 #      dockerd we started is stopped
 #
 # Skips (TAP "1..0 # SKIP") only when no Docker engine can run here; with
@@ -316,6 +322,68 @@ done
 [ "$healthy" = 1 ]
 ok $? "all 7 containers report healthy ($((SECONDS - t)) s)"
 [ "$healthy" = 1 ] || note "$(tr '\n' ' ' <<<"$states")"
+
+# Upgrades and restarts as users do them. A server's database is placed by
+# the identity written beside it (<db>.node), so whatever addresses the
+# containers come back with, each node keeps its keys: after each operation
+# every key reads back and each node holds the records it held.
+nodes_items() { # "<node identity> <records>" per server container, sorted
+    local id
+    for id in $("${COMPOSE[@]}" ps -q server); do
+        "$DOCKER" exec "$id" sh -c 'printf "%s %s\n" "$(cat /var/lib/kumofs/kumo-server.tch.node)" \
+            "$(kumostat 127.0.0.1 items | awk "{print \$NF}")"' 2>&1
+    done | sort
+}
+server_addrs() { # "<first 8 digits of each node's id>@<its container's address>", sorted
+    local id
+    for id in $("${COMPOSE[@]}" ps -q server); do
+        printf '%s@%s\n' "$("$DOCKER" exec "$id" awk '{print substr($4, 1, 8)}' /var/lib/kumofs/kumo-server.tch.node)" \
+            "$("$DOCKER" inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$id")"
+    done 2>/dev/null | sort | tr '\n' ' '
+}
+upgrade_step() { # name, then the compose arguments
+    local name=$1 t rc now was
+    shift
+    was=$(server_addrs)
+    t=$SECONDS
+    "${COMPOSE[@]}" "$@" >"$WORK/step.log" 2>&1
+    rc=$?
+    [ "$rc" -eq 0 ] || sed 's/^/#   /' "$WORK/step.log"
+    wait_attached 4 120 && gateway_answers 60 && memc getall
+    rc=$((rc | $?))
+    now=$(nodes_items)
+    [ "$rc" -eq 0 ] && [ "$now" = "$BEFORE" ]
+    rc=$?
+    ok "$rc" "$name: 4 servers attached, all $KEYS keys read back, no record moved ($((SECONDS - t)) s)"
+    [ "$rc" -eq 0 ] || note "nodes before: $(tr '\n' ' ' <<<"$BEFORE")/ after: $(tr '\n' ' ' <<<"$now")"
+    now=$(server_addrs)
+    [ "$now" = "$was" ] && note "nodes at: $now (no address changed)" || note "nodes at: $was-> $now"
+}
+BEFORE=$(nodes_items)
+grep -q '^kumofs-node 1 id [0-9a-f]\{32\} [0-9][0-9]*$' <<<"$BEFORE" && [ "$(grep -c . <<<"$BEFORE")" = 4 ]
+ok $? "each server's volume holds its identity, a random id beside its database ($(tr '\n' ' ' <<<"$BEFORE"))"
+note "nodes at: $(server_addrs)"
+upgrade_step "docker-compose up -d --force-recreate (the whole project, as an image upgrade does)" \
+    up -d --no-build --force-recreate --scale server=4
+upgrade_step "docker-compose restart" restart
+upgrade_step "manager1 recreated alone" up -d --no-build --no-deps --force-recreate manager1
+upgrade_step "manager2 recreated alone" up -d --no-build --no-deps --force-recreate manager2
+upgrade_step "the servers recreated (managers up)" up -d --no-build --no-deps --force-recreate --scale server=4 server
+upgrade_step "the gateway recreated" up -d --no-build --no-deps --force-recreate gateway
+upgrade_step "both managers recreated together (servers up: the layout is learned from them)" \
+    up -d --no-build --no-deps --force-recreate manager1 manager2
+
+# Scaling down and back up changes the membership: the removed server is
+# lost, then detached by auto-replace; the new one (a new volume, a new id)
+# is attached. Its keys move, none is lost.
+t=$SECONDS
+"${COMPOSE[@]}" up -d --no-build --scale server=3 >"$WORK/step.log" 2>&1 &&
+    wait_attached 3 120 && memc getall
+ok $? "scaled down to 3 servers: the fourth is detached by itself, every key reads back ($((SECONDS - t)) s)"
+t=$SECONDS
+"${COMPOSE[@]}" up -d --no-build --scale server=4 >"$WORK/step.log" 2>&1 &&
+    wait_attached 4 120 && memc getall
+ok $? "scaled back up to 4: the new server is attached, every key reads back ($((SECONDS - t)) s)"
 
 # Graceful stop: tini hands SIGTERM to kumo-server, which drains and exits 0.
 victim=$("${COMPOSE[@]}" ps -q server | tail -n 1)
