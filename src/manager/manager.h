@@ -75,6 +75,8 @@ typedef struct manager {
     rpc_conn *partner_conn;   /* the link in use */
     rpc_conn *partner_dialed; /* our own connection attempt */
     struct event *partner_retry;
+    double partner_answer; /* monotonic time of the partner's last answer to our keepalive */
+    bool partner_ping_out; /* a keepalive to it is in flight */
     bool stopping;
     bool auto_replace; /* -a, or kumoctl enable-auto-replace */
     /* replace (replace.c) */
@@ -139,6 +141,10 @@ void partner_hello(manager *m, rpc_conn *c);
 void partner_closed(manager *m, rpc_conn *c);
 bool partner_handle(manager *m, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
 bool partner_up(const manager *m);
+/* Every tick: a keepalive to the partner; one silent for PARTNER_SILENCE
+ * seconds (hung, or cut off by a partition that closes no connection) is
+ * lost: logged, its link closed and dialled again. */
+void partner_tick(manager *m, double lag);
 /* Whether this manager runs automatic replaces (the smaller address does
  * while both are up). */
 bool partner_drives_auto(const manager *m);

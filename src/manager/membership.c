@@ -352,6 +352,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         log_info("the manager's loop was stalled for %.1f s; keepalive silence resets", lag);
         for (size_t i = 0; i < m->nservers; i++) m->servers[i]->last_answer += lag;
     }
+    partner_tick(m, lag > 0.5 ? lag : 0);
     for (size_t i = 0; i < m->nservers; i++) {
         mserver *ms = m->servers[i];
         if (!ms->conn) continue;

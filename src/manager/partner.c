@@ -28,6 +28,7 @@
 #include "proto.h"
 
 #define SYNC_TIMEOUT 10.0
+#define PARTNER_SILENCE 4.0 /* s without an answer: the partner is lost (as a server, membership.c) */
 
 static void ignore_reply(void *arg, rpc_status st, const msgpack_object *r) {}
 
@@ -108,11 +109,43 @@ bool partner_handle(manager *m, rpc_conn *c, uint32_t msgid, uint32_t method, co
 
 /* ---- the link ---- */
 
-static void partner_connect(manager *m);
+static void link_gone(manager *m, rpc_conn *c);
 
-static void on_close(void *arg, rpc_conn *c)
+static void ping_done(void *arg, rpc_status st, const msgpack_object *r)
 {
     manager *m = arg;
+    (void)r;
+    m->partner_ping_out = false;
+    if (st == RPC_OK) m->partner_answer = clock_mono();
+}
+
+void partner_tick(manager *m, double lag)
+{
+    rpc_conn *c = m->partner_conn;
+    if (!c || !rpc_hello_done(c)) return;
+    double now = clock_mono();
+    if (lag > 0) m->partner_answer += lag; /* our own stall is not its silence */
+    if (now - m->partner_answer > PARTNER_SILENCE) {
+        char buf[NET_ADDRSTRLEN];
+        log_warn("partner %s does not answer for %.0f s (hung, or cut off): closing the link", net_format(&m->partner, buf, sizeof(buf)),
+                 now - m->partner_answer);
+        link_gone(m, c); /* "lost partner", takes over its replace, dials again */
+        rpc_close(c);    /* no on_close from our own close */
+        return;
+    }
+    if (m->partner_ping_out) return;
+    m->partner_ping_out = true;
+    msgpack_packer *pk = rpc_call_begin(c, MGR_KEEPALIVE, PARTNER_SILENCE, ping_done, m);
+    msgpack_pack_array(pk, 1);
+    msgpack_pack_uint64(pk, clock_now(&m->clock));
+    rpc_call_end(c);
+}
+
+static void partner_connect(manager *m);
+
+/* c, one of our links to the partner, is gone: closed by either side. */
+static void link_gone(manager *m, rpc_conn *c)
+{
     char buf[NET_ADDRSTRLEN];
     if (c == m->partner_dialed) m->partner_dialed = NULL;
     if (m->partner_conn != c) {
@@ -136,6 +169,8 @@ static void on_close(void *arg, rpc_conn *c)
         evtimer_add(m->partner_retry, &tv);
     }
 }
+
+static void on_close(void *arg, rpc_conn *c) { link_gone(arg, c); }
 
 void partner_hello(manager *m, rpc_conn *c)
 {
@@ -161,6 +196,8 @@ void partner_hello(manager *m, rpc_conn *c)
         rpc_close(old);
     }
     m->partner_conn = c;
+    m->partner_answer = clock_mono();
+    m->partner_ping_out = false;
     log_info("partner connected %s", net_format(&m->partner, buf, sizeof(buf)));
     partner_sync(m);
 }

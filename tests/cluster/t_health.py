@@ -65,6 +65,11 @@ def section(text, name):
     return [l.strip() for l in m.group(1).splitlines()] if m else None
 
 
+def log_text(path):
+    with open(path, "rb") as f:
+        return f.read().decode("utf-8", "replace")
+
+
 def body():
     kt.require_binaries(BINARIES)
 
@@ -257,6 +262,25 @@ def body():
         tap.ok(r.returncode == 2 and "the partner manager does not answer" in r.stdout and took < 4.5,
                "a hung partner: health says it does not answer, within a container probe's 5 s (%.1f s)" % took,
                out_of(r))
+        # The manager itself notices a partner that keeps its connection
+        # open but answers nothing (hung, or cut off by a partition that
+        # closes nothing): it logs it and shows it unlinked, then links
+        # again once the partner answers.
+        kt.wait_until(lambda: "partner" not in lone.kumoctl("health").stdout, 20, "the partner linked again",
+                      interval=0.3, daemons=[b])
+        os.kill(b.pid, signal.SIGSTOP)
+        try:
+            kt.wait_until(lambda: "does not answer for" in log_text(lone.log("manager")), 15,
+                          "the manager to notice its silent partner", interval=0.3, daemons=[lone.manager])
+            r = lone.kumoctl("health")
+            tap.ok("lost partner" in log_text(lone.log("manager")) and
+                   re.search(r"the partner manager 127\.0\.0\.1:\d+ is not linked", r.stdout),
+                   "a partner silent for 4 s is logged as lost and health shows it unlinked", out_of(r))
+        finally:
+            os.kill(b.pid, signal.SIGCONT)
+        kt.wait_until(lambda: "partner" not in lone.kumoctl("health").stdout, 30, "the partner linked once it answers",
+                      interval=0.3, daemons=[b, lone.manager])
+        tap.ok(True, "... and linked again once it answers")
         b.stop()
 
 
