@@ -5,6 +5,10 @@
  */
 #include "mpguard.h"
 
+#include <msgpack.h>
+
+_Static_assert(MPGUARD_ELEM_COST >= sizeof(msgpack_object), "an element costs at least its msgpack_object");
+
 void mpguard_init(mpguard *g, uint64_t limit)
 {
     *g = (mpguard){.limit = limit, .expected = 1};
@@ -84,7 +88,9 @@ static int header_done(mpguard *g)
         case 0xc9: payload = be(g->hdr + 1, 4); break;
         default: break;
         }
-    g->declared += elems + payload;
+    /* An element costs the parser its msgpack_object (a map's pair two),
+     * allocated with the header: one byte on the wire is 24 in memory. */
+    g->declared += elems * MPGUARD_ELEM_COST + payload;
     if (g->declared > g->limit) return -1;
     g->expected += elems;
     g->skip = payload;

@@ -3,10 +3,13 @@
  *
  * msgpack-c's unpacker allocates an array's or map's element table as soon
  * as it reads the header, before any element has arrived: nine bytes that
- * declare 2^32 elements make it reserve 64 GiB. The guard reads the same
+ * declare 2^32 elements make it reserve 96 GiB. The guard reads the same
  * bytes first, incrementally, and refuses a stream in which one top-level
- * object declares more elements, or longer strings, than `limit` bytes could
- * ever hold (every element takes at least one byte on the wire). Feed it
+ * object would make the parser allocate more than `limit` bytes: each
+ * declared element counts as the MPGUARD_ELEM_COST bytes of its
+ * msgpack_object, each string, bin or ext as its length. (Counting an
+ * element as its one byte on the wire let a 64 MiB frame declare 64 M
+ * elements: 1.5 GiB of element tables, found by tests/fuzz/fuzz_rpcframe.) Feed it
  * every byte before handing it to msgpack_unpacker; it keeps only a few
  * bytes of state and never allocates.
  *
@@ -18,6 +21,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#define MPGUARD_ELEM_COST 24 /* sizeof(msgpack_object) on LP64; checked in mpguard.c */
 
 typedef struct mpguard {
     uint64_t limit;    /* bytes one top-level object may take */

@@ -137,15 +137,22 @@ int main(void)
     static const char body[5000];
     msgpack_pack_bin_body(&pk, body, sizeof(body));
     mpguard g;
-    mpguard_init(&g, 16);
+    mpguard_init(&g, 64);
     ptrdiff_t k = mpguard_feed_object(&g, sb.data, sb.size);
     ok(k == (ptrdiff_t)first, "a small object, then a large one: feed_object stops between them");
     ok(mpguard_feed_object(&g, sb.data + k, sb.size - (size_t)k) < 0, "the large one is over the small limit");
-    mpguard_init(&g, 16);
+    mpguard_init(&g, 64);
     k = mpguard_feed_object(&g, sb.data, sb.size);
     g.limit = 1 << 20;
     ok(mpguard_feed_object(&g, sb.data + k, sb.size - (size_t)k) == (ptrdiff_t)(sb.size - (size_t)k),
        "... and passes once the limit is raised after the first");
+    /* An element costs what the parser allocates for it, not its byte:
+     * 64 MiB of frame may not declare 64 M elements (1.5 GiB of tables). */
+    static const unsigned char many[] = {0xdd, 0x03, 0x00, 0x00, 0x00}; /* array32 of 48 M */
+    ok(!feed_all(many, sizeof(many), 64u << 20, false), "an array of 48 M elements is refused under a 64 MiB limit");
+    static const unsigned char some[] = {0xdd, 0x00, 0x20, 0x00, 0x00}; /* 2 M: 48 MiB of tables */
+    mpguard_init(&g, 64u << 20);
+    ok(mpguard_feed(&g, some, sizeof(some)), "... and one of 2 M is taken");
     msgpack_sbuffer_destroy(&sb);
     return done_testing();
 }
