@@ -440,8 +440,6 @@ static void learn_done(learn_ctx *x)
         hashspace *nw = without_fresh(m, hashspace_ref(w)), *nr = without_fresh(m, hashspace_ref(r));
         install(m, nw, nr);
         partner_sync(m);
-        for (size_t i = 0; i < m->nservers; i++) /* said hello before the layout was known */
-            if (m->servers[i]->conn) follow_moves(m, m->servers[i]);
         for (size_t i = 0; i < nw->ring.nnodes; i++) {
             const net_addr *a = &nw->ring.nodes[i].addr;
             mserver *o = membership_find_server(m, a);
@@ -455,6 +453,9 @@ static void learn_done(learn_ctx *x)
         /* A replace the old manager left unfinished (catching-up servers
          * included) resumes with auto-replace, else with `kumoctl replace`. */
         if (nw->clocktime != nr->clocktime) membership_schedule_auto_replace(m);
+        /* Last: a move installs new spaces, and nw and nr are m's no more. */
+        for (size_t i = 0; i < m->nservers; i++) /* said hello before the layout was known */
+            if (m->servers[i]->conn) follow_moves(m, m->servers[i]);
     }
     if (ms->conn) push_to_server(m, ms); /* held back until its answer was judged */
     hashspace_unref(w);
