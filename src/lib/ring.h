@@ -33,7 +33,7 @@
 typedef struct ring_node {
     net_addr addr; /* where it is reached */
     /* What it is placed by: keylen 0 = its address's identity bytes (0.4's
-     * placement, the user guide's chapter 7); else key[0..keylen), which
+     * placement, docs/protocol.md §8); else key[0..keylen), which
      * stays when the address changes. */
     uint8_t keylen;
     uint8_t key[RING_KEY_MAX];

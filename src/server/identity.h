@@ -13,8 +13,8 @@
  *   kumofs-node 1 id 5f0c…(32 hex digits)  placed by a random 128-bit id
  *
  * A new database (no file) takes --node-name if given; else the -l address
- * if -l is given, so a cluster started with -l everywhere keeps the user
- * guide's placement exactly; else, if it already holds records (written by
+ * if -l is given, so a cluster started with -l everywhere keeps kumofs
+ * 0.4's placement exactly (docs/protocol.md §8); else, if it already holds records (written by
  * an older kumofs, placed by its address), the address it has now; else a
  * random id. Once written the file decides, and a start that contradicts it
  * is refused with a message naming the file: --node-name another name, or

@@ -98,7 +98,7 @@ static void print_progress(const hashspace *whs)
     }
 }
 
-/* The guide's block, then what it does not show: a replace in progress,
+/* kumofs 0.4's block, then what it does not show: a replace in progress,
  * the auto-replace switch ("settings:"), and the health verdict with its
  * reasons. */
 static int print_status(tool_conn *t)

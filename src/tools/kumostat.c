@@ -6,7 +6,7 @@
  *   kumostat -m manager-address[:port=19700] command
  *
  * Each command is one or a few SRV_STATUS calls (protocol.md §5.3); the
- * answer is printed raw, as the guide shows: a number, the version string,
+ * answer is printed raw, as kumofs 0.4 printed it: a number, the version string,
  * a hash space block, true/false. With -m the command runs on every server
  * that is attached and active in the manager's whs, each answer preceded by
  * "host:port:  " (block answers get the prefix on a line of their own).

@@ -103,7 +103,7 @@ void tool_format_backup_progress(const tool_progress *p, char *buf, size_t len);
 /* Seconds until the copy ends at its present rate; < 0 when unknown or done. */
 double tool_progress_eta(const tool_progress *p);
 
-/* The guide's word for ST_REPLACE flags: inactive, Copying, Deleting,
+/* kumofs 0.4's word for ST_REPLACE flags: inactive, Copying, Deleting,
  * WAIT or ready (kumofs 0.4's replstat). */
 const char *tool_replace_word(uint64_t flags);
 /* "prog: <fmt with arg>", the usage on stderr; returns TOOL_EX_USAGE. */
@@ -151,11 +151,11 @@ void tool_cluster_health(tool_conn *t, tool_cluster *c, tool_health *out);
 /* The word for a verdict: "ok", "degraded", "down". */
 const char *tool_health_word(int verdict);
 
-/* "  Wed Dec 03 22:15:45 +0900 2008 clock 58" (no newline): the guide's
- * form, kept where the guide shows it; "  none" for a blank hash space
+/* "  Wed Dec 03 22:15:45 +0900 2008 clock 58" (no newline): kumofs 0.4's
+ * form, kept where 0.4 printed it; "  none" for a blank hash space
  * (ClockTime 0). */
 void tool_print_clocktime(FILE *out, uint64_t ct);
-/* The guide's block: "hash space timestamp:" … node list with (active)/(fault). */
+/* kumofs 0.4's block: "hash space timestamp:" … node list with (active)/(fault). */
 void tool_print_hashspace(FILE *out, const hashspace *hs, const char *nodes_title);
 
 #endif

@@ -10,7 +10,7 @@ Three servers, one manager, no gateway. In order:
     and the manager's "replace finished" log line give ISO 8601 with the
     zone and the logical counter;
   * a manager without servers: `kumoctl health` says down (no server is
-    attached) and exits 2, `status` exits 2 and still prints the guide's
+    attached) and exits 2, `status` exits 2 and still prints kumofs 0.4's
     block;
   * `kumoctl attach` prints each server it attached; a second attach and a
     detach say there was nothing to do; `replace` says how many servers
@@ -87,7 +87,7 @@ def body():
         r = c.kumoctl("status")
         tap.ok(r.returncode == 2 and r.stdout.startswith("hash space timestamp:\n  none\nattached node:\n")
                and section(r.stdout, "health")[:1] == ["down"],
-               "status of a manager without servers: the guide's block (no time: none), health down, exit 2",
+               "status of a manager without servers: kumofs 0.4's block (no time: none), health down, exit 2",
                out_of(r))
 
         for s in c.servers:

@@ -378,7 +378,7 @@ def check_help():
     r = run([tool("kumostat"), "--help"])
     missing = [c for c in ("pid", "uptime", "time", "version", "cmd_get", "cmd_set", "cmd_delete", "items", "rhs",
                            "whs", "hsccheck", "set_delay", "unset_delay") if not re.search(r"^  %s " % c, r.stdout, re.M)]
-    tap.ok(not missing, "kumostat --help lists every command of the guide", "missing: %s" % missing)
+    tap.ok(not missing, "kumostat --help lists every command of kumofs 0.4", "missing: %s" % missing)
     r = run([tool("kumohash"), "--help"])
     tap.ok(all(re.search(r"^ +%s" % c, r.stdout, re.M) for c in ("hash", "assign", "dump")),
            "kumohash --help lists hash, assign, dump")
