@@ -15,11 +15,34 @@
 #define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
 #define STORE(x, v) atomic_store_explicit(&(x), (v), memory_order_relaxed)
 
+/* Requests, with their output buffers, kept for the next ones of this
+ * thread: a get took a calloc and an evbuffer_new and gave both back. */
+#define REQ_POOL_MAX 256
+static _Thread_local creq *req_pool;
+static _Thread_local size_t req_pooled;
+
 static void req_free(creq *r)
 {
-    evbuffer_free(r->out);
     if (r->free_state) r->free_state(r->state);
+    if (req_pooled < REQ_POOL_MAX && evbuffer_drain(r->out, evbuffer_get_length(r->out)) == 0) {
+        r->next = req_pool;
+        req_pool = r;
+        req_pooled++;
+        return;
+    }
+    evbuffer_free(r->out);
     free(r);
+}
+
+void client_pool_drain(void)
+{
+    while (req_pool) {
+        creq *r = req_pool;
+        req_pool = r->next;
+        evbuffer_free(r->out);
+        free(r);
+    }
+    req_pooled = 0;
 }
 
 static void conn_free(client *c)
@@ -60,12 +83,19 @@ static void conn_close(client *c)
 
 creq *client_req(client *c, bool quiet)
 {
-    creq *r = calloc(1, sizeof(*r));
-    if (!r) return NULL;
-    r->out = evbuffer_new();
-    if (!r->out) {
-        free(r);
-        return NULL;
+    creq *r = req_pool;
+    if (r) {
+        struct evbuffer *out = r->out; /* drained when it was given back */
+        req_pool = r->next;
+        req_pooled--;
+        memset(r, 0, sizeof(*r));
+        r->out = out;
+    } else {
+        if (!(r = calloc(1, sizeof(*r)))) return NULL;
+        if (!(r->out = evbuffer_new())) {
+            free(r);
+            return NULL;
+        }
     }
     r->c = c;
     r->quiet = quiet;

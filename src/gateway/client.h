@@ -117,6 +117,9 @@ bool client_may_start(client *c, creq_kind kind);
 bool client_may_write(client *c, const char *key, size_t klen);
 /* A new request at the tail of the queue (NULL when out of memory). */
 creq *client_req(client *c, bool quiet);
+/* Free the requests this thread keeps for reuse (a worker's last act, and
+ * main's after every connection is gone): nothing is left for LeakSanitizer. */
+void client_pool_drain(void);
 /* Parts: every get a request sends counts against the connection's window
  * and budget (--max-conn-buffer) and the worker's (--max-inflight), by the
  * worker's running estimate of a get's answer. */

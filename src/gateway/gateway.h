@@ -192,6 +192,8 @@ void workers_latency(gateway_group *grp, metrics_hist out[GW_LAT_KINDS]);
 /* router.c — every callback runs later from the event loop, exactly once. */
 int router_start(gateway *g, char *err);
 void router_stop(gateway *g);
+/* Free the operations this thread keeps for reuse (as client_pool_drain). */
+void router_pool_drain(void);
 
 /* A get's outcome: found (value = the stored record bytes, valid during the
  * callback), a miss, or an error after every retry. any_owner: the caller

@@ -285,6 +285,8 @@ int main(int argc, char **argv)
     workers_join(grp); /* worker 0's drain waited for their loops to end */
     daemon_signals_free(&sigs);
     workers_free(grp);
+    client_pool_drain(); /* this thread's, and what the workers freed here */
+    router_pool_drain();
     text_users_free(cfg.users);
     log_info("end");
     binlog_event(LOG_LVL_INFO, "stop");

@@ -214,11 +214,36 @@ typedef struct rop {
     uint8_t dbkey[]; /* be64(hash) | key */
 } rop;
 
+/* Operations with room for any memcached key, kept for this thread's next
+ * ones (linked through `arg` while here): a get's own allocation, given
+ * back when it ends. */
+#define ROP_POOL_MAX 256
+static _Thread_local rop *rop_pool;
+static _Thread_local size_t rop_pooled;
+
+void router_pool_drain(void)
+{
+    while (rop_pool) {
+        rop *r = rop_pool;
+        rop_pool = r->arg;
+        free(r);
+    }
+    rop_pooled = 0;
+}
+
 static rop *rop_new(gateway *g, int kind, const char *key, size_t klen)
 {
     /* Callers rely on callbacks never running inside the call; with no
      * memory for a few dozen bytes there is no sane way on (xalloc.h). */
-    rop *r = xcalloc(1, sizeof(*r) + RECORD_KEY_HEADER + klen);
+    rop *r;
+    if (klen <= KUMO_MAX_KEY && rop_pool) {
+        r = rop_pool;
+        rop_pool = r->arg;
+        rop_pooled--;
+        memset(r, 0, sizeof(*r));
+    } else {
+        r = xcalloc(1, sizeof(*r) + RECORD_KEY_HEADER + (klen <= KUMO_MAX_KEY ? KUMO_MAX_KEY : klen));
+    }
     r->g = g;
     r->started = clock_mono();
     g->ops_inflight++;
@@ -239,6 +264,12 @@ static void rop_free(rop *r)
     if (r->attempt > 1) r->g->stats.retries += (uint64_t)(r->attempt - 1);
     r->g->ops_inflight--;
     free(r->val);
+    if (r->dklen <= RECORD_KEY_HEADER + KUMO_MAX_KEY && rop_pooled < ROP_POOL_MAX) {
+        r->arg = rop_pool;
+        rop_pool = r;
+        rop_pooled++;
+        return;
+    }
     free(r);
 }
 

@@ -171,6 +171,8 @@ static void *worker_main(void *arg)
     gateway *g = arg;
     event_base_dispatch(g->base);
     atomic_store(&g->loop_done, true);
+    client_pool_drain();
+    router_pool_drain();
     return NULL;
 }
 
