@@ -508,10 +508,16 @@ static void server_hello(manager *m, rpc_conn *c)
     mserver *ms = membership_find_server(m, a);
     mserver *holder = key_holder(m, ms, &me);
     if (holder) {
-        char k[2 * RING_KEY_MAX + 8];
+        char k[2 * RING_KEY_MAX + 8], h[NET_ADDRSTRLEN];
         log_warn("server %s presents the database of node %s, which %s serves: refused (a copied volume?)",
-                 fmt(a, buf), key_text(&me, k, sizeof(k)), net_format(&holder->addr, k, sizeof(k)));
-        rpc_close(c);
+                 fmt(a, buf), key_text(&me, k, sizeof(k)), fmt(&holder->addr, h));
+        if (ms && ms->probe == c) { /* our probe found the copy: probe again later, as after a failed one */
+            ms->probe = NULL;
+            evtimer_del(ms->probe_timer);
+            struct timeval tv = clock_timeval(m->cfg->common.clock_interval);
+            evtimer_add(ms->probe_timer, &tv);
+        }
+        rpc_close(c); /* no on_close: nothing may keep c */
         return;
     }
     if (!ms && !(ms = add_server(m, a))) {
