@@ -86,7 +86,7 @@ typedef struct manager {
     bool copy_failed;                 /* some server could not copy everything */
     hashspace *round_whs, *round_rhs; /* the layout the running copy started from */
     uint64_t round_gen;               /* counts rounds, so a late barrier answer is known */
-    size_t barrier_pending;           /* servers yet to confirm the layout before the copy */
+    size_t barrier_pending;           /* servers yet to confirm the layout before a phase */
     size_t catchup_blocked;           /* catching-up servers the last round could not clear */
     struct event *retry_timer;        /* restarts a replace whose copy failed */
 } manager;

@@ -232,6 +232,8 @@ static bool same_members(const hashspace *a, const hashspace *b)
     return true;
 }
 
+static void barrier_start(manager *m, uint32_t phase, bool full);
+
 static void start_delete(manager *m)
 {
     /* Every copy is done and every server caught up: reads may now go to
@@ -241,12 +243,11 @@ static void start_delete(manager *m)
     for (size_t i = 0; i < m->nservers; i++) {
         mserver *ms = m->servers[i];
         ms->deleting = ms->conn != NULL;
-        if (!ms->deleting) continue;
-        m->delete_pending++;
-        send_phase(m, ms, SRV_REPLACE_DELETE, false);
+        if (ms->deleting) m->delete_pending++;
     }
     log_info("replace copy finished, deleting");
     if (m->delete_pending == 0) finish(m);
+    else barrier_start(m, SRV_REPLACE_DELETE, false);
 }
 
 static void retry_soon(manager *m, const char *why)
@@ -321,24 +322,32 @@ void replace_stop(manager *m)
     m->round_whs = m->round_rhs = NULL;
 }
 
-/* ---- the barrier before a copy ----
- * Every server first confirms the round's [whs, rhs] (SRV_HS_SYNC, whose
- * answer a server sends once its writes routed by an older whs have
- * finished): only then does any server start walking, so no write that
- * missed a catching-up owner by replication can be missed by the walk. */
+/* ---- the barrier before each phase ----
+ * Every server taking part first confirms the layout (SRV_HS_SYNC, whose
+ * answer a server sends once its writes routed by an older whs or rhs have
+ * finished), and only then is the phase sent:
+ *   - before the copy, so no write that missed a catching-up owner by
+ *     replication can be missed by the walk;
+ *   - before the delete, so no write routed by the old rhs (which mirrors
+ *     to the old owners) reaches an old owner after its walk has passed
+ *     the key: that copy would stay there, stale, for good. */
 
 typedef struct barrier_ctx {
     manager *m;
     uint64_t gen;
+    uint32_t then; /* SRV_REPLACE_COPY or SRV_REPLACE_DELETE */
     bool full;
 } barrier_ctx;
 
-static void send_copies(manager *m, bool full)
+static bool takes_part(const mserver *ms, uint32_t phase)
 {
-    for (size_t i = 0; i < m->nservers; i++) {
-        mserver *ms = m->servers[i];
-        if (ms->copying && ms->conn) send_phase(m, ms, SRV_REPLACE_COPY, full);
-    }
+    return ms->conn && (phase == SRV_REPLACE_COPY ? ms->copying : ms->deleting);
+}
+
+static void send_phases(manager *m, uint32_t phase, bool full)
+{
+    for (size_t i = 0; i < m->nservers; i++)
+        if (takes_part(m->servers[i], phase)) send_phase(m, m->servers[i], phase, full);
 }
 
 static void barrier_reply(void *arg, rpc_status st, const msgpack_object *r)
@@ -346,11 +355,34 @@ static void barrier_reply(void *arg, rpc_status st, const msgpack_object *r)
     barrier_ctx *x = arg;
     manager *m = x->m;
     bool current = x->gen == m->round_gen && m->replacing;
-    bool full = x->full;
+    barrier_ctx done = *x;
     free(x);
     /* A server that did not answer is lost or about to be: the copy fails
-     * without it (replace_server_lost) and is redone. */
-    if (current && m->barrier_pending > 0 && --m->barrier_pending == 0) send_copies(m, full);
+     * without it (replace_server_lost) and is redone; a delete goes on
+     * without it. */
+    if (current && m->barrier_pending > 0 && --m->barrier_pending == 0) send_phases(m, done.then, done.full);
+}
+
+/* Starts the barrier before `phase`, among the servers that take part in
+ * it; the phase is sent when the last has answered. */
+static void barrier_start(manager *m, uint32_t phase, bool full)
+{
+    m->round_gen++; /* answers to an earlier barrier no longer count */
+    m->barrier_pending = 0;
+    for (size_t i = 0; i < m->nservers; i++) {
+        mserver *ms = m->servers[i];
+        if (!takes_part(ms, phase)) continue;
+        barrier_ctx *x = malloc(sizeof(*x));
+        if (!x) continue; /* its phase is sent without waiting for it */
+        *x = (barrier_ctx){.m = m, .gen = m->round_gen, .then = phase, .full = full};
+        m->barrier_pending++;
+        msgpack_packer *pk = rpc_call_begin(ms->conn, SRV_HS_SYNC, PHASE_CALL_TIMEOUT, barrier_reply, x);
+        msgpack_pack_array(pk, 2);
+        hashspace_pack(m->whs, pk);
+        hashspace_pack(m->rhs, pk);
+        rpc_call_end(ms->conn);
+    }
+    if (m->barrier_pending == 0) send_phases(m, phase, full);
 }
 
 void replace_start(manager *m, bool full)
@@ -366,26 +398,14 @@ void replace_start(manager *m, bool full)
     hashspace_unref(m->round_rhs);
     m->round_whs = hashspace_ref(m->whs);
     m->round_rhs = hashspace_ref(m->rhs);
-    m->round_gen++;
-    m->barrier_pending = 0;
     for (size_t i = 0; i < m->nservers; i++) {
         mserver *ms = m->servers[i];
         ms->deleting = false;
         ms->copied = false;
         ms->copying = ms->conn != NULL;
-        if (!ms->copying) continue;
-        m->copy_pending++;
-        barrier_ctx *x = malloc(sizeof(*x));
-        if (!x) continue; /* its copy is sent without waiting for it */
-        *x = (barrier_ctx){.m = m, .gen = m->round_gen, .full = full};
-        m->barrier_pending++;
-        msgpack_packer *pk = rpc_call_begin(ms->conn, SRV_HS_SYNC, PHASE_CALL_TIMEOUT, barrier_reply, x);
-        msgpack_pack_array(pk, 2);
-        hashspace_pack(m->whs, pk);
-        hashspace_pack(m->rhs, pk);
-        rpc_call_end(ms->conn);
+        if (ms->copying) m->copy_pending++;
     }
-    if (m->barrier_pending == 0) send_copies(m, full);
+    barrier_start(m, SRV_REPLACE_COPY, full);
     log_info("start replace%s: %zu servers copying", full ? " (full)" : "", m->copy_pending);
     if (m->copy_pending == 0) copy_done(m);
 }
@@ -416,7 +436,8 @@ void replace_resend(manager *m, mserver *ms)
         return;
     }
     if (!m->replacing) return;
-    if (ms->copying && m->barrier_pending == 0) send_phase(m, ms, SRV_REPLACE_COPY, false);
+    if (m->barrier_pending > 0) return; /* the barrier's end sends the phase */
+    if (ms->copying) send_phase(m, ms, SRV_REPLACE_COPY, false);
     else if (ms->deleting) send_phase(m, ms, SRV_REPLACE_DELETE, false);
 }
 

@@ -59,13 +59,16 @@ void cluster_set_hashspaces(server *s, hashspace *whs, hashspace *rhs)
         hashspace_unref(s->whs);
         s->whs = whs;
         s->catching_up = hashspace_catching_up(whs, &s->self); /* once, not per read */
-        /* Writes in flight chose their replicas by the old whs. */
-        s->write_epoch++;
-        s->writes_old = s->writes_inflight;
     }
     if (rhs) {
         hashspace_unref(s->rhs);
         s->rhs = rhs;
+    }
+    if (whs || rhs) {
+        /* Writes in flight chose their replicas by the old layout: new
+         * owners from whs, and the old ones of rhs as well. */
+        s->write_epoch++;
+        s->writes_old = s->writes_inflight;
     }
 }
 
@@ -103,10 +106,12 @@ static bool adopt(server *s, const msgpack_object *params)
 }
 
 /* The answer to a pushed [whs, rhs] waits until every write this server
- * coordinated under an older whs has finished replicating: a manager that
- * has every server's answer knows that no write routed by the old layout is
- * still on its way, so a replace copy that starts then misses none (a
- * catching-up owner gets the rest by replication). Bounded, so a stuck
+ * coordinated under an older whs or rhs has finished replicating: a manager
+ * that has every server's answer knows that no write routed by the old
+ * layout is still on its way. So a replace copy that starts then misses
+ * none (a catching-up owner gets the rest by replication), and a delete
+ * that starts then is not followed by a late copy of a key to a server
+ * that no longer owns it, which would stay there, stale. Bounded, so a stuck
  * replica cannot hold the manager up for longer than a replication does. */
 #define BARRIER_POLL_USEC 5000
 #define BARRIER_MAX_POLLS 1600 /* 8 s: a replication's retries end sooner, and the

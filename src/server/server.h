@@ -99,9 +99,9 @@ typedef struct server {
      * has come (kept in <db>.flush so a restart does not bring them back) */
     uint64_t flush_floor;
     int writes_inflight; /* coordinated writes not yet answered */
-    /* Bumped whenever whs changes; writes_old counts the writes in flight
-     * that were routed by an older whs (the barrier of cluster.c waits for
-     * them before a replace copies). */
+    /* Bumped whenever whs or rhs changes; writes_old counts the writes in
+     * flight that were routed by an older layout (the barrier of cluster.c
+     * waits for them before a replace copies, and before it deletes). */
     uint64_t write_epoch;
     int writes_old;
     bool catching_up;                                                    /* this server is catching up in whs (derived on adoption) */
