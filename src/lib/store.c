@@ -50,6 +50,7 @@
 
 #include <tchdb.h>
 
+#include "log.h"
 #include "record.h"
 
 /* Buckets for a database store_open creates (TC rounds up to a prime).
@@ -71,9 +72,12 @@
 
 struct store {
     TCHDB *hdb;
-    char *path;           /* the file, without "#name=value" options */
-    int lock_fd;          /* see "fcntl" above and "reservation" below; -1 if not open */
-    bool walking;         /* a walk holds TC's one iterator */
+    char *path;         /* the file, without "#name=value" options */
+    int lock_fd;        /* see "fcntl" above and "reservation" below; -1 if not open */
+    bool walking;       /* a walk holds TC's one iterator */
+    uint64_t walk_prev; /* where the walk's last entry began (0: none yet) */
+    uint64_t damaged;   /* damaged spots walks have stepped over */
+    uint64_t damaged_bytes;
     int64_t map_end;      /* the mapped region: [0, map_end) of the file */
     int64_t reserved;     /* [0, reserved) has its disk blocks (fallocate) */
     time_t reserve_retry; /* after a failed extension, the next try */
@@ -402,34 +406,185 @@ int store_remove_if_older(store *s, const void *key, size_t klen, uint64_t ct, c
 
 /* ---- whole database ---- */
 
-int store_iterate(store *s, store_iter_fn fn, void *arg, char *err)
+/* ---- walking past damage ----
+ *
+ * Tokyo Cabinet's iterator trusts the file. At a damaged spot it stops for
+ * good with "invalid record header"; worse, garbage that starts with a
+ * record's magic byte has its sizes believed (an allocation of gigabytes ends
+ * the process in TC's "out of memory"), and a free block of size 0 is
+ * stepped over forever. So a walk reads each header itself first (rec_at),
+ * steps over free blocks itself, and hands TC's iterator only an offset
+ * where a sane record starts. At damage it looks ahead, one alignment unit
+ * at a time, for the next offset where RESYNC_CHAIN entries in a row parse
+ * (random bytes do that about never), and goes on from there. The records
+ * in between are lost to this copy: counted (store_damage), logged with the
+ * file and offsets, and left to the caller to repair from other copies.
+ * The layout read here is TC 1.4's (tchdb.c: tchdbreadrec). */
+
+#define TC_REC_MAGIC 0xc8  /* a record */
+#define TC_FREE_MAGIC 0xb0 /* a free block: magic, 32-bit size */
+#define TC_HEAD_MAX 32     /* TC's largest record header */
+#define TC_KEY_MAX 65536   /* no kumofs key comes near it: a larger one is damage */
+#define RESYNC_CHAIN 4
+#define RESYNC_CHUNK 65536
+
+typedef struct rec_head {
+    uint64_t size; /* the whole entry, header to padding */
+    bool record;   /* else a free block */
+} rec_head;
+
+/* TC keeps its numbers big-endian in the file. */
+static uint64_t get_be(const uint8_t *p, size_t n)
 {
-    TCXSTR *k = tcxstrnew(), *v = tcxstrnew();
-    int rc = 0;
-    if (s->walking) {
-        rc = kumo_err(err, "%s: another walk is in progress", s->path);
-        goto out;
-    }
-    if (!tchdbiterinit(s->hdb)) {
-        rc = tc_err(s, s->path, err);
-        goto out;
-    }
-    s->walking = true;
-    for (;;) {
-        tcxstrclear(k);
-        tcxstrclear(v);
-        if (!tchdbiternext3(s->hdb, k, v)) {
-            if (tchdbecode(s->hdb) != TCENOREC) rc = tc_err(s, s->path, err);
-            break;
+    uint64_t v = 0;
+    for (size_t i = 0; i < n; i++) v = v << 8 | p[i];
+    return v;
+}
+
+/* TC's variable-length number (tcreadvnumbuf32): a byte < 0 (as signed)
+ * carries 7 more bits. Returns its length, or 0 if it does not end within
+ * n bytes or exceeds 32 bits. */
+static size_t read_vnum(const uint8_t *p, size_t n, uint32_t *out)
+{
+    uint64_t num = 0, base = 1;
+    for (size_t i = 0; i < n && i < 5; i++, base <<= 7) {
+        int b = (int8_t)p[i];
+        if (b >= 0) {
+            num += (uint64_t)b * base;
+            if (num > UINT32_MAX) return 0;
+            *out = (uint32_t)num;
+            return i + 1;
         }
-        if (fn(arg, tcxstrptr(k), (size_t)tcxstrsize(k), tcxstrptr(v), (size_t)tcxstrsize(v)) != 0)
-            break;
+        num += base * (uint64_t)(-b - 1);
     }
-    s->walking = false;
-out:
-    tcxstrdel(k);
-    tcxstrdel(v);
-    return rc;
+    return 0;
+}
+
+/* Whether a sane entry starts at `off`: its header parses and everything it
+ * claims lies inside the file. */
+static bool rec_at(store *s, uint64_t off, rec_head *h)
+{
+    TCHDB *hdb = s->hdb;
+    uint64_t fsiz = hdb->fsiz;
+    uint8_t b[TC_HEAD_MAX];
+    if (off < hdb->frec || off >= fsiz || fsiz - off < 5) return false;
+    size_t want = fsiz - off < sizeof(b) ? (size_t)(fsiz - off) : sizeof(b);
+    /* Within TC's map, the bytes are there to read without a system call
+     * (a walk reads one header per record). */
+    ssize_t got = hdb->map && off + want <= hdb->xmsiz ? (memcpy(b, hdb->map + off, want), (ssize_t)want)
+                                                       : pread(hdb->fd, b, want, (off_t)off);
+    if (got < 5) return false;
+    size_t n = (size_t)got;
+    if (b[0] == TC_FREE_MAGIC) {
+        h->size = get_be(b + 1, 4);
+        h->record = false;
+        return h->size >= 5 && h->size <= fsiz - off;
+    }
+    if (b[0] != TC_REC_MAGIC) return false;
+    size_t w = hdb->ba64 ? 8 : 4, at = 2 + 2 * w + 2;
+    if (n < at + 2) return false;
+    uint64_t left = get_be(b + 2, w) << hdb->apow, right = get_be(b + 2 + w, w) << hdb->apow;
+    if ((left && (left < hdb->frec || left >= fsiz)) || (right && (right < hdb->frec || right >= fsiz))) return false;
+    uint64_t psiz = get_be(b + 2 + 2 * w, 2);
+    uint32_t ksiz, vsiz;
+    size_t k = read_vnum(b + at, n - at, &ksiz);
+    if (!k) return false;
+    at += k;
+    size_t v = read_vnum(b + at, n - at, &vsiz);
+    if (!v) return false;
+    at += v;
+    if (ksiz == 0 || ksiz > TC_KEY_MAX) return false;
+    h->size = at + (uint64_t)ksiz + vsiz + psiz;
+    h->record = true;
+    return h->size <= fsiz - off;
+}
+
+/* Whether a walk may go on at `off`: RESYNC_CHAIN entries in a row parse,
+ * or fewer that end exactly at the end of the file. */
+static bool chain_at(store *s, uint64_t off)
+{
+    rec_head h;
+    for (int i = 0; i < RESYNC_CHAIN; i++) {
+        if (!rec_at(s, off, &h)) return false;
+        off += h.size;
+        if (off == s->hdb->fsiz) return true;
+    }
+    return true;
+}
+
+/* The first offset after `bad` where a walk may go on; the end of the file
+ * if there is none. Entries start at multiples of TC's alignment, and with
+ * one of the two magic bytes: only those offsets are tried. */
+static uint64_t resync(store *s, uint64_t bad)
+{
+    TCHDB *hdb = s->hdb;
+    uint64_t align = hdb->align ? hdb->align : 1, fsiz = hdb->fsiz;
+    uint8_t *buf = malloc(RESYNC_CHUNK);
+    uint64_t at = (bad / align + 1) * align;
+    while (buf && at < fsiz) {
+        size_t want = fsiz - at < RESYNC_CHUNK ? (size_t)(fsiz - at) : RESYNC_CHUNK;
+        ssize_t got = pread(hdb->fd, buf, want, (off_t)at);
+        if (got <= 0) break;
+        for (uint64_t i = 0; i < (uint64_t)got; i += align)
+            if ((buf[i] == TC_REC_MAGIC || buf[i] == TC_FREE_MAGIC) && chain_at(s, at + i)) {
+                free(buf);
+                return at + i;
+            }
+        at += ((uint64_t)got + align - 1) / align * align;
+    }
+    free(buf);
+    return fsiz;
+}
+
+/* Whether the walk's position went stale rather than bad: between steps a
+ * write may have changed the entries behind it (TC reuses two merged free
+ * blocks for one record, or grows a record into the free block after it),
+ * so an entry no longer begins where the last one said the next would. If
+ * the entries from the last one visited now run past `bad` to a sane one,
+ * that is where the walk goes on (*next): what it steps over was written
+ * during the walk, which a walk may see or not. Real damage leaves the
+ * last entry as it was, pointing at `bad` again. */
+static bool moved_under_walk(store *s, uint64_t bad, uint64_t *next)
+{
+    rec_head h;
+    uint64_t o = s->walk_prev;
+    if (o == 0 || o >= bad) return false;
+    while (o < bad && rec_at(s, o, &h)) o += h.size;
+    if (o <= bad || o > s->hdb->fsiz || (o < s->hdb->fsiz && !rec_at(s, o, &h))) return false;
+    *next = o;
+    return true;
+}
+
+/* Moves TC's iterator to the next record that is safe to hand to TC, over
+ * free blocks and damage. Its size in *size; false at the end of the file. */
+static bool seek_record(store *s, uint64_t *size)
+{
+    TCHDB *hdb = s->hdb;
+    rec_head h;
+    uint64_t next;
+    while (hdb->iter < hdb->fsiz) {
+        if (rec_at(s, hdb->iter, &h)) {
+            s->walk_prev = hdb->iter;
+            if (h.record) {
+                *size = h.size;
+                return true;
+            }
+            hdb->iter += h.size;
+            continue;
+        }
+        if (moved_under_walk(s, hdb->iter, &next)) {
+            hdb->iter = next;
+            continue;
+        }
+        uint64_t bad = hdb->iter;
+        next = resync(s, bad);
+        s->damaged++;
+        s->damaged_bytes += next - bad;
+        log_error("%s: damaged at offset %llu: %llu bytes stepped over (the records there are lost to this copy)",
+                  s->path, (unsigned long long)bad, (unsigned long long)(next - bad));
+        hdb->iter = next;
+    }
+    return false;
 }
 
 int store_walk_begin(store *s, char *err)
@@ -437,6 +592,7 @@ int store_walk_begin(store *s, char *err)
     if (s->walking) return 1;
     if (!tchdbiterinit(s->hdb)) return tc_err(s, s->path, err);
     s->walking = true;
+    s->walk_prev = 0;
     return 0;
 }
 
@@ -446,11 +602,26 @@ int store_walk_step(store *s, store_iter_fn fn, void *arg, size_t max, size_t ma
     int rc = 1;
     size_t bytes = 0;
     for (size_t n = 0; n < max && bytes < max_bytes; n++) {
+        uint64_t size;
+        if (!seek_record(s, &size)) {
+            rc = 0;
+            break;
+        }
+        uint64_t at = s->hdb->iter;
         tcxstrclear(k);
         tcxstrclear(v);
         if (!tchdbiternext3(s->hdb, k, v)) {
-            rc = tchdbecode(s->hdb) == TCENOREC ? 0 : tc_err(s, s->path, err);
-            break;
+            if (tchdbecode(s->hdb) == TCENOREC) {
+                rc = 0;
+                break;
+            }
+            /* A header that parsed over a body TC could not read. */
+            s->damaged++;
+            s->damaged_bytes += size;
+            log_error("%s: record at offset %llu unreadable (%s): stepped over", s->path, (unsigned long long)at,
+                      tchdberrmsg(tchdbecode(s->hdb)));
+            s->hdb->iter = at + size;
+            continue;
         }
         bytes += (size_t)tcxstrsize(k) + (size_t)tcxstrsize(v);
         if (fn(arg, tcxstrptr(k), (size_t)tcxstrsize(k), tcxstrptr(v), (size_t)tcxstrsize(v)) != 0) {
@@ -462,6 +633,104 @@ int store_walk_step(store *s, store_iter_fn fn, void *arg, size_t max, size_t ma
     tcxstrdel(k);
     tcxstrdel(v);
     return rc;
+}
+
+int store_iterate(store *s, store_iter_fn fn, void *arg, char *err)
+{
+    int rc = store_walk_begin(s, err);
+    if (rc == 1) return kumo_err(err, "%s: another walk is in progress", s->path);
+    while (rc == 0 && (rc = store_walk_step(s, fn, arg, SIZE_MAX, SIZE_MAX, err)) == 1) {
+    }
+    return rc;
+}
+
+void store_damage(const store *s, uint64_t *spots, uint64_t *bytes)
+{
+    *spots = s->damaged;
+    *bytes = s->damaged_bytes;
+}
+
+/* ---- the check at open ---- */
+
+static int count_fn(void *arg, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    (void)key, (void)klen, (void)val, (void)vlen;
+    ((store_check *)arg)->records++;
+    return 0;
+}
+
+typedef struct salvage {
+    store *to;
+    char *err;
+    int failed;
+} salvage;
+
+static int salvage_fn(void *arg, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    salvage *x = arg;
+    if (store_put(x->to, key, klen, val, vlen, x->err) < 0) {
+        x->failed = 1;
+        return 1;
+    }
+    return 0;
+}
+
+/* Copies every readable record of s into a new file beside it, then puts
+ * that file in its place and keeps the damaged one as <path>.damaged.
+ * TC's index of a damaged file leads into the damage, so writes to it fail
+ * ("invalid record header") for every key whose bucket passes there: a
+ * file rebuilt from its readable records has a whole index again. */
+static int rebuild(store *s, const char *spec, store_check *out, char *err)
+{
+    char *tmp = NULL, *kept = NULL;
+    int rc = -1;
+    if (asprintf(&tmp, "%s.salvage", s->path) < 0 || asprintf(&kept, "%s.damaged", s->path) < 0) {
+        kumo_err(err, "out of memory");
+        goto out;
+    }
+    unlink(tmp);
+    salvage x = {.err = err};
+    if (!(x.to = store_open(tmp, err))) goto out;
+    if (store_iterate(s, salvage_fn, &x, err) < 0 || x.failed) {
+        store_close(x.to);
+        unlink(tmp);
+        goto out;
+    }
+    out->kept_records = store_count(x.to);
+    store_close(x.to);
+    if (rename(s->path, kept) < 0 || rename(tmp, s->path) < 0) {
+        kumo_err(err, "%s: rename: %s", s->path, strerror(errno));
+        goto out;
+    }
+    snprintf(out->kept, sizeof(out->kept), "%s", kept);
+    rc = 0;
+out:
+    (void)spec;
+    free(tmp);
+    free(kept);
+    return rc;
+}
+
+store *store_open_checked(const char *spec, store_check *out, char *err)
+{
+    memset(out, 0, sizeof(*out));
+    store *s = store_open(spec, err);
+    if (!s) return NULL;
+    if (store_iterate(s, count_fn, out, err) < 0) {
+        store_close(s);
+        return NULL;
+    }
+    store_damage(s, &out->spots, &out->bytes);
+    if (out->spots == 0) return s;
+    char why[KUMO_ERRLEN];
+    if (rebuild(s, spec, out, why) < 0) {
+        /* Serve from the damaged file: reads of what is left work, and the
+         * caller has the damage to act on. */
+        snprintf(out->rebuild_error, sizeof(out->rebuild_error), "%s", why);
+        return s;
+    }
+    store_close(s);
+    return store_open(spec, err);
 }
 
 void store_walk_abort(store *s)

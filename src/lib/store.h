@@ -81,6 +81,27 @@ int store_walk_begin(store *s, char *err);
 int store_walk_step(store *s, store_iter_fn fn, void *arg, size_t max, size_t max_bytes, char *err);
 void store_walk_abort(store *s);
 
+/* Walks step over damaged parts of the file instead of failing on them
+ * (each logged with the file and offsets): how many spots, and how many
+ * bytes, since the store was opened. The records there are missing from
+ * this copy until something brings them back. */
+void store_damage(const store *s, uint64_t *spots, uint64_t *bytes);
+
+/* store_open, then one walk over the whole file. If it stepped over
+ * damage, the file is rebuilt from every record that could be read (a
+ * damaged file's index also leads writes into the damage, and TC refuses
+ * them) and the damaged file is kept as <path>.damaged. *out says what was
+ * found; when the rebuild failed (out->rebuild_error), the store is the
+ * damaged file. NULL + err if it cannot be opened or read at all. */
+typedef struct store_check {
+    uint64_t records;      /* read by the check */
+    uint64_t spots, bytes; /* damage stepped over */
+    uint64_t kept_records; /* in the rebuilt file */
+    char kept[4096];       /* where the damaged file was kept ("" if not rebuilt) */
+    char rebuild_error[256];
+} store_check;
+store *store_open_checked(const char *spec, store_check *out, char *err);
+
 /* Number of records (tombstones included) and file size in bytes. */
 uint64_t store_count(store *s);
 uint64_t store_file_size(store *s);

@@ -550,6 +550,7 @@ static void walk_cb(evutil_socket_t fd, short what, void *arg)
         }
     }
     if (rc < 0) log_error("database walk: %s", err);
+    damage_walked(s);
     w->done(s, w->arg, rc == 0);
     free(w);
 }
@@ -678,6 +679,7 @@ typedef struct backup_job {
     store *dst;
     char *path, *tmp;
     uint64_t records;
+    uint64_t damage; /* damaged spots of the database when the walk began */
     bool failed;
     char err[KUMO_ERRLEN];
 } backup_job;
@@ -700,6 +702,13 @@ static void backup_walked(server *s, void *arg, bool ok)
     if (!ok && !b->failed) {
         b->failed = true;
         snprintf(b->err, sizeof(b->err), "%s: the database walk failed", store_path(s->db));
+    }
+    uint64_t spots, bytes;
+    store_damage(s->db, &spots, &bytes);
+    if (spots > b->damage && !b->failed) { /* a backup that lacks records must not pass for a whole one */
+        b->failed = true;
+        snprintf(b->err, sizeof(b->err), "%s: the database is damaged (%llu bytes stepped over)", store_path(s->db),
+                 (unsigned long long)bytes);
     }
     store_close(b->dst); /* syncs the copy */
     s->backup.ended = progress_now();
@@ -755,6 +764,8 @@ static void handle_backup(server *s, rpc_conn *c, uint32_t msgid, const msgpack_
     b->msgid = msgid;
     rpc_hold(c);
     s->backup = (backup_progress){.started = progress_now(), .total = store_count(s->db)};
+    uint64_t bytes;
+    store_damage(s->db, &b->damage, &bytes);
     data_walk(s, backup_record, backup_walked, b);
 }
 

@@ -292,6 +292,7 @@ static void collect_metrics(void *arg, metrics_out *o)
         for (int i = 0; i < 2; i++) metrics_sample(o, (double)v[i][f], "port", port_names[i], NULL);
     }
     digest_metrics(s, o);
+    damage_metrics(s, o);
     if (s->metrics)
         metrics_histogram(o, "kumo_server_request_duration_seconds",
                           "time in the request handler by method (replication not included)", "method", req_names,
@@ -342,6 +343,12 @@ static void stop(void *arg)
     server *s = arg;
     daemon_listener_stop(s->listener);
     daemon_drain(s->base, pending, s, DRAIN_SECONDS);
+}
+
+void server_shutdown(server *s, int status)
+{
+    s->exit_status = status;
+    stop(s);
 }
 
 /* No -l: announce the address this host reaches its manager from, so one
@@ -406,10 +413,27 @@ int main(int argc, char **argv)
     clock_init(&s.clock);
     s.whs = hashspace_new(NULL, 0, 0);
     s.rhs = hashspace_new(NULL, 0, 0);
-    s.db = store_open(cfg.db_spec, err);
+    store_check check;
+    s.db = store_open_checked(cfg.db_spec, &check, err);
     if (!s.db) {
         log_fatal("cannot open database: %s", err);
         fprintf(stderr, "kumo-server: cannot open database: %s\n", err);
+        return 1;
+    }
+    if (check.spots == 0) {
+        log_info("database check: %s: %llu records read, no damage", store_path(s.db), (unsigned long long)check.records);
+    } else if (check.kept[0]) {
+        log_error("database check: %s: %llu records read, %llu damaged spots (%llu bytes) stepped over; rebuilt from "
+                  "the %llu readable records, the damaged file kept as %s; attach catches this server up from the other owners",
+                  store_path(s.db), (unsigned long long)check.records, (unsigned long long)check.spots,
+                  (unsigned long long)check.bytes, (unsigned long long)check.kept_records, check.kept);
+    } else {
+        log_fatal("database check: %s: %llu damaged spots (%llu bytes) stepped over, and it could not be rebuilt: %s",
+                  store_path(s.db), (unsigned long long)check.spots, (unsigned long long)check.bytes,
+                  check.rebuild_error);
+        fprintf(stderr, "kumo-server: %s: damaged, and it could not be rebuilt: %s\n", store_path(s.db),
+                check.rebuild_error);
+        store_close(s.db);
         return 1;
     }
     if (identity_load(store_path(s.db), cfg.node_name, cfg.listen != NULL, &s.self, store_count(s.db) > 0, &s.identity,
@@ -504,5 +528,5 @@ int main(int argc, char **argv)
     event_base_free(s.base);
     daemon_remove_pidfile();
     log_close();
-    return 0;
+    return s.exit_status;
 }

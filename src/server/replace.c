@@ -49,6 +49,7 @@ typedef struct copy_job {
     size_t ndests;
     int outstanding;
     uint64_t sent, failed;
+    uint64_t damage; /* damaged spots of the database when the walk began */
 } copy_job;
 
 /* The end of a phase must reach a manager: it is retried every second for
@@ -261,6 +262,15 @@ static void copy_walked(server *s, void *arg, bool ok)
     replace_progress *p = progress_of(j);
     if (p) p->walk_ended = progress_now();
     if (!ok) j->failed++; /* the manager retries the copy */
+    uint64_t spots, bytes;
+    store_damage(s->db, &spots, &bytes);
+    if (spots > j->damage) {
+        /* What was there was not sent: the round must not pass on this
+         * copy. The rest is sent (newer wins), and this server asks to
+         * catch up (repair.c), so the next round does without it. */
+        log_warn("replace copy: the walk stepped over damage in the database; this copy counts as failed");
+        j->failed++;
+    }
     for (size_t i = 0; i < j->ndests; i++) {
         if (ok) offer_dest(j, &j->dests[i]);
         else if (j->dests[i].file) stream_file_abandon(j->dests[i].file);
@@ -284,6 +294,8 @@ static void copy_phase(server *s, rpc_conn *c, uint64_t replace_ct, bool full, h
     j->new_whs = w;
     for (size_t i = 0; i < w->ring.nnodes; i++) j->dests[j->ndests++].addr = w->ring.nodes[i].addr;
     j->outstanding = 1; /* the walk itself */
+    uint64_t bytes;
+    store_damage(s->db, &j->damage, &bytes);
     s->replace_copying = true;
     s->progress = (replace_progress){.replace_ct = replace_ct, .started = progress_now(), .total = store_count(s->db), .sent_base = s->moved_sent, .sent_bytes_base = s->moved_sent_bytes, .full = full};
     log_info("replace copy start%s: %llu records to walk", full ? " (full)" : "", (unsigned long long)s->progress.total);

@@ -23,6 +23,7 @@
 #include "daemon.h"
 #include "hashspace.h"
 #include "identity.h"
+#include "metrics.h"
 #include "net.h"
 #include "record.h"
 #include "rpc.h"
@@ -95,6 +96,7 @@ typedef struct server {
     uint64_t repl_retries, repl_failures; /* replica sends repeated / given up */
     bool ready_notified;
     bool stopping;
+    int exit_status; /* of main(), once the loop ends (server_shutdown) */
     /* flush_all: records older than this ClockTime are gone once its second
      * has come (kept in <db>.flush so a restart does not bring them back) */
     uint64_t flush_floor;
@@ -170,6 +172,15 @@ void gc_stop(server *s);
  * (and collect what is due). Call after every tombstone this server writes. */
 void gc_tombstone(server *s, const void *key, size_t klen, const void *val, size_t vlen);
 void gc_get_stats(const server *s, gc_stats *out);
+
+/* damage.c: after every walk, a server whose database walks stepped over
+ * damage stops, so that the restart's check rebuilds the file. */
+#define SERVER_EXIT_DAMAGED 75 /* EX_TEMPFAIL: start it again */
+void damage_walked(server *s);
+void damage_metrics(server *s, metrics_out *o);
+
+/* main.c: SIGTERM's drain, then exit with `status`. */
+void server_shutdown(server *s, int status);
 
 /* data.c */
 /* Walk the whole database in steps, serving requests in between; done runs

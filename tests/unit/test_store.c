@@ -593,6 +593,268 @@ static void test_full_disk(void)
     rmdir(mnt);
 }
 
+/* Walks in steps while records are removed and written between the steps,
+ * with sizes that make TC reuse, merge and split free blocks behind the
+ * walk's position: none of that is damage. */
+static int noop_fn(void *arg, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    (void)key, (void)klen, (void)val, (void)vlen;
+    ++*(int *)arg;
+    return 0;
+}
+
+static void test_walk_races(void)
+{
+    char err[KUMO_ERRLEN];
+    store *s = store_open(path_in("race.tch"), err);
+    ok(s != NULL, "open race.tch");
+    if (!s) return;
+    unsigned seed = 777;
+    uint8_t v[2048];
+    memset(v, 'r', sizeof(v));
+    for (int i = 0; i < 4000; i++) {
+        char k[16];
+        int kl = snprintf(k, sizeof(k), "r%05d", i);
+        put_be64(v, 1);
+        store_put(s, k, (size_t)kl, v, 16 + (size_t)(rand_r(&seed) % 600), err);
+    }
+    int visited = 0, walks = 0, failed = 0;
+    for (int w = 0; w < 8; w++) {
+        if (store_walk_begin(s, err) != 0) break;
+        walks++;
+        int rc;
+        while ((rc = store_walk_step(s, noop_fn, &visited, 1 + (size_t)(rand_r(&seed) % 7), SIZE_MAX, err)) == 1) {
+            for (int j = 0; j < 8; j++) {
+                char k[16];
+                int kl = snprintf(k, sizeof(k), "r%05d", rand_r(&seed) % 4000);
+                if (rand_r(&seed) % 3 == 0) {
+                    store_remove_if_older(s, k, (size_t)kl, UINT64_MAX, err);
+                } else {
+                    put_be64(v, 2);
+                    failed += store_put(s, k, (size_t)kl, v, 16 + (size_t)(rand_r(&seed) % 2000), err) < 0;
+                }
+            }
+        }
+        failed += rc < 0;
+    }
+    uint64_t spots, bytes;
+    store_damage(s, &spots, &bytes);
+    ok(walks == 8 && failed == 0, "8 walks in steps, with removes and writes of all sizes between the steps");
+    ok(spots == 0, "none of it counted as damage (%llu spots, %llu bytes; %d records visited)",
+       (unsigned long long)spots, (unsigned long long)bytes, visited);
+    store_close(s);
+}
+
+/* ---- walks over a damaged file ---- */
+
+#define DMG_RECORDS 3000
+
+static size_t dmg_value(uint8_t *buf, int i)
+{
+    char data[64];
+    snprintf(data, sizeof(data), "value-of-d%05d-%0*d", i, i % 40, 0);
+    return mkval(buf, (uint64_t)i + 1, data);
+}
+
+typedef struct tally {
+    int records, wrong;
+} tally;
+
+/* Every record a walk hands out must be one that was written, intact. */
+static int tally_fn(void *arg, const void *key, size_t klen, const void *val, size_t vlen)
+{
+    tally *t = arg;
+    char k[16];
+    int i;
+    uint8_t want[128];
+    t->records++;
+    if (klen >= sizeof(k) || (memcpy(k, key, klen), k[klen] = 0, sscanf(k, "d%d", &i) != 1)) {
+        t->wrong++;
+        return 0;
+    }
+    size_t n = dmg_value(want, i);
+    if (n != vlen || memcmp(want, val, n) != 0) t->wrong++;
+    return 0;
+}
+
+static int copy_file(const char *from, const char *to)
+{
+    FILE *a = fopen(from, "rb"), *b = fopen(to, "wb");
+    char buf[65536];
+    size_t n;
+    int rc = a && b ? 0 : -1;
+    while (rc == 0 && (n = fread(buf, 1, sizeof(buf), a)) > 0)
+        if (fwrite(buf, 1, n, b) != n) rc = -1;
+    if (a) fclose(a);
+    if (b && fclose(b) != 0) rc = -1;
+    return rc;
+}
+
+/* Offset of the record of key `k` in the file at path: its key bytes are
+ * preceded by a 22-byte header (magic, hash, two 64-bit links, padding size
+ * and two one-byte lengths), which starts with the record magic 0xc8. */
+static long record_offset(const char *path, const char *k)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f), found = -1;
+    char *buf = malloc((size_t)size);
+    fseek(f, 0, SEEK_SET);
+    if (buf && fread(buf, 1, (size_t)size, f) == (size_t)size) {
+        size_t kl = strlen(k);
+        for (long i = 22; i + (long)kl <= size && found < 0; i++)
+            if (memcmp(buf + i, k, kl) == 0 && (uint8_t)buf[i - 22] == 0xc8) found = i - 22;
+    }
+    free(buf);
+    fclose(f);
+    return found;
+}
+
+static int patch(const char *path, long off, const void *bytes, size_t n)
+{
+    int fd = open(path, O_WRONLY);
+    if (fd < 0) return -1;
+    ssize_t w = pwrite(fd, bytes, n, off);
+    close(fd);
+    return w == (ssize_t)n ? 0 : -1;
+}
+
+typedef struct walk_result {
+    int rc, records, wrong;
+    uint64_t spots, bytes;
+} walk_result;
+
+/* Walk `path` in a child: Tokyo Cabinet's own iterator exits the process
+ * on some damage and loops forever on other, and a test must report that,
+ * not die of it. Returns the child's wait status; *r filled if it got that
+ * far. */
+static int walk_in_child(const char *path, walk_result *r)
+{
+    int fds[2];
+    memset(r, 0, sizeof(*r));
+    if (pipe(fds) != 0) return -1;
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        char err[KUMO_ERRLEN];
+        close(fds[0]);
+        alarm(30);
+        store *s = store_open(path, err);
+        walk_result w = {-2, 0, 0, 0, 0};
+        if (s) {
+            tally t = {0, 0};
+            w.rc = store_iterate(s, tally_fn, &t, err);
+            w.records = t.records;
+            w.wrong = t.wrong;
+            store_damage(s, &w.spots, &w.bytes);
+            store_close(s);
+        }
+        _exit(write(fds[1], &w, sizeof(w)) == sizeof(w) ? 0 : 3);
+    }
+    close(fds[1]);
+    ssize_t got = read(fds[0], r, sizeof(*r));
+    close(fds[0]);
+    int status = -1;
+    waitpid(pid, &status, 0);
+    if (got != sizeof(*r)) r->rc = -3;
+    return status;
+}
+
+static void check_walk(const char *what, const char *path, int min_records, int max_records, uint64_t min_bytes)
+{
+    walk_result r;
+    int status = walk_in_child(path, &r);
+    ok(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s: the walk ends (%s %d)", what,
+       WIFSIGNALED(status) ? "killed by signal" : "exit", WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+    is_int(r.rc, 0, "%s: the walk succeeds", what);
+    ok(r.records >= min_records && r.records <= max_records, "%s: %d records visited (%d..%d)", what, r.records,
+       min_records, max_records);
+    is_int(r.wrong, 0, "%s: each one intact", what);
+    ok(r.spots >= 1 && r.bytes >= min_bytes, "%s: the damage is counted (%llu spots, %llu bytes)", what,
+       (unsigned long long)r.spots, (unsigned long long)r.bytes);
+}
+
+static void test_damage(void)
+{
+    char err[KUMO_ERRLEN];
+    const char *clean = path_in("dmg.tch");
+    store *s = store_open(clean, err);
+    ok(s != NULL, "open dmg.tch");
+    if (!s) return;
+    int put_failed = 0;
+    for (int i = 0; i < DMG_RECORDS; i++) {
+        char k[16];
+        uint8_t v[128];
+        int kl = snprintf(k, sizeof(k), "d%05d", i);
+        size_t n = dmg_value(v, i);
+        put_failed += store_put(s, k, (size_t)kl, v, n, err) < 0;
+    }
+    is_int(put_failed, 0, "%d records written", DMG_RECORDS);
+    store_close(s);
+
+    walk_result r;
+    int status = walk_in_child(clean, &r);
+    ok(WIFEXITED(status) && r.rc == 0 && r.records == DMG_RECORDS && r.spots == 0, "the undamaged file walks whole");
+
+    /* 1. 64 KiB of random bytes in the middle of the records. */
+    const char *p = path_in("dmg-random.tch");
+    uint8_t noise[65536];
+    unsigned seed = 12345;
+    for (size_t i = 0; i < sizeof(noise); i++) noise[i] = (uint8_t)(rand_r(&seed) >> 7);
+    long mid = copy_file(clean, p) == 0 ? record_offset(p, "d01000") + 7 : -1;
+    ok(mid > 0 && patch(p, mid, noise, sizeof(noise)) == 0, "64 KiB of random bytes written at %ld (in record d01000)",
+       mid);
+    check_walk("random bytes", p, DMG_RECORDS - 1000, DMG_RECORDS - 1, sizeof(noise));
+
+    /* 2. A record header whose sizes say 2 GiB each: TC would try to
+     *    allocate them, fail, and end the process. */
+    p = path_in("dmg-sizes.tch");
+    long at = copy_file(clean, p) == 0 ? record_offset(p, "d01500") : -1;
+    uint8_t huge[] = {0xc8, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfe, 0xfe, 0xfe, 0xfe, 0x07, 0xfe, 0xfe, 0xfe, 0xfe, 0x07};
+    ok(at > 0 && patch(p, at, huge, sizeof(huge)) == 0, "record d01500 (at %ld) claims 2 GiB key and value", at);
+    check_walk("huge sizes", p, DMG_RECORDS - 1, DMG_RECORDS - 1, 1);
+
+    /* 3. A free block of size 0 where a record was: TC would step over it
+     *    forever. */
+    p = path_in("dmg-free0.tch");
+    at = copy_file(clean, p) == 0 ? record_offset(p, "d02500") : -1;
+    uint8_t free0[] = {0xb0, 0, 0, 0, 0};
+    ok(at > 0 && patch(p, at, free0, sizeof(free0)) == 0, "record d02500 (at %ld) turned into a free block of size 0",
+       at);
+    check_walk("free block of size 0", p, DMG_RECORDS - 1, DMG_RECORDS - 1, 1);
+
+    /* 4. Opened checked, a damaged file is rebuilt from what can be read:
+     *    writes to every key work again (TC's index of the damaged file led
+     *    some of them into the damage), and the damaged file is kept. */
+    p = path_in("dmg-random.tch");
+    store_check check;
+    s = store_open_checked(p, &check, err);
+    ok(s != NULL, "open_checked of the file with random bytes");
+    if (!s) return;
+    ok(check.spots >= 1 && check.records < DMG_RECORDS && check.kept_records == check.records,
+       "the check counts the damage and rebuilds from the %llu readable records (%llu kept)",
+       (unsigned long long)check.records, (unsigned long long)check.kept_records);
+    char kept[600];
+    snprintf(kept, sizeof(kept), "%s.damaged", p);
+    ok(strcmp(check.kept, kept) == 0 && access(kept, F_OK) == 0, "the damaged file is kept as %s", check.kept);
+    is_int(store_count(s), check.records, "the rebuilt file holds them");
+    int write_failed = 0;
+    for (int i = 0; i < DMG_RECORDS; i++) {
+        char k[16];
+        uint8_t v[128];
+        int kl = snprintf(k, sizeof(k), "d%05d", i);
+        size_t n = dmg_value(v, i);
+        write_failed += store_put(s, k, (size_t)kl, v, n, err) < 0;
+    }
+    is_int(write_failed, 0, "every key can be written again");
+    store_close(s);
+    s = store_open_checked(p, &check, err);
+    ok(s && check.spots == 0 && check.records == DMG_RECORDS && !check.kept[0],
+       "checked again: %llu records, no damage, nothing rebuilt", (unsigned long long)check.records);
+    store_close(s);
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "--try-open") == 0) return try_open_main(argv[2]);
@@ -619,6 +881,8 @@ int main(int argc, char **argv)
     test_modify(s);
     test_remove_if_older(s);
     test_iterate();
+    test_walk_races();
+    test_damage();
     test_interleaved(s);
     test_backup(s);
 
