@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "log.h"
 #include "record.h"
 #include "ring.h"
 #include "store.h"
@@ -105,6 +106,9 @@ int main(int argc, char **argv)
             return 1;
         }
     }
+    /* The store's own messages (a damaged spot, with its offset) go with
+     * ours, to stderr. */
+    if (log_init("/dev/stderr", false, err) < 0) log_init(NULL, false, err);
     merge m = {0};
     m.dst = store_open(argv[1], err);
     if (!m.dst) {
@@ -144,6 +148,15 @@ int main(int argc, char **argv)
             merged += m.merged;
             total += m.total;
             printf("  merged %llu records of %llu records\n", (unsigned long long)merged, (unsigned long long)total);
+            uint64_t spots, bytes;
+            store_damage(src, &spots, &bytes);
+            if (spots > 0) { /* what could be read is merged; the rest is not there */
+                fprintf(stderr,
+                        "kumomergedb: %s: damaged: %llu bytes in %llu places stepped over; the records there are not "
+                        "in the merge\n",
+                        argv[i], (unsigned long long)bytes, (unsigned long long)spots);
+                rc = 1;
+            }
         }
         store_close(src);
     }
