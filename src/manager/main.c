@@ -130,6 +130,12 @@ static daemon_listener *listen_on(manager *m, int fd, const net_addr *a, evconnl
     return dl;
 }
 
+/* The -a timer fired: the manager that drives automatic replaces acts. */
+static void auto_replace_due(manager *m)
+{
+    if (partner_drives_auto(m)) control_auto_replace(m);
+}
+
 int main(int argc, char **argv)
 {
     manager_config cfg;
@@ -151,6 +157,7 @@ int main(int argc, char **argv)
     const auth_key *key = daemon_cluster_key(&manager_spec, &cfg.common);
     if (daemon_start("kumo-manager", &cfg.common) < 0) return 1;
     m.cfg = &cfg;
+    m.hooks = (manager_hooks){.request = dispatch_request, .changed = partner_sync, .tick = partner_tick, .server_lost = replace_server_lost, .server_back = replace_resend, .manager_hello = partner_hello, .manager_closed = partner_closed, .auto_replace_due = auto_replace_due, .stopping = replace_stop};
     time_t started = time(NULL);
     clock_init(&m.clock);
     m.whs = hashspace_new(NULL, 0, 0);

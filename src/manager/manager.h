@@ -7,6 +7,7 @@
  *   partner.c     the second manager: hash-space sync, who drives a replace
  *   replace.c     moving data after a membership change: copy to the new
  *                 owners, switch rhs to whs, delete from the old owners
+ *   dispatch.c    which module answers each request on the cluster port
  *
  * Thread rule: one event loop; the manager's work is small and rare.
  */
@@ -52,8 +53,28 @@ typedef struct mserver {
     struct manager *m;
 } mserver;
 
+struct manager;
+
+/* What membership.c calls when something happens to the connections and
+ * hash spaces it owns. main.c fills them in (with partner, replace and
+ * control functions), so that membership.c does not call the modules that
+ * call it. */
+typedef struct manager_hooks {
+    /* a request on the cluster port (dispatch.c) */
+    void (*request)(struct manager *m, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
+    void (*changed)(struct manager *m);                     /* whs/rhs replaced here: partner_sync */
+    void (*tick)(struct manager *m, double lag);            /* every tick: partner_tick */
+    void (*server_lost)(struct manager *m, mserver *ms);    /* replace_server_lost */
+    void (*server_back)(struct manager *m, mserver *ms);    /* said hello again: replace_resend */
+    void (*manager_hello)(struct manager *m, rpc_conn *c);  /* partner_hello */
+    void (*manager_closed)(struct manager *m, rpc_conn *c); /* partner_closed */
+    void (*auto_replace_due)(struct manager *m);            /* the -a timer fired */
+    void (*stopping)(struct manager *m);                    /* replace_stop */
+} manager_hooks;
+
 typedef struct manager {
     struct event_base *base;
+    manager_hooks hooks;
     const manager_config *cfg;
     clock_hlc clock;
     net_addr self;
@@ -96,6 +117,11 @@ void membership_start(manager *m);
 void membership_stop(manager *m);
 /* A new connection on the cluster port (servers and gateways). */
 void membership_accept(manager *m, int fd);
+/* MGR_KEEPALIVE and MGR_HS_REQUEST; false for any other method. */
+bool membership_handle(manager *m, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
+
+/* dispatch.c: every request on the cluster port. */
+void dispatch_request(manager *m, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
 mserver *membership_find_server(manager *m, const net_addr *a);
 /* ms as a ring entry: its address and the key its database is placed by. */
 ring_node membership_node_of(const mserver *ms, bool active, bool catchup);

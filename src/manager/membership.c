@@ -13,7 +13,12 @@
  * handshakes, so probing it proves nothing). A server that comes back is a
  * newcomer again.
  *
- * Calls: rpc, hashspace, clock, log. Thread rule: main loop.
+ * What happens here that other modules act on (a request, a tick, a server
+ * lost or back, the partner's link, the auto-replace timer, a change of the
+ * hash spaces) goes to them through m->hooks, which main.c fills: they call
+ * this module, so it does not call them by name.
+ *
+ * Calls: rpc, hashspace, clock, log, m->hooks. Thread rule: main loop.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -99,7 +104,7 @@ void membership_set_hashspaces(manager *m, hashspace *whs, hashspace *rhs)
 {
     m->learning = false; /* a change of our own: the servers follow us now */
     install(m, whs, rhs);
-    partner_sync(m);
+    m->hooks.changed(m);
 }
 
 void membership_adopted(manager *m, hashspace *whs, hashspace *rhs)
@@ -282,12 +287,12 @@ static void server_lost(manager *m, mserver *ms)
     hashspace *w = with_state(m, m->whs, &ms->addr, false, ct);
     hashspace *r = with_state(m, m->rhs, &ms->addr, false, ct);
     if (!w && !r) {
-        replace_server_lost(m, ms);
+        m->hooks.server_lost(m, ms);
         notify_status(m);
         return;
     }
     membership_set_hashspaces(m, w ? w : hashspace_ref(m->whs), r ? r : hashspace_ref(m->rhs));
-    replace_server_lost(m, ms);
+    m->hooks.server_lost(m, ms);
 }
 
 static void probe_next(mserver *ms)
@@ -352,7 +357,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         log_info("the manager's loop was stalled for %.1f s; keepalive silence resets", lag);
         for (size_t i = 0; i < m->nservers; i++) m->servers[i]->last_answer += lag;
     }
-    partner_tick(m, lag > 0.5 ? lag : 0);
+    m->hooks.tick(m, lag > 0.5 ? lag : 0);
     for (size_t i = 0; i < m->nservers; i++) {
         mserver *ms = m->servers[i];
         if (!ms->conn) continue;
@@ -439,7 +444,7 @@ static void learn_done(learn_ctx *x)
         log_info("hash spaces learned from the servers: %zu servers", w->ring.nnodes);
         hashspace *nw = without_fresh(m, hashspace_ref(w)), *nr = without_fresh(m, hashspace_ref(r));
         install(m, nw, nr);
-        partner_sync(m);
+        m->hooks.changed(m);
         for (size_t i = 0; i < nw->ring.nnodes; i++) {
             const net_addr *a = &nw->ring.nodes[i].addr;
             mserver *o = membership_find_server(m, a);
@@ -546,7 +551,7 @@ static void server_hello(manager *m, rpc_conn *c)
     bool learning = learn_from(m, ms);
     ms->last_answer = clock_mono();
     ms->keepalive_out = false;
-    replace_resend(m, ms); /* a server that came back mid-replace lost its task */
+    m->hooks.server_back(m, ms); /* a server that came back mid-replace lost its task */
     if (!is_active_member(m, a) && !ms->newcomer) {
         ms->newcomer = true;
         log_info("new node server %s", fmt(a, buf));
@@ -583,7 +588,7 @@ static void mgr_on_hello(void *arg, rpc_conn *c)
     switch (rpc_peer_role(c)) {
     case RPC_ROLE_SERVER: server_hello(m, c); break;
     case RPC_ROLE_GATEWAY: gateway_hello(m, c); break;
-    case RPC_ROLE_MANAGER: partner_hello(m, c); break;
+    case RPC_ROLE_MANAGER: m->hooks.manager_hello(m, c); break;
     default: break; /* tools need no bookkeeping */
     }
 }
@@ -592,7 +597,7 @@ static void mgr_on_close(void *arg, rpc_conn *c)
 {
     manager *m = arg;
     if (rpc_hello_done(c) && rpc_peer_role(c) == RPC_ROLE_MANAGER) {
-        partner_closed(m, c);
+        m->hooks.manager_closed(m, c);
         return;
     }
     if (!rpc_hello_done(c) || rpc_peer_role(c) != RPC_ROLE_SERVER) {
@@ -626,35 +631,23 @@ static void mgr_on_close(void *arg, rpc_conn *c)
 static void mgr_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
 {
     manager *m = arg;
-    if (partner_handle(m, c, msgid, method, params)) return;
+    m->hooks.request(m, c, msgid, method, params);
+}
+
+bool membership_handle(manager *m, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
+{
     switch (method) {
     case MGR_KEEPALIVE: {
         uint64_t ct;
         if (rpc_arg_uint(params, 0, &ct)) clock_update(&m->clock, ct);
         rpc_reply_nil(c, msgid);
-        break;
-    }
-    case MGR_REPLACE_COPY_END:
-    case MGR_REPLACE_DELETE_END: {
-        uint64_t ct;
-        bool ok = true;
-        if (!rpc_arg_uint(params, 0, &ct)) {
-            rpc_reply_error(c, msgid, "bad params");
-            break;
-        }
-        rpc_arg_bool(params, 1, &ok);
-        replace_phase_end(m, c, method, ct, ok);
-        rpc_reply_bool(c, msgid, true);
-        break;
+        return true;
     }
     case MGR_HS_REQUEST:
         pack_pair(m, rpc_reply_begin(c, msgid));
         rpc_call_end(c);
-        break;
-    default:
-        if (rpc_peer_role(c) == RPC_ROLE_TOOL && control_handle(m, c, msgid, method, params)) break;
-        rpc_reply_error(c, msgid, "unknown method %u", method);
-        break;
+        return true;
+    default: return false;
     }
 }
 
@@ -667,7 +660,7 @@ void membership_accept(manager *m, int fd)
 static void auto_cb(evutil_socket_t fd, short what, void *arg)
 {
     manager *m = arg;
-    if (partner_drives_auto(m)) control_auto_replace(m);
+    m->hooks.auto_replace_due(m);
 }
 
 void membership_schedule_auto_replace(manager *m)
@@ -692,7 +685,7 @@ void membership_stop(manager *m)
 {
     if (m->tick) event_free(m->tick);
     if (m->auto_timer) event_free(m->auto_timer);
-    replace_stop(m);
+    m->hooks.stopping(m);
     for (size_t i = 0; i < m->nservers; i++) {
         mserver *ms = m->servers[i];
         rpc_close(ms->conn);

@@ -7,13 +7,16 @@
  * held (a restarted manager starts with an empty one and must not wipe the
  * routing of a running cluster).
  *
- * Calls: rpc, hashspace, log, daemon. Thread rule: main loop.
+ * Requests on these links go to s->dispatch, and a co-owner that caught up
+ * to s->on_rejoin (main.c sets both): the modules they reach call this one.
+ *
+ * Calls: rpc, links, hashspace, log, daemon, s->dispatch, s->on_rejoin.
+ * Thread rule: main loop.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "daemon.h"
-#include "digest.h"
 #include "links.h"
 #include "binlog.h"
 #include "log.h"
@@ -55,7 +58,7 @@ void cluster_set_hashspaces(server *s, hashspace *whs, hashspace *rhs)
     if (whs) {
         /* A co-owner just caught up: compare digests with it now, so what
          * a copy cannot bring (a tombstone collected meanwhile) shows. */
-        if (s->whs && !s->stopping && someone_rejoined(s->whs, whs)) digest_pass_now(s);
+        if (s->whs && !s->stopping && someone_rejoined(s->whs, whs) && s->on_rejoin) s->on_rejoin(s);
         hashspace_unref(s->whs);
         s->whs = whs;
         s->catching_up = hashspace_catching_up(whs, &s->self); /* once, not per read */
@@ -176,19 +179,12 @@ static void manager_on_close(void *arg, rpc_conn *c) { notify_state(arg); }
 
 static void manager_unreachable(void *arg) { notify_state(arg); }
 
+/* Requests on the links this module opens go to s->dispatch (dispatch.c,
+ * set by main.c): calling it by name would make a circle of modules. */
 static void manager_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
 {
-    cluster_dispatch(arg, c, msgid, method, params);
-}
-
-void cluster_dispatch(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
-{
-    if (data_handle(s, c, msgid, method, params)) return;
-    if (cluster_handle(s, c, msgid, method, params)) return;
-    if (replace_handle(s, c, msgid, method, params)) return;
-    if (stream_handle(s, c, msgid, method, params)) return;
-    if (digest_handle(s, c, msgid, method, params)) return;
-    rpc_reply_error(c, msgid, "unknown method %u", method);
+    server *s = arg;
+    s->dispatch(s, c, msgid, method, params);
 }
 
 int cluster_start(server *s, char *err)
@@ -223,7 +219,8 @@ static void peer_on_close(void *arg, rpc_conn *c)
 
 static void peer_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
 {
-    cluster_dispatch(arg, c, msgid, method, params);
+    server *s = arg;
+    s->dispatch(s, c, msgid, method, params);
 }
 
 rpc_conn *cluster_peer(server *s, const net_addr *addr)

@@ -37,7 +37,7 @@ void damage_walked(server *s)
               "the restart rebuilds the file from what can be read; then attach catches this server up",
               store_path(s->db), (unsigned long long)spots, (unsigned long long)bytes, SERVER_EXIT_DAMAGED);
     binlog_event(LOG_LVL_ERROR, "db_damaged", BL_UINT("spots", spots), BL_UINT("bytes", bytes));
-    server_shutdown(s, SERVER_EXIT_DAMAGED);
+    s->shutdown(s, SERVER_EXIT_DAMAGED);
 }
 
 void damage_metrics(server *s, metrics_out *o)

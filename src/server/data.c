@@ -567,6 +567,13 @@ void data_walk(server *s, store_iter_fn fn, data_walk_done_fn done, void *arg)
     event_base_once(s->base, -1, EV_TIMEOUT, walk_cb, w, &zero);
 }
 
+double progress_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 /* ---- flush_all ---- */
 
 static char *flush_path(server *s)

@@ -211,11 +211,11 @@ static void on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t method, 
         return;
     }
     if (!s->metrics) {
-        cluster_dispatch(s, c, msgid, method, params);
+        dispatch_request(s, c, msgid, method, params);
         return;
     }
     double t0 = clock_mono();
-    cluster_dispatch(s, c, msgid, method, params);
+    dispatch_request(s, c, msgid, method, params);
     int k = method == SRV_GET || method == SRV_GET_MANY ? REQ_GET : method == SRV_SET     ? REQ_SET
                                                                 : method == SRV_DELETE    ? REQ_DELETE
                                                                 : method == SRV_REPLICATE ? REQ_REPLICATE
@@ -345,7 +345,7 @@ static void stop(void *arg)
     daemon_drain(s->base, pending, s, DRAIN_SECONDS);
 }
 
-void server_shutdown(server *s, int status)
+static void shutdown_with(server *s, int status)
 {
     s->exit_status = status;
     stop(s);
@@ -407,6 +407,9 @@ int main(int argc, char **argv)
     const auth_key *key = daemon_cluster_key(&server_spec, &cfg.common);
     if (daemon_start("kumo-server", &cfg.common) < 0) return 1;
     s.cfg = &cfg;
+    s.dispatch = dispatch_request;
+    s.on_rejoin = digest_pass_now;
+    s.shutdown = shutdown_with;
     if (!cfg.listen) find_self(&s);
     binlog_set_node_addr("server", &s.self); /* before the first record; -l may have been found just now */
     s.started = time(NULL);

@@ -116,13 +116,6 @@ static void report_end(server *s, rpc_conn *manager, uint32_t method, uint64_t r
     end_send(e);
 }
 
-double progress_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* The progress record, if it is still this job's (a newer replace resets it). */
 static replace_progress *progress_of(const copy_job *j)
 {

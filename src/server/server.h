@@ -6,6 +6,10 @@
  *   replace.c  the server's part of moving data after membership changes
  *   stream.c   the bulk copy of a replace over the stream port (-L)
  *   digest.c   anti-entropy: range digests, range keys, raw fetches (digest.h)
+ *   gc.c       tombstone collection
+ *   damage.c   a database whose walks stepped over damage: stop, to be rebuilt
+ *   dispatch.c which module answers each request, on any connection
+ *   apply.c, identity.c, streamdec.c: pure helpers of data, main and stream
  *
  * Thread rule: everything runs on the main event loop (one thread; -TR
  * workers are the subject of the performance work, see docs/architecture.md).
@@ -96,7 +100,13 @@ typedef struct server {
     uint64_t repl_retries, repl_failures; /* replica sends repeated / given up */
     bool ready_notified;
     bool stopping;
-    int exit_status; /* of main(), once the loop ends (server_shutdown) */
+    int exit_status; /* of main(), once the loop ends (shutdown) */
+    /* Set by main.c, so that the modules below call up without naming it
+     * (which would make circles of modules): */
+    void (*dispatch)(struct server *s, rpc_conn *c, uint32_t msgid, uint32_t method,
+                     const msgpack_object *params); /* dispatch_request */
+    void (*on_rejoin)(struct server *s);            /* a co-owner caught up: digest_pass_now */
+    void (*shutdown)(struct server *s, int status); /* SIGTERM's drain, then exit with status */
     /* flush_all: records older than this ClockTime are gone once its second
      * has come (kept in <db>.flush so a restart does not bring them back) */
     uint64_t flush_floor;
@@ -133,13 +143,13 @@ rpc_conn *cluster_peer(server *s, const net_addr *addr);
  * method is not one of cluster.c's. */
 bool cluster_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
 void cluster_set_hashspaces(server *s, hashspace *whs, hashspace *rhs);
-/* Every request a server answers, whichever connection it came on. */
-void cluster_dispatch(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
+
+/* dispatch.c: every request a server answers, whichever connection it came
+ * on (the modules' *_handle functions in turn). */
+void dispatch_request(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
 
 /* replace.c: copy and delete phases, and the batches they send. */
 bool replace_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
-/* Wall-clock seconds, for the progress records. */
-double progress_now(void);
 /* The answer to ST_REPLACE_PROGRESS: a map (protocol.md §5.3). */
 void replace_pack_progress(const server *s, msgpack_packer *pk);
 /* "idle", "walk", "send" or "done": where the last copy phase is. */
@@ -179,9 +189,6 @@ void gc_get_stats(const server *s, gc_stats *out);
 void damage_walked(server *s);
 void damage_metrics(server *s, metrics_out *o);
 
-/* main.c: SIGTERM's drain, then exit with `status`. */
-void server_shutdown(server *s, int status);
-
 /* data.c */
 /* Walk the whole database in steps, serving requests in between; done runs
  * once (ok = false on a database error or at shutdown). */
@@ -190,6 +197,8 @@ void data_walk(server *s, store_iter_fn fn, data_walk_done_fn done, void *arg);
 /* Read the flush floor kept beside the database (start-up). */
 void data_load_flush(server *s);
 void data_stop(server *s);
+/* Wall-clock seconds, for the progress records of backups and replaces. */
+double progress_now(void);
 bool data_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
 
 #endif
