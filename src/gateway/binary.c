@@ -488,7 +488,7 @@ static void do_sasl(client *c, const memproto_request *q)
         put_error(b, MEMPROTO_STATUS_EINVAL, NULL);
     } else if (q->cmd == MEMPROTO_SASL_AUTH && q->keylen == 5 && memcmp(q->key, "PLAIN", 5) == 0 && z2 &&
                (user = z1 + 1, pass = z2 + 1,
-                text_users_check(g->cfg->users, user, (size_t)(z2 - user), pass, (size_t)(v + q->vlen - pass)))) {
+                users_check(g->cfg->users, user, (size_t)(z2 - user), pass, (size_t)(v + q->vlen - pass)))) {
         g->stats.auth_cmds++;
         put_header(b, MEMPROTO_STATUS_SUCCESS, 0, 0, 13, 0);
         evbuffer_add(b->r->out, "Authenticated", 13);
@@ -614,4 +614,3 @@ size_t binary_auth_parse(client *c, const char *buf, size_t len)
 
 /* The -b port negotiates like -t (text.c): memcached serves both protocols
  * on every port, and kumofs 0.4 command lines keep working. */
-void binary_accept(gateway *g, int fd) { text_accept(g, fd); }

@@ -55,7 +55,7 @@ typedef struct gateway_config {
     int max_inflight_kib;    /* --max-inflight: one worker's gets in flight, estimated */
     bool shutdown_command;   /* -A: the shutdown command is served */
     const char *auth_file;   /* -Y: clients authenticate against this file */
-    struct gw_users *users;  /* -Y's contents (text.c), NULL without -Y */
+    struct gw_users *users;  /* -Y's contents (users.c), NULL without -Y */
 } gateway_config;
 
 /* The gets one loop turn sends a server in one SRV_GET_MANY (router.c). */
@@ -159,6 +159,11 @@ typedef struct gateway_group {
     atomic_size_t ready;        /* workers that have seen an active server */
     pthread_mutex_t reset_lock; /* guards reset_base */
     gateway_totals reset_base;  /* the totals at the last `stats reset` */
+    /* workers_ready, workers_totals, workers_reset_base: router.c and
+     * stats.c call them through here, as workers.c calls those modules */
+    bool (*ready_one)(struct gateway *g);
+    void (*totals)(struct gateway_group *grp, bool since_reset, gateway_totals *t);
+    void (*reset_totals)(struct gateway_group *grp);
 } gateway_group;
 
 /* Build n workers sharing cfg and rpc_self (router_start each); -1 + err. */
@@ -255,24 +260,29 @@ void stats_settings(const gateway *g, stats_emit_fn emit, void *arg);
  * worker. */
 void stats_reset(gateway *g);
 
-/* text.c: the text protocol, classic and meta commands; a connection whose
- * first byte is 0x80 goes to binary_parse instead (either listener) */
-void text_accept(gateway *g, int fd);
-/* -Y: load `user:password` lines, as memcached's authfile.c reads them;
- * NULL + err when the file cannot be read or a line has no ':'. Start-up. */
-struct gw_users *text_users_load(const char *path, char *err);
-void text_users_free(struct gw_users *u);
+/* accept.c: a new client connection (either listener): the first byte
+ * picks text or binary, as memcached does. */
+void gateway_accept(gateway *g, int fd);
+/* users.c: -Y. Load `user:password` lines, as memcached's authfile.c reads
+ * them; NULL + err when the file cannot be read or a line has no ':'.
+ * Start-up. */
+struct gw_users *users_load(const char *path, char *err);
+void users_free(struct gw_users *u);
 /* True when user/pass is one of u's entries (compared in constant time for
  * entries of the same length). Any thread. */
-bool text_users_check(const struct gw_users *u, const char *user, size_t ulen, const char *pass, size_t plen);
-/* binary.c: the binary protocol. binary_parse is a client_parse_fn
- * (client.h). binary_accept = text_accept. */
+bool users_check(const struct gw_users *u, const char *user, size_t ulen, const char *pass, size_t plen);
+/* text.c: the text protocol, classic and meta commands. Both are
+ * client_parse_fn (client.h); text_auth_parse serves a connection that has
+ * not authenticated (-Y) and switches it to text_parse. */
 struct client;
+size_t text_parse(struct client *c, const char *buf, size_t len);
+size_t text_auth_parse(struct client *c, const char *buf, size_t len);
+/* binary.c: the binary protocol. binary_parse is a client_parse_fn
+ * (client.h). */
 size_t binary_parse(struct client *c, const char *buf, size_t len);
 /* binary_parse for a connection that has not authenticated (-Y): only
  * SASL (PLAIN, against -Y's file) and VERSION are served; it switches the
  * connection to binary_parse when the client authenticates. */
 size_t binary_auth_parse(struct client *c, const char *buf, size_t len);
-void binary_accept(gateway *g, int fd);
 
 #endif

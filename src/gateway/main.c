@@ -229,7 +229,7 @@ int main(int argc, char **argv)
     if (cfg.binary && net_parse_listen(cfg.binary, 11211, &binary_addr, err) < 0)
         opts_die(&gateway_spec, "-b: %s", err);
     binlog_set_node_addr("gateway", cfg.text ? &text_addr : &binary_addr);
-    if (cfg.auth_file && !(cfg.users = text_users_load(cfg.auth_file, err))) opts_die(&gateway_spec, "%s", err);
+    if (cfg.auth_file && !(cfg.users = users_load(cfg.auth_file, err))) opts_die(&gateway_spec, "%s", err);
     if (links_check_name(cfg.manager1, KUMO_MANAGER_PORT, err) < 0) opts_die(&gateway_spec, "-m: %s", err);
     if (cfg.manager2 && links_check_name(cfg.manager2, KUMO_MANAGER_PORT, err) < 0)
         opts_die(&gateway_spec, "-p: %s", err);
@@ -287,11 +287,6 @@ int main(int argc, char **argv)
     workers_free(grp);
     client_pool_drain(); /* this thread's, and what the workers freed here */
     router_pool_drain();
-    text_users_free(cfg.users);
-    log_info("end");
-    binlog_event(LOG_LVL_INFO, "stop");
-    binlog_close();
-    daemon_remove_pidfile();
-    log_close();
-    return status;
+    users_free(cfg.users);
+    return daemon_finish(status);
 }

@@ -49,7 +49,7 @@ static void notify_state(gateway *g)
         active += g->whs->ring.nodes[i].active && !g->whs->ring.nodes[i].catchup;
     if (active > 0 && !g->ready_notified) {
         g->ready_notified = true;
-        if (workers_ready(g)) daemon_notify("READY=1");
+        if (g->group->ready_one(g)) daemon_notify("READY=1");
     }
     if (g->index == 0)
         daemon_notify("STATUS=%s%s, %zu active servers",

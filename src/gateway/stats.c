@@ -34,7 +34,7 @@ static void put(stats_emit_fn emit, void *arg, const char *name, const char *fmt
 void stats_general(const gateway *g, const router_sizes *sz, stats_emit_fn emit, void *arg)
 {
     gateway_totals tot;
-    workers_totals(g->group, true, &tot);
+    g->group->totals(g->group, true, &tot);
     const gateway_totals *s = &tot;
     struct rusage ru;
     time_t now = time(NULL);
@@ -139,4 +139,4 @@ void stats_settings(const gateway *g, stats_emit_fn emit, void *arg)
     put(emit, arg, "kumofs_max_inflight", "%lld", (long long)cfg->max_inflight_kib * 1024);
 }
 
-void stats_reset(gateway *g) { workers_reset_base(g->group); }
+void stats_reset(gateway *g) { g->group->reset_totals(g->group); }

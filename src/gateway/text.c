@@ -1129,7 +1129,7 @@ static bool may_start(client *c, const memtext_request *q)
     return client_may_start(c, kind);
 }
 
-static size_t text_parse(client *c, const char *buf, size_t len)
+size_t text_parse(client *c, const char *buf, size_t len)
 {
     memtext_request *q = c->proto;
     size_t consumed = 0;
@@ -1174,94 +1174,6 @@ static size_t text_parse(client *c, const char *buf, size_t len)
 
 /* ---- -Y: client authentication ---- */
 
-typedef struct gw_user {
-    const char *user, *pass;
-    size_t ulen, plen;
-} gw_user;
-
-struct gw_users {
-    char *data; /* the file; entries point into it */
-    size_t n;
-    gw_user e[];
-};
-
-struct gw_users *text_users_load(const char *path, char *err)
-{
-    FILE *f = fopen(path, "r");
-    char *data = NULL;
-    size_t len = 0, cap = 0, n = 0, lineno = 0;
-    if (!f) {
-        snprintf(err, KUMO_ERRLEN, "-Y %s: %s", path, strerror(errno));
-        return NULL;
-    }
-    for (;;) {
-        if (len + 4096 + 1 > cap) {
-            char *d = realloc(data, cap = cap * 2 + 4096 + 1);
-            if (!d) break;
-            data = d;
-        }
-        size_t got = fread(data + len, 1, cap - len - 1, f);
-        len += got;
-        if (got == 0) break;
-    }
-    bool failed = ferror(f) || !data;
-    fclose(f);
-    if (failed) {
-        snprintf(err, KUMO_ERRLEN, "-Y %s: cannot read it", path);
-        free(data);
-        return NULL;
-    }
-    data[len] = '\0';
-    for (size_t i = 0; i < len; i++) n += data[i] == '\n';
-    struct gw_users *u = calloc(1, sizeof(*u) + (n + 1) * sizeof(gw_user));
-    if (!u) {
-        snprintf(err, KUMO_ERRLEN, "-Y %s: out of memory", path);
-        free(data);
-        return NULL;
-    }
-    u->data = data;
-    /* "user:password" a line, the password up to CR or LF, as memcached's
-     * authfile_load; a line without ':' is an error, as there */
-    for (char *p = data; p < data + len; lineno++) {
-        char *nl = memchr(p, '\n', (size_t)(data + len - p)), *end = nl ? nl : data + len;
-        char *colon = memchr(p, ':', (size_t)(end - p));
-        if (!colon) {
-            snprintf(err, KUMO_ERRLEN, "-Y %s: line %zu is not user:password", path, lineno + 1);
-            text_users_free(u);
-            return NULL;
-        }
-        char *pe = memchr(colon + 1, '\r', (size_t)(end - colon - 1));
-        u->e[u->n++] = (gw_user){p, colon + 1, (size_t)(colon - p), (size_t)((pe ? pe : end) - colon - 1)};
-        p = end + 1;
-    }
-    return u;
-}
-
-void text_users_free(struct gw_users *u)
-{
-    if (!u) return;
-    free(u->data);
-    free(u);
-}
-
-static bool same_bytes(const char *a, const char *b, size_t n)
-{
-    unsigned char d = 0;
-    for (size_t i = 0; i < n; i++) d |= (unsigned char)(a[i] ^ b[i]);
-    return d == 0;
-}
-
-bool text_users_check(const struct gw_users *u, const char *user, size_t ulen, const char *pass, size_t plen)
-{
-    bool found = false;
-    for (size_t i = 0; u && i < u->n; i++) {
-        const gw_user *e = &u->e[i];
-        if (e->ulen == ulen && e->plen == plen && same_bytes(user, e->user, ulen) & same_bytes(pass, e->pass, plen))
-            found = true;
-    }
-    return found;
-}
-
 /* Split s[0..n) on spaces into at most max tokens; returns how many. */
 static size_t split(const char *s, size_t n, memtext_token *t, size_t max)
 {
@@ -1281,7 +1193,7 @@ static size_t split(const char *s, size_t n, memtext_token *t, size_t max)
  * "set <any key> <flags> <exptime> <bytes>" whose data is "<user> <pass>";
  * STORED and the connection is served, or an error and it may try again.
  * The data is bounded by MEMTEXT_LONG_LINE (memcached waits for any size). */
-static size_t text_auth_parse(client *c, const char *buf, size_t len)
+size_t text_auth_parse(client *c, const char *buf, size_t len)
 {
     gateway *g = c->g;
     memtext_token t[6];
@@ -1313,7 +1225,7 @@ static size_t text_auth_parse(client *c, const char *buf, size_t len)
         client_reply(r, "CLIENT_ERROR bad authentication token format\r\n");
     } else {
         g->stats.auth_cmds++;
-        if (text_users_check(g->cfg->users, t[0].p, t[0].len, t[1].p, t[1].len)) {
+        if (users_check(g->cfg->users, t[0].p, t[0].len, t[1].p, t[1].len)) {
             client_reply(r, "STORED\r\n");
             c->parse = text_parse;
         } else {
@@ -1323,24 +1235,4 @@ static size_t text_auth_parse(client *c, const char *buf, size_t len)
     }
     g->stats.bytes_read += line + size + 2;
     return line + size + 2;
-}
-
-/* The first byte of a connection picks its protocol, as memcached does:
- * 0x80 (a binary request's magic) is binary, anything else is text. Under
- * -Y both start unauthenticated. */
-static size_t negotiate(client *c, const char *buf, size_t len)
-{
-    bool bin = (unsigned char)buf[0] == MEMPROTO_REQ_MAGIC, auth = c->g->cfg->users != NULL;
-    c->parse = bin ? (auth ? binary_auth_parse : binary_parse) : (auth ? text_auth_parse : text_parse);
-    return c->parse(c, buf, len);
-}
-
-void text_accept(gateway *g, int fd)
-{
-    memtext_request *q = calloc(1, sizeof(*q));
-    if (!q) {
-        close(fd);
-        return;
-    }
-    client_new(g, fd, negotiate, q);
 }

@@ -55,8 +55,8 @@ static int pending(void *arg)
 static void handle(gateway *g, const inbox_msg *m)
 {
     switch (m->kind) {
-    case MSG_TEXT: text_accept(g, m->fd); break;
-    case MSG_BINARY: binary_accept(g, m->fd); break;
+    case MSG_TEXT:
+    case MSG_BINARY: gateway_accept(g, m->fd); break; /* the first byte decides */
     case MSG_STOP:
         if (g->draining) break;
         g->draining = true;
@@ -127,6 +127,10 @@ gateway_group *workers_new(const gateway_config *cfg, const rpc_self *self, size
     }
     pthread_mutex_init(&grp->reset_lock, NULL);
     atomic_init(&grp->ready, 0);
+    /* called from router.c and stats.c, which workers.c calls */
+    grp->ready_one = workers_ready;
+    grp->totals = workers_totals;
+    grp->reset_totals = workers_reset_base;
     grp->n = n;
     time_t started = time(NULL);
     for (size_t i = 0; i < n; i++) {

@@ -184,6 +184,16 @@ static void raise_nofile(void)
     log_info("open files limit %llu", (unsigned long long)was);
 }
 
+int daemon_finish(int status)
+{
+    log_info("end");
+    binlog_event(LOG_LVL_INFO, "stop");
+    binlog_close();
+    daemon_remove_pidfile();
+    log_close();
+    return status;
+}
+
 int daemon_start(const char *prog, const daemon_common *c)
 {
     char err[KUMO_ERRLEN];

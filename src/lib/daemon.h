@@ -37,6 +37,10 @@ void daemon_remove_pidfile(void);
  * soft open-files limit to the hard one (logged). On failure prints
  * "prog: reason" to stderr and returns -1. */
 int daemon_start(const char *prog, const daemon_common *c);
+/* The end of main(), after the daemon freed what it owns: log "end", the
+ * binary log's stop record, close both logs, remove the pid file. Returns
+ * status, main()'s exit status. */
+int daemon_finish(int status);
 
 /* --cluster-key-file: the loaded key (NULL when the flag is not given),
  * for rpc_self.key; a file auth_key_load refuses is a usage error (exit

@@ -225,10 +225,5 @@ int main(int argc, char **argv)
     hashspace_unref(m.whs);
     hashspace_unref(m.rhs);
     event_base_free(m.base);
-    log_info("end");
-    binlog_event(LOG_LVL_INFO, "stop");
-    binlog_close();
-    daemon_remove_pidfile();
-    log_close();
-    return 0;
+    return daemon_finish(0);
 }

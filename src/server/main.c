@@ -521,15 +521,10 @@ int main(int argc, char **argv)
     digest_stop(&s);
     gc_stop(&s);
     store_close(s.db);
-    log_info("end");
-    binlog_event(LOG_LVL_INFO, "stop");
-    binlog_close();
     daemon_signals_free(&sigs);
     hashspace_unref(s.whs);
     hashspace_unref(s.rhs);
     free(s.peers);
     event_base_free(s.base);
-    daemon_remove_pidfile();
-    log_close();
-    return s.exit_status;
+    return daemon_finish(s.exit_status);
 }
