@@ -52,6 +52,7 @@
 
 #include "log.h"
 #include "record.h"
+#include "xalloc.h"
 
 /* Buckets for a database store_open creates (TC rounds up to a prime).
  * A file made beforehand with tchmgr keeps its own tuning (kumo-server(8) -s). */
@@ -421,10 +422,11 @@ int store_remove_if_older(store *s, const void *key, size_t klen, uint64_t ct, c
  * file and offsets, and left to the caller to repair from other copies.
  * The layout read here is TC 1.4's (tchdb.c: tchdbreadrec). */
 
-#define TC_REC_MAGIC 0xc8  /* a record */
-#define TC_FREE_MAGIC 0xb0 /* a free block: magic, 32-bit size */
-#define TC_HEAD_MAX 32     /* TC's largest record header */
-#define TC_KEY_MAX 65536   /* no kumofs key comes near it: a larger one is damage */
+#define TC_REC_MAGIC 0xc8       /* a record */
+#define TC_FREE_MAGIC 0xb0      /* a free block: magic, 32-bit size */
+#define TC_HEAD_MAX 32          /* TC's largest record header */
+#define TC_KEY_MAX 65536        /* no kumofs key comes near it: a larger one is damage */
+#define TC_VALUE_MAX (1u << 30) /* nor a value: TC would try to allocate what garbage claims */
 #define RESYNC_CHAIN 4
 #define RESYNC_CHUNK 65536
 
@@ -493,7 +495,7 @@ static bool rec_at(store *s, uint64_t off, rec_head *h)
     size_t v = read_vnum(b + at, n - at, &vsiz);
     if (!v) return false;
     at += v;
-    if (ksiz == 0 || ksiz > TC_KEY_MAX) return false;
+    if (ksiz == 0 || ksiz > TC_KEY_MAX || vsiz > TC_VALUE_MAX) return false;
     h->size = at + (uint64_t)ksiz + vsiz + psiz;
     h->record = true;
     return h->size <= fsiz - off;
@@ -519,9 +521,9 @@ static uint64_t resync(store *s, uint64_t bad)
 {
     TCHDB *hdb = s->hdb;
     uint64_t align = hdb->align ? hdb->align : 1, fsiz = hdb->fsiz;
-    uint8_t *buf = malloc(RESYNC_CHUNK);
+    uint8_t *buf = xmalloc(RESYNC_CHUNK);
     uint64_t at = (bad / align + 1) * align;
-    while (buf && at < fsiz) {
+    while (at < fsiz) {
         size_t want = fsiz - at < RESYNC_CHUNK ? (size_t)(fsiz - at) : RESYNC_CHUNK;
         ssize_t got = pread(hdb->fd, buf, want, (off_t)at);
         if (got <= 0) break;
@@ -555,6 +557,24 @@ static bool moved_under_walk(store *s, uint64_t bad, uint64_t *next)
     return true;
 }
 
+/* The last word before calling a spot damage: entries tile the file from
+ * its first record to its end, whatever was written meanwhile, so follow
+ * them from there (headers only, through the map: about 50 ms per million
+ * entries, and only on suspicion). If they pass over `bad` cleanly, a write
+ * moved the entries around the walk's position (TC may merge the free
+ * blocks a walk left behind it and reuse them for one larger record), and
+ * the walk goes on at *next. Real damage breaks the chain at `bad` or
+ * before it. */
+static bool tiles_past(store *s, uint64_t bad, uint64_t *next)
+{
+    rec_head h;
+    uint64_t o = s->hdb->frec;
+    while (o < bad && rec_at(s, o, &h)) o += h.size;
+    if (o <= bad || o > s->hdb->fsiz || (o < s->hdb->fsiz && !rec_at(s, o, &h))) return false;
+    *next = o;
+    return true;
+}
+
 /* Moves TC's iterator to the next record that is safe to hand to TC, over
  * free blocks and damage. Its size in *size; false at the end of the file. */
 static bool seek_record(store *s, uint64_t *size)
@@ -572,7 +592,7 @@ static bool seek_record(store *s, uint64_t *size)
             hdb->iter += h.size;
             continue;
         }
-        if (moved_under_walk(s, hdb->iter, &next)) {
+        if (moved_under_walk(s, hdb->iter, &next) || tiles_past(s, hdb->iter, &next)) {
             hdb->iter = next;
             continue;
         }
@@ -668,7 +688,11 @@ typedef struct salvage {
 static int salvage_fn(void *arg, const void *key, size_t klen, const void *val, size_t vlen)
 {
     salvage *x = arg;
-    if (store_put(x->to, key, klen, val, vlen, x->err) < 0) {
+    /* Newer wins: a resync may land on an older copy of a key that TC
+     * left in a block it reused. */
+    int rc = vlen >= RECORD_TOMBSTONE ? store_update(x->to, key, klen, val, vlen, x->err)
+                                      : store_put(x->to, key, klen, val, vlen, x->err);
+    if (rc < 0) {
         x->failed = 1;
         return 1;
     }
@@ -680,12 +704,27 @@ static int salvage_fn(void *arg, const void *key, size_t klen, const void *val, 
  * TC's index of a damaged file leads into the damage, so writes to it fail
  * ("invalid record header") for every key whose bucket passes there: a
  * file rebuilt from its readable records has a whole index again. */
-static int rebuild(store *s, const char *spec, store_check *out, char *err)
+static int rebuild(store *s, store_check *out, char *err)
 {
     char *tmp = NULL, *kept = NULL;
-    int rc = -1;
-    if (asprintf(&tmp, "%s.salvage", s->path) < 0 || asprintf(&kept, "%s.damaged", s->path) < 0) {
+    int rc = -1, fd;
+    if (asprintf(&tmp, "%s.salvage", s->path) < 0) {
         kumo_err(err, "out of memory");
+        goto out;
+    }
+    /* An earlier incident's file is not overwritten. */
+    for (int i = 0; i < 1000 && !kept; i++) {
+        if ((i == 0 ? asprintf(&kept, "%s.damaged", s->path) : asprintf(&kept, "%s.damaged.%d", s->path, i)) < 0) {
+            kumo_err(err, "out of memory");
+            goto out;
+        }
+        if (access(kept, F_OK) == 0) {
+            free(kept);
+            kept = NULL;
+        }
+    }
+    if (!kept) {
+        kumo_err(err, "%s.damaged: 1000 of them already", s->path);
         goto out;
     }
     unlink(tmp);
@@ -698,14 +737,29 @@ static int rebuild(store *s, const char *spec, store_check *out, char *err)
     }
     out->kept_records = store_count(x.to);
     store_close(x.to);
-    if (rename(s->path, kept) < 0 || rename(tmp, s->path) < 0) {
-        kumo_err(err, "%s: rename: %s", s->path, strerror(errno));
+    if ((fd = open(tmp, O_RDONLY | O_CLOEXEC)) < 0 || fsync(fd) < 0) {
+        kumo_err(err, "%s: %s", tmp, strerror(errno));
+        if (fd >= 0) close(fd);
+        unlink(tmp);
         goto out;
     }
+    close(fd);
+    if (rename(s->path, kept) < 0) {
+        kumo_err(err, "%s: rename to %s: %s", s->path, kept, strerror(errno));
+        unlink(tmp);
+        goto out;
+    }
+    if (rename(tmp, s->path) < 0) {
+        kumo_err(err, "%s: rename: %s", tmp, strerror(errno));
+        if (rename(kept, s->path) < 0) /* put the damaged file back rather than leave none */
+            kumo_err(err, "%s: rename: %s, and the damaged file stays at %s", tmp, strerror(errno), kept);
+        unlink(tmp);
+        goto out;
+    }
+    sync_dir(s->path);
     snprintf(out->kept, sizeof(out->kept), "%s", kept);
     rc = 0;
 out:
-    (void)spec;
     free(tmp);
     free(kept);
     return rc;
@@ -723,7 +777,15 @@ store *store_open_checked(const char *spec, store_check *out, char *err)
     store_damage(s, &out->spots, &out->bytes);
     if (out->spots == 0) return s;
     char why[KUMO_ERRLEN];
-    if (rebuild(s, spec, out, why) < 0) {
+    if (out->records == 0 || out->bytes > (tchdbfsiz(s->hdb) - s->hdb->frec) / 10 * 9) {
+        /* Nothing, or next to nothing, readable is more likely a file this
+         * build cannot read than a disk that lost it all: keep it as it is. */
+        kumo_err(err, "%s: %llu of its %llu bytes of records cannot be read; not rebuilding it from the rest",
+                 s->path, (unsigned long long)out->bytes, (unsigned long long)(tchdbfsiz(s->hdb) - s->hdb->frec));
+        store_close(s);
+        return NULL;
+    }
+    if (rebuild(s, out, why) < 0) {
         /* Serve from the damaged file: reads of what is left work, and the
          * caller has the damage to act on. */
         snprintf(out->rebuild_error, sizeof(out->rebuild_error), "%s", why);

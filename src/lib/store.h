@@ -92,7 +92,9 @@ void store_damage(const store *s, uint64_t *spots, uint64_t *bytes);
  * damaged file's index also leads writes into the damage, and TC refuses
  * them) and the damaged file is kept as <path>.damaged. *out says what was
  * found; when the rebuild failed (out->rebuild_error), the store is the
- * damaged file. NULL + err if it cannot be opened or read at all. */
+ * damaged file. NULL + err if it cannot be opened or read at all, or if
+ * nothing or next to nothing of it could be read (that file is left as it
+ * is: more likely a format this build does not read than a lost disk). */
 typedef struct store_check {
     uint64_t records;      /* read by the check */
     uint64_t spots, bytes; /* damage stepped over */

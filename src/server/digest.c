@@ -739,6 +739,8 @@ static void pass_fetched(void *arg, rpc_status st, const msgpack_object *result)
     p->inflight = 0;
     if (st != RPC_OK || !result || result->type != MSGPACK_OBJECT_ARRAY || result->via.array.size != n) {
         pass_peer_failed(p, "SRV_FETCH", st, result);
+    } else if (s->whs->clocktime != p->whs->clocktime || s->rhs->clocktime != p->whs->clocktime) {
+        p->skip = true; /* the layout changed meanwhile: these keys may be ours no more (see pass_sync) */
     } else {
         for (size_t k = 0; k < n; k++) {
             const pent *e = &p->theirs.v[p->pull[p->next_pull - n + k]];

@@ -128,6 +128,7 @@ int main(int argc, char **argv)
             continue;
         }
         m.total = m.merged = m.skipped = m.foreign = 0;
+        uint64_t spots0 = 0, bytes0 = 0;
         if (store_iterate(src, count_foreign, &m, err) < 0) {
             printf("  failed\n");
             fprintf(stderr, "kumomergedb: %s\n", err);
@@ -140,7 +141,7 @@ int main(int argc, char **argv)
             printf("  failed\n");
             fprintf(stderr, "kumomergedb: %s: not a kumofs database (no record has a kumofs key)\n", argv[i]);
             rc = 1;
-        } else if (store_iterate(src, merge_record, &m, err) < 0 || m.failed) {
+        } else if ((store_damage(src, &spots0, &bytes0), store_iterate(src, merge_record, &m, err) < 0) || m.failed) {
             printf("  failed\n");
             fprintf(stderr, "kumomergedb: %s\n", m.failed ? m.err : err);
             rc = 1;
@@ -150,7 +151,8 @@ int main(int argc, char **argv)
             printf("  merged %llu records of %llu records\n", (unsigned long long)merged, (unsigned long long)total);
             uint64_t spots, bytes;
             store_damage(src, &spots, &bytes);
-            if (spots > 0) { /* what could be read is merged; the rest is not there */
+            spots -= spots0, bytes -= bytes0; /* the merge walk's; the counting walk saw the same */
+            if (spots > 0) {                  /* what could be read is merged; the rest is not there */
                 fprintf(stderr,
                         "kumomergedb: %s: damaged: %llu bytes in %llu places stepped over; the records there are not "
                         "in the merge\n",

@@ -60,7 +60,7 @@ def damage(path, how, keys, rng):
         # the records start after TC's bucket array: locate them by their keys
         spots = sorted(m.start() for m in re.finditer(rb"dmg:[0-9]+", data))
         mid = spots[len(spots) // 2]
-        size = min(1 << 20, (spots[-1] - mid))
+        size = min(1 << 20, (spots[-1] - mid) // 2)
         with open(path, "r+b") as f:
             f.seek(mid)
             f.write(rng.randbytes(size))
