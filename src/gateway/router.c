@@ -67,15 +67,16 @@ static void adopt(gateway *g, const msgpack_object *pair)
         log_warn("bad hash space from manager: %s", err);
     } else {
         bool changed = false;
-        if (hashspace_supersedes(w, g->whs, true)) {
-            changed |= !hashspace_same_nodes(w, g->whs);
+        hashspace *nw = hashspace_adopt(w, g->whs, true), *nr = hashspace_adopt(r, g->rhs, true);
+        if (nw) {
+            changed |= !hashspace_same_nodes(nw, g->whs);
             hashspace_unref(g->whs);
-            g->whs = hashspace_ref(w);
+            g->whs = nw;
         }
-        if (hashspace_supersedes(r, g->rhs, true)) {
-            changed |= !hashspace_same_nodes(r, g->rhs);
+        if (nr) {
+            changed |= !hashspace_same_nodes(nr, g->rhs);
             hashspace_unref(g->rhs);
-            g->rhs = hashspace_ref(r);
+            g->rhs = nr;
         }
         if (changed) {
             log_info("new hash space: %zu servers", g->whs->ring.nnodes);

@@ -29,7 +29,15 @@ hashspace *hashspace_new(const ring_node *nodes, size_t n, uint64_t clocktime)
     }
     atomic_init(&hs->refs, 1);
     hs->clocktime = clocktime;
+    hs->version = 0;
     return hs;
+}
+
+hashspace *hashspace_derive(const hashspace *hs, uint64_t version, uint64_t clocktime)
+{
+    hashspace *n = hashspace_new(hs->ring.nodes, hs->ring.nnodes, clocktime);
+    if (n) n->version = version;
+    return n;
 }
 
 hashspace *hashspace_ref(hashspace *hs)
@@ -79,6 +87,37 @@ bool hashspace_supersedes(const hashspace *n, const hashspace *cur, bool ties)
     if (hashspace_blank(n)) return false;
     if (hashspace_blank(cur) || n->clocktime > cur->clocktime) return true;
     return ties && n->clocktime == cur->clocktime && !hashspace_same_nodes(n, cur);
+}
+
+/* Same nodes in the same order and the same catching-up flags: what two
+ * snapshots of one version have in common. */
+static bool same_members(const hashspace *a, const hashspace *b)
+{
+    if (a->ring.nnodes != b->ring.nnodes) return false;
+    for (size_t i = 0; i < a->ring.nnodes; i++) {
+        const ring_node *x = &a->ring.nodes[i], *y = &b->ring.nodes[i];
+        if (!ring_same_key(x, y) || !net_equal(&x->addr, &y->addr) || x->catchup != y->catchup) return false;
+    }
+    return true;
+}
+
+hashspace *hashspace_adopt(hashspace *n, hashspace *cur, bool ties)
+{
+    if (hashspace_blank(n)) return NULL;
+    if (hashspace_blank(cur) || n->version > cur->version) return hashspace_ref(n);
+    if (n->version < cur->version) return NULL;
+    if (!same_members(n, cur)) return hashspace_supersedes(n, cur, ties) ? hashspace_ref(n) : NULL;
+    bool added = false;
+    for (size_t i = 0; i < n->ring.nnodes; i++) added |= cur->ring.nodes[i].active && !n->ring.nodes[i].active;
+    if (!added) return n->clocktime > cur->clocktime && hashspace_same_nodes(n, cur) ? hashspace_ref(n) : NULL;
+    ring_node *nodes = malloc(n->ring.nnodes * sizeof(*nodes));
+    if (!nodes) return NULL;
+    memcpy(nodes, cur->ring.nodes, n->ring.nnodes * sizeof(*nodes));
+    for (size_t i = 0; i < n->ring.nnodes; i++) nodes[i].active = nodes[i].active && n->ring.nodes[i].active;
+    hashspace *m = hashspace_new(nodes, n->ring.nnodes, n->clocktime > cur->clocktime ? n->clocktime : cur->clocktime);
+    free(nodes);
+    if (m) m->version = n->version;
+    return m;
 }
 
 int hashspace_find(const hashspace *hs, const net_addr *addr)
@@ -200,10 +239,38 @@ void hashspace_copy_plan(const hashspace *whs, const hashspace *rhs, uint64_t ha
     }
 }
 
+int hashspace_ballot_cmp(const hashspace_ballot *a, const hashspace_ballot *b)
+{
+    if (a->ct != b->ct) return a->ct < b->ct ? -1 : 1;
+    return net_compare(&a->by, &b->by);
+}
+
+void hashspace_ballot_pack(const hashspace_ballot *b, msgpack_packer *pk)
+{
+    msgpack_pack_array(pk, 2);
+    msgpack_pack_uint64(pk, b->ct);
+    msgpack_pack_bin(pk, b->by.len);
+    msgpack_pack_bin_body(pk, b->by.id, b->by.len);
+}
+
+bool hashspace_ballot_unpack(const msgpack_object *o, hashspace_ballot *out)
+{
+    if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 2) return false;
+    const msgpack_object *ct = &o->via.array.ptr[0], *by = &o->via.array.ptr[1];
+    if (ct->type != MSGPACK_OBJECT_POSITIVE_INTEGER || by->type != MSGPACK_OBJECT_BIN ||
+        (by->via.bin.size != NET_ID_V4 && by->via.bin.size != NET_ID_V6))
+        return false;
+    memset(out, 0, sizeof(*out));
+    out->ct = ct->via.u64;
+    out->by.len = (uint8_t)by->via.bin.size;
+    memcpy(out->by.id, by->via.bin.ptr, by->via.bin.size);
+    return true;
+}
+
 int hashspace_pack(const hashspace *hs, msgpack_packer *pk)
 {
     const ring *r = &hs->ring;
-    if (msgpack_pack_array(pk, 2) != 0 || msgpack_pack_array(pk, r->nnodes) != 0)
+    if (msgpack_pack_array(pk, 3) != 0 || msgpack_pack_array(pk, r->nnodes) != 0)
         return -1;
     for (size_t i = 0; i < r->nnodes; i++) {
         const ring_node *nd = &r->nodes[i];
@@ -222,7 +289,8 @@ int hashspace_pack(const hashspace *hs, msgpack_packer *pk)
         if (msgpack_pack_bin(pk, n) != 0 || msgpack_pack_bin_body(pk, buf, n) != 0)
             return -1;
     }
-    return msgpack_pack_uint64(pk, hs->clocktime) != 0 ? -1 : 0;
+    if (msgpack_pack_uint64(pk, hs->clocktime) != 0) return -1;
+    return msgpack_pack_uint64(pk, hs->version) != 0 ? -1 : 0;
 }
 
 /* One node of a seed: bin (or str, from older encoders) of 1 + identity. */
@@ -263,12 +331,17 @@ static int unpack_node(const msgpack_object *o, ring_node *out, size_t idx, char
 
 hashspace *hashspace_unpack(const msgpack_object *o, char *err)
 {
-    if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 2) {
-        kumo_err(err, "hash space seed: not an array of 2");
+    if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size < 2 || o->via.array.size > 3) {
+        kumo_err(err, "hash space seed: not an array of 2 or 3");
         return NULL;
     }
     const msgpack_object *nodes = &o->via.array.ptr[0];
     const msgpack_object *ct = &o->via.array.ptr[1];
+    const msgpack_object *ver = o->via.array.size > 2 ? &o->via.array.ptr[2] : NULL;
+    if (ver && ver->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
+        kumo_err(err, "hash space seed: version is not an unsigned integer");
+        return NULL;
+    }
     if (nodes->type != MSGPACK_OBJECT_ARRAY) {
         kumo_err(err, "hash space seed: node list is not an array");
         return NULL;
@@ -306,6 +379,8 @@ hashspace *hashspace_unpack(const msgpack_object *o, char *err)
     hashspace *hs = hashspace_new(list, n, ct->via.u64);
     if (!hs)
         kumo_err(err, "hash space seed: out of memory");
+    else if (ver)
+        hs->version = ver->via.u64;
     free(list);
     return hs;
 fail:

@@ -7,7 +7,8 @@
  * pointer to a new snapshot and unrefs the old one; readers take a ref for
  * as long as they use it, so the request path takes no lock on it.
  *
- * Wire form ("seed", msgpack): [ [node...], clocktime:uint ]
+ * Wire form ("seed", msgpack): [ [node...], clocktime:uint, version:uint ]
+ *   (a seed of 2 elements, from a daemon before versions, is version 0).
  *   node = bin(1 + identity): byte 0 = state bits (0x01 active, else fault;
  *   0x02 catching up), then the identity bytes of net.h (6 for IPv4, 18
  *   for IPv6): a node placed by its address, as in 0.4.
@@ -44,14 +45,23 @@
 #define HS_NODE_CATCHUP 0x02
 #define HS_NODE_KEYED 0x04
 
+/* The version numbers the membership history (docs/architecture.md §11.1):
+ * every change of who is a member, and of whether a member is catching
+ * up, makes version + 1, agreed by the managers through the servers; a
+ * server found lost is marked fault within the version it is in. whs and
+ * rhs of one pair carry one version. */
 typedef struct hashspace {
     _Atomic int refs;
     uint64_t clocktime;
+    uint64_t version;
     ring ring;
 } hashspace;
 
-/* A new snapshot with refcount 1 (nodes copied); NULL on allocation failure. */
+/* A new snapshot with refcount 1 (nodes copied), version 0 until the
+ * caller sets it, before anyone else sees it; NULL on allocation failure. */
 hashspace *hashspace_new(const ring_node *nodes, size_t n, uint64_t clocktime);
+/* A new snapshot of hs's nodes with another version and ClockTime. */
+hashspace *hashspace_derive(const hashspace *hs, uint64_t version, uint64_t clocktime);
 hashspace *hashspace_ref(hashspace *hs);
 void hashspace_unref(hashspace *hs);
 
@@ -71,6 +81,20 @@ bool hashspace_same_nodes(const hashspace *a, const hashspace *b);
  * pushes the same change again with new flags). Managers take no ties from
  * each other: two changes of one ClockTime would be swapped back and forth. */
 bool hashspace_supersedes(const hashspace *n, const hashspace *cur, bool ties);
+/* What a daemon holding `cur` takes when `n` arrives (pushed by a manager,
+ * synced by the partner, learned from a server): the one rule of servers,
+ * gateways and managers. NULL keeps cur; otherwise a new reference:
+ *   - never a blank n; always n when cur is blank;
+ *   - n when its version is newer: a later change of the history;
+ *   - nothing when it is older;
+ *   - at the same version and with the same nodes in the same order (the
+ *     only change a version allows is a live member marked fault): cur
+ *     with n's fault marks added, so two managers that each saw a server
+ *     go merge rather than undo each other; the ClockTime is the newer;
+ *     returned only if that differs from cur;
+ *   - at the same version with other nodes (version 0: seeds from daemons
+ *     before versions): hashspace_supersedes(n, cur, ties). */
+hashspace *hashspace_adopt(hashspace *n, hashspace *cur, bool ties);
 /* Index of `addr` in hs->ring.nodes, or -1. */
 int hashspace_find(const hashspace *hs, const net_addr *addr);
 
@@ -121,6 +145,19 @@ typedef struct hashspace_plan {
     bool exchange, blocked;
 } hashspace_plan;
 void hashspace_copy_plan(const hashspace *whs, const hashspace *rhs, uint64_t hash, hashspace_plan *out);
+
+/* A proposal number of the membership history (docs/architecture.md §11.1):
+ * the proposing manager's ClockTime, then its address, so that two
+ * managers never use the same one. Wire form: [clocktime, bin address]. */
+typedef struct hashspace_ballot {
+    uint64_t ct;
+    net_addr by;
+} hashspace_ballot;
+/* <0, 0, >0 as a orders before, with or after b (by ClockTime, then address). */
+int hashspace_ballot_cmp(const hashspace_ballot *a, const hashspace_ballot *b);
+void hashspace_ballot_pack(const hashspace_ballot *b, msgpack_packer *pk);
+/* false if o is not a ballot. */
+bool hashspace_ballot_unpack(const msgpack_object *o, hashspace_ballot *out);
 
 int hashspace_pack(const hashspace *hs, msgpack_packer *pk);
 /* Parse a seed; NULL + err if malformed (wrong types, bad node bytes, a

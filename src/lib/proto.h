@@ -29,6 +29,9 @@ enum {
 enum {
     SRV_KEEPALIVE = 0,      /* [clock] -> our clock (clock_now) */
     SRV_HS_SYNC = 2,        /* [whs, rhs] -> true (adopted) / false */
+    SRV_HS_PREPARE = 4,     /* [version, ballot] -> [HS_*, version held, ballot | nil, whs | nil,
+                                rhs | nil] (witness.c) */
+    SRV_HS_ACCEPT = 5,      /* [version, ballot, whs, rhs] -> the same */
     SRV_REPLACE_COPY = 8,   /* [whs, replace_ct, full:bool, rhs] -> true; later MGR_REPLACE_COPY_END */
     SRV_REPLACE_DELETE = 9, /* [whs, replace_ct, false] -> true; later MGR_REPLACE_DELETE_END */
     SRV_REPLACE_OFFER = 16, /* [stream_port, token, size] -> records applied, once
@@ -69,6 +72,15 @@ enum {
 /* kumo-gateway (as a manager's client) */
 enum {
     GW_HS_PUSH = 3, /* [whs, rhs] -> true */
+};
+
+/* SRV_HS_PREPARE / SRV_HS_ACCEPT answers: a server witnessing one change of
+ * the membership history (docs/architecture.md §11.1). */
+enum {
+    HS_OK = 0,      /* promised (with the pair it accepted for that version, if any) / accepted */
+    HS_REFUSED = 1, /* a higher ballot was promised: it is in the answer */
+    HS_STALE = 2,   /* the server holds that version or a newer one: its pair is in the answer */
+    HS_BEHIND = 3,  /* the server lacks the version before: push it the pair first */
 };
 
 /* SRV_SET operations. dbvalue always carries the memcached header (flags,

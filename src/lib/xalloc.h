@@ -19,5 +19,8 @@
 void *xmalloc(size_t n);
 void *xcalloc(size_t n, size_t size);
 void *xrealloc(void *p, size_t n);
+/* p, or the same fatal end when it is NULL: for the result of a
+ * constructor that allocates (hashspace_new, ...). */
+void *xcheck(void *p);
 
 #endif

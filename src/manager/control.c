@@ -4,7 +4,7 @@
  * with or without replace), replace, full-replace, backup, and the
  * auto-replace switch.
  *
- * Calls: membership.c (servers, hash spaces), replace.c, rpc, log.
+ * Calls: membership.c (servers, hash spaces), history.c, replace.c, rpc, log.
  * Thread rule: main loop.
  */
 #include <stdlib.h>
@@ -14,6 +14,7 @@
 #include "log.h"
 #include "manager.h"
 #include "proto.h"
+#include "xalloc.h"
 
 static const char *fmt(const net_addr *a, char buf[NET_ADDRSTRLEN])
 {
@@ -57,53 +58,51 @@ static void ctl_status(manager *m, rpc_conn *c, uint32_t msgid)
     rpc_call_end(c);
 }
 
-/* Attach the connected newcomers and/or detach the fault servers, in one
- * new whs. With replace, servers and gateways get it and data moves;
- * without (the -noreplace commands), only the manager's whs changes until
- * `kumoctl replace` (guide 6.7.2). The changed addresses go to *changed
- * (caller frees); returns how many, or -1 when out of memory. */
-static long reconfigure(manager *m, bool attach, bool detach, bool replace, bool keep_last_copies,
-                        net_addr **changed)
+/* A change of the membership asked for: by kumoctl (client set, answered
+ * when it is decided) or by auto-replace. */
+typedef struct change_op {
+    rpc_conn *client; /* held; NULL for auto-replace */
+    uint32_t msgid;
+    bool attach, detach, replace, keep_last_copies;
+    int tries;
+    net_addr *list; /* what the proposed whs attaches or detaches */
+    size_t n;
+} change_op;
+
+/* The whs that attaches the connected newcomers and/or detaches the fault
+ * servers; the changed addresses go to op->list. NULL if nothing changes. */
+static hashspace *reconfigured(manager *m, change_op *op)
 {
-    size_t n = 0, nchanged = 0;
-    ring_node *nodes = malloc((m->whs->ring.nnodes + m->nservers + 1) * sizeof(*nodes));
-    net_addr *list = malloc((m->whs->ring.nnodes + m->nservers + 1) * sizeof(*list));
+    size_t n = 0;
+    ring_node *nodes = xmalloc((m->whs->ring.nnodes + m->nservers + 1) * sizeof(*nodes));
+    free(op->list);
+    op->list = xmalloc((m->whs->ring.nnodes + m->nservers + 1) * sizeof(*op->list));
+    op->n = 0;
     char buf[NET_ADDRSTRLEN];
-    if (!nodes || !list) {
-        free(nodes);
-        free(list);
-        return -1;
-    }
     for (size_t i = 0; i < m->whs->ring.nnodes; i++) {
         const ring_node *rn = &m->whs->ring.nodes[i];
         mserver *ms = membership_find_server(m, &rn->addr);
-        if (!rn->active && attach && ms && ms->newcomer && ms->conn) {
+        if (!rn->active && op->attach && ms && ms->newcomer && ms->conn) {
             /* Recovered, same slots; its database missed what was written
              * while it was away, so it catches up before it serves. */
             nodes[n] = *rn;
             nodes[n].active = nodes[n].catchup = true;
             n++;
-            ms->newcomer = false;
-            list[nchanged++] = rn->addr;
-            log_info("attach %s", fmt(&rn->addr, buf));
-            binlog_event(LOG_LVL_INFO, "server_attached", BL_ADDR("addr", &rn->addr));
-        } else if (!rn->active && detach && keep_last_copies && replace_holds_last_copy(m, &rn->addr)) {
+            op->list[op->n++] = rn->addr;
+        } else if (!rn->active && op->detach && op->keep_last_copies && replace_holds_last_copy(m, &rn->addr)) {
             /* Automatic detach would turn "wait for this server" into "the
              * catching-up owners are complete without it": only an operator
              * may declare its data lost. */
             log_warn("auto-replace: %s is not detached: it holds the only in-sync copy of some ranges",
                      fmt(&rn->addr, buf));
             nodes[n++] = *rn;
-        } else if (!rn->active && detach) {
-            list[nchanged++] = rn->addr;
-            log_info("detach %s", fmt(&rn->addr, buf));
-            binlog_event(LOG_LVL_INFO, "server_detached", BL_ADDR("addr", &rn->addr));
-            if (ms && ms->conn) ms->newcomer = true;
+        } else if (!rn->active && op->detach) {
+            op->list[op->n++] = rn->addr;
         } else {
             nodes[n++] = *rn;
         }
     }
-    for (size_t i = 0; attach && i < m->nservers; i++) {
+    for (size_t i = 0; op->attach && i < m->nservers; i++) {
         mserver *ms = m->servers[i];
         if (!ms->newcomer || !ms->conn || hashspace_find(m->whs, &ms->addr) >= 0) continue;
         if (n >= HASHSPACE_MAX_NODES) { /* every receiver would refuse the seed */
@@ -111,27 +110,11 @@ static long reconfigure(manager *m, bool attach, bool detach, bool replace, bool
             break;
         }
         nodes[n++] = membership_node_of(ms, true, true);
-        ms->newcomer = false;
-        list[nchanged++] = ms->addr;
-        log_info("attach %s", fmt(&ms->addr, buf));
-        binlog_event(LOG_LVL_INFO, "server_attached", BL_ADDR("addr", &ms->addr));
+        op->list[op->n++] = ms->addr;
     }
-    if (nchanged > 0) {
-        hashspace *w = hashspace_new(nodes, n, clock_next(&m->clock));
-        if (!w) {
-            log_error("out of memory building a hash space");
-        } else if (replace) {
-            membership_set_hashspaces(m, w, hashspace_ref(m->rhs));
-            replace_start(m, false);
-        } else {
-            hashspace_unref(m->whs);
-            m->whs = w;
-        }
-    }
+    hashspace *w = op->n > 0 ? xcheck(hashspace_new(nodes, n, 0)) : NULL;
     free(nodes);
-    if (changed) *changed = list;
-    else free(list);
-    return (long)nchanged;
+    return w;
 }
 
 static void reply_addrs(rpc_conn *c, uint32_t msgid, const net_addr *addrs, size_t n)
@@ -142,21 +125,84 @@ static void reply_addrs(rpc_conn *c, uint32_t msgid, const net_addr *addrs, size
     rpc_call_end(c);
 }
 
+static void op_free(change_op *op)
+{
+    if (op->client) rpc_release(op->client);
+    free(op->list);
+    free(op);
+}
+
+static void propose(manager *m, change_op *op);
+
+#define CHANGE_TRIES 3 /* rebuilt on top of the other manager's change this often */
+
+static void change_done(manager *m, void *arg, int result, const char *why)
+{
+    change_op *op = arg;
+    char buf[NET_ADDRSTRLEN];
+    if (result == HISTORY_SUPERSEDED && ++op->tries < CHANGE_TRIES) {
+        /* The other manager's change came first and is installed: ours,
+         * built again on top of it (what it already did drops out). */
+        log_info("%s: the other manager changed the membership first; building on its change",
+                 op->attach ? "attach" : "detach");
+        propose(m, op);
+        return;
+    }
+    if (result != HISTORY_OK) {
+        const char *text = result == HISTORY_SUPERSEDED ? "the membership kept changing meanwhile; try again" : why;
+        log_warn("%s refused: %s", op->attach && op->detach ? "auto-replace" : op->attach ? "attach"
+                                                                                          : "detach",
+                 text);
+        if (op->client) rpc_reply_error(op->client, op->msgid, "membership change not agreed: %s", text);
+        op_free(op);
+        return;
+    }
+    for (size_t i = 0; i < op->n; i++) {
+        bool joined = hashspace_find(m->whs, &op->list[i]) >= 0;
+        log_info("%s %s", joined ? "attach" : "detach", fmt(&op->list[i], buf));
+        binlog_event(LOG_LVL_INFO, joined ? "server_attached" : "server_detached", BL_ADDR("addr", &op->list[i]));
+    }
+    if (op->client) reply_addrs(op->client, op->msgid, op->list, op->n);
+    if (op->replace && op->n > 0) replace_start(m, false);
+    op_free(op);
+}
+
+/* Propose the change on the current hash spaces, or answer that there is
+ * nothing to change. */
+static void propose(manager *m, change_op *op)
+{
+    hashspace *w = reconfigured(m, op);
+    if (!w) {
+        if (op->client) reply_addrs(op->client, op->msgid, NULL, 0);
+        if (!op->client && !m->replacing && m->whs->clocktime != m->rhs->clocktime && op->replace)
+            replace_start(m, false); /* nothing joined or left, but a replace may have been cut short */
+        op_free(op);
+        return;
+    }
+    if (!history_change(m, w, hashspace_ref(m->rhs), change_done, op)) {
+        if (op->client) rpc_reply_error(op->client, op->msgid, "another membership change of this manager is being agreed; try again");
+        op_free(op);
+    }
+}
+
 static void ctl_change(manager *m, rpc_conn *c, uint32_t msgid, bool attach, bool replace)
 {
-    net_addr *list = NULL;
-    long n = reconfigure(m, attach, !attach, replace, false, &list);
-    if (n < 0) rpc_reply_error(c, msgid, "out of memory");
-    else reply_addrs(c, msgid, list, (size_t)n);
-    free(list);
+    change_op *op = xcalloc(1, sizeof(*op));
+    *op = (change_op){.client = c, .msgid = msgid, .attach = attach, .detach = !attach, .replace = replace};
+    rpc_hold(c);
+    propose(m, op);
 }
 
 void control_auto_replace(manager *m)
 {
     if (!m->auto_replace) return;
-    long n = reconfigure(m, true, true, true, true, NULL);
-    /* Nothing joined or left, but a replace may have been cut short. */
-    if (n == 0 && !m->replacing && m->whs->clocktime != m->rhs->clocktime) replace_start(m, false);
+    if (history_busy(m)) {
+        membership_schedule_auto_replace(m); /* once the change being agreed is decided */
+        return;
+    }
+    change_op *op = xcalloc(1, sizeof(*op));
+    *op = (change_op){.attach = true, .detach = true, .replace = true, .keep_last_copies = true};
+    propose(m, op);
 }
 
 /* ---- backup: every connected server copies its database ---- */

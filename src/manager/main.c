@@ -136,6 +136,9 @@ static void auto_replace_due(manager *m)
     if (partner_drives_auto(m)) control_auto_replace(m);
 }
 
+/* A change membership.c makes (a moved database): nobody waits for it. */
+static bool propose(manager *m, hashspace *whs, hashspace *rhs) { return history_change(m, whs, rhs, NULL, NULL); }
+
 int main(int argc, char **argv)
 {
     manager_config cfg;
@@ -157,7 +160,7 @@ int main(int argc, char **argv)
     const auth_key *key = daemon_cluster_key(&manager_spec, &cfg.common);
     if (daemon_start("kumo-manager", &cfg.common) < 0) return 1;
     m.cfg = &cfg;
-    m.hooks = (manager_hooks){.request = dispatch_request, .changed = partner_sync, .tick = partner_tick, .server_lost = replace_server_lost, .server_back = replace_resend, .manager_hello = partner_hello, .manager_closed = partner_closed, .auto_replace_due = auto_replace_due, .stopping = replace_stop};
+    m.hooks = (manager_hooks){.request = dispatch_request, .changed = partner_sync, .tick = partner_tick, .server_lost = replace_server_lost, .server_back = replace_resend, .manager_hello = partner_hello, .manager_closed = partner_closed, .auto_replace_due = auto_replace_due, .stopping = replace_stop, .propose = propose};
     time_t started = time(NULL);
     clock_init(&m.clock);
     m.whs = hashspace_new(NULL, 0, 0);

@@ -7,6 +7,8 @@
  *   partner.c     the second manager: hash-space sync, who drives a replace
  *   replace.c     moving data after a membership change: copy to the new
  *                 owners, switch rhs to whs, delete from the old owners
+ *   history.c     each membership change as the next version of one
+ *                 history, agreed through a majority of the servers
  *   dispatch.c    which module answers each request on the cluster port
  *
  * Thread rule: one event loop; the manager's work is small and rare.
@@ -46,6 +48,7 @@ typedef struct mserver {
     uint8_t keylen;       /* the ring key its database is placed by (ring.h); 0: its address */
     uint8_t key[RING_KEY_MAX];
     bool fresh;    /* answered a blank layout while we learned: a new process */
+    bool lost;     /* found lost (marked fault); cleared by its next hello */
     bool copying;  /* replace: its copy phase has not ended */
     bool copied;   /* replace: it copied everything it had to send in this round */
     bool deleting; /* replace: its delete phase has not ended */
@@ -70,6 +73,9 @@ typedef struct manager_hooks {
     void (*manager_closed)(struct manager *m, rpc_conn *c); /* partner_closed */
     void (*auto_replace_due)(struct manager *m);            /* the -a timer fired */
     void (*stopping)(struct manager *m);                    /* replace_stop */
+    /* a change of the membership (a moved database): history_change with
+     * no answer awaited; false while another change is being agreed */
+    bool (*propose)(struct manager *m, hashspace *whs, hashspace *rhs);
 } manager_hooks;
 
 typedef struct manager {
@@ -110,6 +116,7 @@ typedef struct manager {
     size_t barrier_pending;           /* servers yet to confirm the layout before a phase */
     size_t catchup_blocked;           /* catching-up servers the last round could not clear */
     struct event *retry_timer;        /* restarts a replace whose copy failed */
+    struct proposal *proposal;        /* history.c: the change being agreed, or NULL */
 } manager;
 
 /* membership.c */
@@ -142,6 +149,28 @@ void control_auto_replace(manager *m);
 /* Replace both hash spaces (taking ownership of the refs) and push them to
  * every server and gateway. */
 void membership_set_hashspaces(manager *m, hashspace *whs, hashspace *rhs);
+
+/* Take a pair that another manager made (found at a server, or learned):
+ * by hashspace_adopt's rule, piece by piece; no sync to the partner. */
+void membership_take(manager *m, hashspace *whs, hashspace *rhs);
+/* Push the hash spaces to one server (SRV_HS_SYNC). */
+void membership_push(manager *m, mserver *ms);
+
+/* history.c */
+enum { HISTORY_OK,
+       HISTORY_SUPERSEDED,
+       HISTORY_FAILED };
+/* HISTORY_OK: the change is installed. HISTORY_SUPERSEDED: another change
+ * became the next version (and is installed): build the change again on
+ * the new hash spaces. HISTORY_FAILED: no majority agreed; why says so. */
+typedef void (*history_done)(manager *m, void *arg, int result, const char *why);
+/* Make (whs, rhs), built from m->whs and m->rhs, the next version of the
+ * membership (refs taken; the version and a fresh ClockTime are set here).
+ * done (may be NULL) is called when it is decided, before this returns if
+ * nobody must be asked. false, and done never called, while another change
+ * of this manager is being agreed. */
+bool history_change(manager *m, hashspace *whs, hashspace *rhs, history_done done, void *arg);
+bool history_busy(const manager *m);
 
 /* replace.c */
 /* Start (or restart) a replace towards the current whs. */

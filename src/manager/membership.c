@@ -29,6 +29,7 @@
 #include "log.h"
 #include "manager.h"
 #include "proto.h"
+#include "xalloc.h"
 
 #define KEEPALIVE_LIMIT 4.0 /* seconds without an answer: the server is lost */
 /* One keepalive is in flight at a time, and it waits as long as the limit:
@@ -63,12 +64,27 @@ static void pack_pair(manager *m, msgpack_packer *pk)
     hashspace_pack(m->rhs, pk);
 }
 
+static bool learn_from(manager *m, mserver *ms, bool always);
+
+/* A server that did not adopt what we pushed may hold a newer version,
+ * made by the other manager while we could not hear from it: ask it. */
+static void push_reply(void *arg, rpc_status st, const msgpack_object *r)
+{
+    mserver *ms = arg;
+    if (st != RPC_OK || r->type != MSGPACK_OBJECT_BOOLEAN || r->via.boolean) return;
+    if (ms->conn) learn_from(ms->m, ms, true);
+}
+
 static void push_to_server(manager *m, mserver *ms)
 {
     if (!ms->conn) return;
-    pack_pair(m, rpc_call_begin(ms->conn, SRV_HS_SYNC, PUSH_TIMEOUT, ignore_reply, NULL));
+    /* ms outlives its links: it is freed only when the manager stops, after
+     * they are closed, and a closed link answers its calls first. */
+    pack_pair(m, rpc_call_begin(ms->conn, SRV_HS_SYNC, PUSH_TIMEOUT, push_reply, ms));
     rpc_call_end(ms->conn);
 }
+
+void membership_push(manager *m, mserver *ms) { push_to_server(m, ms); }
 
 static void push_to_gateway(manager *m, rpc_conn *c)
 {
@@ -88,12 +104,52 @@ static void notify_status(manager *m)
 /* Replace both hash spaces (taking ownership) and tell everyone. */
 static bool is_active_member(manager *m, const net_addr *a);
 
+/* A linked server that is no active member: listed as "not attached". */
+static void mark_newcomer(manager *m, mserver *ms)
+{
+    char buf[NET_ADDRSTRLEN];
+    ms->newcomer = true;
+    log_info("new node server %s", fmt(&ms->addr, buf));
+    binlog_event(LOG_LVL_INFO, "server_new", BL_ADDR("addr", &ms->addr));
+    membership_schedule_auto_replace(m);
+}
+
+/* hs with every server this manager found lost marked fault (a change
+ * agreed or learned may list it active: it was live where that change was
+ * made); takes hs. */
+static hashspace *without_lost(manager *m, hashspace *hs)
+{
+    ring_node *nodes = xmalloc((hs->ring.nnodes + 1) * sizeof(*nodes));
+    bool changed = false;
+    memcpy(nodes, hs->ring.nodes, hs->ring.nnodes * sizeof(*nodes));
+    for (size_t i = 0; i < hs->ring.nnodes; i++) {
+        mserver *ms = membership_find_server(m, &nodes[i].addr);
+        if (ms && ms->lost && !ms->conn && nodes[i].active) nodes[i].active = false, changed = true;
+    }
+    hashspace *out = changed ? xcheck(hashspace_new(nodes, hs->ring.nnodes, clock_next(&m->clock))) : NULL;
+    free(nodes);
+    if (!out) return hs;
+    out->version = hs->version;
+    hashspace_unref(hs);
+    return out;
+}
+
 static void install(manager *m, hashspace *whs, hashspace *rhs)
 {
     hashspace_unref(m->whs);
     hashspace_unref(m->rhs);
-    m->whs = whs;
-    m->rhs = rhs;
+    m->whs = without_lost(m, whs);
+    m->rhs = without_lost(m, rhs);
+    /* Who is listed as a newcomer follows the layout, whoever changed it:
+     * a server attached by the partner is one no more, one it detached is
+     * one again, so none is missing from both lists. */
+    for (size_t i = 0; i < m->nservers; i++) {
+        mserver *ms = m->servers[i];
+        if (is_active_member(m, &ms->addr)) ms->newcomer = false;
+        else if (ms->conn && !ms->newcomer) mark_newcomer(m, ms);
+    }
+    whs = m->whs;
+    rhs = m->rhs;
     binlog_event(LOG_LVL_INFO, "hash_space", BL_UINT("whs_ct", whs->clocktime), BL_UINT("rhs_ct", rhs->clocktime), BL_UINT("servers", whs->ring.nnodes));
     for (size_t i = 0; i < m->nservers; i++) push_to_server(m, m->servers[i]);
     for (size_t i = 0; i < m->ngateways; i++) push_to_gateway(m, m->gateways[i]);
@@ -111,9 +167,16 @@ void membership_adopted(manager *m, hashspace *whs, hashspace *rhs)
 {
     m->learning = false; /* the partner's layout is the cluster's */
     install(m, whs, rhs);
-    /* Servers the partner attached are no longer newcomers here. */
-    for (size_t i = 0; i < m->nservers; i++)
-        if (m->servers[i]->newcomer && is_active_member(m, &m->servers[i]->addr)) m->servers[i]->newcomer = false;
+}
+
+void membership_take(manager *m, hashspace *whs, hashspace *rhs)
+{
+    hashspace *w = hashspace_adopt(whs, m->whs, false), *r = hashspace_adopt(rhs, m->rhs, false);
+    if (!w && !r) return;
+    log_info("hash spaces of version %llu taken from a server (made by the other manager)",
+             (unsigned long long)(w ? w : m->whs)->version);
+    m->learning = false;
+    install(m, w ? w : hashspace_ref(m->whs), r ? r : hashspace_ref(m->rhs));
 }
 
 /* A copy of hs's nodes with `addr` set active/fault; NULL if unchanged. */
@@ -127,6 +190,7 @@ static hashspace *with_state(manager *m, hashspace *hs, const net_addr *addr, bo
     nodes[i].active = active;
     hashspace *n = hashspace_new(nodes, hs->ring.nnodes, ct);
     free(nodes);
+    if (n) n->version = hs->version; /* a fault mark is no new version */
     return n;
 }
 
@@ -254,7 +318,11 @@ static void follow_moves(manager *m, mserver *ms)
              "again; a node whose entry was at this address waits for its own database",
              fmt(&ms->addr, a), key_text(&me, k, sizeof(k)));
     binlog_event(LOG_LVL_WARN, "server_moved", BL_ADDR("addr", &ms->addr));
-    membership_set_hashspaces(m, w ? w : hashspace_ref(m->whs), r ? r : hashspace_ref(m->rhs));
+    /* Entries change addresses: a new version of the membership. Not
+     * agreed now (the other manager's change came first, or no majority
+     * answered): its next hello tries again. */
+    if (!m->hooks.propose(m, w ? w : hashspace_ref(m->whs), r ? r : hashspace_ref(m->rhs)))
+        log_warn("server %s: its entry moves after the change being agreed; it is fault until then", fmt(&ms->addr, a));
 }
 
 /* Another live server is placed by the same key: two copies of one
@@ -282,6 +350,7 @@ static void server_lost(manager *m, mserver *ms)
     log_warn("lost node server %s", fmt(&ms->addr, buf));
     binlog_event(LOG_LVL_WARN, "server_lost", BL_ADDR("addr", &ms->addr));
     ms->newcomer = false;
+    ms->lost = true;
     membership_schedule_auto_replace(m);
     uint64_t ct = clock_next(&m->clock);
     hashspace *w = with_state(m, m->whs, &ms->addr, false, ct);
@@ -403,6 +472,7 @@ typedef struct learn_ctx {
     mserver *ms;
     hashspace *hs[2]; /* whs, rhs */
     int pending;
+    bool push; /* asked while learning: push ours once its answer is judged */
 } learn_ctx;
 
 /* hs with every server known to be a new process marked fault (a fresh
@@ -425,6 +495,7 @@ static hashspace *without_fresh(manager *m, hashspace *hs)
     hashspace *out = changed ? hashspace_new(nodes, hs->ring.nnodes, clock_next(&m->clock)) : NULL;
     free(nodes);
     if (!out) return hs;
+    out->version = hs->version;
     hashspace_unref(hs);
     return out;
 }
@@ -434,11 +505,12 @@ static void learn_done(learn_ctx *x)
     manager *m = x->m;
     mserver *ms = x->ms;
     hashspace *w = x->hs[0], *r = x->hs[1];
-    if (m->learning && w && hashspace_blank(w)) {
+    if (!m->learning) {
+        if (w && r) membership_take(m, w, r); /* a push it did not adopt: it may know a newer version */
+    } else if (w && hashspace_blank(w)) {
         ms->fresh = true;
         if (is_active_member(m, &ms->addr)) server_lost(m, ms); /* ends learning: an own change */
-    } else if (m->learning && w && r && !hashspace_blank(r) &&
-               (hashspace_blank(m->whs) || w->clocktime > m->whs->clocktime)) {
+    } else if (w && r && !hashspace_blank(r) && (hashspace_blank(m->whs) || w->version > m->whs->version || (w->version == m->whs->version && w->clocktime > m->whs->clocktime))) {
         char buf[NET_ADDRSTRLEN];
         clock_update(&m->clock, w->clocktime > r->clocktime ? w->clocktime : r->clocktime);
         log_info("hash spaces learned from the servers: %zu servers", w->ring.nnodes);
@@ -462,7 +534,7 @@ static void learn_done(learn_ctx *x)
         for (size_t i = 0; i < m->nservers; i++) /* said hello before the layout was known */
             if (m->servers[i]->conn) follow_moves(m, m->servers[i]);
     }
-    if (ms->conn) push_to_server(m, ms); /* held back until its answer was judged */
+    if (ms->conn && x->push) push_to_server(m, ms); /* held back until its answer was judged */
     hashspace_unref(w);
     hashspace_unref(r);
     free(x);
@@ -478,15 +550,17 @@ static void learn_reply(learn_ctx *x, int k, rpc_status st, const msgpack_object
 static void learn_whs(void *arg, rpc_status st, const msgpack_object *r) { learn_reply(arg, 0, st, r); }
 static void learn_rhs(void *arg, rpc_status st, const msgpack_object *r) { learn_reply(arg, 1, st, r); }
 
-/* Ask a server that said hello for its layout. false if not learning (or
- * out of memory): push it ours as usual. */
-static bool learn_from(manager *m, mserver *ms)
+/* Ask a server for its layout: one that said hello while we learn (false
+ * if not learning: push it ours as usual), or, always, one that did not
+ * adopt a push. */
+static bool learn_from(manager *m, mserver *ms, bool always)
 {
-    learn_ctx *x = m->learning ? calloc(1, sizeof(*x)) : NULL;
-    if (!x) return false;
+    if (!m->learning && !always) return false;
+    learn_ctx *x = xcalloc(1, sizeof(*x));
     x->m = m;
     x->ms = ms;
     x->pending = 2;
+    x->push = m->learning;
     for (int k = 0; k < 2; k++) {
         msgpack_packer *pk = rpc_call_begin(ms->conn, SRV_STATUS, PUSH_TIMEOUT, k ? learn_rhs : learn_whs, x);
         msgpack_pack_array(pk, 1);
@@ -546,18 +620,14 @@ static void server_hello(manager *m, rpc_conn *c)
         server_lost(m, ms);
     }
     if (inc) ms->incarnation = inc;
+    ms->lost = false;
     ms->conn = c; /* the newest link wins; an older one is ignored until it closes */
     follow_moves(m, ms);
-    bool learning = learn_from(m, ms);
+    bool learning = learn_from(m, ms, false);
     ms->last_answer = clock_mono();
     ms->keepalive_out = false;
     m->hooks.server_back(m, ms); /* a server that came back mid-replace lost its task */
-    if (!is_active_member(m, a) && !ms->newcomer) {
-        ms->newcomer = true;
-        log_info("new node server %s", fmt(a, buf));
-        binlog_event(LOG_LVL_INFO, "server_new", BL_ADDR("addr", a));
-        membership_schedule_auto_replace(m);
-    }
+    if (!is_active_member(m, a) && !ms->newcomer) mark_newcomer(m, ms);
     if (!learning) push_to_server(m, ms);
 }
 

@@ -69,14 +69,15 @@ static bool adopt(manager *m, const msgpack_object *params)
     if (w && r) {
         hashspace *nw = hashspace_ref(m->whs), *nr = hashspace_ref(m->rhs);
         clock_update(&m->clock, w->clocktime > r->clocktime ? w->clocktime : r->clocktime);
-        if (hashspace_supersedes(w, nw, false)) {
+        hashspace *aw = hashspace_adopt(w, nw, false), *ar = hashspace_adopt(r, nr, false);
+        if (aw) {
             hashspace_unref(nw);
-            nw = hashspace_ref(w);
+            nw = aw;
             changed = true;
         }
-        if (hashspace_supersedes(r, nr, false)) {
+        if (ar) {
             hashspace_unref(nr);
-            nr = hashspace_ref(r);
+            nr = ar;
             changed = true;
         }
         if (changed) {

@@ -13,6 +13,8 @@
  *
  * Calls: membership.c, rpc, hashspace, log. Thread rule: main loop.
  */
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -234,11 +236,29 @@ static bool same_members(const hashspace *a, const hashspace *b)
 
 static void barrier_start(manager *m, uint32_t phase, bool full);
 
-static void start_delete(manager *m)
+static void retry_soon(manager *m, const char *why);
+
+/* rhs := whs is agreed (or not): delete what moved, or try again. */
+static void delete_agreed(manager *m, void *arg, int result, const char *why)
 {
-    /* Every copy is done and every server caught up: reads may now go to
-     * the new owners. */
-    membership_set_hashspaces(m, hashspace_ref(m->whs), hashspace_ref(m->whs));
+    if ((uint64_t)(uintptr_t)arg != m->round_gen || !m->replacing) return; /* a newer round runs */
+    if (result == HISTORY_FAILED) {
+        char text[300];
+        snprintf(text, sizeof(text), "switching reads to the new owners was not agreed (%s)", why);
+        retry_soon(m, text);
+        return;
+    }
+    if (result == HISTORY_SUPERSEDED) {
+        if (hashspace_same_nodes(m->whs, m->rhs)) {
+            /* The other manager switched reads: it deletes too. */
+            m->replacing = false;
+            log_info("replace: the other manager finished it");
+        } else {
+            log_info("replace: the membership changed meanwhile; copying again");
+            replace_start(m, false);
+        }
+        return;
+    }
     m->delete_pending = 0;
     for (size_t i = 0; i < m->nservers; i++) {
         mserver *ms = m->servers[i];
@@ -250,8 +270,18 @@ static void start_delete(manager *m)
     else barrier_start(m, SRV_REPLACE_DELETE, false);
 }
 
+/* Every copy is done and every server caught up: reads may now go to the
+ * new owners, w (taken), once that is the next version of the membership. */
+static void start_delete(manager *m, hashspace *w)
+{
+    void *gen = (void *)(uintptr_t)m->round_gen;
+    if (!history_change(m, hashspace_ref(w), w, delete_agreed, gen))
+        retry_soon(m, "another membership change of this manager is being agreed");
+}
+
 static void retry_soon(manager *m, const char *why)
 {
+    if (!m->replacing) return;
     log_warn("replace: %s; reads stay on the old owners, retrying in %d s", why, REPLACE_RETRY_DELAY);
     if (!m->retry_timer) m->retry_timer = evtimer_new(m->base, retry_cb, m);
     struct timeval tv = {REPLACE_RETRY_DELAY, 0};
@@ -282,7 +312,8 @@ static void copy_done(manager *m)
     if (left > 0) {
         /* Reads stay where they were, and nothing is deleted: the missing
          * copies may hold the newest writes. */
-        if (w) membership_set_hashspaces(m, w, hashspace_ref(m->rhs));
+        if (w && !history_change(m, w, hashspace_ref(m->rhs), NULL, NULL))
+            log_info("catch-up: clearing the caught-up servers waits for the change being agreed");
         if (missed) {
             retry_soon(m, "a live copy was not part of the round");
             return;
@@ -301,11 +332,7 @@ static void copy_done(manager *m)
         log_warn("replace: no server is live; reads stay where they were");
         return;
     }
-    if (w) {
-        hashspace_unref(m->whs);
-        m->whs = w; /* start_delete installs and pushes it as both spaces */
-    }
-    start_delete(m);
+    start_delete(m, w ? w : hashspace_ref(m->whs));
 }
 
 void replace_stop(manager *m)

@@ -3,8 +3,9 @@
  * (reconnected every tick while down), the hash spaces they push, and the
  * connections to peer servers used for replication.
  *
- * A hash space is adopted when it is not empty and not older than the one
- * held (a restarted manager starts with an empty one and must not wipe the
+ * A hash space is adopted by hashspace_adopt's rule: a newer version of
+ * the membership history, or fault marks within the one held; never a
+ * blank one (a restarted manager starts with one and must not wipe the
  * routing of a running cluster).
  *
  * Requests on these links go to s->dispatch, and a co-owner that caught up
@@ -89,13 +90,14 @@ static bool adopt(server *s, const msgpack_object *params)
         return false;
     }
     bool changed = false;
-    if (hashspace_supersedes(w, s->whs, true)) {
-        changed |= !hashspace_same_nodes(w, s->whs);
-        cluster_set_hashspaces(s, hashspace_ref(w), NULL);
+    hashspace *nw = hashspace_adopt(w, s->whs, true), *nr = hashspace_adopt(r, s->rhs, true);
+    if (nw) {
+        changed |= !hashspace_same_nodes(nw, s->whs);
+        cluster_set_hashspaces(s, nw, NULL);
     }
-    if (hashspace_supersedes(r, s->rhs, true)) {
-        changed |= !hashspace_same_nodes(r, s->rhs);
-        cluster_set_hashspaces(s, NULL, hashspace_ref(r));
+    if (nr) {
+        changed |= !hashspace_same_nodes(nr, s->rhs);
+        cluster_set_hashspaces(s, NULL, nr);
     }
     clock_update(&s->clock, w->clocktime);
     hashspace_unref(w);

@@ -9,10 +9,11 @@
  * which the others call for peer connections and hash spaces, calls none
  * of them back.
  *
- * Calls: data, cluster, replace, stream, digest. Thread rule: main loop.
+ * Calls: data, cluster, replace, stream, digest, witness. Thread rule: main loop.
  */
 #include "digest.h"
 #include "server.h"
+#include "witness.h"
 
 void dispatch_request(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params)
 {
@@ -21,5 +22,6 @@ void dispatch_request(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, c
     if (replace_handle(s, c, msgid, method, params)) return;
     if (stream_handle(s, c, msgid, method, params)) return;
     if (digest_handle(s, c, msgid, method, params)) return;
+    if (witness_handle(s, c, msgid, method, params)) return;
     rpc_reply_error(c, msgid, "unknown method %u", method);
 }

@@ -21,6 +21,7 @@
 #include "config.h"
 #include "daemon.h"
 #include "digest.h"
+#include "witness.h"
 #include "links.h"
 #include "log.h"
 #include "metrics.h"
@@ -519,6 +520,7 @@ int main(int argc, char **argv)
     stream_stop(&s);
     data_stop(&s);
     digest_stop(&s);
+    witness_stop(&s);
     gc_stop(&s);
     store_close(s.db);
     daemon_signals_free(&sigs);

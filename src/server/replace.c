@@ -347,7 +347,7 @@ static void delete_phase(server *s, rpc_conn *c, uint64_t replace_ct)
     data_walk(s, delete_record, delete_walked, x);
 }
 
-/* The phase's whs, adopted if it is not older than ours. Returns a
+/* The phase's whs, adopted by the rule of pushed ones (hashspace_adopt). Returns a
  * reference to it (the caller's), or NULL if malformed. */
 static hashspace *adopt_whs(server *s, const msgpack_object *params)
 {
@@ -355,7 +355,8 @@ static hashspace *adopt_whs(server *s, const msgpack_object *params)
     const msgpack_object *o = rpc_arg(params, 0);
     hashspace *w = o ? hashspace_unpack(o, err) : NULL;
     if (!w) return NULL;
-    if (w->clocktime >= s->whs->clocktime) cluster_set_hashspaces(s, hashspace_ref(w), NULL);
+    hashspace *nw = hashspace_adopt(w, s->whs, true);
+    if (nw) cluster_set_hashspaces(s, nw, NULL);
     return w;
 }
 

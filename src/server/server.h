@@ -131,6 +131,11 @@ typedef struct server {
     struct gc *gc;                  /* gc.c: remembered tombstones */
     struct digest *digest;          /* digest.c: anti-entropy walks and their results */
     struct server_metrics *metrics; /* main.c: request latencies for --metrics */
+    /* witness.c: this server's vote on version witness_version of the
+     * membership history */
+    uint64_t witness_version;
+    hashspace_ballot witness_promised, witness_accepted;
+    hashspace *witness_whs, *witness_rhs; /* accepted for that version, or NULL */
 } server;
 
 /* cluster.c */

@@ -73,12 +73,12 @@ static void test_round_trip(void)
     is_int(hashspace_pack(hs, &pk), 0, "pack");
 
     /* The exact bytes of the first node: bin8 of 7 = c4 07, flag, id. */
-    const uint8_t head[] = {0x92, 0x95, 0xc4, 0x07, 0x01, 0x4d, 0x58, 192, 168, 0, 101};
+    const uint8_t head[] = {0x93, 0x95, 0xc4, 0x07, 0x01, 0x4d, 0x58, 192, 168, 0, 101};
     ok(sb.size > sizeof(head) && memcmp(sb.data, head, sizeof(head)) == 0,
        "wire form starts [ [ bin(1 active | port BE | ip) ...");
-    const uint8_t tail[] = {0xcf, 0x12, 0x34, 0x56, 0x78, 0, 0, 0, 9};
+    const uint8_t tail[] = {0xcf, 0x12, 0x34, 0x56, 0x78, 0, 0, 0, 9, 0x00};
     ok(memcmp(sb.data + sb.size - sizeof(tail), tail, sizeof(tail)) == 0,
-       "... and ends with clocktime as uint64");
+       "... and ends with clocktime as uint64, then the version (0)");
 
     char err[KUMO_ERRLEN] = "";
     hashspace *back = parse(&sb, err);
@@ -610,10 +610,70 @@ static void test_supersedes(void)
     hashspace_unref(h5same);
 }
 
+static hashspace *versioned(const ring_node *nodes, size_t n, uint64_t ct, uint64_t version)
+{
+    hashspace *hs = hashspace_new(nodes, n, ct);
+    hs->version = version;
+    return hs;
+}
+
+/* The membership history's rule: versions first, fault marks merged
+ * within one version. */
+static void test_adopt(void)
+{
+    char err[KUMO_ERRLEN];
+    ring_node abc[3] = {node4(101, true), node4(102, true), node4(103, true)};
+    ring_node a_c[3] = {node4(101, true), node4(102, false), node4(103, true)};
+    ring_node ab_[3] = {node4(101, true), node4(102, true), node4(103, false)};
+    ring_node two[2] = {node4(101, true), node4(102, true)};
+    hashspace *v4 = versioned(abc, 3, 100, 4), *v5 = versioned(two, 2, 50, 5);
+    hashspace *v4b = versioned(a_c, 3, 110, 4), *v4c = versioned(ab_, 3, 120, 4), *blank = hashspace_new(NULL, 0, 999);
+
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    hashspace_pack(v4c, &pk);
+    hashspace *back = parse(&sb, err);
+    ok(back && back->version == 4 && back->clocktime == 120 && hashspace_same_nodes(back, v4c),
+       "the version travels in the seed");
+    hashspace_unref(back);
+    msgpack_sbuffer_destroy(&sb);
+
+    hashspace *t = hashspace_adopt(v5, v4, false);
+    ok(t == v5, "a newer version is taken though its ClockTime is older");
+    hashspace_unref(t);
+    ok(hashspace_adopt(v4, v5, true) == NULL, "an older version never, whatever its ClockTime");
+    ok(hashspace_adopt(blank, v4, true) == NULL, "a blank one never");
+    t = hashspace_adopt(v4, blank, false);
+    ok(t == v4, "anything over blank");
+    hashspace_unref(t);
+
+    hashspace *m = hashspace_adopt(v4b, v4c, false);
+    ok(m && m->version == 4 && m->clocktime == 120 && m->ring.nnodes == 3 && m->ring.nodes[0].active &&
+           !m->ring.nodes[1].active && !m->ring.nodes[2].active,
+       "same version: fault marks merged (both fault), the newer ClockTime kept");
+    ok(hashspace_adopt(v4c, m, false) == NULL && hashspace_adopt(v4b, m, false) == NULL,
+       "a merged one takes neither input back: no flip-flop between two managers");
+    ok(hashspace_adopt(v4, v4b, true) == NULL, "same version: a fault mark is never undone");
+    hashspace *v4d = versioned(a_c, 3, 130, 4);
+    t = hashspace_adopt(v4d, v4b, false);
+    ok(t == v4d, "same version, same states, newer ClockTime: taken");
+    hashspace_unref(t);
+    hashspace_unref(v4d);
+    hashspace_unref(m);
+    hashspace_unref(v4);
+    hashspace_unref(v5);
+    hashspace_unref(v4b);
+    hashspace_unref(v4c);
+    hashspace_unref(blank);
+}
+
 int main(void)
 {
     test_round_trip();
     test_supersedes();
+    test_adopt();
     test_keyed();
     test_accept();
     test_reject();
