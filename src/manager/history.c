@@ -44,11 +44,11 @@ typedef struct proposal {
     manager *m;
     uint64_t version; /* the one proposed: base + 1 */
     hashspace_ballot ballot;
-    hashspace *own_w, *own_r;         /* ours */
-    hashspace *found_w, *found_r;     /* the highest-ballot pair accepted by a promiser */
-    hashspace_ballot found;           /* its ballot */
-    hashspace *value_w, *value_r;     /* sent in phase 2 */
-    int phase;                        /* 1 prepare, 2 accept */
+    hashspace *own_w, *own_r;     /* ours */
+    hashspace *found_w, *found_r; /* the highest-ballot pair accepted by a promiser */
+    hashspace_ballot found;       /* its ballot */
+    hashspace *value_w, *value_r; /* sent in phase 2 */
+    int phase;                    /* 1 prepare, 2 accept */
     size_t listed, need, asked, yes, answered, refused;
     bool stale, finished;
     int outstanding; /* calls not yet answered (the proposal lives until 0) */
@@ -122,6 +122,10 @@ static void chosen(proposal *p)
 {
     manager *m = p->m;
     char buf[CLOCK_FORMAT_LEN];
+    if (m->whs->version >= p->version) { /* taken meanwhile from a server or the partner */
+        finish(p, HISTORY_SUPERSEDED, "the other manager changed the membership first");
+        return;
+    }
     log_info("membership version %llu agreed by %zu of %zu servers (%s)", (unsigned long long)p->version, p->yes,
              p->listed, clock_format(p->value_w->clocktime, buf));
     membership_set_hashspaces(m, hashspace_ref(p->value_w), hashspace_ref(p->value_r));
@@ -181,6 +185,11 @@ static void send_round(proposal *p)
 {
     manager *m = p->m;
     const hashspace *base = m->whs;
+    if (base->version + 1 != p->version) { /* a newer version was taken between the phases */
+        finish(p, HISTORY_SUPERSEDED, "the other manager changed the membership first");
+        release(p);
+        return;
+    }
     p->yes = p->answered = p->asked = p->refused = 0;
     for (size_t i = 0; i < p->listed && i < base->ring.nnodes; i++) {
         mserver *ms = membership_find_server(m, &base->ring.nodes[i].addr);
@@ -230,8 +239,7 @@ bool history_change(manager *m, hashspace *whs, hashspace *rhs, history_done don
         return true;
     }
     proposal *p = xcalloc(1, sizeof(*p));
-    *p = (proposal){.m = m, .version = version, .ballot = {.ct = ct, .by = m->self}, .own_w = w, .own_r = r,
-                    .phase = 1, .listed = listed, .need = listed / 2 + 1, .done = done, .arg = arg};
+    *p = (proposal){.m = m, .version = version, .ballot = {.ct = ct, .by = m->self}, .own_w = w, .own_r = r, .phase = 1, .listed = listed, .need = listed / 2 + 1, .done = done, .arg = arg};
     m->proposal = p;
     send_round(p);
     return true;

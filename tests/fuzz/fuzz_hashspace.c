@@ -1,8 +1,9 @@
 /*
  * fuzz_hashspace — libFuzzer target for the hash-space seed decoder
  * (hashspace_unpack in src/lib/hashspace.c): what a server, a gateway and a
- * manager parse out of GW_HS_PUSH, SRV_HS_SYNC, SRV_REPLACE_COPY and
- * MGR_HS_SYNC, after rpc.c's mpguard and msgpack-c.
+ * manager parse out of GW_HS_PUSH, SRV_HS_SYNC, SRV_REPLACE_COPY,
+ * SRV_HS_PREPARE/SRV_HS_ACCEPT (with their ballots) and MGR_HS_SYNC, after
+ * rpc.c's mpguard and msgpack-c.
  *
  * The input goes through the guard and the unpacker as rpc.c feeds them;
  * each whole object is offered to hashspace_unpack, as are its first four
@@ -48,7 +49,16 @@ static void check_seed(const msgpack_object *o, const uint8_t *data, size_t size
     msgpack_unpacked_init(&u);
     CHECK(msgpack_unpack_next(&u, sb.data, sb.size, NULL) == MSGPACK_UNPACK_SUCCESS);
     hashspace *again = hashspace_unpack(&u.data, err);
-    CHECK(again && hashspace_same_nodes(hs, again) && again->clocktime == hs->clocktime);
+    CHECK(again && hashspace_same_nodes(hs, again) && again->clocktime == hs->clocktime &&
+          again->version == hs->version);
+    /* The adoption rule: nothing new from the same snapshot; anything but
+     * a blank one over a blank one; never a blank one. */
+    CHECK(hashspace_adopt(again, hs, true) == NULL && hashspace_adopt(again, hs, false) == NULL);
+    hashspace *blank = hashspace_new(NULL, 0, 0), *took = hashspace_adopt(hs, blank, false);
+    CHECK(hashspace_blank(hs) ? took == NULL : took == hs);
+    CHECK(hashspace_adopt(blank, hs, true) == NULL);
+    hashspace_unref(took);
+    hashspace_unref(blank);
     hashspace_unref(again);
     msgpack_unpacked_destroy(&u);
     msgpack_sbuffer_destroy(&sb);
@@ -86,6 +96,26 @@ static void check_seed(const msgpack_object *o, const uint8_t *data, size_t size
     hashspace_unref(hs);
 }
 
+/* A ballot of SRV_HS_PREPARE/SRV_HS_ACCEPT (src/server/witness.c): one it
+ * accepts packs to what unpacks to the same ballot. */
+static void check_ballot(const msgpack_object *o)
+{
+    hashspace_ballot b, again;
+    if (!hashspace_ballot_unpack(o, &b)) return;
+    CHECK(b.by.len == 6 || b.by.len == 18);
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    hashspace_ballot_pack(&b, &pk);
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    CHECK(msgpack_unpack_next(&u, sb.data, sb.size, NULL) == MSGPACK_UNPACK_SUCCESS);
+    CHECK(hashspace_ballot_unpack(&u.data, &again) && hashspace_ballot_cmp(&b, &again) == 0);
+    msgpack_unpacked_destroy(&u);
+    msgpack_sbuffer_destroy(&sb);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     mpguard g;
@@ -97,8 +127,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     while (msgpack_unpack_next(&u, (const char *)data, size, &off) == MSGPACK_UNPACK_SUCCESS) {
         const msgpack_object *o = &u.data;
         check_seed(o, data, size);
-        for (uint32_t i = 0; o->type == MSGPACK_OBJECT_ARRAY && i < o->via.array.size && i < 4; i++)
+        check_ballot(o);
+        for (uint32_t i = 0; o->type == MSGPACK_OBJECT_ARRAY && i < o->via.array.size && i < 4; i++) {
             check_seed(&o->via.array.ptr[i], data, size);
+            check_ballot(&o->via.array.ptr[i]);
+        }
     }
     msgpack_unpacked_destroy(&u);
     return 0;
