@@ -944,6 +944,42 @@ def main(fn):
 
 
 # --------------------------------------------------------------------------
+# the node protocol, spoken directly (docs/protocol.md)
+# --------------------------------------------------------------------------
+
+RPC_ROLE_SERVER, RPC_ROLE_TOOL = 1, 3
+
+
+def rpc_hello(role=RPC_ROLE_TOOL, addr=b""):
+    import msgpack
+    return msgpack.packb([2, role, addr, 1, 0], use_bin_type=True)
+
+
+def rpc_request(msgid, method, params):
+    import msgpack
+    return msgpack.packb([0, msgid, method, params], use_bin_type=True)
+
+
+def rpc_call(port, method, params, role=RPC_ROLE_TOOL, addr=b"", timeout=10.0):
+    """One call on a fresh connection: (error, result); raises on a close or a timeout."""
+    import msgpack
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        s.sendall(rpc_hello(role, addr) + rpc_request(1, method, params))
+        up = msgpack.Unpacker(raw=False, strict_map_key=False)
+        while True:
+            d = s.recv(65536)
+            if not d:
+                raise ConnectionError("closed before the reply")
+            up.feed(d)
+            for o in up:
+                if isinstance(o, list) and len(o) == 4 and o[0] == 1 and o[1] == 1:
+                    return o[2], o[3]
+    finally:
+        s.close()
+
+
+# --------------------------------------------------------------------------
 # memcached clients
 # --------------------------------------------------------------------------
 

@@ -106,12 +106,9 @@ def bin_responses(got):
     return out if i == len(got) else None
 
 
-def hello(role=ROLE_TOOL, addr=b""):
-    return msgpack.packb([2, role, addr, 1, 0], use_bin_type=True)
-
-
-def request(msgid, method, params):
-    return msgpack.packb([0, msgid, method, params], use_bin_type=True)
+hello = kt.rpc_hello
+request = kt.rpc_request
+rpc_call = kt.rpc_call
 
 
 def rpc_objects(got):
@@ -131,24 +128,6 @@ def rpc_errors_only(got):
     objs = rpc_objects(got)
     return objs is not None and all(isinstance(o, list) and len(o) == 4 and o[0] == 1 and o[2]
                                     for o in objs), objs
-
-
-def rpc_call(port, method, params, role=ROLE_TOOL, addr=b"", timeout=10.0):
-    """One call on a fresh connection: (error, result); raises on a close or a timeout."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    try:
-        s.sendall(hello(role, addr) + request(1, method, params))
-        up = msgpack.Unpacker(raw=False, strict_map_key=False)
-        while True:
-            d = s.recv(65536)
-            if not d:
-                raise ConnectionError("closed before the reply")
-            up.feed(d)
-            for o in up:
-                if isinstance(o, list) and len(o) == 4 and o[0] == 1 and o[1] == 1:
-                    return o[2], o[3]
-    finally:
-        s.close()
 
 
 # --------------------------------------------------------------------------

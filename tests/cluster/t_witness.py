@@ -21,38 +21,16 @@ managers against one server, speaking the node protocol directly:
     version pushed after it is not.
 """
 import os
-import socket
 import sys
 
-import msgpack
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import kumotest as kt  # noqa: E402
 
 tap = kt.tap
-ROLE_TOOL = 3
 SRV_HS_SYNC, SRV_HS_PREPARE, SRV_HS_ACCEPT, SRV_STATUS = 2, 4, 5, 97
 ST_RHS, ST_WHS = 9, 10
 HS_OK, HS_REFUSED, HS_STALE, HS_BEHIND = 0, 1, 2, 3
-
-
-def rpc_call(port, method, params, timeout=10.0):
-    """One call on a fresh connection: (error, result)."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    try:
-        s.sendall(msgpack.packb([2, ROLE_TOOL, b"", 1, 0], use_bin_type=True)
-                  + msgpack.packb([0, 1, method, params], use_bin_type=True))
-        up = msgpack.Unpacker(raw=False, strict_map_key=False)
-        while True:
-            d = s.recv(65536)
-            if not d:
-                raise ConnectionError("closed before the reply")
-            up.feed(d)
-            for o in up:
-                if isinstance(o, list) and len(o) == 4 and o[0] == 1 and o[1] == 1:
-                    return o[2], o[3]
-    finally:
-        s.close()
 
 
 def ident(port):
@@ -65,8 +43,8 @@ def main():
     with kt.Cluster(nservers=3, gateway=True) as c:
         kt.wait_until(lambda: "replace:" not in c.kumoctl("status").stdout, 30, "the attach's replace to end")
         port = c.servers[0].port
-        err, whs = rpc_call(port, SRV_STATUS, [ST_WHS])
-        err2, rhs = rpc_call(port, SRV_STATUS, [ST_RHS])
+        err, whs = kt.rpc_call(port, SRV_STATUS, [ST_WHS])
+        err2, rhs = kt.rpc_call(port, SRV_STATUS, [ST_RHS])
         tap.ok(err is None and err2 is None and isinstance(whs, list) and len(whs) == 3 and whs[2] >= 1
                and rhs[2] == whs[2], "whs and rhs seeds carry one version (>= 1 after an attach)", repr(whs)[:200])
         v = whs[2]
@@ -74,23 +52,23 @@ def main():
         nodes = whs[0][:2]  # a change: the third server detached
         w1, r1 = [nodes, whs[1] + 1, v + 1], [nodes, whs[1] + 1, v + 1]
 
-        res = rpc_call(port, SRV_HS_PREPARE, [v + 1, b1])
+        res = kt.rpc_call(port, SRV_HS_PREPARE, [v + 1, b1])
         tap.eq(res, (None, [HS_OK, v, None, None, None]), "prepare v+1 with B1: promised, nothing accepted yet")
-        res = rpc_call(port, SRV_HS_PREPARE, [v + 1, b0])
+        res = kt.rpc_call(port, SRV_HS_PREPARE, [v + 1, b0])
         tap.eq(res, (None, [HS_REFUSED, v, b1, None, None]), "prepare with a lower ballot: refused, naming B1")
-        res = rpc_call(port, SRV_HS_ACCEPT, [v + 1, b0, w1, r1])
+        res = kt.rpc_call(port, SRV_HS_ACCEPT, [v + 1, b0, w1, r1])
         tap.eq(res[1][:3] if res[1] else res, [HS_REFUSED, v, b1], "accept with the lower ballot: refused")
-        res = rpc_call(port, SRV_HS_ACCEPT, [v + 1, b1, w1, r1])
+        res = kt.rpc_call(port, SRV_HS_ACCEPT, [v + 1, b1, w1, r1])
         tap.eq(res, (None, [HS_OK, v, None, None, None]), "accept with B1: accepted")
-        err, held = rpc_call(port, SRV_STATUS, [ST_WHS])
+        err, held = kt.rpc_call(port, SRV_STATUS, [ST_WHS])
         tap.ok(held == whs, "an accepted pair is not installed: the server still holds version v", repr(held)[:200])
-        res = rpc_call(port, SRV_HS_PREPARE, [v + 1, b2])
+        res = kt.rpc_call(port, SRV_HS_PREPARE, [v + 1, b2])
         tap.ok(res[0] is None and res[1][:3] == [HS_OK, v, b1] and res[1][3] == w1 and res[1][4] == r1,
                "prepare with a higher ballot: promised, and B1's pair comes back", repr(res)[:300])
-        res = rpc_call(port, SRV_HS_PREPARE, [v, b2])
+        res = kt.rpc_call(port, SRV_HS_PREPARE, [v, b2])
         tap.ok(res[0] is None and res[1][0] == HS_STALE and res[1][3] == whs and res[1][4] == rhs,
                "prepare for the version held: stale, with the server's own pair", repr(res)[:300])
-        res = rpc_call(port, SRV_HS_PREPARE, [v + 5, b2])
+        res = kt.rpc_call(port, SRV_HS_PREPARE, [v + 5, b2])
         tap.eq(res, (None, [HS_BEHIND, v, None, None, None]), "prepare for a version far ahead: behind")
 
         for name, params in (("a ballot that is no ballot", [v + 1, [1, b"short"]]),
@@ -99,7 +77,7 @@ def main():
                              ("seeds of another version", [v + 1, b2, [nodes, 5, v + 2], [nodes, 5, v + 2]]),
                              ("a seed that is no seed", [v + 1, b2, [1, 2, 3], r1])):
             method = SRV_HS_ACCEPT if len(params) == 4 else SRV_HS_PREPARE
-            err, res = rpc_call(port, method, params)
+            err, res = kt.rpc_call(port, method, params)
             tap.ok(err is not None and "bad params" in str(err), "%s: bad params" % name, repr((err, res)))
         c.check_running("every daemon survives the malformed votes")
         mc = kt.mc_client(c.gateway_port)
@@ -108,14 +86,14 @@ def main():
 
         # A pushed pair: a newer version is adopted, then an older one is not.
         w2 = [whs[0], whs[1] + 2, v + 1]
-        err, res = rpc_call(port, SRV_HS_SYNC, [w2, w2])
-        err, held = rpc_call(port, SRV_STATUS, [ST_WHS])
+        err, res = kt.rpc_call(port, SRV_HS_SYNC, [w2, w2])
+        err, held = kt.rpc_call(port, SRV_STATUS, [ST_WHS])
         tap.ok(held and held[2] == v + 1, "a pushed pair of version v+1 is adopted", repr(held)[:200])
-        err, res = rpc_call(port, SRV_HS_SYNC, [[nodes, whs[1] + 50, v], [nodes, whs[1] + 50, v]])
-        err, held = rpc_call(port, SRV_STATUS, [ST_WHS])
+        err, res = kt.rpc_call(port, SRV_HS_SYNC, [[nodes, whs[1] + 50, v], [nodes, whs[1] + 50, v]])
+        err, held = kt.rpc_call(port, SRV_STATUS, [ST_WHS])
         tap.ok(held and held[2] == v + 1 and len(held[0]) == 3,
                "an older version pushed later is not, though its ClockTime is newer", repr(held)[:200])
-        res = rpc_call(port, SRV_HS_PREPARE, [v + 1, [99, ident(3000)]])
+        res = kt.rpc_call(port, SRV_HS_PREPARE, [v + 1, [99, ident(3000)]])
         tap.ok(res[0] is None and res[1][0] == HS_STALE and res[1][1] == v + 1,
                "once v+1 is held, a vote for it answers stale", repr(res)[:200])
 
