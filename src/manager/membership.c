@@ -126,7 +126,7 @@ static hashspace *without_lost(manager *m, hashspace *hs)
         mserver *ms = membership_find_server(m, &nodes[i].addr);
         if (ms && ms->lost && !ms->conn && nodes[i].active) nodes[i].active = false, changed = true;
     }
-    hashspace *out = changed ? xcheck(hashspace_new(nodes, hs->ring.nnodes, clock_next(&m->clock))) : NULL;
+    hashspace *out = changed ? xcheck(hashspace_new(nodes, hs->ring.nnodes, hs->clocktime)) : NULL;
     free(nodes);
     if (!out) return hs;
     out->version = hs->version;
@@ -179,18 +179,20 @@ void membership_take(manager *m, hashspace *whs, hashspace *rhs)
     install(m, w ? w : hashspace_ref(m->whs), r ? r : hashspace_ref(m->rhs));
 }
 
-/* A copy of hs's nodes with `addr` set active/fault; NULL if unchanged. */
-static hashspace *with_state(manager *m, hashspace *hs, const net_addr *addr, bool active, uint64_t ct)
+/* A copy of hs with `addr` fault; NULL if it is not listed active. A fault
+ * mark is no new version, and keeps the ClockTime too: two managers that
+ * mark servers of one version hold one replace_ct, so neither's copy
+ * supersedes the other's at the servers (src/server/replace.c). */
+static hashspace *with_fault(hashspace *hs, const net_addr *addr)
 {
     int i = hashspace_find(hs, addr);
-    if (i < 0 || hs->ring.nodes[i].active == active) return NULL;
-    ring_node *nodes = malloc((hs->ring.nnodes + 1) * sizeof(*nodes));
-    if (!nodes) return NULL;
+    if (i < 0 || !hs->ring.nodes[i].active) return NULL;
+    ring_node *nodes = xmalloc(hs->ring.nnodes * sizeof(*nodes));
     memcpy(nodes, hs->ring.nodes, hs->ring.nnodes * sizeof(*nodes));
-    nodes[i].active = active;
-    hashspace *n = hashspace_new(nodes, hs->ring.nnodes, ct);
+    nodes[i].active = false;
+    hashspace *n = xcheck(hashspace_new(nodes, hs->ring.nnodes, hs->clocktime));
     free(nodes);
-    if (n) n->version = hs->version; /* a fault mark is no new version */
+    n->version = hs->version;
     return n;
 }
 
@@ -352,9 +354,8 @@ static void server_lost(manager *m, mserver *ms)
     ms->newcomer = false;
     ms->lost = true;
     membership_schedule_auto_replace(m);
-    uint64_t ct = clock_next(&m->clock);
-    hashspace *w = with_state(m, m->whs, &ms->addr, false, ct);
-    hashspace *r = with_state(m, m->rhs, &ms->addr, false, ct);
+    hashspace *w = with_fault(m->whs, &ms->addr);
+    hashspace *r = with_fault(m->rhs, &ms->addr);
     if (!w && !r) {
         m->hooks.server_lost(m, ms);
         notify_status(m);
@@ -492,7 +493,7 @@ static hashspace *without_fresh(manager *m, hashspace *hs)
             changed = true;
         }
     }
-    hashspace *out = changed ? hashspace_new(nodes, hs->ring.nnodes, clock_next(&m->clock)) : NULL;
+    hashspace *out = changed ? hashspace_new(nodes, hs->ring.nnodes, hs->clocktime) : NULL;
     free(nodes);
     if (!out) return hs;
     out->version = hs->version;

@@ -730,6 +730,14 @@ static void pass_pushed(void *arg, rpc_status st, const msgpack_object *result)
     if (!p->s->stopping) pass_sync(p);
 }
 
+/* Whether the layout changed since the pass began: another version of the
+ * membership, or a replace that moved on (whs and rhs apart, or rhs := whs). */
+static bool layout_moved(const server *s, const pass *p)
+{
+    return s->whs->version != p->whs->version || s->whs->clocktime != p->whs->clocktime ||
+           s->rhs->clocktime != p->whs->clocktime;
+}
+
 static void pass_fetched(void *arg, rpc_status st, const msgpack_object *result)
 {
     pass *p = arg;
@@ -739,8 +747,8 @@ static void pass_fetched(void *arg, rpc_status st, const msgpack_object *result)
     p->inflight = 0;
     if (st != RPC_OK || !result || result->type != MSGPACK_OBJECT_ARRAY || result->via.array.size != n) {
         pass_peer_failed(p, "SRV_FETCH", st, result);
-    } else if (s->whs->clocktime != p->whs->clocktime || s->rhs->clocktime != p->whs->clocktime) {
-        p->skip = true; /* the layout changed meanwhile: these keys may be ours no more (see pass_sync) */
+    } else if (layout_moved(s, p)) {
+        p->skip = true; /* these keys may be ours no more (see pass_sync) */
     } else {
         for (size_t k = 0; k < n; k++) {
             const pent *e = &p->theirs.v[p->pull[p->next_pull - n + k]];
@@ -768,7 +776,7 @@ static void pass_sync(pass *p)
     /* The layout changed under the pass: the peer may no longer own these
      * keys (a replace's delete may already have passed them there), so
      * sending them would leave stray copies. The next pass compares again. */
-    if (s->whs->clocktime != p->whs->clocktime || s->rhs->clocktime != p->whs->clocktime) p->skip = true;
+    if (layout_moved(s, p)) p->skip = true;
     while (!p->skip && p->next_push < p->npush && p->inflight < PASS_WINDOW) {
         const pent *e = &p->ours.v[p->push[p->next_push++]];
         size_t vlen;
