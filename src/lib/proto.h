@@ -11,8 +11,8 @@ enum {
     MGR_KEEPALIVE = 0,           /* [clock] -> nil */
     MGR_HS_REQUEST = 1,          /* [] -> [whs, rhs] */
     MGR_HS_SYNC = 2,             /* partner only: [whs, rhs] -> true adopted / false */
-    MGR_REPLACE_COPY_END = 10,   /* [replace_clocktime, ok] -> true */
-    MGR_REPLACE_DELETE_END = 11, /* [replace_clocktime, ok] -> true */
+    MGR_REPLACE_COPY_END = 10,   /* [replace_clocktime, ok, phase_id] -> true */
+    MGR_REPLACE_DELETE_END = 11, /* [replace_clocktime, ok, phase_id] -> true */
 };
 
 /* kumo-manager, control port (-c) — kumoctl */
@@ -32,8 +32,8 @@ enum {
     SRV_HS_PREPARE = 4,     /* [version, ballot] -> [HS_*, version held, ballot | nil, whs | nil,
                                 rhs | nil] (witness.c) */
     SRV_HS_ACCEPT = 5,      /* [version, ballot, whs, rhs] -> the same */
-    SRV_REPLACE_COPY = 8,   /* [whs, replace_ct, full:bool, rhs] -> true; later MGR_REPLACE_COPY_END */
-    SRV_REPLACE_DELETE = 9, /* [whs, replace_ct, false] -> true; later MGR_REPLACE_DELETE_END */
+    SRV_REPLACE_COPY = 8,   /* [whs, replace_ct, full:bool, rhs, phase_id] -> true; later MGR_REPLACE_COPY_END */
+    SRV_REPLACE_DELETE = 9, /* [whs, replace_ct, false, nil, phase_id] -> true; later MGR_REPLACE_DELETE_END */
     SRV_REPLACE_OFFER = 16, /* [stream_port, token, size] -> records applied, once
                                 pulled from the sender's stream port */
     SRV_REPLICATE = 32,     /* [flags, dbkey, dbvalue-or-tombstone] -> true stored, false the

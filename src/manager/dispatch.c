@@ -23,8 +23,10 @@ void dispatch_request(manager *m, rpc_conn *c, uint32_t msgid, uint32_t method, 
             rpc_reply_error(c, msgid, "bad params");
             return;
         }
+        uint64_t phase = 0;
         rpc_arg_bool(params, 1, &ok);
-        replace_phase_end(m, c, method, ct, ok);
+        rpc_arg_uint(params, 2, &phase);
+        replace_phase_end(m, c, method, ct, phase, ok);
         rpc_reply_bool(c, msgid, true);
         return;
     }

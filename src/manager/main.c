@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include "binlog.h"
@@ -163,6 +164,10 @@ int main(int argc, char **argv)
     m.hooks = (manager_hooks){.request = dispatch_request, .changed = partner_sync, .tick = partner_tick, .server_lost = replace_server_lost, .server_back = replace_resend, .manager_hello = partner_hello, .manager_closed = partner_closed, .auto_replace_due = auto_replace_due, .stopping = replace_stop, .propose = propose};
     time_t started = time(NULL);
     clock_init(&m.clock);
+    /* Phases are named round_base + a counter: random, so that the two
+     * managers' names differ (replace.c) */
+    if (getrandom(&m.round_base, sizeof(m.round_base), 0) != sizeof(m.round_base))
+        m.round_base = (uint64_t)time(NULL) << 32 ^ (uint64_t)getpid();
     m.whs = hashspace_new(NULL, 0, 0);
     m.rhs = hashspace_ref(m.whs);
     m.base = event_base_new();

@@ -52,6 +52,7 @@ typedef struct mserver {
     bool copying;  /* replace: its copy phase has not ended */
     bool copied;   /* replace: it copied everything it had to send in this round */
     bool deleting; /* replace: its delete phase has not ended */
+    bool barred;   /* replace: it answered this phase's barrier */
     struct event *probe_timer;
     struct manager *m;
 } mserver;
@@ -113,6 +114,7 @@ typedef struct manager {
     bool copy_failed;                 /* some server could not copy everything */
     hashspace *round_whs, *round_rhs; /* the layout the running copy started from */
     uint64_t round_gen;               /* counts rounds, so a late barrier answer is known */
+    uint64_t round_base;              /* random: round_base + round_gen names a phase to servers (replace.c) */
     size_t barrier_pending;           /* servers yet to confirm the layout before a phase */
     size_t catchup_blocked;           /* catching-up servers the last round could not clear */
     struct event *retry_timer;        /* restarts a replace whose copy failed */
@@ -176,7 +178,8 @@ bool history_busy(const manager *m);
 /* Start (or restart) a replace towards the current whs. */
 void replace_start(manager *m, bool full);
 /* A server reported the end of a phase (MGR_REPLACE_COPY_END/DELETE_END). */
-void replace_phase_end(manager *m, rpc_conn *c, uint32_t method, uint64_t replace_ct, bool ok);
+/* phase: the phase's name the server echoed (0 from servers before names). */
+void replace_phase_end(manager *m, rpc_conn *c, uint32_t method, uint64_t replace_ct, uint64_t phase, bool ok);
 /* A server was lost: it no longer holds up the replace. */
 void replace_server_lost(manager *m, mserver *ms);
 void replace_stop(manager *m);

@@ -22,6 +22,7 @@
 #include "log.h"
 #include "manager.h"
 #include "proto.h"
+#include "xalloc.h"
 
 #define PHASE_CALL_TIMEOUT 10.0
 
@@ -30,16 +31,24 @@ static void ignore_reply(void *arg, rpc_status st, const msgpack_object *r) {}
 /* A copy carries the round's own snapshots, so every server plans from
  * the layout the manager judges the round by (hashspace_copy_plan), even
  * if whs changed meanwhile (attach-noreplace, the partner). */
+/* The name of the phase being run, which its end report echoes: a report
+ * of an earlier phase with the same replace_ct (a replace started again,
+ * or the other manager's, which a server may send to any manager) is not
+ * counted. */
+static uint64_t phase_id(const manager *m) { return m->round_base + m->round_gen; }
+
 static void send_phase(manager *m, mserver *ms, uint32_t method, bool full)
 {
     bool copy = method == SRV_REPLACE_COPY && m->round_whs && m->round_rhs;
     msgpack_packer *pk = rpc_call_begin(ms->conn, method, PHASE_CALL_TIMEOUT, ignore_reply, NULL);
-    msgpack_pack_array(pk, copy ? 4 : 3);
+    msgpack_pack_array(pk, 5);
     hashspace_pack(copy ? m->round_whs : m->whs, pk);
     msgpack_pack_uint64(pk, m->replace_ct);
     if (full) msgpack_pack_true(pk);
     else msgpack_pack_false(pk);
     if (copy) hashspace_pack(m->round_rhs, pk);
+    else msgpack_pack_nil(pk);
+    msgpack_pack_uint64(pk, phase_id(m));
     rpc_call_end(ms->conn);
 }
 
@@ -361,9 +370,11 @@ void replace_stop(manager *m)
 
 typedef struct barrier_ctx {
     manager *m;
+    mserver *ms; /* lives as long as the manager */
     uint64_t gen;
     uint32_t then; /* SRV_REPLACE_COPY or SRV_REPLACE_DELETE */
     bool full;
+    bool one; /* a single server's barrier (its link came back): its phase follows */
 } barrier_ctx;
 
 static bool takes_part(const mserver *ms, uint32_t phase)
@@ -371,10 +382,19 @@ static bool takes_part(const mserver *ms, uint32_t phase)
     return ms->conn && (phase == SRV_REPLACE_COPY ? ms->copying : ms->deleting);
 }
 
+static void barrier_one(manager *m, mserver *ms, uint32_t phase, bool full);
+
+/* Each server that answered the barrier gets the phase; one that did not
+ * (a timeout, a link that dropped and came back) gets a barrier of its own
+ * first, so none copies or deletes before its old writes are done. */
 static void send_phases(manager *m, uint32_t phase, bool full)
 {
-    for (size_t i = 0; i < m->nservers; i++)
-        if (takes_part(m->servers[i], phase)) send_phase(m, m->servers[i], phase, full);
+    for (size_t i = 0; i < m->nservers; i++) {
+        mserver *ms = m->servers[i];
+        if (!takes_part(ms, phase)) continue;
+        if (ms->barred) send_phase(m, ms, phase, full);
+        else barrier_one(m, ms, phase, full);
+    }
 }
 
 static void barrier_reply(void *arg, rpc_status st, const msgpack_object *r)
@@ -384,10 +404,32 @@ static void barrier_reply(void *arg, rpc_status st, const msgpack_object *r)
     bool current = x->gen == m->round_gen && m->replacing;
     barrier_ctx done = *x;
     free(x);
-    /* A server that did not answer is lost or about to be: the copy fails
-     * without it (replace_server_lost) and is redone; a delete goes on
-     * without it. */
-    if (current && m->barrier_pending > 0 && --m->barrier_pending == 0) send_phases(m, done.then, done.full);
+    if (!current) return;
+    if (st == RPC_OK) done.ms->barred = true;
+    if (done.one) {
+        /* A server that did not answer is lost or about to be: the copy
+         * fails without it (replace_server_lost) and is redone; a delete
+         * goes on without it. */
+        if (st == RPC_OK && takes_part(done.ms, done.then)) send_phase(m, done.ms, done.then, done.full);
+        return;
+    }
+    if (m->barrier_pending > 0 && --m->barrier_pending == 0) send_phases(m, done.then, done.full);
+}
+
+static void barrier_send(manager *m, mserver *ms, uint32_t phase, bool full, bool one)
+{
+    barrier_ctx *x = xmalloc(sizeof(*x));
+    *x = (barrier_ctx){.m = m, .ms = ms, .gen = m->round_gen, .then = phase, .full = full, .one = one};
+    msgpack_packer *pk = rpc_call_begin(ms->conn, SRV_HS_SYNC, PHASE_CALL_TIMEOUT, barrier_reply, x);
+    msgpack_pack_array(pk, 2);
+    hashspace_pack(m->whs, pk);
+    hashspace_pack(m->rhs, pk);
+    rpc_call_end(ms->conn);
+}
+
+static void barrier_one(manager *m, mserver *ms, uint32_t phase, bool full)
+{
+    if (ms->conn) barrier_send(m, ms, phase, full, true);
 }
 
 /* Starts the barrier before `phase`, among the servers that take part in
@@ -398,16 +440,10 @@ static void barrier_start(manager *m, uint32_t phase, bool full)
     m->barrier_pending = 0;
     for (size_t i = 0; i < m->nservers; i++) {
         mserver *ms = m->servers[i];
+        ms->barred = false;
         if (!takes_part(ms, phase)) continue;
-        barrier_ctx *x = malloc(sizeof(*x));
-        if (!x) continue; /* its phase is sent without waiting for it */
-        *x = (barrier_ctx){.m = m, .gen = m->round_gen, .then = phase, .full = full};
         m->barrier_pending++;
-        msgpack_packer *pk = rpc_call_begin(ms->conn, SRV_HS_SYNC, PHASE_CALL_TIMEOUT, barrier_reply, x);
-        msgpack_pack_array(pk, 2);
-        hashspace_pack(m->whs, pk);
-        hashspace_pack(m->rhs, pk);
-        rpc_call_end(ms->conn);
+        barrier_send(m, ms, phase, full, false);
     }
     if (m->barrier_pending == 0) send_phases(m, phase, full);
 }
@@ -437,10 +473,10 @@ void replace_start(manager *m, bool full)
     if (m->copy_pending == 0) copy_done(m);
 }
 
-void replace_phase_end(manager *m, rpc_conn *c, uint32_t method, uint64_t replace_ct, bool ok)
+void replace_phase_end(manager *m, rpc_conn *c, uint32_t method, uint64_t replace_ct, uint64_t phase, bool ok)
 {
     mserver *ms = rpc_get_data(c);
-    if (!m->replacing || replace_ct != m->replace_ct || !ms) return;
+    if (!m->replacing || replace_ct != m->replace_ct || !ms || (phase != 0 && phase != phase_id(m))) return;
     if (method == MGR_REPLACE_COPY_END && ms->copying) {
         ms->copying = false;
         ms->copied = ok;
@@ -464,8 +500,10 @@ void replace_resend(manager *m, mserver *ms)
     }
     if (!m->replacing) return;
     if (m->barrier_pending > 0) return; /* the barrier's end sends the phase */
-    if (ms->copying) send_phase(m, ms, SRV_REPLACE_COPY, false);
-    else if (ms->deleting) send_phase(m, ms, SRV_REPLACE_DELETE, false);
+    /* Its link is new: writes it coordinated before may still be under
+     * way, so it passes a barrier of its own before its phase. */
+    if (ms->copying) barrier_one(m, ms, SRV_REPLACE_COPY, false);
+    else if (ms->deleting) barrier_one(m, ms, SRV_REPLACE_DELETE, false);
 }
 
 void replace_server_lost(manager *m, mserver *ms)

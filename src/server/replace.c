@@ -43,6 +43,7 @@ typedef struct copy_job {
     server *s;
     rpc_conn *manager; /* held */
     uint64_t replace_ct;
+    uint64_t phase_id; /* the phase's name, echoed in its end report (0: none given) */
     bool full;
     hashspace *old_rhs, *new_whs;
     dest *dests;
@@ -58,7 +59,7 @@ typedef struct end_report {
     server *s;
     rpc_conn *manager; /* held, may be NULL */
     uint32_t method;
-    uint64_t replace_ct;
+    uint64_t replace_ct, phase_id;
     bool ok;
     int tries;
 } end_report;
@@ -97,14 +98,15 @@ static void end_send(end_report *e)
         return;
     }
     msgpack_packer *pk = rpc_call_begin(c, e->method, END_TIMEOUT, end_reply, e);
-    msgpack_pack_array(pk, 2);
+    msgpack_pack_array(pk, e->phase_id ? 3 : 2);
     msgpack_pack_uint64(pk, e->replace_ct);
     if (e->ok) msgpack_pack_true(pk);
     else msgpack_pack_false(pk);
+    if (e->phase_id) msgpack_pack_uint64(pk, e->phase_id);
     rpc_call_end(c);
 }
 
-static void report_end(server *s, rpc_conn *manager, uint32_t method, uint64_t replace_ct, bool ok)
+static void report_end(server *s, rpc_conn *manager, uint32_t method, uint64_t replace_ct, uint64_t phase_id, bool ok)
 {
     end_report *e = xcalloc(1, sizeof(*e)); /* a lost report would stall the replace */
     e->s = s;
@@ -112,6 +114,7 @@ static void report_end(server *s, rpc_conn *manager, uint32_t method, uint64_t r
     if (manager) rpc_hold(manager);
     e->method = method;
     e->replace_ct = replace_ct;
+    e->phase_id = phase_id;
     e->ok = ok;
     end_send(e);
 }
@@ -130,7 +133,7 @@ static void job_release(copy_job *j)
     log_info("replace copy done: %llu records sent, %llu failed", (unsigned long long)j->sent,
              (unsigned long long)j->failed);
     j->s->replace_copying = false;
-    report_end(j->s, j->manager, MGR_REPLACE_COPY_END, j->replace_ct, j->failed == 0);
+    report_end(j->s, j->manager, MGR_REPLACE_COPY_END, j->replace_ct, j->phase_id, j->failed == 0);
     if (j->manager) rpc_release(j->manager);
     hashspace_unref(j->old_rhs);
     hashspace_unref(j->new_whs);
@@ -274,7 +277,8 @@ static void copy_walked(server *s, void *arg, bool ok)
 /* w, round_rhs: the layout the manager started the round from, so this
  * server plans exactly as the manager judges (round_rhs NULL from an older
  * manager: then our own rhs). Both taken. */
-static void copy_phase(server *s, rpc_conn *c, uint64_t replace_ct, bool full, hashspace *w, hashspace *round_rhs)
+static void copy_phase(server *s, rpc_conn *c, uint64_t replace_ct, uint64_t phase_id, bool full, hashspace *w,
+                       hashspace *round_rhs)
 {
     copy_job *j = xcalloc(1, sizeof(*j));
     j->dests = xcalloc(w->ring.nnodes + 1, sizeof(dest));
@@ -283,6 +287,7 @@ static void copy_phase(server *s, rpc_conn *c, uint64_t replace_ct, bool full, h
     rpc_hold(c);
     j->replace_ct = replace_ct;
     j->full = full;
+    j->phase_id = phase_id;
     j->old_rhs = round_rhs ? round_rhs : hashspace_ref(s->rhs);
     j->new_whs = w;
     for (size_t i = 0; i < w->ring.nnodes; i++) j->dests[j->ndests++].addr = w->ring.nodes[i].addr;
@@ -299,7 +304,7 @@ typedef struct delete_ctx {
     server *s;
     rpc_conn *manager; /* held */
     hashspace *whs;    /* the layout this phase deletes towards */
-    uint64_t replace_ct;
+    uint64_t replace_ct, phase_id;
     uint64_t removed;
 } delete_ctx;
 
@@ -323,13 +328,13 @@ static void delete_walked(server *s, void *arg, bool ok)
     delete_ctx *x = arg;
     s->replace_deleting = false;
     log_info("replace delete done: %llu records removed", (unsigned long long)x->removed);
-    report_end(s, x->manager, MGR_REPLACE_DELETE_END, x->replace_ct, true);
+    report_end(s, x->manager, MGR_REPLACE_DELETE_END, x->replace_ct, x->phase_id, true);
     rpc_release(x->manager);
     hashspace_unref(x->whs);
     free(x);
 }
 
-static void delete_phase(server *s, rpc_conn *c, uint64_t replace_ct)
+static void delete_phase(server *s, rpc_conn *c, uint64_t replace_ct, uint64_t phase_id)
 {
     cluster_set_hashspaces(s, NULL, hashspace_ref(s->whs));
     int at = hashspace_find(s->whs, &s->self);
@@ -337,11 +342,11 @@ static void delete_phase(server *s, rpc_conn *c, uint64_t replace_ct)
         /* Not an attached, live member: our data is nobody's copy now, but it
          * may be the only one left after a disaster, so keep it. */
         log_info("replace delete skipped: this server is not attached");
-        report_end(s, c, MGR_REPLACE_DELETE_END, replace_ct, true);
+        report_end(s, c, MGR_REPLACE_DELETE_END, replace_ct, phase_id, true);
         return;
     }
     delete_ctx *x = xcalloc(1, sizeof(*x));
-    *x = (delete_ctx){.s = s, .manager = c, .whs = hashspace_ref(s->whs), .replace_ct = replace_ct};
+    *x = (delete_ctx){.s = s, .manager = c, .whs = hashspace_ref(s->whs), .replace_ct = replace_ct, .phase_id = phase_id};
     rpc_hold(c);
     s->replace_deleting = true;
     data_walk(s, delete_record, delete_walked, x);
@@ -383,14 +388,16 @@ bool replace_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, con
             rpc_reply_error(c, msgid, "bad params");
             return true;
         }
+        uint64_t phase_id = 0; /* a manager before phase names sends none */
         rpc_arg_bool(params, 2, &full);
+        rpc_arg_uint(params, 4, &phase_id);
         if (ct > s->replace_latest) s->replace_latest = ct;
         rpc_reply_bool(c, msgid, true);
         if (method == SRV_REPLACE_COPY) {
-            copy_phase(s, c, ct, full, w, round_rhs(params));
+            copy_phase(s, c, ct, phase_id, full, w, round_rhs(params));
         } else {
             hashspace_unref(w);
-            delete_phase(s, c, ct);
+            delete_phase(s, c, ct, phase_id);
         }
         return true;
     }
