@@ -11,9 +11,13 @@
 
 #include "kumo.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 int kumo_err(char *err, const char *fmt, ...)
 {
@@ -24,6 +28,31 @@ int kumo_err(char *err, const char *fmt, ...)
         va_end(ap);
     }
     return -1;
+}
+
+int kumo_save_file(const char *path, const void *data, size_t len, char *err)
+{
+    size_t n = strlen(path) + 5;
+    char *tmp = malloc(n);
+    if (!tmp) return kumo_err(err, "%s: out of memory", path);
+    snprintf(tmp, n, "%s.tmp", path);
+    int rc = -1, fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    const char *p = data;
+    size_t left = len;
+    while (fd >= 0 && left > 0) {
+        ssize_t w = write(fd, p, left);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) break;
+        p += w;
+        left -= (size_t)w;
+    }
+    if (fd < 0 || left > 0 || fsync(fd) != 0) kumo_err(err, "%s: %s", tmp, strerror(errno ? errno : EIO));
+    else if (rename(tmp, path) != 0) kumo_err(err, "%s: %s", path, strerror(errno));
+    else rc = 0;
+    if (fd >= 0) close(fd);
+    if (rc != 0) unlink(tmp);
+    free(tmp);
+    return rc;
 }
 
 char *kumo_format_time(time_t sec, long usec, char buf[KUMO_TIMELEN])

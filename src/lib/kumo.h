@@ -39,6 +39,11 @@ int kumo_version_asked(const char *prog, int argc, char **argv);
 /* The line itself. */
 void kumo_print_version(const char *prog);
 
+/* Write `len` bytes as the whole of `path`, durably: into path.tmp,
+ * fsync'd, renamed over path. A crash leaves the old file or the new one,
+ * never a part. 0, or -1 + err naming the file. */
+int kumo_save_file(const char *path, const void *data, size_t len, char *err);
+
 /* printf into err (NULL-safe); always returns -1 so callers can `return kumo_err(...)`. */
 int kumo_err(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -598,23 +598,10 @@ void data_load_flush(server *s)
 
 static int save_flush(server *s, char *err)
 {
-    char *path = flush_path(s), *tmp = NULL;
-    int rc = -1;
-    if (!path || asprintf(&tmp, "%s.tmp", path) < 0) {
-        free(path);
-        return kumo_err(err, "out of memory");
-    }
-    FILE *f = fopen(tmp, "w");
-    if (!f) {
-        kumo_err(err, "%s: %s", tmp, strerror(errno));
-    } else {
-        fprintf(f, "%llu\n", (unsigned long long)s->flush_floor);
-        if (fflush(f) != 0 || fsync(fileno(f)) != 0) kumo_err(err, "%s: %s", tmp, strerror(errno));
-        else if (rename(tmp, path) != 0) kumo_err(err, "%s: %s", path, strerror(errno));
-        else rc = 0;
-        fclose(f);
-    }
-    free(tmp);
+    char *path = flush_path(s), line[32];
+    if (!path) return kumo_err(err, "out of memory");
+    int n = snprintf(line, sizeof(line), "%llu\n", (unsigned long long)s->flush_floor);
+    int rc = kumo_save_file(path, line, (size_t)n, err);
     free(path);
     return rc;
 }

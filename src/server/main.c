@@ -450,6 +450,7 @@ int main(int argc, char **argv)
     identity_ring_key(&s.identity, &s.self, &s.ring_keylen, s.ring_key);
     char buf[NET_ADDRSTRLEN];
     data_load_flush(&s);
+    witness_start(&s);
     s.base = event_base_new();
     /* The incarnation tells the managers this is a new process (membership.c). */
     uint64_t incarnation = 0;

@@ -22,13 +22,64 @@
  * learns the change it missed; one that holds less than v answers
  * HS_BEHIND, and is sent version v first.
  *
- * Owns: the vote (server.witness_*). Calls: rpc, hashspace.
- * Thread rule: main loop.
+ * A vote is kept in <db>.vote, written durably before it is answered: a
+ * server restarted between its promise and the outcome must not promise
+ * again as if it never had (Paxos needs its acceptors to remember). A file
+ * that cannot be read is logged and ignored; a vote that cannot be written
+ * is not given.
+ *
+ * Owns: the vote (server.witness_*) and <db>.vote. Calls: rpc, hashspace,
+ * store (the path), log. Thread rule: main loop.
  */
+#include <stdio.h>
+#include <stdlib.h>
+
 #include "log.h"
 #include "proto.h"
 #include "server.h"
 #include "witness.h"
+#include "xalloc.h"
+
+#define VOTE_FILE_MAX (64u << 20) /* two seeds of HASHSPACE_MAX_NODES nodes fit many times */
+
+static char *vote_path(const server *s)
+{
+    char *p = NULL;
+    if (asprintf(&p, "%s.vote", store_path(s->db)) < 0) xcheck(NULL);
+    return p;
+}
+
+static void pack_ballot_or_nil(const hashspace_ballot *b, msgpack_packer *pk)
+{
+    if (b->by.len) hashspace_ballot_pack(b, pk);
+    else msgpack_pack_nil(pk);
+}
+
+/* Writes the vote [version, promised, accepted, whs, rhs] durably. */
+static int save_vote(server *s, uint64_t version, const hashspace_ballot *promised, const hashspace_ballot *accepted,
+                     const hashspace *w, const hashspace *r, char *err)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 5);
+    msgpack_pack_uint64(&pk, version);
+    pack_ballot_or_nil(promised, &pk);
+    pack_ballot_or_nil(accepted, &pk);
+    if (w && r) {
+        hashspace_pack(w, &pk);
+        hashspace_pack(r, &pk);
+    } else {
+        msgpack_pack_nil(&pk);
+        msgpack_pack_nil(&pk);
+    }
+    char *path = vote_path(s);
+    int rc = kumo_save_file(path, sb.data, sb.size, err);
+    free(path);
+    msgpack_sbuffer_destroy(&sb);
+    return rc;
+}
 
 static void answer(server *s, rpc_conn *c, uint32_t msgid, int code, const hashspace_ballot *b, bool pair)
 {
@@ -87,6 +138,12 @@ static void prepare(server *s, rpc_conn *c, uint32_t msgid, const msgpack_object
         answer(s, c, msgid, HS_REFUSED, &s->witness_promised, false);
         return;
     }
+    char err[KUMO_ERRLEN];
+    if (save_vote(s, v, &b, &s->witness_accepted, s->witness_whs, s->witness_rhs, err) < 0) {
+        log_warn("vote not given: %s", err);
+        rpc_reply_error(c, msgid, "vote not saved: %s", err);
+        return;
+    }
     s->witness_promised = b;
     bool took = s->witness_whs != NULL;
     answer(s, c, msgid, HS_OK, took ? &s->witness_accepted : NULL, took);
@@ -113,6 +170,9 @@ static void accept_pair(server *s, rpc_conn *c, uint32_t msgid, const msgpack_ob
         vote_for(s, v);
         if (hashspace_ballot_cmp(&b, &s->witness_promised) < 0) {
             answer(s, c, msgid, HS_REFUSED, &s->witness_promised, false);
+        } else if (save_vote(s, v, &b, &b, w, r, err) < 0) {
+            log_warn("vote not given: %s", err);
+            rpc_reply_error(c, msgid, "vote not saved: %s", err);
         } else {
             s->witness_promised = s->witness_accepted = b;
             hashspace_unref(s->witness_whs);
@@ -133,6 +193,55 @@ bool witness_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, con
     case SRV_HS_ACCEPT: accept_pair(s, c, msgid, params); return true;
     default: return false;
     }
+}
+
+/* The vote of <db>.vote, or none if there is none or it is not one. */
+void witness_start(server *s)
+{
+    char *path = vote_path(s), err[KUMO_ERRLEN] = "";
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        free(path);
+        return;
+    }
+    long size = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+    size_t cap = size >= 0 && (unsigned long)size < VOTE_FILE_MAX ? (size_t)size + 1 : VOTE_FILE_MAX;
+    char *buf = xmalloc(cap);
+    rewind(f);
+    size_t n = fread(buf, 1, cap, f);
+    fclose(f);
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    hashspace_ballot promised = {0}, accepted = {0};
+    hashspace *w = NULL, *r = NULL;
+    uint64_t version = 0;
+    const msgpack_object *o = &u.data, *ow, *orh;
+    bool good = n < cap && msgpack_unpack_next(&u, buf, n, NULL) == MSGPACK_UNPACK_SUCCESS &&
+                o->type == MSGPACK_OBJECT_ARRAY && o->via.array.size == 5 && rpc_arg_uint(o, 0, &version);
+    if (good && o->via.array.ptr[1].type != MSGPACK_OBJECT_NIL)
+        good = hashspace_ballot_unpack(&o->via.array.ptr[1], &promised);
+    if (good && o->via.array.ptr[2].type != MSGPACK_OBJECT_NIL)
+        good = hashspace_ballot_unpack(&o->via.array.ptr[2], &accepted);
+    if (good && (ow = rpc_arg(o, 3))->type != MSGPACK_OBJECT_NIL && (orh = rpc_arg(o, 4))->type != MSGPACK_OBJECT_NIL) {
+        w = hashspace_unpack(ow, err);
+        r = w ? hashspace_unpack(orh, err) : NULL;
+        good = w && r;
+    }
+    if (good) {
+        vote_for(s, version);
+        s->witness_promised = promised;
+        s->witness_accepted = accepted;
+        s->witness_whs = w;
+        s->witness_rhs = r;
+        log_info("%s: the vote on membership version %llu is kept", path, (unsigned long long)version);
+    } else {
+        log_warn("%s is not a vote%s%s: ignored", path, err[0] ? ": " : "", err);
+        hashspace_unref(w);
+        hashspace_unref(r);
+    }
+    msgpack_unpacked_destroy(&u);
+    free(buf);
+    free(path);
 }
 
 void witness_stop(server *s)

@@ -17,6 +17,9 @@ managers against one server, speaking the node protocol directly:
     pair; for v + 5 HS_BEHIND;
   - malformed calls get "bad params" (a seed of another version, a ballot
     that is no ballot) and the server keeps serving;
+  - the vote outlives a restart of the server (<db>.vote): the accepted
+    pair and the promise are answered as before; a damaged vote file is
+    named in the log and ignored;
   - the pushed pair (SRV_HS_SYNC) of version v + 1 is adopted, and an older
     version pushed after it is not.
 """
@@ -83,6 +86,29 @@ def main():
         mc = kt.mc_client(c.gateway_port)
         tap.ok(mc.set("after", b"votes") and mc.get("after") == b"votes", "the cluster still serves")
         mc.close()
+
+        # The vote outlives the process: stop the server, start it again.
+        srv = c.servers[0]
+        srv.daemon.stop()
+        c.start_server(srv)
+        kt.wait_until(lambda: kt.rpc_call(port, SRV_STATUS, [ST_WHS])[1][2] == v, 30,
+                      "the restarted server holds version v again", daemons=[srv.daemon])
+        res = kt.rpc_call(port, SRV_HS_PREPARE, [v + 1, [30, ident(2000)]])
+        tap.ok(res[0] is None and res[1][:3] == [HS_OK, v, b1] and res[1][3] == w1,
+               "after a restart, the accepted pair of v+1 is still answered (<db>.vote)", repr(res)[:300])
+        res = kt.rpc_call(port, SRV_HS_PREPARE, [v + 1, b2])
+        tap.eq(res[1][:3] if res[1] else res, [HS_REFUSED, v, [30, ident(2000)]],
+               "and the promise too: an older ballot is refused")
+        srv.daemon.stop()
+        with open(srv.db + ".vote", "wb") as f:
+            f.write(b"\xc1 not a vote")
+        c.start_server(srv)
+        kt.wait_until(lambda: kt.rpc_call(port, SRV_STATUS, [ST_WHS])[1][2] == v, 30,
+                      "the server with a damaged vote file starts and holds version v", daemons=[srv.daemon])
+        with open(c.log("server%d" % srv.index), errors="replace") as f:
+            log = f.read()
+        tap.ok("%s.vote is not a vote" % srv.db in log, "a damaged vote file is named in the log and ignored",
+               log[-800:])
 
         # A pushed pair: a newer version is adopted, then an older one is not.
         w2 = [whs[0], whs[1] + 2, v + 1]
