@@ -9,6 +9,9 @@
                                      # every host's /etc/netns/NS/resolv.conf names it
     net.set_records(records); net.reload_dns()     # rewrite the hosts file, SIGHUP
     net.down()                       # stop dnsmasq, delete namespaces and /etc/netns dirs
+    net.call("h1", fn, *args)        # fn(*args) in a thread inside h1's namespace (sockets
+                                     # it opens are h1's: 127.0.0.1 is h1's loopback)
+    enter(ns)                        # the calling thread into namespace ns (setns)
 
 Layout: the bridge lives in its own
 namespace (nothing is added to the root namespace: the veth pairs are created
@@ -25,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cluster"))
 import kumotest as kt  # noqa: E402
@@ -44,6 +48,23 @@ def available():
         return "ip netns unavailable: %s" % r.stderr.strip()
     subprocess.run(["ip", "netns", "del", tag], capture_output=True)
     return None
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def enter(ns):
+    """Move the calling thread, only it, into the network namespace ns (setns(2): a
+    network namespace is a per-thread attribute; sockets opened afterwards are ns's)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(os.path.join("/run/netns", ns), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, "setns into %s: %s" % (ns, os.strerror(e)))
+    finally:
+        os.close(fd)
 
 
 def sh(argv, check=True, timeout=20):
@@ -90,6 +111,26 @@ class Net:
         except subprocess.TimeoutExpired as e:
             out = e.stdout.decode("utf-8", "replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
             return subprocess.CompletedProcess(self.argv(h, argv), -999, out, "(timed out after %s s)" % timeout)
+
+    def call(self, h, fn, *args, timeout=None):
+        """fn(*args) in a new thread moved into h's namespace; its value, or its exception
+        raised here (TimeoutError if it runs longer than timeout s)."""
+        out = {}
+
+        def body():
+            try:
+                enter(self.ns[h])
+                out["value"] = fn(*args)
+            except BaseException as e:  # handed to the caller
+                out["error"] = e
+        t = threading.Thread(target=body, daemon=True)
+        t.start()
+        t.join(timeout)
+        if t.is_alive():
+            raise TimeoutError("%s in %s still running after %s s" % (getattr(fn, "__name__", fn), h, timeout))
+        if "error" in out:
+            raise out["error"]
+        return out.get("value")
 
     # -- set-up
     def up(self):
