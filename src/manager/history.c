@@ -227,6 +227,11 @@ bool history_change(manager *m, hashspace *whs, hashspace *rhs, history_done don
     }
     /* rhs keeps its ClockTime unless it becomes whs: whs and rhs of
      * different ClockTimes is what says a replace is due. */
+    /* Later than every ClockTime of the base, whichever manager's clock
+     * made it: servers take a replace named by an older ClockTime as
+     * superseded (src/server/replace.c), so one of a newer version must
+     * never be older. */
+    clock_update(&m->clock, m->whs->clocktime > m->rhs->clocktime ? m->whs->clocktime : m->rhs->clocktime);
     uint64_t version = m->whs->version + 1, ct = clock_next(&m->clock);
     uint64_t rct = whs == rhs || hashspace_same_nodes(whs, rhs) ? ct : rhs->clocktime;
     hashspace *w = xcheck(hashspace_derive(whs, version, ct)), *r = xcheck(hashspace_derive(rhs, version, rct));

@@ -155,6 +155,10 @@ void membership_set_hashspaces(manager *m, hashspace *whs, hashspace *rhs);
 /* Take a pair that another manager made (found at a server, or learned):
  * by hashspace_adopt's rule, piece by piece; no sync to the partner. */
 void membership_take(manager *m, hashspace *whs, hashspace *rhs);
+/* Whether this manager is linked to a majority of the servers listed in
+ * whs (always true without a partner, or with nobody listed): only then
+ * may it mark servers fault (membership.c server_lost). */
+bool membership_sees_majority(manager *m);
 /* Push the hash spaces to one server (SRV_HS_SYNC). */
 void membership_push(manager *m, mserver *ms);
 

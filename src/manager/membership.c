@@ -114,11 +114,24 @@ static void mark_newcomer(manager *m, mserver *ms)
     membership_schedule_auto_replace(m);
 }
 
+bool membership_sees_majority(manager *m)
+{
+    size_t listed = m->whs->ring.nnodes, linked = 0;
+    if (!m->has_partner || listed == 0) return true;
+    for (size_t i = 0; i < listed; i++) {
+        mserver *ms = membership_find_server(m, &m->whs->ring.nodes[i].addr);
+        linked += ms && ms->conn;
+    }
+    return linked >= listed / 2 + 1;
+}
+
 /* hs with every server this manager found lost marked fault (a change
  * agreed or learned may list it active: it was live where that change was
- * made); takes hs. */
+ * made); takes hs. Not while this manager reaches fewer than a majority
+ * of the listed servers (membership_sees_majority). */
 static hashspace *without_lost(manager *m, hashspace *hs)
 {
+    if (!membership_sees_majority(m)) return hs;
     ring_node *nodes = xmalloc((hs->ring.nnodes + 1) * sizeof(*nodes));
     bool changed = false;
     memcpy(nodes, hs->ring.nodes, hs->ring.nnodes * sizeof(*nodes));
@@ -171,6 +184,7 @@ void membership_adopted(manager *m, hashspace *whs, hashspace *rhs)
 
 void membership_take(manager *m, hashspace *whs, hashspace *rhs)
 {
+    clock_update(&m->clock, whs->clocktime > rhs->clocktime ? whs->clocktime : rhs->clocktime);
     hashspace *w = hashspace_adopt(whs, m->whs, false), *r = hashspace_adopt(rhs, m->rhs, false);
     if (!w && !r) return;
     log_info("hash spaces of version %llu taken from a server (made by the other manager)",
@@ -354,8 +368,17 @@ static void server_lost(manager *m, mserver *ms)
     ms->newcomer = false;
     ms->lost = true;
     membership_schedule_auto_replace(m);
-    hashspace *w = with_fault(m->whs, &ms->addr);
-    hashspace *r = with_fault(m->rhs, &ms->addr);
+    /* A manager cut off with a minority of the servers cannot tell them
+     * dead from out of its reach: its marks would take the majority's
+     * servers out of service everywhere once the partition heals (marks
+     * of one version merge). The other manager, or this one when it
+     * reaches a majority again (tick_cb), marks the servers that are gone. */
+    bool majority = membership_sees_majority(m);
+    if (!majority)
+        log_warn("server %s is not marked fault: this manager reaches fewer than half of the attached servers",
+                 fmt(&ms->addr, buf));
+    hashspace *w = majority ? with_fault(m->whs, &ms->addr) : NULL;
+    hashspace *r = majority ? with_fault(m->rhs, &ms->addr) : NULL;
     if (!w && !r) {
         m->hooks.server_lost(m, ms);
         notify_status(m);
@@ -413,6 +436,20 @@ static void keepalive_done(void *arg, rpc_status st, const msgpack_object *r)
     if (r->type == MSGPACK_OBJECT_POSITIVE_INTEGER) clock_update(&ms->m->clock, r->via.u64);
 }
 
+/* Servers found lost while this manager reached only a minority, and
+ * still gone now that it reaches a majority: marked fault now. */
+static void mark_lost(manager *m)
+{
+    hashspace *w = without_lost(m, hashspace_ref(m->whs)), *r = without_lost(m, hashspace_ref(m->rhs));
+    if (w == m->whs && r == m->rhs) {
+        hashspace_unref(w);
+        hashspace_unref(r);
+        return;
+    }
+    log_info("servers lost meanwhile are marked fault");
+    membership_set_hashspaces(m, w, r);
+}
+
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     manager *m = arg;
@@ -428,6 +465,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         for (size_t i = 0; i < m->nservers; i++) m->servers[i]->last_answer += lag;
     }
     m->hooks.tick(m, lag > 0.5 ? lag : 0);
+    mark_lost(m);
     for (size_t i = 0; i < m->nservers; i++) {
         mserver *ms = m->servers[i];
         if (!ms->conn) continue;

@@ -43,10 +43,7 @@ Then the figures the issue judges: commands lost (exited 0, undone),
 replaces that never finished, servers missing from status, keys left
 under-replicated without a report.
 
-PENDING below: until issue 25 is fixed the test skips when run without
---pending (prove runs every .py in tests/fault/), so the suite stays green.
-
-Usage: t_split.py [--pending] [--seed N] [--scenarios A,B,C]
+Usage: t_split.py [--seed N] [--scenarios A,B,C]
 Binaries from KUMO_BUILD_DIR (default: the repository root). Needs root and
 `ip netns` (skips without), nft, tchmgr, pymemcache. Namespaces, nft tables
 and every process are removed at exit, also on failure, a signal or the
@@ -60,9 +57,6 @@ import shutil
 import sys
 import time
 import urllib.request
-
-# Issue 25 is not fixed on main yet: the suite skips this test while PENDING is set.
-PENDING = "issue 25 (two managers that cannot disagree) is not fixed yet; run with --pending"
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MGR_PORT, CTL_PORT, SRV_PORT, STREAM_PORT, METRICS_PORT, GW_PORT = 19700, 19799, 19800, 19900, 19780, 11211
@@ -78,7 +72,6 @@ SCENARIOS = ["A", "B", "C"]
 
 def parse_args():
     ap = argparse.ArgumentParser(description="two managers under partitions (issue 25)")
-    ap.add_argument("--pending", action="store_true", help="run although PENDING is set")
     ap.add_argument("--seed", type=int, help="seed (default: random, printed)")
     ap.add_argument("--scenarios", default="A,B,C", help="comma-separated, of A,B,C")
     args = ap.parse_args()
@@ -553,8 +546,6 @@ def read_back(want, budget=60.0):
 
 
 def body():
-    if PENDING and not ARGS.pending:
-        tap.skip_all(PENDING)
     why = netns.available()
     if why:
         tap.skip_all(why)
@@ -565,7 +556,7 @@ def body():
             tap.bail("%s is not installed (quickstart installs it)" % tool)
     seed = ARGS.seed if ARGS.seed is not None else int(os.environ.get("KUMO_TEST_SEED") or
                                                          int.from_bytes(os.urandom(4), "big"))
-    tap.note("seed %d (rerun: %s --pending --seed %d --scenarios %s)" % (seed, sys.argv[0], seed, ARGS.scenarios))
+    tap.note("seed %d (rerun: %s --seed %d --scenarios %s)" % (seed, sys.argv[0], seed, ARGS.scenarios))
     rng = random.Random(seed)
     order = [("m2", "detach"), ("m1", "attach")]
     if rng.random() < 0.5:
