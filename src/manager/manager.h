@@ -48,7 +48,8 @@ typedef struct mserver {
     uint8_t keylen;       /* the ring key its database is placed by (ring.h); 0: its address */
     uint8_t key[RING_KEY_MAX];
     bool fresh;    /* answered a blank layout while we learned: a new process */
-    bool lost;     /* found lost (marked fault); cleared by its next hello */
+    bool lost;     /* found lost and marked fault; cleared by its next hello */
+    bool suspect;  /* found lost while this manager reached a minority: not marked */
     bool copying;  /* replace: its copy phase has not ended */
     bool copied;   /* replace: it copied everything it had to send in this round */
     bool deleting; /* replace: its delete phase has not ended */

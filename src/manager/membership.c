@@ -366,7 +366,6 @@ static void server_lost(manager *m, mserver *ms)
     log_warn("lost node server %s", fmt(&ms->addr, buf));
     binlog_event(LOG_LVL_WARN, "server_lost", BL_ADDR("addr", &ms->addr));
     ms->newcomer = false;
-    ms->lost = true;
     membership_schedule_auto_replace(m);
     /* A manager cut off with a minority of the servers cannot tell them
      * dead from out of its reach: its marks would take the majority's
@@ -374,6 +373,8 @@ static void server_lost(manager *m, mserver *ms)
      * of one version merge). The other manager, or this one when it
      * reaches a majority again (tick_cb), marks the servers that are gone. */
     bool majority = membership_sees_majority(m);
+    ms->lost = majority;     /* marked fault, and again in any layout installed while it is away */
+    ms->suspect = !majority; /* probed again once this manager reaches a majority */
     if (!majority)
         log_warn("server %s is not marked fault: this manager reaches fewer than half of the attached servers",
                  fmt(&ms->addr, buf));
@@ -436,18 +437,21 @@ static void keepalive_done(void *arg, rpc_status st, const msgpack_object *r)
     if (r->type == MSGPACK_OBJECT_POSITIVE_INTEGER) clock_update(&ms->m->clock, r->via.u64);
 }
 
-/* Servers found lost while this manager reached only a minority, and
- * still gone now that it reaches a majority: marked fault now. */
-static void mark_lost(manager *m)
+static void start_probing(manager *m, mserver *ms);
+
+/* Servers found lost while this manager reached only a minority, and not
+ * linked again now that it reaches a majority, are probed once more: one
+ * alive that has not yet dialled back says hello; one gone is lost again,
+ * and marked fault this time. */
+static void recheck_lost(manager *m)
 {
-    hashspace *w = without_lost(m, hashspace_ref(m->whs)), *r = without_lost(m, hashspace_ref(m->rhs));
-    if (w == m->whs && r == m->rhs) {
-        hashspace_unref(w);
-        hashspace_unref(r);
-        return;
+    if (!m->has_partner || !membership_sees_majority(m)) return;
+    for (size_t i = 0; i < m->nservers; i++) {
+        mserver *ms = m->servers[i];
+        if (!ms->suspect || ms->conn || ms->probe || evtimer_pending(ms->probe_timer, NULL)) continue;
+        ms->suspect = false; /* probed once more; server_lost judges it again */
+        start_probing(m, ms);
     }
-    log_info("servers lost meanwhile are marked fault");
-    membership_set_hashspaces(m, w, r);
 }
 
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
@@ -465,7 +469,12 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         for (size_t i = 0; i < m->nservers; i++) m->servers[i]->last_answer += lag;
     }
     m->hooks.tick(m, lag > 0.5 ? lag : 0);
-    mark_lost(m);
+    recheck_lost(m);
+    /* Every silent link is closed before any of them is judged, so that a
+     * partition that silences most servers at once is seen as one: no
+     * server is marked fault while the others still count as linked. */
+    size_t nsilent = 0;
+    mserver **silent = xmalloc((m->nservers + 1) * sizeof(*silent));
     for (size_t i = 0; i < m->nservers; i++) {
         mserver *ms = m->servers[i];
         if (!ms->conn) continue;
@@ -478,7 +487,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
             rpc_conn *c = ms->conn;
             ms->conn = NULL;
             rpc_close(c);
-            server_lost(m, ms);
+            silent[nsilent++] = ms;
             continue;
         }
         if (ms->keepalive_out) continue;
@@ -488,6 +497,8 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         msgpack_pack_uint64(pk, clock_now(&m->clock));
         rpc_call_end(ms->conn);
     }
+    for (size_t i = 0; i < nsilent; i++) server_lost(m, silent[i]);
+    free(silent);
 }
 
 /* ---- learning the layout from the servers ----
@@ -659,7 +670,7 @@ static void server_hello(manager *m, rpc_conn *c)
         server_lost(m, ms);
     }
     if (inc) ms->incarnation = inc;
-    ms->lost = false;
+    ms->lost = ms->suspect = false;
     ms->conn = c; /* the newest link wins; an older one is ignored until it closes */
     follow_moves(m, ms);
     bool learning = learn_from(m, ms, false);
