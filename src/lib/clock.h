@@ -41,7 +41,7 @@ uint32_t clock_now_seconds(const clock_hlc *c);
 uint64_t clock_now(const clock_hlc *c);
 
 /* The debug clock (kumo-server and kumo-gateway --debug-time, the text
- * command debugtime; docs/architecture.md §7.1): an offset in seconds that
+ * command debugtime; docs/architecture.md §5.1): an offset in seconds that
  * moves the time memcached's exptimes are judged by, and nothing else. A
  * ClockTime is never shifted, so ordering, keepalives and the skew check
  * see the real clocks. CLOCK_DEBUG_MAX bounds the offset (ten years). */
