@@ -54,6 +54,7 @@ typedef struct gateway_config {
     int max_conn_buffer_kib; /* --max-conn-buffer: one connection's unsent answers and gets in flight */
     int max_inflight_kib;    /* --max-inflight: one worker's gets in flight, estimated */
     bool shutdown_command;   /* -A: the shutdown command is served */
+    bool debug_time;         /* --debug-time: the debugtime command is served (tests only) */
     const char *auth_file;   /* -Y: clients authenticate against this file */
     struct gw_users *users;  /* -Y's contents (users.c), NULL without -Y */
 } gateway_config;
@@ -164,6 +165,10 @@ typedef struct gateway_group {
     bool (*ready_one)(struct gateway *g);
     void (*totals)(struct gateway_group *grp, bool since_reset, gateway_totals *t);
     void (*reset_totals)(struct gateway_group *grp);
+    /* debugtime (--debug-time): seconds added to the time exptimes are
+     * judged by (clock.h, the debug clock), the offset this process last
+     * sent the servers; 0 otherwise */
+    _Atomic int64_t debug_offset;
 } gateway_group;
 
 /* Build n workers sharing cfg and rpc_self (router_start each); -1 + err. */
@@ -240,6 +245,9 @@ void router_write_op(gateway *g, const router_write *w, const char *key, size_t 
  * up to 30 days from now, else a unix time); fn gets ok = all of them did
  * it. */
 void router_flush(gateway *g, int64_t when, router_write_fn fn, void *arg);
+/* debugtime: SRV_DEBUG_TIME [offset] to the same servers as router_flush;
+ * ok only if every one of them took it. */
+void router_debug_time(gateway *g, int64_t offset, router_write_fn fn, void *arg);
 
 /* The cluster's size as memcached's stats report it: records and database
  * bytes summed over the live servers, divided by the copies kept of each

@@ -55,6 +55,9 @@ static const opt_def gateway_opts[] = {
      "data is \"user password\"), binary with SASL PLAIN"},
     {"-A", "--enable-shutdown", OPT_FLAG, offsetof(gateway_config, shutdown_command), NULL, NULL, 0, 0, false,
      "serve the text command shutdown (stops the gateway as SIGTERM does)"},
+    {"--debug-time", NULL, OPT_FLAG, offsetof(gateway_config, debug_time), NULL, NULL, 0, 0, false,
+     "for tests only: serve the text command debugtime, which moves the clock exptimes are judged by on every "
+     "server (they need --debug-time too)"},
     DAEMON_COMMON_OPTS_TR(gateway_config, common, NULL,
                           "event loops (threads) serving clients; each connection stays on one (default: 4, "
                           "or the number of CPUs this process may run on if that is fewer)"),

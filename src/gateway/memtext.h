@@ -9,8 +9,9 @@
  *
  * Grammar: memcached 1.6 protocol.txt. Commands: get gets gat gats set add
  * replace append prepend cas incr decr delete touch flush_all stats version
- * verbosity quit shutdown cache_memlimit, and the meta commands mg ms md ma
- * mn me (their flags are returned as raw tokens for the gateway to interpret).
+ * verbosity quit shutdown cache_memlimit debugtime, and the meta commands mg
+ * ms md ma mn me (their flags are returned as raw tokens for the gateway to
+ * interpret).
  * Keys: 1..250 bytes of anything but space, NUL, CR and LF.
  * A command line ends in "\r\n" or a bare "\n" (memcached accepts both); a
  * data block must be followed by exactly "\r\n".
@@ -62,6 +63,9 @@ typedef enum memtext_cmd {
     MEMTEXT_ME,
     MEMTEXT_SHUTDOWN,       /* arg: "graceful" or another word; ntokens: any more */
     MEMTEXT_CACHE_MEMLIMIT, /* delay: the megabytes, -1 when not a number */
+    MEMTEXT_DEBUGTIME,      /* debugtime <seconds>: delay: the seconds (either sign), INT64_MIN
+                               when not a number; the gateway decides whether it is served (a
+                               bad number is then CLIENT_ERROR, else ERROR as unknown) */
 } memtext_cmd;
 
 typedef struct memtext_token {

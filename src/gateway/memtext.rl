@@ -136,7 +136,8 @@ typedef struct line {
       | 'mn'        %{ ln->cmd = MEMTEXT_MN; }
       | 'me'        %{ ln->cmd = MEMTEXT_ME; }
       | 'shutdown'  %{ ln->cmd = MEMTEXT_SHUTDOWN; }
-      | 'cache_memlimit' %{ ln->cmd = MEMTEXT_CACHE_MEMLIMIT; };
+      | 'cache_memlimit' %{ ln->cmd = MEMTEXT_CACHE_MEMLIMIT; }
+      | 'debugtime' %{ ln->cmd = MEMTEXT_DEBUGTIME; };
 
     # Leading, repeated and trailing spaces are allowed, as memcached's
     # tokenizer skips them (libmemcached sends "get a " with a trailing one).
@@ -452,6 +453,19 @@ static memtext_status do_memlimit(const line *ln, memtext_request *req)
     return MEMTEXT_OK;
 }
 
+/* debugtime <seconds>: memcached's debug builds answer ERROR without
+ * exactly one argument; the number is judged by the gateway, which serves
+ * the command only with --debug-time (and answers ERROR otherwise, as a
+ * memcached built without it), so a bad one is not an error here. */
+static memtext_status do_debugtime(const line *ln, memtext_request *req)
+{
+    if (ln->ntok != 1)
+        return MEMTEXT_ERROR;
+    if (ln->ctl[0] || !parse_i64(&ln->tok[0], &req->delay))
+        req->delay = INT64_MIN;
+    return MEMTEXT_OK;
+}
+
 /* stats [sub-command [args…]]: memcached judges the sub-command itself;
  * arguments past MEMTEXT_MAX_TOKENS are dropped (no stats takes > 3). */
 static void do_stats(const line *ln, memtext_request *req)
@@ -617,6 +631,9 @@ memtext_status memtext_parse(const char *buf, size_t len, memtext_request *req,
         break;
     case MEMTEXT_CACHE_MEMLIMIT:
         st = do_memlimit(&ln, req);
+        break;
+    case MEMTEXT_DEBUGTIME:
+        st = do_debugtime(&ln, req);
         break;
     case MEMTEXT_MG:
     case MEMTEXT_MS:

@@ -564,7 +564,7 @@ void router_write_op(gateway *g, const router_write *w, const char *key, size_t 
     attempt(r);
 }
 
-/* ---- flush_all: every server in either hash space ---- */
+/* ---- flush_all and debugtime: every server in either hash space ---- */
 
 typedef struct flush_op {
     gateway *g; /* counted in ops_inflight, so a SIGTERM drain waits for it */
@@ -592,11 +592,10 @@ static void flush_reply(void *arg, rpc_status st, const msgpack_object *result)
 
 static void flush_start_cb(evutil_socket_t fd, short what, void *arg) { flush_done(arg); }
 
-void router_flush(gateway *g, int64_t when, router_write_fn fn, void *arg)
+/* `method [param]` to every active server in whs and every active rhs
+ * server not in whs; fn gets ok when every one of them succeeded. */
+static void broadcast(gateway *g, uint32_t method, int64_t param, router_write_fn fn, void *arg)
 {
-    /* The servers take a delay, and count it on the cluster's clock. */
-    uint32_t now = (uint32_t)time(NULL), at = when > 0 ? record_exptime(when, now) : 0;
-    uint64_t delay = at > now ? at - now : 0;
     flush_op *f = xcalloc(1, sizeof(*f));
     f->g = g;
     g->ops_inflight++;
@@ -615,14 +614,26 @@ void router_flush(gateway *g, int64_t when, router_write_fn fn, void *arg)
                 continue;
             }
             f->waiting++;
-            msgpack_packer *pk = rpc_call_begin(c, SRV_FLUSH, WRITE_TIMEOUT, flush_reply, f);
+            msgpack_packer *pk = rpc_call_begin(c, method, WRITE_TIMEOUT, flush_reply, f);
             msgpack_pack_array(pk, 1);
-            msgpack_pack_uint64(pk, delay);
+            msgpack_pack_int64(pk, param); /* as a uint when >= 0 */
             rpc_call_end(c);
         }
     }
     struct timeval zero = {0, 0};
     event_base_once(g->base, -1, EV_TIMEOUT, flush_start_cb, f, &zero);
+}
+
+void router_flush(gateway *g, int64_t when, router_write_fn fn, void *arg)
+{
+    /* The servers take a delay, and count it on the cluster's clock. */
+    uint32_t now = (uint32_t)time(NULL), at = when > 0 ? record_exptime(when, now) : 0;
+    broadcast(g, SRV_FLUSH, at > now ? (int64_t)(at - now) : 0, fn, arg);
+}
+
+void router_debug_time(gateway *g, int64_t offset, router_write_fn fn, void *arg)
+{
+    broadcast(g, SRV_DEBUG_TIME, offset, fn, arg);
 }
 
 /* ---- cluster size for stats ---- */

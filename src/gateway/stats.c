@@ -4,7 +4,7 @@
  * "STAT name value", binary.c as a key/value packet. One list, so the two
  * cannot drift apart (and memcached_exporter reads either).
  *
- * Calls: workers (the totals), libc, libevent's version. Thread rule: any
+ * Calls: workers (the totals), clock (debugtime moves `time`), libc, libevent's version. Thread rule: any
  * worker's loop.
  */
 #include <event2/event.h>
@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "gateway.h"
 
 static void put(stats_emit_fn emit, void *arg, const char *name, const char *fmt, ...)
@@ -41,7 +42,8 @@ void stats_general(const gateway *g, const router_sizes *sz, stats_emit_fn emit,
     getrusage(RUSAGE_SELF, &ru);
     put(emit, arg, "pid", "%ld", (long)getpid());
     put(emit, arg, "uptime", "%ld", (long)(now - g->started));
-    put(emit, arg, "time", "%ld", (long)now);
+    /* memcached's time is the clock exptimes are judged by: debugtime moves it */
+    put(emit, arg, "time", "%ld", (long)clock_shift((uint32_t)now, atomic_load(&g->group->debug_offset)));
     put(emit, arg, "version", "%s", GATEWAY_VERSION);
     put(emit, arg, "libevent", "%s", event_get_version());
     put(emit, arg, "pointer_size", "%d", (int)(8 * sizeof(void *)));

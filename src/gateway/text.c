@@ -14,9 +14,11 @@
  * decoded here. Not supported, answered as memcached answers an unknown
  * flag: mg h l (docs/protocol.md §9.3).
  * Also here: -Y (the users file, text authentication), the protocol chosen
- * by a connection's first byte, shutdown and cache_memlimit.
+ * by a connection's first byte, shutdown, cache_memlimit and debugtime (the
+ * debug clock, --debug-time: TTLs shown by meta commands and R's recache
+ * time are counted on it, as the servers count exptimes).
  *
- * Calls: memtext (parser), client, router, record, log. Thread rule: its worker's loop.
+ * Calls: memtext (parser), client, router, record, clock, log. Thread rule: its worker's loop.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -29,12 +31,20 @@
 #include <unistd.h>
 
 #include "client.h"
+#include "clock.h"
 #include "config.h"
 #include "log.h"
 #include "memproto.h"
 #include "memtext.h"
 #include "proto.h"
 #include "record.h"
+
+/* The time exptimes are judged by: the wall clock, moved by the debug
+ * clock's offset (debugtime; 0 unless --debug-time). */
+static uint32_t mc_now(const gateway *g)
+{
+    return clock_shift((uint32_t)time(NULL), atomic_load(&g->group->debug_offset));
+}
 
 /* ---- meta flags ---- */
 
@@ -717,7 +727,7 @@ static void meta_answer(creq *r, const char *word, const record_value *v, uint64
         return;
     }
     evbuffer_add(r->out, word, 2);
-    meta_ret(r->out, &t->m, meta_fills(t->cmd, word), t->keys[0].key, t->keys[0].klen, v, ct, (uint32_t)time(NULL));
+    meta_ret(r->out, &t->m, meta_fills(t->cmd, word), t->keys[0].key, t->keys[0].klen, v, ct, mc_now(r->c->g));
     evbuffer_add(r->out, "\r\n", 2);
     client_done(r);
 }
@@ -729,7 +739,7 @@ static void mg_reply(creq *r, const record_value *v, bool won)
 {
     tstate *t = r->state;
     gateway *g = r->c->g;
-    uint32_t now = (uint32_t)time(NULL);
+    uint32_t now = mc_now(g);
     if (!v) {
         g->stats.get_misses++;
         if (t->m.q) {
@@ -776,7 +786,7 @@ static void mg_finish(creq *r, bool ok, const void *rec, size_t len)
 {
     tstate *t = r->state;
     gateway *g = r->c->g;
-    uint32_t now = (uint32_t)time(NULL);
+    uint32_t now = mc_now(g);
     record_value v;
     if (!ok) {
         client_reply(r, "SERVER_ERROR get failed\r\n");
@@ -821,7 +831,7 @@ static void me_done(void *arg, bool ok, const void *rec, size_t len)
     tstate *t = r->state;
     client_part_end(r->c, t->keys[0].key, t->keys[0].klen, len);
     record_value v;
-    uint32_t now = (uint32_t)time(NULL);
+    uint32_t now = mc_now(r->c->g);
     if (!ok) {
         client_reply(r, "SERVER_ERROR get failed\r\n");
     } else {
@@ -883,7 +893,7 @@ static void ma_done(void *arg, const router_result *res)
             int n = snprintf(num, sizeof(num), "%" PRIu64, res->number);
             evbuffer_add_printf(r->out, "VA %d", n);
             meta_ret(r->out, &t->m, meta_fills(t->cmd, "VA"), t->keys[0].key, t->keys[0].klen, vp, res->ct,
-                     (uint32_t)time(NULL));
+                     mc_now(r->c->g));
             evbuffer_add_printf(r->out, "\r\n%s\r\n", num);
             client_done(r);
         } else {
@@ -1046,6 +1056,44 @@ static void do_memlimit(client *c, const memtext_request *q)
     else client_reply(r, "OK\r\n");
 }
 
+/* debugtime <seconds>: only with --debug-time, as memcached serves it only
+ * in its debug builds; without, ERROR, as an unknown command. The clock
+ * moves on by the seconds given (memcached adds them up too), and the new
+ * offset goes to every server (SRV_DEBUG_TIME), so that every owner of a
+ * key judges its exptime alike. A bad number is CLIENT_ERROR (memcached:
+ * ERROR); pausing the clock (memcached's "p" and "r") is not served. */
+static void debugtime_done(void *arg, const router_result *res)
+{
+    creq *r = arg;
+    client_reply(r, res->ok ? "OK\r\n" : "SERVER_ERROR debugtime not taken by every server\r\n");
+    client_call_end(r);
+}
+
+static void do_debugtime(client *c, const memtext_request *q)
+{
+    creq *r = client_req(c, false);
+    if (!r) return;
+    if (!c->g->cfg->debug_time) {
+        client_reply(r, "ERROR\r\n");
+        return;
+    }
+    if (q->delay == INT64_MIN) {
+        client_reply(r, "CLIENT_ERROR bad command line format\r\n");
+        return;
+    }
+    gateway_group *grp = c->g->group;
+    int64_t old = atomic_load(&grp->debug_offset), next;
+    do {
+        if (!clock_debug_add(old, q->delay, &next)) {
+            client_reply(r, "CLIENT_ERROR debugtime out of range\r\n");
+            return;
+        }
+    } while (!atomic_compare_exchange_weak(&grp->debug_offset, &old, next));
+    log_info("debugtime %lld: the debug clock's offset is %lld s", (long long)q->delay, (long long)next);
+    client_call_begin(r);
+    router_debug_time(c->g, next, debugtime_done, r);
+}
+
 /* ---- dispatch ---- */
 
 static void dispatch(client *c, const memtext_request *q)
@@ -1077,6 +1125,7 @@ static void dispatch(client *c, const memtext_request *q)
     case MEMTEXT_QUIT: c->close_after_flush = true; break;
     case MEMTEXT_SHUTDOWN: do_shutdown(c, q); break;
     case MEMTEXT_CACHE_MEMLIMIT: do_memlimit(c, q); break;
+    case MEMTEXT_DEBUGTIME: do_debugtime(c, q); break;
     default: do_meta(c, q); break;
     }
 }
@@ -1093,6 +1142,7 @@ static creq_kind kind_of(const memtext_request *q)
             if (q->tokens[i].p[0] == 'T') return CREQ_WRITE; /* a touch */
         return CREQ_READ;
     case MEMTEXT_FLUSH_ALL:
+    case MEMTEXT_DEBUGTIME:
     case MEMTEXT_STATS: return CREQ_BARRIER;
     case MEMTEXT_SHUTDOWN: return CREQ_BARRIER; /* after what came before it */
     case MEMTEXT_VERSION:

@@ -127,6 +127,7 @@ gateway_group *workers_new(const gateway_config *cfg, const rpc_self *self, size
     }
     pthread_mutex_init(&grp->reset_lock, NULL);
     atomic_init(&grp->ready, 0);
+    atomic_init(&grp->debug_offset, 0);
     /* called from router.c and stats.c, which workers.c calls */
     grp->ready_one = workers_ready;
     grp->totals = workers_totals;

@@ -77,6 +77,26 @@ uint64_t clock_now(const clock_hlc *c)
 
 uint32_t clock_now_seconds(const clock_hlc *c) { return clock_seconds(clock_now(c)); }
 
+uint32_t clock_shift(uint32_t now, int64_t offset)
+{
+    /* |offset| is bounded by the callers, but a bad one must not wrap. */
+    if (offset > CLOCK_DEBUG_MAX) offset = CLOCK_DEBUG_MAX;
+    if (offset < -CLOCK_DEBUG_MAX) offset = -CLOCK_DEBUG_MAX;
+    int64_t t = (int64_t)now + offset;
+    if (t < 1) return 1;
+    return t > (int64_t)UINT32_MAX ? UINT32_MAX : (uint32_t)t;
+}
+
+bool clock_debug_add(int64_t offset, int64_t delta, int64_t *out)
+{
+    if (offset < -CLOCK_DEBUG_MAX || offset > CLOCK_DEBUG_MAX) return false;
+    if (delta < -2 * CLOCK_DEBUG_MAX || delta > 2 * CLOCK_DEBUG_MAX) return false; /* also no overflow below */
+    int64_t sum = offset + delta;
+    if (sum < -CLOCK_DEBUG_MAX || sum > CLOCK_DEBUG_MAX) return false;
+    *out = sum;
+    return true;
+}
+
 char *clock_format(uint64_t ct, char buf[CLOCK_FORMAT_LEN])
 {
     char when[KUMO_TIMELEN];

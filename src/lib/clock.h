@@ -15,6 +15,7 @@
 #define KUMO_CLOCK_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/time.h>
 
@@ -38,6 +39,19 @@ uint32_t clock_now_seconds(const clock_hlc *c);
  * node tells the others in keepalives, so that the cluster's time moves on
  * with its fastest clock even when nothing is written. */
 uint64_t clock_now(const clock_hlc *c);
+
+/* The debug clock (kumo-server and kumo-gateway --debug-time, the text
+ * command debugtime; docs/architecture.md §5.1): an offset in seconds that
+ * moves the time memcached's exptimes are judged by, and nothing else. A
+ * ClockTime is never shifted, so ordering, keepalives and the skew check
+ * see the real clocks. CLOCK_DEBUG_MAX bounds the offset (ten years). */
+#define CLOCK_DEBUG_MAX ((int64_t)10 * 365 * 86400)
+/* `now` (unix seconds) moved by `offset` seconds, kept within
+ * 1..UINT32_MAX: 0 would read as "never" where an exptime is compared. */
+uint32_t clock_shift(uint32_t now, int64_t offset);
+/* offset + delta into *out if it stays within ±CLOCK_DEBUG_MAX (|delta|
+ * may be anything): true, else false and *out untouched. */
+bool clock_debug_add(int64_t offset, int64_t delta, int64_t *out);
 
 /* Seconds on the monotonic clock, for timeouts and rates (never compared
  * across hosts, never a ClockTime). */

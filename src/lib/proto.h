@@ -45,6 +45,8 @@ enum {
     SRV_FLUSH = 37,         /* [delay_seconds] -> true */
     SRV_GET_MANY = 38,      /* [[dbkey...]] -> [dbvalue | nil | error...], in order;
                                 at most SRV_GET_MANY_MAX keys */
+    SRV_DEBUG_TIME = 39,    /* [offset:int seconds] -> true; only with kumo-server --debug-time
+                                (the gateway's debugtime command; clock.h, the debug clock) */
     SRV_DIGEST = 40,        /* [job] -> [job, walked, total, result | nil]; job 0 starts a walk
                                 (or joins the one running); result = [whs_clocktime,
                                 start_clocktime, vnodes, [[vnode, count, digest]...]] */

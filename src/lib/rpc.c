@@ -828,6 +828,18 @@ bool rpc_arg_uint(const msgpack_object *params, uint32_t i, uint64_t *out)
     return o && obj_uint(o, out);
 }
 
+bool rpc_arg_int(const msgpack_object *params, uint32_t i, int64_t *out)
+{
+    const msgpack_object *o = rpc_arg(params, i);
+    if (o && o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
+        *out = o->via.i64;
+        return true;
+    }
+    if (!o || o->type != MSGPACK_OBJECT_POSITIVE_INTEGER || o->via.u64 > (uint64_t)INT64_MAX) return false;
+    *out = (int64_t)o->via.u64;
+    return true;
+}
+
 bool rpc_arg_bool(const msgpack_object *params, uint32_t i, bool *out)
 {
     const msgpack_object *o = rpc_arg(params, i);

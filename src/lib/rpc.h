@@ -177,6 +177,7 @@ void rpc_reply_uint(rpc_conn *c, uint32_t msgid, uint64_t v);
 /* Small helpers for reading params. */
 const msgpack_object *rpc_arg(const msgpack_object *params, uint32_t i); /* NULL if absent */
 bool rpc_arg_uint(const msgpack_object *params, uint32_t i, uint64_t *out);
+bool rpc_arg_int(const msgpack_object *params, uint32_t i, int64_t *out); /* either sign, within int64 */
 bool rpc_arg_bool(const msgpack_object *params, uint32_t i, bool *out);
 bool rpc_arg_bytes(const msgpack_object *params, uint32_t i, const char **p, size_t *len);
 void rpc_pack_bytes(msgpack_packer *pk, const void *p, size_t len);

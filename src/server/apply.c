@@ -11,11 +11,11 @@
 #include "proto.h"
 #include "xalloc.h"
 
-bool apply_live(const void *old, size_t oldlen, uint32_t now, uint64_t floor, record_value *v)
+bool apply_live(const void *old, size_t oldlen, uint32_t now, uint32_t exp_now, uint64_t floor, record_value *v)
 {
     if (!old || record_value_parse(old, oldlen, v) < 0 || v->tombstone) return false;
     if (v->clocktime < floor && now >= clock_seconds(floor)) return false;
-    return !record_expired(v, now);
+    return !record_expired(v, exp_now);
 }
 
 /* memcached's safe_strtoull: digits, optionally followed by whitespace. */
@@ -123,7 +123,7 @@ store_verdict apply_set(void *arg, const void *old, size_t oldlen, const void **
 {
     write_ctx *w = arg;
     record_value ov, nv;
-    bool exists = apply_live(old, oldlen, w->now, w->floor, &ov);
+    bool exists = apply_live(old, oldlen, w->now, w->exp_now, w->floor, &ov);
     record_value_parse(w->val, w->vlen, &nv); /* checked by the caller */
     w->code = CODE_STORED;
     if (w->op == OP_ADD) {
@@ -194,7 +194,7 @@ store_verdict apply_delete(void *arg, const void *old, size_t oldlen, const void
 {
     write_ctx *w = arg;
     record_value ov;
-    bool exists = apply_live(old, oldlen, w->now, w->floor, &ov);
+    bool exists = apply_live(old, oldlen, w->now, w->exp_now, w->floor, &ov);
     w->code = exists ? CODE_STORED : CODE_NOT_FOUND;
     if (exists && w->cas != 0 && ov.clocktime != w->cas) {
         w->code = CODE_EXISTS;

@@ -29,8 +29,9 @@ typedef struct write_ctx {
     uint64_t delta;
     uint64_t initial;
     uint64_t ct;
-    uint64_t floor; /* flush_all: records older than this are gone */
-    uint32_t now;
+    uint64_t floor;     /* flush_all: records older than this are gone */
+    uint32_t now;       /* the write's time (its ClockTime's seconds): when `floor` takes effect */
+    uint32_t exp_now;   /* what exptimes are judged by: `now` on the debug clock (clock_shift) */
     const uint8_t *val; /* incoming value (ct already set), or NULL for delete */
     size_t vlen;
     uint8_t *buf; /* built value (append, incr, touch…), freed by the caller */
@@ -44,8 +45,10 @@ typedef struct write_ctx {
 } write_ctx;
 
 /* A stored record that is a live value (not a tombstone, not expired by
- * `now`, not flushed by `floor`); fills *v. */
-bool apply_live(const void *old, size_t oldlen, uint32_t now, uint64_t floor, record_value *v);
+ * `exp_now`, not flushed by `floor` once `now` reached it); fills *v. The
+ * two times differ only by the debug clock's offset (clock.h): a flush is
+ * judged on the real timeline, as the ClockTimes it compares are. */
+bool apply_live(const void *old, size_t oldlen, uint32_t now, uint32_t exp_now, uint64_t floor, record_value *v);
 /* store_modify callbacks; arg is the write_ctx. apply_set runs every SRV_SET
  * operation (w->op, proto.h's OP_*), apply_delete a delete. */
 store_verdict apply_set(void *arg, const void *old, size_t oldlen, const void **out, size_t *outlen);

@@ -13,7 +13,11 @@
  *
  * What a write does to the stored record is apply.c's.
  *
- * Calls: apply, store, record, hashspace, rpc, cluster.c. Thread rule: main loop.
+ * Expiry is judged by the cluster's time (clock_now_seconds, a write's
+ * ClockTime), moved by the debug clock's offset when a test set one
+ * (SRV_DEBUG_TIME, kumo-server --debug-time; clock.h).
+ *
+ * Calls: apply, store, record, hashspace, clock, rpc, cluster.c. Thread rule: main loop.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -279,7 +283,8 @@ static int get_one(server *s, const char *key, size_t klen, void **v, size_t *vl
     s->cmd_get++;
     *v = store_get(s->db, key, klen, vlen);
     record_value rv;
-    if (*v && apply_live(*v, *vlen, clock_now_seconds(&s->clock), s->flush_floor, &rv)) return 1;
+    uint32_t now = clock_now_seconds(&s->clock);
+    if (*v && apply_live(*v, *vlen, now, clock_shift(now, s->debug_offset), s->flush_floor, &rv)) return 1;
     free(*v);
     *v = NULL;
     return 0;
@@ -370,11 +375,12 @@ static void handle_set(server *s, rpc_conn *c, uint32_t msgid, const msgpack_obj
     uint8_t *copy = xmalloc(vlen);
     memcpy(copy, val, vlen);
     /* The write's time is its ClockTime's: a relative exptime ends that
-     * many seconds after it, the same moment for every owner. */
+     * many seconds after it (on the debug clock, if one is set), the same
+     * moment for every owner. */
     uint64_t ct = clock_next(&s->clock);
-    write_ctx w = {.op = (int)op, .wflags = (uint32_t)flags, .cas = cas, .delta = delta, .initial = initial, .ct = ct, .floor = s->flush_floor, .now = clock_seconds(ct), .val = copy, .vlen = vlen};
+    write_ctx w = {.op = (int)op, .wflags = (uint32_t)flags, .cas = cas, .delta = delta, .initial = initial, .ct = ct, .floor = s->flush_floor, .now = clock_seconds(ct), .exp_now = clock_shift(clock_seconds(ct), s->debug_offset), .val = copy, .vlen = vlen};
     record_set_clocktime(copy, w.ct);
-    record_resolve_exptime(copy, vlen, w.now);
+    record_resolve_exptime(copy, vlen, w.exp_now);
     if (store_modify(s->db, key, klen, apply_set, &w, err) < 0) {
         log_error("set: %s", err);
         rpc_reply_error(c, msgid, "store failed: %s", err);
@@ -406,7 +412,7 @@ static void handle_delete(server *s, rpc_conn *c, uint32_t msgid, const msgpack_
     }
     s->cmd_delete++;
     uint64_t ct = clock_next(&s->clock);
-    write_ctx w = {.op = OP_DELETE_INTERNAL, .wflags = (uint32_t)flags, .cas = cas, .ct = ct, .floor = s->flush_floor, .now = clock_seconds(ct)};
+    write_ctx w = {.op = OP_DELETE_INTERNAL, .wflags = (uint32_t)flags, .cas = cas, .ct = ct, .floor = s->flush_floor, .now = clock_seconds(ct), .exp_now = clock_shift(clock_seconds(ct), s->debug_offset)};
     if (store_modify(s->db, key, klen, apply_delete, &w, err) < 0) {
         log_error("delete: %s", err);
         rpc_reply_error(c, msgid, "store failed: %s", err);
@@ -659,6 +665,47 @@ static void handle_flush(server *s, rpc_conn *c, uint32_t msgid, const msgpack_o
     rpc_reply_bool(c, msgid, true);
 }
 
+/* ---- the debug clock ---- */
+
+/* SRV_DEBUG_TIME [offset]: the gateway's debugtime (kumo-server
+ * --debug-time only). The offset moves the time exptimes are judged by;
+ * the ClockTimes, and so the order of writes and the skew check, stay on
+ * the real clocks. A delayed flush_all still to come is due as many
+ * seconds sooner as the clock moved on (memcached counts its delay on the
+ * same clock as exptimes); one whose moment has now passed takes effect at
+ * once, for everything written so far. */
+static void handle_debug_time(server *s, rpc_conn *c, uint32_t msgid, const msgpack_object *params)
+{
+    int64_t offset;
+    char err[KUMO_ERRLEN];
+    if (!s->cfg->debug_time) {
+        rpc_reply_error(c, msgid, "debug clock not enabled (kumo-server --debug-time)");
+        return;
+    }
+    if (!rpc_arg_int(params, 0, &offset) || offset < -CLOCK_DEBUG_MAX || offset > CLOCK_DEBUG_MAX) {
+        rpc_reply_error(c, msgid, "bad params: an offset within %lld seconds", (long long)CLOCK_DEBUG_MAX);
+        return;
+    }
+    int64_t moved = offset - s->debug_offset;
+    s->debug_offset = offset;
+    log_info("debug clock: offset %lld s", (long long)offset);
+    uint32_t now = clock_now_seconds(&s->clock), due = clock_seconds(s->flush_floor);
+    if (moved != 0 && due > now) {
+        int64_t left = (int64_t)due - (int64_t)now - moved;
+        if (left <= 0) s->flush_floor = clock_next(&s->clock);
+        else s->flush_floor = (uint64_t)clock_shift(now, left) << 32;
+        if (save_flush(s, err) < 0) {
+            log_error("debug clock: %s", err);
+            rpc_reply_error(c, msgid, "%s", err);
+            return;
+        }
+        if (!s->flush_timer) s->flush_timer = evtimer_new(s->base, flush_sweep, s);
+        struct timeval tv = {(time_t)(left > 0 ? left : 0), 0};
+        evtimer_add(s->flush_timer, &tv);
+    }
+    rpc_reply_bool(c, msgid, true);
+}
+
 /* ---- backup ---- */
 
 /* A backup is a walk that copies every record into a new database beside
@@ -777,6 +824,7 @@ bool data_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const 
     case SRV_SET: handle_set(s, c, msgid, params); return true;
     case SRV_DELETE: handle_delete(s, c, msgid, params); return true;
     case SRV_FLUSH: handle_flush(s, c, msgid, params); return true;
+    case SRV_DEBUG_TIME: handle_debug_time(s, c, msgid, params); return true;
     case SRV_BACKUP: handle_backup(s, c, msgid, params); return true;
     case SRV_REPLICATE: handle_replicate(s, c, msgid, params); return true;
     case SRV_STATUS: handle_status(s, c, msgid, params); return true;

@@ -63,6 +63,9 @@ static const opt_def server_opts[] = {
     {"--max-peer-output", NULL, OPT_INT, offsetof(server_config, max_peer_output_kib), "<KiB>", "16384", 64,
      1 << 21, false,
      "stop reading a gateway's or peer's requests while this much of our answers waits for it to read"},
+    {"--debug-time", NULL, OPT_FLAG, offsetof(server_config, debug_time), NULL, NULL, 0, 0, false,
+     "for tests only: accept a gateway's debugtime, which moves the clock exptimes are judged by (never the "
+     "ClockTimes)"},
     DAEMON_COMMON_OPTS(server_config, common),
 };
 

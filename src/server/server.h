@@ -50,6 +50,7 @@ typedef struct server_config {
     double replace_rate;     /* --replace-rate, MiB/s; 0 = unlimited */
     int verify_interval;     /* --verify-interval, s; 0 = no background anti-entropy pass */
     int max_peer_output_kib; /* --max-peer-output: answers held for one peer before its requests wait */
+    bool debug_time;         /* --debug-time: SRV_DEBUG_TIME is served (tests only) */
 } server_config;
 
 typedef struct peer {
@@ -110,6 +111,9 @@ typedef struct server {
     /* flush_all: records older than this ClockTime are gone once its second
      * has come (kept in <db>.flush so a restart does not bring them back) */
     uint64_t flush_floor;
+    /* SRV_DEBUG_TIME (--debug-time): seconds added to the time exptimes are
+     * judged by (clock.h, the debug clock); 0 otherwise */
+    int64_t debug_offset;
     int writes_inflight; /* coordinated writes not yet answered */
     /* Bumped whenever whs or rhs changes; writes_old counts the writes in
      * flight that were routed by an older layout (the barrier of cluster.c

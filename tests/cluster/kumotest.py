@@ -1320,6 +1320,29 @@ def raw_version(port):
     return line is not None and line.startswith(b"VERSION ")
 
 
+# The debug clock (docs/hacking.md, "Time"; docs/architecture.md §5.1): a test that waits for a TTL moves
+# the clock exptimes are judged by instead of sleeping. It needs --debug-time
+# on the gateway and on every server (DEBUG_TIME_ARGS for both).
+DEBUG_TIME_ARGS = ["--debug-time"]
+
+
+def debugtime(port, seconds, timeout=15.0):
+    """`debugtime <seconds>` at the gateway (or memcached) on port: its answer line
+    (b"OK\r\n" once every server moved its debug clock), or None if the
+    connection failed."""
+    return raw_roundtrip(port, b"debugtime %d\r\n" % seconds, timeout=timeout)
+
+
+def advance(port, seconds):
+    """Let `seconds` pass as far as exptimes are concerned: the debug clock when
+    the target serves debugtime (True), else a real wait (False; a memcached
+    built without debugging, KUMO_TEST_AGAINST=memcached)."""
+    if debugtime(port, seconds) == b"OK\r\n":
+        return True
+    time.sleep(seconds)     # no debug clock: the TTL's own duration, for real
+    return False
+
+
 def bin_packet(opcode, key=b"", value=b"", extras=b"", opaque=0, cas=0, magic=0x80, vbucket=0):
     """One memcached binary-protocol packet (request by default)."""
     body = extras + key + value

@@ -21,7 +21,9 @@ answers; CAS uniques, TTLs and the version string are masked by patterns):
     days), negative (expired at once); zero-length values; 250-byte keys work,
     251-byte keys are refused by every command; noreply on every command that
     has it (also on failing ones), each followed by `version` to prove nothing
-    was sent; flush_all with a delay (waits 3 s); expiry (waits 3.5 s);
+    was sent; flush_all with a delay and expiry, on the debug clock
+    (`debugtime`, kumo-gateway and kumo-server --debug-time: no waiting), and
+    one 2 s TTL on the real clock (polled until it expires);
     pipelined mixed commands in one write answered in order; a request sent one
     byte at a time; the connection stays open after every error; quit closes.
 
@@ -38,6 +40,9 @@ accepted); quirks such as memcached dropping pipelined replies queued before a
 failing multi-get (exchanges are arranged so that never matters). Base64 keys,
 every meta flag, the hang-up rules and the flags the gateway cannot honour are
 compared beside a real memcached by t_memcached_diff.py.
+
+Against a memcached built without debugging (Debian's), `debugtime` answers
+ERROR and the test waits the TTLs and the flush delay out for real instead.
 
 Run against the cluster:        /usr/bin/python3 tests/cluster/t_protocol_text.py
 Prove the expectations against a real memcached 1.6 (started by the harness on
@@ -93,6 +98,19 @@ class Session:
         self.sock = None
         self.buf = b""
         self.connect()
+        # the debug clock: served by a gateway and servers with --debug-time
+        # (and memcached's debug builds); offset = how far it was moved
+        self.debug_clock = kt.debugtime(port, 0) == b"OK\r\n"
+        self.offset = 0
+
+    def now(self):
+        """The time exptimes are judged by: the wall clock, moved by debugtime."""
+        return int(time.time()) + self.offset
+
+    def advance(self, seconds):
+        """Let seconds pass for exptimes: on the debug clock if there is one, else for real."""
+        if kt.advance(self.port, seconds):
+            self.offset += seconds
 
     def connect(self):
         self.close()
@@ -555,7 +573,7 @@ def meta(s):
 
 def exptimes(s):
     tap.note("exptime: negative, absolute in the past, > 30 days = absolute, relative and absolute TTLs")
-    now = int(time.time())
+    now = s.now()
     s.x(b"set x-neg 0 -1 1\r\nx\r\nget x-neg\r\n", b"STORED\r\nEND\r\n", "set with a negative exptime -> STORED, expired at once")
     s.x(b"set x-old 0 0 1\r\nx\r\nset x-old 0 -1 1\r\ny\r\nget x-old\r\n", b"STORED\r\nSTORED\r\nEND\r\n",
         "a negative exptime also removes the old value")
@@ -571,30 +589,46 @@ def exptimes(s):
         "touch with a negative exptime expires the item at once")
     s.x(b"ms x-msneg 1 T-1\r\nx\r\nmg x-msneg v\r\n", b"HD\r\nEN\r\n", "ms T-1 -> expired at once")
 
-    tap.note("expiry after 2 s (polls until they expire)")
-    now = int(time.time())
+    # On the debug clock a TTL can be long enough that no load on the machine
+    # makes it pass between two exchanges; waited out for real (a memcached
+    # without debugtime) it is kept short.
+    ttl, far = (60, 3000) if s.debug_clock else (2, 100)
+    tap.note("expiry after %d s, on the %s clock" % (ttl, "debug" if s.debug_clock else "real"))
+    now = s.now()
     setup = [
-        (b"set x-rel 1 2 1\r\na\r\n", b"STORED\r\n"),
-        (b"set x-abs2 1 %d 1\r\na\r\n" % (now + 2), b"STORED\r\n"),
-        (b"set x-touch 1 0 1\r\na\r\ntouch x-touch 2\r\n", b"STORED\r\nTOUCHED\r\n"),
-        (b"set x-ext 1 2 1\r\na\r\ntouch x-ext 100\r\n", b"STORED\r\nTOUCHED\r\n"),
-        (b"set x-gat 1 2 1\r\na\r\ngat 100 x-gat\r\n", b"STORED\r\n" + val(b"x-gat", b"a", 1) + b"END\r\n"),
-        (b"set x-gat2 1 0 1\r\na\r\ngats 2 x-gat2\r\n", b"STORED\r\n" + val(b"x-gat2", b"a", 1, True) + b"END\r\n"),
-        (b"ms x-ms 1 T2 F1\r\na\r\n", b"HD\r\n"),
-        (b"set x-mgT 1 2 1\r\na\r\nmg x-mgT T100\r\n", b"STORED\r\nHD\r\n"),
-        (b"set x-mgT2 1 0 1\r\na\r\nmg x-mgT2 T2\r\n", b"STORED\r\nHD\r\n"),
-        (b"set x-ma 0 0 1\r\n5\r\nma x-ma T2\r\n", b"STORED\r\nHD\r\n"),
+        (b"set x-rel 1 %d 1\r\na\r\n" % ttl, b"STORED\r\n"),
+        (b"set x-abs2 1 %d 1\r\na\r\n" % (now + ttl), b"STORED\r\n"),
+        (b"set x-touch 1 0 1\r\na\r\ntouch x-touch %d\r\n" % ttl, b"STORED\r\nTOUCHED\r\n"),
+        (b"set x-ext 1 %d 1\r\na\r\ntouch x-ext %d\r\n" % (ttl, far), b"STORED\r\nTOUCHED\r\n"),
+        (b"set x-gat 1 %d 1\r\na\r\ngat %d x-gat\r\n" % (ttl, far), b"STORED\r\n" + val(b"x-gat", b"a", 1) + b"END\r\n"),
+        (b"set x-gat2 1 0 1\r\na\r\ngats %d x-gat2\r\n" % ttl, b"STORED\r\n" + val(b"x-gat2", b"a", 1, True) + b"END\r\n"),
+        (b"ms x-ms 1 T%d F1\r\na\r\n" % ttl, b"HD\r\n"),
+        (b"set x-mgT 1 %d 1\r\na\r\nmg x-mgT T%d\r\n" % (ttl, far), b"STORED\r\nHD\r\n"),
+        (b"set x-mgT2 1 0 1\r\na\r\nmg x-mgT2 T%d\r\n" % ttl, b"STORED\r\nHD\r\n"),
+        (b"set x-ma 0 0 1\r\n5\r\nma x-ma T%d\r\n" % ttl, b"STORED\r\nHD\r\n"),
     ]
     for req, want in setup:
         s.x(req, want, "setup: %s" % req.split(b"\r\n")[0].decode())
     keys = b"x-rel x-abs2 x-touch x-ext x-gat x-gat2 x-ms x-mgT x-mgT2 x-ma"
     s.x(b"get " + keys + b"\r\n", b"".join(val(k, b"a", 1) for k in keys.split()[:-1]) + val(b"x-ma", b"6") + b"END\r\n",
-        "all ten are there before the 2 s pass")
+        "all ten are there before the %d s pass" % ttl)
+    if s.debug_clock:
+        s.advance(ttl - 10)
+        s.x(b"mg x-rel t\r\nmg x-ext t\r\n", re.compile(rb"HD t([0-9]|10)\r\nHD t(29[0-9][0-9]|3000)\r\n\Z"),
+            "debugtime %d: mg t counts the TTLs left on the debug clock" % (ttl - 10))
+        s.advance(11)
+    else:
+        s.advance(ttl + 1)
     expired = val(b"x-ext", b"a", 1) + val(b"x-gat", b"a", 1) + val(b"x-mgT", b"a", 1) + b"END\r\n"
-    s.until(b"get " + keys + b"\r\n", expired, 20, "the items with a 2 s TTL to expire")
+    s.until(b"get " + keys + b"\r\n", expired, 20, "the items with a %d s TTL to expire" % ttl)
     s.x(b"get " + keys + b"\r\n", expired,
-        "after 2 s: exptime 2, absolute now+2, touch 2, gats 2, ms T2, mg T2, ma T2 expired; "
-        "touch 100, gat 100, mg T100 kept")
+        "after %d s: exptime, absolute now+%d, touch, gats, ms T, mg T, ma T expired; "
+        "touch %d, gat %d, mg T%d kept" % (ttl, ttl, far, far, far))
+
+    tap.note("expiry of a 2 s TTL on the real clock (polls until it expires)")
+    s.x(b"set x-wall 0 2 1\r\nw\r\nmg x-wall v\r\n", b"STORED\r\nVA 1\r\nw\r\n", "a 2 s TTL: there at first")
+    s.until(b"get x-wall\r\n", b"END\r\n", 20, "the item with a 2 s TTL to expire on the real clock")
+    s.x(b"get x-wall\r\n", b"END\r\n", "a 2 s TTL expires on the real clock, the debug clock left alone")
 
 
 def flush(s):
@@ -605,14 +639,15 @@ def flush(s):
     s.x(b"flush_all noreply\r\nget f1\r\n", b"END\r\n", "flush_all noreply -> nothing sent, everything gone")
     s.x(b"set f1 0 0 1\r\nd\r\nflush_all 0\r\nget f1\r\n", b"STORED\r\nOK\r\nEND\r\n", "flush_all 0 -> OK, immediate")
     s.x(b"flush_all x\r\n", b"CLIENT_ERROR invalid exptime argument\r\n", "flush_all x -> CLIENT_ERROR invalid exptime argument")
-    tap.note("flush_all with a delay of 2 s (waits 3 s)")
+    tap.note("flush_all with a delay of 2 s (the %s clock moves 3 s on)" % ("debug" if s.debug_clock else "real"))
     s.x(b"set f3 0 0 1\r\ne\r\nflush_all 2\r\nget f3\r\n", b"STORED\r\nOK\r\n" + val(b"f3", b"e") + b"END\r\n",
         "flush_all 2 -> OK; items still there before the delay")
     s.x(b"set f4 0 0 1\r\nf\r\nflush_all 2 noreply\r\n", b"STORED\r\n", "flush_all 2 noreply -> nothing sent")
-    # A duration, not a wait: the set of f5 below must fall after the flush
-    # time at the servers' 1 s clock (memcached flushes what is set in the
-    # flush's second), so the delay plus a second has to pass anyway.
-    time.sleep(3.0)
+    # The set of f5 below must fall after the flush time at the servers' 1 s
+    # clock (memcached flushes what is set in the flush's second), so the
+    # delay plus a second has to pass: on the debug clock, which brings the
+    # flush closer (protocol.md §5.4), or, without it, for real.
+    s.advance(3)
     s.x(b"get f3 f4\r\n", b"END\r\n", "after the delay the items are gone")
     s.x(b"set f5 0 0 1\r\ng\r\nget f5\r\n", b"STORED\r\n" + val(b"f5", b"g") + b"END\r\n", "a set after the delayed flush is kept")
 
@@ -644,7 +679,8 @@ def stats(s, port):
     tap.ok(not missing, "stats has the general counters memcached clients and exporters read", "missing: %s" % missing)
     vers, _ = s.exchange(b"version\r\n", sync=False)
     tap.eq(("VERSION %s\r\n" % st.get("version", "?")).encode(), vers, "STAT version matches the version command")
-    tap.ok(abs(int(st.get("time", "0")) - time.time()) < 5, "STAT time is the current unix time", "time %s" % st.get("time"))
+    tap.ok(abs(int(st.get("time", "0")) - s.now()) < 5, "STAT time is the current unix time (on the debug clock, if moved)",
+           "time %s, offset %d" % (st.get("time"), s.offset))
     tap.ok(st.get("pid", "").isdigit() and st.get("uptime", "").isdigit() and int(st.get("curr_connections", "0")) >= 1,
            "STAT pid, uptime numeric; curr_connections >= 1")
 
@@ -774,10 +810,11 @@ def quit_checks(port):
 
 
 def body():
-    with kt.target(nservers=3, gateway=True) as c:
+    with kt.target(nservers=3, gateway=True, server_args=kt.DEBUG_TIME_ARGS, gateway_args=kt.DEBUG_TIME_ARGS) as c:
         port = c.gateway_port
         tap.ok(True, "%s on port %d" % ("memcached" if kt.against_memcached() else "cluster with kumo-gateway", port))
         s = Session(port)
+        tap.ok(s.debug_clock or kt.against_memcached(), "kumo-gateway --debug-time serves debugtime (OK to `debugtime 0`)")
         basics(s)
         storage(s)
         errors(s)

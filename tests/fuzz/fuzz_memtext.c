@@ -37,7 +37,9 @@ static void check_request(memtext_status st, const char *buf, size_t used)
     CHECK(req.ntokens <= MEMTEXT_MAX_TOKENS);
     if (st != MEMTEXT_OK)
         return;
-    CHECK(req.cmd >= MEMTEXT_GET && req.cmd <= MEMTEXT_CACHE_MEMLIMIT);
+    CHECK(req.cmd >= MEMTEXT_GET && req.cmd <= MEMTEXT_DEBUGTIME);
+    if (req.cmd == MEMTEXT_DEBUGTIME) /* no key, no data: one number (or INT64_MIN) */
+        CHECK(req.nkeys == 0 && !req.data && !req.noreply);
     for (size_t i = 0; i < req.nkeys; i++) {
         const memtext_token *k = &req.keys[i];
         check_span(k->p, k->len, buf, end);

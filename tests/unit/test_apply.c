@@ -40,7 +40,7 @@ static result set(int op, const uint8_t *old, size_t oldlen, uint32_t flags, uin
     size_t vlen;
     uint8_t *val = rec(CT(NOW, 7), flags, exptime, payload, &vlen);
     memset(&r, 0, sizeof(r));
-    r.w = (write_ctx){.op = op, .wflags = wflags, .cas = cas, .delta = delta, .initial = initial, .ct = CT(NOW, 7), .floor = floor, .now = NOW, .val = val, .vlen = vlen};
+    r.w = (write_ctx){.op = op, .wflags = wflags, .cas = cas, .delta = delta, .initial = initial, .ct = CT(NOW, 7), .floor = floor, .now = NOW, .exp_now = NOW, .val = val, .vlen = vlen};
     const void *out = NULL;
     size_t outlen = 0;
     r.verdict = apply_set(&r.w, old, oldlen, &out, &outlen);
@@ -137,28 +137,38 @@ int main(void)
     ok(r.verdict == STORE_WRITE && r.w.code == CODE_STORED, "gat of a live key stores the new exptime");
 
     /* delete */
-    write_ctx w = {.op = OP_DELETE_INTERNAL, .ct = CT(NOW, 9), .now = NOW};
+    write_ctx w = {.op = OP_DELETE_INTERNAL, .ct = CT(NOW, 9), .now = NOW, .exp_now = NOW};
     const void *out = NULL;
     size_t outlen = 0;
     store_verdict v = apply_delete(&w, live, n, &out, &outlen);
     ok(v == STORE_WRITE && w.code == CODE_STORED && outlen == RECORD_TOMBSTONE &&
            record_clocktime(out, outlen) == CT(NOW, 9),
        "delete of a live key writes a tombstone with its ClockTime");
-    w = (write_ctx){.op = OP_DELETE_INTERNAL, .ct = CT(NOW, 9), .now = NOW};
+    w = (write_ctx){.op = OP_DELETE_INTERNAL, .ct = CT(NOW, 9), .now = NOW, .exp_now = NOW};
     v = apply_delete(&w, NULL, 0, &out, &outlen);
     ok(v == STORE_WRITE && w.code == CODE_NOT_FOUND, "delete of a missing key: NOT_FOUND, a tombstone still written");
-    w = (write_ctx){.op = OP_DELETE_INTERNAL, .ct = CT(NOW, 9), .now = NOW};
+    w = (write_ctx){.op = OP_DELETE_INTERNAL, .ct = CT(NOW, 9), .now = NOW, .exp_now = NOW};
     v = apply_delete(&w, tomb, sizeof(tomb), &out, &outlen);
     ok(v == STORE_KEEP && w.resend && w.outlen == RECORD_TOMBSTONE && record_clocktime(w.out, w.outlen) == CT(NOW - 5, 0),
        "delete of a deleted key keeps the old tombstone and sends it to the replicas again");
-    w = (write_ctx){.op = OP_DELETE_INTERNAL, .ct = CT(NOW, 9), .now = NOW, .cas = CT(NOW - 10, 2)};
+    w = (write_ctx){.op = OP_DELETE_INTERNAL, .ct = CT(NOW, 9), .now = NOW, .exp_now = NOW, .cas = CT(NOW - 10, 2)};
     v = apply_delete(&w, live, n, &out, &outlen);
     ok(v == STORE_KEEP && w.code == CODE_EXISTS, "delete with a cas that does not match: EXISTS");
 
     record_value rv;
-    ok(apply_live(live, n, NOW, 0, &rv) && !apply_live(expired, expn, NOW, 0, &rv) &&
-           !apply_live(tomb, sizeof(tomb), NOW, 0, &rv),
+    ok(apply_live(live, n, NOW, NOW, 0, &rv) && !apply_live(expired, expn, NOW, NOW, 0, &rv) &&
+           !apply_live(tomb, sizeof(tomb), NOW, NOW, 0, &rv),
        "apply_live: a value yes, an expired one and a tombstone no");
+
+    /* The debug clock moves exp_now only: exptimes follow it, a flush does not. */
+    size_t tn2;
+    uint8_t *ttl = rec(CT(NOW - 10, 1), 0, NOW + 50, "t", &tn2);
+    ok(apply_live(ttl, tn2, NOW, NOW + 49, 0, &rv) && !apply_live(ttl, tn2, NOW, NOW + 50, 0, &rv),
+       "apply_live: an exptime is judged by exp_now");
+    ok(apply_live(expired, expn, NOW, NOW - 2, 0, &rv), "apply_live: exp_now moved back revives an expired record");
+    ok(apply_live(live, n, NOW, NOW + 100, CT(NOW + 10, 0), &rv), "apply_live: a delayed flush waits for now, not exp_now");
+    ok(!apply_live(live, n, NOW + 10, NOW, CT(NOW + 10, 0), &rv), "apply_live: and takes effect by now alone");
+    free(ttl);
 
     free(live);
     free(expired);

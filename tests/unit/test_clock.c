@@ -1,6 +1,7 @@
 /*
  * test_clock — the hybrid logical clock: close to wall time, strictly
- * increasing, moved forward by update, no duplicate across threads.
+ * increasing, moved forward by update, no duplicate across threads; the
+ * debug clock's arithmetic (clock_shift, clock_debug_add).
  */
 #include "clock.h"
 
@@ -112,5 +113,26 @@ int main(void)
     is_int(dup, 0, "two threads, %d values each: no duplicate", PER_THREAD);
     ok(clock_peek(&shared) == vals[2 * PER_THREAD - 1], "peek = greatest value handed out");
     free(vals);
+
+    /* the debug clock: an offset on the seconds exptimes are judged by */
+    is_int(clock_shift(1000, 0), 1000, "shift by 0 is the time itself");
+    is_int(clock_shift(1000, 25), 1025, "shift forward");
+    is_int(clock_shift(1000, -25), 975, "shift back");
+    is_int(clock_shift(1000, -1000), 1, "shift to 0 stays 1 (0 reads as never)");
+    is_int(clock_shift(5, -CLOCK_DEBUG_MAX), 1, "shift far back stays 1");
+    is_int(clock_shift(UINT32_MAX - 10, 100), UINT32_MAX, "shift past 2106 stays UINT32_MAX");
+    is_int(clock_shift(1000, INT64_MAX), (uint32_t)(1000 + CLOCK_DEBUG_MAX), "an offset beyond the bound is cut to it");
+    is_int(clock_shift(UINT32_MAX, INT64_MIN), (uint32_t)(UINT32_MAX - CLOCK_DEBUG_MAX), "so is a negative one");
+    int64_t off = 7;
+    ok(clock_debug_add(0, 5, &off) && off == 5, "add 5 to 0");
+    ok(clock_debug_add(5, -12, &off) && off == -7, "add -12 to 5");
+    ok(clock_debug_add(CLOCK_DEBUG_MAX - 1, 1, &off) && off == CLOCK_DEBUG_MAX, "up to the bound");
+    off = 7;
+    ok(!clock_debug_add(CLOCK_DEBUG_MAX, 1, &off) && off == 7, "past the bound: refused, untouched");
+    ok(!clock_debug_add(-CLOCK_DEBUG_MAX, -1, &off) && off == 7, "below the bound: refused");
+    ok(!clock_debug_add(0, INT64_MAX, &off) && !clock_debug_add(0, INT64_MIN, &off) && off == 7,
+       "INT64_MAX and INT64_MIN deltas: refused, no overflow");
+    ok(!clock_debug_add(INT64_MAX, -1, &off) && off == 7, "a bad offset: refused");
+    ok(clock_debug_add(CLOCK_DEBUG_MAX, -2 * CLOCK_DEBUG_MAX, &off) && off == -CLOCK_DEBUG_MAX, "the whole range in one step");
     return done_testing();
 }

@@ -392,6 +392,25 @@ static void test_touch_flush_misc(void)
     is_int(parse("verbosity 2 noreply\r\n"), MEMTEXT_OK, "verbosity noreply");
     ok(req.delay == 2 && req.noreply, "verbosity noreply: fields");
     client_error("verbosity loud\r\n", "bad command line format", 16, "verbosity non-numeric");
+
+    /* debugtime <seconds>: the number is the gateway's to judge */
+    is_int(parse("debugtime 5\r\n"), MEMTEXT_OK, "debugtime 5");
+    ok(req.cmd == MEMTEXT_DEBUGTIME && req.delay == 5 && used == 13, "debugtime 5: the seconds");
+    is_int(parse("debugtime -30\n"), MEMTEXT_OK, "debugtime -30");
+    ok(req.cmd == MEMTEXT_DEBUGTIME && req.delay == -30, "debugtime -30: a negative offset");
+    const char *bad_times[] = {"debugtime x\r\n", "debugtime 5s\r\n", "debugtime p\r\n",
+                               "debugtime 99999999999999999999\r\n", "debugtime -\r\n", "debugtime -+5\r\n"};
+    for (size_t i = 0; i < sizeof(bad_times) / sizeof(bad_times[0]); i++) {
+        is_int(parse(bad_times[i]), MEMTEXT_OK, "%s: parsed", show(bad_times[i]));
+        ok(req.cmd == MEMTEXT_DEBUGTIME && req.delay == INT64_MIN && used == strlen(bad_times[i]),
+           "%s: not a number (INT64_MIN), line consumed", show(bad_times[i]));
+    }
+    is_int(parse_n("debugtime 1\0\r\n", 14), MEMTEXT_OK, "debugtime with a NUL: parsed");
+    ok(req.delay == INT64_MIN, "debugtime with a NUL: not a number");
+    error_line("debugtime\r\n", "debugtime without an argument");
+    error_line("debugtime 1 2\r\n", "debugtime with two arguments");
+    error_line("debugtime 1 noreply\r\n", "debugtime has no noreply");
+    prefixes_ok("debugtime 12\r\n", 14, "debugtime 12");
     error_line("verbosity\r\n", "verbosity without level");
 }
 
