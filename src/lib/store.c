@@ -380,13 +380,36 @@ static store_verdict update_fn(void *arg, const void *old, size_t oldlen, const 
     return STORE_WRITE;
 }
 
-int store_update(store *s, const void *key, size_t klen, const void *val, size_t vlen, char *err)
+/* store_update and store_mend: 1 written, 0 kept, -1 + err. */
+static int update_by(store *s, const void *key, size_t klen, const void *val, size_t vlen, store_modify_fn fn,
+                     char *err)
 {
     if (vlen < RECORD_TOMBSTONE)
         return kumo_err(err, "%s: update with a %zu-byte value (need a clocktime)", s->path, vlen);
     update_arg u = {val, vlen, record_clocktime(val, vlen)};
-    int rc = store_modify(s, key, klen, update_fn, &u, err);
+    int rc = store_modify(s, key, klen, fn, &u, err);
     return rc < 0 ? -1 : rc == STORE_WRITE;
+}
+
+int store_update(store *s, const void *key, size_t klen, const void *val, size_t vlen, char *err)
+{
+    return update_by(s, key, klen, val, vlen, update_fn, err);
+}
+
+static store_verdict mend_fn(void *arg, const void *old, size_t oldlen, const void **out, size_t *outlen)
+{
+    update_arg *u = arg;
+    uint64_t ct = old ? record_clocktime(old, oldlen) : 0;
+    if (old && (ct > u->ct || (ct == u->ct && oldlen == u->vlen && memcmp(old, u->val, oldlen) == 0)))
+        return STORE_KEEP;
+    *out = u->val;
+    *outlen = u->vlen;
+    return STORE_WRITE;
+}
+
+int store_mend(store *s, const void *key, size_t klen, const void *val, size_t vlen, char *err)
+{
+    return update_by(s, key, klen, val, vlen, mend_fn, err);
 }
 
 static store_verdict remove_older_fn(void *arg, const void *old, size_t oldlen, const void **out,

@@ -56,6 +56,11 @@ int store_modify(store *s, const void *key, size_t klen, store_modify_fn fn, voi
  * Returns 1 written, 0 ignored (stored one is as new or newer), -1 + err. */
 int store_update(store *s, const void *key, size_t klen, const void *val, size_t vlen, char *err);
 
+/* store_update, and also over a stored record of the same clocktime whose
+ * bytes differ (anti-entropy mending a damaged copy with the owners'
+ * majority's). Returns 1 written, 0 ignored, -1 + err. */
+int store_mend(store *s, const void *key, size_t klen, const void *val, size_t vlen, char *err);
+
 /* Remove only if the stored clocktime is <= ct (tombstone collection).
  * Returns 1 removed, 0 kept, -1 + err. */
 int store_remove_if_older(store *s, const void *key, size_t klen, uint64_t ct, char *err);

@@ -1,7 +1,7 @@
 /*
  * test_store — store.c against real Tokyo Cabinet files in a mkdtemp dir:
  * spec parsing and open errors, put/get, the newer-clocktime-wins update
- * rule with values and tombstones, modify verdicts, remove_if_older,
+ * rule with values and tombstones, modify verdicts, remove_if_older, mend,
  * iteration that writes from its callback, backup, two threads racing
  * store_update on the same keys, and the disk reservation under Tokyo
  * Cabinet's map: running ahead of the file, and (as root, in a mount
@@ -314,6 +314,26 @@ static void test_remove_if_older(store *s)
     is_int(store_remove_if_older(s, "r", 1, 9999, err), 0, "missing key: nothing removed");
     store_put(s, "r", 1, tomb, sizeof(tomb), err);
     is_int(store_remove_if_older(s, "r", 1, 501, err), 1, "older record removed");
+}
+
+/* store_mend: newer wins as in store_update, and a record of the same
+ * clocktime with other bytes is overwritten too. */
+static void test_mend(store *s)
+{
+    char err[KUMO_ERRLEN];
+    uint8_t good[64], bad[64], old[64];
+    size_t n = mkval(good, 700, "the right bytes"), vlen;
+    mkval(bad, 700, "the wrong bytes");
+    mkval(old, 699, "the right bytes");
+    store_put(s, "mend", 4, bad, n, err);
+    is_int(store_update(s, "mend", 4, good, n, err), 0, "update: the same clocktime with other bytes is kept");
+    is_int(store_mend(s, "mend", 4, good, n, err), 1, "mend: ... is overwritten");
+    void *got = store_get(s, "mend", 4, &vlen);
+    ok(got && vlen == n && memcmp(got, good, n) == 0, "the mended bytes are stored");
+    free(got);
+    is_int(store_mend(s, "mend", 4, good, n, err), 0, "mend with the same bytes: nothing written");
+    is_int(store_mend(s, "mend", 4, old, n, err), 0, "mend with an older record: nothing written");
+    is_int(store_mend(s, "mend-new", 8, good, n, err), 1, "mend of a missing key writes it");
 }
 
 typedef struct walk {
@@ -1010,6 +1030,7 @@ int main(int argc, char **argv)
     test_update(s);
     test_modify(s);
     test_remove_if_older(s);
+    test_mend(s);
     test_iterate();
     test_walk_races();
     test_damage();
