@@ -42,7 +42,12 @@ and kumoctl verify (docs/anti-entropy.md):
      in the file under the running server (it reads through its map, so it
      serves them at once), another server is detached, and `kumoctl
      verify` must name exactly those keys, `kumoctl repair` mend them, and
-     no get through the gateway return a wrong value afterwards.
+     no get through the gateway return a wrong value afterwards. Last, one
+     key flipped differently on two of its three owners has no majority:
+     verify names it with its three copies, repair says so, sends nothing
+     and exits 1.
+
+KUMO_TEST_ONLY=3,4 runs only those scenarios.
 """
 import os
 import random
@@ -303,6 +308,23 @@ def write_keys(c, rng, prefix):
     return live
 
 
+def no_majority(c, rng, victim, live, ring, keys):
+    """One key flipped differently on two of its three owners: no majority.
+    verify names it, repair says so and changes nothing. The key is then
+    left out of `live` (its copies stay as they are)."""
+    k = keys[0]
+    other = c.server_by_addr(next(a for a in ring.owners(k) if a != victim.addr))
+    n = len(flip_bits(victim.db, live, [k], rng) + flip_bits(other.db, live, [k], rng))
+    tap.eq(n, 2, "%s flipped on %s and %s, each its own bit" % (k.decode(), victim.addr, other.addr))
+    r = c.kumoctl("verify", timeout=120)
+    tap.ok(r.returncode == 1 and listed_keys(r.stdout) == {k.decode()} and r.stdout.count("bytes#") == 6,
+           "verify names it, with three different copies", "exit %s\n%s%s" % (r.returncode, r.stdout, r.stderr))
+    r = c.kumoctl("repair", timeout=120)
+    tap.ok(r.returncode == 1 and ("no majority for %s:" % k.decode()) in r.stdout and not re.search(r"^repaired ", r.stdout, re.M),
+           "repair: no majority for it, nothing sent, exit 1", "exit %s\n%s%s" % (r.returncode, r.stdout, r.stderr))
+    del live[k]
+
+
 def listed_keys(out):
     """The keys a verify report prints (the indented lines under each pair)."""
     return {line.split()[0] for line in out.splitlines() if line.startswith("  ") and line.strip()}
@@ -404,6 +426,8 @@ def scenario_hidden(rng, how):
         bad = kt.read_mismatches(port, live, timeout=OP_TIMEOUT)
         tap.ok(not bad, "no get through the gateway returns a wrong value: all 3000 keys read back",
                "%d wrong, e.g.\n%s" % (len(bad), "\n".join(bad[:10])))
+        if flipped:
+            no_majority(c, rng, victim, live, ring, mine[40:])
         c.check_running()
         stop_and_read(c, victim, live, kt.Status(status_text(c)))
 
