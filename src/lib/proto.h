@@ -37,7 +37,8 @@ enum {
     SRV_REPLACE_OFFER = 16, /* [stream_port, token, size] -> records applied, once
                                 pulled from the sender's stream port */
     SRV_REPLICATE = 32,     /* [flags, dbkey, dbvalue-or-tombstone] -> true stored, false the
-                                same ClockTime, or the ClockTime of the newer record kept */
+                                same ClockTime, or the ClockTime of the newer record kept;
+                                WF_MEND: also over other bytes of the same ClockTime */
     SRV_GET = 34,           /* [dbkey] -> dbvalue | nil */
     SRV_SET = 35,           /* [op, flags, dbkey, dbvalue, cas, delta, initial]
                                 -> [code, clocktime, number, value] */
@@ -47,12 +48,13 @@ enum {
                                 at most SRV_GET_MANY_MAX keys */
     SRV_DEBUG_TIME = 39,    /* [offset:int seconds] -> true; only with kumo-server --debug-time
                                 (the gateway's debugtime command; clock.h, the debug clock) */
-    SRV_DIGEST = 40,        /* [job] -> [job, walked, total, result | nil]; job 0 starts a walk
-                                (or joins the one running); result = [whs_clocktime,
-                                start_clocktime, vnodes, [[vnode, count, digest]...]] */
-    SRV_RANGE_KEYS = 41,    /* [0, [[lo, hi]...]] starts a walk, [job] polls it -> [job, walked,
-                                total, result | nil]; result = [complete, matched,
-                                [[dbkey, clocktime, tombstone:bool]...]] */
+    SRV_DIGEST = 40,        /* [job, values?] -> [job, walked, total, result | nil]; job 0 starts
+                                a walk (or joins the one running); result = [whs_clocktime,
+                                start_clocktime, vnodes, [[vnode, count, digest, vdigest
+                                (with values 1)]...]] */
+    SRV_RANGE_KEYS = 41,    /* [0, [[lo, hi]...], values?] starts a walk, [job] polls it -> [job,
+                                walked, total, result | nil]; result = [complete, matched,
+                                [[dbkey, clocktime, tombstone:bool, vhash (with values 1)]...]] */
     SRV_FETCH = 42,         /* [[dbkey...]] -> [record | nil...], in order, tombstones
                                 included; at most SRV_FETCH_MAX keys */
     SRV_BACKUP = 96,        /* [suffix] -> path written */
@@ -129,6 +131,9 @@ enum {
     WF_STALE = 0x08,  /* meta-set I: a non-zero cas older than the record's
                          stores the value anyway, marked STALE, keeping the
                          record's exptime and win token (memcached's CAS_STALE) */
+    WF_MEND = 0x10,   /* SRV_REPLICATE from anti-entropy: a record of the same
+                         ClockTime with other bytes is overwritten too (the
+                         owners' majority's copy, docs/anti-entropy.md §7) */
 };
 
 /* SRV_STATUS what */

@@ -380,13 +380,36 @@ static store_verdict update_fn(void *arg, const void *old, size_t oldlen, const 
     return STORE_WRITE;
 }
 
-int store_update(store *s, const void *key, size_t klen, const void *val, size_t vlen, char *err)
+/* store_update and store_mend: 1 written, 0 kept, -1 + err. */
+static int update_by(store *s, const void *key, size_t klen, const void *val, size_t vlen, store_modify_fn fn,
+                     char *err)
 {
     if (vlen < RECORD_TOMBSTONE)
         return kumo_err(err, "%s: update with a %zu-byte value (need a clocktime)", s->path, vlen);
     update_arg u = {val, vlen, record_clocktime(val, vlen)};
-    int rc = store_modify(s, key, klen, update_fn, &u, err);
+    int rc = store_modify(s, key, klen, fn, &u, err);
     return rc < 0 ? -1 : rc == STORE_WRITE;
+}
+
+int store_update(store *s, const void *key, size_t klen, const void *val, size_t vlen, char *err)
+{
+    return update_by(s, key, klen, val, vlen, update_fn, err);
+}
+
+static store_verdict mend_fn(void *arg, const void *old, size_t oldlen, const void **out, size_t *outlen)
+{
+    update_arg *u = arg;
+    uint64_t ct = old ? record_clocktime(old, oldlen) : 0;
+    if (old && (ct > u->ct || (ct == u->ct && oldlen == u->vlen && memcmp(old, u->val, oldlen) == 0)))
+        return STORE_KEEP;
+    *out = u->val;
+    *outlen = u->vlen;
+    return STORE_WRITE;
+}
+
+int store_mend(store *s, const void *key, size_t klen, const void *val, size_t vlen, char *err)
+{
+    return update_by(s, key, klen, val, vlen, mend_fn, err);
 }
 
 static store_verdict remove_older_fn(void *arg, const void *old, size_t oldlen, const void **out,
@@ -765,10 +788,48 @@ out:
     return rc;
 }
 
+/* TC's header (tchdb.c): the magic, then at these offsets the file size
+ * and the first record's offset, big-endian like the rest of the file. */
+#define TC_MAGIC "ToKyO CaBiNeT"
+#define TC_FSIZ_OFF 56
+#define TC_FREC_OFF 64
+
+/* A file that ends before the size its header records (a crash tore the
+ * last record: the header reached the disk, the record's end did not) is
+ * refused whole by TC ("invalid meta data"). Its header is made to record
+ * the size there is, so TC opens it and the torn record, now running past
+ * the end, is damage the walk steps over and the rebuild leaves out. true
+ * when the file was such a file and was changed. */
+static bool mend_short_file(const char *spec)
+{
+    char *path, err[KUMO_ERRLEN];
+    int64_t xmsiz, rcnum;
+    uint8_t h[TC_FREC_OFF + 8], be[8];
+    struct stat st;
+    bool mended = false;
+    if (parse_spec(spec, &path, &xmsiz, &rcnum, err) < 0) return false;
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd >= 0 && fstat(fd, &st) == 0 && pread(fd, h, sizeof(h), 0) == (ssize_t)sizeof(h) &&
+        memcmp(h, TC_MAGIC, strlen(TC_MAGIC)) == 0) {
+        uint64_t fsiz = get_be(h + TC_FSIZ_OFF, 8), frec = get_be(h + TC_FREC_OFF, 8), size = (uint64_t)st.st_size;
+        if (size < fsiz && size >= frec) {
+            for (int i = 0; i < 8; i++) be[i] = (uint8_t)(size >> (8 * (7 - i)));
+            mended = pwrite(fd, be, sizeof(be), TC_FSIZ_OFF) == (ssize_t)sizeof(be) && fsync(fd) == 0;
+            log_error("%s: the file ends at %llu, its header says %llu: torn at the end (a crash?); %s", path,
+                      (unsigned long long)size, (unsigned long long)fsiz,
+                      mended ? "its header now says so, and the check reads what is there" : strerror(errno));
+        }
+    }
+    if (fd >= 0) close(fd);
+    free(path);
+    return mended;
+}
+
 store *store_open_checked(const char *spec, store_check *out, char *err)
 {
     memset(out, 0, sizeof(*out));
     store *s = store_open(spec, err);
+    if (!s && mend_short_file(spec)) s = store_open(spec, err);
     if (!s) return NULL;
     if (store_iterate(s, count_fn, out, err) < 0) {
         store_close(s);

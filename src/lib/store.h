@@ -56,6 +56,11 @@ int store_modify(store *s, const void *key, size_t klen, store_modify_fn fn, voi
  * Returns 1 written, 0 ignored (stored one is as new or newer), -1 + err. */
 int store_update(store *s, const void *key, size_t klen, const void *val, size_t vlen, char *err);
 
+/* store_update, and also over a stored record of the same clocktime whose
+ * bytes differ (anti-entropy mending a damaged copy with the owners'
+ * majority's). Returns 1 written, 0 ignored, -1 + err. */
+int store_mend(store *s, const void *key, size_t klen, const void *val, size_t vlen, char *err);
+
 /* Remove only if the stored clocktime is <= ct (tombstone collection).
  * Returns 1 removed, 0 kept, -1 + err. */
 int store_remove_if_older(store *s, const void *key, size_t klen, uint64_t ct, char *err);
@@ -90,7 +95,10 @@ void store_damage(const store *s, uint64_t *spots, uint64_t *bytes);
 /* store_open, then one walk over the whole file. If it stepped over
  * damage, the file is rebuilt from every record that could be read (a
  * damaged file's index also leads writes into the damage, and TC refuses
- * them) and the damaged file is kept as <path>.damaged. *out says what was
+ * them) and the damaged file is kept as <path>.damaged (.damaged.1, ... if
+ * that exists). A file shorter than its header says (its last record torn
+ * by a crash), which TC refuses to open, first gets its header's size
+ * set to what is there, so the torn record is damage. *out says what was
  * found; when the rebuild failed (out->rebuild_error), the store is the
  * damaged file. NULL + err if it cannot be opened or read at all, or if
  * nothing or next to nothing of it could be read (that file is left as it

@@ -440,7 +440,7 @@ static void handle_replicate(server *s, rpc_conn *c, uint32_t msgid, const msgpa
     /* Accepted even from a node whose view differs from ours: an extra copy
      * is removed by the next replace, a refused one would fail the write. */
     clock_update(&s->clock, record_clocktime(val, vlen));
-    int rc = store_update(s->db, key, klen, val, vlen, err);
+    int rc = flags & WF_MEND ? store_mend(s->db, key, klen, val, vlen, err) : store_update(s->db, key, klen, val, vlen, err);
     if (rc < 0) {
         log_error("replicate: %s", err);
         rpc_reply_error(c, msgid, "store failed: %s", err);

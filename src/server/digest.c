@@ -1,16 +1,17 @@
 /*
  * digest — anti-entropy on kumo-server (see digest.h; wire formats in
- * docs/protocol.md §6, the procedure in docs/anti-entropy.md).
+ * docs/protocol.md §5.5, the procedure in docs/anti-entropy.md).
  *
  * A job is one walk over the database:
- *   - a digest job adds each record to the [count, digest] pair of the
+ *   - a digest job adds each record to the [count, digest, vdigest] of the
  *     vnode range of this server's whs its key hash falls in: range i holds
  *     the hashes in (vnode[i-1], vnode[i]], range 0 also those past the
  *     last vnode (ring.c's lower bound, wrapping). The result names the whs
  *     ClockTime it used, so a caller can tell that every server used the
  *     layout it compares with.
- *   - a range-keys job lists (dbkey, ClockTime, tombstone) of the records
- *     whose hash is in the intervals asked for. A caller asks by intervals,
+ *   - a range-keys job lists (dbkey, ClockTime, tombstone, and asked for,
+ *     the value's hash) of the records whose hash is in the intervals asked
+ *     for. A caller asks by intervals,
  *     not vnode numbers, so the answer does not depend on this server's
  *     whs, and an interval too large for one answer can be halved.
  *
@@ -21,7 +22,7 @@
  * without any damage, which is why a caller looks at the keys of a
  * divergent range before it calls it divergent.
  *
- * Memory: at most DIGEST_MAX_JOBS jobs; a digest result is 16 bytes per
+ * Memory: at most DIGEST_MAX_JOBS jobs; a digest result is 24 bytes per
  * vnode, a range-keys result at most SRV_RANGE_KEYS_MAX_BYTES. A finished
  * job waits DIGEST_KEEP_SECONDS for its caller; a range-keys result is freed
  * as soon as it has been sent, a digest result (which several callers may
@@ -63,11 +64,12 @@ typedef struct job {
     uint64_t start_ct; /* this server's ClockTime when the job was made */
     /* JOB_DIGEST */
     hashspace *whs;
-    uint64_t *count, *sum; /* per vnode of whs */
+    uint64_t *count, *sum, *vsum; /* per vnode of whs; vsum with the values' hashes */
     /* JOB_KEYS */
     span *spans;
     size_t nspans;
-    msgpack_sbuffer out; /* the packed [dbkey, clocktime, tombstone] entries */
+    bool values;         /* each entry also carries the value's hash */
+    msgpack_sbuffer out; /* the packed [dbkey, clocktime, tombstone(, vhash)] entries */
     msgpack_packer pk;
     uint64_t matched, listed;
     bool overflow; /* more than one answer may carry: out is dropped */
@@ -81,6 +83,7 @@ struct digest {
     pass *pass; /* the background pass (below) */
     /* its counters, since start (--metrics) */
     uint64_t pass_runs, pass_failures, pass_compared, pass_divergent, pass_pushed, pass_pulled;
+    uint64_t pass_mended, pass_unmended;
     time_t last_pass;
 };
 
@@ -107,6 +110,22 @@ uint64_t digest_record(const void *dbkey, size_t klen, uint64_t clocktime)
     return mix64(h ^ mix64(clocktime + 0x9e3779b97f4a7c15ULL));
 }
 
+uint64_t digest_value(const void *val, size_t vlen)
+{
+    const uint8_t *p = val;
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = RECORD_TOMBSTONE; i < vlen; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ULL;
+    }
+    return mix64(h ^ vlen);
+}
+
+uint64_t digest_record_value(uint64_t record, uint64_t vhash)
+{
+    return mix64(record + vhash);
+}
+
 /* The range of `hash` in r: the first vnode with hash >= it, wrapping. */
 static size_t vnode_of(const ring *r, uint64_t hash)
 {
@@ -127,6 +146,7 @@ static void job_free(job *j)
     hashspace_unref(j->whs);
     free(j->count);
     free(j->sum);
+    free(j->vsum);
     free(j->spans);
     msgpack_sbuffer_destroy(&j->out);
     free(j);
@@ -208,8 +228,10 @@ static int digest_visit(void *arg, const void *key, size_t klen, const void *val
     j->walked++;
     if (klen <= RECORD_KEY_HEADER || vlen < RECORD_TOMBSTONE) return 0;
     size_t i = vnode_of(&j->whs->ring, record_key_hash(key, klen));
+    uint64_t d = digest_record(key, klen, record_clocktime(val, vlen));
     j->count[i]++;
-    j->sum[i] += digest_record(key, klen, record_clocktime(val, vlen));
+    j->sum[i] += d;
+    j->vsum[i] += digest_record_value(d, digest_value(val, vlen));
     return 0;
 }
 
@@ -231,15 +253,16 @@ static int keys_visit(void *arg, const void *key, size_t klen, const void *val, 
     if (klen <= RECORD_KEY_HEADER || vlen < RECORD_TOMBSTONE || !in_spans(j, record_key_hash(key, klen))) return 0;
     j->matched++;
     if (j->overflow) return 0;
-    if (j->listed >= SRV_RANGE_KEYS_MAX_RECORDS || j->out.size + klen + 16 > SRV_RANGE_KEYS_MAX_BYTES) {
+    if (j->listed >= SRV_RANGE_KEYS_MAX_RECORDS || j->out.size + klen + 25 > SRV_RANGE_KEYS_MAX_BYTES) {
         j->overflow = true;
         return 0;
     }
-    msgpack_pack_array(&j->pk, 3);
+    msgpack_pack_array(&j->pk, j->values ? 4 : 3);
     rpc_pack_bytes(&j->pk, key, klen);
     msgpack_pack_uint64(&j->pk, record_clocktime(val, vlen));
     if (vlen == RECORD_TOMBSTONE) msgpack_pack_true(&j->pk);
     else msgpack_pack_false(&j->pk);
+    if (j->values) msgpack_pack_uint64(&j->pk, digest_value(val, vlen));
     j->listed++;
     return 0;
 }
@@ -247,8 +270,9 @@ static int keys_visit(void *arg, const void *key, size_t klen, const void *val, 
 /* ---- requests ---- */
 
 /* [job, walked, total, result | nil]. A range-keys result is sent once and
- * its job freed. */
-static void reply_job(server *s, rpc_conn *c, uint32_t msgid, job *j)
+ * its job freed. A digest result's entries carry the digest with the values
+ * (vsum) when the caller asked for it: an older caller reads three. */
+static void reply_job(server *s, rpc_conn *c, uint32_t msgid, job *j, bool values)
 {
     if (j->state == JOB_FAILED) {
         rpc_reply_error(c, msgid, "the database walk failed");
@@ -272,10 +296,11 @@ static void reply_job(server *s, rpc_conn *c, uint32_t msgid, job *j)
         msgpack_pack_array(pk, nonzero);
         for (size_t i = 0; i < r->nvnodes; i++) {
             if (!j->count[i]) continue;
-            msgpack_pack_array(pk, 3);
+            msgpack_pack_array(pk, values ? 4 : 3);
             msgpack_pack_uint64(pk, i);
             msgpack_pack_uint64(pk, j->count[i]);
             msgpack_pack_uint64(pk, j->sum[i]);
+            if (values) msgpack_pack_uint64(pk, j->vsum[i]);
         }
     } else {
         msgpack_pack_array(pk, 3);
@@ -297,7 +322,7 @@ static void job_run(server *s, rpc_conn *c, uint32_t msgid, job *j, store_iter_f
 {
     j->next = s->digest->jobs;
     s->digest->jobs = j;
-    reply_job(s, c, msgid, j); /* before the walk's first step, which may finish it */
+    reply_job(s, c, msgid, j, false); /* before the walk's first step, which may finish it */
     data_walk(s, fn, walked, j);
 }
 
@@ -320,6 +345,7 @@ static void start_digest(server *s, rpc_conn *c, uint32_t msgid, const msgpack_o
     j->whs = hashspace_ref(s->whs);
     j->count = xcalloc(nv, sizeof(*j->count));
     j->sum = xcalloc(nv, sizeof(*j->sum));
+    j->vsum = xcalloc(nv, sizeof(*j->vsum));
     job_run(s, c, msgid, j, digest_visit);
 }
 
@@ -373,6 +399,15 @@ static bool parse_spans(const msgpack_object *o, job *j)
     return true;
 }
 
+/* The optional flag at params[at]: 1 (or true) asks for the values' hashes
+ * too. Absent in an older caller's request. */
+static bool asks_values(const msgpack_object *params, uint32_t at)
+{
+    uint64_t v;
+    bool b;
+    return (rpc_arg_uint(params, at, &v) && v == 1) || (rpc_arg_bool(params, at, &b) && b);
+}
+
 static void start_keys(server *s, rpc_conn *c, uint32_t msgid, const msgpack_object *params)
 {
     job *j = job_new(s, JOB_KEYS);
@@ -381,6 +416,7 @@ static void start_keys(server *s, rpc_conn *c, uint32_t msgid, const msgpack_obj
         rpc_reply_error(c, msgid, "bad params: an array of at most %d [lo, hi] pairs", SRV_RANGE_KEYS_MAX_SPANS);
         return;
     }
+    j->values = asks_values(params, 2);
     job_run(s, c, msgid, j, keys_visit);
 }
 
@@ -394,9 +430,9 @@ static void handle_walk(server *s, rpc_conn *c, uint32_t msgid, const msgpack_ob
     } else if (id != 0) {
         if (!(j = job_find(s, id, kind)))
             rpc_reply_error(c, msgid, "no such walk %llu (expired, or the server restarted)", (unsigned long long)id);
-        else reply_job(s, c, msgid, j);
+        else reply_job(s, c, msgid, j, asks_values(params, 1));
     } else if (kind == JOB_DIGEST && (j = walking_digest(s))) {
-        reply_job(s, c, msgid, j);
+        reply_job(s, c, msgid, j, false);
     } else if (!make_room(s)) {
         rpc_reply_error(c, msgid, "busy: %d anti-entropy walks under way", DIGEST_MAX_JOBS);
     } else if (kind == JOB_DIGEST) {
@@ -489,6 +525,8 @@ typedef struct pent { /* a record listed by this server or a peer */
     uint8_t *key;
     size_t klen;
     uint64_t ct;
+    uint64_t vh; /* digest_value of it, when has_vh (an older peer lists none) */
+    bool has_vh;
 } pent;
 
 typedef struct pent_list {
@@ -513,12 +551,21 @@ struct pass {
     pent_list ours, theirs;
     size_t *push, npush, next_push, inflight;
     size_t *pull, npull, next_pull;
+    /* mending: keys of one ClockTime whose bytes differ here and there
+     * (indexes into ours), and the one in hand: the copies fetched from its
+     * other live owners, and the owners its majority's bytes go to */
+    size_t *disp, ndisp, next_disp;
+    uint32_t step;
+    net_addr others[KUMO_REPLICAS];
+    uint8_t *copy[KUMO_REPLICAS];
+    size_t copylen[KUMO_REPLICAS], nothers, nsend, win;
     /* this pass, for its log line */
-    size_t compared, divergent, pushed, pulled;
+    size_t compared, divergent, pushed, pulled, mended, unmended;
 };
 
 static void pass_next_peer(pass *p);
 static void pass_sync(pass *p);
+static void pass_mend(pass *p);
 
 static void pents_clear(pent_list *l)
 {
@@ -527,7 +574,7 @@ static void pents_clear(pent_list *l)
     *l = (pent_list){0};
 }
 
-static bool pents_add(pent_list *l, const void *key, size_t klen, uint64_t ct)
+static bool pents_add(pent_list *l, const void *key, size_t klen, uint64_t ct, const uint64_t *vh)
 {
     if (l->n == l->cap) {
         size_t ncap = l->cap ? l->cap * 2 : 256;
@@ -541,6 +588,8 @@ static bool pents_add(pent_list *l, const void *key, size_t klen, uint64_t ct)
     memcpy(e->key, key, klen);
     e->klen = klen;
     e->ct = ct;
+    e->has_vh = vh != NULL;
+    e->vh = vh ? *vh : 0;
     l->n++;
     return true;
 }
@@ -559,6 +608,17 @@ static int pent_cmp(const void *pa, const void *pb)
     return c ? c : (a->ct < b->ct) - (a->ct > b->ct);
 }
 
+static void mend_clear_key(pass *p)
+{
+    for (size_t i = 0; i < KUMO_REPLICAS; i++) {
+        free(p->copy[i]);
+        p->copy[i] = NULL;
+        p->copylen[i] = 0;
+    }
+    p->step = 0;
+    p->nothers = p->nsend = 0;
+}
+
 /* Drop what the peer in hand left behind. */
 static void pass_clear_peer(pass *p)
 {
@@ -568,7 +628,11 @@ static void pass_clear_peer(pass *p)
     pents_clear(&p->theirs);
     free(p->push);
     free(p->pull);
+    free(p->disp);
+    mend_clear_key(p);
     p->push = p->pull = NULL;
+    p->disp = NULL;
+    p->ndisp = p->next_disp = 0;
     p->npush = p->next_push = p->npull = p->next_pull = p->inflight = 0;
     p->peer_listed = p->skip = false;
     if (p->poll) evtimer_del(p->poll);
@@ -600,8 +664,9 @@ static void pass_end(pass *p, const char *why)
         d->pass_failures++;
         log_warn("anti-entropy pass: %s", why);
     } else if (p->divergent) {
-        log_info("anti-entropy pass: %zu ranges compared, %zu divergent, %zu records sent, %zu fetched", p->compared,
-                 p->divergent, p->pushed, p->pulled);
+        log_info("anti-entropy pass: %zu ranges compared, %zu divergent, %zu records sent, %zu fetched, %zu copies "
+                 "mended, %zu keys without a majority",
+                 p->compared, p->divergent, p->pushed, p->pulled, p->mended, p->unmended);
     } else {
         log_debug("anti-entropy pass: %zu ranges compared, none divergent", p->compared);
     }
@@ -632,13 +697,19 @@ static void pass_peer_failed(pass *p, const char *what, rpc_status st, const msg
     p->skip = true;
 }
 
-/* Begin a call to the peer in hand (pack the params into *pk, then
- * rpc_call_end the connection returned); NULL when stopping. */
-static rpc_conn *pass_call(pass *p, uint32_t method, rpc_reply_fn fn, msgpack_packer **pk)
+/* Begin a call to a (pack the params into *pk, then rpc_call_end the
+ * connection returned); NULL when stopping. */
+static rpc_conn *pass_call_to(pass *p, const net_addr *a, uint32_t method, rpc_reply_fn fn, msgpack_packer **pk)
 {
-    rpc_conn *c = p->s->stopping ? NULL : cluster_peer(p->s, &p->peers[p->at]);
+    rpc_conn *c = p->s->stopping ? NULL : cluster_peer(p->s, a);
     if (c) *pk = rpc_call_begin(c, method, PASS_TIMEOUT, fn, p);
     return c;
+}
+
+/* The same to the peer in hand. */
+static rpc_conn *pass_call(pass *p, uint32_t method, rpc_reply_fn fn, msgpack_packer **pk)
+{
+    return pass_call_to(p, &p->peers[p->at], method, fn, pk);
 }
 
 static void pass_peer_reply(void *arg, rpc_status st, const msgpack_object *result);
@@ -652,11 +723,12 @@ static void pass_ask_walk(pass *p, uint64_t job_id)
         pass_end(p, "stopped");
         return;
     }
-    if (job_id != 0 || p->method == SRV_DIGEST) {
-        msgpack_pack_array(pk, 1);
-        msgpack_pack_uint64(pk, job_id);
-    } else { /* a new listing of p->keys's spans; closed [a, b] sent as (a - 1, b] */
+    if (job_id != 0 || p->method == SRV_DIGEST) { /* a digest with the values' (an older peer answers without) */
         msgpack_pack_array(pk, 2);
+        msgpack_pack_uint64(pk, job_id);
+        msgpack_pack_uint8(pk, 1);
+    } else { /* a new listing of p->keys's spans, with the values' hashes; closed [a, b] sent as (a - 1, b] */
+        msgpack_pack_array(pk, 3);
         msgpack_pack_uint8(pk, 0);
         msgpack_pack_array(pk, (uint32_t)p->keys->nspans);
         for (size_t i = 0; i < p->keys->nspans; i++) {
@@ -664,6 +736,7 @@ static void pass_ask_walk(pass *p, uint64_t job_id)
             msgpack_pack_uint64(pk, p->keys->spans[i].a - 1);
             msgpack_pack_uint64(pk, p->keys->spans[i].b);
         }
+        msgpack_pack_uint8(pk, 1);
     }
     rpc_call_end(c);
 }
@@ -688,14 +761,16 @@ static void pass_merge(pass *p)
     while (msgpack_unpack_next(&u, p->keys->out.data, p->keys->out.size, &off) == MSGPACK_UNPACK_SUCCESS) {
         const char *k;
         size_t kl;
-        uint64_t ct;
-        if (rpc_arg_bytes(&u.data, 0, &k, &kl) && rpc_arg_uint(&u.data, 1, &ct) && !pents_add(&p->ours, k, kl, ct))
+        uint64_t ct, vh;
+        if (rpc_arg_bytes(&u.data, 0, &k, &kl) && rpc_arg_uint(&u.data, 1, &ct) && rpc_arg_uint(&u.data, 3, &vh) &&
+            !pents_add(&p->ours, k, kl, ct, &vh))
             p->skip = true;
     }
     msgpack_unpacked_destroy(&u);
     p->push = malloc((p->ours.n + 1) * sizeof(size_t));
     p->pull = malloc((p->theirs.n + 1) * sizeof(size_t));
-    if (p->skip || !p->push || !p->pull) {
+    p->disp = malloc((p->ours.n + 1) * sizeof(size_t));
+    if (p->skip || !p->push || !p->pull || !p->disp) {
         pass_end(p, "out of memory");
         return;
     }
@@ -707,6 +782,9 @@ static void pass_merge(pass *p)
                                       : key_cmp(o, t);
         if (c <= 0 && o->ct <= p->start_ct && (c < 0 || o->ct > t->ct)) p->push[p->npush++] = (size_t)(o - p->ours.v);
         if (c >= 0 && t->ct <= p->start_ct && (c > 0 || t->ct > o->ct)) p->pull[p->npull++] = (size_t)(t - p->theirs.v);
+        if (c == 0 && o->ct == t->ct && o->ct <= p->start_ct && o->has_vh && t->has_vh && o->vh != t->vh &&
+            p->ndisp < SRV_FETCH_MAX) /* one write, other bytes: the majority decides (pass_mend) */
+            p->disp[p->ndisp++] = (size_t)(o - p->ours.v);
         const pent *first = c <= 0 ? o : t; /* past every listing of this key, on both sides */
         while (c <= 0 && o + 1 < oe && key_cmp(o + 1, first) == 0) o++;
         while (c >= 0 && t + 1 < te && key_cmp(t + 1, first) == 0) t++;
@@ -805,7 +883,178 @@ static void pass_sync(pass *p)
         p->inflight = n;
         return;
     }
-    pass_done_peer(p);
+    p->next_disp = 0;
+    mend_clear_key(p);
+    pass_mend(p);
+}
+
+/* ---- mending: copies of one ClockTime with other bytes ----
+ *
+ * A key this server and the peer in hand list with one ClockTime and other
+ * value hashes is one write whose bytes changed on some disk since (Tokyo
+ * Cabinet keeps no checksum; newer-wins cannot choose between them). Such
+ * keys are rare, so they go one at a time: each other live owner's copy is
+ * fetched (SRV_FETCH), and the bytes held by a majority of the key's live
+ * owners are written over the copies that differ (store_mend here,
+ * SRV_REPLICATE with WF_MEND there). Without a majority (two owners that
+ * differ, or three copies all different) nothing is changed: logged, and
+ * left to kumoctl verify, which reports the key. */
+
+static void mend_fetched(void *arg, rpc_status st, const msgpack_object *result);
+
+static const pent *mend_key(const pass *p)
+{
+    return &p->ours.v[p->disp[p->next_disp]];
+}
+
+static void mend_next_key(pass *p)
+{
+    mend_clear_key(p);
+    p->next_disp++;
+    pass_mend(p);
+}
+
+static bool same_copy(const pass *p, size_t a, size_t b)
+{
+    return p->copy[a] && p->copy[b] && p->copylen[a] == p->copylen[b] &&
+           memcmp(p->copy[a], p->copy[b], p->copylen[a]) == 0;
+}
+
+static void mend_sent(void *arg, rpc_status st, const msgpack_object *result);
+
+/* Send the majority's bytes (copy[win]) to the next other owner whose copy
+ * differs and is not newer. */
+static void mend_send(pass *p)
+{
+    const pent *e = mend_key(p);
+    while (p->nsend <= p->nothers) {
+        size_t i = p->nsend++;
+        msgpack_packer *pk;
+        rpc_conn *c;
+        if (same_copy(p, i, p->win) || (p->copy[i] && record_clocktime(p->copy[i], p->copylen[i]) > e->ct) ||
+            !(c = pass_call_to(p, &p->others[i - 1], SRV_REPLICATE, mend_sent, &pk)))
+            continue;
+        msgpack_pack_array(pk, 3);
+        msgpack_pack_uint8(pk, WF_MEND);
+        rpc_pack_bytes(pk, e->key, e->klen);
+        rpc_pack_bytes(pk, p->copy[p->win], p->copylen[p->win]);
+        rpc_call_end(c);
+        return;
+    }
+    mend_next_key(p);
+}
+
+static void mend_sent(void *arg, rpc_status st, const msgpack_object *result)
+{
+    pass *p = arg;
+    if (p->s->stopping) return;
+    if (st == RPC_OK && result && result->type == MSGPACK_OBJECT_BOOLEAN && result->via.boolean) {
+        p->mended++;
+        p->s->digest->pass_mended++;
+    }
+    mend_send(p);
+}
+
+/* Every copy of the key in hand is in (copy[0] is ours, read now): the
+ * verdict. */
+static void mend_judge(pass *p)
+{
+    server *s = p->s;
+    const pent *e = mend_key(p);
+    char err[KUMO_ERRLEN];
+    size_t n = p->nothers + 1, votes = 0;
+    p->copy[0] = store_get(s->db, e->key, e->klen, &p->copylen[0]);
+    if (!p->copy[0] || record_clocktime(p->copy[0], p->copylen[0]) != e->ct) { /* written meanwhile */
+        mend_next_key(p);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        size_t same = 0;
+        if (!p->copy[i] || record_clocktime(p->copy[i], p->copylen[i]) != e->ct) continue;
+        for (size_t k = 0; k < n; k++) same += same_copy(p, i, k);
+        if (same > votes) {
+            votes = same;
+            p->win = i;
+        }
+    }
+    if (votes * 2 <= n) {
+        p->unmended++;
+        s->digest->pass_unmended++;
+        log_warn("anti-entropy pass: key hash %016llx: the copies of one write (ClockTime %u.%u) differ, and no "
+                 "majority of its %zu live owners holds the same bytes: left as they are",
+                 (unsigned long long)record_key_hash(e->key, e->klen), clock_seconds(e->ct), clock_counter(e->ct), n);
+        mend_next_key(p);
+        return;
+    }
+    log_warn("anti-entropy pass: key hash %016llx: the copies of one write (ClockTime %u.%u) differ: the bytes %zu of "
+             "its %zu live owners hold are written over the others",
+             (unsigned long long)record_key_hash(e->key, e->klen), clock_seconds(e->ct), clock_counter(e->ct), votes, n);
+    if (!same_copy(p, 0, p->win)) {
+        int rc = store_mend(s->db, e->key, e->klen, p->copy[p->win], p->copylen[p->win], err);
+        if (rc < 0) log_error("anti-entropy pass: %s", err);
+        if (rc == 1) {
+            p->mended++;
+            s->digest->pass_mended++;
+        }
+    }
+    p->nsend = 1;
+    mend_send(p);
+}
+
+/* The next disputed key: its other live owners, then their copies, one
+ * call at a time (step i fetches from others[i - 1]), then the verdict. */
+static void pass_mend(pass *p)
+{
+    server *s = p->s;
+    msgpack_packer *pk;
+    rpc_conn *c;
+    if (s->whs->clocktime != p->whs->clocktime || s->rhs->clocktime != p->whs->clocktime) p->skip = true;
+    if (p->skip || p->next_disp >= p->ndisp) {
+        pass_done_peer(p);
+        return;
+    }
+    const pent *e = mend_key(p);
+    if (p->step == 0) {
+        uint32_t own[KUMO_REPLICAS];
+        size_t n = hashspace_live_owners(p->whs, record_key_hash(e->key, e->klen), own);
+        for (size_t k = 0; k < n; k++)
+            if (!net_equal(&p->whs->ring.nodes[own[k]].addr, &s->self))
+                p->others[p->nothers++] = p->whs->ring.nodes[own[k]].addr;
+        p->step = 1;
+    }
+    if (p->step > p->nothers) {
+        mend_judge(p);
+        return;
+    }
+    if (!(c = pass_call_to(p, &p->others[p->step - 1], SRV_FETCH, mend_fetched, &pk))) {
+        mend_next_key(p);
+        return;
+    }
+    msgpack_pack_array(pk, 1);
+    msgpack_pack_array(pk, 1);
+    rpc_pack_bytes(pk, e->key, e->klen);
+    rpc_call_end(c);
+}
+
+static void mend_fetched(void *arg, rpc_status st, const msgpack_object *result)
+{
+    pass *p = arg;
+    if (p->s->stopping) return;
+    if (st != RPC_OK || !result || result->type != MSGPACK_OBJECT_ARRAY || result->via.array.size != 1) {
+        char buf[NET_ADDRSTRLEN], why[KUMO_ERRLEN];
+        log_warn("anti-entropy pass: %s: SRV_FETCH: %s", net_format(&p->others[p->step - 1], buf, sizeof(buf)),
+                 rpc_strerror(st, result, why, sizeof(why)));
+        mend_next_key(p); /* the next pass tries it again */
+        return;
+    }
+    const msgpack_object *v = &result->via.array.ptr[0];
+    if (v->type == MSGPACK_OBJECT_BIN && v->via.bin.size >= RECORD_TOMBSTONE) {
+        p->copy[p->step] = xmalloc(v->via.bin.size);
+        memcpy(p->copy[p->step], v->via.bin.ptr, v->via.bin.size);
+        p->copylen[p->step] = v->via.bin.size;
+    }
+    p->step++;
+    pass_mend(p);
 }
 
 /* Our own listing walk is over. */
@@ -823,14 +1072,20 @@ static job *pass_divergent(pass *p, const msgpack_object *list)
 {
     const ring *r = &p->whs->ring;
     uint64_t *pc = calloc(r->nvnodes, sizeof(*pc)), *ps = calloc(r->nvnodes, sizeof(*ps));
+    uint64_t *pv = calloc(r->nvnodes, sizeof(*pv));
+    bool values = false; /* the peer sent vdigests: an older one does not */
     job *j = NULL;
-    if (!pc || !ps) goto out;
+    if (!pc || !ps || !pv) goto out;
     for (uint32_t i = 0; i < list->via.array.size; i++) {
-        uint64_t v, c, d;
+        uint64_t v, c, d, vd;
         const msgpack_object *e = &list->via.array.ptr[i];
         if (rpc_arg_uint(e, 0, &v) && rpc_arg_uint(e, 1, &c) && rpc_arg_uint(e, 2, &d) && v < r->nvnodes) {
             pc[v] = c;
             ps[v] = d;
+            if (rpc_arg_uint(e, 3, &vd)) {
+                pv[v] = vd;
+                values = true;
+            }
         }
     }
     uint64_t budget = PASS_BATCH;
@@ -840,7 +1095,7 @@ static job *pass_divergent(pass *p, const msgpack_object *list)
         if (!hashspace_is_primary(p->whs, h, &p->s->self) || !hashspace_is_owner(p->whs, h, &p->peers[p->at])) continue;
         p->compared++;
         p->s->digest->pass_compared++;
-        if (pc[i] == p->mine->count[i] && ps[i] == p->mine->sum[i]) continue;
+        if (pc[i] == p->mine->count[i] && ps[i] == p->mine->sum[i] && (!values || pv[i] == p->mine->vsum[i])) continue;
         p->divergent++;
         p->s->digest->pass_divergent++;
         uint64_t w = pc[i] > p->mine->count[i] ? pc[i] : p->mine->count[i];
@@ -853,10 +1108,14 @@ static job *pass_divergent(pass *p, const msgpack_object *list)
         }
         add_span(j, r->vnodes[(i + r->nvnodes - 1) % r->nvnodes].hash, h);
     }
-    if (j) finish_spans(j);
+    if (j) {
+        finish_spans(j);
+        j->values = true;
+    }
 out:
     free(pc);
     free(ps);
+    free(pv);
     return j;
 }
 
@@ -884,10 +1143,10 @@ static void pass_peer_result(pass *p, const msgpack_object *res)
     for (uint32_t i = 0; !p->skip && i < list->via.array.size; i++) {
         const char *k;
         size_t kl;
-        uint64_t ct;
+        uint64_t ct, vh;
         const msgpack_object *e = &list->via.array.ptr[i];
         if (rpc_arg_bytes(e, 0, &k, &kl) && kl > RECORD_KEY_HEADER && rpc_arg_uint(e, 1, &ct) &&
-            !pents_add(&p->theirs, k, kl, ct))
+            !pents_add(&p->theirs, k, kl, ct, rpc_arg_uint(e, 3, &vh) ? &vh : NULL))
             p->skip = true;
     }
     p->peer_listed = true;
@@ -971,15 +1230,16 @@ static void pass_start(evutil_socket_t fd, short what, void *arg)
         return;
     }
     p->whs = hashspace_ref(s->whs);
-    p->compared = p->divergent = p->pushed = p->pulled = 0;
+    p->compared = p->divergent = p->pushed = p->pulled = p->mended = p->unmended = 0;
     size_t nv = p->whs->ring.nvnodes;
     p->mine = job_new(s, JOB_DIGEST);
     if (p->mine) {
         p->mine->whs = hashspace_ref(p->whs);
         p->mine->count = calloc(nv, sizeof(uint64_t));
         p->mine->sum = calloc(nv, sizeof(uint64_t));
+        p->mine->vsum = calloc(nv, sizeof(uint64_t));
     }
-    if (!p->mine || !p->mine->count || !p->mine->sum) {
+    if (!p->mine || !p->mine->count || !p->mine->sum || !p->mine->vsum) {
         pass_end(p, "out of memory");
         return;
     }
@@ -1015,6 +1275,11 @@ void digest_metrics(server *s, metrics_out *o)
     metrics_counter(o, "kumo_server_verify_records_sent", "records a co-owner lacked, sent to it", d->pass_pushed);
     metrics_counter(o, "kumo_server_verify_records_fetched", "records this server lacked, fetched and written",
                     d->pass_pulled);
+    metrics_counter(o, "kumo_server_verify_records_mended",
+                    "copies of one ClockTime with other bytes overwritten with the owners' majority's", d->pass_mended);
+    metrics_counter(o, "kumo_server_verify_keys_unmended",
+                    "keys whose copies of one ClockTime differ with no majority among the owners (see the log)",
+                    d->pass_unmended);
     metrics_counter(o, "kumo_server_verify_failures", "passes or peers given up on (see the log)", d->pass_failures);
 }
 

@@ -3,10 +3,11 @@
  * owners of a range compare to find the records one of them lacks.
  *
  *   SRV_DIGEST      per vnode range of this server's whs, the number of
- *                   records held and an order-independent digest of their
- *                   (dbkey, ClockTime) pairs, tombstones included
- *   SRV_RANGE_KEYS  (dbkey, ClockTime, tombstone) of every record held in
- *                   the hash intervals asked for
+ *                   records held and order-independent digests of their
+ *                   (dbkey, ClockTime) pairs and, asked for, of (dbkey,
+ *                   ClockTime, value hash), tombstones included
+ *   SRV_RANGE_KEYS  (dbkey, ClockTime, tombstone, value hash if asked for)
+ *                   of every record held in the hash intervals asked for
  *   SRV_FETCH       raw records (tombstones included) by dbkey
  *
  * The first two walk the whole database (data_walk, in steps, so requests
@@ -18,11 +19,13 @@
  *
  * With --verify-interval it also runs a background pass: the ranges this
  * server coordinates are compared with each co-owner's and the records one
- * side lacks are copied across, newer wins (digest.c says how).
+ * side lacks are copied across, newer wins, and copies of one ClockTime
+ * whose bytes differ get the bytes most owners hold (digest.c says how).
  *
  * Owns: the jobs (server.digest) and their results; the digest function;
  * the background pass and its counters.
- * Calls: data.c (data_walk), store, record, hashspace, ring, rpc.
+ * Calls: data.c (data_walk), store, record, hashspace, ring, rpc,
+ * cluster (cluster_peer).
  * Thread rule: main loop, like every server module.
  */
 #ifndef KUMO_SERVER_DIGEST_H
@@ -55,5 +58,12 @@ void digest_metrics(server *s, metrics_out *o);
  * ClockTime. A range's digest is the sum (mod 2^64) of its records'. Not a
  * cryptographic hash: it finds accidents, not an adversary's collisions. */
 uint64_t digest_record(const void *dbkey, size_t klen, uint64_t clocktime);
+/* The 64-bit hash of a record's bytes after its ClockTime (meta, flags,
+ * exptime, payload; nothing for a tombstone), and the digest of a record
+ * with it: what SRV_DIGEST's vdigest sums and SRV_RANGE_KEYS lists when
+ * asked with values 1, so that two copies of one ClockTime with other bytes
+ * (a bit flipped on one disk) differ. */
+uint64_t digest_value(const void *val, size_t vlen);
+uint64_t digest_record_value(uint64_t record, uint64_t vhash);
 
 #endif

@@ -427,6 +427,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "kumo-server: cannot open database: %s\n", err);
         return 1;
     }
+    s.open_damage_spots = check.spots;
+    s.open_damage_bytes = check.bytes;
     if (check.spots == 0) {
         log_info("database check: %s: %llu records read, no damage", store_path(s.db), (unsigned long long)check.records);
     } else if (check.kept[0]) {

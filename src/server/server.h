@@ -81,6 +81,7 @@ typedef struct server {
     const server_config *cfg;
     clock_hlc clock;
     store *db;
+    uint64_t open_damage_spots, open_damage_bytes; /* what the check at open stepped over (main.c) */
     net_addr self;
     bool listen_everywhere; /* -l is not this host's, or not given: every interface */
     node_identity identity; /* identity.h: the ring key this database is placed by */

@@ -7,10 +7,11 @@
  *  2. SRV_DIGEST on every live server of whs, every walk started before any
  *     is waited for. Each answer must name the manager's whs ClockTime.
  *  3. Each vnode range with two or more live owners is *compared*; it is
- *     *divergent* when their [count, digest] pairs differ.
+ *     *divergent* when their [count, digest, vdigest] differ (vdigest,
+ *     with the values' hashes, between servers that send it).
  *  4. The divergent ranges, in batches of about BATCH_RECORDS records:
  *     SRV_RANGE_KEYS from each live owner; a key is a candidate when its
- *     live owners do not all list it with one ClockTime. A batch that a
+ *     live owners do not all list it with one ClockTime and value hash. A batch that a
  *     server cannot list in one answer is halved (a lone range: its hash
  *     interval is) and asked again.
  *  5. Candidates, SRV_FETCH_MAX at a time: SRV_FETCH from each live owner,
@@ -20,7 +21,10 @@
  *     judged. The rest are the divergent keys.
  *  6. repair: each divergent key's newest record (tombstones included) is
  *     sent with SRV_REPLICATE to every live owner that lacks it or holds
- *     an older one; the server applies it newer-wins. One call at a time,
+ *     an older one; the server applies it newer-wins. When the copies of
+ *     that ClockTime differ in their bytes, the bytes a majority of the
+ *     live owners hold go, with WF_MEND, to the owners holding others; with
+ *     no majority nothing is sent. One call at a time,
  *     so at most one write is in flight and SRV_FETCH_MAX records are held.
  *     Then steps 4-5 run again over the divergent ranges.
  *
@@ -58,16 +62,18 @@ typedef struct node { /* a node of whs */
     /* the walk of the current step */
     bool asked, done, incomplete;
     uint64_t job, walked, total;
-    /* its digests, per vnode */
-    uint64_t *count, *sum;
+    /* its digests, per vnode; vsum, with the values' hashes, when values
+     * (an older server sends none) */
+    uint64_t *count, *sum, *vsum;
+    bool values;
 } node;
 
 typedef struct entry { /* a record listed by SRV_RANGE_KEYS */
     uint8_t *key;
     size_t klen;
     uint32_t node;
-    bool tomb;
-    uint64_t ct;
+    bool tomb, has_vh;
+    uint64_t ct, vh; /* vh: the value's hash (digest_value), when has_vh */
 } entry;
 
 typedef struct item { /* a divergent range, or a piece of one */
@@ -80,12 +86,16 @@ typedef struct copy { /* what one live owner holds of a key */
     uint32_t node;
     uint8_t state;
     uint64_t ct;
+    uint64_t h;  /* a hash of the fetched bytes (0 until fetched) */
+    bool has_vh; /* vh: the value's hash its listing gave */
+    uint64_t vh;
 } copy;
 
 typedef struct dkey { /* a divergent key */
     uint8_t *key;
     size_t klen;
     size_t n;
+    bool conflict; /* copies of its newest ClockTime differ in their bytes */
     copy c[KUMO_REPLICAS];
 } dkey;
 
@@ -150,12 +160,26 @@ static void print_key(FILE *out, const uint8_t *dbkey, size_t klen)
     }
 }
 
-static const char *copy_text(const copy *c, char *buf, size_t len)
+/* A copy as the report shows it; with `conflict`, a value's bytes are told
+ * apart by a short hash of them. */
+static const char *copy_text(const copy *c, bool conflict, char *buf, size_t len)
 {
     if (c->state == ST_MISSING) return "missing";
     snprintf(buf, len, "%s %u.%u", c->state == ST_TOMB ? "tombstone" : "value", clock_seconds(c->ct),
              clock_counter(c->ct));
+    if (conflict) snprintf(buf + strlen(buf), len - strlen(buf), " bytes#%08x", (unsigned)(c->h >> 32));
     return buf;
+}
+
+/* FNV-1a 64 of a fetched record, to tell copies apart. */
+static uint64_t bytes_hash(const uint8_t *p, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h | 1; /* never 0, "not fetched" */
 }
 
 /* On stderr, every PROGRESS_EVERY s of a run longer than PROGRESS_AFTER:
@@ -226,8 +250,9 @@ static int wait_walks(run *r, uint32_t method, const char *what, result_fn fn)
             if (!n->asked || n->done) continue;
             msgpack_unpacked res;
             msgpack_unpacked_init(&res);
-            msgpack_pack_array(&r->pk, 1);
+            msgpack_pack_array(&r->pk, 2); /* values 1: a digest with the values' (ignored by older servers) */
             msgpack_pack_uint64(&r->pk, n->job);
+            msgpack_pack_uint8(&r->pk, 1);
             int rc = call(r, n, method, &res);
             if (rc == 0) rc = take_job(r, n, &res.data, fn);
             msgpack_unpacked_destroy(&res);
@@ -266,11 +291,14 @@ static int take_digest(run *r, node *n, const msgpack_object *o)
     const msgpack_object_array *a = &o->via.array.ptr[3].via.array;
     for (uint32_t i = 0; i < a->size; i++) {
         const msgpack_object *e = &a->ptr[i];
-        if (!is_array(e, 3) || !is_uint(&e->via.array.ptr[0]) || !is_uint(&e->via.array.ptr[1]) ||
+        bool values = is_array(e, 4) && is_uint(&e->via.array.ptr[3]);
+        if ((!is_array(e, 3) && !values) || !is_uint(&e->via.array.ptr[0]) || !is_uint(&e->via.array.ptr[1]) ||
             !is_uint(&e->via.array.ptr[2]) || e->via.array.ptr[0].via.u64 >= rg->nvnodes)
             return bad_answer(r, n, "SRV_DIGEST");
         n->count[e->via.array.ptr[0].via.u64] = e->via.array.ptr[1].via.u64;
         n->sum[e->via.array.ptr[0].via.u64] = e->via.array.ptr[2].via.u64;
+        if (values) n->vsum[e->via.array.ptr[0].via.u64] = e->via.array.ptr[3].via.u64;
+        n->values = n->values || values;
     }
     return 0;
 }
@@ -283,12 +311,14 @@ static int digests(run *r)
         if (!n->live) continue;
         n->count = calloc(r->whs->ring.nvnodes, sizeof(*n->count));
         n->sum = calloc(r->whs->ring.nvnodes, sizeof(*n->sum));
-        if (!n->count || !n->sum) {
+        n->vsum = calloc(r->whs->ring.nvnodes, sizeof(*n->vsum));
+        if (!n->count || !n->sum || !n->vsum) {
             rc = kumo_err(r->err, "out of memory");
             break;
         }
-        msgpack_pack_array(&r->pk, 1);
+        msgpack_pack_array(&r->pk, 2);
         msgpack_pack_uint64(&r->pk, 0);
+        msgpack_pack_uint8(&r->pk, 1);
         rc = start_walk(r, n, SRV_DIGEST, take_digest);
     }
     return rc < 0 ? -1 : wait_walks(r, SRV_DIGEST, "digests", take_digest);
@@ -312,7 +342,8 @@ static int compare_ranges(run *r, item **out, size_t *nout)
         uint64_t weight = 0;
         for (size_t k = 0; k < n; k++) {
             const node *a = &r->nodes[own[k]], *b = &r->nodes[own[0]];
-            same = same && a->count[i] == b->count[i] && a->sum[i] == b->sum[i];
+            same = same && a->count[i] == b->count[i] && a->sum[i] == b->sum[i] &&
+                   (!a->values || !b->values || a->vsum[i] == b->vsum[i]);
             if (a->count[i] > weight) weight = a->count[i];
         }
         if (same) continue;
@@ -333,8 +364,11 @@ typedef struct cand { /* a candidate key during its fetch */
     size_t klen;
     size_t n;
     copy c[KUMO_REPLICAS];
-    uint8_t *best; /* the newest record seen, owned */
+    uint8_t *rec[KUMO_REPLICAS]; /* each copy fetched, owned (NULL: missing) */
+    size_t rlen[KUMO_REPLICAS];
+    const uint8_t *best; /* the record to repair with: one of rec */
     size_t blen;
+    bool conflict, majority; /* copies of the newest ClockTime differ; one of them has a majority */
 } cand;
 
 static int fetch_from(run *r, node *n, uint32_t ni, cand *cs, size_t ncs)
@@ -368,34 +402,61 @@ static int fetch_from(run *r, node *n, uint32_t ni, cand *cs, size_t ncs)
         }
         cp->state = v->via.bin.size == RECORD_TOMBSTONE ? ST_TOMB : ST_VALUE;
         cp->ct = record_clocktime(v->via.bin.ptr, v->via.bin.size);
-        if (!c->best || cp->ct > record_clocktime(c->best, c->blen)) {
-            uint8_t *b = malloc(v->via.bin.size);
-            if (!b) {
-                rc = kumo_err(r->err, "out of memory");
-                break;
-            }
-            memcpy(b, v->via.bin.ptr, v->via.bin.size);
-            free(c->best);
-            c->best = b;
-            c->blen = v->via.bin.size;
+        cp->h = bytes_hash((const uint8_t *)v->via.bin.ptr, v->via.bin.size);
+        size_t at = (size_t)(cp - c->c);
+        if (!(c->rec[at] = malloc(v->via.bin.size))) {
+            rc = kumo_err(r->err, "out of memory");
+            break;
         }
+        memcpy(c->rec[at], v->via.bin.ptr, v->via.bin.size);
+        c->rlen[at] = v->via.bin.size;
     }
     msgpack_unpacked_destroy(&res);
     return rc;
 }
 
-/* SRV_REPLICATE [0, dbkey, record] to every owner of c with less. */
+/* The record to repair c with: the newest copy; when copies of the newest
+ * ClockTime differ in their bytes (one write, changed on some disk since),
+ * the bytes a majority of the key's live owners hold, or none. */
+static void choose_best(cand *c)
+{
+    uint64_t newest = 0;
+    size_t votes = 0, win = 0;
+    for (size_t k = 0; k < c->n; k++)
+        if (c->rec[k] && c->c[k].ct > newest) newest = c->c[k].ct;
+    for (size_t k = 0; k < c->n; k++) {
+        size_t same = 0;
+        if (!c->rec[k] || c->c[k].ct != newest) continue;
+        for (size_t i = 0; i < c->n; i++) {
+            same += c->rec[i] && c->c[i].h == c->c[k].h;
+            c->conflict = c->conflict || (c->rec[i] && c->c[i].ct == newest && c->c[i].h != c->c[k].h);
+        }
+        if (same > votes) {
+            votes = same;
+            win = k;
+        }
+    }
+    c->majority = votes * 2 > c->n;
+    if (votes && (!c->conflict || c->majority)) {
+        c->best = c->rec[win];
+        c->blen = c->rlen[win];
+    }
+}
+
+/* SRV_REPLICATE [flags, dbkey, record] to every owner of c with less (or,
+ * after a conflict, other bytes: WF_MEND). */
 static int push(run *r, cand *c)
 {
-    uint64_t ct = record_clocktime(c->best, c->blen);
+    uint64_t ct = record_clocktime(c->best, c->blen), h = bytes_hash(c->best, c->blen);
     bool any = false;
     for (size_t k = 0; k < c->n; k++) {
-        if (c->c[k].state != ST_MISSING && c->c[k].ct >= ct) continue;
+        if (c->c[k].state != ST_MISSING && (c->c[k].ct > ct || (c->c[k].ct == ct && (!c->conflict || c->c[k].h == h))))
+            continue;
         node *n = &r->nodes[c->c[k].node];
         msgpack_unpacked res;
         msgpack_unpacked_init(&res);
         msgpack_pack_array(&r->pk, 3);
-        msgpack_pack_uint8(&r->pk, 0);
+        msgpack_pack_uint8(&r->pk, c->conflict ? WF_MEND : 0);
         msgpack_pack_bin_with_body(&r->pk, c->key, c->klen);
         msgpack_pack_bin_with_body(&r->pk, c->best, c->blen);
         if (call(r, n, SRV_REPLICATE, &res) < 0) {
@@ -406,8 +467,8 @@ static int push(run *r, cand *c)
             if (!any) {
                 printf("repaired ");
                 print_key(stdout, c->key, c->klen);
-                printf(": %s %u.%u to", c->blen == RECORD_TOMBSTONE ? "tombstone" : "value", clock_seconds(ct),
-                       clock_counter(ct));
+                printf(": %s %u.%u%s to", c->blen == RECORD_TOMBSTONE ? "tombstone" : "value", clock_seconds(ct),
+                       clock_counter(ct), c->conflict ? " (the bytes of the owners' majority)" : "");
             }
             printf(" %s", n->name);
             any = true;
@@ -423,7 +484,7 @@ static int judge(run *r, cand *c)
     bool same = true;
     uint64_t newest = 0;
     for (size_t k = 0; k < c->n; k++) {
-        same = same && c->c[k].state == c->c[0].state && c->c[k].ct == c->c[0].ct;
+        same = same && c->c[k].state == c->c[0].state && c->c[k].ct == c->c[0].ct && c->c[k].h == c->c[0].h;
         if (c->c[k].state != ST_MISSING && c->c[k].ct > newest) newest = c->c[k].ct;
     }
     if (same) {
@@ -442,6 +503,13 @@ static int judge(run *r, cand *c)
     d->klen = c->klen;
     d->n = c->n;
     memcpy(d->c, c->c, sizeof(d->c));
+    choose_best(c);
+    d->conflict = c->conflict;
+    if (c->conflict && !c->majority) {
+        printf("no majority for ");
+        print_key(stdout, c->key, c->klen);
+        printf(": its %zu owners hold other bytes for one write; not repaired\n", c->n);
+    }
     return r->repair && c->best ? push(r, c) : 0;
 }
 
@@ -452,10 +520,11 @@ static int fetch_judge(run *r, cand *cs, size_t ncs)
     for (uint32_t i = 0; i < r->nnodes && rc == 0; i++)
         if (r->nodes[i].live) rc = fetch_from(r, &r->nodes[i], i, cs, ncs);
     for (size_t i = 0; i < ncs && rc == 0; i++) rc = judge(r, &cs[i]);
-    for (size_t i = 0; i < ncs; i++) {
-        free(cs[i].best);
-        cs[i].best = NULL;
-    }
+    for (size_t i = 0; i < ncs; i++)
+        for (size_t k = 0; k < KUMO_REPLICAS; k++) {
+            free(cs[i].rec[k]);
+            cs[i].rec[k] = NULL;
+        }
     return rc;
 }
 
@@ -474,8 +543,10 @@ static int take_keys(run *r, node *n, const msgpack_object *o)
     if (!grow((void **)&r->ent, &r->capent, r->nent + a->size, sizeof(*r->ent))) return kumo_err(r->err, "out of memory");
     for (uint32_t i = 0; i < a->size; i++) {
         const msgpack_object *e = &a->ptr[i];
-        if (!is_array(e, 3) || !is_bytes(&e->via.array.ptr[0]) || e->via.array.ptr[0].via.bin.size <= RECORD_KEY_HEADER ||
-            !is_uint(&e->via.array.ptr[1]) || e->via.array.ptr[2].type != MSGPACK_OBJECT_BOOLEAN)
+        bool vh = is_array(e, 4) && is_uint(&e->via.array.ptr[3]); /* an older server lists no value hash */
+        if ((!is_array(e, 3) && !vh) || !is_bytes(&e->via.array.ptr[0]) ||
+            e->via.array.ptr[0].via.bin.size <= RECORD_KEY_HEADER || !is_uint(&e->via.array.ptr[1]) ||
+            e->via.array.ptr[2].type != MSGPACK_OBJECT_BOOLEAN)
             return bad_answer(r, n, "SRV_RANGE_KEYS");
         entry *x = &r->ent[r->nent];
         x->klen = e->via.array.ptr[0].via.bin.size;
@@ -485,6 +556,8 @@ static int take_keys(run *r, node *n, const msgpack_object *o)
         x->node = (uint32_t)(n - r->nodes);
         x->ct = e->via.array.ptr[1].via.u64;
         x->tomb = e->via.array.ptr[2].via.boolean;
+        x->has_vh = vh;
+        x->vh = vh ? e->via.array.ptr[3].via.u64 : 0;
         r->nent++;
     }
     return 0;
@@ -528,8 +601,11 @@ static int judge_entries(run *r)
                 if (r->ent[e].node != own[k] || (c.c[k].state != ST_MISSING && r->ent[e].ct <= c.c[k].ct)) continue;
                 c.c[k].state = r->ent[e].tomb ? ST_TOMB : ST_VALUE;
                 c.c[k].ct = r->ent[e].ct;
+                c.c[k].has_vh = r->ent[e].has_vh;
+                c.c[k].vh = r->ent[e].vh;
             }
-            agree = agree && c.c[k].state != ST_MISSING && c.c[k].ct == c.c[0].ct;
+            agree = agree && c.c[k].state != ST_MISSING && c.c[k].ct == c.c[0].ct &&
+                    (!c.c[k].has_vh || !c.c[0].has_vh || c.c[k].vh == c.c[0].vh);
         }
         i = j;
         if (agree || c.n < 2) continue;
@@ -564,7 +640,7 @@ static int keys_batch(run *r, const item *items, size_t n)
             mine += owns[i];
         }
         if (mine > 0) {
-            msgpack_pack_array(&r->pk, 2);
+            msgpack_pack_array(&r->pk, 3);
             msgpack_pack_uint8(&r->pk, 0);
             msgpack_pack_array(&r->pk, mine);
             for (size_t i = 0; i < n; i++) {
@@ -573,6 +649,7 @@ static int keys_batch(run *r, const item *items, size_t n)
                 msgpack_pack_uint64(&r->pk, items[i].lo);
                 msgpack_pack_uint64(&r->pk, items[i].hi);
             }
+            msgpack_pack_uint8(&r->pk, 1); /* values: each entry with its value's hash */
             rc = start_walk(r, &r->nodes[x], SRV_RANGE_KEYS, take_keys);
         }
         free(owns);
@@ -684,7 +761,7 @@ static int report(run *r)
         const dkey *d = &r->dk[k];
         for (size_t i = 0; i < d->n; i++)
             for (size_t j = i + 1; j < d->n; j++) {
-                if (d->c[i].state == d->c[j].state && d->c[i].ct == d->c[j].ct) continue;
+                if (d->c[i].state == d->c[j].state && d->c[i].ct == d->c[j].ct && d->c[i].h == d->c[j].h) continue;
                 if (!grow((void **)&rows, &cap, nrows + 1, sizeof(*rows))) {
                     free(rows);
                     return kumo_err(r->err, "out of memory");
@@ -708,7 +785,7 @@ static int report(run *r)
             }
             printf("  ");
             print_key(stdout, d->key, d->klen);
-            printf("  %s | %s\n", copy_text(ca, b1, sizeof(b1)), copy_text(cb, b2, sizeof(b2)));
+            printf("  %s | %s\n", copy_text(ca, d->conflict, b1, sizeof(b1)), copy_text(cb, d->conflict, b2, sizeof(b2)));
         }
     }
     free(rows);
@@ -767,6 +844,7 @@ static void run_free(run *r)
         if (r->nodes[i].connected) tool_close(&r->nodes[i].t);
         free(r->nodes[i].count);
         free(r->nodes[i].sum);
+        free(r->nodes[i].vsum);
     }
     free(r->nodes);
     forget_keys(r);

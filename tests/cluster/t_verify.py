@@ -6,6 +6,9 @@ docs/anti-entropy.md).
   1. 3 servers, a gateway; 3,000 keys set through the gateway (pymemcache),
      40 of them deleted (their tombstones agree everywhere).
   2. `kumoctl verify` on the healthy cluster: exit 0, 0 keys divergent.
+     SRV_DIGEST and SRV_RANGE_KEYS answer a caller without the values flag
+     in the three-element forms an older kumoctl reads, and one with it
+     with the value digests (docs/protocol.md §5.5).
   3. Divergence planted in ONE server's Tokyo Cabinet file (the victim):
        - missing values: records removed (`tchmgr out`);
        - stale values: a record overwritten by an older version of itself
@@ -200,9 +203,45 @@ def plant_divergence(c, rng, items, check_visible=True):
     return victim, {k: items.get(k) for k in missing + stale + tomb_keys}
 
 
+def walk_result(port, method, start, poll):
+    """Start a walk with params `start`, poll it with `poll(job)`: its result."""
+    err, res = kt.rpc_call(port, method, start)
+    for _ in range(100):
+        if err is not None or res[3] is not None:
+            break
+        time.sleep(0.05)
+        err, res = kt.rpc_call(port, method, poll(res[0]))
+    if err is not None:
+        raise OSError("method %d: %s" % (method, err))
+    return res[3]
+
+
+def check_wire_forms(c):
+    """SRV_DIGEST (40) and SRV_RANGE_KEYS (41) answer an older caller (no
+    values flag) in the three-element forms, a newer one with vdigest and
+    the value's hash (docs/protocol.md §5.5)."""
+    port = c.servers[0].port
+    try:
+        old = walk_result(port, 40, [0], lambda j: [j])
+        new = walk_result(port, 40, [0], lambda j: [j, 1])
+        tap.ok(old[3] and all(len(e) == 3 for e in old[3]) and all(len(e) == 4 for e in new[3]),
+               "SRV_DIGEST: [vnode, count, digest] without values, with vdigest when asked for",
+               "%r / %r" % (old[3][:2], new[3][:2]))
+        spans = [[0, (1 << 64) - 1]]
+        old = walk_result(port, 41, [0, spans], lambda j: [j])
+        new = walk_result(port, 41, [0, spans, 1], lambda j: [j])
+        tap.ok(old[2] and all(len(e) == 3 for e in old[2]) and all(len(e) == 4 for e in new[2]) and
+               len(old[2]) == len(new[2]),
+               "SRV_RANGE_KEYS: [dbkey, clocktime, tombstone] without values, with the value's hash when asked for",
+               "%r / %r" % (old[2][:2], new[2][:2]))
+    except (OSError, TypeError, IndexError) as e:
+        tap.ok(False, "SRV_DIGEST and SRV_RANGE_KEYS in both forms", str(e))
+
+
 def scenario_kumoctl(rng):
     with kt.Cluster(nservers=3) as c:
         items = load(c, rng, "ae")
+        check_wire_forms(c)
         r, _ = verify(c)
         tap.ok(r.returncode == 0 and summary(r.stdout) is not None and summary(r.stdout)[2] == 0,
                "verify on a healthy cluster: exit 0, 0 keys divergent",

@@ -1,11 +1,14 @@
 /*
  * test_store — store.c against real Tokyo Cabinet files in a mkdtemp dir:
  * spec parsing and open errors, put/get, the newer-clocktime-wins update
- * rule with values and tombstones, modify verdicts, remove_if_older,
+ * rule with values and tombstones, modify verdicts, remove_if_older, mend,
  * iteration that writes from its callback, backup, two threads racing
  * store_update on the same keys, and the disk reservation under Tokyo
  * Cabinet's map: running ahead of the file, and (as root, in a mount
  * namespace of its own) a full filesystem refusing writes instead of SIGBUS.
+ * Damage: walks over random bytes, insane headers and a torn last record;
+ * the check at open rebuilding, keeping <db>.damaged and then
+ * <db>.damaged.1, and refusing a file that is almost all unreadable.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -311,6 +314,26 @@ static void test_remove_if_older(store *s)
     is_int(store_remove_if_older(s, "r", 1, 9999, err), 0, "missing key: nothing removed");
     store_put(s, "r", 1, tomb, sizeof(tomb), err);
     is_int(store_remove_if_older(s, "r", 1, 501, err), 1, "older record removed");
+}
+
+/* store_mend: newer wins as in store_update, and a record of the same
+ * clocktime with other bytes is overwritten too. */
+static void test_mend(store *s)
+{
+    char err[KUMO_ERRLEN];
+    uint8_t good[64], bad[64], old[64];
+    size_t n = mkval(good, 700, "the right bytes"), vlen;
+    mkval(bad, 700, "the wrong bytes");
+    mkval(old, 699, "the right bytes");
+    store_put(s, "mend", 4, bad, n, err);
+    is_int(store_update(s, "mend", 4, good, n, err), 0, "update: the same clocktime with other bytes is kept");
+    is_int(store_mend(s, "mend", 4, good, n, err), 1, "mend: ... is overwritten");
+    void *got = store_get(s, "mend", 4, &vlen);
+    ok(got && vlen == n && memcmp(got, good, n) == 0, "the mended bytes are stored");
+    free(got);
+    is_int(store_mend(s, "mend", 4, good, n, err), 0, "mend with the same bytes: nothing written");
+    is_int(store_mend(s, "mend", 4, old, n, err), 0, "mend with an older record: nothing written");
+    is_int(store_mend(s, "mend-new", 8, good, n, err), 1, "mend of a missing key writes it");
 }
 
 typedef struct walk {
@@ -792,10 +815,100 @@ static void check_walk(const char *what, const char *path, int min_records, int 
        (unsigned long long)r.spots, (unsigned long long)r.bytes);
 }
 
+static long file_size(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? (long)st.st_size : -1;
+}
+
+/* The open-time check refuses to rebuild a file that is almost all
+ * unreadable (more likely a file this build cannot read than a disk that
+ * lost it all): it answers an error and leaves the file as it was. */
+static void test_damage_refused(const char *clean, const uint8_t *noise, size_t nlen)
+{
+    char err[KUMO_ERRLEN], kept[600], tmp[600];
+    const char *p = path_in("dmg-most.tch");
+    long from = copy_file(clean, p) == 0 ? record_offset(p, "d00003") + 7 : -1;
+    long size = file_size(p), to = size;
+    int bad = from <= 0 || to <= from;
+    for (long at = from; !bad && at < to; at += (long)nlen)
+        bad = patch(p, at, noise, at + (long)nlen <= to ? nlen : (size_t)(to - at)) != 0;
+    ok(!bad, "random bytes from record d00003 to the end (%ld..%ld of %ld)", from, to, size);
+    uint8_t *before = malloc((size_t)size), *now = malloc((size_t)size);
+    FILE *f = fopen(p, "rb");
+    int read_ok = before && now && f && fread(before, 1, (size_t)size, f) == (size_t)size;
+    if (f) fclose(f);
+    store_check check;
+    store *s = store_open_checked(p, &check, err);
+    ok(s == NULL && strstr(err, "not rebuilding") != NULL, "open_checked refuses it: %s", s ? "(opened)" : err);
+    store_close(s);
+    snprintf(kept, sizeof(kept), "%s.damaged", p);
+    snprintf(tmp, sizeof(tmp), "%s.salvage", p);
+    f = fopen(p, "rb");
+    read_ok = read_ok && f && file_size(p) == size && fread(now, 1, (size_t)size, f) == (size_t)size;
+    if (f) fclose(f);
+    ok(read_ok && memcmp(before, now, (size_t)size) == 0 && access(kept, F_OK) != 0 && access(tmp, F_OK) != 0,
+       "the file is left as it was: not rebuilt, not moved, no salvage file left");
+    free(before);
+    free(now);
+}
+
+/* A torn last record, as a crash in the middle of an append leaves it: the
+ * file ends inside the record, and TC's header still counts the bytes that
+ * never reached the disk. The walk and the check at open must not crash
+ * (TC maps the file: a read past its end would be SIGBUS) and lose only
+ * that record. Run in a child, as the other damage is. */
+static void test_damage_torn(const char *clean)
+{
+    const char *p = path_in("dmg-torn.tch");
+    char err[KUMO_ERRLEN];
+    store *s = copy_file(clean, p) == 0 ? store_open(p, err) : NULL;
+    long end = s ? (long)store_file_size(s) : -1;
+    store_close(s);
+    ok(end > 0 && truncate(p, end - 20) == 0, "the file cut 20 bytes before its end (%ld), in its last record", end);
+    s = store_open(p, err);
+    ok(s == NULL && strstr(err, "invalid meta data") != NULL, "Tokyo Cabinet alone refuses it: %s",
+       s ? "(opened)" : err);
+    store_close(s);
+    int status;
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        store_check check;
+        alarm(30);
+        s = store_open_checked(p, &check, err);
+        if (!s || check.spots == 0 || !check.kept[0]) {
+            fprintf(stderr, "# %s\n", err);
+            _exit(2);
+        }
+        int lost = 0, wrong = 0;
+        for (int i = 0; i < DMG_RECORDS; i++) {
+            char k[16];
+            uint8_t v[128];
+            size_t vlen, n;
+            int kl = snprintf(k, sizeof(k), "d%05d", i);
+            void *got = store_get(s, k, (size_t)kl, &vlen);
+            n = dmg_value(v, i);
+            lost += !got;
+            wrong += got && (vlen != n || memcmp(got, v, n) != 0);
+            free(got);
+            wrong += store_put(s, k, (size_t)kl, v, n, err) < 0;
+        }
+        store_close(s);
+        if (lost > 1 || wrong) fprintf(stderr, "# %d lost, %d wrong or not written\n", lost, wrong);
+        _exit(lost <= 1 && wrong == 0 ? 0 : 3);
+    }
+    status = -1;
+    waitpid(pid, &status, 0);
+    ok(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+       "opened checked: at most the torn record lost, every key written again (%s %d)",
+       WIFSIGNALED(status) ? "signal" : "exit", WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+}
+
 static void test_damage(void)
 {
-    char err[KUMO_ERRLEN];
-    const char *clean = path_in("dmg.tch");
+    char err[KUMO_ERRLEN], clean[512];
+    snprintf(clean, sizeof(clean), "%s", path_in("dmg.tch")); /* path_in's buffers are reused */
     store *s = store_open(clean, err);
     ok(s != NULL, "open dmg.tch");
     if (!s) return;
@@ -870,6 +983,26 @@ static void test_damage(void)
     ok(s && check.spots == 0 && check.records == DMG_RECORDS && !check.kept[0],
        "checked again: %llu records, no damage, nothing rebuilt", (unsigned long long)check.records);
     store_close(s);
+
+    /* 5. A second incident on the same file: its damaged file is kept as
+     *    <db>.damaged.1, and the first one's <db>.damaged stays as it was. */
+    struct stat first, after;
+    int had_first = stat(kept, &first);
+    at = record_offset(p, "d02000");
+    ok(had_first == 0 && at > 0 && patch(p, at + 7, noise, sizeof(noise)) == 0,
+       "the rebuilt file damaged again (64 KiB at %ld)", at + 7);
+    s = store_open_checked(p, &check, err);
+    char kept1[600];
+    snprintf(kept1, sizeof(kept1), "%s.damaged.1", p);
+    ok(s && check.spots >= 1 && strcmp(check.kept, kept1) == 0 && access(kept1, F_OK) == 0,
+       "rebuilt again, the damaged file kept as %s (\"%s\")", kept1, check.kept);
+    ok(stat(kept, &after) == 0 && after.st_size == first.st_size && after.st_ino == first.st_ino &&
+           after.st_mtime == first.st_mtime,
+       "%s of the first incident is not overwritten", kept);
+    store_close(s);
+
+    test_damage_refused(clean, noise, sizeof(noise));
+    test_damage_torn(clean);
 }
 
 int main(int argc, char **argv)
@@ -897,6 +1030,7 @@ int main(int argc, char **argv)
     test_update(s);
     test_modify(s);
     test_remove_if_older(s);
+    test_mend(s);
     test_iterate();
     test_walk_races();
     test_damage();
