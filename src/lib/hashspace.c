@@ -89,9 +89,7 @@ bool hashspace_supersedes(const hashspace *n, const hashspace *cur, bool ties)
     return ties && n->clocktime == cur->clocktime && !hashspace_same_nodes(n, cur);
 }
 
-/* Same nodes in the same order and the same catching-up flags: what two
- * snapshots of one version have in common. */
-static bool same_members(const hashspace *a, const hashspace *b)
+bool hashspace_same_members(const hashspace *a, const hashspace *b)
 {
     if (a->ring.nnodes != b->ring.nnodes) return false;
     for (size_t i = 0; i < a->ring.nnodes; i++) {
@@ -106,7 +104,7 @@ hashspace *hashspace_adopt(hashspace *n, hashspace *cur, bool ties)
     if (hashspace_blank(n)) return NULL;
     if (hashspace_blank(cur) || n->version > cur->version) return hashspace_ref(n);
     if (n->version < cur->version) return NULL;
-    if (!same_members(n, cur)) return hashspace_supersedes(n, cur, ties) ? hashspace_ref(n) : NULL;
+    if (!hashspace_same_members(n, cur)) return hashspace_supersedes(n, cur, ties) ? hashspace_ref(n) : NULL;
     bool added = false;
     for (size_t i = 0; i < n->ring.nnodes; i++) added |= cur->ring.nodes[i].active && !n->ring.nodes[i].active;
     if (!added) return n->clocktime > cur->clocktime && hashspace_same_nodes(n, cur) ? hashspace_ref(n) : NULL;

@@ -73,6 +73,9 @@ bool hashspace_empty(const hashspace *hs);
 static inline bool hashspace_blank(const hashspace *hs) { return !hs || hs->ring.nnodes == 0; }
 /* Same nodes, same order, same state flags and keys (clocktime ignored). */
 bool hashspace_same_nodes(const hashspace *a, const hashspace *b);
+/* Same nodes in the same order with the same catching-up flags, fault
+ * marks aside: what two snapshots of one version have in common. */
+bool hashspace_same_members(const hashspace *a, const hashspace *b);
 /* Whether a daemon holding `cur` adopts `n`, pushed by a manager or synced
  * by the partner; the one rule of servers, gateways and managers. Never a
  * blank one (what a manager that knows nothing yet holds); always one when

@@ -30,6 +30,19 @@ int kumo_err(char *err, const char *fmt, ...)
     return -1;
 }
 
+void kumo_sync_dir(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+    if (!dir) return;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+    free(dir);
+}
+
 int kumo_save_file(const char *path, const void *data, size_t len, char *err)
 {
     size_t n = strlen(path) + 5;
@@ -49,6 +62,7 @@ int kumo_save_file(const char *path, const void *data, size_t len, char *err)
     if (fd < 0 || left > 0 || fsync(fd) != 0) kumo_err(err, "%s: %s", tmp, strerror(errno ? errno : EIO));
     else if (rename(tmp, path) != 0) kumo_err(err, "%s: %s", path, strerror(errno));
     else rc = 0;
+    if (rc == 0) kumo_sync_dir(path);
     if (fd >= 0) close(fd);
     if (rc != 0) unlink(tmp);
     free(tmp);

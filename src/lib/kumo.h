@@ -43,6 +43,9 @@ void kumo_print_version(const char *prog);
  * fsync'd, renamed over path. A crash leaves the old file or the new one,
  * never a part. 0, or -1 + err naming the file. */
 int kumo_save_file(const char *path, const void *data, size_t len, char *err);
+/* fsync the directory holding `path`, so a rename into it is durable
+ * (best effort: what was renamed is already on disk). */
+void kumo_sync_dir(const char *path);
 
 /* printf into err (NULL-safe); always returns -1 so callers can `return kumo_err(...)`. */
 int kumo_err(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

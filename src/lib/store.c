@@ -195,20 +195,6 @@ static void store_free(store *s)
     free(s);
 }
 
-/* fsync the directory holding `path`, so a rename into it is durable. */
-static void sync_dir(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
-    if (!dir) return;
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        fsync(fd); /* best effort: the copy itself is already on disk */
-        close(fd);
-    }
-    free(dir);
-}
-
 /* ---- open / close ---- */
 
 /* ---- reservation ----
@@ -779,7 +765,7 @@ static int rebuild(store *s, store_check *out, char *err)
         unlink(tmp);
         goto out;
     }
-    sync_dir(s->path);
+    kumo_sync_dir(s->path);
     snprintf(out->kept, sizeof(out->kept), "%s", kept);
     rc = 0;
 out:
@@ -920,7 +906,7 @@ int store_backup(store *s, const char *dst, char *err)
         kumo_err(err, "%s: %s", dst, strerror(errno));
         goto fail;
     }
-    sync_dir(dst);
+    kumo_sync_dir(dst);
     rc = 0;
     goto out;
 fail:

@@ -154,6 +154,7 @@ static void change_done(manager *m, void *arg, int result, const char *why)
                                                                                           : "detach",
                  text);
         if (op->client) rpc_reply_error(op->client, op->msgid, "membership change not agreed: %s", text);
+        else membership_schedule_auto_replace(m); /* auto-replace tries again at its next turn */
         op_free(op);
         return;
     }

@@ -74,13 +74,22 @@ static void release(proposal *p)
     free(p);
 }
 
+/* (w, r) is the pair we proposed, the other manager may have completed it
+ * for us: our version with our members, fault marks aside. (Not by its
+ * ClockTime: the two managers' clocks follow each other and may make the
+ * same one; a pair with our members is our change, whoever proposed it.) */
+static bool ours(const proposal *p, const hashspace *w, const hashspace *r)
+{
+    return w->version == p->version && hashspace_same_members(w, p->own_w) && hashspace_same_members(r, p->own_r);
+}
+
 static void finish(proposal *p, int result, const char *why)
 {
     manager *m = p->m;
     if (p->finished) return;
     p->finished = true;
     if (m->proposal == p) m->proposal = NULL;
-    if (result == HISTORY_OK && p->value_w != p->own_w) result = HISTORY_SUPERSEDED;
+    if (result == HISTORY_OK && p->value_w && !ours(p, p->value_w, p->value_r)) result = HISTORY_SUPERSEDED;
     if (p->done) p->done(m, p->arg, result, why);
 }
 
@@ -123,7 +132,7 @@ static void chosen(proposal *p)
     manager *m = p->m;
     char buf[CLOCK_FORMAT_LEN];
     if (m->whs->version >= p->version) { /* taken meanwhile from a server or the partner */
-        finish(p, HISTORY_SUPERSEDED, "the other manager changed the membership first");
+        finish(p, ours(p, m->whs, m->rhs) ? HISTORY_OK : HISTORY_SUPERSEDED, "the other manager changed the membership first");
         return;
     }
     log_info("membership version %llu agreed by %zu of %zu servers (%s)", (unsigned long long)p->version, p->yes,
@@ -149,8 +158,9 @@ static void round_reply(void *arg, rpc_status st, const msgpack_object *r)
     if (st != RPC_OK || !rpc_arg_uint(r, 0, &code)) code = HS_REFUSED;
     if (code == HS_STALE) {
         p->stale = true;
-        take_answered(p, r); /* may start a change of ours: p is no longer m->proposal */
-        finish(p, HISTORY_SUPERSEDED, "the other manager changed the membership first");
+        take_answered(p, r); /* our own pair, if the other manager completed it for us */
+        finish(p, ours(p, p->m->whs, p->m->rhs) ? HISTORY_OK : HISTORY_SUPERSEDED,
+               "the other manager changed the membership first");
     } else if (code == HS_BEHIND) {
         mserver *ms = membership_find_server(p->m, &addr);
         if (ms) membership_push(p->m, ms); /* it missed version v: next time it can vote */
@@ -158,6 +168,9 @@ static void round_reply(void *arg, rpc_status st, const msgpack_object *r)
         if (phase == 1) note_accepted(p, r);
         p->yes++;
     } else {
+        hashspace_ballot b;
+        const msgpack_object *ob = st == RPC_OK ? rpc_arg(r, 2) : NULL;
+        if (ob && hashspace_ballot_unpack(ob, &b)) clock_update(&p->m->clock, b.ct); /* outbid next time */
         p->refused++;
     }
     if (!p->finished && p->yes >= p->need) {
@@ -165,7 +178,9 @@ static void round_reply(void *arg, rpc_status st, const msgpack_object *r)
             p->phase = 2;
             p->value_w = hashspace_ref(p->found_w ? p->found_w : p->own_w);
             p->value_r = hashspace_ref(p->found_r ? p->found_r : p->own_r);
+            p->outstanding++; /* send_round may finish p: it is released below, once */
             send_round(p);
+            p->outstanding--;
         } else {
             chosen(p);
         }
@@ -187,7 +202,6 @@ static void send_round(proposal *p)
     const hashspace *base = m->whs;
     if (base->version + 1 != p->version) { /* a newer version was taken between the phases */
         finish(p, HISTORY_SUPERSEDED, "the other manager changed the membership first");
-        release(p);
         return;
     }
     p->yes = p->answered = p->asked = p->refused = 0;
@@ -214,7 +228,6 @@ static void send_round(proposal *p)
         snprintf(why, sizeof(why), "only %zu of the %zu attached servers are reachable, %zu needed to agree on a change",
                  p->asked, p->listed, p->need);
         finish(p, HISTORY_FAILED, why);
-        release(p);
     }
 }
 
@@ -246,7 +259,10 @@ bool history_change(manager *m, hashspace *whs, hashspace *rhs, history_done don
     proposal *p = xcalloc(1, sizeof(*p));
     *p = (proposal){.m = m, .version = version, .ballot = {.ct = ct, .by = m->self}, .own_w = w, .own_r = r, .phase = 1, .listed = listed, .need = listed / 2 + 1, .done = done, .arg = arg};
     m->proposal = p;
+    p->outstanding++; /* send_round may finish p */
     send_round(p);
+    p->outstanding--;
+    release(p);
     return true;
 }
 

@@ -116,13 +116,16 @@ static void mark_newcomer(manager *m, mserver *ms)
 
 bool membership_sees_majority(manager *m)
 {
-    size_t listed = m->whs->ring.nnodes, linked = 0;
-    if (!m->has_partner || listed == 0) return true;
-    for (size_t i = 0; i < listed; i++) {
-        mserver *ms = membership_find_server(m, &m->whs->ring.nodes[i].addr);
+    size_t active = 0, linked = 0;
+    if (!m->has_partner) return true;
+    for (size_t i = 0; i < m->whs->ring.nnodes; i++) {
+        const ring_node *n = &m->whs->ring.nodes[i];
+        if (!n->active) continue; /* already out of service: no vote on who else is */
+        mserver *ms = membership_find_server(m, &n->addr);
+        active++;
         linked += ms && ms->conn;
     }
-    return linked >= listed / 2 + 1;
+    return 2 * linked >= active;
 }
 
 /* hs with every server this manager found lost marked fault (a change
@@ -149,10 +152,13 @@ static hashspace *without_lost(manager *m, hashspace *hs)
 
 static void install(manager *m, hashspace *whs, hashspace *rhs)
 {
-    hashspace_unref(m->whs);
-    hashspace_unref(m->rhs);
+    hashspace *old_w = m->whs, *old_r = m->rhs;
+    m->whs = whs; /* without_lost counts the servers the new whs lists */
+    m->rhs = rhs;
     m->whs = without_lost(m, whs);
     m->rhs = without_lost(m, rhs);
+    hashspace_unref(old_w);
+    hashspace_unref(old_r);
     /* Who is listed as a newcomer follows the layout, whoever changed it:
      * a server attached by the partner is one no more, one it detached is
      * one again, so none is missing from both lists. */
@@ -360,7 +366,9 @@ static bool is_active_member(manager *m, const net_addr *a)
     return i >= 0 && m->whs->ring.nodes[i].active;
 }
 
-static void server_lost(manager *m, mserver *ms)
+/* force: the server is known to be a new process (it said hello as one),
+ * whatever this manager reaches: marked fault always. */
+static void server_lost(manager *m, mserver *ms, bool force)
 {
     char buf[NET_ADDRSTRLEN];
     log_warn("lost node server %s", fmt(&ms->addr, buf));
@@ -372,11 +380,12 @@ static void server_lost(manager *m, mserver *ms)
      * servers out of service everywhere once the partition heals (marks
      * of one version merge). The other manager, or this one when it
      * reaches a majority again (tick_cb), marks the servers that are gone. */
-    bool majority = membership_sees_majority(m);
+    bool majority = force || membership_sees_majority(m);
     ms->lost = majority;     /* marked fault, and again in any layout installed while it is away */
     ms->suspect = !majority; /* probed again once this manager reaches a majority */
     if (!majority)
-        log_warn("server %s is not marked fault: this manager reaches fewer than half of the attached servers",
+        log_warn("server %s is not marked fault: this manager reaches fewer than half of the attached servers "
+                 "in service",
                  fmt(&ms->addr, buf));
     hashspace *w = majority ? with_fault(m->whs, &ms->addr) : NULL;
     hashspace *r = majority ? with_fault(m->rhs, &ms->addr) : NULL;
@@ -394,7 +403,7 @@ static void probe_next(mserver *ms)
     manager *m = ms->m;
     if (ms->conn) return;
     if (ms->probes_left <= 0) {
-        server_lost(m, ms);
+        server_lost(m, ms, false);
         return;
     }
     ms->probes_left--;
@@ -497,7 +506,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         msgpack_pack_uint64(pk, clock_now(&m->clock));
         rpc_call_end(ms->conn);
     }
-    for (size_t i = 0; i < nsilent; i++) server_lost(m, silent[i]);
+    for (size_t i = 0; i < nsilent; i++) server_lost(m, silent[i], false);
     free(silent);
 }
 
@@ -559,28 +568,31 @@ static void learn_done(learn_ctx *x)
         if (w && r) membership_take(m, w, r); /* a push it did not adopt: it may know a newer version */
     } else if (w && hashspace_blank(w)) {
         ms->fresh = true;
-        if (is_active_member(m, &ms->addr)) server_lost(m, ms); /* ends learning: an own change */
+        if (is_active_member(m, &ms->addr)) server_lost(m, ms, true); /* ends learning: an own change */
     } else if (w && r && !hashspace_blank(r) && (hashspace_blank(m->whs) || w->version > m->whs->version || (w->version == m->whs->version && w->clocktime > m->whs->clocktime))) {
         char buf[NET_ADDRSTRLEN];
         clock_update(&m->clock, w->clocktime > r->clocktime ? w->clocktime : r->clocktime);
         log_info("hash spaces learned from the servers: %zu servers", w->ring.nnodes);
         hashspace *nw = without_fresh(m, hashspace_ref(w)), *nr = without_fresh(m, hashspace_ref(r));
-        install(m, nw, nr);
+        install(m, nw, nr); /* nw and nr may be freed: what was installed is m's */
         m->hooks.changed(m);
-        for (size_t i = 0; i < nw->ring.nnodes; i++) {
-            const net_addr *a = &nw->ring.nodes[i].addr;
+        hashspace *lw = hashspace_ref(m->whs), *lr = hashspace_ref(m->rhs);
+        for (size_t i = 0; i < lw->ring.nnodes; i++) {
+            const net_addr *a = &lw->ring.nodes[i].addr;
             mserver *o = membership_find_server(m, a);
             if (!o && !(o = add_server(m, a))) continue;
-            if (o->conn) o->newcomer = !nw->ring.nodes[i].active;
-            else if (nw->ring.nodes[i].active) {
+            if (o->conn) o->newcomer = !lw->ring.nodes[i].active;
+            else if (lw->ring.nodes[i].active) {
                 log_info("learned server %s is not connected, checking it", fmt(a, buf));
                 start_probing(m, o);
             }
         }
         /* A replace the old manager left unfinished (catching-up servers
          * included) resumes with auto-replace, else with `kumoctl replace`. */
-        if (nw->clocktime != nr->clocktime) membership_schedule_auto_replace(m);
-        /* Last: a move installs new spaces, and nw and nr are m's no more. */
+        if (lw->clocktime != lr->clocktime) membership_schedule_auto_replace(m);
+        hashspace_unref(lw);
+        hashspace_unref(lr);
+        /* Last: a move installs new spaces. */
         for (size_t i = 0; i < m->nservers; i++) /* said hello before the layout was known */
             if (m->servers[i]->conn) follow_moves(m, m->servers[i]);
     }
@@ -667,7 +679,7 @@ static void server_hello(manager *m, rpc_conn *c)
     uint64_t inc = rpc_peer_incarnation(c);
     if (inc && ms->incarnation && inc != ms->incarnation && is_active_member(m, a)) {
         log_warn("server %s is a new process: lost, attach it again", fmt(a, buf));
-        server_lost(m, ms);
+        server_lost(m, ms, true);
     }
     if (inc) ms->incarnation = inc;
     ms->lost = ms->suspect = false;

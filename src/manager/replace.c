@@ -257,17 +257,13 @@ static void delete_agreed(manager *m, void *arg, int result, const char *why)
         retry_soon(m, text);
         return;
     }
-    if (result == HISTORY_SUPERSEDED) {
-        if (hashspace_same_nodes(m->whs, m->rhs)) {
-            /* The other manager switched reads: it deletes too. */
-            m->replacing = false;
-            log_info("replace: the other manager finished it");
-        } else {
-            log_info("replace: the membership changed meanwhile; copying again");
-            replace_start(m, false);
-        }
+    if (result == HISTORY_SUPERSEDED && !(hashspace_same_nodes(m->whs, m->rhs) && same_members(m->whs, m->round_whs))) {
+        log_info("replace: the membership changed meanwhile; copying again");
+        replace_start(m, false);
         return;
     }
+    /* Switched, by us or by the other manager for the same round: delete
+     * (a delete twice is harmless; none would leave stale copies). */
     m->delete_pending = 0;
     for (size_t i = 0; i < m->nservers; i++) {
         mserver *ms = m->servers[i];
@@ -407,10 +403,15 @@ static void barrier_reply(void *arg, rpc_status st, const msgpack_object *r)
     if (!current) return;
     if (st == RPC_OK) done.ms->barred = true;
     if (done.one) {
-        /* A server that did not answer is lost or about to be: the copy
-         * fails without it (replace_server_lost) and is redone; a delete
-         * goes on without it. */
-        if (st == RPC_OK && takes_part(done.ms, done.then)) send_phase(m, done.ms, done.then, done.full);
+        if (!takes_part(done.ms, done.then)) return;
+        if (st == RPC_OK) {
+            send_phase(m, done.ms, done.then, done.full);
+            return;
+        }
+        /* No answer to its own barrier: its phase is not sent, so it is
+         * counted as ended now, like a lost server (the copy fails and is
+         * redone; a delete goes on without it). */
+        replace_server_lost(m, done.ms);
         return;
     }
     if (m->barrier_pending > 0 && --m->barrier_pending == 0) send_phases(m, done.then, done.full);

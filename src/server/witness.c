@@ -111,10 +111,14 @@ static void vote_for(server *s, uint64_t version)
     s->witness_promised = s->witness_accepted = (hashspace_ballot){0};
 }
 
-/* HS_STALE or HS_BEHIND when `version` is not the one after ours; 0 otherwise. */
+/* HS_STALE or HS_BEHIND when `version` is not the one after ours, and
+ * HS_REFUSED for one below the version of our vote (restarted, this
+ * server holds an older layout than it voted on: that version is decided,
+ * though we may not know how); 0 otherwise. */
 static int placed(const server *s, uint64_t version)
 {
     if (version <= s->whs->version) return HS_STALE;
+    if (version < s->witness_version) return HS_REFUSED;
     if (version > s->whs->version + 1) return HS_BEHIND;
     return HS_OK;
 }
@@ -130,7 +134,7 @@ static void prepare(server *s, rpc_conn *c, uint32_t msgid, const msgpack_object
     }
     int where = placed(s, v);
     if (where != HS_OK) {
-        answer(s, c, msgid, where, NULL, where == HS_STALE);
+        answer(s, c, msgid, where, where == HS_REFUSED ? &s->witness_promised : NULL, where == HS_STALE);
         return;
     }
     vote_for(s, v);
@@ -165,7 +169,7 @@ static void accept_pair(server *s, rpc_conn *c, uint32_t msgid, const msgpack_ob
     }
     int where = placed(s, v);
     if (where != HS_OK) {
-        answer(s, c, msgid, where, NULL, where == HS_STALE);
+        answer(s, c, msgid, where, where == HS_REFUSED ? &s->witness_promised : NULL, where == HS_STALE);
     } else {
         vote_for(s, v);
         if (hashspace_ballot_cmp(&b, &s->witness_promised) < 0) {
@@ -222,10 +226,12 @@ void witness_start(server *s)
         good = hashspace_ballot_unpack(&o->via.array.ptr[1], &promised);
     if (good && o->via.array.ptr[2].type != MSGPACK_OBJECT_NIL)
         good = hashspace_ballot_unpack(&o->via.array.ptr[2], &accepted);
-    if (good && (ow = rpc_arg(o, 3))->type != MSGPACK_OBJECT_NIL && (orh = rpc_arg(o, 4))->type != MSGPACK_OBJECT_NIL) {
+    ow = good ? rpc_arg(o, 3) : NULL;
+    orh = good ? rpc_arg(o, 4) : NULL;
+    if (good && (ow->type != MSGPACK_OBJECT_NIL || orh->type != MSGPACK_OBJECT_NIL)) {
         w = hashspace_unpack(ow, err);
         r = w ? hashspace_unpack(orh, err) : NULL;
-        good = w && r;
+        good = w && r && w->version == version && r->version == version && accepted.by.len;
     }
     if (good) {
         vote_for(s, version);
