@@ -149,6 +149,7 @@ static void round_reply(void *arg, rpc_status st, const msgpack_object *r)
     net_addr addr = x->addr;
     free(x);
     p->outstanding--;
+    if (!p->finished && p->m->stopping) finish(p, HISTORY_FAILED, "the manager is stopping");
     if (p->finished || phase != p->phase) {
         release(p);
         return;
@@ -237,6 +238,12 @@ bool history_change(manager *m, hashspace *whs, hashspace *rhs, history_done don
         hashspace_unref(whs);
         hashspace_unref(rhs);
         return false;
+    }
+    if (m->stopping) { /* its links are closing: nothing can be agreed */
+        hashspace_unref(whs);
+        hashspace_unref(rhs);
+        if (done) done(m, arg, HISTORY_FAILED, "the manager is stopping");
+        return true;
     }
     /* rhs keeps its ClockTime unless it becomes whs: whs and rhs of
      * different ClockTimes is what says a replace is due. */

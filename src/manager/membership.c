@@ -71,7 +71,7 @@ static bool learn_from(manager *m, mserver *ms, bool always);
 static void push_reply(void *arg, rpc_status st, const msgpack_object *r)
 {
     mserver *ms = arg;
-    if (st != RPC_OK || r->type != MSGPACK_OBJECT_BOOLEAN || r->via.boolean) return;
+    if (st != RPC_OK || r->type != MSGPACK_OBJECT_BOOLEAN || r->via.boolean || ms->m->stopping) return;
     if (ms->conn) learn_from(ms->m, ms, true);
 }
 
@@ -134,8 +134,8 @@ bool membership_sees_majority(manager *m)
  * of the listed servers (membership_sees_majority). */
 static hashspace *without_lost(manager *m, hashspace *hs)
 {
-    if (!membership_sees_majority(m)) return hs;
-    ring_node *nodes = xmalloc((hs->ring.nnodes + 1) * sizeof(*nodes));
+    if (hs->ring.nnodes == 0 || !membership_sees_majority(m)) return hs;
+    ring_node *nodes = xmalloc(hs->ring.nnodes * sizeof(*nodes));
     bool changed = false;
     memcpy(nodes, hs->ring.nodes, hs->ring.nnodes * sizeof(*nodes));
     for (size_t i = 0; i < hs->ring.nnodes; i++) {
@@ -564,7 +564,9 @@ static void learn_done(learn_ctx *x)
     manager *m = x->m;
     mserver *ms = x->ms;
     hashspace *w = x->hs[0], *r = x->hs[1];
-    if (!m->learning) {
+    if (m->stopping) {
+        /* the links are closing: answers to nothing */
+    } else if (!m->learning) {
         if (w && r) membership_take(m, w, r); /* a push it did not adopt: it may know a newer version */
     } else if (w && hashspace_blank(w)) {
         ms->fresh = true;
@@ -596,7 +598,7 @@ static void learn_done(learn_ctx *x)
         for (size_t i = 0; i < m->nservers; i++) /* said hello before the layout was known */
             if (m->servers[i]->conn) follow_moves(m, m->servers[i]);
     }
-    if (ms->conn && x->push) push_to_server(m, ms); /* held back until its answer was judged */
+    if (ms->conn && x->push && !m->stopping) push_to_server(m, ms); /* held back until its answer was judged */
     hashspace_unref(w);
     hashspace_unref(r);
     free(x);
@@ -683,7 +685,11 @@ static void server_hello(manager *m, rpc_conn *c)
     }
     if (inc) ms->incarnation = inc;
     ms->lost = ms->suspect = false;
-    ms->conn = c; /* the newest link wins; an older one is ignored until it closes */
+    /* The newest link wins; an older one (our probe and its own dial
+     * crossed) is closed, so that nothing keeps it past membership_stop. */
+    rpc_conn *older = ms->conn != c ? ms->conn : NULL;
+    ms->conn = c;
+    rpc_close(older);
     follow_moves(m, ms);
     bool learning = learn_from(m, ms, false);
     ms->last_answer = clock_mono();
