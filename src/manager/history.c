@@ -207,8 +207,8 @@ static void send_round(proposal *p)
     }
     p->yes = p->answered = p->asked = p->refused = 0;
     for (size_t i = 0; i < p->listed && i < base->ring.nnodes; i++) {
-        mserver *ms = membership_find_server(m, &base->ring.nodes[i].addr);
-        if (!ms || !ms->conn) continue;
+        mserver *ms = membership_linked_node(m, &base->ring.nodes[i]); /* by address, or by its ring key */
+        if (!ms) continue;
         call_ctx *x = xmalloc(sizeof(*x));
         *x = (call_ctx){.p = p, .phase = p->phase, .addr = ms->addr};
         p->asked++;

@@ -156,6 +156,10 @@ void membership_set_hashspaces(manager *m, hashspace *whs, hashspace *rhs);
 /* Take a pair that another manager made (found at a server, or learned):
  * by hashspace_adopt's rule, piece by piece; no sync to the partner. */
 void membership_take(manager *m, hashspace *whs, hashspace *rhs);
+/* The linked server that is listed node n: at n's address, or, placed by
+ * the same ring key, at a new one (a container recreated with its volume,
+ * before its entry follows it). NULL if none is linked. */
+mserver *membership_linked_node(manager *m, const ring_node *n);
 /* Whether this manager is linked to a majority of the servers listed in
  * whs (always true without a partner, or with nobody listed): only then
  * may it mark servers fault (membership.c server_lost). */

@@ -114,6 +114,19 @@ static void mark_newcomer(manager *m, mserver *ms)
     membership_schedule_auto_replace(m);
 }
 
+mserver *membership_linked_node(manager *m, const ring_node *n)
+{
+    mserver *ms = membership_find_server(m, &n->addr);
+    if (ms && ms->conn) return ms;
+    for (size_t i = 0; i < m->nservers; i++) {
+        mserver *o = m->servers[i];
+        if (!o->conn) continue;
+        ring_node on = membership_node_of(o, false, false);
+        if (ring_same_key(&on, n)) return o; /* its database, at a new address */
+    }
+    return NULL;
+}
+
 bool membership_sees_majority(manager *m)
 {
     size_t active = 0, linked = 0;
@@ -121,9 +134,8 @@ bool membership_sees_majority(manager *m)
     for (size_t i = 0; i < m->whs->ring.nnodes; i++) {
         const ring_node *n = &m->whs->ring.nodes[i];
         if (!n->active) continue; /* already out of service: no vote on who else is */
-        mserver *ms = membership_find_server(m, &n->addr);
         active++;
-        linked += ms && ms->conn;
+        linked += membership_linked_node(m, n) != NULL;
     }
     return 2 * linked >= active;
 }
@@ -332,6 +344,7 @@ static hashspace *with_moves(hashspace *hs, const mserver *ms, uint64_t ct)
 static void follow_moves(manager *m, mserver *ms)
 {
     char a[NET_ADDRSTRLEN], k[2 * RING_KEY_MAX + 8];
+    if (m->proposal) return; /* one change at a time: the tick tries again */
     uint64_t ct = clock_next(&m->clock);
     hashspace *w = with_moves(m->whs, ms, ct), *r = with_moves(m->rhs, ms, ct);
     if (!w && !r) return;
@@ -342,9 +355,8 @@ static void follow_moves(manager *m, mserver *ms)
     binlog_event(LOG_LVL_WARN, "server_moved", BL_ADDR("addr", &ms->addr));
     /* Entries change addresses: a new version of the membership. Not
      * agreed now (the other manager's change came first, or no majority
-     * answered): its next hello tries again. */
-    if (!m->hooks.propose(m, w ? w : hashspace_ref(m->whs), r ? r : hashspace_ref(m->rhs)))
-        log_warn("server %s: its entry moves after the change being agreed; it is fault until then", fmt(&ms->addr, a));
+     * answered): the next tick tries again. */
+    m->hooks.propose(m, w ? w : hashspace_ref(m->whs), r ? r : hashspace_ref(m->rhs));
 }
 
 /* Another live server is placed by the same key: two copies of one
@@ -479,6 +491,10 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
     }
     m->hooks.tick(m, lag > 0.5 ? lag : 0);
     recheck_lost(m);
+    /* Moves not agreed yet (another change was being agreed, or no
+     * majority answered) are tried again. */
+    for (size_t i = 0; i < m->nservers && !m->proposal; i++)
+        if (m->servers[i]->conn) follow_moves(m, m->servers[i]);
     /* Every silent link is closed before any of them is judged, so that a
      * partition that silences most servers at once is seen as one: no
      * server is marked fault while the others still count as linked. */
