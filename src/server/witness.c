@@ -111,14 +111,13 @@ static void vote_for(server *s, uint64_t version)
     s->witness_promised = s->witness_accepted = (hashspace_ballot){0};
 }
 
-/* HS_STALE or HS_BEHIND when `version` is not the one after ours, and
- * HS_REFUSED for one below the version of our vote (restarted, this
- * server holds an older layout than it voted on: that version is decided,
- * though we may not know how); 0 otherwise. */
+/* HS_STALE or HS_BEHIND when `version` is not the one after ours; 0
+ * otherwise. (A vote kept from before a restart counts only for its own
+ * version: a cluster restarted as a whole starts its history again at 1,
+ * and a floor at the kept version would refuse every change after it.) */
 static int placed(const server *s, uint64_t version)
 {
     if (version <= s->whs->version) return HS_STALE;
-    if (version < s->witness_version) return HS_REFUSED;
     if (version > s->whs->version + 1) return HS_BEHIND;
     return HS_OK;
 }
