@@ -161,8 +161,8 @@ void membership_take(manager *m, hashspace *whs, hashspace *rhs);
  * before its entry follows it). NULL if none is linked. */
 mserver *membership_linked_node(manager *m, const ring_node *n);
 /* Whether this manager is linked to a majority of the servers listed in
- * whs (always true without a partner, or with nobody listed): only then
- * may it mark servers fault (membership.c server_lost). */
+ * whs, fault ones included (always true without a partner): only then may
+ * it mark servers fault (membership.c server_lost). */
 bool membership_sees_majority(manager *m);
 /* Push the hash spaces to one server (SRV_HS_SYNC). */
 void membership_push(manager *m, mserver *ms);

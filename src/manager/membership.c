@@ -129,15 +129,13 @@ mserver *membership_linked_node(manager *m, const ring_node *n)
 
 bool membership_sees_majority(manager *m)
 {
-    size_t active = 0, linked = 0;
+    size_t listed = m->whs->ring.nnodes, linked = 0;
     if (!m->has_partner) return true;
-    for (size_t i = 0; i < m->whs->ring.nnodes; i++) {
-        const ring_node *n = &m->whs->ring.nodes[i];
-        if (!n->active) continue; /* already out of service: no vote on who else is */
-        active++;
-        linked += membership_linked_node(m, n) != NULL;
-    }
-    return 2 * linked >= active;
+    /* Against every listed server, fault ones too: counted against those
+     * in service only, a manager cut off with a minority would mark them
+     * one by one as each tick shrank the count. */
+    for (size_t i = 0; i < listed; i++) linked += membership_linked_node(m, &m->whs->ring.nodes[i]) != NULL;
+    return 2 * linked > listed;
 }
 
 /* hs with every server this manager found lost marked fault (a change
@@ -396,8 +394,7 @@ static void server_lost(manager *m, mserver *ms, bool force)
     ms->lost = majority;     /* marked fault, and again in any layout installed while it is away */
     ms->suspect = !majority; /* probed again once this manager reaches a majority */
     if (!majority)
-        log_warn("server %s is not marked fault: this manager reaches fewer than half of the attached servers "
-                 "in service",
+        log_warn("server %s is not marked fault: this manager reaches no majority of the attached servers",
                  fmt(&ms->addr, buf));
     hashspace *w = majority ? with_fault(m->whs, &ms->addr) : NULL;
     hashspace *r = majority ? with_fault(m->rhs, &ms->addr) : NULL;
