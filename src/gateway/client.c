@@ -116,7 +116,7 @@ static size_t conn_budget(const client *c) { return (size_t)c->g->cfg->max_conn_
 /* Answers not yet written: the socket's output and every queued request's. */
 static size_t buffered(const client *c)
 {
-    size_t n = c->io ? evbuffer_get_length(sio_output(c->io)) : 0;
+    size_t n = c->io ? sio_output_length(c->io) : 0;
     for (const creq *r = c->head; r; r = r->next) n += evbuffer_get_length(r->out);
     return n;
 }

@@ -36,6 +36,7 @@
 
 #define RPC_SWEEP 0.25
 #define RPC_READ_CHUNK (64 * 1024)
+#define RPC_DIRECT_READ (16 * 1024) /* room made in the unpacker's buffer before each read */
 
 /* Flow control over the process's connections (rpc_flow_stats). */
 static _Atomic size_t flow_paused_now;
@@ -96,8 +97,7 @@ struct rpc_conn {
 static int pk_write(void *data, const char *buf, size_t len)
 {
     rpc_conn *c = data;
-    sio_wrote(c->io);
-    return evbuffer_add(sio_output(c->io), buf, len);
+    return sio_append(c->io, buf, len);
 }
 
 /* Before our cluster-key proof is out: hold everything back. */
@@ -326,6 +326,7 @@ static void hello_complete(rpc_conn *c)
     admit_leave(c->self.admit, c->admission, true);
     c->admission = NULL;
     c->guard.limit = RPC_MAX_FRAME; /* read_cb stopped at the end of this object */
+    sio_read_direct(c->io, true);
     if (c->self.clock && c->peer_clock) clock_update(c->self.clock, c->peer_clock);
     check_skew(c);
     if (c->h.on_hello) c->h.on_hello(c->h.arg, c);
@@ -554,7 +555,7 @@ static bool dispatch(rpc_conn *c, const msgpack_object *o)
 static bool must_pause(const rpc_conn *c)
 {
     return !c->outbound && c->self.max_output && !c->dead &&
-           evbuffer_get_length(sio_output(c->io)) >= c->self.max_output;
+           sio_output_length(c->io) >= c->self.max_output;
 }
 
 static void pause_reading(rpc_conn *c)
@@ -608,16 +609,29 @@ static size_t take_input(rpc_conn *c, struct evbuffer *in, size_t n)
 }
 
 /* Dispatch what the unpacker holds, then take more input, until the input
- * is used up, the connection dies, or it pauses (flow control, below). */
+ * is used up, the connection dies, or it pauses (flow control, below).
+ *
+ * The unpacker's zone (where a frame's arrays and maps are built) is kept
+ * and cleared after each frame instead of handed out and replaced, which
+ * cost a zone's malloc and free per frame: handlers never keep a frame's
+ * objects past their return (raw bytes point into the unpacker's buffer,
+ * which the next frame may overwrite just the same). */
 static void pump(rpc_conn *c)
 {
-    msgpack_unpacked result;
-    msgpack_unpacked_init(&result);
     c->busy++;
     while (!c->dead && !c->paused) {
-        msgpack_unpack_return r = msgpack_unpacker_next(&c->up, &result);
-        if (r == MSGPACK_UNPACK_SUCCESS) {
-            if (!dispatch(c, &result.data)) {
+        int r = msgpack_unpacker_execute(&c->up);
+        if (r > 0) {
+            msgpack_object o = msgpack_unpacker_data(&c->up);
+            msgpack_unpacker_reset(&c->up);
+            bool ok = dispatch(c, &o);
+            if (c->up.z) {
+                /* Flushing first drops the "buffer referenced" mark, so the
+                 * buffer is rewound instead of replaced at the next read. */
+                msgpack_unpacker_flush_zone(&c->up);
+                msgpack_unpacker_reset_zone(&c->up);
+            }
+            if (!ok) {
                 log_warn("%s: protocol error, closing", c->name);
                 teardown(c, true);
             } else if (must_pause(c)) {
@@ -625,7 +639,7 @@ static void pump(rpc_conn *c)
             }
             continue;
         }
-        if (r != MSGPACK_UNPACK_CONTINUE) {
+        if (r < 0) {
             log_warn("%s: malformed frame, closing", c->name);
             teardown(c, true);
             break;
@@ -641,14 +655,34 @@ static void pump(rpc_conn *c)
         if (n > RPC_READ_CHUNK) n = RPC_READ_CHUNK;
         if (take_input(c, in, n) == 0) break;
     }
-    msgpack_unpacked_destroy(&result);
     release(c);
 }
 
+/* Once the hello is done, frames are read straight into the unpacker's
+ * buffer (sio_read_direct), through the guard, with no copy through the
+ * socket's input evbuffer; what the hello's read left there is taken first. */
 static void read_cb(void *arg, sio *io)
 {
-    (void)io;
-    pump(arg);
+    rpc_conn *c = arg;
+    c->busy++;
+    if (c->hello_done && !c->paused && evbuffer_get_length(sio_input(io)) == 0) {
+        if (!msgpack_unpacker_reserve_buffer(&c->up, RPC_DIRECT_READ)) {
+            log_error("%s: out of memory reading a frame", c->name);
+            teardown(c, true);
+        } else {
+            size_t room = msgpack_unpacker_buffer_capacity(&c->up);
+            char *buf = msgpack_unpacker_buffer(&c->up);
+            ssize_t n = sio_recv(io, buf, room < RPC_READ_CHUNK ? room : RPC_READ_CHUNK);
+            if (n > 0 && !mpguard_feed(&c->guard, buf, (size_t)n)) {
+                log_warn("%s: a frame declares more than %u bytes could hold, closing", c->name, RPC_MAX_FRAME);
+                teardown(c, true);
+            } else if (n > 0) {
+                msgpack_unpacker_buffer_consumed(&c->up, (size_t)n);
+            }
+        }
+    }
+    if (!c->dead) pump(c);
+    release(c);
 }
 
 /* The peer read what we owed it: take its requests again. */

@@ -14,6 +14,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -21,12 +22,15 @@
 #include "kumo.h"
 
 #define SIO_READ (16 * 1024)
+#define SIO_STAGE (16 * 1024)
 
 struct sio {
     struct event_base *base;
     int fd;
     struct event *ev_read, *ev_write, *ev_flush;
     struct evbuffer *in, *out;
+    char *stage;   /* sio_append's output, ahead of nothing in `out` (see commit) */
+    size_t staged; /* bytes in stage */
     sio_ops ops;
     void *arg;
     int connect_err; /* a connect that failed before it started */
@@ -36,6 +40,7 @@ struct sio {
     bool write_armed;  /* ev_write is added */
     bool flush_queued; /* ev_flush is active */
     bool kick;         /* run on_read once for input already buffered */
+    bool direct;       /* on_read reads with sio_recv (sio_read_direct) */
 };
 
 static void shut(sio *s, int err)
@@ -48,10 +53,45 @@ static void shut(sio *s, int err)
     s->ops.on_close(s->arg, s, err);
 }
 
+/* The staged bytes go behind whatever the evbuffer holds. */
+static int commit(sio *s)
+{
+    if (s->staged == 0) return 0;
+    if (evbuffer_add(s->out, s->stage, s->staged) < 0) return -1;
+    s->staged = 0;
+    return 0;
+}
+
+/* Staged output with nothing queued before it is written from the array
+ * itself; only what the kernel did not take goes to the evbuffer. */
+static bool write_staged(sio *s)
+{
+    if (s->staged == 0) return true;
+    if (evbuffer_get_length(s->out) == 0) {
+        ssize_t n;
+        do n = send(s->fd, s->stage, s->staged, MSG_NOSIGNAL);
+        while (n < 0 && errno == EINTR);
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            shut(s, errno);
+            return false;
+        }
+        if (n > 0) {
+            s->staged -= (size_t)n;
+            memmove(s->stage, s->stage + n, s->staged);
+        }
+    }
+    if (commit(s) < 0) {
+        shut(s, ENOMEM);
+        return false;
+    }
+    return true;
+}
+
 /* Write until the output is empty or the kernel pushes back. Returns true
  * if the socket is still usable. */
 static bool drain(sio *s)
 {
+    if (!write_staged(s)) return false;
     while (evbuffer_get_length(s->out) > 0) {
         if (evbuffer_write(s->out, s->fd) >= 0) continue;
         if (errno == EINTR) continue;
@@ -83,6 +123,10 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
             s->ops.on_read(s->arg, s);
             return;
         }
+    }
+    if (s->direct) {
+        s->ops.on_read(s->arg, s);
+        return;
     }
     struct evbuffer_iovec v[2];
     struct iovec iov[2];
@@ -211,12 +255,38 @@ void sio_free(sio *s)
     if (s->ev_flush) event_free(s->ev_flush);
     if (s->in) evbuffer_free(s->in);
     if (s->out) evbuffer_free(s->out);
+    free(s->stage);
     if (s->fd >= 0) close(s->fd);
     free(s);
 }
 
 struct evbuffer *sio_input(sio *s) { return s->in; }
-struct evbuffer *sio_output(sio *s) { return s->out; }
+struct evbuffer *sio_output(sio *s)
+{
+    if (commit(s) < 0 && !s->connect_err) { /* out of memory: closed from the loop, as a failed connect */
+        s->connect_err = ENOMEM;
+        sio_wrote(s);
+    }
+    return s->out;
+}
+
+size_t sio_output_length(const sio *s) { return evbuffer_get_length(s->out) + s->staged; }
+
+int sio_append(sio *s, const void *buf, size_t len)
+{
+    if (!s->stage && !(s->stage = malloc(SIO_STAGE))) return -1;
+    if (len > SIO_STAGE - s->staged) {
+        if (commit(s) < 0) return -1;
+        if (len > SIO_STAGE / 2) { /* a large value: no copy through the array */
+            sio_wrote(s);
+            return evbuffer_add(s->out, buf, len);
+        }
+    }
+    memcpy(s->stage + s->staged, buf, len);
+    s->staged += len;
+    sio_wrote(s);
+    return 0;
+}
 int sio_fd(const sio *s) { return s->fd; }
 
 void sio_wrote(sio *s)
@@ -224,6 +294,19 @@ void sio_wrote(sio *s)
     if (s->flush_queued || s->shut) return;
     s->flush_queued = true;
     event_active(s->ev_flush, EV_WRITE, 1);
+}
+
+void sio_read_direct(sio *s, bool on) { s->direct = on; }
+
+ssize_t sio_recv(sio *s, void *buf, size_t len)
+{
+    ssize_t n;
+    do n = recv(s->fd, buf, len, 0);
+    while (n < 0 && errno == EINTR);
+    if (n > 0) return n;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
+    shut(s, n == 0 ? 0 : errno);
+    return -1;
 }
 
 void sio_read_enable(sio *s, bool on)

@@ -13,6 +13,13 @@
  *    read), level-triggered, so a socket is never read twice to find EAGAIN.
  * A gateway get went from ~5 syscalls per request on each side (readv,
  * ioctl, writev, two epoll_ctl) to two.
+ *  - Small pieces of output (sio_append: a packer's every header and
+ *    integer) are copied into a flat staging array, as Redis's client
+ *    buffer does, and leave in one write when nothing is queued ahead of
+ *    them; an evbuffer_add per piece cost more than the piece. The array is
+ *    allocated at the first sio_append, so sockets that only use the
+ *    evbuffer (sio_output) never pay for it. Order is kept: sio_output
+ *    moves what is staged into the evbuffer before handing it out.
  *
  * Callbacks: on_read runs when new input arrived (or when reading is
  * re-enabled with input still buffered); on_drained when the output became
@@ -29,6 +36,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <stdbool.h>
+#include <sys/types.h>
 
 #include "net.h"
 
@@ -52,10 +60,25 @@ sio *sio_connect(struct event_base *base, const net_addr *peer, const sio_ops *o
 void sio_free(sio *s);
 
 struct evbuffer *sio_input(sio *s);
+/* The output evbuffer, with everything staged by sio_append moved into it
+ * first. Call sio_wrote after adding to it. */
 struct evbuffer *sio_output(sio *s);
+/* Queue len bytes of output (copied) and sio_wrote. -1: out of memory. */
+int sio_append(sio *s, const void *buf, size_t len);
+/* Bytes of output waiting, staged or in the evbuffer. */
+size_t sio_output_length(const sio *s);
 int sio_fd(const sio *s);
 /* Output was added: it leaves at the end of this loop iteration. */
 void sio_wrote(sio *s);
+/* Direct reads: on_read is called when the socket is readable (and still
+ * for input left in sio_input), and reads with sio_recv into a buffer of
+ * its own, so bytes bound for a parser's buffer are not copied through the
+ * input evbuffer first. */
+void sio_read_direct(sio *s, bool on);
+/* One recv into buf: the count (> 0), 0 when nothing is there yet, -1
+ * when the socket is shut (peer closed or error; on_close has run and may
+ * have freed s). */
+ssize_t sio_recv(sio *s, void *buf, size_t len);
 /* Stop or resume reading (backpressure). Resuming with input buffered
  * runs on_read again, from the loop. */
 void sio_read_enable(sio *s, bool on);
