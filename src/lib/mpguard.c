@@ -6,6 +6,7 @@
 #include "mpguard.h"
 
 #include <msgpack.h>
+#include <string.h>
 
 _Static_assert(MPGUARD_ELEM_COST >= sizeof(msgpack_object), "an element costs at least its msgpack_object");
 
@@ -121,9 +122,28 @@ static ptrdiff_t feed(mpguard *g, const uint8_t *buf, size_t len, bool one)
             continue;
         }
         if (g->have == 0) {
-            int extra = header_extra(*p);
+            uint8_t b = *p;
+            if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3) {
+                /* fixint, nil, false, true: one byte that declares nothing */
+                p++;
+                if (--g->expected == 0) {
+                    g->expected = 1;
+                    g->declared = 0;
+                    if (one) break;
+                }
+                continue;
+            }
+            int extra = header_extra(b);
             if (extra < 0) return -1;
             g->need = (uint8_t)(1 + extra);
+            if ((size_t)(end - p) >= g->need) { /* the whole header is here: no byte-by-byte copy */
+                memcpy(g->hdr, p, g->need);
+                p += g->need;
+                int r = header_done(g);
+                if (r < 0) return -1;
+                if (r > 0 && one) break;
+                continue;
+            }
         }
         while (g->have < g->need && p < end) g->hdr[g->have++] = *p++;
         if (g->have < g->need) break;
