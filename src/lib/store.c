@@ -319,36 +319,74 @@ int store_put(store *s, const void *key, size_t klen, const void *val, size_t vl
     return tchdbput(s->hdb, key, (int)klen, val, (int)vlen) ? 0 : tc_err(s, s->path, err);
 }
 
+/* A present key is decided and written in one lookup: tchdbputproc hands
+ * its record to modify_proc, which applies the verdict. An absent one
+ * (putproc stores nothing without a value of its own, TCENOREC) is decided
+ * after, and put with a second lookup. */
+typedef struct modify_op {
+    store *s;
+    size_t klen;
+    store_modify_fn fn;
+    void *arg;
+    store_verdict v;
+    int rc; /* -1: refused in the callback, err set */
+    char *err;
+    bool called;
+} modify_op;
+
+static void *modify_proc(const void *old, int oldsz, int *sp, void *op)
+{
+    modify_op *m = op;
+    const void *out = NULL;
+    size_t outlen = 0;
+    m->called = true;
+    m->v = m->fn(m->arg, old, (size_t)oldsz, &out, &outlen);
+    switch (m->v) {
+    case STORE_KEEP: return NULL;
+    case STORE_REMOVE: return (void *)-1;
+    case STORE_WRITE: break;
+    default:
+        m->rc = kumo_err(m->err, "%s: bad verdict %d from a modify callback", m->s->path, (int)m->v);
+        return NULL;
+    }
+    if (check_sizes(m->s, 0, outlen, m->err) < 0 || make_room(m->s, m->klen + outlen, m->err) < 0) {
+        m->rc = -1;
+        return NULL;
+    }
+    void *copy = malloc(outlen ? outlen : 1); /* TC frees it */
+    if (!copy) {
+        m->rc = kumo_err(m->err, "%s: out of memory", m->s->path);
+        return NULL;
+    }
+    memcpy(copy, out, outlen);
+    *sp = (int)outlen;
+    return copy;
+}
+
 int store_modify(store *s, const void *key, size_t klen, store_modify_fn fn, void *arg, char *err)
 {
     if (check_sizes(s, klen, 0, err) < 0) return -1;
-    int oldsz = 0;
-    void *old = tchdbget(s->hdb, key, (int)klen, &oldsz);
-    if (!old && tchdbecode(s->hdb) != TCENOREC) return tc_err(s, s->path, err);
+    modify_op m = {s, klen, fn, arg, STORE_KEEP, 0, err, false};
+    if (tchdbputproc(s->hdb, key, (int)klen, NULL, 0, modify_proc, &m)) return (int)m.v;
+    if (m.called) {
+        if (m.rc < 0) return -1;
+        if (tchdbecode(s->hdb) == TCEKEEP && m.v != STORE_REMOVE) return (int)m.v;
+        return tc_err(s, s->path, err);
+    }
+    if (tchdbecode(s->hdb) != TCENOREC) return tc_err(s, s->path, err);
 
     const void *out = NULL;
     size_t outlen = 0;
-    store_verdict v = fn(arg, old, old ? (size_t)oldsz : 0, &out, &outlen);
-    int rc = (int)v;
+    store_verdict v = fn(arg, NULL, 0, &out, &outlen);
     switch (v) {
     case STORE_KEEP:
-        break;
+    case STORE_REMOVE: return (int)v; /* nothing there to remove */
     case STORE_WRITE:
-        if (check_sizes(s, 0, outlen, err) < 0 || make_room(s, klen + outlen, err) < 0)
-            rc = -1;
-        else if (!tchdbput(s->hdb, key, (int)klen, out, (int)outlen))
-            rc = tc_err(s, s->path, err);
-        break;
-    case STORE_REMOVE:
-        if (old && !tchdbout(s->hdb, key, (int)klen) && tchdbecode(s->hdb) != TCENOREC)
-            rc = tc_err(s, s->path, err);
-        break;
-    default:
-        rc = kumo_err(err, "%s: bad verdict %d from a modify callback", s->path, (int)v);
-        break;
+        if (check_sizes(s, 0, outlen, err) < 0 || make_room(s, klen + outlen, err) < 0) return -1;
+        if (!tchdbput(s->hdb, key, (int)klen, out, (int)outlen)) return tc_err(s, s->path, err);
+        return (int)v;
+    default: return kumo_err(err, "%s: bad verdict %d from a modify callback", s->path, (int)v);
     }
-    free(old);
-    return rc;
 }
 
 typedef struct update_arg {
@@ -366,15 +404,45 @@ static store_verdict update_fn(void *arg, const void *old, size_t oldlen, const 
     return STORE_WRITE;
 }
 
-/* store_update and store_mend: 1 written, 0 kept, -1 + err. */
+/* store_update and store_mend either write val or keep the record, and
+ * write val where there is none, so they need one lookup, not store_modify's
+ * get and put (each hashed the key and walked its bucket's chain, about a
+ * thousand instructions per replicated write): tchdbputproc stores val when
+ * the key is absent and asks update_proc otherwise. The room for val is
+ * made first, so a write that would be kept is refused too when the disk
+ * cannot take it. 1 written, 0 kept, -1 + err. */
+typedef struct update_op {
+    update_arg u;
+    store_modify_fn fn;
+    bool oom;
+} update_op;
+
+static void *update_proc(const void *old, int oldsz, int *sp, void *op)
+{
+    update_op *o = op;
+    const void *out = NULL;
+    size_t outlen = 0;
+    if (o->fn(&o->u, old, (size_t)oldsz, &out, &outlen) != STORE_WRITE) return NULL;
+    void *copy = malloc(outlen); /* TC frees it */
+    if (!copy) {
+        o->oom = true;
+        return NULL;
+    }
+    memcpy(copy, out, outlen);
+    *sp = (int)outlen;
+    return copy;
+}
+
 static int update_by(store *s, const void *key, size_t klen, const void *val, size_t vlen, store_modify_fn fn,
                      char *err)
 {
     if (vlen < RECORD_TOMBSTONE)
         return kumo_err(err, "%s: update with a %zu-byte value (need a clocktime)", s->path, vlen);
-    update_arg u = {val, vlen, record_clocktime(val, vlen)};
-    int rc = store_modify(s, key, klen, fn, &u, err);
-    return rc < 0 ? -1 : rc == STORE_WRITE;
+    if (check_sizes(s, klen, vlen, err) < 0 || make_room(s, klen + vlen, err) < 0) return -1;
+    update_op o = {{val, vlen, record_clocktime(val, vlen)}, fn, false};
+    if (tchdbputproc(s->hdb, key, (int)klen, val, (int)vlen, update_proc, &o)) return 1;
+    if (o.oom) return kumo_err(err, "%s: out of memory", s->path);
+    return tchdbecode(s->hdb) == TCEKEEP ? 0 : tc_err(s, s->path, err);
 }
 
 int store_update(store *s, const void *key, size_t klen, const void *val, size_t vlen, char *err)
