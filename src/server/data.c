@@ -40,7 +40,19 @@
 
 /* ---- replication of one write to the other owners ---- */
 
-typedef struct repl {
+typedef struct repl repl;
+
+/* One replica of a write: retried -S/-D times while it is still an owner. */
+typedef struct repl_to {
+    repl *r;
+    net_addr to;
+    int tries;
+} repl_to;
+
+/* A write on its way to the other owners: one allocation holds it, its
+ * targets and the bytes they are sent (a request's mallocs were a tenth of
+ * a coordinator's work). */
+struct repl {
     server *s;
     rpc_conn *client; /* held until the reply */
     uint32_t msgid;
@@ -49,22 +61,16 @@ typedef struct repl {
     int code;
     uint64_t ct;
     uint64_t number;
-    uint8_t *value; /* OP_GAT, OP_INCR, OP_DECR: the record to return */
+    uint8_t *value; /* OP_GAT, OP_INCR, OP_DECR: the record to return (in rec's tail) */
     size_t vlen;
     uint64_t hash;
     uint64_t epoch; /* s->write_epoch when the targets were chosen */
-    uint8_t *rec;   /* dbkey | record, resent on a retry */
     size_t klen, rlen;
     int max_tries;
     char why[96];
-} repl;
-
-/* One replica of a write: retried -S/-D times while it is still an owner. */
-typedef struct repl_to {
-    repl *r;
-    net_addr to;
-    int tries;
-} repl_to;
+    repl_to to[2 * KUMO_REPLICAS];
+    uint8_t rec[]; /* dbkey | record, resent on a retry; then the value to return */
+};
 
 static void pack_result(rpc_conn *c, uint32_t msgid, int code, uint64_t ct, uint64_t number, const void *value,
                         size_t vlen)
@@ -97,8 +103,6 @@ static void repl_finish(repl *r)
         reply_write(r);
         rpc_release(r->client);
     }
-    free(r->value);
-    free(r->rec);
     free(r);
 }
 
@@ -144,7 +148,6 @@ static void repl_done(void *arg, rpc_status st, const msgpack_object *result)
             binlog_event(LOG_LVL_WARN, "replicate_failed", BL_BYTES("key", r->rec + 8, r->klen - 8), BL_ADDR("to", &t->to), BL_UINT("clocktime", r->ct), BL_STR("error", r->why));
         }
     }
-    free(t);
     repl_finish(r);
 }
 
@@ -196,16 +199,18 @@ static void replicate(server *s, rpc_conn *client, uint32_t msgid, uint64_t hash
     const void *val = w->out;
     size_t vlen = w->outlen;
     bool async = w->wflags & WF_ASYNC;
-    repl *r = xcalloc(1, sizeof(*r));
     bool with_value = w->op == OP_GAT || w->op == OP_INCR || w->op == OP_DECR || w->op == OP_MG_WIN;
-    if (with_value) r->value = xmalloc(vlen);
+    size_t reclen = n > 0 ? klen + vlen : 0;
+    repl *r = xmalloc(sizeof(*r) + reclen + (with_value ? vlen : 0));
+    memset(r, 0, sizeof(*r));
     r->s = s;
     r->epoch = s->write_epoch;
     s->writes_inflight++;
     r->code = w->code;
     r->ct = w->ct;
     r->number = w->number;
-    if (r->value) {
+    if (with_value) {
+        r->value = r->rec + reclen;
         memcpy(r->value, val, vlen);
         r->vlen = vlen;
     }
@@ -226,12 +231,11 @@ static void replicate(server *s, rpc_conn *client, uint32_t msgid, uint64_t hash
     r->klen = klen;
     r->rlen = vlen;
     if (n > 0) {
-        r->rec = xmalloc(klen + vlen);
         memcpy(r->rec, key, klen);
         memcpy(r->rec + klen, val, vlen);
     }
     for (size_t i = 0; i < n; i++) {
-        repl_to *t = xcalloc(1, sizeof(*t));
+        repl_to *t = &r->to[i];
         t->r = r;
         t->to = to[i];
         repl_send(t);
