@@ -287,32 +287,55 @@ static void wake_waiters(gateway *g)
 
 void client_flow_init(gateway *g) { STORE(g->flow.estimate, (uint64_t)g->cfg->item_size_max); }
 
+/* An answer's bytes to the socket: a small one is copied into the socket's
+ * staging array (sio_append) and leaves in one send with whatever else this
+ * loop turn answered; a large one moves to its evbuffer without a copy. */
+#define CLIENT_COPY_MAX 4096
+
+static void emit(client *c, struct evbuffer *from)
+{
+    size_t n = evbuffer_get_length(from);
+    c->g->stats.bytes_written += n;
+    if (n > CLIENT_COPY_MAX) {
+        evbuffer_add_buffer(sio_output(c->io), from);
+        sio_wrote(c->io);
+        return;
+    }
+    struct evbuffer_iovec v[4];
+    int nv = evbuffer_peek(from, -1, NULL, v, 4);
+    if (nv < 0 || nv > 4) { /* in many pieces: move them as they are */
+        evbuffer_add_buffer(sio_output(c->io), from);
+        sio_wrote(c->io);
+        return;
+    }
+    for (int i = 0; i < nv; i++) {
+        if (sio_append(c->io, v[i].iov_base, v[i].iov_len) < 0) {
+            conn_close(c); /* out of memory: the answer cannot be kept whole */
+            return;
+        }
+    }
+    evbuffer_drain(from, n);
+}
+
 /* Move the finished prefix of the queue to the socket, and what the first
  * unfinished request has so far: a multi-get streams its answer. */
 static void flush(client *c)
 {
     if (c->closed) return;
-    struct evbuffer *out = sio_output(c->io);
-    size_t before = evbuffer_get_length(out);
-    while (c->head && c->head->done) {
+    while (c->head && c->head->done && !c->closed) {
         creq *r = c->head;
         c->head = r->next;
         if (!c->head) c->tail = NULL;
         c->queued--;
-        if (!r->quiet) {
-            c->g->stats.bytes_written += evbuffer_get_length(r->out);
-            evbuffer_add_buffer(out, r->out);
-        }
+        if (!r->quiet && evbuffer_get_length(r->out) > 0) emit(c, r->out);
         req_free(r);
     }
+    if (c->closed) return;
     creq *h = c->head;
-    if (h && !h->quiet && evbuffer_get_length(h->out) > 0) {
-        c->g->stats.bytes_written += evbuffer_get_length(h->out);
-        evbuffer_add_buffer(out, h->out);
-    }
-    if (evbuffer_get_length(out) != before) sio_wrote(c->io);
+    if (h && !h->quiet && evbuffer_get_length(h->out) > 0) emit(c, h->out);
+    if (c->closed) return;
     pump(c);
-    if (c->close_after_flush && !c->head && evbuffer_get_length(out) == 0) conn_close(c);
+    if (c->close_after_flush && !c->head && sio_output_length(c->io) == 0) conn_close(c);
 }
 
 void client_done(creq *r)
