@@ -408,40 +408,19 @@ static store_verdict update_fn(void *arg, const void *old, size_t oldlen, const 
  * write val where there is none, so they need one lookup, not store_modify's
  * get and put (each hashed the key and walked its bucket's chain, about a
  * thousand instructions per replicated write): tchdbputproc stores val when
- * the key is absent and asks update_proc otherwise. The room for val is
+ * the key is absent and asks modify_proc otherwise. The room for val is
  * made first, so a write that would be kept is refused too when the disk
  * cannot take it. 1 written, 0 kept, -1 + err. */
-typedef struct update_op {
-    update_arg u;
-    store_modify_fn fn;
-    bool oom;
-} update_op;
-
-static void *update_proc(const void *old, int oldsz, int *sp, void *op)
-{
-    update_op *o = op;
-    const void *out = NULL;
-    size_t outlen = 0;
-    if (o->fn(&o->u, old, (size_t)oldsz, &out, &outlen) != STORE_WRITE) return NULL;
-    void *copy = malloc(outlen); /* TC frees it */
-    if (!copy) {
-        o->oom = true;
-        return NULL;
-    }
-    memcpy(copy, out, outlen);
-    *sp = (int)outlen;
-    return copy;
-}
-
 static int update_by(store *s, const void *key, size_t klen, const void *val, size_t vlen, store_modify_fn fn,
                      char *err)
 {
     if (vlen < RECORD_TOMBSTONE)
         return kumo_err(err, "%s: update with a %zu-byte value (need a clocktime)", s->path, vlen);
     if (check_sizes(s, klen, vlen, err) < 0 || make_room(s, klen + vlen, err) < 0) return -1;
-    update_op o = {{val, vlen, record_clocktime(val, vlen)}, fn, false};
-    if (tchdbputproc(s->hdb, key, (int)klen, val, (int)vlen, update_proc, &o)) return 1;
-    if (o.oom) return kumo_err(err, "%s: out of memory", s->path);
+    update_arg u = {val, vlen, record_clocktime(val, vlen)};
+    modify_op m = {s, klen, fn, &u, STORE_WRITE, 0, err, false};
+    if (tchdbputproc(s->hdb, key, (int)klen, val, (int)vlen, modify_proc, &m)) return 1;
+    if (m.called && m.rc < 0) return -1;
     return tchdbecode(s->hdb) == TCEKEEP ? 0 : tc_err(s, s->path, err);
 }
 
