@@ -147,13 +147,22 @@ bool client_part_allowed(client *c)
 }
 
 /* What a get in flight is known by, for "a write of this key waits for
- * it": FNV-1a, a few instructions a byte where the ring's SHA-1 costs a
- * thousand per key; two keys that collide only make a write wait. */
+ * it": eight bytes at a time, multiplied and folded (a byte-wise FNV-1a
+ * cost 200 instructions per 32-byte key, twice per get; the ring's SHA-1
+ * a thousand). Two keys that collide only make a write wait. */
 static uint64_t key_tag(const char *key, size_t klen)
 {
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (size_t i = 0; i < klen; i++) h = (h ^ (uint8_t)key[i]) * 0x100000001b3ULL;
-    return h;
+    uint64_t h = 0x9e3779b97f4a7c15ULL ^ klen, w;
+    size_t i = 0;
+    for (; i + 8 <= klen; i += 8) {
+        memcpy(&w, key + i, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdULL;
+        h ^= h >> 32;
+    }
+    w = 0;
+    memcpy(&w, key + i, klen - i);
+    h = (h ^ w) * 0xc4ceb9fe1a85ec53ULL;
+    return h ^ (h >> 29);
 }
 
 void client_part_begin(client *c, const char *key, size_t klen)
