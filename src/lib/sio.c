@@ -2,11 +2,12 @@
  * sio — buffered non-blocking sockets with end-of-iteration flushing
  * (see sio.h).
  *
- * Three events per socket: a persistent level-triggered read event, a write
- * event added only while connecting or while the kernel's send buffer is
- * full, and a flush event with no fd that sio_wrote activates. libevent
- * runs activated events after those already in its active queue, so the
- * flush comes after every I/O callback of the current iteration.
+ * Two events per socket: a persistent level-triggered read event and a
+ * write event added only while connecting or while the kernel's send buffer
+ * is full. sio_wrote queues the socket on its thread's end-of-turn list,
+ * whose one event (with no fd) it activates when the list was empty.
+ * libevent runs activated events after those already in its active queue,
+ * so the flush comes after every I/O callback of the current iteration.
  */
 #include "sio.h"
 
@@ -27,7 +28,9 @@
 struct sio {
     struct event_base *base;
     int fd;
-    struct event *ev_read, *ev_write, *ev_flush;
+    struct event *ev_read, *ev_write;
+    struct sio_turn *turn; /* its thread's end-of-turn flushes on base */
+    sio *next, *prev;      /* in turn's list while flush_queued */
     struct evbuffer *in, *out;
     char *stage;   /* sio_append's output, ahead of nothing in `out` (see commit) */
     size_t staged; /* bytes in stage */
@@ -38,10 +41,100 @@ struct sio {
     bool shut;         /* on_close ran (or is running): no more I/O */
     bool reading;      /* ev_read is added */
     bool write_armed;  /* ev_write is added */
-    bool flush_queued; /* ev_flush is active */
+    bool flush_queued; /* in turn's list */
     bool kick;         /* run on_read once for input already buffered */
     bool direct;       /* on_read reads with sio_recv (sio_read_direct) */
 };
+
+/* ---- end-of-turn flushing ----
+ * The sockets that wrote in a loop iteration wait in one list per thread
+ * and event_base, and one event runs their flushes: an event per socket
+ * cost an activation and a dispatch per socket and turn (a get made three:
+ * the client's, the server link's, the batch). Flushes queued while the
+ * list runs are run in the same pass, as libevent ran events activated
+ * meanwhile. The event goes with the base's last socket, so a base freed
+ * after its sockets leaves nothing behind. */
+#define SIO_TURNS 8 /* event bases one thread runs sockets on at once */
+
+typedef struct sio_turn {
+    struct event_base *base;
+    struct event *ev;
+    sio *head, *tail;
+    size_t nsio;
+    bool running;
+} sio_turn;
+
+static _Thread_local sio_turn turns[SIO_TURNS];
+
+static void flush_now(sio *s);
+
+static void turn_unqueue(sio *s)
+{
+    sio_turn *t = s->turn;
+    if (!s->flush_queued) return;
+    s->flush_queued = false;
+    if (s->prev) s->prev->next = s->next;
+    else t->head = s->next;
+    if (s->next) s->next->prev = s->prev;
+    else t->tail = s->prev;
+    s->next = s->prev = NULL;
+}
+
+static void turn_free(sio_turn *t)
+{
+    event_free(t->ev);
+    *t = (sio_turn){0};
+}
+
+static void turn_cb(evutil_socket_t fd, short what, void *arg)
+{
+    sio_turn *t = arg;
+    (void)fd;
+    (void)what;
+    t->running = true;
+    while (t->head) {
+        sio *s = t->head;
+        turn_unqueue(s);
+        flush_now(s); /* may free s, and other sockets */
+    }
+    t->running = false;
+    if (t->nsio == 0) turn_free(t);
+}
+
+static sio_turn *turn_join(struct event_base *base)
+{
+    sio_turn *spare = NULL;
+    for (sio_turn *t = turns; t < turns + SIO_TURNS; t++) {
+        if (t->base == base) {
+            t->nsio++;
+            return t;
+        }
+        if (!t->base && !spare) spare = t;
+    }
+    if (!spare || !(spare->ev = event_new(base, -1, 0, turn_cb, spare))) return NULL;
+    spare->base = base;
+    spare->nsio = 1;
+    return spare;
+}
+
+static void turn_leave(sio *s)
+{
+    sio_turn *t = s->turn;
+    turn_unqueue(s);
+    if (--t->nsio == 0 && !t->running) turn_free(t);
+}
+
+static void turn_queue(sio *s)
+{
+    sio_turn *t = s->turn;
+    s->flush_queued = true;
+    s->next = NULL;
+    s->prev = t->tail;
+    if (t->tail) t->tail->next = s;
+    else t->head = s;
+    t->tail = s;
+    if (!t->running && t->head == s) event_active(t->ev, EV_WRITE, 1);
+}
 
 static void shut(sio *s, int err)
 {
@@ -49,7 +142,7 @@ static void shut(sio *s, int err)
     s->shut = true;
     event_del(s->ev_read);
     event_del(s->ev_write);
-    event_del(s->ev_flush);
+    turn_unqueue(s);
     s->ops.on_close(s->arg, s, err);
 }
 
@@ -175,12 +268,8 @@ static void write_cb(evutil_socket_t fd, short what, void *arg)
     drain(s);
 }
 
-static void flush_cb(evutil_socket_t fd, short what, void *arg)
+static void flush_now(sio *s)
 {
-    sio *s = arg;
-    (void)fd;
-    (void)what;
-    s->flush_queued = false;
     if (s->connect_err) {
         shut(s, s->connect_err);
         return;
@@ -201,8 +290,8 @@ static sio *sio_alloc(struct event_base *base, int fd, const sio_ops *ops, void 
     s->out = evbuffer_new();
     s->ev_read = event_new(base, fd, EV_READ | EV_PERSIST, read_cb, s);
     s->ev_write = event_new(base, fd, EV_WRITE | EV_PERSIST, write_cb, s);
-    s->ev_flush = event_new(base, -1, 0, flush_cb, s);
-    if (!s->in || !s->out || !s->ev_read || !s->ev_write || !s->ev_flush) {
+    s->turn = turn_join(base);
+    if (!s->in || !s->out || !s->ev_read || !s->ev_write || !s->turn) {
         s->fd = -1;
         sio_free(s);
         return NULL;
@@ -236,8 +325,7 @@ sio *sio_connect(struct event_base *base, const net_addr *peer, const sio_ops *o
     if (fd < 0) {
         /* Report the failure from the loop, as the contract says. */
         s->connect_err = e;
-        s->flush_queued = true;
-        event_active(s->ev_flush, EV_WRITE, 1);
+        turn_queue(s);
         return s;
     }
     s->connecting = true;
@@ -252,7 +340,7 @@ void sio_free(sio *s)
     if (!s) return;
     if (s->ev_read) event_free(s->ev_read);
     if (s->ev_write) event_free(s->ev_write);
-    if (s->ev_flush) event_free(s->ev_flush);
+    if (s->turn) turn_leave(s);
     if (s->in) evbuffer_free(s->in);
     if (s->out) evbuffer_free(s->out);
     free(s->stage);
@@ -292,8 +380,7 @@ int sio_fd(const sio *s) { return s->fd; }
 void sio_wrote(sio *s)
 {
     if (s->flush_queued || s->shut) return;
-    s->flush_queued = true;
-    event_active(s->ev_flush, EV_WRITE, 1);
+    turn_queue(s);
 }
 
 void sio_read_direct(sio *s, bool on) { s->direct = on; }

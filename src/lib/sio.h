@@ -5,8 +5,9 @@
  *
  * What it does differently from a libevent bufferevent, and why:
  *  - Output is written at the end of the event-loop iteration that produced
- *    it (sio_wrote activates a per-socket flush event, which libevent runs
- *    after the I/O callbacks already queued in that iteration). Everything a
+ *    it (sio_wrote queues the socket on its thread's end-of-turn list, whose
+ *    one event libevent runs after the I/O callbacks already queued in that
+ *    iteration). Everything a
  *    batch of ready sockets produced for one peer leaves in one writev, and
  *    no epoll_ctl is made unless the kernel's send buffer is full.
  *  - Reads are one readv into reserved buffer space (no FIONREAD ioctl per
@@ -27,7 +28,8 @@
  * error happened (err = errno) or a connect failed. After on_close the
  * socket is shut: sio_free it (callbacks never run again).
  *
- * Thread rule: one sio belongs to the thread of its event_base.
+ * Thread rule: one sio belongs to the thread of its event_base, and is
+ * freed before that base.
  * Calls: net, libevent.
  */
 #ifndef KUMO_SIO_H
