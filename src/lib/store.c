@@ -374,13 +374,20 @@ int store_modify(store *s, const void *key, size_t klen, store_modify_fn fn, voi
         return tc_err(s, s->path, err);
     }
     if (tchdbecode(s->hdb) != TCENOREC) return tc_err(s, s->path, err);
+    return store_modify_blind(s, key, klen, fn, arg, err);
+}
 
+int store_modify_blind(store *s, const void *key, size_t klen, store_modify_fn fn, void *arg, char *err)
+{
+    if (check_sizes(s, klen, 0, err) < 0) return -1;
     const void *out = NULL;
     size_t outlen = 0;
     store_verdict v = fn(arg, NULL, 0, &out, &outlen);
     switch (v) {
-    case STORE_KEEP:
-    case STORE_REMOVE: return (int)v; /* nothing there to remove */
+    case STORE_KEEP: return (int)v;
+    case STORE_REMOVE:
+        if (!tchdbout(s->hdb, key, (int)klen) && tchdbecode(s->hdb) != TCENOREC) return tc_err(s, s->path, err);
+        return (int)v;
     case STORE_WRITE:
         if (check_sizes(s, 0, outlen, err) < 0 || make_room(s, klen + outlen, err) < 0) return -1;
         if (!tchdbput(s->hdb, key, (int)klen, out, (int)outlen)) return tc_err(s, s->path, err);

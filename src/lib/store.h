@@ -50,6 +50,10 @@ typedef store_verdict (*store_modify_fn)(void *arg, const void *old, size_t oldl
                                          const void **out, size_t *outlen);
 /* Returns the verdict applied (>= 0) or -1 + err on a database error. */
 int store_modify(store *s, const void *key, size_t klen, store_modify_fn fn, void *arg, char *err);
+/* store_modify for a callback whose verdict and bytes do not depend on the
+ * stored record (a plain set): it is asked as if there were none, and what
+ * it decides is applied over whatever is there, in one lookup. */
+int store_modify_blind(store *s, const void *key, size_t klen, store_modify_fn fn, void *arg, char *err);
 
 /* Replica/rebalance rule: write val (a value or a tombstone) only if there is
  * no record or the stored clocktime is strictly older.

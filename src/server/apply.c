@@ -190,6 +190,8 @@ store_verdict apply_set(void *arg, const void *old, size_t oldlen, const void **
     return STORE_WRITE;
 }
 
+bool apply_blind(const write_ctx *w) { return w->op == OP_SET && w->cas == 0; }
+
 store_verdict apply_delete(void *arg, const void *old, size_t oldlen, const void **out, size_t *outlen)
 {
     write_ctx *w = arg;

@@ -53,5 +53,9 @@ bool apply_live(const void *old, size_t oldlen, uint32_t now, uint32_t exp_now, 
  * operation (w->op, proto.h's OP_*), apply_delete a delete. */
 store_verdict apply_set(void *arg, const void *old, size_t oldlen, const void **out, size_t *outlen);
 store_verdict apply_delete(void *arg, const void *old, size_t oldlen, const void **out, size_t *outlen);
+/* Whether apply_set's verdict and bytes for w are the same whatever the
+ * stored record (a plain set: no cas), so the store need not read it
+ * (store_modify_blind). */
+bool apply_blind(const write_ctx *w);
 
 #endif

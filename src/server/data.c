@@ -385,7 +385,9 @@ static void handle_set(server *s, rpc_conn *c, uint32_t msgid, const msgpack_obj
     write_ctx w = {.op = (int)op, .wflags = (uint32_t)flags, .cas = cas, .delta = delta, .initial = initial, .ct = ct, .floor = s->flush_floor, .now = clock_seconds(ct), .exp_now = clock_shift(clock_seconds(ct), s->debug_offset), .val = copy, .vlen = vlen};
     record_set_clocktime(copy, w.ct);
     record_resolve_exptime(copy, vlen, w.exp_now);
-    if (store_modify(s->db, key, klen, apply_set, &w, err) < 0) {
+    int rc = apply_blind(&w) ? store_modify_blind(s->db, key, klen, apply_set, &w, err)
+                             : store_modify(s->db, key, klen, apply_set, &w, err);
+    if (rc < 0) {
         log_error("set: %s", err);
         rpc_reply_error(c, msgid, "store failed: %s", err);
     } else if (!w.written) {

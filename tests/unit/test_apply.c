@@ -76,6 +76,28 @@ int main(void)
        "set of a missing key writes the value");
     r = set(OP_ADD, live, n, 0, 0, "x", 0, 0, 0, 0, 0);
     ok(r.verdict == STORE_KEEP && r.w.code == CODE_NOT_STORED, "add of a live key: NOT_STORED, nothing written");
+    /* A blind write (store_modify_blind) must decide the same with any record. */
+    {
+        const int ops[] = {OP_SET, OP_ADD, OP_REPLACE, OP_APPEND, OP_PREPEND, OP_CAS, OP_INCR, OP_TOUCH};
+        const uint8_t *olds[] = {live, expired, tomb};
+        const size_t oldlens[] = {n, expn, RECORD_TOMBSTONE};
+        int blind = 0, same = 0;
+        for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
+            for (uint64_t cas = 0; cas <= CT(NOW - 10, 1); cas += CT(NOW - 10, 1)) {
+                result none = set(ops[i], NULL, 0, 3, 0, "v", cas, 0, 0, 0, 0);
+                if (!apply_blind(&none.w)) continue;
+                blind++;
+                bool all = true;
+                for (size_t k = 0; k < 3; k++) {
+                    result with = set(ops[i], olds[k], oldlens[k], 3, 0, "v", cas, 0, 0, 0, 0);
+                    all = all && with.verdict == none.verdict && with.w.code == none.w.code &&
+                          with.has_out == none.has_out && (!with.has_out || (payload_is(&with.out, "v") && with.out.flags == none.out.flags));
+                }
+                same += all;
+            }
+        }
+        ok(blind == 1 && same == blind, "only a plain set is blind, and it decides the same over a live, an expired and a deleted record");
+    }
     r = set(OP_ADD, expired, expn, 0, 0, "x", 0, 0, 0, 0, 0);
     ok(r.verdict == STORE_WRITE && r.w.code == CODE_STORED, "add over an expired record stores");
     r = set(OP_ADD, tomb, sizeof(tomb), 0, 0, "x", 0, 0, 0, 0, 0);

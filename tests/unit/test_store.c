@@ -297,6 +297,32 @@ static void test_modify(store *s)
     ok(got == NULL, "REMOVE removed the record");
     m = (modify_case){STORE_REMOVE, NULL, 0, 0, false};
     is_int(store_modify(s, "m", 1, modify_fn, &m, err), STORE_REMOVE, "REMOVE of a missing key is fine");
+
+    /* A present key goes through one tchdbputproc: a WRITE over it too. */
+    store_put(s, "m", 1, "old", 3, err);
+    m = (modify_case){STORE_WRITE, "newer", 0, 0, false};
+    is_int(store_modify(s, "m", 1, modify_fn, &m, err), STORE_WRITE, "modify WRITE over a present key");
+    got = store_get(s, "m", 1, &vlen);
+    ok(m.calls == 1 && m.seen_len == 3 && got && vlen == 5 && memcmp(got, "newer", 5) == 0,
+       "fn asked once with the old bytes, its bytes stored");
+    free(got);
+
+    /* Blind: fn is asked as if there were nothing, and its verdict applies
+     * over what there is. */
+    m = (modify_case){STORE_WRITE, "blind", 0, 0, false};
+    is_int(store_modify_blind(s, "m", 1, modify_fn, &m, err), STORE_WRITE, "blind WRITE over a present key");
+    got = store_get(s, "m", 1, &vlen);
+    ok(m.calls == 1 && m.seen_null && got && vlen == 5 && memcmp(got, "blind", 5) == 0,
+       "blind: fn saw no record, its bytes replaced the old ones");
+    free(got);
+    m = (modify_case){STORE_REMOVE, NULL, 0, 0, false};
+    is_int(store_modify_blind(s, "m", 1, modify_fn, &m, err), STORE_REMOVE, "blind REMOVE");
+    ok(store_get(s, "m", 1, &vlen) == NULL, "blind REMOVE removed the record");
+    m = (modify_case){STORE_WRITE, "fresh", 0, 0, false};
+    is_int(store_modify_blind(s, "b", 1, modify_fn, &m, err), STORE_WRITE, "blind WRITE of a missing key");
+    got = store_get(s, "b", 1, &vlen);
+    ok(got && vlen == 5, "blind WRITE stored it");
+    free(got);
 }
 
 static void test_remove_if_older(store *s)
