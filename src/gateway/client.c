@@ -344,6 +344,7 @@ static void flush(client *c)
     if (h && !h->quiet && evbuffer_get_length(h->out) > 0) emit(c, h->out);
     if (c->closed) return;
     pump(c);
+    if (c->closed) return;
     if (c->close_after_flush && !c->head && sio_output_length(c->io) == 0) conn_close(c);
 }
 

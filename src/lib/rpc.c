@@ -83,7 +83,8 @@ struct rpc_conn {
     bool skewed;       /* counted in clock_skewed_now */
     uint8_t nonce[AUTH_NONCE_LEN], peer_nonce[AUTH_NONCE_LEN];
     bool dead;
-    bool paused; /* not reading: too much of our output waits (flow control) */
+    bool paused;  /* not reading: too much of our output waits (flow control) */
+    bool pumping; /* pump is on the stack */
     int busy;
     rpc_role peer_role;
     net_addr peer_addr;
@@ -618,6 +619,10 @@ static size_t take_input(rpc_conn *c, struct evbuffer *in, size_t n)
  * which the next frame may overwrite just the same). */
 static void pump(rpc_conn *c)
 {
+    /* Never nested: the frame being handled lives in the zone a nested
+     * pump would clear. The outer loop takes what arrived meanwhile. */
+    if (c->pumping) return;
+    c->pumping = true;
     c->busy++;
     while (!c->dead && !c->paused) {
         int r = msgpack_unpacker_execute(&c->up);
@@ -655,6 +660,7 @@ static void pump(rpc_conn *c)
         if (n > RPC_READ_CHUNK) n = RPC_READ_CHUNK;
         if (take_input(c, in, n) == 0) break;
     }
+    c->pumping = false;
     release(c);
 }
 

@@ -4,7 +4,7 @@
  *
  * Two events per socket: a persistent level-triggered read event and a
  * write event added only while connecting or while the kernel's send buffer
- * is full. sio_wrote queues the socket on its thread's end-of-turn list,
+ * is full. sio_wrote queues the socket on its base's end-of-turn list,
  * whose one event (with no fd) it activates when the list was empty.
  * libevent runs activated events after those already in its active queue,
  * so the flush comes after every I/O callback of the current iteration.
@@ -14,6 +14,7 @@
 #include "kumo.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -23,17 +24,19 @@
 #include "kumo.h"
 
 #define SIO_READ (16 * 1024)
-#define SIO_STAGE (16 * 1024)
+#define SIO_STAGE (16 * 1024) /* the most sio_append stages before moving it to `out` */
+#define SIO_STAGE_MIN 1024    /* what a socket keeps while idle */
 
 struct sio {
     struct event_base *base;
     int fd;
     struct event *ev_read, *ev_write;
-    struct sio_turn *turn; /* its thread's end-of-turn flushes on base */
+    struct sio_turn *turn; /* base's end-of-turn flushes */
     sio *next, *prev;      /* in turn's list while flush_queued */
     struct evbuffer *in, *out;
-    char *stage;   /* sio_append's output, ahead of nothing in `out` (see commit) */
-    size_t staged; /* bytes in stage */
+    char *stage;      /* sio_append's output, ahead of nothing in `out` (see commit) */
+    size_t staged;    /* bytes in stage */
+    size_t stage_cap; /* its size: SIO_STAGE_MIN, doubled as a turn needs, back when drained */
     sio_ops ops;
     void *arg;
     int connect_err; /* a connect that failed before it started */
@@ -47,24 +50,29 @@ struct sio {
 };
 
 /* ---- end-of-turn flushing ----
- * The sockets that wrote in a loop iteration wait in one list per thread
- * and event_base, and one event runs their flushes: an event per socket
- * cost an activation and a dispatch per socket and turn (a get made three:
- * the client's, the server link's, the batch). Flushes queued while the
- * list runs are run in the same pass, as libevent ran events activated
- * meanwhile. The event goes with the base's last socket, so a base freed
+ * The sockets that wrote in a loop iteration wait in one list per
+ * event_base, and one event runs their flushes: an event per socket cost
+ * an activation and a dispatch per socket and turn (a get made three: the
+ * client's, the server link's, the batch). Flushes queued while the list
+ * runs are run in the same pass, as libevent ran events activated
+ * meanwhile. The list is the base's, not a thread's: a gateway dials its
+ * workers' first links from the main thread before they run, and frees
+ * their sockets there after they stopped. A table under a mutex finds a
+ * base's list when a socket is made or freed; queueing and flushing touch
+ * only the list, from the thread that runs the base, as everything else of
+ * a socket. The list goes with the base's last socket, so a base freed
  * after its sockets leaves nothing behind. */
-#define SIO_TURNS 8 /* event bases one thread runs sockets on at once */
-
 typedef struct sio_turn {
     struct event_base *base;
     struct event *ev;
     sio *head, *tail;
-    size_t nsio;
+    size_t nsio; /* sockets on base (under turns_lock) */
     bool running;
+    struct sio_turn *next; /* in turns */
 } sio_turn;
 
-static _Thread_local sio_turn turns[SIO_TURNS];
+static pthread_mutex_t turns_lock = PTHREAD_MUTEX_INITIALIZER;
+static sio_turn *turns;
 
 static void flush_now(sio *s);
 
@@ -80,10 +88,14 @@ static void turn_unqueue(sio *s)
     s->next = s->prev = NULL;
 }
 
-static void turn_free(sio_turn *t)
+/* Under turns_lock: the base's last socket is gone and its list idle. */
+static void turn_drop(sio_turn *t)
 {
+    sio_turn **p = &turns;
+    while (*p != t) p = &(*p)->next;
+    *p = t->next;
     event_free(t->ev);
-    *t = (sio_turn){0};
+    free(t);
 }
 
 static void turn_cb(evutil_socket_t fd, short what, void *arg)
@@ -98,30 +110,38 @@ static void turn_cb(evutil_socket_t fd, short what, void *arg)
         flush_now(s); /* may free s, and other sockets */
     }
     t->running = false;
-    if (t->nsio == 0) turn_free(t);
+    pthread_mutex_lock(&turns_lock);
+    if (t->nsio == 0) turn_drop(t);
+    pthread_mutex_unlock(&turns_lock);
 }
 
 static sio_turn *turn_join(struct event_base *base)
 {
-    sio_turn *spare = NULL;
-    for (sio_turn *t = turns; t < turns + SIO_TURNS; t++) {
-        if (t->base == base) {
-            t->nsio++;
-            return t;
+    pthread_mutex_lock(&turns_lock);
+    sio_turn *t = turns;
+    while (t && t->base != base) t = t->next;
+    if (!t && (t = calloc(1, sizeof(*t)))) {
+        t->base = base;
+        if ((t->ev = event_new(base, -1, 0, turn_cb, t))) {
+            t->next = turns;
+            turns = t;
+        } else {
+            free(t);
+            t = NULL;
         }
-        if (!t->base && !spare) spare = t;
     }
-    if (!spare || !(spare->ev = event_new(base, -1, 0, turn_cb, spare))) return NULL;
-    spare->base = base;
-    spare->nsio = 1;
-    return spare;
+    if (t) t->nsio++;
+    pthread_mutex_unlock(&turns_lock);
+    return t;
 }
 
 static void turn_leave(sio *s)
 {
     sio_turn *t = s->turn;
     turn_unqueue(s);
-    if (--t->nsio == 0 && !t->running) turn_free(t);
+    pthread_mutex_lock(&turns_lock);
+    if (--t->nsio == 0 && !t->running) turn_drop(t);
+    pthread_mutex_unlock(&turns_lock);
 }
 
 static void turn_queue(sio *s)
@@ -201,6 +221,11 @@ static bool drain(sio *s)
     if (s->write_armed) {
         s->write_armed = false;
         event_del(s->ev_write);
+    }
+    if (s->stage_cap > SIO_STAGE_MIN) { /* a burst is over: keep an idle socket small */
+        free(s->stage);
+        s->stage = NULL;
+        s->stage_cap = 0;
     }
     if (s->ops.on_drained) s->ops.on_drained(s->arg, s); /* last: it may free s */
     return true;
@@ -360,19 +385,32 @@ struct evbuffer *sio_output(sio *s)
 
 size_t sio_output_length(const sio *s) { return evbuffer_get_length(s->out) + s->staged; }
 
+/* Room for `need` staged bytes, up to SIO_STAGE. */
+static bool stage_room(sio *s, size_t need)
+{
+    if (need <= s->stage_cap) return true;
+    if (need > SIO_STAGE) return false;
+    size_t cap = s->stage_cap ? s->stage_cap : SIO_STAGE_MIN;
+    while (cap < need) cap *= 2;
+    char *p = realloc(s->stage, cap);
+    if (!p) return false;
+    s->stage = p;
+    s->stage_cap = cap;
+    return true;
+}
+
 int sio_append(sio *s, const void *buf, size_t len)
 {
-    if (!s->stage && !(s->stage = malloc(SIO_STAGE))) return -1;
-    if (len > SIO_STAGE - s->staged) {
+    sio_wrote(s);
+    if (len <= SIO_STAGE / 2 && !stage_room(s, s->staged + len)) {
         if (commit(s) < 0) return -1;
-        if (len > SIO_STAGE / 2) { /* a large value: no copy through the array */
-            sio_wrote(s);
-            return evbuffer_add(s->out, buf, len);
-        }
+        if (!stage_room(s, len)) return evbuffer_add(s->out, buf, len);
+    } else if (len > SIO_STAGE / 2) { /* a large value: no copy through the array */
+        if (commit(s) < 0) return -1;
+        return evbuffer_add(s->out, buf, len);
     }
     memcpy(s->stage + s->staged, buf, len);
     s->staged += len;
-    sio_wrote(s);
     return 0;
 }
 int sio_fd(const sio *s) { return s->fd; }
@@ -388,6 +426,7 @@ void sio_read_direct(sio *s, bool on) { s->direct = on; }
 ssize_t sio_recv(sio *s, void *buf, size_t len)
 {
     ssize_t n;
+    if (len == 0) return 0; /* recv's 0 would read as the peer's close */
     do n = recv(s->fd, buf, len, 0);
     while (n < 0 && errno == EINTR);
     if (n > 0) return n;

@@ -5,9 +5,9 @@
  *
  * What it does differently from a libevent bufferevent, and why:
  *  - Output is written at the end of the event-loop iteration that produced
- *    it (sio_wrote queues the socket on its thread's end-of-turn list, whose
- *    one event libevent runs after the I/O callbacks already queued in that
- *    iteration). Everything a
+ *    it (sio_wrote queues the socket on its event_base's end-of-turn list,
+ *    whose one event libevent runs after the I/O callbacks already queued
+ *    in that iteration). Everything a
  *    batch of ready sockets produced for one peer leaves in one writev, and
  *    no epoll_ctl is made unless the kernel's send buffer is full.
  *  - Reads are one readv into reserved buffer space (no FIONREAD ioctl per
@@ -18,9 +18,11 @@
  *    integer) are copied into a flat staging array, as Redis's client
  *    buffer does, and leave in one write when nothing is queued ahead of
  *    them; an evbuffer_add per piece cost more than the piece. The array is
- *    allocated at the first sio_append, so sockets that only use the
- *    evbuffer (sio_output) never pay for it. Order is kept: sio_output
- *    moves what is staged into the evbuffer before handing it out.
+ *    allocated at the first sio_append (1 KiB, doubled up to 16 KiB as a
+ *    turn needs, and back to nothing once a burst has left), so sockets
+ *    that only use the evbuffer (sio_output) never pay for it and an idle
+ *    one keeps at most 1 KiB. Order is kept: sio_output moves what is
+ *    staged into the evbuffer before handing it out.
  *
  * Callbacks: on_read runs when new input arrived (or when reading is
  * re-enabled with input still buffered); on_drained when the output became
@@ -30,7 +32,7 @@
  *
  * Thread rule: one sio belongs to the thread of its event_base, and is
  * freed before that base.
- * Calls: net, libevent.
+ * Calls: net, libevent, pthread (the table of end-of-turn lists).
  */
 #ifndef KUMO_SIO_H
 #define KUMO_SIO_H
