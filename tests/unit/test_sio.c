@@ -1,0 +1,163 @@
+/*
+ * test_sio — output order and end-of-turn flushing of src/lib/sio.c, on
+ * real socket pairs and a real event_base:
+ *  - bytes staged by sio_append, added to the evbuffer (sio_output) and
+ *    appended large reach the peer in the order they were written, and
+ *    only once the loop turns;
+ *  - every socket that wrote in a turn is flushed by that turn, also when
+ *    another socket of the list is freed while queued, or by a flush;
+ *  - a socket whose peer reads nothing keeps its output (staged and
+ *    queued) and sends it all once the peer reads;
+ *  - the staging array grows past 1 KiB for a burst and the socket still
+ *    sends every byte.
+ */
+#include <errno.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "sio.h"
+#include "tap.h"
+
+#define PIECES 40000 /* 280 KB: more than a socket pair buffers, whatever its limits */
+
+static int closes;
+
+static void on_read(void *arg, sio *s)
+{
+    (void)arg;
+    evbuffer_drain(sio_input(s), evbuffer_get_length(sio_input(s)));
+}
+
+static void on_close(void *arg, sio *s, int err)
+{
+    (void)arg;
+    (void)s;
+    (void)err;
+    closes++;
+}
+
+/* A sio that frees another (the victim) when its flush drains it. */
+static sio *victim;
+static void on_drained_free(void *arg, sio *s)
+{
+    (void)arg;
+    (void)s;
+    if (victim) {
+        sio_free(victim);
+        victim = NULL;
+    }
+}
+
+static const sio_ops ops = {.on_read = on_read, .on_close = on_close};
+static const sio_ops ops_freeing = {.on_read = on_read, .on_close = on_close, .on_drained = on_drained_free};
+
+/* Everything the peer can read now (non-blocking), appended to out. */
+static size_t slurp(int fd, char *out, size_t cap)
+{
+    size_t n = 0;
+    for (;;) {
+        ssize_t r = recv(fd, out + n, cap - n, MSG_DONTWAIT);
+        if (r <= 0) break;
+        n += (size_t)r;
+        if (n == cap) break;
+    }
+    return n;
+}
+
+static sio *pair(struct event_base *base, int *peer, const sio_ops *o)
+{
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0) abort();
+    *peer = sv[1];
+    return sio_new(base, sv[0], o, NULL);
+}
+
+int main(void)
+{
+    struct event_base *base = event_base_new();
+    static char got[1 << 19];
+    int pa, pb, pc;
+
+    /* Order across the staging array, the evbuffer and a large append. */
+    sio *a = pair(base, &pa, &ops);
+    char big[12000];
+    memset(big, 'L', sizeof(big));
+    sio_append(a, "one,", 4);
+    evbuffer_add(sio_output(a), "two,", 4);
+    sio_wrote(a);
+    sio_append(a, "three,", 6);
+    sio_append(a, big, sizeof(big));
+    sio_append(a, ",four", 5);
+    ok(sio_output_length(a) == 4 + 4 + 6 + sizeof(big) + 5, "sio_output_length counts staged and queued bytes");
+    ok(slurp(pa, got, sizeof(got)) == 0, "nothing leaves before the loop turns");
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    size_t n = slurp(pa, got, sizeof(got));
+    ok(n == 19 + sizeof(big) && memcmp(got, "one,two,three,", 14) == 0 && got[14] == 'L' &&
+           got[13 + sizeof(big)] == 'L' && memcmp(got + 14 + sizeof(big), ",four", 5) == 0,
+       "staged, queued and large output arrive in the order written (%zu bytes)", n);
+    ok(sio_output_length(a) == 0, "and nothing is left behind");
+
+    /* Three sockets write in one turn; one is freed while queued. */
+    sio *b = pair(base, &pb, &ops);
+    sio *c = pair(base, &pc, &ops);
+    sio_append(a, "A", 1);
+    sio_append(b, "B", 1);
+    sio_append(c, "C", 1);
+    sio_free(b);
+    close(pb);
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    ok(slurp(pa, got, sizeof(got)) == 1 && got[0] == 'A' && slurp(pc, got, sizeof(got)) == 1 && got[0] == 'C',
+       "one turn flushes every socket that wrote, a freed one left out of the list");
+
+    /* A flush that frees another queued socket: the list goes on. */
+    sio_free(a);
+    close(pa);
+    int pd;
+    sio *d = pair(base, &pd, &ops_freeing);
+    sio_append(d, "D", 1);
+    victim = c;
+    sio_append(c, "c", 1); /* queued behind d, freed by d's flush */
+    int pe;
+    sio *e = pair(base, &pe, &ops);
+    sio_append(e, "E", 1);
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    ok(victim == NULL && slurp(pd, got, sizeof(got)) == 1 && slurp(pe, got, sizeof(got)) == 1 && got[0] == 'E',
+       "a socket freed by another's flush leaves the list, and the rest is flushed");
+    close(pc);
+
+    /* A peer that does not read: output waits, staged and queued, in order. */
+    int sndbuf = 4096;
+    setsockopt(sio_fd(e), SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+    size_t total = 0;
+    char piece[100];
+    for (int i = 0; i < PIECES; i++) {
+        int len = snprintf(piece, sizeof(piece), "%06d;", i);
+        sio_append(e, piece, (size_t)len);
+        total += (size_t)len;
+        if (i % 200 == 199) event_base_loop(base, EVLOOP_NONBLOCK);
+    }
+    ok(sio_output_length(e) > 0, "a peer that reads nothing leaves output waiting (%zu bytes)", sio_output_length(e));
+    size_t have = 0;
+    for (int spins = 0; spins < 20000 && have < total; spins++) {
+        event_base_loop(base, EVLOOP_NONBLOCK);
+        have += slurp(pe, got + have, sizeof(got) - have);
+    }
+    bool inorder = have == total;
+    for (int i = 0; i < PIECES && inorder; i++) {
+        snprintf(piece, sizeof(piece), "%06d;", i);
+        inorder = memcmp(got + 7 * i, piece, 7) == 0;
+    }
+    ok(inorder, "once it reads, all %zu bytes arrive in order (%zu read)", total, have);
+    ok(closes == 0, "no socket was closed on the way");
+
+    sio_free(d);
+    sio_free(e);
+    close(pd);
+    close(pe);
+    event_base_free(base); /* after its sockets: their end-of-turn list went with the last */
+    return done_testing();
+}
