@@ -407,7 +407,9 @@ t=$SECONDS
 "${COMPOSE[@]}" down -v --remove-orphans -t 20 >"$WORK/down.log" 2>&1
 rc=$?
 UP=0
-if [ "$rc" != 0 ] || ! leftovers; then
+leftovers # counted whatever rc is: the note below names them
+clean=$?
+if [ "$rc" != 0 ] || [ "$clean" != 0 ]; then
     note "the first docker-compose down -v: exit $rc, $left containers and $nets networks left:"
     sed 's/^/#   /' "$WORK/down.log"
     "${COMPOSE[@]}" down -v --remove-orphans -t 20 >"$WORK/down.log" 2>&1
