@@ -31,6 +31,7 @@
 #include "metrics.h"
 #include "net.h"
 #include "rpc.h"
+#include "turn.h"
 
 /* What `version` answers: the memcached release whose protocol the gateway
  * speaks (clients such as libmemcached pick features by it), then ours. */
@@ -66,7 +67,8 @@ typedef struct gw_server {
     struct gateway *g;
     net_addr addr;
     rpc_conn *conn;
-    struct event *send_batch; /* active while `batch` waits for the turn's end */
+    struct turn *turn;   /* the worker base's end-of-iteration jobs */
+    turn_job send_batch; /* queued while `batch` waits for the iteration's end */
     size_t nbatch;
     struct rop *batch[ROUTER_BATCH_MAX];
 } gw_server;

@@ -15,6 +15,7 @@
 #include "binlog.h"
 #include "config.h"
 #include "daemon.h"
+#include "turn.h"
 #include "client.h"
 #include "gateway.h"
 #include "links.h"
@@ -280,7 +281,7 @@ int main(int argc, char **argv)
         status = 1;
     }
 
-    event_base_dispatch(g0->base);
+    turn_loop(g0->base); /* event_base_dispatch, with end-of-iteration jobs (turn.h) */
 
     metrics_stop(metrics);
     daemon_listener_free(gm.text_listener);

@@ -21,7 +21,7 @@
  * first, so requests reach a server in the order they were made. A key the server answers with an error
  * fails alone and is retried at its next owner like any failed get.
  *
- * Calls: rpc, hashspace, record, ring, log, daemon. Thread rule: its worker's loop (workers.c).
+ * Calls: rpc, turn, hashspace, record, ring, log, daemon. Thread rule: its worker's loop (workers.c).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -150,7 +150,7 @@ static void server_on_request(void *arg, rpc_conn *c, uint32_t msgid, uint32_t m
     rpc_reply_error(c, msgid, "a gateway serves no requests");
 }
 
-static void batch_cb(evutil_socket_t fd, short what, void *arg);
+static void batch_cb(void *arg);
 
 /* The server at addr, connected (or connecting); NULL only without memory. */
 static gw_server *server_get(gateway *g, const net_addr *addr)
@@ -168,8 +168,9 @@ static gw_server *server_get(gateway *g, const net_addr *addr)
         }
         s = calloc(1, sizeof(*s));
         if (!s) return NULL;
-        s->send_batch = event_new(g->base, -1, 0, batch_cb, s);
-        if (!s->send_batch) {
+        s->turn = turn_join(g->base);
+        s->send_batch = (turn_job){.fn = batch_cb, .arg = s};
+        if (!s->turn) {
             free(s);
             return NULL;
         }
@@ -445,13 +446,13 @@ static void send_batch(gw_server *s)
     rpc_call_end(c);
 }
 
-static void batch_cb(evutil_socket_t fd, short what, void *arg) { send_batch(arg); }
+static void batch_cb(void *arg) { send_batch(arg); }
 
 /* Queue a get for s; it leaves at the end of this loop turn. */
 static void batch_get(gw_server *s, rop *r)
 {
     if (s->nbatch == ROUTER_BATCH_MAX) send_batch(s);
-    if (s->nbatch++ == 0) event_active(s->send_batch, EV_TIMEOUT, 1);
+    if (s->nbatch++ == 0) turn_queue(s->turn, &s->send_batch);
     s->batch[s->nbatch - 1] = r;
     s->g->open_batch = s;
 }
@@ -729,7 +730,8 @@ void router_stop(gateway *g)
         s->nbatch = 0;
         for (size_t j = 0; j < n; j++) failed(rops[j], RPC_ERR_UNSENT, NULL); /* stopping: no retry */
         rpc_close(s->conn);
-        event_free(s->send_batch);
+        turn_cancel(s->turn, &s->send_batch);
+        turn_leave(s->turn);
         free(s);
     }
     g->open_batch = NULL;

@@ -174,7 +174,7 @@ fail:
 static void *worker_main(void *arg)
 {
     gateway *g = arg;
-    event_base_dispatch(g->base);
+    turn_loop(g->base); /* event_base_dispatch, with end-of-iteration jobs (turn.h) */
     atomic_store(&g->loop_done, true);
     client_pool_drain();
     router_pool_drain();

@@ -4,17 +4,12 @@
  *
  * Two events per socket: a persistent level-triggered read event and a
  * write event added only while connecting or while the kernel's send buffer
- * is full. sio_wrote queues the socket on its base's end-of-turn list,
- * whose one event (with no fd) it activates when the list was empty.
- * libevent runs activated events after those already in its active queue,
- * so the flush comes after every I/O callback of the current iteration.
+ * is full. sio_wrote queues the socket's flush as a job of its base's
+ * turn (turn.h), which runs after every callback of the current iteration.
  */
 #include "sio.h"
 
-#include "kumo.h"
-
 #include <errno.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -22,6 +17,7 @@
 #include <unistd.h>
 
 #include "kumo.h"
+#include "turn.h"
 
 #define SIO_READ (16 * 1024)
 #define SIO_STAGE (16 * 1024) /* the most sio_append stages before moving it to `out` */
@@ -31,8 +27,8 @@ struct sio {
     struct event_base *base;
     int fd;
     struct event *ev_read, *ev_write;
-    struct sio_turn *turn; /* base's end-of-turn flushes */
-    sio *next, *prev;      /* in turn's list while flush_queued */
+    turn *turn;     /* base's end-of-iteration jobs */
+    turn_job flush; /* flush_now, queued by sio_wrote */
     struct evbuffer *in, *out;
     char *stage;      /* sio_append's output, ahead of nothing in `out` (see commit) */
     size_t staged;    /* bytes in stage */
@@ -41,120 +37,16 @@ struct sio {
     void *arg;
     int connect_err; /* a connect that failed before it started */
     bool connecting;
-    bool shut;         /* on_close ran (or is running): no more I/O */
-    bool reading;      /* ev_read is added */
-    bool write_armed;  /* ev_write is added */
-    bool flush_queued; /* in turn's list */
-    bool kick;         /* run on_read once for input already buffered */
-    bool direct;       /* on_read reads with sio_recv (sio_read_direct) */
+    bool shut;        /* on_close ran (or is running): no more I/O */
+    bool reading;     /* ev_read is added */
+    bool write_armed; /* ev_write is added */
+    bool kick;        /* run on_read once for input already buffered */
+    bool direct;      /* on_read reads with sio_recv (sio_read_direct) */
 };
 
-/* ---- end-of-turn flushing ----
- * The sockets that wrote in a loop iteration wait in one list per
- * event_base, and one event runs their flushes: an event per socket cost
- * an activation and a dispatch per socket and turn (a get made three: the
- * client's, the server link's, the batch). Flushes queued while the list
- * runs are run in the same pass, as libevent ran events activated
- * meanwhile. The list is the base's, not a thread's: a gateway dials its
- * workers' first links from the main thread before they run, and frees
- * their sockets there after they stopped. A table under a mutex finds a
- * base's list when a socket is made or freed; queueing and flushing touch
- * only the list, from the thread that runs the base, as everything else of
- * a socket. The list goes with the base's last socket, so a base freed
- * after its sockets leaves nothing behind. */
-typedef struct sio_turn {
-    struct event_base *base;
-    struct event *ev;
-    sio *head, *tail;
-    size_t nsio; /* sockets on base (under turns_lock) */
-    bool running;
-    struct sio_turn *next; /* in turns */
-} sio_turn;
+static void flush_now(void *arg);
 
-static pthread_mutex_t turns_lock = PTHREAD_MUTEX_INITIALIZER;
-static sio_turn *turns;
-
-static void flush_now(sio *s);
-
-static void turn_unqueue(sio *s)
-{
-    sio_turn *t = s->turn;
-    if (!s->flush_queued) return;
-    s->flush_queued = false;
-    if (s->prev) s->prev->next = s->next;
-    else t->head = s->next;
-    if (s->next) s->next->prev = s->prev;
-    else t->tail = s->prev;
-    s->next = s->prev = NULL;
-}
-
-/* Under turns_lock: the base's last socket is gone and its list idle. */
-static void turn_drop(sio_turn *t)
-{
-    sio_turn **p = &turns;
-    while (*p != t) p = &(*p)->next;
-    *p = t->next;
-    event_free(t->ev);
-    free(t);
-}
-
-static void turn_cb(evutil_socket_t fd, short what, void *arg)
-{
-    sio_turn *t = arg;
-    (void)fd;
-    (void)what;
-    t->running = true;
-    while (t->head) {
-        sio *s = t->head;
-        turn_unqueue(s);
-        flush_now(s); /* may free s, and other sockets */
-    }
-    t->running = false;
-    pthread_mutex_lock(&turns_lock);
-    if (t->nsio == 0) turn_drop(t);
-    pthread_mutex_unlock(&turns_lock);
-}
-
-static sio_turn *turn_join(struct event_base *base)
-{
-    pthread_mutex_lock(&turns_lock);
-    sio_turn *t = turns;
-    while (t && t->base != base) t = t->next;
-    if (!t && (t = calloc(1, sizeof(*t)))) {
-        t->base = base;
-        if ((t->ev = event_new(base, -1, 0, turn_cb, t))) {
-            t->next = turns;
-            turns = t;
-        } else {
-            free(t);
-            t = NULL;
-        }
-    }
-    if (t) t->nsio++;
-    pthread_mutex_unlock(&turns_lock);
-    return t;
-}
-
-static void turn_leave(sio *s)
-{
-    sio_turn *t = s->turn;
-    turn_unqueue(s);
-    pthread_mutex_lock(&turns_lock);
-    if (--t->nsio == 0 && !t->running) turn_drop(t);
-    pthread_mutex_unlock(&turns_lock);
-}
-
-static void turn_queue(sio *s)
-{
-    sio_turn *t = s->turn;
-    s->flush_queued = true;
-    s->next = NULL;
-    s->prev = t->tail;
-    if (t->tail) t->tail->next = s;
-    else t->head = s;
-    t->tail = s;
-    if (!t->running && t->head == s) event_active(t->ev, EV_WRITE, 1);
-}
+static void turn_queue_flush(sio *s) { turn_queue(s->turn, &s->flush); }
 
 static void shut(sio *s, int err)
 {
@@ -162,7 +54,7 @@ static void shut(sio *s, int err)
     s->shut = true;
     event_del(s->ev_read);
     event_del(s->ev_write);
-    turn_unqueue(s);
+    turn_cancel(s->turn, &s->flush);
     s->ops.on_close(s->arg, s, err);
 }
 
@@ -237,7 +129,7 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
     if (s->kick) {
         s->kick = false;
-        if (evbuffer_get_length(s->in) > 0) {
+        if (!s->direct && evbuffer_get_length(s->in) > 0) {
             s->ops.on_read(s->arg, s);
             return;
         }
@@ -293,8 +185,9 @@ static void write_cb(evutil_socket_t fd, short what, void *arg)
     drain(s);
 }
 
-static void flush_now(sio *s)
+static void flush_now(void *arg)
 {
+    sio *s = arg;
     if (s->connect_err) {
         shut(s, s->connect_err);
         return;
@@ -316,6 +209,7 @@ static sio *sio_alloc(struct event_base *base, int fd, const sio_ops *ops, void 
     s->ev_read = event_new(base, fd, EV_READ | EV_PERSIST, read_cb, s);
     s->ev_write = event_new(base, fd, EV_WRITE | EV_PERSIST, write_cb, s);
     s->turn = turn_join(base);
+    s->flush = (turn_job){.fn = flush_now, .arg = s};
     if (!s->in || !s->out || !s->ev_read || !s->ev_write || !s->turn) {
         s->fd = -1;
         sio_free(s);
@@ -350,7 +244,7 @@ sio *sio_connect(struct event_base *base, const net_addr *peer, const sio_ops *o
     if (fd < 0) {
         /* Report the failure from the loop, as the contract says. */
         s->connect_err = e;
-        turn_queue(s);
+        turn_queue_flush(s);
         return s;
     }
     s->connecting = true;
@@ -365,7 +259,10 @@ void sio_free(sio *s)
     if (!s) return;
     if (s->ev_read) event_free(s->ev_read);
     if (s->ev_write) event_free(s->ev_write);
-    if (s->turn) turn_leave(s);
+    if (s->turn) {
+        turn_cancel(s->turn, &s->flush);
+        turn_leave(s->turn);
+    }
     if (s->in) evbuffer_free(s->in);
     if (s->out) evbuffer_free(s->out);
     free(s->stage);
@@ -417,8 +314,7 @@ int sio_fd(const sio *s) { return s->fd; }
 
 void sio_wrote(sio *s)
 {
-    if (s->flush_queued || s->shut) return;
-    turn_queue(s);
+    if (!s->shut) turn_queue_flush(s);
 }
 
 void sio_read_direct(sio *s, bool on) { s->direct = on; }
@@ -444,7 +340,7 @@ void sio_read_enable(sio *s, bool on)
         return;
     }
     event_add(s->ev_read, NULL);
-    if (evbuffer_get_length(s->in) > 0) {
+    if (s->direct || evbuffer_get_length(s->in) > 0) { /* a direct reader may hold input of its own */
         s->kick = true;
         event_active(s->ev_read, EV_READ, 1);
     }

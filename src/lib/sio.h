@@ -5,9 +5,9 @@
  *
  * What it does differently from a libevent bufferevent, and why:
  *  - Output is written at the end of the event-loop iteration that produced
- *    it (sio_wrote queues the socket on its event_base's end-of-turn list,
- *    whose one event libevent runs after the I/O callbacks already queued
- *    in that iteration). Everything a
+ *    it (sio_wrote queues the socket's flush on its event_base's turn,
+ *    turn.h: run by turn_loop between iterations, or by one event on a
+ *    base that some other loop runs). Everything a
  *    batch of ready sockets produced for one peer leaves in one writev, and
  *    no epoll_ctl is made unless the kernel's send buffer is full.
  *  - Reads are one readv into reserved buffer space (no FIONREAD ioctl per
@@ -32,7 +32,7 @@
  *
  * Thread rule: one sio belongs to the thread of its event_base, and is
  * freed before that base.
- * Calls: net, libevent, pthread (the table of end-of-turn lists).
+ * Calls: net, turn, libevent.
  */
 #ifndef KUMO_SIO_H
 #define KUMO_SIO_H
@@ -84,7 +84,8 @@ void sio_read_direct(sio *s, bool on);
  * have freed s). */
 ssize_t sio_recv(sio *s, void *buf, size_t len);
 /* Stop or resume reading (backpressure). Resuming with input buffered
- * runs on_read again, from the loop. */
+ * (for a direct reader: always, as it may buffer its own) runs on_read
+ * again, from the loop. */
 void sio_read_enable(sio *s, bool on);
 
 #endif

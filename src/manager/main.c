@@ -13,6 +13,7 @@
 #include "binlog.h"
 #include "config.h"
 #include "daemon.h"
+#include "turn.h"
 #include "links.h"
 #include "log.h"
 #include "manager.h"
@@ -220,7 +221,7 @@ int main(int argc, char **argv)
                  BL_STR("version", PACKAGE_VERSION));
     daemon_notify("READY=1");
 
-    event_base_dispatch(m.base);
+    turn_loop(m.base); /* event_base_dispatch, with end-of-iteration jobs (turn.h) */
 
     m.stopping = true;
     metrics_stop(metrics);

@@ -20,6 +20,7 @@
 #include "binlog.h"
 #include "config.h"
 #include "daemon.h"
+#include "turn.h"
 #include "digest.h"
 #include "witness.h"
 #include "links.h"
@@ -515,7 +516,7 @@ int main(int argc, char **argv)
                  BL_STR("db", store_path(s.db)), BL_STR("manager1", cfg.manager1), BL_STR("manager2", cfg.manager2),
                  BL_UINT("pid", getpid()), BL_STR("version", PACKAGE_VERSION));
 
-    event_base_dispatch(s.base);
+    turn_loop(s.base); /* event_base_dispatch, with end-of-iteration jobs (turn.h) */
 
     metrics_stop(metrics);
     while (s.naccepted > 0) rpc_close(s.accepted[--s.naccepted]);
