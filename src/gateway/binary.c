@@ -123,7 +123,7 @@ static bop *op_new(client *c, const memproto_request *q)
         return NULL;
     }
     size_t klen = q->key ? q->keylen : 0;
-    bop *b = malloc(sizeof(*b) + klen);
+    bop *b = client_req_state(r, sizeof(*b) + klen);
     bop tmp = {.r = r, .opcode = q->opcode, .cmd = q->cmd, .quiet = q->quiet, .opaque = q->opaque, .cas = q->cas};
     if (!b) {
         put_error(&tmp, MEMPROTO_STATUS_ENOMEM, NULL);
@@ -133,8 +133,6 @@ static bop *op_new(client *c, const memproto_request *q)
     *b = tmp;
     b->klen = klen;
     if (klen) memcpy(b->key, q->key, klen);
-    r->state = b;
-    r->free_state = free;
     return b;
 }
 

@@ -24,6 +24,7 @@ static _Thread_local size_t req_pooled;
 static void req_free(creq *r)
 {
     if (r->free_state) r->free_state(r->state);
+    if (r->state != r->scratch) free(r->state);
     if (req_pooled < REQ_POOL_MAX && evbuffer_drain(r->out, evbuffer_get_length(r->out)) == 0) {
         r->next = req_pool;
         req_pool = r;
@@ -54,6 +55,7 @@ static void conn_free(client *c)
     }
     free(c->proto);
     free(c->reading);
+    free(c->in);
     free(c);
 }
 
@@ -88,7 +90,7 @@ creq *client_req(client *c, bool quiet)
         struct evbuffer *out = r->out; /* drained when it was given back */
         req_pool = r->next;
         req_pooled--;
-        memset(r, 0, sizeof(*r));
+        memset(r, 0, offsetof(creq, scratch));
         r->out = out;
     } else {
         if (!(r = calloc(1, sizeof(*r)))) return NULL;
@@ -107,6 +109,17 @@ creq *client_req(client *c, bool quiet)
     c->unanswered++;
     c->open[r->kind]++;
     return r;
+}
+
+void *client_req_state(creq *r, size_t size)
+{
+    if (size <= sizeof(r->scratch)) {
+        memset(r->scratch, 0, size);
+        r->state = r->scratch;
+    } else {
+        r->state = calloc(1, size);
+    }
+    return r->state;
 }
 
 /* ---- flow control ---- */
@@ -348,6 +361,17 @@ static void flush(client *c)
     if (c->close_after_flush && !c->head && sio_output_length(c->io) == 0) conn_close(c);
 }
 
+void client_write(creq *r, const void *p, size_t n)
+{
+    client *c = r->c;
+    if (c->head == r && !r->quiet && !c->closed && evbuffer_get_length(r->out) == 0) {
+        c->g->stats.bytes_written += n;
+        if (sio_append(c->io, p, n) < 0) conn_close(c); /* out of memory: the answer cannot be kept whole */
+        return;
+    }
+    evbuffer_add(r->out, p, n);
+}
+
 void client_done(creq *r)
 {
     if (r->done) return;
@@ -376,18 +400,15 @@ void client_call_end(creq *r)
     if (g->flow.wait_head) wake_waiters(g);
 }
 
-static void read_cb(void *arg, sio *io)
+/* Parse and start the requests at buf, as many as may start now; returns
+ * the bytes consumed. */
+static size_t consume(client *c, const char *buf, size_t len)
 {
-    client *c = arg;
-    struct evbuffer *in = sio_input(io);
-    /* Hold the connection: a parse may complete requests and close it. */
-    c->inflight++;
-    while (!c->closed && !c->close_after_flush) {
-        size_t len = evbuffer_get_length(in);
-        if (len == 0) break;
+    size_t off = 0;
+    while (!c->closed && !c->close_after_flush && off < len) {
         if (c->discard > 0) {
-            size_t n = len < c->discard ? len : c->discard;
-            evbuffer_drain(in, n);
+            size_t n = len - off < c->discard ? len - off : c->discard;
+            off += n;
             c->discard -= n;
             continue;
         }
@@ -396,15 +417,75 @@ static void read_cb(void *arg, sio *io)
             break;
         }
         c->next_kind = CREQ_LOCAL;
-        size_t used = c->parse(c, (const char *)evbuffer_pullup(in, -1), len);
+        size_t used = c->parse(c, buf + off, len - off);
         if (c->held && used == 0) {
             pause_reading(c); /* until earlier requests complete */
             break;
         }
         if (used == 0 && c->discard == 0) break;
-        if (!c->closed) evbuffer_drain(in, used);
+        off += used;
     }
+    return off;
+}
+
+/* One recv's room: the worker's buffer, and what a connection's own
+ * buffer keeps free for the next read. */
+#define CLIENT_READ (16 * 1024)
+static _Thread_local char worker_in[CLIENT_READ];
+
+/* Keep len unparsed bytes from p as the connection's input (p may point
+ * into it). False: out of memory. */
+static bool keep_input(client *c, const char *p, size_t len)
+{
+    if (len == 0) { /* all parsed: an idle connection holds nothing */
+        free(c->in);
+        c->in = NULL;
+        c->in_len = c->in_cap = 0;
+        return true;
+    }
+    if (p == c->in) { /* nothing consumed */
+        c->in_len = len;
+        return true;
+    }
+    if (!c->in || c->in_cap < len) {
+        char *n = malloc(len);
+        if (!n) return false;
+        memcpy(n, p, len);
+        free(c->in);
+        c->in = n;
+        c->in_cap = len;
+    } else {
+        memmove(c->in, p, len);
+    }
+    c->in_len = len;
+    return true;
+}
+
+static void read_cb(void *arg, sio *io)
+{
+    client *c = arg;
+    /* Hold the connection: a parse may complete requests and close it. */
+    c->inflight++;
+    char *buf = worker_in;
+    if (c->in_len > 0 && c->in_cap - c->in_len < CLIENT_READ) { /* a request in pieces: its buffer grows */
+        size_t cap = c->in_cap * 2 > c->in_len + CLIENT_READ ? c->in_cap * 2 : c->in_len + CLIENT_READ;
+        char *n = realloc(c->in, cap);
+        if (!n) {
+            conn_close(c);
+            goto out;
+        }
+        c->in = n;
+        c->in_cap = cap;
+    }
+    if (c->in_len > 0) buf = c->in;
+    size_t len = c->in_len;
+    ssize_t n = sio_recv(io, buf + len, CLIENT_READ);
+    if (n < 0) goto out; /* closed (close_cb ran) */
+    len += (size_t)n;
+    size_t used = consume(c, buf, len);
+    if (!c->closed && !keep_input(c, buf + used, len - used)) conn_close(c);
     flush(c);
+out:
     if (--c->inflight == 0 && c->closed) conn_free(c);
 }
 
@@ -457,6 +538,7 @@ client *client_new(gateway *g, int fd, client_parse_fn parse, void *proto_state)
         free(c);
         return NULL;
     }
+    sio_read_direct(c->io, true);
     g->stats.curr_connections++;
     g->stats.total_connections++;
     c->next = g->clients;

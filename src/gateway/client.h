@@ -16,6 +16,12 @@
  * worker at most --max-inflight of estimated gets in flight; a connection
  * that finds the worker's budget spent waits in line for it.
  *
+ * Input is read straight from the socket (sio_recv) into the worker's
+ * read buffer and parsed there; only the bytes of a request that has not
+ * fully arrived, or must wait, are copied into the connection's own
+ * buffer (memcached 1.6's thread read buffer): an idle connection holds
+ * no input memory, and a request that arrives whole is never copied.
+ *
  * Thread rule: its worker's loop. Calls: sio, libevent.
  */
 #ifndef KUMO_CLIENT_H
@@ -24,6 +30,7 @@
 #include <event2/buffer.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdalign.h>
 
 #include "gateway.h"
 #include "sio.h"
@@ -55,6 +62,9 @@ typedef enum creq_kind {
 
 typedef struct client client;
 
+/* Bytes of per-request state that need no allocation (see creq.scratch). */
+#define CREQ_SCRATCH 1024
+
 typedef struct creq {
     struct creq *next;
     client *c;
@@ -65,10 +75,13 @@ typedef struct creq {
      * until it calls client_parts_sent. */
     void (*more)(struct creq *r);
     bool done;
-    bool quiet;  /* produce no output (noreply, quiet binary opcodes) */
-    int waiting; /* protocol's own count of outstanding sub-operations */
-    void *state; /* protocol's per-request data, freed with free_state */
-    void (*free_state)(void *state);
+    bool quiet;                      /* produce no output (noreply, quiet binary opcodes) */
+    int waiting;                     /* protocol's own count of outstanding sub-operations */
+    void *state;                     /* protocol's per-request data (client_req_state) */
+    void (*free_state)(void *state); /* releases what state holds; may be NULL */
+    /* Room for a small state, kept with the request across reuses: a
+     * get of one key allocates nothing. */
+    _Alignas(max_align_t) unsigned char scratch[CREQ_SCRATCH];
 } creq;
 
 /* Parse and start the one request at the head of the input. Returns the
@@ -98,7 +111,9 @@ struct client {
     bool paused;
     bool held;      /* the next request waits for earlier ones or for room */
     size_t discard; /* input bytes to drop before parsing again */
-    void *proto;    /* the protocol's per-connection scratch, freed at close */
+    char *in;       /* input not parsed yet (a partial or held request), or NULL */
+    size_t in_len, in_cap;
+    void *proto; /* the protocol's per-connection scratch, freed at close */
 };
 
 /* A worker's flow control starts from the largest answer (-I). */
@@ -117,6 +132,14 @@ bool client_may_start(client *c, creq_kind kind);
 bool client_may_write(client *c, const char *key, size_t klen);
 /* A new request at the tail of the queue (NULL when out of memory). */
 creq *client_req(client *c, bool quiet);
+/* size zeroed bytes for r->state, which is set to them: r's scratch when
+ * they fit, else allocated. The client frees them with r, after
+ * r->free_state. NULL: out of memory. */
+void *client_req_state(creq *r, size_t size);
+/* Add to r's answer. While r heads the queue and has nothing waiting, the
+ * bytes go to the socket's staging array at once, with no evbuffer in
+ * between; otherwise to r->out, to leave in order. */
+void client_write(creq *r, const void *p, size_t n);
 /* Free the requests this thread keeps for reuse (a worker's last act, and
  * main's after every connection is gone): nothing is left for LeakSanitizer. */
 void client_pool_drain(void);

@@ -311,7 +311,6 @@ static void tstate_free(void *p)
     tstate *t = p;
     if (!t) return;
     for (size_t i = 0; i < t->nkeys; i++) free(t->keys[i].rec);
-    free(t);
 }
 
 /* A request of command cmd with state for `nkeys` keys copied from keys. */
@@ -321,8 +320,7 @@ static creq *req_with_state(client *c, int cmd, const memtext_token *keys, size_
     if (!r) return NULL;
     size_t keybytes = 0;
     for (size_t i = 0; i < nkeys; i++) keybytes += keys[i].len;
-    tstate *t = calloc(1, sizeof(*t) + nkeys * (sizeof(kslot) + sizeof(kctx)) + keybytes);
-    r->state = t;
+    tstate *t = client_req_state(r, sizeof(*t) + nkeys * (sizeof(kslot) + sizeof(kctx)) + keybytes);
     r->free_state = tstate_free;
     if (!t) {
         client_reply(r, "SERVER_ERROR out of memory\r\n");
@@ -361,9 +359,9 @@ static void keep_record(kslot *k, const void *rec, size_t len)
 /* Whether a key's answer is a value. The servers judged its expiry, by
  * the cluster's clock (docs/protocol.md, "Expiry and clocks"): the
  * gateway's own clock may be off, so it does not judge again. */
-static bool hit(const kslot *k, record_value *v)
+static bool hit(const void *rec, size_t rlen, record_value *v)
 {
-    return k->rec && record_value_parse(k->rec, k->rlen, v) == 0 && !v->tombstone;
+    return rec && record_value_parse(rec, rlen, v) == 0 && !v->tombstone;
 }
 
 /* " <n>" at p; returns the end. */
@@ -378,8 +376,9 @@ static char *put_uint(char *p, uint64_t n)
     return p;
 }
 
-/* One key's answer, in key order: VALUE <key> <flags> <bytes>[ <cas>]. */
-static void format_key(creq *r, kslot *k)
+/* One key's answer, in key order: VALUE <key> <flags> <bytes>[ <cas>],
+ * from its record (rec: NULL on a miss). */
+static void format_key(creq *r, const kslot *k, const void *rec, size_t rlen)
 {
     tstate *t = r->state;
     gateway *g = r->c->g;
@@ -389,7 +388,7 @@ static void format_key(creq *r, kslot *k)
         t->failed = true;
         return;
     }
-    if (!hit(k, &v)) {
+    if (!hit(rec, rlen, &v)) {
         g->stats.get_misses++;
         if (touch) g->stats.touch_misses++;
         return;
@@ -406,9 +405,9 @@ static void format_key(creq *r, kslot *k)
     if (t->cmd == MEMTEXT_GETS || t->cmd == MEMTEXT_GATS) e = put_uint(e, v.clocktime);
     *e++ = '\r';
     *e++ = '\n';
-    evbuffer_add(r->out, line, (size_t)(e - line));
-    evbuffer_add(r->out, v.payload, v.payload_len);
-    evbuffer_add(r->out, "\r\n", 2);
+    client_write(r, line, (size_t)(e - line));
+    client_write(r, v.payload, v.payload_len);
+    client_write(r, "\r\n", 2);
     t->answered = true;
 }
 
@@ -420,13 +419,14 @@ static void format_ready(creq *r)
     tstate *t = r->state;
     while (t->emit < t->nkeys && t->keys[t->emit].done) {
         kslot *k = &t->keys[t->emit++];
-        format_key(r, k);
+        format_key(r, k, k->rec, k->rlen);
         free(k->rec);
         k->rec = NULL;
     }
     if (t->emit < t->nkeys) return;
-    if (t->failed && !t->answered) evbuffer_add_printf(r->out, "SERVER_ERROR get failed\r\n");
-    else evbuffer_add(r->out, "END\r\n", 5);
+    static const char failed[] = "SERVER_ERROR get failed\r\n", end[] = "END\r\n";
+    if (t->failed && !t->answered) client_write(r, failed, sizeof failed - 1);
+    else client_write(r, end, sizeof end - 1);
     client_done(r);
 }
 
@@ -435,10 +435,16 @@ static void key_done(kctx *x, bool ok, const void *value, size_t vlen)
     creq *r = x->r;
     tstate *t = r->state;
     kslot *k = &t->keys[x->i];
-    if (!ok) k->error = true;
-    else keep_record(k, value, vlen);
     k->done = true;
     client_part_end(r->c, k->key, k->klen, vlen);
+    if (ok && x->i == t->emit) { /* next in line: answered from the reply itself */
+        t->emit++;
+        format_key(r, k, value, vlen);
+    } else if (!ok) {
+        k->error = true;
+    } else {
+        keep_record(k, value, vlen);
+    }
     format_ready(r);
     client_call_end(r);
 }
@@ -793,7 +799,7 @@ static void mg_finish(creq *r, bool ok, const void *rec, size_t len)
         return;
     }
     keep_record(&t->keys[0], rec, len);
-    bool live = hit(&t->keys[0], &v);
+    bool live = hit(t->keys[0].rec, t->keys[0].rlen, &v);
     uint32_t recache = t->m.recache ? record_exptime(t->m.recache_ttl, now) : 0;
     bool may_win = live ? !(v.meta & RECORD_META_WON) &&
                               ((v.meta & RECORD_META_STALE) || (recache && v.exptime && v.exptime < recache))
@@ -836,7 +842,7 @@ static void me_done(void *arg, bool ok, const void *rec, size_t len)
         client_reply(r, "SERVER_ERROR get failed\r\n");
     } else {
         keep_record(&t->keys[0], rec, len);
-        if (!hit(&t->keys[0], &v)) {
+        if (!hit(t->keys[0].rec, t->keys[0].rlen, &v)) {
             client_reply(r, "EN\r\n");
         } else {
             evbuffer_add(r->out, "ME ", 3);

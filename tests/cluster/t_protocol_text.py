@@ -791,6 +791,19 @@ def pipeline(s):
         want += b"STORED\r\n" + val(k, v) + b"END\r\n"
     s.x(req, want, "200 set+get pairs in one write")
 
+    # More than one 16 KiB read and more than 128 queued requests: the
+    # gateway parses what each read brought, keeps the partial request and
+    # the held ones, and resumes from them.
+    req, want = b"", b""
+    for i in range(1500):
+        k, v = b"wide:%d" % i, b"w" * (i % 97)
+        req += b"set %s 0 0 %d\r\n%s\r\nget %s\r\n" % (k, len(v), v, k)
+        want += b"STORED\r\n" + val(k, v) + b"END\r\n"
+    s.x(req, want, "1500 set+get pairs (%d KB) in one write: every reply, in order" % (len(req) // 1024))
+    big = bytes(range(256)) * 3900  # 998400 bytes, just under -I 1m
+    s.x(b"set bigone 7 0 %d\r\n%s\r\nget bigone\r\n" % (len(big), big),
+        b"STORED\r\n" + val(b"bigone", big, 7) + b"END\r\n", "a value of 975 KiB in, and out, whole")
+
 
 def quit_checks(port):
     tap.note("quit")
