@@ -466,6 +466,15 @@ static void read_cb(void *arg, sio *io)
     client *c = arg;
     /* Hold the connection: a parse may complete requests and close it. */
     c->inflight++;
+    if (c->in_len > 0 && !c->in_partial) { /* resumed: the kept requests go before any new read */
+        size_t used0 = consume(c, c->in, c->in_len);
+        if (!c->closed && !keep_input(c, c->in + used0, c->in_len - used0)) conn_close(c);
+        c->in_partial = !c->paused;
+        if (c->closed || c->paused || c->close_after_flush) {
+            flush(c);
+            goto out;
+        }
+    }
     char *buf = worker_in;
     if (c->in_len > 0 && c->in_cap - c->in_len < CLIENT_READ) { /* a request in pieces: its buffer grows */
         size_t cap = c->in_cap * 2 > c->in_len + CLIENT_READ ? c->in_cap * 2 : c->in_len + CLIENT_READ;
@@ -484,6 +493,7 @@ static void read_cb(void *arg, sio *io)
     len += (size_t)n;
     size_t used = consume(c, buf, len);
     if (!c->closed && !keep_input(c, buf + used, len - used)) conn_close(c);
+    c->in_partial = !c->paused;
     flush(c);
 out:
     if (--c->inflight == 0 && c->closed) conn_free(c);

@@ -113,7 +113,8 @@ struct client {
     size_t discard; /* input bytes to drop before parsing again */
     char *in;       /* input not parsed yet (a partial or held request), or NULL */
     size_t in_len, in_cap;
-    void *proto; /* the protocol's per-connection scratch, freed at close */
+    bool in_partial; /* in holds an incomplete request (not a held one) */
+    void *proto;     /* the protocol's per-connection scratch, freed at close */
 };
 
 /* A worker's flow control starts from the largest answer (-I). */

@@ -805,6 +805,32 @@ def pipeline(s):
         b"STORED\r\n" + val(b"bigone", big, 7) + b"END\r\n", "a value of 975 KiB in, and out, whole")
 
 
+def eof_checks(port):
+    """A pipeline longer than the gateway queues at once, then the client
+    shuts its side: every request it sent still runs (the held ones before
+    the end of the input is acted on)."""
+    tap.note("a pipeline, then the client's end of the connection closed")
+    n = 3000
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    try:
+        sock.sendall(b"".join(b"set eof:%d 0 0 2 noreply\r\n%02d\r\n" % (i, i % 100) for i in range(n)))
+        sock.shutdown(socket.SHUT_WR)
+        got, closed = kt.recv_until(sock, quiet=10)
+    finally:
+        sock.close()
+    tap.ok(closed and got == b"", "%d noreply sets, then shutdown(SHUT_WR): closed, nothing said" % n,
+           "closed=%s got %s" % (closed, show(got[:200])))
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    try:
+        sock.sendall(b"".join(b"get eof:%d\r\n" % i for i in range(n)))
+        want = b"".join(b"VALUE eof:%d 0 2\r\n%02d\r\nEND\r\n" % (i, i % 100) for i in range(n))
+        got, _ = kt.recv_until(sock, lambda b: len(b) >= len(want), quiet=10)
+    finally:
+        sock.close()
+    tap.ok(got == want, "and every one of the %d sets was applied" % n,
+           "%d of %d bytes, %d misses" % (len(got), len(want), got.count(b"END\r\n") - got.count(b"VALUE ")))
+
+
 def quit_checks(port):
     tap.note("quit")
     for req, name, want in ((b"quit\r\n", "quit closes the connection", b""),
@@ -841,6 +867,7 @@ def body():
         pipeline(s)
         s.close()
         quit_checks(port)
+        eof_checks(port)
         c.check_running()
 
 
