@@ -15,8 +15,8 @@
  * Gets are batched: the gets of one loop turn bound for one server leave
  * together at the turn's end as one SRV_GET_MANY (one frame each way, one
  * reply to decode), or as a plain SRV_GET when there is only one. The batch
- * is sent from an event activated by its first get, which libevent runs
- * after the reads that filled it; the socket's own flush follows, so the
+ * is sent by a job its first get queues on the loop's turn (turn.h), which
+ * runs after the reads that filled it; the socket's own flush follows, so the
  * batch still costs no extra write. A write to that server sends the batch
  * first, so requests reach a server in the order they were made. A key the server answers with an error
  * fails alone and is retried at its next owner like any failed get.

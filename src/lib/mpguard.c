@@ -158,3 +158,9 @@ static ptrdiff_t feed(mpguard *g, const uint8_t *buf, size_t len, bool one)
 bool mpguard_feed(mpguard *g, const void *buf, size_t len) { return feed(g, buf, len, false) >= 0; }
 
 ptrdiff_t mpguard_feed_object(mpguard *g, const void *buf, size_t len) { return feed(g, buf, len, true); }
+
+/* Mid-object, either a header is partly read, a payload is being skipped,
+ * or a container's elements are awaited, which its header counted into
+ * `declared` (at least MPGUARD_ELEM_COST): so `expected` 1 with nothing
+ * declared is the state a completed object leaves. */
+bool mpguard_between(const mpguard *g) { return g->have == 0 && g->skip == 0 && g->expected == 1 && g->declared == 0; }

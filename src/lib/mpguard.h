@@ -10,8 +10,9 @@
  * msgpack_object, each string, bin or ext as its length. (Counting an
  * element as its one byte on the wire let a 64 MiB frame declare 64 M
  * elements: 1.5 GiB of element tables, found by tests/fuzz/fuzz_rpcframe.) Feed it
- * every byte before handing it to msgpack_unpacker; it keeps only a few
- * bytes of state and never allocates.
+ * every byte before handing it to a decoder (msgpack_unpacker in the
+ * replace stream, mpread in rpc, which also relies on it to find where a
+ * frame ends); it keeps only a few bytes of state and never allocates.
  *
  * Thread rule: one guard per stream. Calls: nothing.
  */
@@ -43,5 +44,8 @@ bool mpguard_feed(mpguard *g, const void *buf, size_t len);
  * bytes were checked: len, or fewer when an object ended there; -1 as false
  * above. g->limit may be changed between two objects. */
 ptrdiff_t mpguard_feed_object(mpguard *g, const void *buf, size_t len);
+/* True between two top-level objects: the bytes fed so far end where an
+ * object ended (or nothing was fed). */
+bool mpguard_between(const mpguard *g);
 
 #endif

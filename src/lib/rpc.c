@@ -15,7 +15,7 @@
  * wire; the peer's hello is kept aside and "done" only when its proof checks
  * out. A request, or a response, before that closes the connection.
  *
- * Calls: net, sio, clock, auth, admit, log, msgpack, libevent. Thread rule: see rpc.h.
+ * Calls: net, sio, mpguard, mpread, clock, auth, admit, log, msgpack, libevent. Thread rule: see rpc.h.
  */
 #include "rpc.h"
 
@@ -32,11 +32,13 @@
 
 #include "log.h"
 #include "mpguard.h"
+#include "mpread.h"
 #include "sio.h"
 
 #define RPC_SWEEP 0.25
 #define RPC_READ_CHUNK (64 * 1024)
-#define RPC_DIRECT_READ (16 * 1024) /* room made in the unpacker's buffer before each read */
+#define RPC_DIRECT_READ (16 * 1024) /* room made in the input buffer before each read */
+#define RPC_IN_KEEP (256 * 1024)    /* an input buffer larger than this goes once empty */
 
 /* Flow control over the process's connections (rpc_flow_stats). */
 static _Atomic size_t flow_paused_now;
@@ -59,8 +61,15 @@ struct rpc_conn {
     struct event *connect_timer;
     rpc_handlers h;
     rpc_self self;
-    msgpack_unpacker up;
-    mpguard guard;           /* checks bytes before `up` allocates for them */
+    /* Input: bytes read into `in`; frames are decoded from `start`, the
+     * first byte not yet dispatched (see pump). */
+    char *in;
+    size_t in_len, in_cap, start;
+    bool guarded;            /* the frame at start did not arrive whole: the guard checks it */
+    bool in_direct;          /* hello done and the socket's evbuffer empty: it stays so (sio_read_direct) */
+    size_t checked;          /* ... up to here */
+    mpguard guard;           /* bounds what a frame that arrives in pieces may declare */
+    mpread_arena arena;      /* the decoded frame's arrays and maps */
     msgpack_packer pk;       /* writes to the socket's output */
     msgpack_sbuffer scratch; /* target of packers on a dead connection */
     msgpack_packer scratch_pk;
@@ -77,7 +86,7 @@ struct rpc_conn {
     struct evbuffer *held;  /* what c->pk wrote before our proof went out */
     double hello_deadline;  /* RPC_HELLO_TIMEOUT */
     admit_entry *admission; /* accepted, hello not done yet: held by self.admit */
-    size_t hello_bytes;     /* read before the hello was done (RPC_MAX_HELLO) */
+    size_t hello_bytes;     /* decoded before the hello was done (RPC_MAX_HELLO) */
     uint64_t peer_clock;
     int64_t peer_skew; /* its wall clock minus ours at its hello, s (0: unknown) */
     bool skewed;       /* counted in clock_skewed_now */
@@ -135,7 +144,8 @@ static void defer_unsent(struct event_base *base, rpc_reply_fn fn, void *arg)
 
 static void conn_free(rpc_conn *c)
 {
-    msgpack_unpacker_destroy(&c->up);
+    free(c->in);
+    mpread_free(&c->arena);
     msgpack_sbuffer_destroy(&c->scratch);
     if (c->held) evbuffer_free(c->held);
     free(c->slots);
@@ -326,7 +336,7 @@ static void hello_complete(rpc_conn *c)
     c->hello_done = true;
     admit_leave(c->self.admit, c->admission, true);
     c->admission = NULL;
-    c->guard.limit = RPC_MAX_FRAME; /* read_cb stopped at the end of this object */
+    c->guard.limit = RPC_MAX_FRAME; /* for a frame that arrives in pieces (pump) */
     sio_read_direct(c->io, true);
     if (c->self.clock && c->peer_clock) clock_update(c->self.clock, c->peer_clock);
     check_skew(c);
@@ -343,6 +353,47 @@ static void refuse(rpc_conn *c, const char *why)
     if (evbuffer_write(sio_output(c->io), sio_fd(c->io)) < 0)
         log_debug("%s: %s", c->name, strerror(errno));
     teardown(c, true);
+}
+
+/* msgpack's smallest form of an unsigned integer, as msgpack_pack_uint32
+ * writes it; returns its length. */
+static size_t put_uint(uint8_t *p, uint32_t v)
+{
+    if (v < 0x80) {
+        p[0] = (uint8_t)v;
+        return 1;
+    }
+    if (v <= 0xff) {
+        p[0] = 0xcc;
+        p[1] = (uint8_t)v;
+        return 2;
+    }
+    if (v <= 0xffff) {
+        p[0] = 0xcd;
+        p[1] = (uint8_t)(v >> 8);
+        p[2] = (uint8_t)v;
+        return 3;
+    }
+    p[0] = 0xce;
+    p[1] = (uint8_t)(v >> 24);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 8);
+    p[4] = (uint8_t)v;
+    return 5;
+}
+
+/* A frame's first three elements, [type, msgid, method] or [type, msgid,
+ * nil] (method < 0), in one write to c->pk: packed one by one they were
+ * four calls into the socket's staging. */
+static void pack_head(rpc_conn *c, uint8_t type, uint32_t msgid, int64_t method)
+{
+    uint8_t h[1 + 1 + 5 + 5], *p = h;
+    *p++ = 0x94; /* array of 4 */
+    *p++ = type; /* a positive fixint */
+    p += put_uint(p, msgid);
+    if (method < 0) *p++ = 0xc0;
+    else p += put_uint(p, (uint32_t)method);
+    c->pk.callback(c->pk.data, (const char *)h, (size_t)(p - h));
 }
 
 msgpack_packer *rpc_call_begin(rpc_conn *c, uint32_t method, double timeout, rpc_reply_fn fn, void *arg)
@@ -364,10 +415,7 @@ msgpack_packer *rpc_call_begin(rpc_conn *c, uint32_t method, double timeout, rpc
     p->arg = arg;
     p->deadline = clock_mono() + timeout;
     c->npending++;
-    msgpack_pack_array(&c->pk, 4);
-    msgpack_pack_uint8(&c->pk, RPC_MSG_REQUEST);
-    msgpack_pack_uint32(&c->pk, id);
-    msgpack_pack_uint32(&c->pk, method);
+    pack_head(c, RPC_MSG_REQUEST, id, method);
     return &c->pk;
 }
 
@@ -376,20 +424,14 @@ void rpc_call_end(rpc_conn *c) { (void)c; /* sio flushes at the end of the loop 
 msgpack_packer *rpc_notify_begin(rpc_conn *c, uint32_t method)
 {
     if (c->dead) return dead_packer(c);
-    msgpack_pack_array(&c->pk, 4);
-    msgpack_pack_uint8(&c->pk, RPC_MSG_REQUEST);
-    msgpack_pack_uint32(&c->pk, 0);
-    msgpack_pack_uint32(&c->pk, method);
+    pack_head(c, RPC_MSG_REQUEST, 0, method);
     return &c->pk;
 }
 
 msgpack_packer *rpc_reply_begin(rpc_conn *c, uint32_t msgid)
 {
     if (c->dead || msgid == 0) return dead_packer(c);
-    msgpack_pack_array(&c->pk, 4);
-    msgpack_pack_uint8(&c->pk, RPC_MSG_RESPONSE);
-    msgpack_pack_uint32(&c->pk, msgid);
-    msgpack_pack_nil(&c->pk);
+    pack_head(c, RPC_MSG_RESPONSE, msgid, -1);
     return &c->pk;
 }
 
@@ -540,11 +582,6 @@ static bool dispatch(rpc_conn *c, const msgpack_object *o)
     return false;
 }
 
-/* Move up to n bytes of input into the unpacker, through the guard; the
- * count moved, 0 after closing. Before the hello is done (and with a key
- * the proof), at most RPC_MAX_HELLO bytes in all, and never past the end of
- * the object being read: the requests behind a hello are not the hello's,
- * and are checked against RPC_MAX_FRAME once it is done. */
 /* ---- flow control ----
  * A peer that sends requests faster than it reads our answers would make us
  * hold every answer. So a connection the peer opened (we serve it) stops
@@ -573,10 +610,37 @@ void rpc_flow_stats(rpc_flow *out)
     out->pauses = atomic_load_explicit(&flow_pauses, memory_order_relaxed);
 }
 
-static size_t take_input(rpc_conn *c, struct evbuffer *in, size_t n)
+/* Room for n more bytes of input: what was dispatched is dropped first. */
+static bool in_room(rpc_conn *c, size_t n)
 {
+    if (c->start > 0) {
+        memmove(c->in, c->in + c->start, c->in_len - c->start);
+        c->in_len -= c->start;
+        if (c->guarded) c->checked -= c->start;
+        c->start = 0;
+    }
+    if (c->in_cap - c->in_len >= n) return true;
+    size_t cap = c->in_cap * 2 > c->in_len + n ? c->in_cap * 2 : c->in_len + n;
+    char *p = realloc(c->in, cap);
+    if (!p) return false;
+    c->in = p;
+    c->in_cap = cap;
+    return true;
+}
+
+/* Move input the socket's evbuffer holds (what came with or before the
+ * hello) into `in`; the count moved, 0 when there is none or after
+ * closing. Before the hello is done (and with a key the proof), at most
+ * RPC_MAX_HELLO bytes in all. */
+static size_t take_input(rpc_conn *c)
+{
+    if (c->in_direct) return 0;
+    struct evbuffer *in = sio_input(c->io);
+    size_t n = evbuffer_get_length(in);
+    if (n == 0) return 0;
+    if (n > RPC_READ_CHUNK) n = RPC_READ_CHUNK;
     if (!c->hello_done) {
-        size_t left = RPC_MAX_HELLO - c->hello_bytes;
+        size_t left = RPC_MAX_HELLO - c->hello_bytes - (c->in_len - c->start);
         if (left == 0) {
             log_warn("%s: more than %u bytes before the %s, closing", c->name, RPC_MAX_HELLO,
                      c->self.key ? "cluster key proof" : "hello");
@@ -585,106 +649,118 @@ static size_t take_input(rpc_conn *c, struct evbuffer *in, size_t n)
         }
         if (n > left) n = left;
     }
-    if (!msgpack_unpacker_reserve_buffer(&c->up, n)) {
+    if (!in_room(c, n)) {
         log_error("%s: out of memory reading a frame", c->name);
         teardown(c, true);
         return 0;
     }
-    char *buf = msgpack_unpacker_buffer(&c->up);
-    ev_ssize_t got = evbuffer_copyout(in, buf, n);
-    ptrdiff_t ok;
+    ev_ssize_t got = evbuffer_remove(in, c->in + c->in_len, n);
     if (got <= 0) return 0;
-    if (c->hello_done) ok = mpguard_feed(&c->guard, buf, (size_t)got) ? got : -1;
-    else ok = mpguard_feed_object(&c->guard, buf, (size_t)got);
-    if (ok < 0) {
-        if (c->hello_done)
-            log_warn("%s: a frame declares more than %u bytes could hold, closing", c->name, RPC_MAX_FRAME);
-        else log_warn("%s: a hello declares more than %u bytes, closing", c->name, RPC_MAX_HELLO);
-        teardown(c, true);
-        return 0;
-    }
-    evbuffer_drain(in, (size_t)ok);
-    msgpack_unpacker_buffer_consumed(&c->up, (size_t)ok);
-    if (!c->hello_done) c->hello_bytes += (size_t)ok;
-    return (size_t)ok;
+    c->in_len += (size_t)got;
+    return (size_t)got;
 }
 
-/* Dispatch what the unpacker holds, then take more input, until the input
- * is used up, the connection dies, or it pauses (flow control, below).
+/* Whether a whole frame may lie at start. A frame is first decoded as if
+ * it had arrived whole, which it almost always has: one pass over it, and
+ * the decode takes no more memory than the frame's bytes allow (mpread.h),
+ * which one read bounds. One that has not is then checked by the guard as
+ * its pieces arrive, so a frame that declares more than the limit is
+ * refused before it is buffered, and it is decoded again only once the
+ * guard has seen all of it: a frame in many pieces costs two decodes and
+ * one guard pass, never one decode per piece. The guard stops at the
+ * frame's end; the limit is the hello's (RPC_MAX_HELLO) until the hello is
+ * done, RPC_MAX_FRAME after. False: more input is needed, or the
+ * connection was closed. */
+static bool frame_ready(rpc_conn *c)
+{
+    if (c->start == c->in_len) return false;
+    if (!c->guarded) return true;
+    if (c->checked < c->in_len) {
+        ptrdiff_t k = mpguard_feed_object(&c->guard, c->in + c->checked, c->in_len - c->checked);
+        if (k < 0) {
+            if (c->hello_done)
+                log_warn("%s: a frame declares more than %u bytes could hold, closing", c->name, RPC_MAX_FRAME);
+            else log_warn("%s: a hello declares more than %u bytes, closing", c->name, RPC_MAX_HELLO);
+            teardown(c, true);
+            return false;
+        }
+        c->checked += (size_t)k;
+    }
+    return c->checked > c->start && mpguard_between(&c->guard);
+}
+
+/* Dispatch the whole frames the input holds, then take more from the
+ * evbuffer, until the input is used up, the connection dies, or it pauses
+ * (flow control, below).
  *
- * The unpacker's zone (where a frame's arrays and maps are built) is kept
- * and cleared after each frame instead of handed out and replaced, which
- * cost a zone's malloc and free per frame: handlers never keep a frame's
- * objects past their return (raw bytes point into the unpacker's buffer,
- * which the next frame may overwrite just the same). */
+ * A frame is decoded in place (mpread): its strings and bins point into
+ * `in`, its arrays and maps into the arena, which is rewound after each
+ * frame. Handlers never keep a frame's objects past their return, which
+ * this relies on. */
 static void pump(rpc_conn *c)
 {
-    /* Never nested: the frame being handled lives in the zone a nested
-     * pump would clear. The outer loop takes what arrived meanwhile. */
+    /* Never nested: the frame being handled lives in the arena and the
+     * input a nested pump would reuse. The outer loop takes what arrived
+     * meanwhile. */
     if (c->pumping) return;
     c->pumping = true;
     c->busy++;
     while (!c->dead && !c->paused) {
-        int r = msgpack_unpacker_execute(&c->up);
-        if (r > 0) {
-            msgpack_object o = msgpack_unpacker_data(&c->up);
-            msgpack_unpacker_reset(&c->up);
-            bool ok = dispatch(c, &o);
-            if (c->up.z) {
-                /* Flushing first drops the "buffer referenced" mark, so the
-                 * buffer is rewound instead of replaced at the next read. */
-                msgpack_unpacker_flush_zone(&c->up);
-                msgpack_unpacker_reset_zone(&c->up);
+        if (frame_ready(c)) {
+            msgpack_object o;
+            ptrdiff_t n = mpread_object(&c->arena, c->in + c->start, c->in_len - c->start, &o);
+            if (n == 0 && !c->guarded) { /* not all here: the guard follows it from now on */
+                mpread_reset(&c->arena);
+                mpguard_init(&c->guard, c->hello_done ? RPC_MAX_FRAME : RPC_MAX_HELLO);
+                c->guarded = true;
+                c->checked = c->start;
+                continue;
             }
+            if (n > 0) {
+                c->start += (size_t)n;
+                c->guarded = false;
+                if (!c->hello_done) c->hello_bytes += (size_t)n;
+            }
+            bool ok = n > 0 && dispatch(c, &o);
+            mpread_reset(&c->arena);
             if (!ok) {
-                log_warn("%s: protocol error, closing", c->name);
+                log_warn("%s: %s, closing", c->name, n > 0 ? "protocol error" : "malformed frame");
                 teardown(c, true);
             } else if (must_pause(c)) {
                 pause_reading(c);
             }
             continue;
         }
-        if (r < 0) {
-            log_warn("%s: malformed frame, closing", c->name);
-            teardown(c, true);
-            break;
+        if (c->dead || take_input(c) == 0) break;
+    }
+    if (c->start == c->in_len) { /* all dispatched: rewind, and give back a buffer a large frame grew */
+        c->start = c->in_len = 0;
+        if (c->in_cap > RPC_IN_KEEP) {
+            free(c->in);
+            c->in = NULL;
+            c->in_cap = 0;
         }
-        if (msgpack_unpacker_message_size(&c->up) > RPC_MAX_FRAME) {
-            log_warn("%s: frame larger than %u bytes, closing", c->name, RPC_MAX_FRAME);
-            teardown(c, true);
-            break;
-        }
-        struct evbuffer *in = sio_input(c->io);
-        size_t n = evbuffer_get_length(in);
-        if (n == 0) break;
-        if (n > RPC_READ_CHUNK) n = RPC_READ_CHUNK;
-        if (take_input(c, in, n) == 0) break;
     }
     c->pumping = false;
     release(c);
 }
 
-/* Once the hello is done, frames are read straight into the unpacker's
- * buffer (sio_read_direct), through the guard, with no copy through the
- * socket's input evbuffer; what the hello's read left there is taken first. */
+/* Once the hello is done, frames are read straight into `in`
+ * (sio_read_direct), with no copy through the socket's input evbuffer;
+ * what the hello's read left there is taken first. */
 static void read_cb(void *arg, sio *io)
 {
     rpc_conn *c = arg;
     c->busy++;
-    if (c->hello_done && !c->paused && evbuffer_get_length(sio_input(io)) == 0) {
-        if (!msgpack_unpacker_reserve_buffer(&c->up, RPC_DIRECT_READ)) {
+    if (c->hello_done && !c->in_direct) c->in_direct = evbuffer_get_length(sio_input(io)) == 0;
+    if (c->in_direct && !c->paused && !c->pumping) {
+        if (!in_room(c, RPC_DIRECT_READ)) {
             log_error("%s: out of memory reading a frame", c->name);
             teardown(c, true);
         } else {
-            size_t room = msgpack_unpacker_buffer_capacity(&c->up);
-            char *buf = msgpack_unpacker_buffer(&c->up);
-            ssize_t n = sio_recv(io, buf, room < RPC_READ_CHUNK ? room : RPC_READ_CHUNK);
-            if (n > 0 && !mpguard_feed(&c->guard, buf, (size_t)n)) {
-                log_warn("%s: a frame declares more than %u bytes could hold, closing", c->name, RPC_MAX_FRAME);
-                teardown(c, true);
-            } else if (n > 0) {
-                msgpack_unpacker_buffer_consumed(&c->up, (size_t)n);
-            }
+            size_t room = c->in_cap - c->in_len;
+            ssize_t n = sio_recv(io, c->in + c->in_len, room < RPC_READ_CHUNK ? room : RPC_READ_CHUNK);
+            if (n > 0) c->in_len += (size_t)n;
         }
     }
     if (!c->dead) pump(c);
@@ -699,7 +775,7 @@ static void drained_cb(void *arg, sio *io)
     c->paused = false;
     atomic_fetch_sub_explicit(&flow_paused_now, 1, memory_order_relaxed);
     sio_read_enable(io, true);
-    pump(c); /* what the unpacker already holds */
+    pump(c); /* what the input already holds */
 }
 
 static void connect_cb(void *arg, sio *io)
@@ -740,8 +816,7 @@ static rpc_conn *conn_new(struct event_base *base, const rpc_handlers *h, const 
     if (!c) return NULL;
     c->cap = 64;
     c->slots = calloc(c->cap, sizeof(pending));
-    /* Small at first: a peer has sent nothing but its hello until it is done. */
-    if (!c->slots || !msgpack_unpacker_init(&c->up, RPC_MAX_HELLO)) {
+    if (!c->slots) {
         free(c->slots);
         free(c);
         return NULL;
@@ -750,7 +825,8 @@ static rpc_conn *conn_new(struct event_base *base, const rpc_handlers *h, const 
     c->h = *h;
     c->self = *self;
     c->next_msgid = 1;
-    mpguard_init(&c->guard, RPC_MAX_HELLO); /* raised to RPC_MAX_FRAME by hello_complete */
+    mpguard_init(&c->guard, RPC_MAX_HELLO);                   /* raised to RPC_MAX_FRAME by hello_complete */
+    c->arena.max_objects = RPC_MAX_FRAME / MPGUARD_ELEM_COST; /* what the guard lets a frame declare */
     c->peer_role = RPC_ROLE_TOOL;
     msgpack_sbuffer_init(&c->scratch);
     msgpack_packer_init(&c->scratch_pk, &c->scratch, msgpack_sbuffer_write);
@@ -896,6 +972,14 @@ bool rpc_arg_bytes(const msgpack_object *params, uint32_t i, const char **p, siz
 
 void rpc_pack_bytes(msgpack_packer *pk, const void *p, size_t len)
 {
+    if (len <= 255) { /* a key: bin 8 header and bytes in one write */
+        uint8_t b[2 + 255];
+        b[0] = 0xc4;
+        b[1] = (uint8_t)len;
+        memcpy(b + 2, p, len);
+        pk->callback(pk->data, (const char *)b, len + 2);
+        return;
+    }
     msgpack_pack_bin(pk, len);
     msgpack_pack_bin_body(pk, p, len);
 }

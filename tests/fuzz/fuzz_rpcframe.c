@@ -1,7 +1,7 @@
 /*
  * fuzz_rpcframe — node RPC as a daemon reads it, through the real code: the
  * input arrives on a socket that src/lib/rpc.c accepted (rpc_accept, sio,
- * the mpguard, msgpack-c's unpacker, the hello and its limits, dispatch to
+ * the mpguard, the in-place decoder (mpread), the hello and its limits, dispatch to
  * the handlers, which answer every request), the way a stranger's bytes
  * reach a kumo-server's -l port. The input's first byte sets the size of the
  * pieces it arrives in, with the event loop run between them, to exercise

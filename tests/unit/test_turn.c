@@ -33,7 +33,7 @@ static void job_a(void *arg)
 {
     (void)arg;
     mark('a');
-    turn_queue(T, &jc); /* queued while running: same pass */
+    turn_queue(T, &jc);  /* queued while running: same pass */
     turn_cancel(T, &jd); /* cancelled by an earlier job */
 }
 static void job_b(void *arg)
