@@ -58,16 +58,20 @@ typedef struct bop {
     bool quiet;
     uint32_t opaque;
     uint64_t cas;
+    uint64_t tag; /* a get's client_part_begin tag */
     size_t klen;
     char key[]; /* for GETK/GATK answers */
 } bop;
+
+/* The largest key and value put_item copies next to its header. */
+#define BINARY_INLINE 1024
 
 static void put_header(const bop *b, uint16_t status, uint8_t extlen, uint16_t keylen, uint32_t bodylen,
                        uint64_t cas)
 {
     uint8_t h[MEMPROTO_HEADER];
     memproto_response_header(h, b->opcode, status, extlen, keylen, bodylen, b->opaque, cas);
-    evbuffer_add(b->r->out, h, sizeof(h));
+    client_write(b->r, h, sizeof(h));
 }
 
 /* An error answer: memcached's text for the status, or `text`. Never quiet. */
@@ -76,7 +80,7 @@ static void put_error(const bop *b, uint16_t status, const char *text)
     if (!text) text = memproto_status_text(status);
     size_t n = strlen(text);
     put_header(b, status, 0, 0, (uint32_t)n, 0);
-    evbuffer_add(b->r->out, text, n);
+    client_write(b->r, text, n);
 }
 
 /* A success without a body; nothing for a quiet opcode. */
@@ -94,10 +98,20 @@ static void put_item(const bop *b, const record_value *v, uint64_t cas)
     size_t klen = with_key ? b->klen : 0;
     uint8_t flags[4] = {(uint8_t)(v->flags >> 24), (uint8_t)(v->flags >> 16), (uint8_t)(v->flags >> 8),
                         (uint8_t)v->flags};
+    if (klen + vlen <= BINARY_INLINE) { /* header, extras, key and value in one write */
+        uint8_t m[MEMPROTO_HEADER + 4 + BINARY_INLINE];
+        memproto_response_header(m, b->opcode, MEMPROTO_STATUS_SUCCESS, 4, (uint16_t)klen, (uint32_t)(4 + klen + vlen),
+                                 b->opaque, cas);
+        memcpy(m + MEMPROTO_HEADER, flags, 4);
+        memcpy(m + MEMPROTO_HEADER + 4, b->key, klen);
+        if (vlen) memcpy(m + MEMPROTO_HEADER + 4 + klen, v->payload, vlen);
+        client_write(b->r, m, MEMPROTO_HEADER + 4 + klen + vlen);
+        return;
+    }
     put_header(b, MEMPROTO_STATUS_SUCCESS, 4, (uint16_t)klen, (uint32_t)(4 + klen + vlen), cas);
-    evbuffer_add(b->r->out, flags, 4);
-    if (klen) evbuffer_add(b->r->out, b->key, klen);
-    if (vlen) evbuffer_add(b->r->out, v->payload, vlen);
+    client_write(b->r, flags, 4);
+    if (klen) client_write(b->r, b->key, klen);
+    if (vlen) client_write(b->r, v->payload, vlen);
 }
 
 /* A miss of a get or touch: nothing if quiet; GETK/GATK carry the key
@@ -107,7 +121,7 @@ static void put_miss(const bop *b)
     if (b->quiet) return;
     if (b->cmd == MEMPROTO_GETK || b->cmd == MEMPROTO_GATK) {
         put_header(b, MEMPROTO_STATUS_KEY_ENOENT, 0, (uint16_t)b->klen, (uint32_t)b->klen, 0);
-        evbuffer_add(b->r->out, b->key, b->klen);
+        client_write(b->r, b->key, b->klen);
         return;
     }
     put_error(b, MEMPROTO_STATUS_KEY_ENOENT, NULL);
@@ -157,7 +171,7 @@ static void finish(bop *b)
 static void get_done(void *arg, bool ok, const void *value, size_t vlen)
 {
     bop *b = arg;
-    client_part_end(b->r->c, b->key, b->klen, vlen);
+    client_part_end_tag(b->r->c, b->tag, vlen);
     gateway_stats *st = &b->r->c->g->stats;
     record_value v;
     if (!ok) {
@@ -177,7 +191,7 @@ static void do_get(client *c, const memproto_request *q)
     bop *b = op_new(c, q);
     if (!b) return;
     c->g->stats.cmd_get++;
-    client_part_begin(c, q->key, q->keylen);
+    b->tag = client_part_begin(c, q->key, q->keylen);
     client_call_begin(b->r);
     router_get(c->g, q->key, q->keylen, client_settled(c), get_done, b);
 }
@@ -292,7 +306,7 @@ static void arith_done(void *arg, const router_result *res)
             uint8_t num[8];
             for (int i = 0; i < 8; i++) num[i] = (uint8_t)(res->number >> (56 - 8 * i));
             put_header(b, MEMPROTO_STATUS_SUCCESS, 0, 0, 8, res->ct);
-            evbuffer_add(b->r->out, num, 8);
+            client_write(b->r, num, 8);
         }
     } else if (res->code == CODE_NON_NUMERIC) {
         put_error(b, MEMPROTO_STATUS_DELTA_BADVAL, NULL);
@@ -399,8 +413,8 @@ static void put_stat(void *arg, const char *key, const char *val)
     const bop *b = arg;
     size_t klen = strlen(key), vlen = strlen(val);
     put_header(b, MEMPROTO_STATUS_SUCCESS, 0, (uint16_t)klen, (uint32_t)(klen + vlen), 0);
-    evbuffer_add(b->r->out, key, klen);
-    evbuffer_add(b->r->out, val, vlen);
+    client_write(b->r, key, klen);
+    client_write(b->r, val, vlen);
 }
 
 /* The empty packet that ends a STAT answer. */
@@ -453,7 +467,7 @@ static void do_simple(client *c, const memproto_request *q)
     switch (q->cmd) {
     case MEMPROTO_VERSION:
         put_header(b, MEMPROTO_STATUS_SUCCESS, 0, 0, (uint32_t)strlen(GATEWAY_VERSION), 0);
-        evbuffer_add(b->r->out, GATEWAY_VERSION, strlen(GATEWAY_VERSION));
+        client_write(b->r, GATEWAY_VERSION, strlen(GATEWAY_VERSION));
         break;
     case MEMPROTO_QUIT:
         put_ok(b, 0);
@@ -481,7 +495,7 @@ static void do_sasl(client *c, const memproto_request *q)
         put_error(b, MEMPROTO_STATUS_UNKNOWN_COMMAND, NULL);
     } else if (q->cmd == MEMPROTO_SASL_LIST_MECHS) {
         put_header(b, MEMPROTO_STATUS_SUCCESS, 0, 0, 5, 0);
-        evbuffer_add(b->r->out, "PLAIN", 5);
+        client_write(b->r, "PLAIN", 5);
     } else if (q->keylen > MEMPROTO_SASL_MECH_MAX) {
         put_error(b, MEMPROTO_STATUS_EINVAL, NULL);
     } else if (q->cmd == MEMPROTO_SASL_AUTH && q->keylen == 5 && memcmp(q->key, "PLAIN", 5) == 0 && z2 &&
@@ -489,7 +503,7 @@ static void do_sasl(client *c, const memproto_request *q)
                 users_check(g->cfg->users, user, (size_t)(z2 - user), pass, (size_t)(v + q->vlen - pass)))) {
         g->stats.auth_cmds++;
         put_header(b, MEMPROTO_STATUS_SUCCESS, 0, 0, 13, 0);
-        evbuffer_add(b->r->out, "Authenticated", 13);
+        client_write(b->r, "Authenticated", 13);
         c->parse = binary_parse;
     } else {
         g->stats.auth_cmds++;

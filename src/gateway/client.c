@@ -178,22 +178,28 @@ static uint64_t key_tag(const char *key, size_t klen)
     return h ^ (h >> 29);
 }
 
-void client_part_begin(client *c, const char *key, size_t klen)
+uint64_t client_part_begin(client *c, const char *key, size_t klen)
 {
     if (c->nreading == c->capreading) {
         size_t ncap = c->capreading ? c->capreading * 2 : 16;
         c->reading = xrealloc(c->reading, ncap * sizeof(*c->reading));
         c->capreading = ncap;
     }
-    c->reading[c->nreading++] = key_tag(key, klen);
+    uint64_t tag = key_tag(key, klen);
+    c->reading[c->nreading++] = tag;
     c->parts++;
     STORE(c->g->flow.parts, LOAD(c->g->flow.parts) + 1);
+    return tag;
 }
 
 void client_part_end(client *c, const char *key, size_t klen, size_t bytes)
 {
+    client_part_end_tag(c, key_tag(key, klen), bytes);
+}
+
+void client_part_end_tag(client *c, uint64_t h, size_t bytes)
+{
     gw_flow *f = &c->g->flow;
-    uint64_t h = key_tag(key, klen);
     for (size_t i = 0; i < c->nreading; i++) {
         if (c->reading[i] != h) continue;
         c->reading[i] = c->reading[--c->nreading];

@@ -30,6 +30,7 @@
 #include <event2/buffer.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdalign.h>
 
 #include "gateway.h"
@@ -148,9 +149,12 @@ void client_pool_drain(void);
  * and budget (--max-conn-buffer) and the worker's (--max-inflight), by the
  * worker's running estimate of a get's answer. */
 bool client_part_allowed(client *c);
-void client_part_begin(client *c, const char *key, size_t klen);
+/* Returns the key's tag, for client_part_end_tag. */
+uint64_t client_part_begin(client *c, const char *key, size_t klen);
 /* A get's answer of `bytes` arrived (call before client_call_end). */
 void client_part_end(client *c, const char *key, size_t klen, size_t bytes);
+/* The same, by the tag client_part_begin returned (no second hash). */
+void client_part_end_tag(client *c, uint64_t tag, size_t bytes);
 /* r sends parts over time through r->more (set it first); calls it once now. */
 void client_parts_start(creq *r);
 /* r has sent its last part. */

@@ -280,7 +280,8 @@ typedef struct kslot {
     size_t klen;
     uint8_t *rec; /* the stored record on a hit */
     size_t rlen;
-    bool done; /* answered */
+    uint64_t tag; /* client_part_begin's, while in flight */
+    bool done;    /* answered */
     bool error;
 } kslot;
 
@@ -449,7 +450,7 @@ static void key_done(kctx *x, bool ok, const void *value, size_t vlen)
     tstate *t = r->state;
     kslot *k = &t->keys[x->i];
     k->done = true;
-    client_part_end(r->c, k->key, k->klen, vlen);
+    client_part_end_tag(r->c, k->tag, vlen);
     if (ok && x->i == t->emit) { /* next in line: answered from the reply itself */
         t->emit++;
         format_key(r, k, value, vlen);
@@ -479,7 +480,7 @@ static void retrieve_more(creq *r)
     while (t->next < t->nkeys && client_part_allowed(c)) {
         size_t i = t->next++;
         kslot *k = &t->keys[i];
-        client_part_begin(c, k->key, k->klen);
+        k->tag = client_part_begin(c, k->key, k->klen);
         client_call_begin(r);
         if (!touch) {
             router_get(c->g, k->key, k->klen, t->any_owner, get_done, &t->ctx[i]);

@@ -11,7 +11,7 @@
 #include <string.h>
 
 #define BLOCK_MIN 256          /* objects in the first block: a frame of 128 keys fits */
-#define BLOCK_KEEP (64 * 1024) /* the largest first block kept across frames (1.5 MiB) */
+#define BLOCK_KEEP 1024       /* the largest first block kept across frames (24 KiB) */
 
 struct mpread_block {
     mpread_block *next;
@@ -26,9 +26,16 @@ static mpread_block *block_new(size_t cap)
     return b;
 }
 
-/* n contiguous objects, from the current block or a new one behind it. */
+/* n contiguous objects, from the current block or a new one behind it.
+ * NULL with a->short_input set: more elements than the input has bytes,
+ * so the object cannot be whole yet; NULL otherwise: over max_objects, or
+ * out of memory. */
 static msgpack_object *take(mpread_arena *a, size_t n)
 {
+    if (n > a->input - a->objects) { /* each element takes a byte at least */
+        a->short_input = true;
+        return NULL;
+    }
     if (a->max_objects && n > a->max_objects - a->objects) return NULL;
     a->objects += n;
     mpread_block *b = a->cur;
@@ -51,7 +58,7 @@ void mpread_reset(mpread_arena *a)
     mpread_block *h = a->head;
     a->objects = 0;
     if (!h) return;
-    if (h->next) { /* the last frame needed more: one block of its size, if not huge */
+    if (h->next || h->cap > BLOCK_KEEP) { /* the last frame needed more: one block of its size, if not large */
         size_t total = 0;
         for (mpread_block *b = h; b;) {
             mpread_block *next = b->next;
@@ -347,7 +354,7 @@ array:
     if (n > (uint64_t)(end - p)) return 0; /* every element takes a byte: not all here */
     {
         msgpack_object *e = take(a, (size_t)n);
-        if (!e) return -1;
+        if (!e) return a->short_input ? 0 : -1;
         o->via.array.ptr = e;
         for (uint64_t i = 0; i < n; i++) {
             int r = simple(&p, end, &e[i]);
@@ -366,7 +373,7 @@ map:
     {
         /* A pair is two objects side by side, as msgpack_object_kv lays them out. */
         msgpack_object *e = take(a, (size_t)(2 * n));
-        if (!e) return -1;
+        if (!e) return a->short_input ? 0 : -1;
         o->via.map.ptr = (msgpack_object_kv *)(void *)e;
         for (uint64_t i = 0; i < 2 * n; i++) {
             int r = simple(&p, end, &e[i]);
@@ -386,6 +393,8 @@ _Static_assert(sizeof(msgpack_object_kv) == 2 * sizeof(msgpack_object), "a pair 
 ptrdiff_t mpread_object(mpread_arena *a, const char *buf, size_t len, msgpack_object *out)
 {
     const uint8_t *p = (const uint8_t *)buf;
+    a->input = len;
+    a->short_input = false;
     int r = dec(a, &p, p + len, out, 0);
     return r > 0 ? (const char *)p - buf : r;
 }

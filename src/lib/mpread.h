@@ -40,14 +40,16 @@ typedef struct mpread_arena {
     mpread_block *cur;  /* the block being filled */
     size_t objects;     /* taken since the last reset */
     size_t max_objects; /* elements one object may hold in all */
+    size_t input;       /* bytes of the object being read: a bound on its elements */
+    bool short_input;
 } mpread_arena;
 
 /* Decode the object at buf[0, len) into *out. Returns the bytes it took
  * (> 0), 0 if buf ends before the object does, -1 if the bytes are not
  * msgpack (0xc1), nest too deep, hold more than max_objects elements, or
- * the arena cannot grow. The arena never takes more than one element per
- * byte of buf (an array's table is taken only once that many bytes
- * follow), so a bound on len bounds it too. *out and
+ * the arena cannot grow. The arena never holds more elements than len
+ * (a whole object has a byte per element at least; tables that would pass
+ * that answer "need more"), so a bound on len bounds it too. *out and
  * everything it points to stay valid until the next mpread_reset or
  * mpread_free, and while buf is unchanged. */
 ptrdiff_t mpread_object(mpread_arena *a, const char *buf, size_t len, msgpack_object *out);

@@ -70,6 +70,24 @@ static int vnode_cmp(const void *pa, const void *pb)
     return 0;
 }
 
+/* The first nowners distinct nodes clockwise from vnodes[start]. */
+static void walk_owners(const ring *r, size_t start, uint32_t out[KUMO_REPLICAS])
+{
+    size_t got = 0;
+    for (size_t step = 0; step < r->nvnodes && got < r->nowners; step++) {
+        size_t i = start + step;
+        if (i >= r->nvnodes)
+            i -= r->nvnodes;
+        uint32_t node = r->vnodes[i].node;
+        size_t j;
+        for (j = 0; j < got; j++)
+            if (out[j] == node)
+                break;
+        if (j == got)
+            out[got++] = node;
+    }
+}
+
 int ring_build(ring *r, const ring_node *nodes, size_t n)
 {
     memset(r, 0, sizeof(*r));
@@ -79,7 +97,7 @@ int ring_build(ring *r, const ring_node *nodes, size_t n)
         return -1;
 
     r->nodes = malloc(n * sizeof(*r->nodes));
-    r->vnodes = malloc(n * RING_VNODES * sizeof(*r->vnodes));
+    r->vnodes = calloc(n * RING_VNODES, sizeof(*r->vnodes)); /* zeroed padding: rings compare with memcmp */
     if (!r->nodes || !r->vnodes) {
         ring_free(r);
         return -1;
@@ -106,6 +124,13 @@ int ring_build(ring *r, const ring_node *nodes, size_t n)
     }
     r->nvnodes = k;
     qsort(r->vnodes, r->nvnodes, sizeof(*r->vnodes), vnode_cmp);
+    r->nowners = n < KUMO_REPLICAS ? n : KUMO_REPLICAS;
+    r->owners = malloc(r->nvnodes * KUMO_REPLICAS * sizeof(*r->owners));
+    if (!r->owners) {
+        ring_free(r);
+        return -1;
+    }
+    for (size_t i = 0; i < r->nvnodes; i++) walk_owners(r, i, &r->owners[i * KUMO_REPLICAS]);
     return 0;
 }
 
@@ -113,6 +138,7 @@ void ring_free(ring *r)
 {
     free(r->nodes);
     free(r->vnodes);
+    free(r->owners);
     memset(r, 0, sizeof(*r));
 }
 
@@ -132,25 +158,11 @@ static size_t lower_bound(const ring *r, uint64_t h)
 
 size_t ring_owners(const ring *r, uint64_t hash, uint32_t out[KUMO_REPLICAS])
 {
-    size_t want = r->nnodes < KUMO_REPLICAS ? r->nnodes : KUMO_REPLICAS;
-    size_t got = 0;
-    if (want == 0)
+    if (r->nowners == 0)
         return 0;
-
     size_t start = lower_bound(r, hash);
     if (start == r->nvnodes)
         start = 0; /* past the last vnode: wrap to the first */
-    for (size_t step = 0; step < r->nvnodes && got < want; step++) {
-        size_t i = start + step;
-        if (i >= r->nvnodes)
-            i -= r->nvnodes;
-        uint32_t node = r->vnodes[i].node;
-        size_t j;
-        for (j = 0; j < got; j++)
-            if (out[j] == node)
-                break;
-        if (j == got)
-            out[got++] = node;
-    }
-    return got;
+    memcpy(out, &r->owners[start * KUMO_REPLICAS], r->nowners * sizeof(*out));
+    return r->nowners;
 }

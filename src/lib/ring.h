@@ -53,6 +53,11 @@ typedef struct ring {
     ring_node *nodes; /* in the order given (whs order) */
     size_t nvnodes;
     ring_vnode *vnodes; /* sorted by hash */
+    /* ring_owners' answer for a hash that lands on vnodes[i], computed by
+     * ring_build: owners[i * KUMO_REPLICAS ...], nowners of them (the same
+     * for every vnode). A lookup is a binary search and a copy. */
+    uint32_t *owners;
+    size_t nowners;
 } ring;
 
 uint64_t ring_hash(const void *data, size_t len);

@@ -337,6 +337,7 @@ static void hello_complete(rpc_conn *c)
     admit_leave(c->self.admit, c->admission, true);
     c->admission = NULL;
     c->guard.limit = RPC_MAX_FRAME; /* for a frame that arrives in pieces (pump) */
+    c->arena.max_objects = RPC_MAX_FRAME / MPGUARD_ELEM_COST;
     sio_read_direct(c->io, true);
     if (c->self.clock && c->peer_clock) clock_update(c->self.clock, c->peer_clock);
     check_skew(c);
@@ -826,7 +827,7 @@ static rpc_conn *conn_new(struct event_base *base, const rpc_handlers *h, const 
     c->self = *self;
     c->next_msgid = 1;
     mpguard_init(&c->guard, RPC_MAX_HELLO);                   /* raised to RPC_MAX_FRAME by hello_complete */
-    c->arena.max_objects = RPC_MAX_FRAME / MPGUARD_ELEM_COST; /* what the guard lets a frame declare */
+    c->arena.max_objects = RPC_MAX_HELLO / MPGUARD_ELEM_COST; /* what the guard lets a hello declare */
     c->peer_role = RPC_ROLE_TOOL;
     msgpack_sbuffer_init(&c->scratch);
     msgpack_packer_init(&c->scratch_pk, &c->scratch, msgpack_sbuffer_write);

@@ -42,6 +42,8 @@ struct sio {
     bool write_armed; /* ev_write is added */
     bool kick;        /* run on_read once for input already buffered */
     bool direct;      /* on_read reads with sio_recv (sio_read_direct) */
+    bool out_used;    /* `out` may hold bytes: false only once a drain emptied it
+                       * (saves asking libevent for its length on every write) */
 };
 
 static void flush_now(void *arg);
@@ -62,6 +64,7 @@ static void shut(sio *s, int err)
 static int commit(sio *s)
 {
     if (s->staged == 0) return 0;
+    s->out_used = true;
     if (evbuffer_add(s->out, s->stage, s->staged) < 0) return -1;
     s->staged = 0;
     return 0;
@@ -72,7 +75,7 @@ static int commit(sio *s)
 static bool write_staged(sio *s)
 {
     if (s->staged == 0) return true;
-    if (evbuffer_get_length(s->out) == 0) {
+    if (!s->out_used || evbuffer_get_length(s->out) == 0) {
         ssize_t n;
         do n = send(s->fd, s->stage, s->staged, MSG_NOSIGNAL);
         while (n < 0 && errno == EINTR);
@@ -97,7 +100,7 @@ static bool write_staged(sio *s)
 static bool drain(sio *s)
 {
     if (!write_staged(s)) return false;
-    while (evbuffer_get_length(s->out) > 0) {
+    while (s->out_used && evbuffer_get_length(s->out) > 0) {
         if (evbuffer_write(s->out, s->fd) >= 0) continue;
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -110,6 +113,7 @@ static bool drain(sio *s)
         shut(s, errno);
         return false;
     }
+    s->out_used = false;
     if (s->write_armed) {
         s->write_armed = false;
         event_del(s->ev_write);
@@ -277,10 +281,11 @@ struct evbuffer *sio_output(sio *s)
         s->connect_err = ENOMEM;
         sio_wrote(s);
     }
+    s->out_used = true; /* the caller adds to it */
     return s->out;
 }
 
-size_t sio_output_length(const sio *s) { return evbuffer_get_length(s->out) + s->staged; }
+size_t sio_output_length(const sio *s) { return (s->out_used ? evbuffer_get_length(s->out) : 0) + s->staged; }
 
 /* Room for `need` staged bytes, up to SIO_STAGE. */
 static bool stage_room(sio *s, size_t need)
@@ -301,9 +306,13 @@ int sio_append(sio *s, const void *buf, size_t len)
     sio_wrote(s);
     if (len <= SIO_STAGE / 2 && !stage_room(s, s->staged + len)) {
         if (commit(s) < 0) return -1;
-        if (!stage_room(s, len)) return evbuffer_add(s->out, buf, len);
+        if (!stage_room(s, len)) {
+            s->out_used = true;
+            return evbuffer_add(s->out, buf, len);
+        }
     } else if (len > SIO_STAGE / 2) { /* a large value: no copy through the array */
         if (commit(s) < 0) return -1;
+        s->out_used = true;
         return evbuffer_add(s->out, buf, len);
     }
     memcpy(s->stage + s->staged, buf, len);

@@ -26,7 +26,6 @@ struct turn {
     size_t refs;       /* joins (under turns_lock) */
     int looping;       /* turn_loop is running the base */
     bool running;      /* run() is on the stack */
-    bool orphaned;     /* the last leave came while running: run() frees it */
     struct turn *next; /* in turns */
 };
 
@@ -53,10 +52,9 @@ static void run(turn *t)
         j->fn(j->arg); /* may free other jobs' owners, and leave t */
     }
     t->running = false;
-    if (!t->orphaned) return; /* the common case: no lock per pass */
+    if (t->looping) return; /* turn_loop holds t: no lock per pass */
     pthread_mutex_lock(&turns_lock);
     if (t->refs == 0) drop(t);
-    else t->orphaned = false;
     pthread_mutex_unlock(&turns_lock);
 }
 
@@ -91,10 +89,7 @@ void turn_leave(turn *t)
 {
     if (!t) return;
     pthread_mutex_lock(&turns_lock);
-    if (--t->refs == 0) {
-        if (t->running) t->orphaned = true;
-        else drop(t);
-    }
+    if (--t->refs == 0 && !t->running) drop(t);
     pthread_mutex_unlock(&turns_lock);
 }
 

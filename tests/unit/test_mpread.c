@@ -206,6 +206,57 @@ int main(int argc, char **argv)
        "and a small one after it, from the grown arena");
     msgpack_sbuffer_destroy(&sb);
 
+    /* Encodings msgpack-c's packer never writes (it picks the shortest),
+     * which a peer still may: each decodes as msgpack-c decodes it. */
+    static const struct {
+        const char *b;
+        size_t n;
+    } raw[] = {
+        {"\xdd\x00\x00\x00\x02\x01\x02", 7},             /* array 32 */
+        {"\xdc\x00\x00", 3},                                 /* empty array 16 */
+        {"\xde\x00\x01\xa1k\x01", 6},                        /* map 16 */
+        {"\xdf\x00\x00\x00\x01\xc4\x01z\x81\x01\x02", 11}, /* map 32 holding a map */
+        {"\xd1\x00\x05", 3},                                 /* int 16, positive */
+        {"\xd3\x00\x00\x00\x00\x00\x00\x00\x07", 9},      /* int 64, positive */
+        {"\xd2\xff\xff\xff\xfe", 5},                         /* int 32, negative */
+        {"\xcd\x00\x01", 3},                                 /* uint 16 holding 1 */
+        {"\xda\x00\x02hi", 5},                               /* str 16 */
+        {"\xc6\x00\x00\x00\x01x", 6},                        /* bin 32 */
+        {"\xc7\x00\x05", 3},                                 /* ext 8 of length 0 */
+        {"\xd8\x01" "0123456789abcdef", 18},                  /* fixext 16 */
+    };
+    int raw_bad = 0;
+    for (size_t i = 0; i < sizeof(raw) / sizeof(raw[0]); i++) {
+        size_t off = 0;
+        mpread_reset(&a);
+        ptrdiff_t rn = mpread_object(&a, raw[i].b, raw[i].n, &got);
+        if (msgpack_unpack_next(&ref, raw[i].b, raw[i].n, &off) != MSGPACK_UNPACK_SUCCESS || rn != (ptrdiff_t)off ||
+            off != raw[i].n || !same(&got, &ref.data)) {
+            diag("raw encoding %zu differs", i);
+            raw_bad++;
+        }
+    }
+    ok(raw_bad == 0, "%zu encodings longer than needed decode as msgpack-c decodes them",
+       sizeof(raw) / sizeof(raw[0]));
+
+    /* Tables nested in a cut-off object: the arena never holds more
+     * elements than the input has bytes (each nested header declaring as
+     * many as follow would otherwise reserve 32 per byte). */
+    static char nest[4096];
+    memset(nest, 0, sizeof(nest));
+    for (int d = 0; d < 30; d++) {
+        size_t left = sizeof(nest) - (size_t)(d + 1) * 5;
+        nest[d * 5] = (char)0xdd;
+        nest[d * 5 + 1] = (char)(left >> 24);
+        nest[d * 5 + 2] = (char)(left >> 16);
+        nest[d * 5 + 3] = (char)(left >> 8);
+        nest[d * 5 + 4] = (char)left;
+    }
+    mpread_reset(&a);
+    ptrdiff_t nn = mpread_object(&a, nest, sizeof(nest), &got);
+    ok(nn == 0 && a.objects <= sizeof(nest), "30 nested tables each declaring what follows: \"need more\", %zu elements for %zu bytes",
+       a.objects, sizeof(nest));
+
     /* max_objects: what a frame may hold in all, nested tables counted. */
     mpread_arena small = {.max_objects = 10};
     ok(mpread_object(&small, "\x92\x98\0\0\0\0\0\0\0\0\x00", 11, &got) == 11,

@@ -307,6 +307,40 @@ static void test_small(void)
     ring_free(&r);
 }
 
+/* ring_owners answers from the table ring_build precomputed: it must agree
+ * with walking the vnodes clockwise from the hash, for any hash, with 1 to
+ * 7 nodes. */
+static void test_owner_table(void)
+{
+    int bad = 0, tried = 0;
+    uint64_t x = 88172645463325252ULL;
+    for (size_t n = 1; n <= 7; n++) {
+        ring_node nodes[7];
+        for (size_t i = 0; i < n; i++) nodes[i] = node4((uint8_t)(10 + i), true);
+        ring r;
+        ring_build(&r, nodes, n);
+        for (int k = 0; k < 3000; k++) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            uint64_t h = k == 0 ? 0 : k == 1 ? UINT64_MAX : k == 2 ? r.vnodes[r.nvnodes - 1].hash : x;
+            uint32_t got[KUMO_REPLICAS], want[KUMO_REPLICAS];
+            size_t ng = ring_owners(&r, h, got), nw = 0, at = 0;
+            while (at < r.nvnodes && r.vnodes[at].hash < h) at++;
+            for (size_t step = 0; step < r.nvnodes && nw < KUMO_REPLICAS; step++) {
+                uint32_t node = r.vnodes[(at + step) % r.nvnodes].node;
+                size_t j = 0;
+                while (j < nw && want[j] != node) j++;
+                if (j == nw) want[nw++] = node;
+            }
+            tried++;
+            if (ng != nw || memcmp(got, want, nw * sizeof(*got)) != 0) bad++;
+        }
+        ring_free(&r);
+    }
+    ok(bad == 0, "ring_owners' table agrees with a clockwise walk for %d hashes over 1..7 nodes (%d differ)", tried, bad);
+}
+
 int main(void)
 {
     test_hash();
@@ -316,5 +350,6 @@ int main(void)
     test_stable_ties();
     test_wrap();
     test_small();
+    test_owner_table();
     return done_testing();
 }
