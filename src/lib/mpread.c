@@ -10,8 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define BLOCK_MIN 256          /* objects in the first block: a frame of 128 keys fits */
-#define BLOCK_KEEP 1024       /* the largest first block kept across frames (24 KiB) */
+#define BLOCK_MIN 256   /* objects in the first block: a frame of 128 keys fits */
+#define BLOCK_KEEP 1024 /* the largest first block kept across frames (24 KiB) */
 
 struct mpread_block {
     mpread_block *next;
@@ -278,7 +278,9 @@ static int dec(mpread_arena *a, const uint8_t **pp, const uint8_t *end, msgpack_
         w = 1 << (b - 0xd0);
         if (left < (size_t)w) return 0;
         uint64_t u = be(p, w);
-        int64_t v = w == 1 ? (int8_t)u : w == 2 ? (int16_t)u : w == 4 ? (int32_t)u : (int64_t)u;
+        int64_t v = w == 1 ? (int8_t)u : w == 2 ? (int16_t)u
+                                     : w == 4   ? (int32_t)u
+                                                : (int64_t)u;
         p += w;
         if (v < 0) {
             o->type = MSGPACK_OBJECT_NEGATIVE_INTEGER;

@@ -212,18 +212,20 @@ int main(int argc, char **argv)
         const char *b;
         size_t n;
     } raw[] = {
-        {"\xdd\x00\x00\x00\x02\x01\x02", 7},             /* array 32 */
-        {"\xdc\x00\x00", 3},                                 /* empty array 16 */
-        {"\xde\x00\x01\xa1k\x01", 6},                        /* map 16 */
+        {"\xdd\x00\x00\x00\x02\x01\x02", 7},               /* array 32 */
+        {"\xdc\x00\x00", 3},                               /* empty array 16 */
+        {"\xde\x00\x01\xa1k\x01", 6},                      /* map 16 */
         {"\xdf\x00\x00\x00\x01\xc4\x01z\x81\x01\x02", 11}, /* map 32 holding a map */
-        {"\xd1\x00\x05", 3},                                 /* int 16, positive */
-        {"\xd3\x00\x00\x00\x00\x00\x00\x00\x07", 9},      /* int 64, positive */
-        {"\xd2\xff\xff\xff\xfe", 5},                         /* int 32, negative */
-        {"\xcd\x00\x01", 3},                                 /* uint 16 holding 1 */
-        {"\xda\x00\x02hi", 5},                               /* str 16 */
-        {"\xc6\x00\x00\x00\x01x", 6},                        /* bin 32 */
-        {"\xc7\x00\x05", 3},                                 /* ext 8 of length 0 */
-        {"\xd8\x01" "0123456789abcdef", 18},                  /* fixext 16 */
+        {"\xd1\x00\x05", 3},                               /* int 16, positive */
+        {"\xd3\x00\x00\x00\x00\x00\x00\x00\x07", 9},       /* int 64, positive */
+        {"\xd2\xff\xff\xff\xfe", 5},                       /* int 32, negative */
+        {"\xcd\x00\x01", 3},                               /* uint 16 holding 1 */
+        {"\xda\x00\x02hi", 5},                             /* str 16 */
+        {"\xc6\x00\x00\x00\x01x", 6},                      /* bin 32 */
+        {"\xc7\x00\x05", 3},                               /* ext 8 of length 0 */
+        {"\xd8\x01"
+         "0123456789abcdef",
+         18}, /* fixext 16 */
     };
     int raw_bad = 0;
     for (size_t i = 0; i < sizeof(raw) / sizeof(raw[0]); i++) {

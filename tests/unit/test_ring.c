@@ -323,7 +323,9 @@ static void test_owner_table(void)
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            uint64_t h = k == 0 ? 0 : k == 1 ? UINT64_MAX : k == 2 ? r.vnodes[r.nvnodes - 1].hash : x;
+            uint64_t h = k == 0 ? 0 : k == 1 ? UINT64_MAX
+                                  : k == 2   ? r.vnodes[r.nvnodes - 1].hash
+                                             : x;
             uint32_t got[KUMO_REPLICAS], want[KUMO_REPLICAS];
             size_t ng = ring_owners(&r, h, got), nw = 0, at = 0;
             while (at < r.nvnodes && r.vnodes[at].hash < h) at++;
