@@ -30,7 +30,19 @@ static mpread_block *block_new(size_t cap)
  * NULL with a->short_input set: more elements than the input has bytes,
  * so the object cannot be whole yet; NULL otherwise: over max_objects, or
  * out of memory. */
-static msgpack_object *take(mpread_arena *a, size_t n)
+static mpread_block *grow(mpread_arena *a, size_t n)
+{
+    mpread_block *b = a->cur;
+    size_t cap = b && b->cap * 2 > n ? b->cap * 2 : n;
+    if (cap < BLOCK_MIN) cap = BLOCK_MIN;
+    mpread_block *nb = block_new(cap);
+    if (!nb) return NULL;
+    if (b) b->next = nb;
+    else a->head = nb;
+    return a->cur = nb;
+}
+
+static inline __attribute__((always_inline)) msgpack_object *take(mpread_arena *a, size_t n)
 {
     if (n > a->input - a->objects) { /* each element takes a byte at least */
         a->short_input = true;
@@ -39,15 +51,7 @@ static msgpack_object *take(mpread_arena *a, size_t n)
     if (a->max_objects && n > a->max_objects - a->objects) return NULL;
     a->objects += n;
     mpread_block *b = a->cur;
-    if (!b || b->cap - b->used < n) {
-        size_t cap = b && b->cap * 2 > n ? b->cap * 2 : n;
-        if (cap < BLOCK_MIN) cap = BLOCK_MIN;
-        mpread_block *nb = block_new(cap);
-        if (!nb) return NULL;
-        if (b) b->next = nb;
-        else a->head = nb;
-        a->cur = b = nb;
-    }
+    if ((!b || b->cap - b->used < n) && !(b = grow(a, n))) return NULL;
     msgpack_object *o = b->objs + b->used;
     b->used += n;
     return o;
@@ -94,7 +98,7 @@ static uint64_t be(const uint8_t *p, int n)
  * unsigned integers (a ClockTime is 64-bit), small negative ones, nil,
  * booleans, strings and bins up to 64 KiB. 1: done (*pp moved);
  * 0: the bytes end first; 2: another format, for dec. */
-static inline int simple(const uint8_t **pp, const uint8_t *end, msgpack_object *o)
+static inline __attribute__((always_inline)) int simple(const uint8_t **pp, const uint8_t *end, msgpack_object *o)
 {
     const uint8_t *p = *pp;
     if (p >= end) return 0;
