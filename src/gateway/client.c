@@ -345,6 +345,16 @@ static void emit(client *c, struct evbuffer *from)
     evbuffer_drain(from, n);
 }
 
+/* Close once everything is answered and sent, after a request that ends
+ * the connection or the client's end of input. Requests kept whole (held)
+ * are still to be parsed; an incomplete one was dropped at the end of
+ * input. */
+static void maybe_finish(client *c)
+{
+    if (c->closed || c->head || sio_output_length(c->io) > 0) return;
+    if (c->close_after_flush || (c->eof && c->in_len == 0)) conn_close(c);
+}
+
 /* Move the finished prefix of the queue to the socket, and what the first
  * unfinished request has so far: a multi-get streams its answer. */
 static void flush(client *c)
@@ -363,8 +373,7 @@ static void flush(client *c)
     if (h && !h->quiet && evbuffer_get_length(h->out) > 0) emit(c, h->out);
     if (c->closed) return;
     pump(c);
-    if (c->closed) return;
-    if (c->close_after_flush && !c->head && sio_output_length(c->io) == 0) conn_close(c);
+    maybe_finish(c);
 }
 
 void client_write(creq *r, const void *p, size_t n)
@@ -481,6 +490,11 @@ static void read_cb(void *arg, sio *io)
             goto out;
         }
     }
+    if (c->eof) {                                  /* resumed after the end of input: nothing more will come */
+        if (c->in_partial) keep_input(c, NULL, 0); /* cut off: it never completes */
+        flush(c);
+        goto out;
+    }
     char *buf = worker_in;
     if (c->in_len > 0 && c->in_cap - c->in_len < CLIENT_READ) { /* a request in pieces: its buffer grows */
         size_t cap = c->in_cap * 2 > c->in_len + CLIENT_READ ? c->in_cap * 2 : c->in_len + CLIENT_READ;
@@ -512,19 +526,32 @@ static void close_cb(void *arg, sio *io, int err)
     conn_close(arg);
 }
 
+/* The client shut its side (shutdown(SHUT_WR), `nc -N`): the requests it
+ * sent are answered before the connection closes, as memcached and
+ * twemproxy do; a request cut off by the end never completes. */
+static void eof_cb(void *arg, sio *io)
+{
+    client *c = arg;
+    (void)io;
+    c->eof = true;
+    if (c->in_partial) keep_input(c, NULL, 0);
+    maybe_finish(c);
+}
+
 static void drained_cb(void *arg, sio *io)
 {
     client *c = arg;
     (void)io;
     c->held = false; /* the answers left: a held get may have room now */
-    if (c->close_after_flush && !c->head) conn_close(c);
-    else pump(c);
+    maybe_finish(c);
+    if (!c->closed) pump(c);
 }
 
 static const sio_ops client_sio_ops = {
     .on_read = read_cb,
     .on_drained = drained_cb,
     .on_close = close_cb,
+    .on_eof = eof_cb,
 };
 
 void client_close_all(gateway *g)

@@ -38,6 +38,7 @@ struct sio {
     int connect_err; /* a connect that failed before it started */
     bool connecting;
     bool shut;        /* on_close ran (or is running): no more I/O */
+    bool eof;         /* the peer shut its side and on_eof ran: no more input */
     bool reading;     /* ev_read is added */
     bool write_armed; /* ev_write is added */
     bool kick;        /* run on_read once for input already buffered */
@@ -58,6 +59,19 @@ static void shut(sio *s, int err)
     event_del(s->ev_write);
     turn_cancel(s->turn, &s->flush);
     s->ops.on_close(s->arg, s, err);
+}
+
+/* A read returned 0. With on_eof the socket stays open for output. */
+static void peer_eof(sio *s)
+{
+    if (!s->ops.on_eof) {
+        shut(s, 0);
+        return;
+    }
+    s->eof = true;
+    s->reading = false;
+    event_del(s->ev_read);
+    s->ops.on_eof(s->arg, s); /* last: it may free s */
 }
 
 /* The staged bytes go behind whatever the evbuffer holds. */
@@ -142,6 +156,7 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
         s->ops.on_read(s->arg, s);
         return;
     }
+    if (s->eof) return; /* buffered input was handed out above */
     struct evbuffer_iovec v[2];
     struct iovec iov[2];
     int nv = evbuffer_reserve_space(s->in, SIO_READ, v, 2);
@@ -165,7 +180,7 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
         s->ops.on_read(s->arg, s);
         return;
     }
-    if (n == 0) shut(s, 0);
+    if (n == 0) peer_eof(s);
     else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) shut(s, errno);
 }
 
@@ -328,15 +343,19 @@ void sio_wrote(sio *s)
 
 void sio_read_direct(sio *s, bool on) { s->direct = on; }
 
+bool sio_at_eof(const sio *s) { return s->eof; }
+
 ssize_t sio_recv(sio *s, void *buf, size_t len)
 {
     ssize_t n;
+    if (s->eof || s->shut) return -1;
     if (len == 0) return 0; /* recv's 0 would read as the peer's close */
     do n = recv(s->fd, buf, len, 0);
     while (n < 0 && errno == EINTR);
     if (n > 0) return n;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
-    shut(s, n == 0 ? 0 : errno);
+    if (n == 0) peer_eof(s);
+    else shut(s, errno);
     return -1;
 }
 
@@ -348,7 +367,7 @@ void sio_read_enable(sio *s, bool on)
         event_del(s->ev_read);
         return;
     }
-    event_add(s->ev_read, NULL);
+    if (!s->eof) event_add(s->ev_read, NULL);          /* at the end of input the socket is always readable */
     if (s->direct || evbuffer_get_length(s->in) > 0) { /* a direct reader may hold input of its own */
         s->kick = true;
         event_active(s->ev_read, EV_READ, 1);

@@ -29,6 +29,12 @@
  * empty after a write; on_close once, when the peer closed (err 0), an I/O
  * error happened (err = errno) or a connect failed. After on_close the
  * socket is shut: sio_free it (callbacks never run again).
+ * An owner that sets on_eof keeps a half-closed socket: when the peer shuts
+ * its side (a read returns 0), reading stops for good and on_eof runs once;
+ * output still leaves, and the owner frees the socket once it has answered
+ * (a client that sent requests and then shutdown(SHUT_WR), as `nc -N`
+ * does, still gets its answers, as from memcached and twemproxy). A peer
+ * that closed altogether makes the next write fail, and on_close runs.
  *
  * Thread rule: one sio belongs to the thread of its event_base, and is
  * freed before that base.
@@ -51,6 +57,7 @@ typedef struct sio_ops {
     void (*on_drained)(void *arg, sio *s); /* may be NULL */
     void (*on_connect)(void *arg, sio *s); /* may be NULL */
     void (*on_close)(void *arg, sio *s, int err);
+    void (*on_eof)(void *arg, sio *s); /* may be NULL: end of input closes */
 } sio_ops;
 
 /* Take over a connected socket (made non-blocking here). NULL: out of
@@ -80,12 +87,15 @@ void sio_wrote(sio *s);
  * input evbuffer first. */
 void sio_read_direct(sio *s, bool on);
 /* One recv into buf: the count (> 0), 0 when nothing is there yet, -1
- * when the socket is shut (peer closed or error; on_close has run and may
- * have freed s). */
+ * when no input will come any more: the socket is shut (peer closed or
+ * error; on_close has run) or at its end of input (on_eof has run). Either
+ * callback may have freed s. */
 ssize_t sio_recv(sio *s, void *buf, size_t len);
 /* Stop or resume reading (backpressure). Resuming with input buffered
  * (for a direct reader: always, as it may buffer its own) runs on_read
- * again, from the loop. */
+ * again, from the loop; after the end of input, that is all it does. */
 void sio_read_enable(sio *s, bool on);
+/* The peer shut its side (on_eof ran): nothing more will be read. */
+bool sio_at_eof(const sio *s);
 
 #endif

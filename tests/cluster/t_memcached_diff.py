@@ -321,6 +321,40 @@ def compare(mc_port, gw_port):
     return same
 
 
+def half_closed(port, req):
+    """Send req, then shutdown(SHUT_WR), as `nc -N` does: (everything read
+    until the server closed or 10 s were quiet, closed)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        s.sendall(req)
+        s.shutdown(socket.SHUT_WR)
+        return kt.recv_until(s, quiet=10)
+    finally:
+        s.close()
+
+
+HALF_CLOSED = [
+    ("text: set, get and a miss", b"set hc1 0 0 2\r\nhi\r\nget hc1\r\nget hc-none\r\n"),
+    ("text: a multi-get", b"set hc2 0 0 1\r\na\r\nset hc3 0 0 1\r\nb\r\nget hc2 hc3 hc-none\r\n"),
+    ("binary: set, getk, a getq miss and noop",
+     bin_packet(0x01, b"hc4", b"v4", extras=b"\0\0\0\0\0\0\0\0") + bin_packet(0x0c, b"hc4", opaque=7) +
+     bin_packet(0x09, b"hc-none", opaque=8) + bin_packet(0x0a, opaque=9)),
+]
+
+
+def half_closed_diff(mc_port, gw_port):
+    """Requests, then the client's end of input: the same answers as
+    memcached's, then the close."""
+    for name, req in HALF_CLOSED:
+        want, want_closed = half_closed(mc_port, req)
+        got, got_closed = half_closed(gw_port, req)
+        masker = bin_mask if req[:1] == b"\x80" else mask
+        tap.ok(masker(got) == masker(want) and got_closed and want_closed and want,
+               "then shutdown(SHUT_WR), as memcached: " + name,
+               "memcached: %s closed=%s\ngateway:   %s closed=%s" %
+               (kt.short(masker(want), 400), want_closed, kt.short(masker(got), 400), got_closed))
+
+
 def accept_pause(c):
     """stats accepting_conns / listen_disabled_num follow the listener's pause
     when accept() fails: a gateway limited to 64 descriptors gets 80
@@ -459,6 +493,7 @@ def body():
             kt.Cluster(nservers=3, gateway_args=["-A", "-I", "2m"], gateway_binary=True) as c:
         same = compare(mc.gateway_port, c.gateway_port)
         tap.note("%d of %d exchanges identical to memcached" % (same, len(CASES) + len(UNHONOURED)))
+        half_closed_diff(mc.gateway_port, c.gateway_port)
 
         # the -b port negotiates too: text on it works
         buf, closed = exchange(c.gateway_binary_port, [b"set bp 0 0 1\r\nz\r\nget bp\r\n"])

@@ -830,6 +830,38 @@ def eof_checks(port):
     tap.ok(got == want, "and every one of the %d sets was applied" % n,
            "%d of %d bytes, %d misses" % (len(got), len(want), got.count(b"END\r\n") - got.count(b"VALUE ")))
 
+    # Requests, then shutdown(SHUT_WR) (`nc -N`, a script's here-document):
+    # memcached answers everything that arrived whole, then closes; so does
+    # a proxy that keeps the half-closed connection until its answers left.
+    def half_closed(req, want, name):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        try:
+            sock.sendall(req)
+            sock.shutdown(socket.SHUT_WR)
+            got, closed = kt.recv_until(sock, quiet=10)
+        finally:
+            sock.close()
+        tap.ok(closed and got == want, name, "closed=%s got %d bytes %s, want %d bytes %s" % (
+            closed, len(got), show(got[:300]), len(want), show(want[:300])))
+
+    half_closed(b"get eof:7\r\n", b"VALUE eof:7 0 2\r\n07\r\nEND\r\n",
+                "get, then shutdown(SHUT_WR): the value, then the close")
+    half_closed(b"".join(b"get eof:%d\r\n" % i for i in range(n)),
+                b"".join(b"VALUE eof:%d 0 2\r\n%02d\r\nEND\r\n" % (i, i % 100) for i in range(n)),
+                "%d gets, then shutdown(SHUT_WR): every value, then the close" % n)
+    half_closed(b"".join(b"set eofr:%d 0 0 1\r\nx\r\nget eof:%d\r\n" % (i, i) for i in range(500)),
+                b"".join(b"STORED\r\nVALUE eof:%d 0 2\r\n%02d\r\nEND\r\n" % (i, i % 100) for i in range(500)),
+                "500 sets and gets in turn, then shutdown(SHUT_WR): every answer in order, then the close")
+    half_closed(b"get eof:1\r\nset eofcut 0 0 10\r\nabc", b"VALUE eof:1 0 2\r\n01\r\nEND\r\n",
+                "a get and a set cut off by shutdown(SHUT_WR): the get's answer, then the close")
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    try:
+        sock.sendall(b"get eofcut\r\n")
+        got, _ = kt.recv_until(sock, lambda b: b.endswith(b"END\r\n"), quiet=10)
+    finally:
+        sock.close()
+    tap.ok(got == b"END\r\n", "and the cut-off set stored nothing", "got %s" % show(got))
+
 
 def quit_checks(port):
     tap.note("quit")

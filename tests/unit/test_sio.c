@@ -9,7 +9,11 @@
  *  - a socket whose peer reads nothing keeps its output (staged and
  *    queued) and sends it all once the peer reads;
  *  - the staging array grows past 1 KiB for a burst and the socket still
- *    sends every byte.
+ *    sends every byte;
+ *  - a peer's shutdown(SHUT_WR): with on_eof, the input before it is read,
+ *    on_eof runs once, reading stops (re-enabling it only hands out what is
+ *    buffered) and output still reaches the peer; without on_eof it is a
+ *    close (on_close, err 0); both for buffered and direct readers.
  */
 #include <errno.h>
 #include <event2/event.h>
@@ -53,6 +57,49 @@ static void on_drained_free(void *arg, sio *s)
 }
 
 static const sio_ops ops = {.on_read = on_read, .on_close = on_close};
+
+/* End of input: what was read, how often each callback ran. */
+static char eof_in[64];
+static size_t eof_len;
+static int eofs, eof_reads, eof_closes, eof_close_err = -1;
+
+static void eof_on_read(void *arg, sio *s)
+{
+    (void)arg;
+    eof_reads++;
+    if (sio_at_eof(s)) return;
+    struct evbuffer *in = sio_input(s);
+    size_t n = evbuffer_get_length(in);
+    if (n > sizeof(eof_in) - eof_len) n = sizeof(eof_in) - eof_len;
+    eof_len += (size_t)evbuffer_remove(in, eof_in + eof_len, n);
+}
+
+static void eof_on_read_direct(void *arg, sio *s)
+{
+    (void)arg;
+    eof_reads++;
+    ssize_t n = sio_recv(s, eof_in + eof_len, sizeof(eof_in) - eof_len);
+    if (n > 0) eof_len += (size_t)n;
+}
+
+static void eof_on_close(void *arg, sio *s, int err)
+{
+    (void)arg;
+    (void)s;
+    eof_closes++;
+    eof_close_err = err;
+}
+
+static void eof_on_eof(void *arg, sio *s)
+{
+    (void)arg;
+    eofs++;
+    sio_append(s, "answer", 6); /* output still leaves */
+}
+
+static const sio_ops ops_eof = {.on_read = eof_on_read, .on_close = eof_on_close, .on_eof = eof_on_eof};
+static const sio_ops ops_eof_direct = {.on_read = eof_on_read_direct, .on_close = eof_on_close, .on_eof = eof_on_eof};
+static const sio_ops ops_no_eof = {.on_read = eof_on_read, .on_close = eof_on_close};
 static const sio_ops ops_freeing = {.on_read = on_read, .on_close = on_close, .on_drained = on_drained_free};
 
 /* Everything the peer can read now (non-blocking), appended to out. */
@@ -158,6 +205,43 @@ int main(void)
     sio_free(e);
     close(pd);
     close(pe);
+
+    /* The peer sends, then shuts its side. */
+    const sio_ops *eof_kinds[] = {&ops_eof, &ops_eof_direct, &ops_no_eof};
+    const char *eof_names[] = {"buffered reader", "direct reader", "without on_eof"};
+    for (int k = 0; k < 3; k++) {
+        int pf;
+        sio *f = pair(base, &pf, eof_kinds[k]);
+        sio_read_direct(f, eof_kinds[k] == &ops_eof_direct);
+        sio_read_enable(f, true);
+        eof_len = 0;
+        eofs = eof_reads = eof_closes = 0;
+        eof_close_err = -1;
+        if (send(pf, "get k\r\n", 7, 0) != 7 || shutdown(pf, SHUT_WR) < 0) abort();
+        for (int spins = 0; spins < 50 && !eofs && !eof_closes; spins++) event_base_loop(base, EVLOOP_NONBLOCK);
+        bool read_all = eof_len == 7 && memcmp(eof_in, "get k\r\n", 7) == 0;
+        if (k < 2) {
+            int reads = eof_reads;
+            for (int spins = 0; spins < 20; spins++) event_base_loop(base, EVLOOP_NONBLOCK);
+            ok(read_all && eofs == 1 && eof_closes == 0 && sio_at_eof(f),
+               "%s: the input before shutdown(SHUT_WR) is read, then on_eof runs once, no close", eof_names[k]);
+            ok(eof_reads == reads, "%s: then reading stops (%d reads, %d after)", eof_names[k], reads,
+               eof_reads - reads);
+            sio_read_enable(f, false);
+            sio_read_enable(f, true); /* as a paused client resumes */
+            for (int spins = 0; spins < 20; spins++) event_base_loop(base, EVLOOP_NONBLOCK);
+            ok(eofs == 1 && eof_closes == 0 && eof_reads - reads <= 1,
+               "%s: re-enabling reading hands out what is buffered, no second on_eof", eof_names[k]);
+            size_t sent = slurp(pf, got, sizeof(got));
+            ok(sent == 6 && memcmp(got, "answer", 6) == 0, "%s: output after the end of input reaches the peer",
+               eof_names[k]);
+        } else {
+            ok(read_all && eofs == 0 && eof_closes == 1 && eof_close_err == 0,
+               "%s: the input is read, then on_close runs (err 0)", eof_names[k]);
+        }
+        sio_free(f);
+        close(pf);
+    }
     event_base_free(base); /* after its sockets: their end-of-turn list went with the last */
     return done_testing();
 }
