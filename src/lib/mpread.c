@@ -189,8 +189,19 @@ static inline __attribute__((always_inline)) int simple(const uint8_t **pp, cons
     }
 }
 
+static int dec(mpread_arena *a, const uint8_t **pp, const uint8_t *end, msgpack_object *o, int depth);
+
 /* Decode one object at *pp into o and move *pp past it. 1: done; 0: the
  * bytes end first; -1: not msgpack, too deep, or out of memory. */
+static inline __attribute__((always_inline)) int one(mpread_arena *a, const uint8_t **pp, const uint8_t *end,
+                                                     msgpack_object *o, int depth)
+{
+    int r = simple(pp, end, o);
+    return r == 2 ? dec(a, pp, end, o, depth) : r;
+}
+
+/* The formats simple() leaves: tables, floats, signed integers, ext, and
+ * the longer strings and bins. As one(). */
 static int dec(mpread_arena *a, const uint8_t **pp, const uint8_t *end, msgpack_object *o, int depth)
 {
     const uint8_t *p = *pp;
@@ -199,39 +210,17 @@ static int dec(mpread_arena *a, const uint8_t **pp, const uint8_t *end, msgpack_
     size_t left = (size_t)(end - p);
     uint64_t n = 0; /* a length or a count */
     int w;          /* width of what follows the type byte */
-    if (b <= 0x7f) {
-        o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
-        o->via.u64 = b;
-        goto done;
-    }
-    if (b >= 0xe0) {
-        o->type = MSGPACK_OBJECT_NEGATIVE_INTEGER;
-        o->via.i64 = (int8_t)b;
-        goto done;
-    }
-    if (b >= 0xa0 && b <= 0xbf) {
-        n = b & 0x1f;
-        goto str;
-    }
     if (b >= 0x90 && b <= 0x9f) {
         n = b & 0x0f;
         goto array;
     }
-    if (b <= 0x8f) {
+    if (b >= 0x80 && b <= 0x8f) {
         n = b & 0x0f;
         goto map;
     }
     switch (b) {
-    case 0xc0: o->type = MSGPACK_OBJECT_NIL; goto done;
-    case 0xc2:
-    case 0xc3:
-        o->type = MSGPACK_OBJECT_BOOLEAN;
-        o->via.boolean = b == 0xc3;
-        goto done;
-    case 0xc4:
-    case 0xc5:
-    case 0xc6:
-        w = 1 << (b - 0xc4);
+    case 0xc6: /* bin 32 */
+        w = 4;
         if (left < (size_t)w) return 0;
         n = be(p, w);
         p += w;
@@ -265,16 +254,6 @@ static int dec(mpread_arena *a, const uint8_t **pp, const uint8_t *end, msgpack_
         o->via.f64 = d;
         goto done;
     }
-    case 0xcc:
-    case 0xcd:
-    case 0xce:
-    case 0xcf:
-        w = 1 << (b - 0xcc);
-        if (left < (size_t)w) return 0;
-        o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
-        o->via.u64 = be(p, w);
-        p += w;
-        goto done;
     case 0xd0:
     case 0xd1:
     case 0xd2:
@@ -305,10 +284,9 @@ static int dec(mpread_arena *a, const uint8_t **pp, const uint8_t *end, msgpack_
         o->via.ext.type = (int8_t)p[0];
         p++;
         goto ext;
-    case 0xd9:
-    case 0xda:
+    case 0xda: /* str 16, str 32 */
     case 0xdb:
-        w = 1 << (b - 0xd9);
+        w = 2 << (b - 0xda);
         if (left < (size_t)w) return 0;
         n = be(p, w);
         p += w;
@@ -327,7 +305,7 @@ static int dec(mpread_arena *a, const uint8_t **pp, const uint8_t *end, msgpack_
         n = be(p, w);
         p += w;
         goto map;
-    default: return -1; /* 0xc1 */
+    default: return -1; /* 0xc1 (the formats simple() takes never come here) */
     }
 
 str:
@@ -363,8 +341,7 @@ array:
         if (!e) return a->short_input ? 0 : -1;
         o->via.array.ptr = e;
         for (uint64_t i = 0; i < n; i++) {
-            int r = simple(&p, end, &e[i]);
-            if (r == 2) r = dec(a, &p, end, &e[i], depth + 1);
+            int r = one(a, &p, end, &e[i], depth + 1);
             if (r <= 0) return r;
         }
     }
@@ -382,8 +359,7 @@ map:
         if (!e) return a->short_input ? 0 : -1;
         o->via.map.ptr = (msgpack_object_kv *)(void *)e;
         for (uint64_t i = 0; i < 2 * n; i++) {
-            int r = simple(&p, end, &e[i]);
-            if (r == 2) r = dec(a, &p, end, &e[i], depth + 1);
+            int r = one(a, &p, end, &e[i], depth + 1);
             if (r <= 0) return r;
         }
     }
@@ -401,6 +377,6 @@ ptrdiff_t mpread_object(mpread_arena *a, const char *buf, size_t len, msgpack_ob
     const uint8_t *p = (const uint8_t *)buf;
     a->input = len;
     a->short_input = false;
-    int r = dec(a, &p, p + len, out, 0);
+    int r = one(a, &p, p + len, out, 0);
     return r > 0 ? (const char *)p - buf : r;
 }
