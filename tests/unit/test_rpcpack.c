@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "rpc.h"
+#include "slurp.h"
 #include "tap.h"
 
 static const uint32_t widths[] = {0, 1, 127, 128, 255, 256, 65535, 65536, 0xffffffffu};
@@ -43,19 +44,6 @@ static void want_frame(msgpack_sbuffer *sb, int type, uint32_t msgid, int64_t me
     msgpack_pack_array(&pk, 1);
     msgpack_pack_bin(&pk, blen);
     msgpack_pack_bin_body(&pk, bin, blen);
-}
-
-/* Everything the peer can read now. */
-static size_t slurp(int fd, char *out, size_t cap)
-{
-    size_t n = 0;
-    for (;;) {
-        ssize_t r = recv(fd, out + n, cap - n, MSG_DONTWAIT);
-        if (r <= 0) break;
-        n += (size_t)r;
-        if (n == cap) break;
-    }
-    return n;
 }
 
 static void on_reply(void *arg, rpc_status st, const msgpack_object *result)

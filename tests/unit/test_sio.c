@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "sio.h"
+#include "slurp.h"
 #include "tap.h"
 
 #define PIECES 40000 /* 280 KB: more than a socket pair buffers, whatever its limits */
@@ -101,19 +102,6 @@ static const sio_ops ops_eof = {.on_read = eof_on_read, .on_close = eof_on_close
 static const sio_ops ops_eof_direct = {.on_read = eof_on_read_direct, .on_close = eof_on_close, .on_eof = eof_on_eof};
 static const sio_ops ops_no_eof = {.on_read = eof_on_read, .on_close = eof_on_close};
 static const sio_ops ops_freeing = {.on_read = on_read, .on_close = on_close, .on_drained = on_drained_free};
-
-/* Everything the peer can read now (non-blocking), appended to out. */
-static size_t slurp(int fd, char *out, size_t cap)
-{
-    size_t n = 0;
-    for (;;) {
-        ssize_t r = recv(fd, out + n, cap - n, MSG_DONTWAIT);
-        if (r <= 0) break;
-        n += (size_t)r;
-        if (n == cap) break;
-    }
-    return n;
-}
 
 static sio *pair(struct event_base *base, int *peer, const sio_ops *o)
 {
