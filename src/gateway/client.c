@@ -346,13 +346,11 @@ static void emit(client *c, struct evbuffer *from)
 }
 
 /* Close once everything is answered and sent, after a request that ends
- * the connection or the client's end of input. Requests kept whole (held)
- * are still to be parsed; an incomplete one was dropped at the end of
- * input. */
+ * the connection or the client's end of input. */
 static void maybe_finish(client *c)
 {
     if (c->closed || c->head || sio_output_length(c->io) > 0) return;
-    if (c->close_after_flush || (c->eof && c->in_len == 0)) conn_close(c);
+    if (c->close_after_flush || c->eof) conn_close(c);
 }
 
 /* Move the finished prefix of the queue to the socket, and what the first
@@ -490,11 +488,6 @@ static void read_cb(void *arg, sio *io)
             goto out;
         }
     }
-    if (c->eof) {                                  /* resumed after the end of input: nothing more will come */
-        if (c->in_partial) keep_input(c, NULL, 0); /* cut off: it never completes */
-        flush(c);
-        goto out;
-    }
     char *buf = worker_in;
     if (c->in_len > 0 && c->in_cap - c->in_len < CLIENT_READ) { /* a request in pieces: its buffer grows */
         size_t cap = c->in_cap * 2 > c->in_len + CLIENT_READ ? c->in_cap * 2 : c->in_len + CLIENT_READ;
@@ -509,7 +502,10 @@ static void read_cb(void *arg, sio *io)
     if (c->in_len > 0) buf = c->in;
     size_t len = c->in_len;
     ssize_t n = sio_recv(io, buf + len, CLIENT_READ);
-    if (n < 0) goto out; /* closed (close_cb ran) */
+    if (n < 0) {  /* closed (close_cb ran), or the end of input (eof_cb ran) */
+        flush(c); /* what the kept requests answered at once leaves; a finished connection closes */
+        goto out;
+    }
     len += (size_t)n;
     size_t used = consume(c, buf, len);
     if (!c->closed && !keep_input(c, buf + used, len - used)) conn_close(c);
@@ -528,14 +524,15 @@ static void close_cb(void *arg, sio *io, int err)
 
 /* The client shut its side (shutdown(SHUT_WR), `nc -N`): the requests it
  * sent are answered before the connection closes, as memcached and
- * twemproxy do; a request cut off by the end never completes. */
+ * twemproxy do. Runs inside read_cb's sio_recv (reads are direct), which
+ * then flushes. The end of input is only read with nothing held, so the
+ * input kept, if any, is a request it cut off: that never completes. */
 static void eof_cb(void *arg, sio *io)
 {
     client *c = arg;
     (void)io;
     c->eof = true;
-    if (c->in_partial) keep_input(c, NULL, 0);
-    maybe_finish(c);
+    keep_input(c, NULL, 0);
 }
 
 static void drained_cb(void *arg, sio *io)
@@ -543,8 +540,10 @@ static void drained_cb(void *arg, sio *io)
     client *c = arg;
     (void)io;
     c->held = false; /* the answers left: a held get may have room now */
+    c->inflight++;   /* closing must not free c under us */
     maybe_finish(c);
     if (!c->closed) pump(c);
+    if (--c->inflight == 0 && c->closed) conn_free(c);
 }
 
 static const sio_ops client_sio_ops = {

@@ -34,7 +34,8 @@
  * output still leaves, and the owner frees the socket once it has answered
  * (a client that sent requests and then shutdown(SHUT_WR), as `nc -N`
  * does, still gets its answers, as from memcached and twemproxy). A peer
- * that closed altogether makes the next write fail, and on_close runs.
+ * that closed altogether shows when a write fails (not always the first),
+ * and on_close runs.
  *
  * Thread rule: one sio belongs to the thread of its event_base, and is
  * freed before that base.
