@@ -283,6 +283,8 @@ def text_port(c, chk, rng):
     bad = []
     for i in range(4):
         junk = rng.randbytes(65536)
+        if junk[0] == 0x80:     # a binary request's magic: the connection would speak binary (protocol.md §9.0)
+            junk = b"x" + junk[1:]
         got, closed = attack(port, [junk])
         ok, lines = text_lines_ok(got)
         if not ok:
