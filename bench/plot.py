@@ -6,7 +6,8 @@ Reads what bench/compare wrote into its --out directory and writes, beside it:
              rounds, the error bar from the slowest to the fastest round
              (runs.tsv)
   p99.png    p99 latency in µs, the same way (runs.tsv)
-  cost.png   instructions per get and per set, stacked by process
+  cost.png   instructions per get, set, 10-key get and binary get,
+             one panel each, stacked by process
              (cost.md, from bench/compare --cost)
 
 bench/compare --plot calls it after a run; bench/compare --plot-only DIR (or
@@ -73,13 +74,17 @@ def read_runs(path):
     return by, workloads, known + [c for c in configs if c not in known]
 
 
+# the op column of cost.md (bench/compare's COST_OP_NAMES), in drawing order
+COST_OPS = ("get", "set", "get of 10 keys", "binary get")
+
+
 def read_cost(path):
     """cost.md (the table bench/compare --cost writes) -> [(system, op, [(process, instructions)])]."""
     rows = []
     with open(path) as f:
         for line in f:
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if len(cells) != 4 or cells[1] not in ("get", "set"):
+            if len(cells) != 4 or cells[1] not in COST_OPS:
                 continue
             parts = []
             for part in cells[2].split(" + "):
@@ -139,11 +144,11 @@ def bars_per_workload(plt, by, workloads, configs, key, ylabel, title, path):
 
 def cost_bars(plt, rows, path):
     """Per op, one bar per system, stacked by process, the total on top."""
-    ops = [op for op in ("get", "set") if any(r[1] == op for r in rows)]
+    ops = [op for op in COST_OPS if any(r[1] == op for r in rows)]
     procs = [p for p in PROCESS_COLORS if any(p == n for r in rows for n, _ in r[2])]
     procs += list(dict.fromkeys(n for r in rows for n, _ in r[2] if n not in procs))
     color = colors(plt, procs, PROCESS_COLORS)
-    fig, axes = plt.subplots(1, len(ops), figsize=(9, 4.2), dpi=DPI, sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(ops), figsize=(4.5 * len(ops), 4.2), dpi=DPI, squeeze=False)
     drawn = set()
     for ax, op in zip(axes[0], ops):
         systems = [r for r in rows if r[1] == op]
