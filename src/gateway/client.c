@@ -474,6 +474,13 @@ static bool keep_input(client *c, const char *p, size_t len)
     return true;
 }
 
+/* What of the n bytes the parse left is kept: nothing once the connection
+ * is closing (quit, a protocol error), whose input is never parsed again.
+ * Reading goes on, so that the close is not a reset that would cut off the
+ * answers still leaving, but a client that goes on sending while it reads
+ * nothing must not grow the buffer without end. */
+static size_t unparsed(const client *c, size_t n) { return c->close_after_flush ? 0 : n; }
+
 static void read_cb(void *arg, sio *io)
 {
     client *c = arg;
@@ -481,7 +488,7 @@ static void read_cb(void *arg, sio *io)
     c->inflight++;
     if (c->in_len > 0 && !c->in_partial) { /* resumed: the kept requests go before any new read */
         size_t used0 = consume(c, c->in, c->in_len);
-        if (!c->closed && !keep_input(c, c->in + used0, c->in_len - used0)) conn_close(c);
+        if (!c->closed && !keep_input(c, c->in + used0, unparsed(c, c->in_len - used0))) conn_close(c);
         c->in_partial = !c->paused;
         if (c->closed || c->paused || c->close_after_flush) {
             flush(c);
@@ -508,7 +515,7 @@ static void read_cb(void *arg, sio *io)
     }
     len += (size_t)n;
     size_t used = consume(c, buf, len);
-    if (!c->closed && !keep_input(c, buf + used, len - used)) conn_close(c);
+    if (!c->closed && !keep_input(c, buf + used, unparsed(c, len - used))) conn_close(c);
     c->in_partial = !c->paused;
     flush(c);
 out:

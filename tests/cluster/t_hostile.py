@@ -661,6 +661,42 @@ def get_many(c, chk):
     chk.ok("SRV_GET_MANY")
 
 
+def quit_then_flood(c):
+    """`quit` behind large answers the client does not read, then a flood:
+    the gateway reads on (a close with unread input would be a reset that
+    cuts the answers off) but must drop what it reads, not keep it."""
+    port, gw = c.gateway_port, c.gateway.pid
+    value = b"q" * 100000
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"".join(b"set flood%d 0 0 %d\r\n%s\r\n" % (i, len(value), value) for i in range(20)))
+        got, _ = kt.recv_until(s, lambda b: b.count(b"STORED\r\n") == 20, quiet=20)
+    keys = b" ".join(b"flood%d" % (i % 20) for i in range(30))
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the answers (3 MB) wait in the gateway
+    s.connect(("127.0.0.1", port))
+    try:
+        s.sendall(b"get " + keys + b"\r\nquit\r\n")
+        time.sleep(0.5)
+        rss0 = kt.rss_anon(gw)
+        s.setblocking(False)
+        chunk, sent, deadline = b"x" * 65536, 0, time.time() + 20
+        while sent < (64 << 20) and time.time() < deadline:
+            try:
+                sent += s.send(chunk)
+            except BlockingIOError:
+                time.sleep(0.001)
+        rss1 = kt.rss_anon(gw)
+        tap.ok(rss1 - rss0 < (16 << 20), "quit behind unread answers, then %d MiB more: the gateway drops it "
+               "(heap %+.1f MiB)" % (sent >> 20, (rss1 - rss0) / 1048576.0), "before %d after %d" % (rss0, rss1))
+        s.setblocking(True)
+        want = b"".join(b"VALUE flood%d 0 %d\r\n%s\r\n" % (i % 20, len(value), value) for i in range(30)) + b"END\r\n"
+        got, closed = kt.recv_until(s, quiet=20)
+        tap.ok(got == want and closed, "and the client still reads every answer, then the close",
+               "%d of %d bytes, closed=%s" % (len(got), len(want), closed))
+    finally:
+        s.close()
+
+
 def body():
     global msgpack
     msgpack = kt.require_module("msgpack")
@@ -671,6 +707,7 @@ def body():
         tap.ok(not any(chk.each_port().values()), "every port serves before the hostile inputs",
                repr(chk.each_port()))
         text_port(c, chk, rng)
+        quit_then_flood(c)
         bin_port(c, chk, rng)
         srv = c.servers[0]
         rpc_port(chk, rng, "server rpc", srv.port, SRV_STATUS, [ST_PID], SRV_STATUS)
