@@ -11,6 +11,7 @@
  */
 #include <event2/event.h>
 #include <msgpack.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -101,7 +102,8 @@ static bool saw(int from, int n, uint32_t m0, size_t len, char fill)
 
 int main(void)
 {
-    alarm(60); /* a connection that stops taking input fails the test instead of hanging it */
+    setvbuf(stdout, NULL, _IOLBF, 0); /* what passed is printed even if the alarm ends it */
+    alarm(60);                        /* a connection that stops taking input fails the test instead of hanging it */
     struct event_base *base = event_base_new();
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0) abort();
