@@ -24,6 +24,8 @@
 #include "proto.h"
 #include "server.h"
 
+#define HS_REQUEST_TIMEOUT 5.0
+
 static double tick(const server *s) { return s->cfg->common.clock_interval; }
 
 static void notify_state(server *s)
@@ -110,6 +112,58 @@ static bool adopt(server *s, const msgpack_object *params)
     return changed;
 }
 
+/* ---- a stale view ----
+ *
+ * A server that was stopped or cut off long enough to be marked fault runs
+ * on with the hash space it had: it takes itself for the coordinator of keys
+ * another owner has coordinated since, and requests that waited in its
+ * sockets, or come from a gateway that has not heard of the fault, would run
+ * on its stale copy. Its replicas know better (their whs marks it fault) and
+ * refuse its writes (data.c handle_replicate). The first refusal makes it
+ * stop serving until a manager tells it the current hash spaces: with those
+ * it is fault, and comes back only by attach and a catch-up. A manager's
+ * answer or push clears the flag whatever it holds, so a replica whose own
+ * view was the stale one costs a round trip, not a stuck server. */
+
+/* A manager told us its hash spaces: what we hold is current. */
+static void view_confirmed(server *s)
+{
+    if (!s->stale_view) return;
+    s->stale_view = false;
+    log_info("a manager answered with the current hash spaces: serving by them again");
+}
+
+static void hs_answer(void *arg, rpc_status st, const msgpack_object *result)
+{
+    server *s = arg;
+    if (st != RPC_OK || s->stopping) return;
+    adopt(s, result);
+    view_confirmed(s);
+}
+
+void cluster_stale_view(server *s, const net_addr *by)
+{
+    if (s->stale_view) return;
+    s->stale_view = true;
+    char buf[NET_ADDRSTRLEN];
+    log_warn("%s holds this server fault: its hash space is stale; serving nothing until a manager answers",
+             net_format(by, buf, sizeof(buf)));
+    binlog_event(LOG_LVL_WARN, "stale_view", BL_ADDR("peer", by));
+    for (size_t i = 0; s->managers && i < links_count(s->managers); i++) {
+        rpc_conn *c = links_conn(s->managers, i);
+        if (!c) continue;
+        msgpack_pack_array(rpc_call_begin(c, MGR_HS_REQUEST, HS_REQUEST_TIMEOUT, hs_answer, s), 0);
+        rpc_call_end(c);
+    }
+}
+
+bool cluster_peer_is_fault(const server *s, const rpc_conn *c)
+{
+    if (rpc_peer_role(c) != RPC_ROLE_SERVER) return false; /* kumoctl repair, a gateway: not coordinators */
+    int at = hashspace_find(s->whs, rpc_peer_addr(c));
+    return at >= 0 && !s->whs->ring.nodes[at].active;
+}
+
 /* The answer to a pushed [whs, rhs] waits until every write this server
  * coordinated under an older whs or rhs has finished replicating: a manager
  * that has every server's answer knows that no write routed by the old
@@ -147,6 +201,7 @@ static void barrier_cb(evutil_socket_t fd, short what, void *arg)
 static void hs_sync(server *s, rpc_conn *c, uint32_t msgid, const msgpack_object *params)
 {
     bool changed = adopt(s, params);
+    view_confirmed(s);
     barrier *b = s->writes_old > 0 ? malloc(sizeof(*b)) : NULL;
     if (!b) {
         rpc_reply_bool(c, msgid, changed);

@@ -37,6 +37,9 @@
 
 #define REPLICATE_TIMEOUT 5.0
 #define REPLICATE_RETRY_USEC 200000
+/* The ClockTime a write refused as stale is left with: older than every
+ * write's, so any copy of the key from the owners that did coordinate wins. */
+#define DEMOTED_CT 1
 
 /* ---- replication of one write to the other owners ---- */
 
@@ -57,6 +60,7 @@ struct repl {
     rpc_conn *client; /* held until the reply */
     uint32_t msgid;
     int waiting;
+    int targets, refused; /* replicas sent to; of them, those that hold us fault */
     bool failed;
     int code;
     uint64_t ct;
@@ -87,17 +91,57 @@ static void pack_result(rpc_conn *c, uint32_t msgid, int code, uint64_t ct, uint
 
 static void reply_write(repl *r)
 {
-    if (r->failed) {
+    if (r->failed && r->refused > 0 && r->refused == r->targets) {
+        /* No replica took it and ours is demoted: as good as not applied,
+         * so the gateway may send it again to the coordinator it knows, an
+         * incr or an append too (router.c failed). */
+        rpc_reply_error(r->client, r->msgid, ERR_OBSOLETE_HS);
+    } else if (r->failed) {
         rpc_reply_error(r->client, r->msgid, "replication failed: %s", r->why);
     } else {
         pack_result(r->client, r->msgid, r->code, r->ct, r->number, r->value, r->vlen);
     }
 }
 
+/* store_modify callback of demote(). */
+typedef struct demote_ctx {
+    uint64_t ct;
+    uint8_t *buf;
+} demote_ctx;
+
+static store_verdict demote_cb(void *arg, const void *old, size_t oldlen, const void **out, size_t *outlen)
+{
+    demote_ctx *d = arg;
+    if (!old || oldlen < RECORD_TOMBSTONE || record_clocktime(old, oldlen) != d->ct) return STORE_KEEP;
+    d->buf = xmalloc(oldlen);
+    memcpy(d->buf, old, oldlen);
+    record_set_clocktime(d->buf, DEMOTED_CT);
+    *out = d->buf;
+    *outlen = oldlen;
+    return STORE_WRITE;
+}
+
+/* A replica refused our write because it holds us fault: the write ran on a
+ * copy that missed what the owners that coordinated meanwhile acknowledged
+ * (an incr from an old count, an append to an old list). Our record of it
+ * stays, it is the only trace of the write here, but with the oldest
+ * ClockTime, so the catch-up that must follow (we are fault) and
+ * anti-entropy replace it with theirs; left as it was, its ClockTime would
+ * be the newest and it would win over every acknowledged write. A record a
+ * replica has written over it meanwhile is left alone. */
+static void demote(repl *r)
+{
+    char err[KUMO_ERRLEN];
+    demote_ctx d = {.ct = r->ct};
+    if (store_modify(r->s->db, r->rec, r->klen, demote_cb, &d, err) < 0) log_error("demote a refused write: %s", err);
+    free(d.buf);
+}
+
 static void repl_finish(repl *r)
 {
     if (--r->waiting > 0) return;
     r->s->writes_inflight--;
+    if (r->refused > 0) demote(r);
     if (r->epoch != r->s->write_epoch) r->s->writes_old--;
     if (r->client) {
         reply_write(r);
@@ -109,6 +153,14 @@ static void repl_finish(repl *r)
 static void repl_send(repl_to *t);
 
 static void repl_retry_cb(evutil_socket_t fd, short what, void *arg) { repl_send(arg); }
+
+/* Whether a replica's error is handle_replicate's refusal of a sender it
+ * holds fault. */
+static bool refused_as_stale(const msgpack_object *result)
+{
+    return result && result->type == MSGPACK_OBJECT_STR && result->via.str.size == strlen(ERR_OBSOLETE_HS) &&
+           memcmp(result->via.str.ptr, ERR_OBSOLETE_HS, result->via.str.size) == 0;
+}
 
 static void repl_done(void *arg, rpc_status st, const msgpack_object *result)
 {
@@ -127,6 +179,18 @@ static void repl_done(void *arg, rpc_status st, const msgpack_object *result)
             snprintf(r->why, sizeof(r->why), "%s: holds a newer version", net_format(&t->to, buf, sizeof(buf)));
             log_warn("replication failed: %s", r->why);
         }
+    }
+    if (st == RPC_ERR_REMOTE && refused_as_stale(result)) {
+        /* The replica holds us fault (cluster.c, a stale view): no retry. */
+        r->refused++;
+        cluster_stale_view(s, &t->to);
+        if (!r->failed) {
+            char buf[NET_ADDRSTRLEN];
+            r->failed = true;
+            snprintf(r->why, sizeof(r->why), "%s: %s", net_format(&t->to, buf, sizeof(buf)), ERR_OBSOLETE_HS);
+        }
+        repl_finish(r);
+        return;
     }
     if (st != RPC_OK) {
         /* A replica that is no longer an owner (the manager marked it fault
@@ -215,6 +279,7 @@ static void replicate(server *s, rpc_conn *client, uint32_t msgid, uint64_t hash
         r->vlen = vlen;
     }
     r->waiting = (int)n + 1; /* +1: our own reference, dropped below */
+    r->targets = (int)n;
     if (!async) {
         r->client = client;
         r->msgid = msgid;
@@ -249,6 +314,7 @@ static void replicate(server *s, rpc_conn *client, uint32_t msgid, uint64_t hash
  * never while it is catching up. */
 static bool is_coordinator(server *s, uint64_t hash)
 {
+    if (s->stale_view) return false;
     const net_addr *c = hashspace_coordinator(s->whs, s->rhs, hash);
     return c && net_equal(c, &s->self);
 }
@@ -282,6 +348,10 @@ static int get_one(server *s, const char *key, size_t klen, void **v, size_t *vl
      * the refusal sends it to an in-sync owner). */
     if (s->catching_up) {
         *why = ERR_CATCHING_UP;
+        return -1;
+    }
+    if (s->stale_view) { /* marked fault while it did not run: its copy may be old */
+        *why = ERR_OBSOLETE_HS;
         return -1;
     }
     s->cmd_get++;
@@ -443,8 +513,17 @@ static void handle_replicate(server *s, rpc_conn *c, uint32_t msgid, const msgpa
         rpc_reply_error(c, msgid, "bad params");
         return;
     }
-    /* Accepted even from a node whose view differs from ours: an extra copy
-     * is removed by the next replace, a refused one would fail the write. */
+    /* A sender our whs marks fault was lost and runs on a stale hash space:
+     * its write ran on a copy that misses what its keys' coordinators since
+     * acknowledged, and, stamped by its clock, would win over them here.
+     * Refused before anything is taken from it, its clock included; the
+     * sender stops serving (repl_done). Any other difference of views is
+     * accepted: an extra copy is removed by the next replace, a refused one
+     * would fail the write. */
+    if (cluster_peer_is_fault(s, c)) {
+        rpc_reply_error(c, msgid, ERR_OBSOLETE_HS);
+        return;
+    }
     clock_update(&s->clock, record_clocktime(val, vlen));
     int rc = flags & WF_MEND ? store_mend(s->db, key, klen, val, vlen, err) : store_update(s->db, key, klen, val, vlen, err);
     if (rc < 0) {

@@ -1222,9 +1222,9 @@ static void pass_start(evutil_socket_t fd, short what, void *arg)
     server *s = p->s;
     int at = hashspace_find(s->whs, &s->self);
     if (p->phase != PH_IDLE || s->stopping) return;
-    /* Not a member, catching up (it leads nothing), or a replace moving data:
-     * not now. */
-    if (at < 0 || !s->whs->ring.nodes[at].active || s->catching_up ||
+    /* Not a member, catching up or held fault by a peer (it leads nothing),
+     * or a replace moving data: not now. */
+    if (at < 0 || !s->whs->ring.nodes[at].active || s->catching_up || s->stale_view ||
         s->whs->clocktime != s->rhs->clocktime) {
         if (s->cfg->verify_interval > 0) pass_arm(p, s->cfg->verify_interval);
         return;

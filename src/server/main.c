@@ -250,6 +250,9 @@ static void collect_metrics(void *arg, metrics_out *o)
     metrics_gauge(o, "kumo_server_replace_copying", "1 while a replace copy is in flight", s->replace_copying);
     metrics_gauge(o, "kumo_server_catching_up", "1 while this server is catching up: it serves no read and coordinates no write",
                   s->catching_up);
+    metrics_gauge(o, "kumo_server_stale_view",
+                  "1 while a replica holds this server fault and no manager has answered it since: it serves nothing",
+                  s->stale_view);
     metrics_counter(o, "kumo_server_replace_received_records", "records applied from replace streams, since start",
                     s->moved_recv);
     /* The last copy phase: walked of total tells how far the walk is,

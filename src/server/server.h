@@ -121,6 +121,11 @@ typedef struct server {
      * waits for them before a replace copies, and before it deletes). */
     uint64_t write_epoch;
     int writes_old;
+    /* A replica refused one of our writes because its whs marks us fault:
+     * we were lost (stopped, cut off) and hold a stale hash space. Until a
+     * manager answers with the current one we coordinate no write and
+     * answer no read (cluster_stale_view). */
+    bool stale_view;
     bool catching_up;                                                    /* this server is catching up in whs (derived on adoption) */
     bool replace_copying;                                                /* a copy phase has transfers in flight */
     uint64_t replace_latest;                                             /* ClockTime of the newest replace asked of us */
@@ -153,6 +158,12 @@ rpc_conn *cluster_peer(server *s, const net_addr *addr);
  * method is not one of cluster.c's. */
 bool cluster_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
 void cluster_set_hashspaces(server *s, hashspace *whs, hashspace *rhs);
+/* A peer holds us fault: set s->stale_view and ask every connected manager
+ * for its hash spaces; the answer (or the next push) clears it. */
+void cluster_stale_view(server *s, const net_addr *by);
+/* Whether a peer server that sent us a write is marked fault in our whs:
+ * then its hash space is stale and it must not coordinate. */
+bool cluster_peer_is_fault(const server *s, const rpc_conn *c);
 
 /* dispatch.c: every request a server answers, whichever connection it came
  * on (the modules' *_handle functions in turn). */
