@@ -27,7 +27,7 @@ enum {
 
 /* kumo-server, RPC port (-l) */
 enum {
-    SRV_KEEPALIVE = 0,      /* [clock] -> our clock (clock_now) */
+    SRV_KEEPALIVE = 0,      /* [clock, whs clocktime] -> our clock (clock_now) */
     SRV_HS_SYNC = 2,        /* [whs, rhs] -> true (adopted) / false */
     SRV_HS_PREPARE = 4,     /* [version, ballot] -> [HS_*, version held, ballot | nil, whs | nil,
                                 rhs | nil] (witness.c) */

@@ -515,8 +515,9 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         if (ms->keepalive_out) continue;
         ms->keepalive_out = true;
         msgpack_packer *pk = rpc_call_begin(ms->conn, SRV_KEEPALIVE, KEEPALIVE_TIMEOUT, keepalive_done, ms);
-        msgpack_pack_array(pk, 1);
+        msgpack_pack_array(pk, 2);
         msgpack_pack_uint64(pk, clock_now(&m->clock));
+        msgpack_pack_uint64(pk, m->whs->clocktime); /* lets the server check its view (src/server/cluster.c) */
         rpc_call_end(ms->conn);
     }
     for (size_t i = 0; i < nsilent; i++) server_lost(m, silent[i], false);

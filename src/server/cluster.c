@@ -25,6 +25,7 @@
 #include "server.h"
 
 #define HS_REQUEST_TIMEOUT 5.0
+#define VIEW_LEASE 2 /* seconds (whole ones of the ClockTime) a keepalive's confirmation lasts */
 
 static double tick(const server *s) { return s->cfg->common.clock_interval; }
 
@@ -112,33 +113,59 @@ static bool adopt(server *s, const msgpack_object *params)
     return changed;
 }
 
-/* ---- a stale view ----
+/* ---- the view's lease ----
  *
  * A server that was stopped or cut off long enough to be marked fault runs
  * on with the hash space it had: it takes itself for the coordinator of keys
  * another owner has coordinated since, and requests that waited in its
  * sockets, or come from a gateway that has not heard of the fault, would run
- * on its stale copy. Its replicas know better (their whs marks it fault) and
- * refuse its writes (data.c handle_replicate). The first refusal makes it
- * stop serving until a manager tells it the current hash spaces: with those
- * it is fault, and comes back only by attach and a catch-up. A manager's
- * answer or push clears the flag whatever it holds, so a replica whose own
- * view was the stale one costs a round trip, not a stuck server. */
+ * on its stale copy. Two things keep that copy from winning:
+ *   - Every keepalive carries the manager's whs ClockTime. One that finds
+ *     ours as new confirms our view (s->view_confirmed, the manager's clock
+ *     when it sent it); one that finds it older makes us ask for the
+ *     current hash spaces. A write made more than VIEW_LEASE seconds after
+ *     the last confirmation keeps the record it replaced (data.c), so that
+ *     it can be undone: a manager marks a server fault only after 4 s
+ *     without its answers, so a stale coordinator's writes are always among
+ *     those.
+ *   - Its replicas know better (their whs marks it fault) and refuse its
+ *     writes (data.c handle_replicate). The first refusal sets stale_view:
+ *     it serves nothing until a keepalive confirms the view it holds then
+ *     (a manager pushes hash spaces before it sends keepalives on a link),
+ *     and with the current hash spaces it is fault, back only by attach and
+ *     a catch-up. A replica whose own view was the stale one costs a tick. */
 
-/* A manager told us its hash spaces: what we hold is current. */
-static void view_confirmed(server *s)
+bool cluster_view_leased(server *s)
 {
-    if (!s->stale_view) return;
-    s->stale_view = false;
-    log_info("a manager answered with the current hash spaces: serving by them again");
+    return s->view_confirmed != 0 &&
+           clock_now_seconds(&s->clock) < clock_seconds(s->view_confirmed) + VIEW_LEASE;
 }
 
 static void hs_answer(void *arg, rpc_status st, const msgpack_object *result)
 {
     server *s = arg;
-    if (st != RPC_OK || s->stopping) return;
-    adopt(s, result);
-    view_confirmed(s);
+    if (st == RPC_OK && !s->stopping) adopt(s, result);
+}
+
+/* A manager's keepalive or push found our whs current. */
+static void view_current(server *s)
+{
+    if (!s->stale_view) return;
+    s->stale_view = false;
+    log_info("a manager confirmed the hash spaces this server holds: serving by them again");
+}
+
+/* SRV_KEEPALIVE [clock, whs clocktime] from a manager. */
+static void view_check(server *s, rpc_conn *c, uint64_t sent, uint64_t whs_ct)
+{
+    if (whs_ct == 0) return; /* a blank manager (restarted, still learning) knows nothing */
+    if (s->whs->clocktime < whs_ct) {
+        msgpack_pack_array(rpc_call_begin(c, MGR_HS_REQUEST, HS_REQUEST_TIMEOUT, hs_answer, s), 0);
+        rpc_call_end(c);
+        return;
+    }
+    if (sent > s->view_confirmed) s->view_confirmed = sent;
+    view_current(s);
 }
 
 void cluster_stale_view(server *s, const net_addr *by)
@@ -146,15 +173,9 @@ void cluster_stale_view(server *s, const net_addr *by)
     if (s->stale_view) return;
     s->stale_view = true;
     char buf[NET_ADDRSTRLEN];
-    log_warn("%s holds this server fault: its hash space is stale; serving nothing until a manager answers",
+    log_warn("%s holds this server fault: its hash space is stale; serving nothing until a manager confirms one",
              net_format(by, buf, sizeof(buf)));
     binlog_event(LOG_LVL_WARN, "stale_view", BL_ADDR("peer", by));
-    for (size_t i = 0; s->managers && i < links_count(s->managers); i++) {
-        rpc_conn *c = links_conn(s->managers, i);
-        if (!c) continue;
-        msgpack_pack_array(rpc_call_begin(c, MGR_HS_REQUEST, HS_REQUEST_TIMEOUT, hs_answer, s), 0);
-        rpc_call_end(c);
-    }
 }
 
 bool cluster_peer_is_fault(const server *s, const rpc_conn *c)
@@ -201,7 +222,11 @@ static void barrier_cb(evutil_socket_t fd, short what, void *arg)
 static void hs_sync(server *s, rpc_conn *c, uint32_t msgid, const msgpack_object *params)
 {
     bool changed = adopt(s, params);
-    view_confirmed(s);
+    uint64_t whs_ct;
+    const msgpack_object *w = rpc_arg(params, 0);
+    /* A push of what we now hold ends a stale view as a keepalive does (it
+     * does not extend the lease: it does not say when it was sent). */
+    if (w && rpc_arg_uint(w, 1, &whs_ct) && whs_ct != 0 && s->whs->clocktime >= whs_ct) view_current(s); /* seed: [nodes, clocktime, version] */
     barrier *b = s->writes_old > 0 ? malloc(sizeof(*b)) : NULL;
     if (!b) {
         rpc_reply_bool(c, msgid, changed);
@@ -216,8 +241,9 @@ bool cluster_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, con
 {
     switch (method) {
     case SRV_KEEPALIVE: {
-        uint64_t ct;
+        uint64_t ct, whs_ct;
         if (rpc_arg_uint(params, 0, &ct)) clock_update(&s->clock, ct);
+        if (rpc_arg_uint(params, 0, &ct) && rpc_arg_uint(params, 1, &whs_ct)) view_check(s, c, ct, whs_ct);
         rpc_reply_uint(c, msgid, clock_now(&s->clock)); /* the manager passes the newest on */
         return true;
     }

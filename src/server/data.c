@@ -37,11 +37,17 @@
 
 #define REPLICATE_TIMEOUT 5.0
 #define REPLICATE_RETRY_USEC 200000
-/* The ClockTime a write refused as stale is left with: older than every
- * write's, so any copy of the key from the owners that did coordinate wins. */
-#define DEMOTED_CT 1
 
 /* ---- replication of one write to the other owners ---- */
+
+/* What a write made outside the view's lease (cluster.c) replaced: kept
+ * until its replicas have answered, to be put back if one holds us fault. */
+typedef struct write_undo {
+    bool kept;    /* the write changed the record, and this is what was there */
+    bool had;     /* there was a record (else the write created the key) */
+    uint8_t *old; /* its bytes (malloc'd) */
+    size_t oldlen;
+} write_undo;
 
 typedef struct repl repl;
 
@@ -50,6 +56,7 @@ typedef struct repl_to {
     repl *r;
     net_addr to;
     int tries;
+    bool maybe_applied; /* a try failed in a way that may have written it there (a timeout, a lost link) */
 } repl_to;
 
 /* A write on its way to the other owners: one allocation holds it, its
@@ -60,8 +67,11 @@ struct repl {
     rpc_conn *client; /* held until the reply */
     uint32_t msgid;
     int waiting;
-    int targets, refused; /* replicas sent to; of them, those that hold us fault */
+    int targets;       /* replicas sent to */
+    int refused;       /* of them, those that hold us fault (handle_replicate) */
+    int refused_clean; /* ... with no earlier try that may have written it */
     bool failed;
+    bool undone; /* refused, and our own record of it undone: as good as not applied */
     int code;
     uint64_t ct;
     uint64_t number;
@@ -72,6 +82,7 @@ struct repl {
     size_t klen, rlen;
     int max_tries;
     char why[96];
+    write_undo undo; /* outside the view's lease: what the write replaced */
     repl_to to[2 * KUMO_REPLICAS];
     uint8_t rec[]; /* dbkey | record, resent on a retry; then the value to return */
 };
@@ -91,8 +102,8 @@ static void pack_result(rpc_conn *c, uint32_t msgid, int code, uint64_t ct, uint
 
 static void reply_write(repl *r)
 {
-    if (r->failed && r->refused > 0 && r->refused == r->targets) {
-        /* No replica took it and ours is demoted: as good as not applied,
+    if (r->undone && r->refused_clean == r->targets) {
+        /* Every replica refused it at once and ours is undone: not applied,
          * so the gateway may send it again to the coordinator it knows, an
          * incr or an append too (router.c failed). */
         rpc_reply_error(r->client, r->msgid, ERR_OBSOLETE_HS);
@@ -103,50 +114,48 @@ static void reply_write(repl *r)
     }
 }
 
-/* store_modify callback of demote(). */
-typedef struct demote_ctx {
-    uint64_t ct;
-    uint8_t *buf;
-} demote_ctx;
-
-static store_verdict demote_cb(void *arg, const void *old, size_t oldlen, const void **out, size_t *outlen)
+/* store_modify callback of undo(): put back what the write replaced, if
+ * the write's record is still the one stored. */
+static store_verdict undo_cb(void *arg, const void *old, size_t oldlen, const void **out, size_t *outlen)
 {
-    demote_ctx *d = arg;
-    if (!old || oldlen < RECORD_TOMBSTONE || record_clocktime(old, oldlen) != d->ct) return STORE_KEEP;
-    d->buf = xmalloc(oldlen);
-    memcpy(d->buf, old, oldlen);
-    record_set_clocktime(d->buf, DEMOTED_CT);
-    *out = d->buf;
-    *outlen = oldlen;
+    repl *r = arg;
+    if (!old || oldlen < RECORD_TOMBSTONE || record_clocktime(old, oldlen) != r->ct) return STORE_KEEP;
+    if (!r->undo.had) return STORE_REMOVE;
+    *out = r->undo.old;
+    *outlen = r->undo.oldlen;
     return STORE_WRITE;
 }
 
 /* A replica refused our write because it holds us fault: the write ran on a
  * copy that missed what the owners that coordinated meanwhile acknowledged
- * (an incr from an old count, an append to an old list). Our record of it
- * stays, it is the only trace of the write here, but with the oldest
- * ClockTime, so the catch-up that must follow (we are fault) and
- * anti-entropy replace it with theirs; left as it was, its ClockTime would
- * be the newest and it would win over every acknowledged write. A record a
- * replica has written over it meanwhile is left alone. */
-static void demote(repl *r)
+ * (an incr from an old count, an append to an old list), and its ClockTime,
+ * the newest, would win over every one of them. It was made outside the
+ * view's lease (cluster.c), so we kept what it replaced: that goes back,
+ * unless a newer record replaced the write meanwhile. Returns whether the
+ * write is gone from here. A write made inside the lease stays: a manager
+ * had just confirmed our view, so the replica's is the stale one. */
+static bool undo(repl *r)
 {
     char err[KUMO_ERRLEN];
-    demote_ctx d = {.ct = r->ct};
-    if (store_modify(r->s->db, r->rec, r->klen, demote_cb, &d, err) < 0) log_error("demote a refused write: %s", err);
-    free(d.buf);
+    if (!r->undo.kept) return false;
+    if (store_modify(r->s->db, r->rec, r->klen, undo_cb, r, err) < 0) {
+        log_error("undo a refused write: %s", err);
+        return false;
+    }
+    return true;
 }
 
 static void repl_finish(repl *r)
 {
     if (--r->waiting > 0) return;
     r->s->writes_inflight--;
-    if (r->refused > 0) demote(r);
+    if (r->refused > 0) r->undone = undo(r);
     if (r->epoch != r->s->write_epoch) r->s->writes_old--;
     if (r->client) {
         reply_write(r);
         rpc_release(r->client);
     }
+    free(r->undo.old);
     free(r);
 }
 
@@ -183,6 +192,7 @@ static void repl_done(void *arg, rpc_status st, const msgpack_object *result)
     if (st == RPC_ERR_REMOTE && refused_as_stale(result)) {
         /* The replica holds us fault (cluster.c, a stale view): no retry. */
         r->refused++;
+        r->refused_clean += !t->maybe_applied;
         cluster_stale_view(s, &t->to);
         if (!r->failed) {
             char buf[NET_ADDRSTRLEN];
@@ -193,6 +203,7 @@ static void repl_done(void *arg, rpc_status st, const msgpack_object *result)
         return;
     }
     if (st != RPC_OK) {
+        t->maybe_applied |= st != RPC_ERR_UNSENT;
         /* A replica that is no longer an owner (the manager marked it fault
          * meanwhile) owes us nothing; one that still is gets another try. */
         bool owner = hashspace_is_owner(s->whs, r->hash, &t->to) || hashspace_is_owner(s->rhs, r->hash, &t->to);
@@ -256,7 +267,7 @@ static size_t replicas(server *s, uint64_t hash, net_addr out[2 * KUMO_REPLICAS]
 /* Send `val` to every replica; answer the client when all are done (or
  * now if async). Takes care of the reply in every case. */
 static void replicate(server *s, rpc_conn *client, uint32_t msgid, uint64_t hash, const char *key,
-                      size_t klen, const write_ctx *w)
+                      size_t klen, const write_ctx *w, write_undo *u)
 {
     net_addr to[2 * KUMO_REPLICAS];
     size_t n = replicas(s, hash, to);
@@ -280,6 +291,8 @@ static void replicate(server *s, rpc_conn *client, uint32_t msgid, uint64_t hash
     }
     r->waiting = (int)n + 1; /* +1: our own reference, dropped below */
     r->targets = (int)n;
+    r->undo = *u; /* ours now */
+    *u = (write_undo){0};
     if (!async) {
         r->client = client;
         r->msgid = msgid;
@@ -309,6 +322,42 @@ static void replicate(server *s, rpc_conn *client, uint32_t msgid, uint64_t hash
 }
 
 /* ---- handlers ---- */
+
+typedef struct keeping {
+    store_modify_fn fn;
+    write_ctx *w;
+    write_undo *u;
+} keeping;
+
+static store_verdict apply_keeping(void *arg, const void *old, size_t oldlen, const void **out, size_t *outlen)
+{
+    keeping *k = arg;
+    store_verdict v = k->fn(k->w, old, oldlen, out, outlen);
+    if (v != STORE_KEEP) {
+        k->u->kept = true;
+        k->u->had = old != NULL;
+        if (old) {
+            k->u->old = xmalloc(oldlen);
+            memcpy(k->u->old, old, oldlen);
+            k->u->oldlen = oldlen;
+        }
+    }
+    return v;
+}
+
+/* Run a write at its coordinator: fn (apply_set, apply_delete) over the
+ * stored record, atomically. Outside the view's lease what it replaces is
+ * kept in *u (the caller frees u->old unless replicate took it). */
+static int apply_write(server *s, const char *key, size_t klen, store_modify_fn fn, write_ctx *w, write_undo *u,
+                       char *err)
+{
+    if (!cluster_view_leased(s)) {
+        keeping k = {.fn = fn, .w = w, .u = u};
+        return store_modify(s->db, key, klen, apply_keeping, &k, err);
+    }
+    if (fn == apply_set && apply_blind(w)) return store_modify_blind(s->db, key, klen, fn, w, err);
+    return store_modify(s->db, key, klen, fn, w, err);
+}
 
 /* Whether this server coordinates writes of hash (hashspace_coordinator):
  * never while it is catching up. */
@@ -455,16 +504,17 @@ static void handle_set(server *s, rpc_conn *c, uint32_t msgid, const msgpack_obj
     write_ctx w = {.op = (int)op, .wflags = (uint32_t)flags, .cas = cas, .delta = delta, .initial = initial, .ct = ct, .floor = s->flush_floor, .now = clock_seconds(ct), .exp_now = clock_shift(clock_seconds(ct), s->debug_offset), .val = copy, .vlen = vlen};
     record_set_clocktime(copy, w.ct);
     record_resolve_exptime(copy, vlen, w.exp_now);
-    int rc = apply_blind(&w) ? store_modify_blind(s->db, key, klen, apply_set, &w, err)
-                             : store_modify(s->db, key, klen, apply_set, &w, err);
+    write_undo u = {0};
+    int rc = apply_write(s, key, klen, apply_set, &w, &u, err);
     if (rc < 0) {
         log_error("set: %s", err);
         rpc_reply_error(c, msgid, "store failed: %s", err);
     } else if (!w.written) {
         pack_result(c, msgid, w.code, 0, 0, w.op == OP_MG_WIN ? w.out : NULL, w.outlen);
     } else {
-        replicate(s, c, msgid, hash, key, klen, &w);
+        replicate(s, c, msgid, hash, key, klen, &w, &u);
     }
+    free(u.old);
     free(w.buf);
     free(copy);
 }
@@ -489,17 +539,17 @@ static void handle_delete(server *s, rpc_conn *c, uint32_t msgid, const msgpack_
     s->cmd_delete++;
     uint64_t ct = clock_next(&s->clock);
     write_ctx w = {.op = OP_DELETE_INTERNAL, .wflags = (uint32_t)flags, .cas = cas, .ct = ct, .floor = s->flush_floor, .now = clock_seconds(ct), .exp_now = clock_shift(clock_seconds(ct), s->debug_offset)};
-    if (store_modify(s->db, key, klen, apply_delete, &w, err) < 0) {
+    write_undo u = {0};
+    if (apply_write(s, key, klen, apply_delete, &w, &u, err) < 0) {
         log_error("delete: %s", err);
         rpc_reply_error(c, msgid, "store failed: %s", err);
-        return;
-    }
-    if (!w.written && !w.resend) { /* a cas mismatch */
+    } else if (!w.written && !w.resend) { /* a cas mismatch */
         pack_result(c, msgid, w.code, 0, 0, NULL, 0);
-        return;
+    } else {
+        gc_tombstone(s, key, klen, w.out, w.outlen);
+        replicate(s, c, msgid, hash, key, klen, &w, &u);
     }
-    gc_tombstone(s, key, klen, w.out, w.outlen);
-    replicate(s, c, msgid, hash, key, klen, &w);
+    free(u.old);
 }
 
 static void handle_replicate(server *s, rpc_conn *c, uint32_t msgid, const msgpack_object *params)

@@ -15,8 +15,9 @@
  *         otherwise it is only forgotten and stays in the database;
  *       else the head is at least -gX seconds old: removed and dropped;
  *       else: stop (everything behind it is younger).
- *   - "removed" is store_remove_if_older(key, ClockTime): a record written
- *     after the tombstone (a newer set) has a newer ClockTime and stays.
+ *   - "removed" is: if the stored record is still a tombstone no newer than
+ *     ours; a record written after it (a newer set) has a newer ClockTime
+ *     and stays.
  *
  * Nothing scans the database: each delete costs one push and at most a few
  * pops. The FIFO is lost on restart (as in kumofs 0.4); tombstones written
@@ -74,15 +75,26 @@ static void pop(struct gc *g)
     free(e);
 }
 
+/* Remove the stored record if it is a tombstone no newer than ours: a write
+ * after the delete is newer, and a value stored again with an older
+ * ClockTime is the one a refused delete was undone to (data.c undo). */
+static store_verdict collect_cb(void *arg, const void *old, size_t oldlen, const void **out, size_t *outlen)
+{
+    const gc_entry *e = arg;
+    (void)out;
+    (void)outlen;
+    return old && oldlen == RECORD_TOMBSTONE && record_clocktime(old, oldlen) <= e->ct ? STORE_REMOVE : STORE_KEEP;
+}
+
 static void remove_head(server *s, struct gc *g)
 {
     char err[KUMO_ERRLEN];
     gc_entry *e = g->head;
-    int rc = store_remove_if_older(s->db, e->key, e->klen, e->ct, err);
+    int rc = store_modify(s->db, e->key, e->klen, collect_cb, e, err);
     if (rc < 0) {
         log_error("tombstone collection: %s", err);
         g->st.errors++;
-    } else if (rc == 1) {
+    } else if (rc == STORE_REMOVE) {
         g->st.collected++;
     }
     pop(g);

@@ -26,8 +26,24 @@ One cluster of 3 servers (each owns every key), a manager and a gateway:
      together); `ctr` reads the last number answered, through the gateway
      and straight from each server (A's own copy is the one its stale
      write went to); one more incr answers that number + 1.
+
+Then, on 5 servers, a stale coordinator that holds the only in-sync copy:
+  5. A, B, C own `blk`: 5 incrs; B and C SIGSTOPped until (fault); 5 incrs
+     coordinated by A alone; B and C resumed and attached (catching up),
+     while an nft rule keeps them from pulling A's copy; A SIGSTOPped until
+     (fault): the catch-up is blocked on A. The manager SIGSTOPped, A
+     resumed, one incr sent straight to A: B and C refuse it.
+  6. The rule removed, the manager resumed, A attached: once every server
+     is (active), `blk` reads 10 on A, B and C. A first version of the fix
+     gave the refused record the oldest ClockTime instead of putting back
+     the one it replaced, and the exchange then let B's and C's 5 win.
+
+The test runs in a network namespace of its own (unshare -n, loopback
+only) so that the nft rule touches nothing else; without root, unshare or
+nft, part 5-6 is skipped.
 """
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -61,26 +77,24 @@ def incrs(port, n):
     return [int(x) for x in out if x.isdigit()], [x for x in out if not x.isdigit()]
 
 
-def direct_incr(server):
+def direct_incr(server, key=KEY):
     """SRV_SET incr straight to a server, as a gateway would send it:
     (error, number or None)."""
     header = struct.pack(">QHII", 0, 1, 0, 0)   # record_mc_header(ct 0, flags 0, exptime 0)
-    err, res = kt.rpc_call(server.port, SRV_SET, [OP_INCR, 0, kt.record_key(KEY), header, 0, 1, 0],
-                           role=RPC_ROLE_GATEWAY)
+    err, res = kt.rpc_call(server.port, SRV_SET, [OP_INCR, 0, kt.record_key(key), header, 0, 1, 0],
+                           role=RPC_ROLE_GATEWAY, timeout=30)
     return err, (res[2] if not err and isinstance(res, list) else None)
 
 
-def held(server):
-    """The value of KEY in the server's own database (SRV_GET), or its error."""
-    err, res = kt.rpc_call(server.port, SRV_GET, [kt.record_key(KEY)], role=RPC_ROLE_GATEWAY)
+def held(server, key=KEY):
+    """The value of key in the server's own database (SRV_GET), or its error."""
+    err, res = kt.rpc_call(server.port, SRV_GET, [kt.record_key(key)], role=RPC_ROLE_GATEWAY)
     if err or res is None:
         return err or "miss"
-    return int(kt.Record(kt.record_key(KEY), res).payload)
+    return int(kt.Record(kt.record_key(key), res).payload)
 
 
-def body():
-    kt.require_module("msgpack")
-    kt.require_binaries()
+def stale_coordinator():
     with kt.Cluster(nservers=3) as c:
         port = c.gateway_port
         tap.eq(roundtrip(port, b"set %s 0 0 1\r\n0\r\n" % KEY, 1), b"STORED\r\n", "ctr set to 0")
@@ -137,5 +151,78 @@ def body():
         c.check_running()
 
 
+def nft(*rules):
+    for r in rules:
+        subprocess.run(["nft"] + r.split(), check=True, capture_output=True, timeout=20)
+
+
+def only_in_sync_copy():
+    key = b"blk"
+    with kt.Cluster(nservers=5) as c:
+        port = c.gateway_port
+        roundtrip(port, b"set %s 0 0 1\r\n0\r\n" % key, 1)
+        out = subprocess.run([kt.binary("kumohash"), "-m", c.mgr_addr, "assign", key.decode()],
+                             capture_output=True, text=True, timeout=20).stdout.splitlines()
+        a, b, cc = [next(s for s in c.servers if s.addr in line) for line in out[1:4]]
+        tap.note("blk's owners: A %s, B %s, C %s" % (a.addr, b.addr, cc.addr))
+        first = roundtrip(port, b"incr %s 1\r\n" % key * 5, 5)
+        for s in (b, cc):
+            os.kill(s.daemon.pid, signal.SIGSTOP)
+        kt.wait_until(lambda: {c.status().state(s.addr) for s in (b, cc)} == {"fault"}, 20,
+                      "B and C shown (fault)", interval=0.2, daemons=[c.manager])
+        alone = roundtrip(port, b"incr %s 1\r\n" % key * 5, 5)
+        tap.eq(first + alone, b"".join(b"%d\r\n" % i for i in range(1, 11)),
+               "10 incrs answer 1..10, the last 5 coordinated by A alone")
+        nft("add table ip stale", "add chain ip stale out { type filter hook output priority 0 ; }",
+            "add rule ip stale out tcp dport %d tcp flags syn drop" % a.stream_port)
+        for s in (b, cc):
+            os.kill(s.daemon.pid, signal.SIGCONT)
+        c.wait_not_attached([b, cc], timeout=30)
+        tap.eq(c.kumoctl("attach").returncode, 0, "kumoctl attach of B and C")
+        kt.wait_until(lambda: {c.hash_space(a).state(s.addr) for s in (b, cc)} == {"catching up"}, 20,
+                      "A's whs to show B and C (catching up)", interval=0.2)
+        os.kill(a.daemon.pid, signal.SIGSTOP)
+        kt.wait_until(lambda: c.status().state(a.addr) == "fault", 20, "A shown (fault)", interval=0.2,
+                      daemons=[c.manager])
+        tap.ok("catch-up blocked" in c.kumoctl("status").stdout,
+               "kumoctl status: catch-up blocked (A holds the only in-sync copy)")
+        os.kill(c.manager.pid, signal.SIGSTOP)
+        time.sleep(1.5)
+        os.kill(a.daemon.pid, signal.SIGCONT)
+        time.sleep(0.5)
+        err, n = direct_incr(a, key)
+        os.kill(c.manager.pid, signal.SIGCONT)
+        tap.ok(err and n is None, "an incr sent straight to A, refused by B and C, fails", (err, n))
+        nft("delete table ip stale")
+        c.wait_not_attached([a], timeout=30)
+        c.attach([a], timeout=90)
+        kt.wait_until(lambda: all(c.status().state(s.addr) == "active" for s in c.servers), 90,
+                      "every server (active)", interval=0.5, daemons=c.daemons())
+        copies = {s.addr: held(s, key) for s in (a, b, cc)}
+        tap.ok(all(v == 10 for v in copies.values()), "A, B and C hold blk = 10 after the exchange", copies)
+        c.check_running()
+
+
+def body():
+    kt.require_module("msgpack")
+    kt.require_binaries()
+    stale_coordinator()
+    if os.environ.get("KUMO_TEST_OWN_NETNS") == "1" and shutil.which("nft"):
+        only_in_sync_copy()
+    else:
+        tap.skip("the only in-sync copy put back", "needs root, unshare and nft (a network namespace of its own)")
+
+
+def own_netns():
+    """Run again in a network namespace of our own, with its loopback up."""
+    if os.environ.get("KUMO_TEST_OWN_NETNS") or os.geteuid() != 0 or not shutil.which("unshare"):
+        return
+    os.environ["KUMO_TEST_OWN_NETNS"] = "1"
+    script = "ip link set lo up && exec \"$0\" \"$@\""
+    os.execvp("unshare", ["unshare", "-n", "sh", "-c", script, sys.executable, os.path.abspath(__file__)]
+              + sys.argv[1:])
+
+
 if __name__ == "__main__":
+    own_netns()
     kt.main(body)
