@@ -8,7 +8,7 @@
 
 /* kumo-manager, cluster port (-l) */
 enum {
-    MGR_KEEPALIVE = 0,           /* [clock] -> nil */
+    MGR_KEEPALIVE = 0,           /* [clock] -> nil; from a server: [whs clocktime, fault:bool] */
     MGR_HS_REQUEST = 1,          /* [] -> [whs, rhs] */
     MGR_HS_SYNC = 2,             /* partner only: [whs, rhs] -> true adopted / false */
     MGR_REPLACE_COPY_END = 10,   /* [replace_clocktime, ok, phase_id] -> true */
@@ -27,7 +27,7 @@ enum {
 
 /* kumo-server, RPC port (-l) */
 enum {
-    SRV_KEEPALIVE = 0,      /* [clock, whs clocktime] -> our clock (clock_now) */
+    SRV_KEEPALIVE = 0,      /* [clock] -> our clock (clock_now) */
     SRV_HS_SYNC = 2,        /* [whs, rhs] -> true (adopted) / false */
     SRV_HS_PREPARE = 4,     /* [version, ballot] -> [HS_*, version held, ballot | nil, whs | nil,
                                 rhs | nil] (witness.c) */

@@ -515,9 +515,8 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         if (ms->keepalive_out) continue;
         ms->keepalive_out = true;
         msgpack_packer *pk = rpc_call_begin(ms->conn, SRV_KEEPALIVE, KEEPALIVE_TIMEOUT, keepalive_done, ms);
-        msgpack_pack_array(pk, 2);
+        msgpack_pack_array(pk, 1);
         msgpack_pack_uint64(pk, clock_now(&m->clock));
-        msgpack_pack_uint64(pk, m->whs->clocktime); /* lets the server check its view (src/server/cluster.c) */
         rpc_call_end(ms->conn);
     }
     for (size_t i = 0; i < nsilent; i++) server_lost(m, silent[i], false);
@@ -792,7 +791,19 @@ bool membership_handle(manager *m, rpc_conn *c, uint32_t msgid, uint32_t method,
     case MGR_KEEPALIVE: {
         uint64_t ct;
         if (rpc_arg_uint(params, 0, &ct)) clock_update(&m->clock, ct);
-        rpc_reply_nil(c, msgid);
+        if (rpc_peer_role(c) != RPC_ROLE_SERVER) {
+            rpc_reply_nil(c, msgid);
+            return true;
+        }
+        /* A server's lease on its view (src/server/cluster.c): our whs
+         * ClockTime, and whether we hold it fault. */
+        int at = hashspace_find(m->whs, rpc_peer_addr(c));
+        msgpack_packer *pk = rpc_reply_begin(c, msgid);
+        msgpack_pack_array(pk, 2);
+        msgpack_pack_uint64(pk, m->whs->clocktime);
+        if (at >= 0 && !m->whs->ring.nodes[at].active) msgpack_pack_true(pk);
+        else msgpack_pack_false(pk);
+        rpc_call_end(c);
         return true;
     }
     case MGR_HS_REQUEST:

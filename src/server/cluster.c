@@ -25,7 +25,7 @@
 #include "server.h"
 
 #define HS_REQUEST_TIMEOUT 5.0
-#define VIEW_LEASE 2 /* seconds (whole ones of the ClockTime) a keepalive's confirmation lasts */
+#define VIEW_LEASE 2.0 /* seconds a manager's confirmation of our view lasts */
 
 static double tick(const server *s) { return s->cfg->common.clock_interval; }
 
@@ -120,34 +120,72 @@ static bool adopt(server *s, const msgpack_object *params)
  * another owner has coordinated since, and requests that waited in its
  * sockets, or come from a gateway that has not heard of the fault, would run
  * on its stale copy. Two things keep that copy from winning:
- *   - Every keepalive carries the manager's whs ClockTime. One that finds
- *     ours as new confirms our view (s->view_confirmed, the manager's clock
- *     when it sent it); one that finds it older makes us ask for the
- *     current hash spaces. A write made more than VIEW_LEASE seconds after
- *     the last confirmation keeps the record it replaced (data.c), so that
- *     it can be undone: a manager marks a server fault only after 4 s
- *     without its answers, so a stale coordinator's writes are always among
- *     those.
+ *   - Every tick the server asks each of its managers MGR_KEEPALIVE, which
+ *     answers its whs ClockTime and whether it holds us fault. An answer
+ *     that finds our whs current and us not fault confirms our view from
+ *     the moment the question left (our monotonic clock: an answer that
+ *     waited in a socket confirms nothing late). The view is leased while
+ *     every manager we link to confirmed it less than VIEW_LEASE seconds
+ *     ago. A manager marks a server fault only after 4 s without its
+ *     answers, so every write of a stale coordinator is made outside the
+ *     lease, and a write made outside it keeps the record it replaces
+ *     (data.c apply_write), to be put back.
  *   - Its replicas know better (their whs marks it fault) and refuse its
  *     writes (data.c handle_replicate). The first refusal sets stale_view:
- *     it serves nothing until a keepalive confirms the view it holds then
- *     (a manager pushes hash spaces before it sends keepalives on a link),
+ *     it serves nothing until a manager confirms the view it holds then,
  *     and with the current hash spaces it is fault, back only by attach and
- *     a catch-up. A replica whose own view was the stale one costs a tick. */
+ *     a catch-up. A replica whose own view was the stale one costs a tick.
+ * With a manager down, or never reached, no write is inside the lease:
+ * each keeps what it replaces, which costs a read and a copy. */
 
-bool cluster_view_leased(server *s)
+#define LEASE_SLOTS 8 /* managers: -m and -p, each name one or a few addresses */
+
+typedef struct lease_slot {
+    net_addr addr;
+    double confirmed;      /* clock_mono when the confirming question left; 0 never */
+    bool asking, fetching; /* a MGR_KEEPALIVE, a MGR_HS_REQUEST in flight */
+} lease_slot;
+
+typedef struct lease_q {
+    server *s;
+    int slot;
+    double sent;
+} lease_q;
+
+static lease_slot *lease_slot_of(server *s, const net_addr *a)
 {
-    return s->view_confirmed != 0 &&
-           clock_now_seconds(&s->clock) < clock_seconds(s->view_confirmed) + VIEW_LEASE;
+    lease_slot *free_slot = NULL;
+    for (int i = 0; i < LEASE_SLOTS; i++) {
+        lease_slot *l = &s->lease[i];
+        if (l->confirmed != 0 || l->asking) {
+            if (net_equal(&l->addr, a)) return l;
+        } else if (!free_slot) {
+            free_slot = l;
+        }
+    }
+    if (free_slot) free_slot->addr = *a;
+    return free_slot;
 }
 
-static void hs_answer(void *arg, rpc_status st, const msgpack_object *result)
+/* Leased until the oldest confirmation of the managers we link to ends. */
+static void lease_recompute(server *s)
 {
-    server *s = arg;
-    if (st == RPC_OK && !s->stopping) adopt(s, result);
+    size_t n = s->managers ? links_count(s->managers) : 0;
+    double until = n > 0 ? 1e300 : 0;
+    for (size_t i = 0; i < n; i++) {
+        const net_addr *a = links_addr(s->managers, i);
+        double c = 0;
+        for (int j = 0; j < LEASE_SLOTS; j++)
+            if ((s->lease[j].confirmed != 0 || s->lease[j].asking) && net_equal(&s->lease[j].addr, a))
+                c = s->lease[j].confirmed;
+        if (c + VIEW_LEASE < until) until = c == 0 ? 0 : c + VIEW_LEASE;
+    }
+    s->lease_until = until;
 }
 
-/* A manager's keepalive or push found our whs current. */
+bool cluster_view_leased(server *s) { return clock_mono() < s->lease_until; }
+
+/* A manager confirmed the hash spaces we hold (a lease answer, a push). */
 static void view_current(server *s)
 {
     if (!s->stale_view) return;
@@ -155,17 +193,74 @@ static void view_current(server *s)
     log_info("a manager confirmed the hash spaces this server holds: serving by them again");
 }
 
-/* SRV_KEEPALIVE [clock, whs clocktime] from a manager. */
-static void view_check(server *s, rpc_conn *c, uint64_t sent, uint64_t whs_ct)
+static void hs_answer(void *arg, rpc_status st, const msgpack_object *result)
 {
-    if (whs_ct == 0) return; /* a blank manager (restarted, still learning) knows nothing */
-    if (s->whs->clocktime < whs_ct) {
-        msgpack_pack_array(rpc_call_begin(c, MGR_HS_REQUEST, HS_REQUEST_TIMEOUT, hs_answer, s), 0);
-        rpc_call_end(c);
+    lease_q *q = arg;
+    server *s = q->s;
+    if (!s->stopping) { /* else s->lease is gone (cluster_stop) */
+        s->lease[q->slot].fetching = false;
+        if (st == RPC_OK) adopt(s, result);
+    }
+    free(q);
+}
+
+static void lease_answer(void *arg, rpc_status st, const msgpack_object *result)
+{
+    lease_q *q = arg;
+    server *s = q->s;
+    if (s->stopping) { /* s->lease is gone (cluster_stop) */
+        free(q);
         return;
     }
-    if (sent > s->view_confirmed) s->view_confirmed = sent;
-    view_current(s);
+    lease_slot *l = &s->lease[q->slot];
+    l->asking = false;
+    uint64_t whs_ct;
+    const msgpack_object *fault = st == RPC_OK && result ? rpc_arg(result, 1) : NULL;
+    if (fault && rpc_arg_uint(result, 0, &whs_ct) && whs_ct != 0 &&
+        fault->type == MSGPACK_OBJECT_BOOLEAN) {
+        int at = hashspace_find(s->whs, &s->self);
+        bool we_fault = at >= 0 && !s->whs->ring.nodes[at].active;
+        if (s->whs->clocktime >= whs_ct && fault->via.boolean == we_fault) {
+            if (q->sent > l->confirmed) l->confirmed = q->sent;
+            lease_recompute(s);
+            view_current(s);
+        } else if (!l->fetching) { /* the manager knows more: ask for it */
+            rpc_conn *c = links_conn(s->managers, 0);
+            for (size_t i = 0; i < links_count(s->managers); i++)
+                if (net_equal(links_addr(s->managers, i), &l->addr)) c = links_conn(s->managers, i);
+            lease_q *h = malloc(sizeof(*h));
+            if (c && h) {
+                *h = (lease_q){.s = s, .slot = q->slot};
+                l->fetching = true;
+                msgpack_pack_array(rpc_call_begin(c, MGR_HS_REQUEST, HS_REQUEST_TIMEOUT, hs_answer, h), 0);
+                rpc_call_end(c);
+            } else {
+                free(h);
+            }
+        }
+    }
+    free(q);
+}
+
+static void lease_tick(evutil_socket_t fd, short what, void *arg)
+{
+    server *s = arg;
+    (void)fd;
+    (void)what;
+    for (size_t i = 0; s->managers && i < links_count(s->managers); i++) {
+        rpc_conn *c = links_conn(s->managers, i);
+        lease_slot *l = lease_slot_of(s, links_addr(s->managers, i));
+        if (!c || !l || l->asking) continue;
+        lease_q *q = malloc(sizeof(*q));
+        if (!q) continue;
+        *q = (lease_q){.s = s, .slot = (int)(l - s->lease), .sent = clock_mono()};
+        l->asking = true;
+        msgpack_packer *pk = rpc_call_begin(c, MGR_KEEPALIVE, HS_REQUEST_TIMEOUT, lease_answer, q);
+        msgpack_pack_array(pk, 1);
+        msgpack_pack_uint64(pk, clock_now(&s->clock));
+        rpc_call_end(c);
+    }
+    lease_recompute(s);
 }
 
 void cluster_stale_view(server *s, const net_addr *by)
@@ -241,9 +336,8 @@ bool cluster_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, con
 {
     switch (method) {
     case SRV_KEEPALIVE: {
-        uint64_t ct, whs_ct;
+        uint64_t ct;
         if (rpc_arg_uint(params, 0, &ct)) clock_update(&s->clock, ct);
-        if (rpc_arg_uint(params, 0, &ct) && rpc_arg_uint(params, 1, &whs_ct)) view_check(s, c, ct, whs_ct);
         rpc_reply_uint(c, msgid, clock_now(&s->clock)); /* the manager passes the newest on */
         return true;
     }
@@ -277,14 +371,22 @@ int cluster_start(server *s, char *err)
     rpc_handlers h = {.on_request = manager_on_request, .on_hello = manager_on_hello, .on_close = manager_on_close, .arg = s};
     s->managers = links_new(s->base, &lc, &h, &s->rpc_self);
     if (!s->managers) return kumo_err(err, "out of memory");
+    s->lease = calloc(LEASE_SLOTS, sizeof(*s->lease));
+    s->lease_timer = s->lease ? event_new(s->base, -1, EV_PERSIST, lease_tick, s) : NULL;
+    struct timeval tv = clock_timeval(tick(s));
+    if (!s->lease_timer || event_add(s->lease_timer, &tv) < 0) return kumo_err(err, "out of memory");
     return 0;
 }
 
 void cluster_stop(server *s)
 {
     s->stopping = true;
+    if (s->lease_timer) event_free(s->lease_timer);
+    s->lease_timer = NULL;
     links_free(s->managers);
     s->managers = NULL;
+    free(s->lease);
+    s->lease = NULL;
     for (size_t i = 0; i < s->npeers; i++) {
         rpc_close(s->peers[i].conn);
         s->peers[i].conn = NULL;

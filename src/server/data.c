@@ -114,15 +114,48 @@ static void reply_write(repl *r)
     }
 }
 
-/* store_modify callback of undo(): put back what the write replaced, if
- * the write's record is still the one stored. */
+/* A write refused as stale, and what it replaced. Several writes of one
+ * key may be in flight when the refusals come (requests that waited in a
+ * socket run one after the other), each replacing the one before; undoing
+ * the last puts back the one before it, itself refused. So undo() follows
+ * these from what a refused write replaced back to a record that is not
+ * such a write. Kept until no write is in flight. */
+typedef struct refused {
+    struct refused *next;
+    server *s;
+    uint64_t ct;
+    write_undo base; /* owns base.old */
+} refused;
+
+static const write_undo *refused_base(const server *s, uint64_t ct)
+{
+    for (const refused *e = s->refused; e; e = e->next)
+        if (e->ct == ct) return &e->base;
+    return NULL;
+}
+
+static void refused_forget(server *s)
+{
+    while (s->refused) {
+        refused *e = s->refused;
+        s->refused = e->next;
+        free(e->base.old);
+        free(e);
+    }
+}
+
+/* store_modify callback of undo(): if the write's record is still the one
+ * stored, put back the oldest record of the chain it replaced. */
 static store_verdict undo_cb(void *arg, const void *old, size_t oldlen, const void **out, size_t *outlen)
 {
-    repl *r = arg;
-    if (!old || oldlen < RECORD_TOMBSTONE || record_clocktime(old, oldlen) != r->ct) return STORE_KEEP;
-    if (!r->undo.had) return STORE_REMOVE;
-    *out = r->undo.old;
-    *outlen = r->undo.oldlen;
+    const refused *e = arg;
+    if (!old || oldlen < RECORD_TOMBSTONE || record_clocktime(old, oldlen) != e->ct) return STORE_KEEP;
+    const write_undo *b = &e->base, *before;
+    while (b->had && b->oldlen >= RECORD_TOMBSTONE && (before = refused_base(e->s, record_clocktime(b->old, b->oldlen))))
+        b = before; /* ClockTimes fall along the chain: it ends */
+    if (!b->had) return STORE_REMOVE;
+    *out = b->old;
+    *outlen = b->oldlen;
     return STORE_WRITE;
 }
 
@@ -131,32 +164,43 @@ static store_verdict undo_cb(void *arg, const void *old, size_t oldlen, const vo
  * (an incr from an old count, an append to an old list), and its ClockTime,
  * the newest, would win over every one of them. It was made outside the
  * view's lease (cluster.c), so we kept what it replaced: that goes back,
- * unless a newer record replaced the write meanwhile. Returns whether the
- * write is gone from here. A write made inside the lease stays: a manager
- * had just confirmed our view, so the replica's is the stale one. */
+ * unless a newer record replaced the write meanwhile (a later write of ours,
+ * which puts back the chain when its own refusal comes, or a replica's).
+ * Returns whether our record of it was replaced. A write made inside the
+ * lease stays: every manager had just confirmed our view, so the replica's
+ * is the stale one. */
 static bool undo(repl *r)
 {
+    server *s = r->s;
     char err[KUMO_ERRLEN];
     if (!r->undo.kept) return false;
-    if (store_modify(r->s->db, r->rec, r->klen, undo_cb, r, err) < 0) {
-        log_error("undo a refused write: %s", err);
+    refused *e = malloc(sizeof(*e));
+    if (!e) {
+        log_error("undo a refused write: out of memory");
         return false;
     }
-    return true;
+    *e = (refused){.next = s->refused, .ct = r->ct, .base = r->undo, .s = s};
+    r->undo = (write_undo){0};
+    s->refused = e;
+    int rc = store_modify(s->db, r->rec, r->klen, undo_cb, e, err);
+    if (rc < 0) log_error("undo a refused write: %s", err);
+    return rc > 0;
 }
 
 static void repl_finish(repl *r)
 {
+    server *s = r->s;
     if (--r->waiting > 0) return;
-    r->s->writes_inflight--;
+    s->writes_inflight--;
     if (r->refused > 0) r->undone = undo(r);
-    if (r->epoch != r->s->write_epoch) r->s->writes_old--;
+    if (r->epoch != s->write_epoch) s->writes_old--;
     if (r->client) {
         reply_write(r);
         rpc_release(r->client);
     }
     free(r->undo.old);
     free(r);
+    if (s->writes_inflight == 0) refused_forget(s);
 }
 
 static void repl_send(repl_to *t);

@@ -253,6 +253,9 @@ static void collect_metrics(void *arg, metrics_out *o)
     metrics_gauge(o, "kumo_server_stale_view",
                   "1 while a replica holds this server fault and no manager has answered it since: it serves nothing",
                   s->stale_view);
+    metrics_gauge(o, "kumo_server_view_leased",
+                  "1 while every manager confirmed this server's hash spaces less than 2 s ago (writes keep nothing to undo)",
+                  cluster_view_leased(s));
     metrics_counter(o, "kumo_server_replace_received_records", "records applied from replace streams, since start",
                     s->moved_recv);
     /* The last copy phase: walked of total tells how far the walk is,

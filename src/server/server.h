@@ -123,10 +123,13 @@ typedef struct server {
     int writes_old;
     /* A replica refused one of our writes because its whs marks us fault:
      * we were lost (stopped, cut off) and hold a stale hash space. Until a
-     * manager's keepalive confirms the one we hold then, we coordinate no
-     * write and answer no read (cluster.c, the view's lease). */
+     * manager confirms the one we hold then, we coordinate no write and
+     * answer no read (cluster.c, the view's lease). */
     bool stale_view;
-    uint64_t view_confirmed;                                             /* the manager's ClockTime of the last keepalive that found our whs current */
+    double lease_until;       /* clock_mono until which our view is leased (cluster.c) */
+    struct lease_slot *lease; /* cluster.c: per manager address, its last confirmation */
+    struct event *lease_timer;
+    struct refused *refused;                                             /* data.c: writes refused as stale, while writes are in flight */
     bool catching_up;                                                    /* this server is catching up in whs (derived on adoption) */
     bool replace_copying;                                                /* a copy phase has transfers in flight */
     uint64_t replace_latest;                                             /* ClockTime of the newest replace asked of us */
@@ -159,12 +162,12 @@ rpc_conn *cluster_peer(server *s, const net_addr *addr);
  * method is not one of cluster.c's. */
 bool cluster_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, const msgpack_object *params);
 void cluster_set_hashspaces(server *s, hashspace *whs, hashspace *rhs);
-/* A peer holds us fault: set s->stale_view (a manager's confirming
- * keepalive clears it). */
+/* A peer holds us fault: set s->stale_view (a manager's confirmation
+ * clears it). */
 void cluster_stale_view(server *s, const net_addr *by);
-/* Whether a manager confirmed our hash spaces less than VIEW_LEASE seconds
- * ago. A write made outside the lease keeps what it replaced, to be undone
- * if a replica refuses it (data.c). */
+/* Whether every manager we link to confirmed our hash spaces less than
+ * VIEW_LEASE seconds ago. A write made outside the lease keeps what it
+ * replaced, to be undone if a replica refuses it (data.c). */
 bool cluster_view_leased(server *s);
 /* Whether a peer server that sent us a write is marked fault in our whs:
  * then its hash space is stale and it must not coordinate. */
