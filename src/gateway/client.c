@@ -350,7 +350,7 @@ static void emit(client *c, struct evbuffer *from)
 static void maybe_finish(client *c)
 {
     if (c->closed || c->head || sio_output_length(c->io) > 0) return;
-    if (c->close_after_flush || c->eof) conn_close(c);
+    if (c->close_after_flush || sio_at_eof(c->io)) conn_close(c);
 }
 
 /* Move the finished prefix of the queue to the socket, and what the first
@@ -536,10 +536,8 @@ static void close_cb(void *arg, sio *io, int err)
  * input kept, if any, is a request it cut off: that never completes. */
 static void eof_cb(void *arg, sio *io)
 {
-    client *c = arg;
     (void)io;
-    c->eof = true;
-    keep_input(c, NULL, 0);
+    keep_input(arg, NULL, 0);
 }
 
 static void drained_cb(void *arg, sio *io)

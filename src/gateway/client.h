@@ -109,7 +109,6 @@ struct client {
     int inflight; /* router callbacks still to come */
     bool closed;
     bool close_after_flush;
-    bool eof; /* the client shut its side: what it sent is answered, then it closes */
     bool paused;
     bool held;      /* the next request waits for earlier ones or for room */
     size_t discard; /* input bytes to drop before parsing again */
