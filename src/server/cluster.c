@@ -66,6 +66,12 @@ void cluster_set_hashspaces(server *s, hashspace *whs, hashspace *rhs)
         hashspace_unref(s->whs);
         s->whs = whs;
         s->catching_up = hashspace_catching_up(whs, &s->self); /* once, not per read */
+        /* What the refusal told us a manager now tells us (we are fault,
+         * or attached again): serve by it. */
+        if (s->stale_view) {
+            s->stale_view = false;
+            log_info("new hash spaces from a manager: no longer serving by the stale ones");
+        }
     }
     if (rhs) {
         hashspace_unref(s->rhs);
@@ -125,17 +131,18 @@ static bool adopt(server *s, const msgpack_object *params)
  *     that finds our whs current and us not fault confirms our view from
  *     the moment the question left (our monotonic clock: an answer that
  *     waited in a socket confirms nothing late). The view is leased while
- *     every manager we link to confirmed it less than VIEW_LEASE seconds
- *     ago. A manager marks a server fault only after 4 s without its
+ *     every manager address that ever confirmed it (lease_recompute says
+ *     why those) confirmed it less than VIEW_LEASE seconds ago. A manager marks a server fault only after 4 s without its
  *     answers, so every write of a stale coordinator is made outside the
  *     lease, and a write made outside it keeps the record it replaces
  *     (data.c apply_write), to be put back.
  *   - Its replicas know better (their whs marks it fault) and refuse its
  *     writes (data.c handle_replicate). The first refusal sets stale_view:
- *     it serves nothing until a manager confirms the view it holds then,
- *     and with the current hash spaces it is fault, back only by attach and
- *     a catch-up. A replica whose own view was the stale one costs a tick.
- * With a manager down, or never reached, no write is inside the lease:
+ *     it serves nothing until the lease is held again or a manager sends
+ *     new hash spaces; with the current ones it is fault, back only by
+ *     attach and a catch-up. A failed write made outside the lease is
+ *     undone (data.c undo), refused or not answered.
+ * With a manager down that once confirmed, no write is inside the lease:
  * each keeps what it replaces, which costs a read and a copy. */
 
 #define LEASE_SLOTS 8 /* managers: -m and -p, each name one or a few addresses */
@@ -157,7 +164,7 @@ static lease_slot *lease_slot_of(server *s, const net_addr *a)
     lease_slot *free_slot = NULL;
     for (int i = 0; i < LEASE_SLOTS; i++) {
         lease_slot *l = &s->lease[i];
-        if (l->confirmed != 0 || l->asking) {
+        if (l->confirmed != 0 || l->asking || l->fetching) {
             if (net_equal(&l->addr, a)) return l;
         } else if (!free_slot) {
             free_slot = l;
@@ -167,25 +174,45 @@ static lease_slot *lease_slot_of(server *s, const net_addr *a)
     return free_slot;
 }
 
-/* Leased until the oldest confirmation of the managers we link to ends. */
+/* Leased until the oldest confirmation of the managers we link to ends.
+ * An address that never confirmed is not waited for: a name may stand for
+ * addresses no manager listens on (localhost: ::1 and 127.0.0.1), and a
+ * manager we never reached never held us. One that confirmed once is
+ * waited for as long as its name stands for it: cut off from us, it may be
+ * the one that marks us fault. */
 static void lease_recompute(server *s)
 {
     size_t n = s->managers ? links_count(s->managers) : 0;
-    double until = n > 0 ? 1e300 : 0;
+    double until = 1e300;
+    bool any = false;
     for (size_t i = 0; i < n; i++) {
         const net_addr *a = links_addr(s->managers, i);
-        double c = 0;
-        for (int j = 0; j < LEASE_SLOTS; j++)
-            if ((s->lease[j].confirmed != 0 || s->lease[j].asking) && net_equal(&s->lease[j].addr, a))
-                c = s->lease[j].confirmed;
-        if (c + VIEW_LEASE < until) until = c == 0 ? 0 : c + VIEW_LEASE;
+        for (int j = 0; j < LEASE_SLOTS; j++) {
+            const lease_slot *l = &s->lease[j];
+            if (l->confirmed == 0 || !net_equal(&l->addr, a)) continue;
+            any = true;
+            if (l->confirmed + VIEW_LEASE < until) until = l->confirmed + VIEW_LEASE;
+        }
     }
-    s->lease_until = until;
+    s->lease_until = any ? until : 0;
+}
+
+/* Slots of addresses the links no longer stand for, with nothing in flight,
+ * are free again (a manager moved). */
+static void lease_forget_gone(server *s)
+{
+    size_t n = links_count(s->managers);
+    for (int j = 0; j < LEASE_SLOTS; j++) {
+        lease_slot *l = &s->lease[j];
+        bool linked = false;
+        for (size_t i = 0; i < n && !linked; i++) linked = net_equal(&l->addr, links_addr(s->managers, i));
+        if (!linked && !l->asking && !l->fetching) *l = (lease_slot){0};
+    }
 }
 
 bool cluster_view_leased(server *s) { return clock_mono() < s->lease_until; }
 
-/* A manager confirmed the hash spaces we hold (a lease answer, a push). */
+/* Every manager confirmed the hash spaces we hold. */
 static void view_current(server *s)
 {
     if (!s->stale_view) return;
@@ -223,8 +250,8 @@ static void lease_answer(void *arg, rpc_status st, const msgpack_object *result)
         if (s->whs->clocktime >= whs_ct && fault->via.boolean == we_fault) {
             if (q->sent > l->confirmed) l->confirmed = q->sent;
             lease_recompute(s);
-            view_current(s);
-        } else if (!l->fetching) { /* the manager knows more: ask for it */
+            if (cluster_view_leased(s)) view_current(s); /* every manager agrees, not just this one */
+        } else if (!l->fetching) {                       /* the manager knows more: ask for it */
             rpc_conn *c = links_conn(s->managers, 0);
             for (size_t i = 0; i < links_count(s->managers); i++)
                 if (net_equal(links_addr(s->managers, i), &l->addr)) c = links_conn(s->managers, i);
@@ -247,6 +274,7 @@ static void lease_tick(evutil_socket_t fd, short what, void *arg)
     server *s = arg;
     (void)fd;
     (void)what;
+    lease_forget_gone(s);
     for (size_t i = 0; s->managers && i < links_count(s->managers); i++) {
         rpc_conn *c = links_conn(s->managers, i);
         lease_slot *l = lease_slot_of(s, links_addr(s->managers, i));
@@ -317,11 +345,6 @@ static void barrier_cb(evutil_socket_t fd, short what, void *arg)
 static void hs_sync(server *s, rpc_conn *c, uint32_t msgid, const msgpack_object *params)
 {
     bool changed = adopt(s, params);
-    uint64_t whs_ct;
-    const msgpack_object *w = rpc_arg(params, 0);
-    /* A push of what we now hold ends a stale view as a keepalive does (it
-     * does not extend the lease: it does not say when it was sent). */
-    if (w && rpc_arg_uint(w, 1, &whs_ct) && whs_ct != 0 && s->whs->clocktime >= whs_ct) view_current(s); /* seed: [nodes, clocktime, version] */
     barrier *b = s->writes_old > 0 ? malloc(sizeof(*b)) : NULL;
     if (!b) {
         rpc_reply_bool(c, msgid, changed);

@@ -114,23 +114,26 @@ static void reply_write(repl *r)
     }
 }
 
-/* A write refused as stale, and what it replaced. Several writes of one
- * key may be in flight when the refusals come (requests that waited in a
- * socket run one after the other), each replacing the one before; undoing
- * the last puts back the one before it, itself refused. So undo() follows
- * these from what a refused write replaced back to a record that is not
- * such a write. Kept until no write is in flight. */
+/* A failed write undone (or not: a later one was stored), and what it
+ * replaced. Several writes of one key may be in flight when they fail
+ * (requests that waited in a socket run one after the other), each
+ * replacing the one before; undoing the last puts back the one before it,
+ * itself failed. So undo() follows these from what a failed write replaced
+ * back to a record that is not such a write. Kept until no write is in
+ * flight. */
 typedef struct refused {
     struct refused *next;
     server *s;
     uint64_t ct;
     write_undo base; /* owns base.old */
+    size_t klen;
+    uint8_t key[]; /* dbkey: a ClockTime alone may be another server's too */
 } refused;
 
-static const write_undo *refused_base(const server *s, uint64_t ct)
+static const write_undo *refused_base(const refused *of, uint64_t ct)
 {
-    for (const refused *e = s->refused; e; e = e->next)
-        if (e->ct == ct) return &e->base;
+    for (const refused *e = of->s->refused; e; e = e->next)
+        if (e->ct == ct && e->klen == of->klen && memcmp(e->key, of->key, of->klen) == 0) return &e->base;
     return NULL;
 }
 
@@ -151,7 +154,7 @@ static store_verdict undo_cb(void *arg, const void *old, size_t oldlen, const vo
     const refused *e = arg;
     if (!old || oldlen < RECORD_TOMBSTONE || record_clocktime(old, oldlen) != e->ct) return STORE_KEEP;
     const write_undo *b = &e->base, *before;
-    while (b->had && b->oldlen >= RECORD_TOMBSTONE && (before = refused_base(e->s, record_clocktime(b->old, b->oldlen))))
+    while (b->had && b->oldlen >= RECORD_TOMBSTONE && (before = refused_base(e, record_clocktime(b->old, b->oldlen))))
         b = before; /* ClockTimes fall along the chain: it ends */
     if (!b->had) return STORE_REMOVE;
     *out = b->old;
@@ -159,31 +162,33 @@ static store_verdict undo_cb(void *arg, const void *old, size_t oldlen, const vo
     return STORE_WRITE;
 }
 
-/* A replica refused our write because it holds us fault: the write ran on a
- * copy that missed what the owners that coordinated meanwhile acknowledged
- * (an incr from an old count, an append to an old list), and its ClockTime,
- * the newest, would win over every one of them. It was made outside the
- * view's lease (cluster.c), so we kept what it replaced: that goes back,
- * unless a newer record replaced the write meanwhile (a later write of ours,
- * which puts back the chain when its own refusal comes, or a replica's).
- * Returns whether our record of it was replaced. A write made inside the
- * lease stays: every manager had just confirmed our view, so the replica's
- * is the stale one. */
+/* A write made outside the view's lease (cluster.c) failed: a replica
+ * refused it because it holds us fault, or none answered (cut off, or
+ * stopped, as we may have been). Such a write may have run on a copy that
+ * missed what the owners that coordinated meanwhile acknowledged (an incr
+ * from an old count, an append to an old list), and its ClockTime, the
+ * newest, would win over every one of them. So what it replaced goes back,
+ * unless a newer record replaced the write meanwhile (a later write of
+ * ours, which puts back the chain when it fails in turn, or a replica's).
+ * A failed write may be applied or not, so a legitimate one loses nothing
+ * it was promised. Returns whether our record of it was replaced. A write
+ * made inside the lease stays: every manager had just confirmed our view. */
 static bool undo(repl *r)
 {
     server *s = r->s;
     char err[KUMO_ERRLEN];
     if (!r->undo.kept) return false;
-    refused *e = malloc(sizeof(*e));
+    refused *e = malloc(sizeof(*e) + r->klen);
     if (!e) {
-        log_error("undo a refused write: out of memory");
+        log_error("undo a failed write: out of memory");
         return false;
     }
-    *e = (refused){.next = s->refused, .ct = r->ct, .base = r->undo, .s = s};
+    *e = (refused){.next = s->refused, .ct = r->ct, .base = r->undo, .s = s, .klen = r->klen};
+    memcpy(e->key, r->rec, r->klen);
     r->undo = (write_undo){0};
     s->refused = e;
     int rc = store_modify(s->db, r->rec, r->klen, undo_cb, e, err);
-    if (rc < 0) log_error("undo a refused write: %s", err);
+    if (rc < 0) log_error("undo a failed write: %s", err);
     return rc > 0;
 }
 
@@ -192,7 +197,7 @@ static void repl_finish(repl *r)
     server *s = r->s;
     if (--r->waiting > 0) return;
     s->writes_inflight--;
-    if (r->refused > 0) r->undone = undo(r);
+    if (r->failed) r->undone = undo(r);
     if (r->epoch != s->write_epoch) s->writes_old--;
     if (r->client) {
         reply_write(r);

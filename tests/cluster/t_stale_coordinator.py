@@ -38,6 +38,14 @@ Then, on 5 servers, a stale coordinator that holds the only in-sync copy:
      gave the refused record the oldest ClockTime instead of putting back
      the one it replaced, and the exchange then let B's and C's 5 win.
 
+And on 3 servers with `-S 1` (one replication retry), a stale
+coordinator whose replicas do not answer at all:
+  7. ctr to 10; A SIGSTOPped until (fault); 20 incrs through B; the
+     manager, B and C SIGSTOPped, A resumed, one incr sent straight to A:
+     it times out on both replicas. Everything resumed, A attached: every
+     copy holds 30 and the next incr answers 31. Before failed writes made
+     outside the view's lease were undone, A's 11 won everywhere.
+
 The test runs in a network namespace of its own (unshare -n, loopback
 only) so that the nft rule touches nothing else; without root, unshare or
 nft, part 5-6 is skipped.
@@ -203,10 +211,43 @@ def only_in_sync_copy():
         c.check_running()
 
 
+def unanswered():
+    with kt.Cluster(nservers=3, server_args=["-S", "1"]) as c:
+        port = c.gateway_port
+        roundtrip(port, b"set %s 0 0 1\r\n0\r\n" % KEY, 1)
+        out = subprocess.run([kt.binary("kumohash"), "-m", c.mgr_addr, "assign", KEY.decode()],
+                             capture_output=True, text=True, timeout=20).stdout.splitlines()
+        a = next(s for s in c.servers if len(out) > 1 and s.addr in out[1])
+        others = [s for s in c.servers if s is not a]
+        incrs(port, 10)
+        os.kill(a.daemon.pid, signal.SIGSTOP)
+        kt.wait_until(lambda: c.status().state(a.addr) == "fault", 20, "%s shown (fault)" % a.addr,
+                      interval=0.2, daemons=[c.manager])
+        got, errors = incrs(port, 20)
+        tap.eq(got, list(range(11, 31)), "20 incrs coordinated by another owner answer 11..30")
+        for d in [c.manager] + [s.daemon for s in others]:
+            os.kill(d.pid, signal.SIGSTOP)
+        time.sleep(1.5)
+        os.kill(a.daemon.pid, signal.SIGCONT)
+        err, n = direct_incr(a)
+        tap.ok(err and n is None, "an incr sent straight to %s, whose replicas do not answer, fails" % a.addr,
+               (err, n))
+        for d in [s.daemon for s in others] + [c.manager]:
+            os.kill(d.pid, signal.SIGCONT)
+        c.wait_not_attached([a], timeout=30)
+        c.attach([a], timeout=90)
+        copies = {s.addr: held(s) for s in c.servers}
+        tap.ok(all(v == 30 for v in copies.values()), "every server's own copy of ctr is 30", copies)
+        got, errors = incrs(port, 1)
+        tap.eq(got, [31], "the next incr answers 31")
+        c.check_running()
+
+
 def body():
     kt.require_module("msgpack")
     kt.require_binaries()
     stale_coordinator()
+    unanswered()
     if os.environ.get("KUMO_TEST_OWN_NETNS") == "1" and shutil.which("nft"):
         only_in_sync_copy()
     else:
