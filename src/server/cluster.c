@@ -145,7 +145,9 @@ static bool adopt(server *s, const msgpack_object *params)
  * With a manager down that once confirmed, no write is inside the lease:
  * each keeps what it replaces, which costs a read and a copy. */
 
-#define LEASE_SLOTS 8 /* managers: -m and -p, each name one or a few addresses */
+#define LEASE_SLOTS 8     /* managers: -m and -p, each name one or a few addresses */
+#define LEASE_ASK 0.5     /* seconds between questions at most, whatever -Ci */
+#define LEASE_LAPSED 1e-9 /* a confirmed that is long over, but says "once confirmed" */
 
 typedef struct lease_slot {
     net_addr addr;
@@ -375,7 +377,18 @@ bool cluster_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, con
 
 static void manager_on_hello(void *arg, rpc_conn *c) { notify_state(arg); }
 
-static void manager_on_close(void *arg, rpc_conn *c) { notify_state(arg); }
+/* A manager that loses its link to us may mark us fault at once (-Yn 0):
+ * its confirmation ends with the link, as any manager's, until the next
+ * answer. */
+static void manager_on_close(void *arg, rpc_conn *c)
+{
+    server *s = arg;
+    (void)c;
+    for (int i = 0; s->lease && i < LEASE_SLOTS; i++)
+        if (s->lease[i].confirmed != 0) s->lease[i].confirmed = LEASE_LAPSED;
+    if (s->lease) lease_recompute(s);
+    notify_state(s);
+}
 
 static void manager_unreachable(void *arg) { notify_state(arg); }
 
@@ -396,7 +409,7 @@ int cluster_start(server *s, char *err)
     if (!s->managers) return kumo_err(err, "out of memory");
     s->lease = calloc(LEASE_SLOTS, sizeof(*s->lease));
     s->lease_timer = s->lease ? event_new(s->base, -1, EV_PERSIST, lease_tick, s) : NULL;
-    struct timeval tv = clock_timeval(tick(s));
+    struct timeval tv = clock_timeval(tick(s) < LEASE_ASK ? tick(s) : LEASE_ASK);
     if (!s->lease_timer || event_add(s->lease_timer, &tv) < 0) return kumo_err(err, "out of memory");
     return 0;
 }

@@ -37,6 +37,7 @@
 
 #define REPLICATE_TIMEOUT 5.0
 #define REPLICATE_RETRY_USEC 200000
+#define REFUSED_KEEP 1024 /* failed writes remembered for undo chains */
 
 /* ---- replication of one write to the other owners ---- */
 
@@ -137,14 +138,33 @@ static const write_undo *refused_base(const refused *of, uint64_t ct)
     return NULL;
 }
 
-static void refused_forget(server *s)
+static void refused_free_from(refused *e)
 {
-    while (s->refused) {
-        refused *e = s->refused;
-        s->refused = e->next;
+    while (e) {
+        refused *next = e->next;
         free(e->base.old);
         free(e);
+        e = next;
     }
+}
+
+static void refused_forget(server *s)
+{
+    refused_free_from(s->refused);
+    s->refused = NULL;
+    s->nrefused = 0;
+}
+
+/* Keep the REFUSED_KEEP newest: a chain is a few writes of one key in
+ * flight together, so the oldest are long done. */
+static void refused_trim(server *s)
+{
+    refused *e = s->refused;
+    for (int i = 1; e && i < REFUSED_KEEP; i++) e = e->next;
+    if (!e) return;
+    refused_free_from(e->next);
+    e->next = NULL;
+    s->nrefused = REFUSED_KEEP;
 }
 
 /* store_modify callback of undo(): if the write's record is still the one
@@ -187,6 +207,7 @@ static bool undo(repl *r)
     memcpy(e->key, r->rec, r->klen);
     r->undo = (write_undo){0};
     s->refused = e;
+    if (++s->nrefused > 2 * REFUSED_KEEP) refused_trim(s); /* writes never all done: keep the newest */
     int rc = store_modify(s->db, r->rec, r->klen, undo_cb, e, err);
     if (rc < 0) log_error("undo a failed write: %s", err);
     return rc > 0;
@@ -322,7 +343,9 @@ static void replicate(server *s, rpc_conn *client, uint32_t msgid, uint64_t hash
     size_t n = replicas(s, hash, to);
     const void *val = w->out;
     size_t vlen = w->outlen;
-    bool async = w->wflags & WF_ASYNC;
+    /* Outside the view's lease a write may be undone (undo), so it is not
+     * acknowledged before its replicas answered, async or not. */
+    bool async = (w->wflags & WF_ASYNC) && !u->kept;
     bool with_value = w->op == OP_GAT || w->op == OP_INCR || w->op == OP_DECR || w->op == OP_MG_WIN;
     size_t reclen = n > 0 ? klen + vlen : 0;
     repl *r = xmalloc(sizeof(*r) + reclen + (with_value ? vlen : 0));

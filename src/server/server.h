@@ -129,7 +129,8 @@ typedef struct server {
     double lease_until;       /* clock_mono until which our view is leased (cluster.c) */
     struct lease_slot *lease; /* cluster.c: per manager address, its last confirmation */
     struct event *lease_timer;
-    struct refused *refused;                                             /* data.c: writes refused as stale, while writes are in flight */
+    struct refused *refused; /* data.c: failed writes undone, while writes are in flight */
+    int nrefused;
     bool catching_up;                                                    /* this server is catching up in whs (derived on adoption) */
     bool replace_copying;                                                /* a copy phase has transfers in flight */
     uint64_t replace_latest;                                             /* ClockTime of the newest replace asked of us */
