@@ -219,7 +219,7 @@ static void view_current(server *s)
 {
     if (!s->stale_view) return;
     s->stale_view = false;
-    log_info("a manager confirmed the hash spaces this server holds: serving by them again");
+    log_info("every manager confirmed the hash spaces this server holds: serving by them again");
 }
 
 static void hs_answer(void *arg, rpc_status st, const msgpack_object *result)
@@ -254,8 +254,8 @@ static void lease_answer(void *arg, rpc_status st, const msgpack_object *result)
             lease_recompute(s);
             if (cluster_view_leased(s)) view_current(s); /* every manager agrees, not just this one */
         } else if (!l->fetching) {                       /* the manager knows more: ask for it */
-            rpc_conn *c = links_conn(s->managers, 0);
-            for (size_t i = 0; i < links_count(s->managers); i++)
+            rpc_conn *c = NULL;                          /* that manager: no other one was asked */
+            for (size_t i = 0; i < links_count(s->managers) && !c; i++)
                 if (net_equal(links_addr(s->managers, i), &l->addr)) c = links_conn(s->managers, i);
             lease_q *h = malloc(sizeof(*h));
             if (c && h) {

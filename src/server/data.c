@@ -37,7 +37,7 @@
 
 #define REPLICATE_TIMEOUT 5.0
 #define REPLICATE_RETRY_USEC 200000
-#define REFUSED_KEEP 1024 /* failed writes remembered for undo chains */
+#define FAILED_KEEP 1024 /* failed writes remembered for undo chains */
 
 /* ---- replication of one write to the other owners ---- */
 
@@ -69,10 +69,10 @@ struct repl {
     uint32_t msgid;
     int waiting;
     int targets;       /* replicas sent to */
-    int refused;       /* of them, those that hold us fault (handle_replicate) */
-    int refused_clean; /* ... with no earlier try that may have written it */
+    int refused_clean; /* of them, those that refused it because they hold us fault (handle_replicate),
+                        * with no earlier try that may have written it */
     bool failed;
-    bool undone; /* refused, and our own record of it undone: as good as not applied */
+    bool undone; /* failed, and our own record of it undone */
     int code;
     uint64_t ct;
     uint64_t number;
@@ -122,59 +122,59 @@ static void reply_write(repl *r)
  * itself failed. So undo() follows these from what a failed write replaced
  * back to a record that is not such a write. Kept until no write is in
  * flight. */
-typedef struct refused {
-    struct refused *next;
+typedef struct failed_write {
+    struct failed_write *next;
     server *s;
     uint64_t ct;
     write_undo base; /* owns base.old */
     size_t klen;
     uint8_t key[]; /* dbkey: a ClockTime alone may be another server's too */
-} refused;
+} failed_write;
 
-static const write_undo *refused_base(const refused *of, uint64_t ct)
+static const write_undo *failed_base(const failed_write *of, uint64_t ct)
 {
-    for (const refused *e = of->s->refused; e; e = e->next)
+    for (const failed_write *e = of->s->failed_writes; e; e = e->next)
         if (e->ct == ct && e->klen == of->klen && memcmp(e->key, of->key, of->klen) == 0) return &e->base;
     return NULL;
 }
 
-static void refused_free_from(refused *e)
+static void failed_free_from(failed_write *e)
 {
     while (e) {
-        refused *next = e->next;
+        failed_write *next = e->next;
         free(e->base.old);
         free(e);
         e = next;
     }
 }
 
-static void refused_forget(server *s)
+static void failed_forget(server *s)
 {
-    refused_free_from(s->refused);
-    s->refused = NULL;
-    s->nrefused = 0;
+    failed_free_from(s->failed_writes);
+    s->failed_writes = NULL;
+    s->nfailed_writes = 0;
 }
 
-/* Keep the REFUSED_KEEP newest: a chain is a few writes of one key in
+/* Keep the FAILED_KEEP newest: a chain is a few writes of one key in
  * flight together, so the oldest are long done. */
-static void refused_trim(server *s)
+static void failed_trim(server *s)
 {
-    refused *e = s->refused;
-    for (int i = 1; e && i < REFUSED_KEEP; i++) e = e->next;
+    failed_write *e = s->failed_writes;
+    for (int i = 1; e && i < FAILED_KEEP; i++) e = e->next;
     if (!e) return;
-    refused_free_from(e->next);
+    failed_free_from(e->next);
     e->next = NULL;
-    s->nrefused = REFUSED_KEEP;
+    s->nfailed_writes = FAILED_KEEP;
 }
 
 /* store_modify callback of undo(): if the write's record is still the one
  * stored, put back the oldest record of the chain it replaced. */
 static store_verdict undo_cb(void *arg, const void *old, size_t oldlen, const void **out, size_t *outlen)
 {
-    const refused *e = arg;
+    const failed_write *e = arg;
     if (!old || oldlen < RECORD_TOMBSTONE || record_clocktime(old, oldlen) != e->ct) return STORE_KEEP;
     const write_undo *b = &e->base, *before;
-    while (b->had && b->oldlen >= RECORD_TOMBSTONE && (before = refused_base(e, record_clocktime(b->old, b->oldlen))))
+    while (b->had && b->oldlen >= RECORD_TOMBSTONE && (before = failed_base(e, record_clocktime(b->old, b->oldlen))))
         b = before; /* ClockTimes fall along the chain: it ends */
     if (!b->had) return STORE_REMOVE;
     *out = b->old;
@@ -198,16 +198,16 @@ static bool undo(repl *r)
     server *s = r->s;
     char err[KUMO_ERRLEN];
     if (!r->undo.kept) return false;
-    refused *e = malloc(sizeof(*e) + r->klen);
+    failed_write *e = malloc(sizeof(*e) + r->klen);
     if (!e) {
         log_error("undo a failed write: out of memory");
         return false;
     }
-    *e = (refused){.next = s->refused, .ct = r->ct, .base = r->undo, .s = s, .klen = r->klen};
+    *e = (failed_write){.next = s->failed_writes, .ct = r->ct, .base = r->undo, .s = s, .klen = r->klen};
     memcpy(e->key, r->rec, r->klen);
     r->undo = (write_undo){0};
-    s->refused = e;
-    if (++s->nrefused > 2 * REFUSED_KEEP) refused_trim(s); /* writes never all done: keep the newest */
+    s->failed_writes = e;
+    if (++s->nfailed_writes > 2 * FAILED_KEEP) failed_trim(s); /* writes never all done: keep the newest */
     int rc = store_modify(s->db, r->rec, r->klen, undo_cb, e, err);
     if (rc < 0) log_error("undo a failed write: %s", err);
     return rc > 0;
@@ -226,7 +226,7 @@ static void repl_finish(repl *r)
     }
     free(r->undo.old);
     free(r);
-    if (s->writes_inflight == 0) refused_forget(s);
+    if (s->writes_inflight == 0) failed_forget(s);
 }
 
 static void repl_send(repl_to *t);
@@ -261,7 +261,6 @@ static void repl_done(void *arg, rpc_status st, const msgpack_object *result)
     }
     if (st == RPC_ERR_REMOTE && refused_as_stale(result)) {
         /* The replica holds us fault (cluster.c, a stale view): no retry. */
-        r->refused++;
         r->refused_clean += !t->maybe_applied;
         cluster_stale_view(s, &t->to);
         if (!r->failed) {

@@ -122,15 +122,15 @@ typedef struct server {
     uint64_t write_epoch;
     int writes_old;
     /* A replica refused one of our writes because its whs marks us fault:
-     * we were lost (stopped, cut off) and hold a stale hash space. Until a
-     * manager confirms the one we hold then, we coordinate no write and
-     * answer no read (cluster.c, the view's lease). */
+     * we were lost (stopped, cut off) and hold a stale hash space. Until
+     * the view's lease holds again or a manager sends new hash spaces, we
+     * coordinate no write and answer no read (cluster.c). */
     bool stale_view;
     double lease_until;       /* clock_mono until which our view is leased (cluster.c) */
     struct lease_slot *lease; /* cluster.c: per manager address, its last confirmation */
     struct event *lease_timer;
-    struct refused *refused; /* data.c: failed writes undone, while writes are in flight */
-    int nrefused;
+    struct failed_write *failed_writes; /* data.c: failed writes undone, while writes are in flight */
+    int nfailed_writes;
     bool catching_up;                                                    /* this server is catching up in whs (derived on adoption) */
     bool replace_copying;                                                /* a copy phase has transfers in flight */
     uint64_t replace_latest;                                             /* ClockTime of the newest replace asked of us */
