@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sched.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -593,6 +594,53 @@ static void test_reserve_ahead(void)
     store_close(s);
 }
 
+/* New records land in pages that were mapped ahead of them (store.c
+ * grow_file): the file runs at least 1 MiB past the records, and those pages
+ * are in memory before anything is written there. When the database
+ * closes, Tokyo Cabinet cuts the file back to its records, and every
+ * record reads back. */
+static void test_grow_ahead(void)
+{
+    char err[KUMO_ERRLEN];
+    const char *path = path_in("ahead.tch");
+    store *s = store_open(path, err);
+    ok(s != NULL, "open ahead.tch");
+    if (!s) return;
+    int n = fill(s, (long long)store_file_size(s) + (3LL << 20), err);
+    long long records = (long long)store_file_size(s);
+    struct stat st;
+    ok(stat(path, &st) == 0 && st.st_size >= records + (1LL << 20),
+       "%d records end at %lld bytes, the file runs ahead to %lld", n, records, (long long)st.st_size);
+    long pg = sysconf(_SC_PAGESIZE);
+    long long from = (records + pg - 1) / pg * pg, len = (long long)st.st_size - from;
+    int fd = open(path, O_RDONLY);
+    void *map = fd >= 0 && len > 0 ? mmap(NULL, (size_t)len, PROT_READ, MAP_SHARED, fd, from) : MAP_FAILED;
+    size_t pages = len > 0 ? (size_t)(len / pg) : 0, resident = 0;
+    unsigned char *vec = pages ? calloc(pages, 1) : NULL;
+    if (map != MAP_FAILED && vec && mincore(map, (size_t)len, vec) == 0)
+        for (size_t i = 0; i < pages; i++) resident += vec[i] & 1;
+    ok(pages >= 128 && resident == pages, "the %zu pages past the records are in memory already (%zu are)", pages,
+       resident);
+    free(vec);
+    if (map != MAP_FAILED) munmap(map, (size_t)len);
+    if (fd >= 0) close(fd);
+    store_close(s);
+    ok(stat(path, &st) == 0 && st.st_size == records, "closed: the file is cut back to its records (%lld bytes)",
+       (long long)st.st_size);
+    s = store_open(path, err);
+    int back = 0;
+    for (int i = 0; s && i < n; i++) {
+        char key[32];
+        int klen = snprintf(key, sizeof(key), "fill-%08d", i);
+        size_t vlen = 0;
+        void *v = store_get(s, key, (size_t)klen, &vlen);
+        back += v && vlen > 1000;
+        free(v);
+    }
+    is_int(back, n, "every record reads back after a reopen");
+    store_close(s);
+}
+
 /* In a child: a 96 MiB tmpfs of its own, a database filling it. Exit 0 when
  * the writes were refused with an error and everything written reads back. */
 static int full_disk_child(const char *mnt)
@@ -1043,6 +1091,7 @@ int main(int argc, char **argv)
     test_open_errors();
     test_lock();
     test_reserve_ahead();
+    test_grow_ahead();
     test_full_disk();
 
     store *s = store_open(path_in("main.tch"), err);
