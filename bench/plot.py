@@ -74,8 +74,10 @@ def read_runs(path):
     return by, workloads, known + [c for c in configs if c not in known]
 
 
-# the op column of cost.md (bench/compare's COST_OP_NAMES), in drawing order
-COST_OPS = ("get", "set", "get of 10 keys", "binary get")
+# bench/compare --cost's operations and their names in the op column of
+# cost.md, in drawing order. bench/compare takes its names from here.
+COST_OP_NAMES = {"get": "get", "set": "set", "mget": "get of 10 keys", "bget": "binary get"}
+COST_OPS = tuple(COST_OP_NAMES.values())
 
 
 def read_cost(path):
