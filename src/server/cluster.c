@@ -131,7 +131,7 @@ static bool adopt(server *s, const msgpack_object *params)
  *     that finds our whs current and us not fault confirms our view from
  *     the moment the question left (our monotonic clock: an answer that
  *     waited in a socket confirms nothing late). The view is leased while
- *     every manager address that ever confirmed it (lease_recompute says
+ *     every manager address that ever accepted our hello (lease_recompute says
  *     why those) confirmed it less than VIEW_LEASE seconds ago. A manager marks a server fault only after 4 s without its
  *     answers, so every write of a stale coordinator is made outside the
  *     lease, and a write made outside it keeps the record it replaces
@@ -142,12 +142,12 @@ static bool adopt(server *s, const msgpack_object *params)
  *     new hash spaces; with the current ones it is fault, back only by
  *     attach and a catch-up. A failed write made outside the lease is
  *     undone (data.c undo), refused or not answered.
- * With a manager down that once confirmed, no write is inside the lease:
+ * With a manager down that once accepted our hello, no write is inside the lease:
  * each keeps what it replaces, which costs a read and a copy. */
 
 #define LEASE_SLOTS 8     /* managers: -m and -p, each name one or a few addresses */
 #define LEASE_ASK 0.5     /* seconds between questions at most, whatever -Ci */
-#define LEASE_LAPSED 1e-9 /* a confirmed that is long over, but says "once confirmed" */
+#define LEASE_LAPSED 1e-9 /* a confirmed that is long over, but says "waited for" */
 
 typedef struct lease_slot {
     net_addr addr;
@@ -177,11 +177,13 @@ static lease_slot *lease_slot_of(server *s, const net_addr *a)
 }
 
 /* Leased until the oldest confirmation of the managers we link to ends.
- * An address that never confirmed is not waited for: a name may stand for
- * addresses no manager listens on (localhost: ::1 and 127.0.0.1), and a
- * manager we never reached never held us. One that confirmed once is
- * waited for as long as its name stands for it: cut off from us, it may be
- * the one that marks us fault. */
+ * An address whose manager never accepted our hello is not waited for: a
+ * name may stand for addresses no manager listens on (localhost: ::1 and
+ * 127.0.0.1), and a manager we never reached never held us. One that did
+ * (manager_on_hello) is waited for as long as its name stands for it, from
+ * its hello on, not from its first confirmation: it may attach us before
+ * it ever confirmed our view (our question went out before the hash space
+ * had us), and cut off from us, it may be the one that marks us fault. */
 static void lease_recompute(server *s)
 {
     size_t n = s->managers ? links_count(s->managers) : 0;
@@ -375,7 +377,19 @@ bool cluster_handle(server *s, rpc_conn *c, uint32_t msgid, uint32_t method, con
 
 /* ---- manager links (links.h) ---- */
 
-static void manager_on_hello(void *arg, rpc_conn *c) { notify_state(arg); }
+/* A manager that accepted our hello may attach us: the lease waits for its
+ * confirmations from now on (lease_recompute). */
+static void manager_on_hello(void *arg, rpc_conn *c)
+{
+    server *s = arg;
+    for (size_t i = 0; s->lease && i < links_count(s->managers); i++) {
+        if (links_conn(s->managers, i) != c) continue;
+        lease_slot *l = lease_slot_of(s, links_addr(s->managers, i));
+        if (l && l->confirmed == 0) l->confirmed = LEASE_LAPSED;
+    }
+    if (s->lease) lease_recompute(s);
+    notify_state(s);
+}
 
 /* A manager that loses its link to us may mark us fault at once (-Yn 0):
  * its confirmation ends with the link, as any manager's, until the next
