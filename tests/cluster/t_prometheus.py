@@ -10,6 +10,13 @@ deploy/grafana).
   * every expression of the Grafana dashboard runs in that Prometheus
     without error, and every metric it or an alert rule names is one the
     daemons serve;
+  * while the cluster is healthy every server's view is leased
+    (kumo_server_view_leased 1, kumo_server_stale_view 0: architecture.md
+    section 7, step 4), polled for 3 s; one of the servers is given
+    `-m localhost:PORT` in a mount namespace of its own whose /etc/hosts
+    names ::1 first and then 127.0.0.1, so one address of the name has no
+    manager (a lease that waited for it never held); without root or
+    unshare it is given 127.0.0.1 like the others;
   * no alert fires while the cluster is healthy; a server is SIGKILLed and
     KumofsServerFault fires (seen through /api/v1/alerts), naming the
     manager. For the test the rule's `for` is cut to 1 s; its expression is
@@ -39,6 +46,25 @@ def api(port, path, **params):
         url += "?" + urllib.parse.urlencode(params)
     with urllib.request.urlopen(url, timeout=10) as r:
         return json.load(r)
+
+
+def scrape(port):
+    """A daemon's /metrics as {name: value} (samples without labels)."""
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as r:
+        text = r.read().decode()
+    return {f[0]: float(f[1]) for f in (line.split() for line in text.splitlines())
+            if len(f) == 2 and not f[0].startswith("#") and "{" not in f[0]}
+
+
+def localhost_argv(argv, hosts, mgr_port):
+    """argv with `-m localhost:mgr_port`, run in a mount namespace whose
+    /etc/hosts is `hosts` (::1 and 127.0.0.1); argv unchanged without root
+    or unshare."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return argv
+    argv = list(argv)
+    argv[argv.index("-m") + 1] = "localhost:%d" % mgr_port
+    return ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', hosts] + argv
 
 
 def metric_names(expr):
@@ -71,8 +97,16 @@ def body():
         ports["server%d" % s.index] = kt.free_port()
     c.manager_args += ["--metrics", "127.0.0.1:%d" % ports["manager"]]
     c.gateway_args += ["--metrics", "127.0.0.1:%d" % ports["gateway"]]
+    hosts = os.path.join(c.dir, "hosts")
+    with open(hosts, "w") as f:
+        f.write("::1 localhost\n127.0.0.1 localhost\n")
+    by_name = c.servers[0]
     base_server_argv = c.server_argv
-    c.server_argv = lambda s: base_server_argv(s) + ["--metrics", "127.0.0.1:%d" % ports["server%d" % s.index]]
+
+    def server_argv(s):
+        argv = base_server_argv(s) + ["--metrics", "127.0.0.1:%d" % ports["server%d" % s.index]]
+        return localhost_argv(argv, hosts, c.mgr_port) if s is by_name else argv
+    c.server_argv = server_argv
     with c:
         c.start()
         # The shipped rules, with KumofsServerFault's `for` cut to 1 s.
@@ -125,6 +159,24 @@ def body():
         missing = sorted(m for m in in_rules if m not in names)
         tap.ok(in_rules and not missing, "every metric the alert rules name (%d) is served by the daemons" % len(in_rules),
                " ".join(missing))
+
+        named = "localhost:%d" % c.mgr_port in c.server_argv(by_name)
+        tap.note("%s is given -m %s" % (by_name.addr, "localhost:%d" % c.mgr_port if named else c.mgr_addr))
+        sports = [ports["server%d" % s.index] for s in c.servers]
+
+        def leased():
+            got = {p: scrape(p) for p in sports}
+            return all(m.get("kumo_server_view_leased") == 1 and m.get("kumo_server_stale_view") == 0
+                       for m in got.values()) and got
+        try:
+            kt.wait_until(leased, 10, "every server's view leased", interval=0.2, daemons=c.daemons())
+            kt.holds_for(leased, 3, "every server's view leased", interval=0.1, daemons=c.daemons())
+            tap.ok(True, "a healthy cluster: every server's view leased (kumo_server_view_leased 1, "
+                   "kumo_server_stale_view 0)%s" % (", -m localhost included" if named else ""))
+        except TimeoutError as e:
+            tap.ok(False, "a healthy cluster: every server's view leased", "%s\n%s" % (e, {
+                p: {k: v for k, v in scrape(p).items() if k in ("kumo_server_view_leased", "kumo_server_stale_view")}
+                for p in sports}))
 
         firing = [a for a in api(pport, "alerts")["data"]["alerts"] if a["state"] == "firing"]
         tap.ok(not firing, "no alert fires on a healthy cluster", json.dumps(firing, indent=1))
