@@ -65,16 +65,23 @@ And with two managers M1 and M2 (each server and the gateway G1 know both;
 a second gateway G2 knows only M2) on 3 servers X, Y, Z, an nft rule by
 socket owner (each of M1, M2 and X runs as a uid of its own, setpriv)
 cutting M1 from X and from M2:
-  9. X coordinates a key (10 incrs); 1 s later (M1 has confirmed X's
-     view) the cut; M1, with Y and Z, marks X (fault);
+  9. X coordinates a key (10 incrs); at once the cut (M1 may not have
+     confirmed X's view yet: it accepted X's hello, which is enough for
+     X's lease to wait for it); M1, with Y and Z, marks X (fault);
      M2 does not hear of it and keeps confirming X's view. 20 incrs
      through G1 answer 11..30. An incr through G2 goes to X: X's view is
-     not leased (M1, which once confirmed it, no longer does), so Y's and
+     not leased (M1, which accepted X's hello, does not confirm it), so Y's and
      Z's refusals undo it and it fails. For 2.5 s after, while M2 goes on
      confirming, X refuses reads of the key (stale_view ends only when
      every manager confirms) and no get through G2 reads X's old 10.
  10. The rule removed, X attached again: every copy holds 30. A lease
      that one manager's confirmation renewed kept X's 11, which won.
+ 11. Again, with M1 cut off as soon as X holds the whs of its attach,
+     before X's next question: M1 never confirmed X's view, yet X's
+     lease waits for it (it accepted X's hello). 20 incrs through G1, one
+     through G2 to X: it fails, and X refuses reads for 2.4 s after. A
+     lease that waited only for managers that once confirmed stayed held
+     on M2's word, and X served its stale copy.
 
 The test runs in a network namespace of its own (unshare -n, loopback
 only) so that the nft rules touch nothing else; without root, unshare or
@@ -389,7 +396,10 @@ class TwoManagers(kt.Cluster):
     def daemons(self):
         return super().daemons() + [d for d in (self.mgr2, self.g2) if d is not None]
 
-    def start(self):
+    def start(self, cut_at_attach=False):
+        """With cut_at_attach, M1 is cut from X and M2 (cut_m1) as soon as X
+        holds the whs of its attach: before X's next question, so M1 never
+        confirmed X's view."""
         self.manager = kt.Daemon("kumo-manager M1", self.mgr_argv(self.mgr_addr, self.mgr2_addr, self.ctl_port,
                                                                  UID_M1), self.log("manager")).start()
         self.mgr2 = kt.Daemon("kumo-manager M2", self.mgr_argv(self.mgr2_addr, self.mgr_addr, self.ctl2_port,
@@ -397,7 +407,14 @@ class TwoManagers(kt.Cluster):
         for s in self.servers:
             self.start_server(s)
         self.wait_not_attached(self.servers)
-        self.attach(self.servers)
+        if cut_at_attach:
+            x = self.servers[0]
+            self.kumoctl("attach")
+            kt.wait_until(lambda: self.hash_space(x).state(x.addr) == "active", 10,
+                          "X to hold the whs of its attach", interval=0.02, daemons=self.daemons())
+            cut_m1(self, x)
+        else:
+            self.attach(self.servers)
         kt.wait_until(lambda: all(self.status2().state(s.addr) == "active" for s in self.servers), 30,
                       "every server (active) on M2", interval=0.2, daemons=self.daemons())
         self.start_gateway()
@@ -405,6 +422,45 @@ class TwoManagers(kt.Cluster):
             "-o", "-", "-m", self.mgr2_addr, "-t", "127.0.0.1:%d" % self.g2_port], self.log("gateway2")).start()
         kt.wait_until(lambda: kt.raw_roundtrip(self.g2_port, b"get kumotest-probe\r\n") == b"END\r\n", 30,
                       "G2 to answer a get with END", interval=0.2, daemons=self.daemons())
+
+
+def cut_m1(c, x):
+    """nft: M1 cut from X and from M2, by socket owner (both directions)."""
+    nft("add table ip twomgr", "add chain ip twomgr out { type filter hook output priority 0 ; }",
+        "add rule ip twomgr out meta skuid %d tcp dport %d ct mark set 1" % (UID_X, c.mgr_port),
+        "add rule ip twomgr out meta skuid %d tcp dport %d ct mark set 1" % (UID_M1, x.port),
+        "add rule ip twomgr out meta skuid %d tcp dport %d ct mark set 1" % (UID_M1, c.mgr2_port),
+        "add rule ip twomgr out meta skuid %d tcp dport %d ct mark set 1" % (UID_M2, c.mgr_port),
+        "add rule ip twomgr out ct mark 1 drop")
+
+
+def cut_at_attach():
+    with TwoManagers() as c:
+        try:
+            c.start(cut_at_attach=True)
+            x = c.servers[0]
+            key = next(k for k in (b"ctr%d" % i for i in range(500)) if x.addr in (subprocess.run(
+                [kt.binary("kumohash"), "-m", c.mgr2_addr, "assign", k.decode()], capture_output=True, text=True,
+                timeout=20).stdout.splitlines() + ["", ""])[1])
+            roundtrip(c.g2_port, b"set %s 0 0 1\r\n0\r\n" % key, 1)
+            kt.wait_until(lambda: c.status().state(x.addr) == "fault", 30, "X (fault) on M1", interval=0.2,
+                          daemons=c.daemons())
+            kt.wait_until(lambda: all(c.hash_space(s).state(x.addr) == "fault" for s in c.servers[1:]), 10,
+                          "Y's and Z's whs to show X (fault)", interval=0.2, daemons=c.daemons())
+            time.sleep(1)   # G1 has M1's hash spaces
+            roundtrip(c.gateway_port, b"incr %s 1\r\n" % key * 20, 20)
+            time.sleep(1.1)   # X's clock reads past Y's last write of the key
+            answer = roundtrip(c.g2_port, b"incr %s 1\r\n" % key, 1)
+            reads = []
+            for _ in range(12):
+                reads.append(held(x, key))
+                time.sleep(0.2)
+            tap.ok(not answer.strip().isdigit() and all(r == "obsolete hash space" for r in reads),
+                   "11. M1 cut off right after X's attach, before it confirmed X's view: X's incr through G2 "
+                   "fails, and for 2.4 s X refuses reads while M2 confirms", (answer, reads))
+            c.check_running()
+        finally:
+            subprocess.run(["nft", "delete", "table", "ip", "twomgr"], capture_output=True, timeout=20)
 
 
 def two_managers():
@@ -418,16 +474,11 @@ def two_managers():
         port = c.gateway_port
         roundtrip(port, b"set %s 0 0 1\r\n0\r\n" % key, 1)
         first = roundtrip(port, b"incr %s 1\r\n" % key * 10, 10)
-        # M1 must have confirmed X's view before the cut (X asks every 0.5 s): one that never did is
-        # not waited for (cluster.c lease_recompute), and X's view would stay leased on M2's word alone.
-        time.sleep(1)
+        # No pause before the cut: M1 may not have confirmed X's view yet (X asks every 0.5 s). It
+        # accepted X's hello, so X's lease waits for it all the same (cluster.c lease_recompute);
+        # a lease that waited only for managers that once confirmed stayed held on M2's word alone.
         try:
-            nft("add table ip twomgr", "add chain ip twomgr out { type filter hook output priority 0 ; }",
-                "add rule ip twomgr out meta skuid %d tcp dport %d ct mark set 1" % (UID_X, c.mgr_port),
-                "add rule ip twomgr out meta skuid %d tcp dport %d ct mark set 1" % (UID_M1, x.port),
-                "add rule ip twomgr out meta skuid %d tcp dport %d ct mark set 1" % (UID_M1, c.mgr2_port),
-                "add rule ip twomgr out meta skuid %d tcp dport %d ct mark set 1" % (UID_M2, c.mgr_port),
-                "add rule ip twomgr out ct mark 1 drop")
+            cut_m1(c, x)
             kt.wait_until(lambda: c.status().state(x.addr) == "fault", 30, "X (fault) on M1", interval=0.2,
                           daemons=c.daemons())
             kt.wait_until(lambda: all(c.hash_space(s).state(x.addr) == "fault" for s in c.servers[1:]), 10,
@@ -481,6 +532,7 @@ def body():
         tap.skip("the only in-sync copy put back", "needs root, unshare and nft (a network namespace of its own)")
     if os.environ.get("KUMO_TEST_OWN_NETNS") == "1" and shutil.which("nft") and shutil.which("setpriv"):
         two_managers()
+        cut_at_attach()
     else:
         tap.skip("two managers: the lease needs both", "needs root, unshare, nft and setpriv")
 
