@@ -86,6 +86,7 @@ struct store {
     int64_t map_end;      /* the mapped region: [0, map_end) of the file */
     int64_t reserved;     /* [0, reserved) has its disk blocks (fallocate) */
     time_t reserve_retry; /* after a failed extension, the next try */
+    int64_t page;         /* the kernel's page size: madvise wants its start aligned to it */
 };
 
 /* ---- Tokyo Cabinet's yields ----
@@ -252,7 +253,7 @@ static void grow_file(store *s, int64_t end)
     TCHDB *hdb = s->hdb;
     int64_t have = (int64_t)hdb->xfsiz; /* 0 after open: TC has not grown it yet */
     if (have >= end + STORE_GROW_AHEAD / 2) return;
-    int64_t page = 4096;
+    int64_t page = s->page;
     int64_t to = (end + STORE_GROW_AHEAD + page - 1) & ~(page - 1);
     if (to > s->reserved) to = s->reserved; /* never pages without blocks: a full disk would kill us (SIGBUS) */
     if (to > s->map_end) to = s->map_end;
@@ -300,6 +301,8 @@ static store *open_mode(const char *spec, bool readonly, char *err)
     }
     s->path = path;
     s->lock_fd = -1;
+    long page = sysconf(_SC_PAGESIZE);
+    s->page = page > 0 ? page : 4096;
 
     s->hdb = tchdbnew();
     if (!s->hdb) {
